@@ -1,0 +1,305 @@
+//! The contract every store implements.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::capabilities::Capabilities;
+use crate::error::LockError;
+use crate::key::Key;
+use crate::lease::{Lease, LockInfo};
+use crate::retry::RetryPolicy;
+
+/// The backend-agnostic lock contract, used as `Arc<dyn LockBackend>`.
+///
+/// Every operation is bounded in time: a dead or paused store yields
+/// [`LockError::Unavailable`] within the backend's per-call timeout, never a
+/// hang. Ownership is proven only by the lease's owner token, compared in the
+/// store in one atomic step.
+///
+/// Most users never call a backend directly: [`Locker`](crate::Locker) adds
+/// guards, auto-extension, loss notification and policies on top.
+///
+/// ```
+/// use leasehold_core::{Key, LockBackend, MemoryBackend};
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+/// let backend = MemoryBackend::new();
+/// let key = Key::new("orders:42")?;
+/// let lease = backend.try_acquire(&key, Duration::from_secs(10)).await?;
+/// assert!(backend.try_acquire(&key, Duration::from_secs(10)).await.is_err());
+/// backend.release(&lease).await?;
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for errors, spans and metrics (`"redis"`, `"memory"`).
+    fn name(&self) -> &'static str;
+
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// One attempt; never waits for contention. A held key gives
+    /// [`LockError::Contended`] with what the store can tell about the holder.
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError>;
+
+    /// Waits until the key is acquired or `wait.deadline` passes
+    /// ([`LockError::Timeout`]). The default polls with `wait`'s backoff and is
+    /// woken early by [`LockBackend::release_listener`]; queue-based stores
+    /// override it.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    /// Renews a lease we hold for `ttl` from now. Fails with
+    /// [`LockError::Lost`] when the lease is gone or someone else holds the
+    /// key; never re-creates an expired lock unless the store proves nobody took
+    /// it in between.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError>;
+
+    /// Renews several leases; a store that can do it in one call overrides
+    /// this. The default renews them one by one. Results come in input order.
+    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+        let mut results = Vec::with_capacity(renewals.len());
+        for (lease, ttl) in renewals {
+            results.push(self.extend(lease, *ttl).await);
+        }
+        results
+    }
+
+    /// Releases a lease we hold with one atomic compare-and-delete. Releasing
+    /// twice or after expiry is [`LockError::NotHeld`] (or `Lost`), never a
+    /// deletion of somebody else's lock.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError>;
+
+    /// The current holder of `key`, if any, for tooling; needs no lock.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError>;
+
+    /// A listener that fires when the store signals `key` may have been
+    /// released. Created *before* an attempt so no signal is missed in
+    /// between. `None`: the backend only polls.
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
+    }
+}
+
+/// The default waiting loop: attempt, then wait for a release signal or the
+/// next backoff delay, until `wait.deadline`. Retryable store errors are
+/// retried within the deadline; when it passes, contention becomes
+/// [`LockError::Timeout`] and any other error is returned as it is.
+pub async fn wait_for_lock<B: LockBackend + ?Sized>(
+    backend: &B,
+    key: &Key,
+    ttl: Duration,
+    wait: &RetryPolicy,
+) -> Result<Lease, LockError> {
+    let started = Instant::now();
+    let deadline = started + wait.deadline;
+    let mut delays = wait.schedule();
+    loop {
+        let mut listener = backend.release_listener(key);
+        let error = match backend.try_acquire(key, ttl).await {
+            Ok(lease) => return Ok(lease),
+            Err(error) if error.is_retryable() => error,
+            Err(error) => return Err(error),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(match error {
+                LockError::Contended { backend, key, .. } => LockError::Timeout {
+                    backend,
+                    key,
+                    waited: now - started,
+                },
+                other => other,
+            });
+        }
+        // Never sleep past the holder's expiry when the store told us when it is.
+        let holder_expires = match &error {
+            LockError::Contended {
+                holder: Some(holder),
+                ..
+            } => holder.remaining,
+            _ => None,
+        };
+        let delay = delays
+            .next()
+            .unwrap_or(wait.max_delay)
+            .min(holder_expires.map_or(Duration::MAX, |r| r + Duration::from_millis(1)))
+            .min(deadline - now);
+        match listener.as_mut() {
+            Some(listener) => {
+                listener.wait(delay).await;
+            }
+            None => tokio::time::sleep(delay).await,
+        }
+    }
+}
+
+/// Runs one store call under the per-call timeout; running out of time is
+/// [`LockError::Unavailable`].
+pub async fn with_timeout<T>(
+    backend: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, LockError>>,
+) -> Result<T, LockError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(LockError::unavailable(
+            backend,
+            format!("no answer within the operation timeout of {timeout:?}"),
+        )),
+    }
+}
+
+/// Why a waiter woke up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The store signalled a release.
+    Notified,
+    /// The wait ran out (a poll).
+    TimedOut,
+}
+
+/// Per-key release signals shared by a backend's waiters: the backend calls
+/// [`ReleaseHub::notify`] when its store says a key was released (a pub/sub
+/// message, a watch event, a NOTIFY), and waiters hold
+/// [`ReleaseListener`]s. Memory stays bounded: a key's entry lives only while
+/// someone listens.
+#[derive(Debug, Default)]
+pub struct ReleaseHub {
+    keys: Mutex<HashMap<String, Weak<watch::Sender<u64>>>>,
+}
+
+impl ReleaseHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A listener for `key` (the store's encoded name or the key itself; the
+    /// backend picks one and uses it on both sides).
+    pub fn listen(&self, key: &str) -> ReleaseListener {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = keys.get(key).and_then(Weak::upgrade) {
+            let receiver = sender.subscribe();
+            return ReleaseListener {
+                receiver,
+                _sender: sender,
+            };
+        }
+        if keys.len() >= 64 && keys.len().is_power_of_two() {
+            keys.retain(|_, weak| weak.strong_count() > 0);
+        }
+        let sender = Arc::new(watch::channel(0u64).0);
+        keys.insert(key.to_owned(), Arc::downgrade(&sender));
+        let receiver = sender.subscribe();
+        ReleaseListener {
+            receiver,
+            _sender: sender,
+        }
+    }
+
+    /// Wakes every listener of `key`.
+    pub fn notify(&self, key: &str) {
+        let sender = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.get(key).and_then(Weak::upgrade)
+        };
+        if let Some(sender) = sender {
+            sender.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// Wakes every listener of every key (after a reconnect, when signals may
+    /// have been missed).
+    pub fn notify_all(&self) {
+        let senders: Vec<_> = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.values().filter_map(Weak::upgrade).collect()
+        };
+        for sender in senders {
+            sender.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// How many keys have listeners now.
+    pub fn listened_keys(&self) -> usize {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.values().filter(|weak| weak.strong_count() > 0).count()
+    }
+}
+
+/// Fires once a release of its key is signalled after the listener was made.
+#[derive(Debug)]
+pub struct ReleaseListener {
+    receiver: watch::Receiver<u64>,
+    _sender: Arc<watch::Sender<u64>>,
+}
+
+impl ReleaseListener {
+    /// Waits for a release signal, at most `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        match tokio::time::timeout(timeout, self.receiver.changed()).await {
+            Ok(Ok(())) => {
+                self.receiver.borrow_and_update();
+                Wake::Notified
+            }
+            _ => Wake::TimedOut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_sees_a_release_signalled_after_it_was_made() {
+        let hub = ReleaseHub::new();
+        let mut listener = hub.listen("k");
+        hub.notify("k");
+        assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::Notified);
+        assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_for_other_keys_do_not_wake_a_listener() {
+        let hub = ReleaseHub::new();
+        let mut listener = hub.listen("a");
+        hub.notify("b");
+        assert_eq!(
+            listener.wait(Duration::from_millis(10)).await,
+            Wake::TimedOut
+        );
+        hub.notify_all();
+        assert_eq!(
+            listener.wait(Duration::from_millis(10)).await,
+            Wake::Notified
+        );
+    }
+
+    #[test]
+    fn hub_forgets_keys_nobody_listens_to() {
+        let hub = ReleaseHub::new();
+        for i in 0..1000 {
+            let _listener = hub.listen(&format!("k{i}"));
+        }
+        assert_eq!(hub.listened_keys(), 0);
+        assert!(
+            hub.keys.lock().unwrap().len() < 1000,
+            "dead entries were never pruned"
+        );
+    }
+}

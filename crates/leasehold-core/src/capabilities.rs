@@ -1,0 +1,149 @@
+//! What a backend can promise.
+
+use std::time::Duration;
+
+/// How far fencing tokens can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    /// Tokens of one key strictly increase across every acquisition.
+    Strict,
+    /// Tokens usually increase but can go backwards in documented cases (for
+    /// example a Redlock node restarting without persistence).
+    BestEffort,
+    /// Tokens carry no order.
+    None,
+}
+
+/// What ends a lease when its holder stops renewing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// A per-lease time to live, renewed by `extend`.
+    Ttl,
+    /// The holder's session with the store (a connection, an etcd lease shared
+    /// by a client, a ZooKeeper session).
+    Session,
+}
+
+/// How a waiter learns that a key was released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The store notifies waiters (pub/sub, watches, LISTEN/NOTIFY); polling is
+    /// only the fallback for a lost notification.
+    Notified,
+    /// Waiters poll with backoff.
+    Polled,
+}
+
+/// Whether waiters get the lock in arrival order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fairness {
+    /// First come, first served.
+    Fifo,
+    /// No order among waiters.
+    None,
+}
+
+/// What a backend can promise; callers and the conformance suite pick their
+/// behaviour and cases by it, never by backend name.
+///
+/// ```
+/// use leasehold_core::{Capabilities, Fencing, Waiting};
+/// use std::time::Duration;
+/// let caps = Capabilities::new()
+///     .fencing(Fencing::Strict)
+///     .waiting(Waiting::Notified)
+///     .min_ttl(Duration::from_millis(10));
+/// assert_eq!(caps.fencing, Fencing::Strict);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Fencing token guarantee.
+    pub fencing: Fencing,
+    /// Whether fencing tokens keep increasing across a store restart.
+    pub durable_fencing: bool,
+    /// What ends a lease.
+    pub expiry: Expiry,
+    /// How waiters are woken.
+    pub waiting: Waiting,
+    /// Waiter order.
+    pub fairness: Fairness,
+    /// The smallest TTL the backend accepts.
+    pub min_ttl: Duration,
+    /// TTLs are rounded up to a multiple of this.
+    pub ttl_granularity: Duration,
+    /// Several keys can be taken atomically in one round trip.
+    pub atomic_multi_key: bool,
+    /// `inspect` and `Contended` can tell about the holder.
+    pub holder_info: bool,
+}
+
+impl Capabilities {
+    /// TTL-based, strict fencing, polled, unfair, 1 ms TTLs: the starting point
+    /// for a backend's own description.
+    pub const fn new() -> Self {
+        Capabilities {
+            fencing: Fencing::Strict,
+            durable_fencing: false,
+            expiry: Expiry::Ttl,
+            waiting: Waiting::Polled,
+            fairness: Fairness::None,
+            min_ttl: Duration::from_millis(1),
+            ttl_granularity: Duration::from_millis(1),
+            atomic_multi_key: false,
+            holder_info: false,
+        }
+    }
+
+    /// Sets [`Capabilities::fencing`].
+    pub const fn fencing(mut self, fencing: Fencing) -> Self {
+        self.fencing = fencing;
+        self
+    }
+    /// Sets [`Capabilities::durable_fencing`].
+    pub const fn durable_fencing(mut self, durable: bool) -> Self {
+        self.durable_fencing = durable;
+        self
+    }
+    /// Sets [`Capabilities::expiry`].
+    pub const fn expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+    /// Sets [`Capabilities::waiting`].
+    pub const fn waiting(mut self, waiting: Waiting) -> Self {
+        self.waiting = waiting;
+        self
+    }
+    /// Sets [`Capabilities::fairness`].
+    pub const fn fairness(mut self, fairness: Fairness) -> Self {
+        self.fairness = fairness;
+        self
+    }
+    /// Sets [`Capabilities::min_ttl`].
+    pub const fn min_ttl(mut self, min_ttl: Duration) -> Self {
+        self.min_ttl = min_ttl;
+        self
+    }
+    /// Sets [`Capabilities::ttl_granularity`].
+    pub const fn ttl_granularity(mut self, granularity: Duration) -> Self {
+        self.ttl_granularity = granularity;
+        self
+    }
+    /// Sets [`Capabilities::atomic_multi_key`].
+    pub const fn atomic_multi_key(mut self, atomic: bool) -> Self {
+        self.atomic_multi_key = atomic;
+        self
+    }
+    /// Sets [`Capabilities::holder_info`].
+    pub const fn holder_info(mut self, holder_info: bool) -> Self {
+        self.holder_info = holder_info;
+        self
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,210 @@
+//! Wrappers that implement [`LockBackend`] around another backend (tower and
+//! object_store style), so policies like timeouts and tracing compose and the
+//! conformance suite can run against layered backends too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tracing::Instrument;
+
+use crate::backend::{LockBackend, ReleaseListener, with_timeout};
+use crate::capabilities::Capabilities;
+use crate::error::LockError;
+use crate::key::Key;
+use crate::lease::{Lease, LockInfo};
+use crate::retry::RetryPolicy;
+
+/// Turns one backend into another.
+///
+/// ```
+/// use leasehold_core::{Layer, LockBackend, MemoryBackend, TimeoutLayer, TracingLayer};
+/// use std::{sync::Arc, time::Duration};
+/// let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
+/// let layered = TracingLayer.layer(TimeoutLayer::new(Duration::from_secs(2)).layer(backend));
+/// assert_eq!(layered.name(), "memory");
+/// ```
+pub trait Layer {
+    /// Wraps `inner`.
+    fn layer(&self, inner: Arc<dyn LockBackend>) -> Arc<dyn LockBackend>;
+}
+
+/// Bounds every single-step call (try_acquire, extend, release, inspect) by a
+/// timeout that yields [`LockError::Unavailable`]; `acquire` is bounded by its
+/// own wait deadline plus this timeout. For third-party backends without
+/// per-call timeouts of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A layer with this per-call timeout.
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutLayer { timeout }
+    }
+}
+
+impl Layer for TimeoutLayer {
+    fn layer(&self, inner: Arc<dyn LockBackend>) -> Arc<dyn LockBackend> {
+        Arc::new(Timeout {
+            inner,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// The backend made by [`TimeoutLayer`].
+#[derive(Debug)]
+pub struct Timeout {
+    inner: Arc<dyn LockBackend>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl LockBackend for Timeout {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.try_acquire(key, ttl)).await
+    }
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        with_timeout(
+            self.name(),
+            wait.deadline + self.timeout,
+            self.inner.acquire(key, ttl, wait),
+        )
+        .await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.extend(lease, ttl)).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.release(lease)).await
+    }
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.inspect(key)).await
+    }
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        self.inner.release_listener(key)
+    }
+}
+
+/// Wraps every backend call in a `tracing` span with the backend, the key and
+/// the outcome.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingLayer;
+
+impl Layer for TracingLayer {
+    fn layer(&self, inner: Arc<dyn LockBackend>) -> Arc<dyn LockBackend> {
+        Arc::new(Traced { inner })
+    }
+}
+
+/// The backend made by [`TracingLayer`].
+#[derive(Debug)]
+pub struct Traced {
+    inner: Arc<dyn LockBackend>,
+}
+
+impl Traced {
+    async fn traced<T>(
+        &self,
+        operation: &'static str,
+        key: &Key,
+        call: impl std::future::Future<Output = Result<T, LockError>>,
+    ) -> Result<T, LockError> {
+        let span = tracing::info_span!("leasehold", operation, backend = self.inner.name(), key = %key, outcome = tracing::field::Empty);
+        let result = call.instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            result.as_ref().map_or_else(LockError::kind, |_| "ok"),
+        );
+        result
+    }
+}
+
+#[async_trait]
+impl LockBackend for Traced {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        self.traced("try_acquire", key, self.inner.try_acquire(key, ttl))
+            .await
+    }
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        self.traced("acquire", key, self.inner.acquire(key, ttl, wait))
+            .await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.traced("extend", lease.key(), self.inner.extend(lease, ttl))
+            .await
+    }
+    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+        self.inner.extend_many(renewals).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.traced("release", lease.key(), self.inner.release(lease))
+            .await
+    }
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.traced("inspect", key, self.inner.inspect(key)).await
+    }
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        self.inner.release_listener(key)
+    }
+}
+
+#[async_trait]
+impl LockBackend for Arc<dyn LockBackend> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        (**self).try_acquire(key, ttl).await
+    }
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        (**self).acquire(key, ttl, wait).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        (**self).extend(lease, ttl).await
+    }
+    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+        (**self).extend_many(renewals).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        (**self).release(lease).await
+    }
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        (**self).inspect(key).await
+    }
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        (**self).release_listener(key)
+    }
+}

@@ -1,0 +1,63 @@
+//! # leasehold-core
+//!
+//! The backend-agnostic contract of leasehold, a family of distributed lock
+//! (lease) crates: [`LockBackend`] (acquire, extend, release, inspect, with
+//! fencing tokens) and everything that does not depend on the store —
+//! [`Locker`] and its self-extending [`LockGuard`]s with loss notification,
+//! ordered multi-lock ([`Locker::lock_all`]), [`RetryPolicy`], [`TtlPolicy`]
+//! (fixed or adaptive), [`Layer`]s, and [`MemoryBackend`], a complete
+//! in-process implementation.
+//!
+//! ```
+//! use leasehold_core::{Locker, MemoryBackend};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+//! let locker = Locker::new(MemoryBackend::new());
+//! let guard = locker.lock("stock:sku-42").await?;
+//! // Hand the fencing token to the resource you protect; it rejects lower ones.
+//! let token = guard.fencing_token();
+//! tokio::select! {
+//!     () = guard.lost() => eprintln!("lost the lock; stop working"),
+//!     () = async { /* the protected work */ } => {}
+//! }
+//! guard.release().await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! ## Guarantees and their limits
+//! - Mutual exclusion holds while a holder acts before its lease's
+//!   [`Lease::valid_until`] (measured from the instant the request was sent,
+//!   minus a drift allowance). A holder paused past it may still act: only
+//!   fencing tokens stop its late writes, which is why every lease has one.
+//! - Metrics use the names `leasehold_acquire_total{backend,outcome}`,
+//!   `leasehold_acquire_seconds`, `leasehold_hold_seconds`, `leasehold_held`,
+//!   `leasehold_extend_total{outcome}`, `leasehold_lost_total`,
+//!   `leasehold_release_total{outcome}` and `leasehold_waiters`.
+#![warn(missing_docs)]
+
+mod backend;
+mod capabilities;
+mod clock;
+mod error;
+mod key;
+mod layer;
+mod lease;
+mod locker;
+mod memory;
+mod retry;
+mod token;
+mod ttl;
+
+pub use async_trait::async_trait;
+pub use backend::{LockBackend, ReleaseHub, ReleaseListener, Wake, wait_for_lock, with_timeout};
+pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
+pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, system_clock};
+pub use error::{BoxError, LockError};
+pub use key::{Key, KeyRule, MAX_KEY_BYTES};
+pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
+pub use lease::{Lease, LockInfo};
+pub use locker::{IntoKey, LockGuard, Locker, LockerBuilder, MultiGuard};
+pub use memory::MemoryBackend;
+pub use retry::{RetryPolicy, Schedule};
+pub use token::{FencingToken, OwnerToken};
+pub use tokio_util::sync::CancellationToken;
+pub use ttl::{AdaptiveConfig, AdaptiveTtl, BUCKETS, TtlPolicy};

@@ -1,0 +1,170 @@
+//! When to try again and how long to wait in between: a policy object, apart
+//! from the loops that use it (tower's retry split).
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use rand::Rng;
+
+/// Exponential backoff with full jitter between `min_delay` and `max_delay`,
+/// bounded by an overall `deadline` (how long `acquire` waits in all).
+///
+/// Each operation takes a fresh [`RetryPolicy::schedule`]. The n-th delay is
+/// drawn uniformly from `[min_delay, min(max_delay, min_delay * 2^n)]`
+/// ("full jitter"), so competing clients spread out instead of retrying in
+/// lock step.
+///
+/// ```
+/// use leasehold_core::RetryPolicy;
+/// use std::time::Duration;
+/// let policy = RetryPolicy::new(Duration::from_secs(5))
+///     .with_delays(Duration::from_millis(5), Duration::from_millis(200));
+/// for delay in policy.schedule().take(20) {
+///     assert!(delay >= Duration::from_millis(5) && delay <= Duration::from_millis(200));
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The smallest delay between attempts.
+    pub min_delay: Duration,
+    /// The largest delay between attempts.
+    pub max_delay: Duration,
+    /// How long an operation may keep trying in all.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 10 ms to 500 ms between attempts, 30 s overall.
+    fn default() -> Self {
+        RetryPolicy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(500),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The default delays with the given overall deadline.
+    pub fn new(deadline: Duration) -> Self {
+        RetryPolicy {
+            deadline,
+            ..Self::default()
+        }
+    }
+
+    /// One attempt, no waiting.
+    pub fn no_wait() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    /// Sets the delay bounds (`max` is raised to `min` if smaller).
+    pub fn with_delays(mut self, min: Duration, max: Duration) -> Self {
+        self.min_delay = min;
+        self.max_delay = max.max(min);
+        self
+    }
+
+    /// Sets the overall deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// A fresh, endless schedule of jittered delays.
+    pub fn schedule(&self) -> Schedule {
+        let exponential = backon::ExponentialBuilder::default()
+            .with_min_delay(self.min_delay.max(Duration::from_micros(1)))
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        Schedule {
+            exponential,
+            min_delay: self.min_delay,
+        }
+    }
+}
+
+/// The delays of one operation; see [`RetryPolicy`].
+#[derive(Debug)]
+pub struct Schedule {
+    exponential: backon::ExponentialBackoff,
+    min_delay: Duration,
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let cap = self.exponential.next()?.max(self.min_delay);
+        Some(rand::rng().random_range(self.min_delay..=cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_within_bounds_and_grow_towards_the_cap() {
+        let policy = RetryPolicy::new(Duration::from_secs(1))
+            .with_delays(Duration::from_millis(1), Duration::from_millis(64));
+        let delays: Vec<Duration> = policy.schedule().take(2000).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(1) && *d <= Duration::from_millis(64))
+        );
+        // Early delays are capped low; late ones reach up to max_delay.
+        assert!(
+            delays[0] <= Duration::from_millis(2),
+            "first delay {:?} above 2x min",
+            delays[0]
+        );
+        let late_max = delays[1000..].iter().max().unwrap();
+        assert!(
+            *late_max > Duration::from_millis(48),
+            "late delays never neared the cap: {late_max:?}"
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_delays_rather_than_repeating_one_value() {
+        let policy = RetryPolicy::new(Duration::from_secs(1))
+            .with_delays(Duration::from_millis(1), Duration::from_millis(100));
+        let late: std::collections::HashSet<Duration> =
+            policy.schedule().skip(10).take(50).collect();
+        assert!(
+            late.len() > 10,
+            "50 jittered delays took only {} values",
+            late.len()
+        );
+    }
+
+    #[test]
+    fn a_fresh_schedule_starts_small_again() {
+        let policy = RetryPolicy::default();
+        let mut first = policy.schedule();
+        for _ in 0..20 {
+            first.next();
+        }
+        let restarted = policy.schedule().next().unwrap();
+        assert!(
+            restarted <= policy.min_delay * 2,
+            "fresh schedule began at {restarted:?}"
+        );
+    }
+
+    #[test]
+    fn max_below_min_is_raised_to_min() {
+        let policy =
+            RetryPolicy::default().with_delays(Duration::from_millis(50), Duration::from_millis(1));
+        assert_eq!(policy.max_delay, Duration::from_millis(50));
+        assert!(
+            policy
+                .schedule()
+                .take(10)
+                .all(|d| d == Duration::from_millis(50))
+        );
+    }
+}
