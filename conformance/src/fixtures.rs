@@ -1,0 +1,347 @@
+//! Stores for the suite: a container started with testcontainers from the
+//! store's image (the official name by default, which the stand-in images of
+//! `conformance/images/build.sh` provide when no registry is reachable), or an
+//! existing store named by `LEASEHOLD_TEST_<STORE>_URL`.
+//!
+//! Every container carries the label `leasehold.test=<run id>` so the test
+//! script can remove leftovers, publishes its port on a fixed host port (so a
+//! restart keeps the address), and is removed when dropped.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::time::Instant;
+
+use crate::{BoxFuture, Skipped, Store};
+
+/// The label every test container carries; its value is the run id.
+pub const LABEL: &str = "leasehold.test";
+
+/// This process's run id (the label value of its containers).
+pub fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("{}-{}", std::process::id(), rand::random::<u32>()))
+}
+
+/// What a store's container looks like.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    /// The store's name in env variables: `LEASEHOLD_TEST_<STORE>_URL`,
+    /// `LEASEHOLD_<STORE>_IMAGE` (e.g. `REDIS`).
+    pub store: &'static str,
+    /// Default image name.
+    pub image: &'static str,
+    /// Default tag.
+    pub tag: &'static str,
+    /// The port the store listens on inside the container.
+    pub port: u16,
+    /// The command (empty: the image's default).
+    pub cmd: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// What means ready: a log line on the right stream. (A published port
+    /// is no readiness signal: Docker's proxy accepts connections on it
+    /// before the store listens.)
+    pub ready: Option<WaitFor>,
+}
+
+impl ContainerSpec {
+    /// A spec with no command, env or ready line.
+    pub fn new(store: &'static str, image: &'static str, tag: &'static str, port: u16) -> Self {
+        ContainerSpec {
+            store,
+            image,
+            tag,
+            port,
+            cmd: Vec::new(),
+            env: Vec::new(),
+            ready: None,
+        }
+    }
+
+    /// Sets the command.
+    pub fn cmd(mut self, cmd: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.cmd = cmd.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the readiness condition.
+    pub fn ready(mut self, ready: WaitFor) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
+    /// The external store's URL env name.
+    pub fn url_env(&self) -> String {
+        format!("LEASEHOLD_TEST_{}_URL", self.store)
+    }
+}
+
+/// Where the store under test is.
+pub enum Provisioned {
+    /// An existing store from `LEASEHOLD_TEST_<STORE>_URL`.
+    External(String),
+    /// A container we started; `port` is its port on 127.0.0.1.
+    Container(Arc<Container>),
+}
+
+impl Provisioned {
+    /// The store's URL: the external one as given, or `make(port)` for a
+    /// container published on 127.0.0.1:`port`.
+    pub fn url(&self, make: impl FnOnce(u16) -> String) -> String {
+        match self {
+            Provisioned::External(url) => url.clone(),
+            Provisioned::Container(container) => make(container.port),
+        }
+    }
+}
+
+/// A running store container.
+pub struct Container {
+    inner: Arc<ContainerAsync<GenericImage>>,
+    /// The host port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Container {
+    /// The container id.
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+}
+
+/// Waits until 127.0.0.1:`port` accepts TCP connections. Only a sign that
+/// the container runs: Docker's proxy accepts before the store listens, so
+/// callers still retry their first store call.
+pub async fn wait_for_port(port: u16, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "nothing listened on 127.0.0.1:{port} within {within:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Store for Container {
+    fn pause(&self) -> BoxFuture<Result<(), String>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            inner
+                .pause()
+                .await
+                .map_err(|e| format!("docker pause failed: {e}"))
+        })
+    }
+    fn unpause(&self) -> BoxFuture<Result<(), String>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            inner
+                .unpause()
+                .await
+                .map_err(|e| format!("docker unpause failed: {e}"))
+        })
+    }
+    fn restart(&self) -> BoxFuture<Result<(), String>> {
+        let (inner, port) = (self.inner.clone(), self.port);
+        Box::pin(async move {
+            inner
+                .stop_with_timeout(Some(5))
+                .await
+                .map_err(|e| format!("docker stop failed: {e}"))?;
+            inner
+                .start()
+                .await
+                .map_err(|e| format!("docker start failed: {e}"))?;
+            wait_for_port(port, Duration::from_secs(60)).await
+        })
+    }
+}
+
+/// Rewrites every published port to bind 127.0.0.1 only (testcontainers
+/// binds all interfaces by default): test stores are reachable from this
+/// machine alone.
+pub fn publish_on_loopback_only(config: &mut testcontainers::bollard::models::HostConfig) {
+    if let Some(bindings) = config.port_bindings.as_mut() {
+        for binding in bindings.values_mut().flatten().flatten() {
+            binding.host_ip = Some("127.0.0.1".to_owned());
+        }
+    }
+}
+
+/// Removes every container this process started (by its run label). Run at
+/// the end of a suite: dropping a container only queues its removal, which a
+/// shutting-down runtime may never finish.
+pub fn remove_run_containers() {
+    let filter = format!("label={LABEL}={}", run_id());
+    let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &filter])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released; the container takes it
+/// right after).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Whether a Docker engine answers.
+pub fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The external URL if `LEASEHOLD_TEST_<STORE>_URL` is set, else a container
+/// from `spec` (image overridable by `LEASEHOLD_<STORE>_IMAGE=name:tag`); with
+/// neither Docker nor a URL, `Skipped`.
+pub async fn provision(spec: &ContainerSpec) -> Result<Provisioned, Skipped> {
+    if let Ok(url) = std::env::var(spec.url_env()) {
+        return Ok(Provisioned::External(url));
+    }
+    if !docker_available() {
+        return Err(Skipped(format!(
+            "no Docker engine answers and {} is not set: the {} suite did not run",
+            spec.url_env(),
+            spec.store
+        )));
+    }
+    start(spec)
+        .await
+        .map(|c| Provisioned::Container(Arc::new(c)))
+        .map_err(Skipped)
+}
+
+/// Starts `spec`'s container and waits until its port accepts connections.
+pub async fn start(spec: &ContainerSpec) -> Result<Container, String> {
+    let (image, tag) = match std::env::var(format!("LEASEHOLD_{}_IMAGE", spec.store)) {
+        Ok(reference) => match reference.rsplit_once(':') {
+            Some((image, tag)) if !tag.contains('/') => (image.to_owned(), tag.to_owned()),
+            _ => (reference, "latest".to_owned()),
+        },
+        Err(_) => (spec.image.to_owned(), spec.tag.to_owned()),
+    };
+    let mut image = GenericImage::new(image, tag);
+    if let Some(ready) = spec.ready.clone() {
+        image = image.with_wait_for(ready);
+    }
+    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    let mut request = image
+        .with_label(LABEL, run_id())
+        .with_mapped_port(port, ContainerPort::Tcp(spec.port))
+        .with_host_config_modifier(publish_on_loopback_only)
+        .with_startup_timeout(Duration::from_secs(120));
+    for (name, value) in &spec.env {
+        request = request.with_env_var(name, value);
+    }
+    if !spec.cmd.is_empty() {
+        request = request.with_cmd(spec.cmd.clone());
+    }
+    let inner = request.start().await.map_err(|e| {
+        format!("could not start the {} container (build the stand-in images with conformance/images/build.sh): {e}", spec.store)
+    })?;
+    let container = Container {
+        inner: Arc::new(inner),
+        port,
+    };
+    Ok(container)
+}
+
+/// Redis 7 (stand-in `redis:7.0`); with `persistent`, AOF with an fsync per
+/// write, so fencing counters survive a restart.
+pub fn redis_spec(persistent: bool) -> ContainerSpec {
+    let spec = ContainerSpec::new("REDIS", "redis", "7.0", 6379)
+        .ready(WaitFor::message_on_stdout("Ready to accept connections"));
+    if persistent {
+        spec.cmd([
+            "redis-server",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+    } else {
+        spec.cmd(["redis-server", "--save", "", "--appendonly", "no"])
+    }
+}
+
+/// The password of the Postgres fixture's `postgres` user.
+pub const POSTGRES_PASSWORD: &str = "leasehold";
+
+/// PostgreSQL 15 (stand-in `postgres:15`), user `postgres` with
+/// [`POSTGRES_PASSWORD`]. Ready when the final server (not the init one, which
+/// logs the same line on stdout) logs on stderr.
+pub fn postgres_spec() -> ContainerSpec {
+    ContainerSpec::new("POSTGRES", "postgres", "15", 5432)
+        .env("POSTGRES_PASSWORD", POSTGRES_PASSWORD)
+        .ready(WaitFor::message_on_stderr(
+            "database system is ready to accept connections",
+        ))
+}
+
+/// etcd 3.4 (stand-in `quay.io/coreos/etcd:v3.4`), one node.
+pub fn etcd_spec() -> ContainerSpec {
+    ContainerSpec::new("ETCD", "quay.io/coreos/etcd", "v3.4", 2379)
+        .cmd([
+            "etcd",
+            "--name",
+            "n1",
+            "--data-dir",
+            "/etcd-data",
+            "--listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+        ])
+        .ready(WaitFor::message_on_stderr("ready to serve client requests"))
+}
+
+/// ZooKeeper 3.8 (stand-in `zookeeper:3.8`), standalone, sessions from 1 s.
+pub fn zookeeper_spec() -> ContainerSpec {
+    ContainerSpec::new("ZOOKEEPER", "zookeeper", "3.8", 2181)
+        .env("ZOO_MIN_SESSION_TIMEOUT", "1000")
+        .ready(WaitFor::message_on_either_std("binding to port"))
+}
+
+/// DynamoDB (stand-in `amazon/dynamodb-local:latest`: the moto server).
+pub fn dynamodb_spec() -> ContainerSpec {
+    ContainerSpec::new("DYNAMODB", "amazon/dynamodb-local", "latest", 8000).ready(
+        WaitFor::message_on_either_std("Initializing DynamoDB Local"),
+    )
+}

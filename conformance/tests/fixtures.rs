@@ -1,0 +1,72 @@
+//! The container fixtures: labelled, restartable at the same address, and
+//! removed when dropped.
+
+use std::time::Duration;
+
+use leasehold_conformance::Store;
+use leasehold_conformance::fixtures::{self, LABEL};
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_is_labelled_survives_restart_at_same_port_and_is_removed_on_drop() {
+    if !fixtures::docker_available() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no Docker engine answers"
+        );
+        eprintln!("SKIPPED: no Docker engine");
+        return;
+    }
+    let container = fixtures::start(&fixtures::redis_spec(false))
+        .await
+        .expect("redis container starts");
+    let id = container.id().to_owned();
+    let label = docker(&[
+        "inspect",
+        "--format",
+        &format!("{{{{index .Config.Labels \"{LABEL}\"}}}}"),
+        &id,
+    ]);
+    assert_eq!(
+        label,
+        fixtures::run_id(),
+        "the container must carry the run label"
+    );
+
+    let bound = docker(&["port", &id]);
+    assert!(
+        bound.lines().all(|line| line.contains("127.0.0.1:")),
+        "ports must be published on loopback only, got {bound:?}"
+    );
+
+    container.pause().await.expect("pause");
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Paused}}", &id]),
+        "true"
+    );
+    container.unpause().await.expect("unpause");
+
+    let port = container.port;
+    container.restart().await.expect("restart");
+    fixtures::wait_for_port(port, Duration::from_secs(30))
+        .await
+        .expect("same port after restart");
+
+    drop(container);
+    // Removal happens in the background on drop; it must finish promptly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !docker(&["ps", "-aq", "--filter", &format!("id={id}")]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container {id} was not removed after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
