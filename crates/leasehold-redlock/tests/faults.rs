@@ -1,0 +1,425 @@
+//! Redlock-specific faults against real `redis:7.0` containers: servers down,
+//! paused, paused past the TTL, and clients on different sides of a minority
+//! partition (a userspace proxy per client and server).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_conformance::history::{History, Holding};
+use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
+use leasehold_redis::{KeyLayout, RedisNode};
+use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend};
+use support::proxy::Proxy;
+use tokio::time::Instant;
+
+async fn connect(url: &str) -> RedlockBackend {
+    RedlockBackend::builder()
+        .timeout(Duration::from_secs(1))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// What one server alone says about `key` (default namespace).
+async fn on_server(url: &str, key: &Key) -> Option<LockInfo> {
+    let client = redis::Client::open(url).expect("redis url");
+    let node = RedisNode::connect(
+        client,
+        KeyLayout::new(leasehold_redlock::DEFAULT_NAMESPACE).unwrap(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("server answers");
+    node.inspect_raw(key).await.expect("inspect")
+}
+
+fn key(name: &str) -> Key {
+    Key::new(format!("faults/{}/{name}", rand_suffix())).unwrap()
+}
+
+fn rand_suffix() -> String {
+    leasehold_core::OwnerToken::generate().short()
+}
+
+fn report_of(error: &LockError) -> &QuorumReport {
+    let source =
+        std::error::Error::source(error).unwrap_or_else(|| panic!("{error} has no source"));
+    source
+        .downcast_ref::<QuorumReport>()
+        .unwrap_or_else(|| panic!("the source of {error} is not a QuorumReport"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_of_three_down_or_paused_still_locks_and_releases() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    // Down before the clients even connect: they connect to the quorum.
+    cluster.stop(0);
+    let (a, b) = (connect(&cluster.url).await, connect(&cluster.url).await);
+    let k = key("one-down");
+    let ttl = Duration::from_secs(10);
+    let lease = a
+        .try_acquire(&k, ttl)
+        .await
+        .expect("2 of 3 servers grant the lock");
+    match b.try_acquire(&k, ttl).await {
+        Err(LockError::Contended { holder, .. }) => {
+            let listing = holder.and_then(|h| h.metadata).unwrap_or_default();
+            println!("contended with one server down: {listing}");
+            assert!(
+                listing.contains("unreachable") && listing.contains("held by"),
+                "the per-server listing should name the down server and the holders: {listing}"
+            );
+        }
+        other => panic!("expected Contended while a holds the key, got {other:?}"),
+    }
+    a.release(&lease).await.expect("release on 2 of 3 servers");
+    let theirs = b
+        .try_acquire(&k, ttl)
+        .await
+        .expect("b takes the released key");
+    b.release(&theirs).await.expect("b releases");
+
+    // Back up, and another server paused instead (a server that hangs).
+    cluster.start(0).await;
+    cluster.pause(1).await;
+    let started = Instant::now();
+    let lease = a
+        .try_acquire(&k, ttl)
+        .await
+        .expect("2 of 3 servers grant the lock while one is paused");
+    a.release(&lease)
+        .await
+        .expect("release with one server paused");
+    let elapsed = started.elapsed();
+    println!("acquire + release with one of three servers paused: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "a paused server must cost at most its per-node timeout (500 ms here), took {elapsed:?}"
+    );
+    cluster.unpause(1).await;
+    let lease = a.try_acquire(&k, ttl).await.expect("all three up again");
+    a.release(&lease).await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_down_fails_in_bounded_time_and_leaves_nothing_locked() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let backend = connect(&cluster.url).await;
+    let k = key("majority-down");
+    let ttl = Duration::from_secs(30);
+    let warm = backend.try_acquire(&k, ttl).await.expect("warm-up acquire");
+    backend.release(&warm).await.expect("warm-up release");
+
+    cluster.pause(1).await; // hangs
+    cluster.stop(2); // refuses
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(20), backend.try_acquire(&k, ttl))
+        .await
+        .expect("try_acquire with a majority down must not hang");
+    let elapsed = started.elapsed();
+    let error = match result {
+        Err(error @ LockError::Unavailable { .. }) => error,
+        other => panic!("expected Unavailable with 2 of 3 servers down, got {other:?}"),
+    };
+    println!(
+        "majority down after {elapsed:?}: {error}\n  {}",
+        report_of(&error)
+    );
+    let report = report_of(&error);
+    assert!(
+        matches!(report.nodes[0].1, NodeOutcome::Acquired(_)),
+        "the live server should have granted it: {report}"
+    );
+    assert!(
+        report.nodes[1..].iter().all(|(_, o)| o.is_unknown()),
+        "the paused and the stopped server should be listed unreachable: {report}"
+    );
+    assert!(
+        on_server(&cluster.node_url(0), &k).await.is_none(),
+        "the failed attempt left the key locked on the live server"
+    );
+
+    // Waiting does not turn it into a hang or a Timeout either.
+    let wait = RetryPolicy::new(Duration::from_millis(800));
+    let started = Instant::now();
+    match backend.acquire(&k, ttl, &wait).await {
+        Err(LockError::Unavailable { .. }) => {}
+        other => panic!("acquire with a majority down should end Unavailable, got {other:?}"),
+    }
+    println!(
+        "acquire (wait 800 ms) with a majority down gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(on_server(&cluster.node_url(0), &k).await.is_none());
+
+    // The paused server ran the queued acquire when it woke, and then the
+    // release this client sent after it: the key is free there long before
+    // its 30 s TTL.
+    cluster.unpause(1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_server(&cluster.node_url(1), &k).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the woken server still holds the failed attempt's key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.start(2).await;
+    let lease = backend
+        .try_acquire(&k, ttl)
+        .await
+        .expect("acquire once all servers are back");
+    backend.release(&lease).await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_paused_past_the_ttl_while_a_lock_is_held() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let backend = connect(&cluster.url).await;
+    let other = connect(&cluster.url).await;
+    let ttl = Duration::from_millis(1000);
+    let locker = Locker::builder(backend.clone())
+        .ttl(TtlPolicy::Fixed(ttl))
+        .build();
+
+    // One server paused for 2.5 TTLs: the watchdog renews on the other two;
+    // the holder keeps the lock and nobody else gets it.
+    let minority = key("minority-paused");
+    let guard = locker.try_lock(&minority).await.expect("lock");
+    cluster.pause(0).await;
+    let until = Instant::now() + ttl * 5 / 2;
+    while Instant::now() < until {
+        tokio::time::sleep(ttl / 4).await;
+        assert!(
+            !guard.is_lost(),
+            "one paused server of three cost the lease"
+        );
+        match other.try_acquire(&minority, ttl).await {
+            Err(LockError::Contended { .. }) => {}
+            got => panic!("the key must stay held while one server is paused, got {got:?}"),
+        }
+    }
+    cluster.unpause(0).await;
+    assert!(guard.valid_until() > Instant::now(), "validity was renewed");
+    guard
+        .release()
+        .await
+        .expect("release after the server woke");
+
+    // Two servers paused past the TTL: extends cannot reach a quorum, are
+    // Unavailable (not Lost: nothing says the key is someone else's), do not
+    // release, and the guard's lost() fires when validity ends.
+    let majority = key("majority-paused");
+    let guard = locker.try_lock(&majority).await.expect("lock");
+    let lease = backend
+        .try_acquire(&key("raw"), ttl)
+        .await
+        .expect("raw lease");
+    cluster.pause(0).await;
+    cluster.pause(1).await;
+    match backend.extend(&lease, ttl).await {
+        Err(error @ LockError::Unavailable { .. }) => {
+            let report = report_of(&error);
+            assert_eq!(report.count(NodeOutcome::is_unknown), 2, "{report}");
+            assert_eq!(report.count(|o| *o == NodeOutcome::Ours), 1, "{report}");
+        }
+        got => panic!("extend with a majority paused should be Unavailable, got {got:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("lost() fires once validity ends without a quorum");
+    let fired_at = Instant::now();
+    assert!(
+        fired_at >= guard.valid_until(),
+        "lost() fired before validity ended"
+    );
+    println!(
+        "lost() fired {:?} after validity ended",
+        fired_at - guard.valid_until()
+    );
+    // Past the TTL by the servers' clocks too, then wake them: the keys have
+    // expired everywhere; the old lease's extend is Lost, never a resurrection.
+    tokio::time::sleep(ttl).await;
+    cluster.unpause(0).await;
+    cluster.unpause(1).await;
+    match backend.extend(&lease, ttl).await {
+        Err(LockError::Lost { .. }) => {}
+        got => panic!("extend after the TTL passed should be Lost, got {got:?}"),
+    }
+    match backend.release(&lease).await {
+        Err(LockError::NotHeld { .. } | LockError::Lost { .. }) => {}
+        got => panic!("release after the TTL passed should be NotHeld, got {got:?}"),
+    }
+    let theirs = other
+        .try_acquire(&majority, ttl)
+        .await
+        .expect("the key is free after its holder lost it");
+    assert!(
+        guard.release().await.is_err(),
+        "releasing a lost guard succeeded"
+    );
+    other.release(&theirs).await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_clients_under_a_minority_partition_never_both_hold() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    // Each client reaches the servers through its own proxies; cutting one
+    // proxy partitions that server from that client only.
+    let mut links: Vec<Vec<Proxy>> = Vec::new();
+    for _client in 0..2 {
+        let mut proxies = Vec::new();
+        for container in &cluster.containers {
+            proxies.push(Proxy::start(container.port).await);
+        }
+        links.push(proxies);
+    }
+    let url = |proxies: &[Proxy]| {
+        let hosts: Vec<String> = proxies.iter().map(Proxy::addr).collect();
+        format!("redlock://{}?timeout=1s", hosts.join(","))
+    };
+    let clients = [
+        connect(&url(&links[0])).await,
+        connect(&url(&links[1])).await,
+    ];
+    // Partitions: client 0 loses server 2, client 1 loses server 0; then the
+    // other way round. Each still sees a majority, and the majorities overlap
+    // in server 1 only.
+    let partitions = [[(0, 2), (1, 0)], [(0, 0), (1, 2)]];
+    let links = Arc::new(links);
+    let cut = |links: &[Vec<Proxy>], which: [(usize, usize); 2], on: bool| {
+        for (client, server) in which {
+            links[client][server].set_cut(on);
+        }
+    };
+    cut(&links, partitions[0], true);
+
+    let k = key("race");
+    let ttl = Duration::from_secs(2);
+    let history = Arc::new(History::new());
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let locker = Locker::builder(client.clone())
+            .ttl(TtlPolicy::Fixed(ttl))
+            .retry(
+                RetryPolicy::new(Duration::from_secs(60))
+                    .with_delays(Duration::from_millis(2), Duration::from_millis(50)),
+            )
+            .build();
+        for t in 0..2 {
+            let (locker, k, history) = (locker.clone(), k.clone(), history.clone());
+            let holder = (c * 2 + t) as u64;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..12 {
+                    let guard = locker.lock(&k).await?;
+                    let start = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let end = Instant::now().min(guard.valid_until());
+                    history.record(Holding {
+                        holder,
+                        token: guard.fencing_token().get(),
+                        start,
+                        end,
+                    });
+                    // Under a partition a release may not reach a quorum
+                    // (Unavailable): the holder has stopped acting already,
+                    // and the rest of its keys expire with their TTL.
+                    match guard.release().await {
+                        Ok(()) | Err(LockError::Unavailable { .. }) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok::<_, LockError>(())
+            }));
+        }
+    }
+    // Flip the partition while they race.
+    let flipper = {
+        let links = links.clone();
+        tokio::spawn(async move {
+            for round in 0..6 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                cut(&links, partitions[round % 2], false);
+                cut(&links, partitions[(round + 1) % 2], true);
+            }
+        })
+    };
+    for task in tasks {
+        task.await
+            .expect("task panicked")
+            .expect("lock/release under the partition");
+    }
+    flipper.abort();
+    // Both clients (4 tasks, 12 rounds each) got the key every round.
+    assert_eq!(history.len(), 48, "every task finished its rounds");
+    let violations = history.violations(false);
+    assert!(
+        violations.is_empty(),
+        "two clients held the key at once under the partition: {violations:?}"
+    );
+}
+
+/// Waits (bounded) until the backend's own connection to server `i` answers
+/// again after a restart, so the next attempt is not spent on a reconnect.
+async fn answers(backend: &RedlockBackend, i: usize, k: &Key) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(node) = &backend.nodes()[i]
+            && node.inspect_raw(k).await.is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server {i} did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_when_the_quorum_changes() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let backend = connect(&cluster.url).await;
+    let k = key("quorums");
+    let ttl = Duration::from_secs(10);
+    let mut tokens = Vec::new();
+    let mut take = async |why: &str| {
+        let lease = backend
+            .try_acquire(&k, ttl)
+            .await
+            .unwrap_or_else(|e| panic!("{why}: {e}"));
+        tokens.push(lease.fencing_token().get());
+        backend.release(&lease).await.expect("release");
+    };
+    // Servers 0 and 1 count to 3 while server 2 is down (its counter: 0).
+    cluster.stop(2);
+    for _ in 0..3 {
+        take("quorum {0, 1}").await;
+    }
+    // Quorum {1, 2}: counters 4 and 1, token 4; server 2 is raised to 4.
+    cluster.start(2).await;
+    answers(&backend, 2, &k).await;
+    cluster.stop(0);
+    take("quorum {1, 2}").await;
+    // Quorum {0, 2}: counters 1 and 5, token 5. Without the raise server 2
+    // would say 2: a token of 2 after 4.
+    cluster.start(0).await; // without persistence: its counter is back at 0
+    answers(&backend, 0, &k).await;
+    cluster.stop(1);
+    take("quorum {0, 2}").await;
+    println!("tokens across changing quorums: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens did not strictly increase across quorums: {tokens:?}"
+    );
+}
