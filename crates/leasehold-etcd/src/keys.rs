@@ -1,0 +1,107 @@
+//! How a lock [`Key`] maps onto etcd keys.
+//!
+//! A lock is the set of etcd keys under its *queue prefix*
+//! `namespace + encode(key) + "/"`; each acquisition adds one entry
+//! `prefix + owner token (32 hex digits)`. `encode` percent-encodes `%` and
+//! `/` (and nothing else), so an encoded key never contains `/` and two
+//! different keys never share a prefix, nor is one's prefix inside another's
+//! range.
+
+use leasehold_core::{Key, OwnerToken};
+
+/// The etcd keys of one lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LockKeys {
+    /// `namespace + encode(key) + "/"`.
+    pub prefix: Vec<u8>,
+}
+
+impl LockKeys {
+    pub fn new(namespace: &str, key: &Key) -> Self {
+        let mut prefix = Vec::with_capacity(namespace.len() + key.as_str().len() + 8);
+        prefix.extend_from_slice(namespace.as_bytes());
+        for byte in key.as_bytes() {
+            match byte {
+                b'%' => prefix.extend_from_slice(b"%25"),
+                b'/' => prefix.extend_from_slice(b"%2F"),
+                other => prefix.push(*other),
+            }
+        }
+        prefix.push(b'/');
+        LockKeys { prefix }
+    }
+
+    /// The end of the prefix range (exclusive): the prefix with its last byte
+    /// (`/`) incremented.
+    pub fn range_end(&self) -> Vec<u8> {
+        let mut end = self.prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        end
+    }
+
+    /// The queue entry of one acquisition.
+    pub fn entry(&self, owner: &OwnerToken) -> Vec<u8> {
+        let mut entry = self.prefix.clone();
+        entry.extend_from_slice(owner.to_hex().as_bytes());
+        entry
+    }
+
+    /// The owner token of a queue entry of this lock, if it is one.
+    pub fn owner_of(&self, entry: &[u8]) -> Option<OwnerToken> {
+        let hex = entry.strip_prefix(self.prefix.as_slice())?;
+        OwnerToken::from_hex(std::str::from_utf8(hex).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(name: &str) -> LockKeys {
+        LockKeys::new("ns/", &Key::new(name).unwrap())
+    }
+
+    #[test]
+    fn slashes_and_percent_signs_are_encoded_so_prefixes_never_nest() {
+        assert_eq!(keys("a/b").prefix, b"ns/a%2Fb/");
+        assert_eq!(keys("a%2Fb").prefix, b"ns/a%252Fb/");
+        let a = keys("a");
+        let nested = keys("a/x");
+        assert!(!nested.prefix.starts_with(&a.prefix));
+        assert!(nested.prefix.as_slice() >= a.range_end().as_slice() || nested.prefix < a.prefix);
+    }
+
+    #[test]
+    fn distinct_awkward_keys_get_distinct_prefixes() {
+        let names = [
+            "a",
+            "a/",
+            "/a",
+            "a//b",
+            "a/b",
+            "a%2Fb",
+            "a%",
+            "%",
+            "with space",
+            "quote'\"",
+            "emoji 🔒",
+            "ns/a",
+            "a;DROP TABLE x",
+            "redis.call('del')",
+        ];
+        let prefixes: std::collections::HashSet<_> = names.iter().map(|n| keys(n).prefix).collect();
+        assert_eq!(prefixes.len(), names.len());
+    }
+
+    #[test]
+    fn entries_carry_the_owner_and_stay_inside_the_prefix_range() {
+        let k = keys("orders:42");
+        let owner = OwnerToken::generate();
+        let entry = k.entry(&owner);
+        assert!(entry.as_slice() >= k.prefix.as_slice() && entry < k.range_end());
+        assert_eq!(k.owner_of(&entry), Some(owner));
+        assert_eq!(keys("orders:4").owner_of(&entry), None);
+    }
+}

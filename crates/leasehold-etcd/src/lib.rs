@@ -1,0 +1,106 @@
+//! # leasehold-etcd
+//!
+//! The etcd v3 backend of leasehold: FIFO-fair locks with watch-driven
+//! handoff and the holder key's create revision as a strict, durable fencing
+//! token. Works with etcd 3.4 and 3.5+.
+//!
+//! ```no_run
+//! use leasehold_core::Locker;
+//! use leasehold_etcd::EtcdBackend;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+//! let backend = EtcdBackend::connect("etcd://127.0.0.1:2379?namespace=billing%2F").await?;
+//! let locker = Locker::new(backend);
+//! let guard = locker.lock("invoice:2024-001").await?;
+//! // Hand guard.fencing_token() to the resource you protect.
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## How it works
+//! - A lock is the set of keys under `namespace + encoded key + "/"` (the key
+//!   with `%` and `/` percent-encoded). Each acquisition writes one entry
+//!   `prefix + owner token`: one transaction `create_revision(entry) == 0 →
+//!   put(entry, lease)` that also reads the queue head and the entry before
+//!   its own, so an uncontended acquisition is one round trip and a retry
+//!   after a lost reply is idempotent.
+//! - The entry with the lowest create revision holds the lock; the others
+//!   queue in create-revision order (FIFO). Each waiter watches only its
+//!   predecessor's deletion (no thundering herd), from the revision after its
+//!   read (so the watch is served at once, not by etcd 3.4's 100 ms catch-up
+//!   loop). After any wake-up it re-reads its own entry and sends a
+//!   keep-alive, and reports success only when both confirm the lease lives
+//!   (etcd#9921, etcd#11456). A fallback poll (default 1 s) bounds what a lost
+//!   event can cost. [`EtcdBackend::wake_counts`] says how waiters woke.
+//!   Measured (`tests/etcd.rs`, `handoff_wakes_the_waiter_through_its_watch`,
+//!   etcd 3.4 in a container on loopback): the waiter holds the lock a median
+//!   0.8–2 raw round trips after the holder's release returns; the release
+//!   itself, a durable write, dominates the whole handoff (7–13 round trips).
+//! - `try_acquire` writes only when the queue is empty (a compare on the whole
+//!   prefix range), so contention costs no write and no delete; it reports the
+//!   holder's fencing token, remaining TTL and owner hint.
+//! - Fencing token = the holder entry's create revision: strictly increasing
+//!   per key (etcd revisions never repeat) and durable across restarts while
+//!   the data directory survives.
+//! - Release is a compare-and-delete on the entry's create revision. A waiter
+//!   that times out deletes its entry; one whose `acquire` future is dropped
+//!   deletes it from a background task (as does a release whose reply was
+//!   lost), retrying until the store answers.
+//!
+//! ## Leases: one session lease per TTL, renewed by keep-alives
+//! Measured on one machine in one run (`examples/lease_model.rs`): a lease
+//! per acquisition (grant + acquire txn + revoke) took p50 5.0–5.7 ms against
+//! 3.1–3.6 ms for acquire txn + delete on a shared lease (a range get: 0.4 ms).
+//! So entries are attached to a *session lease* shared by this backend's locks
+//! of the same TTL ([`Expiry::Session`](leasehold_core::Expiry::Session)):
+//! - The TTL asked for becomes the session lease's TTL, rounded **up** to whole
+//!   seconds and to etcd's minimum (probed at connect, 2 s with etcd's default
+//!   timings; see [`Capabilities`](leasehold_core::Capabilities) `min_ttl` and
+//!   `ttl_granularity`). [`Lease::ttl`](leasehold_core::Lease::ttl) and
+//!   `valid_until` report what etcd granted, never what was asked.
+//! - `extend` is a keep-alive of the session plus a read confirming the entry;
+//!   `extend_many` (the guard's watchdog) sends one keep-alive per session for
+//!   all its locks and one read per 128 locks. etcd cannot change a lease's
+//!   TTL, so extend renews for the session's TTL.
+//! - Nothing renews in the background: keep-alives come from extends, from
+//!   queued waiters (every third of the TTL) and from acquisitions. A session
+//!   nobody renews within its TTL ends: etcd deletes all its entries, and
+//!   every lease on it is told at once through its
+//!   [`loss_signal`](leasehold_core::Lease::loss_signal).
+//! - The limit of sharing: a lock lives as long as its session. A holder that
+//!   stops renewing one lock while the same backend keeps extending another
+//!   lock of the same TTL keeps both; a killed or partitioned process loses
+//!   all of them one TTL after its last keep-alive.
+//!
+//! ## Guarantees and limits
+//! - Mutual exclusion holds while a holder acts before its lease's
+//!   `valid_until` (from the *send* time of the last grant or keep-alive, minus
+//!   drift). A holder paused past it may still act; fencing tokens stop its
+//!   late writes.
+//! - Every store call is bounded by the operation timeout (default 5 s): a
+//!   dead or paused store gives [`LockError::Unavailable`](leasehold_core::LockError::Unavailable)
+//!   in bounded time. A leader change surfaces as a few `Unavailable`s; etcd
+//!   extends leases across elections, so none is lost early.
+//! - Namespaces must not be prefixes of each other (`app/` and `app/x/`):
+//!   they could then block each other, though never share a lock.
+//!
+//! ## Building
+//! `etcd-client` compiles etcd's protobufs at build time: it needs `protoc`
+//! and the well-known protos, from Debian's `protobuf-compiler` and
+//! `libprotobuf-dev` (the project's `scripts/setup.sh` installs both). TLS
+//! (`etcds://`) needs this crate's `tls` feature.
+#![warn(missing_docs)]
+
+mod backend;
+mod keys;
+mod options;
+mod queue;
+mod reaper;
+mod session;
+
+pub use backend::{EtcdBackend, WakeCounts};
+pub use options::{DEFAULT_NAMESPACE, EtcdOptions};
+
+/// The backend's name in errors, spans and metrics.
+pub(crate) const NAME: &str = "etcd";
+
+pub(crate) use backend::store_error;

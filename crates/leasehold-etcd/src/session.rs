@@ -1,0 +1,148 @@
+//! Session leases: one etcd lease per backend and TTL, shared by every lock
+//! (and queued waiter) of that TTL.
+//!
+//! Nothing renews a session on its own: `extend`/`extend_many` (the guard's
+//! watchdog), a waiter that is still queued, and an acquisition that finds the
+//! session older than a third of its TTL send the keep-alives. One keep-alive
+//! renews every lock on the session. A session that nobody renews within its
+//! TTL ends: its monitor cancels [`Session::ended`], which is every lease's
+//! loss signal, and etcd deletes its keys.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::Client;
+use leasehold_core::{LockError, with_timeout};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::NAME;
+
+/// One etcd lease shared by locks of one TTL.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: i64,
+    /// The TTL etcd granted (whole seconds, at least its minimum).
+    pub ttl: Duration,
+    /// When the last successful grant or keep-alive was *sent*: the lease
+    /// lives at least until `renewed_at + ttl`.
+    renewed_at: Mutex<Instant>,
+    /// Cancelled when the session is known or presumed dead.
+    pub ended: CancellationToken,
+    /// Coalesces concurrent keep-alives.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// What a keep-alive found.
+#[derive(Debug)]
+pub(crate) enum Renewal {
+    /// Renewed; the request was sent at this instant.
+    Alive(Instant),
+    /// etcd no longer knows the lease: every key on it is gone.
+    Gone,
+}
+
+impl Session {
+    pub fn new(id: i64, ttl: Duration, granted_at: Instant) -> Self {
+        Session {
+            id,
+            ttl,
+            renewed_at: Mutex::new(granted_at),
+            ended: CancellationToken::new(),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn renewed_at(&self) -> Instant {
+        *self.renewed_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_renewal(&self, sent_at: Instant) {
+        let mut renewed = self.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if sent_at > *renewed {
+            *renewed = sent_at;
+        }
+    }
+
+    /// The earliest instant etcd may expire the lease, on our clock.
+    pub fn expires_no_earlier_than(&self) -> Instant {
+        self.renewed_at() + self.ttl
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    pub fn end(&self, why: &str) {
+        if !self.ended.is_cancelled() {
+            tracing::debug!(lease = self.id, why, "etcd session ended");
+            self.ended.cancel();
+        }
+    }
+
+    /// Whether the last renewal is older than `age` at `now`.
+    pub fn older_than(&self, age: Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.renewed_at()) >= age
+    }
+
+    /// Sends one keep-alive, unless another caller renewed the session within
+    /// `fresh` (then that renewal is reused).
+    pub async fn keep_alive(
+        &self,
+        client: &Client,
+        timeout: Duration,
+        now: impl Fn() -> Instant,
+        fresh: Duration,
+    ) -> Result<Renewal, LockError> {
+        if self.is_ended() {
+            return Ok(Renewal::Gone);
+        }
+        let _turn = self.refreshing.lock().await;
+        if !self.older_than(fresh, now()) {
+            return Ok(Renewal::Alive(self.renewed_at()));
+        }
+        let sent_at = now();
+        let mut lease = client.lease_client();
+        let id = self.id;
+        let result = with_timeout(NAME, timeout, async move {
+            match lease.keep_alive(id).await {
+                Ok(_) => Ok(Renewal::Alive(sent_at)),
+                // The client turns a TTL of 0 (unknown lease) into this error.
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(Renewal::Gone),
+                Err(error) => Err(crate::store_error(error)),
+            }
+        })
+        .await?;
+        match result {
+            Renewal::Alive(at) => self.record_renewal(at),
+            Renewal::Gone => self.end("etcd says the lease is gone"),
+        }
+        Ok(result)
+    }
+
+    /// Ends the session when nobody renewed it within its TTL (etcd expires
+    /// it then, deleting its keys), so every lease on it learns at once.
+    pub fn spawn_monitor(self: &std::sync::Arc<Self>) {
+        let session = std::sync::Arc::downgrade(self);
+        let ended = self.ended.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(until) = session.upgrade().map(|s| s.expires_no_earlier_than()) else {
+                    return;
+                };
+                tokio::select! {
+                    () = ended.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => {}
+                }
+                match session.upgrade() {
+                    Some(s) if Instant::now() >= s.expires_no_earlier_than() => {
+                        s.end("not renewed within its TTL");
+                        return;
+                    }
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+        });
+    }
+}
