@@ -1,0 +1,49 @@
+//! sqlx errors to `LockError`.
+
+use leasehold_core::LockError;
+
+/// SQLSTATEs that mean the server cannot serve us right now: connection
+/// exceptions (class 08), shutdown and crash (57P01–57P03), insufficient
+/// resources (class 53).
+fn unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Maps a store error. Connection trouble is `Unavailable` (retryable);
+/// serialization failures, deadlocks and lock timeouts are retryable
+/// `Backend` errors; everything else is a final `Backend` error.
+pub(crate) fn map(backend: &'static str, error: sqlx::Error) -> LockError {
+    match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => LockError::unavailable(backend, error),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) if unavailable_code(code) => LockError::unavailable(backend, error),
+            Some("40001" | "40P01" | "55P03") => LockError::Backend {
+                backend,
+                retryable: true,
+                source: error.into(),
+            },
+            _ => LockError::backend(backend, error),
+        },
+        _ => LockError::backend(backend, error),
+    }
+}
+
+/// Whether an error on a pinned connection means its session is gone (so a
+/// session advisory lock it held is gone too): the socket failed, the
+/// protocol broke, or the server ended the session (`pg_terminate_backend`
+/// gives 57P01, `idle_session_timeout` 57P05).
+pub(crate) fn session_ended(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().as_deref().is_some_and(|code| {
+            // 57P05: idle_session_timeout ended it (the holder did not extend
+            // within its TTL); 25P03: idle in transaction too long.
+            unavailable_code(code) || matches!(code, "57P05" | "25P03")
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,243 @@
+//! Advisory mode against a real `postgres:15`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, advisory_holder_pid, eventually, key, options};
+use leasehold_core::{LockBackend, LockError, Locker, RetryPolicy};
+use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
+use sqlx::postgres::PgPoolOptions;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// How many advisory locks the session of `conn` holds.
+async fn locks_held_by(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("query pg_locks")
+}
+
+/// Checks out the next pool connection: it must hold no advisory lock.
+/// Returns its backend pid.
+async fn next_user_holds_no_lock(pool: &sqlx::PgPool, after: &str) -> i32 {
+    let mut next = pool
+        .acquire()
+        .await
+        .expect("the pool's only slot comes back");
+    assert_eq!(
+        locks_held_by(&mut next).await,
+        0,
+        "after {after} the pool handed out a connection still holding an advisory lock"
+    );
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *next)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_never_hands_out_a_still_locked_connection() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&server.url)
+        .await
+        .unwrap();
+    let opts = options(Mode::Advisory);
+    let namespace = opts.namespace_str().to_owned();
+    let backend = PostgresBackend::from_pool(pool.clone(), opts)
+        .await
+        .unwrap();
+
+    // 1. A lease dropped without release.
+    let k = key("pool-of-one:lease");
+    let id = advisory_lock_id(&namespace, k.as_str());
+    let lease = backend.try_acquire(&k, TTL).await.unwrap();
+    let holder = advisory_holder_pid(&observer, id).await;
+    assert!(holder.is_some(), "the lock should be held after acquire");
+    drop(lease);
+    let pid = next_user_holds_no_lock(&pool, "a lease drop").await;
+    assert_ne!(
+        Some(pid),
+        holder,
+        "the locked connection went back to the pool"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "lock freed after its connection closed",
+        || async { advisory_holder_pid(&observer, id).await.is_none() },
+    )
+    .await;
+
+    // 2. A guard dropped without release (released in the background).
+    let locker = Locker::new(backend.clone());
+    let k = key("pool-of-one:guard");
+    let id = advisory_lock_id(&namespace, k.as_str());
+    let guard = locker.try_lock(&k).await.unwrap();
+    assert!(advisory_holder_pid(&observer, id).await.is_some());
+    drop(guard);
+    next_user_holds_no_lock(&pool, "a guard drop").await;
+    eventually(Duration::from_secs(10), "guard's lock freed", || async {
+        advisory_holder_pid(&observer, id).await.is_none()
+    })
+    .await;
+
+    // 3. A released lease returns its (unlocked) connection.
+    let lease = backend.try_acquire(&k, TTL).await.unwrap();
+    backend.release(&lease).await.unwrap();
+    let mut next = pool.acquire().await.unwrap();
+    assert_eq!(locks_held_by(&mut next).await, 0);
+    let idle: String = sqlx::query_scalar("SHOW idle_session_timeout")
+        .fetch_one(&mut *next)
+        .await
+        .unwrap();
+    assert_eq!(
+        idle, "0",
+        "a released connection must come back without the lease's idle timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusion_release_and_strictly_increasing_fencing() {
+    let server = Server::start(false).await;
+    let opts = options(Mode::Advisory);
+    let a = server.backend(opts.clone()).await;
+    let b = server.backend(opts).await;
+    let k = key("orders:42");
+
+    let first = a.try_acquire(&k, TTL).await.unwrap();
+    match b.try_acquire(&k, TTL).await {
+        Err(LockError::Contended { holder, .. }) => {
+            let holder = holder.expect("advisory mode reports the holder");
+            assert_eq!(holder.fencing_token, Some(first.fencing_token()));
+        }
+        other => panic!("expected Contended while held, got {other:?}"),
+    }
+    let info = b
+        .inspect(&k)
+        .await
+        .unwrap()
+        .expect("inspect sees the holder");
+    assert_eq!(info.fencing_token, Some(first.fencing_token()));
+    let first = a.extend(&first, TTL).await.expect("extend a live session");
+    a.release(&first).await.unwrap();
+    assert!(
+        matches!(a.release(&first).await, Err(LockError::NotHeld { .. })),
+        "a second release must be NotHeld"
+    );
+    assert!(matches!(
+        a.extend(&first, TTL).await,
+        Err(LockError::Lost { .. })
+    ));
+    assert_eq!(b.inspect(&k).await.unwrap(), None);
+
+    let second = b.try_acquire(&k, TTL).await.unwrap();
+    assert!(
+        second.fencing_token() > first.fencing_token(),
+        "tokens must strictly increase: {} then {}",
+        first.fencing_token(),
+        second.fencing_token()
+    );
+    // A waiter is woken by the release notification (or its poll).
+    let waiter = tokio::spawn({
+        let a = a.clone();
+        let k = k.clone();
+        async move {
+            a.acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.release(&second).await.unwrap();
+    let third = waiter.await.unwrap().expect("the waiter gets the lock");
+    assert!(third.fencing_token() > second.fencing_token());
+    a.release(&third).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_holders_connection_frees_the_lock_and_the_holder_learns_it_is_lost() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let namespace = opts.namespace_str().to_owned();
+    let holder = server.backend(opts.clone()).await;
+    let other = server.backend(opts).await;
+    let k = key("jobs:nightly");
+    let lease = holder.try_acquire(&k, TTL).await.unwrap();
+    assert!(lease.loss_signal().is_some());
+
+    let pid = advisory_holder_pid(&observer, advisory_lock_id(&namespace, k.as_str()))
+        .await
+        .expect("the lock is held");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+    assert!(killed);
+
+    let next = other
+        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .await
+        .expect("the lock is free once its session is gone");
+    assert!(next.fencing_token() > lease.fencing_token());
+    match holder.extend(&lease, TTL).await {
+        Err(LockError::Lost { .. }) => {}
+        other => panic!("extend after the session died must be Lost, got {other:?}"),
+    }
+    assert!(
+        lease.loss_signal().unwrap().is_cancelled(),
+        "the loss signal fires"
+    );
+    assert!(holder.release(&lease).await.is_err());
+    other.release(&next).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_keep_applications_apart() {
+    let server = Server::start(false).await;
+    let a = server.backend(options(Mode::Advisory)).await;
+    let b = server.backend(options(Mode::Advisory)).await;
+    let k = key("shared-name");
+    let la = a.try_acquire(&k, TTL).await.unwrap();
+    let lb = b
+        .try_acquire(&k, TTL)
+        .await
+        .expect("other namespace, other lock");
+    a.release(&la).await.unwrap();
+    b.release(&lb).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stops_extending_loses_the_lock_after_its_ttl() {
+    let server = Server::start(false).await;
+    let opts = options(Mode::Advisory);
+    let holder = server.backend(opts.clone()).await;
+    let other = server.backend(opts).await;
+    let k = key("stalled");
+    // The holder stays connected but goes quiet (a paused process).
+    let lease = holder
+        .try_acquire(&k, Duration::from_millis(700))
+        .await
+        .unwrap();
+    assert!(matches!(
+        other.try_acquire(&k, TTL).await,
+        Err(LockError::Contended { .. })
+    ));
+    let next = other
+        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .await
+        .expect("the server ends the idle session after the TTL");
+    assert!(next.fencing_token() > lease.fencing_token());
+    match holder.extend(&lease, TTL).await {
+        Err(LockError::Lost { .. }) => {}
+        other => panic!("extend after the idle timeout must be Lost, got {other:?}"),
+    }
+    other.release(&next).await.unwrap();
+}

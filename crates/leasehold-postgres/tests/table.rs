@@ -1,0 +1,211 @@
+//! Table mode, and key encoding in both modes, against a real `postgres:15`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, key, options};
+use leasehold_core::{LockBackend, LockError, RetryPolicy};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions, migration_sql};
+
+const TTL: Duration = Duration::from_secs(30);
+
+const NASTY: &[&str] = &[
+    "'; DROP TABLE x; --",
+    "\"; DROP TABLE x; --",
+    "%",
+    "_",
+    "a%",
+    "a_c",
+    "abc",
+    "ab",
+    "\\",
+    "\\\\",
+    "a\\%b",
+    "$1",
+    "E'\\x41'",
+    "🔒émoji/ключ/鍵",
+    " spaced key ",
+    "trailing\u{a0}nbsp",
+];
+
+async fn nasty_keys_match_exactly(server: &Server, mode: Mode) {
+    let observer = server.observer().await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS x (v int)")
+        .execute(&observer)
+        .await
+        .unwrap();
+    // Advisory mode pins a connection per held lease.
+    let opts = options(mode).max_connections(NASTY.len() as u32 + 2);
+    let namespace = opts.namespace_str().to_owned();
+    let a = server.backend(opts.clone()).await;
+    let b = server.backend(opts).await;
+    // Every key is its own lock: all can be held at once...
+    let mut leases = Vec::new();
+    for name in NASTY {
+        let lease = a
+            .try_acquire(&key(name), TTL)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {name:?} should be free: {e}"));
+        leases.push(lease);
+    }
+    // ...and each one is held: nobody else gets any of them.
+    for name in NASTY {
+        match b.try_acquire(&key(name), TTL).await {
+            Err(LockError::Contended { .. }) => {}
+            other => panic!("{mode:?}: {name:?} should be contended, got {other:?}"),
+        }
+        assert!(
+            b.inspect(&key(name)).await.unwrap().is_some(),
+            "{mode:?}: inspect {name:?}"
+        );
+    }
+    // The keys are stored byte for byte.
+    let table = match mode {
+        Mode::Advisory => "leasehold_fencing",
+        Mode::Table => "leasehold_leases",
+    };
+    let stored: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT key FROM {table} WHERE namespace = $1 ORDER BY key"
+    ))
+    .bind(&namespace)
+    .fetch_all(&observer)
+    .await
+    .unwrap();
+    let mut expected: Vec<String> = NASTY.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "{mode:?}: stored keys differ from the keys given"
+    );
+    for lease in &leases {
+        a.release(lease).await.unwrap();
+    }
+    let survived: bool = sqlx::query_scalar("SELECT to_regclass('x') IS NOT NULL")
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+    assert!(survived, "table x was dropped: injection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_metacharacter_keys_match_exactly_in_both_modes() {
+    let server = Server::start(false).await;
+    nasty_keys_match_exactly(&server, Mode::Table).await;
+    nasty_keys_match_exactly(&server, Mode::Advisory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_lock_lifecycle_keeps_the_row_and_its_counter() {
+    let server = Server::start(false).await;
+    let opts = options(Mode::Table).holder("worker-7");
+    let a = server.backend(opts.clone()).await;
+    let b = server.backend(opts).await;
+    let k = key("invoice:1");
+
+    let first = a.try_acquire(&k, TTL).await.unwrap();
+    match b.try_acquire(&k, TTL).await {
+        Err(LockError::Contended { holder, .. }) => {
+            let holder = holder.expect("table mode reports the holder");
+            assert_eq!(holder.fencing_token, Some(first.fencing_token()));
+            assert_eq!(holder.owner_hint, Some(first.owner().short()));
+            assert_eq!(holder.metadata.as_deref(), Some("worker-7"));
+            assert!(holder.remaining.unwrap() <= TTL);
+        }
+        other => panic!("expected Contended, got {other:?}"),
+    }
+    // Extend and release by a non-owner are refused.
+    let forged = b.try_acquire(&key("invoice:other"), TTL).await.unwrap();
+    let first = a.extend(&first, TTL).await.unwrap();
+    a.release(&first).await.unwrap();
+    assert!(matches!(
+        a.release(&first).await,
+        Err(LockError::NotHeld { .. })
+    ));
+    assert!(matches!(
+        a.extend(&first, TTL).await,
+        Err(LockError::Lost { .. })
+    ));
+    assert_eq!(a.inspect(&k).await.unwrap(), None);
+    let second = b.try_acquire(&k, TTL).await.unwrap();
+    assert!(second.fencing_token() > first.fencing_token());
+    // A batch renewal renews what is ours and reports the rest as lost.
+    let results = b
+        .extend_many(&[
+            (second.clone(), TTL),
+            (first.clone(), TTL),
+            (forged.clone(), TTL),
+        ])
+        .await;
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(LockError::Lost { .. })),
+        "{results:?}"
+    );
+    b.release(&second).await.unwrap();
+    b.release(&forged).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_row_frees_after_its_ttl_by_the_database_clock() {
+    let server = Server::start(false).await;
+    let opts = options(Mode::Table);
+    let holder = server.backend(opts.clone()).await;
+    let other = server.backend(opts).await;
+    let k = key("report:daily");
+    let ttl = Duration::from_millis(800);
+    // The holder "dies": it never extends or releases.
+    let lease = holder.try_acquire(&k, ttl).await.unwrap();
+    drop(holder);
+    assert!(matches!(
+        other.try_acquire(&k, TTL).await,
+        Err(LockError::Contended { .. })
+    ));
+    let next = other
+        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .await
+        .expect("the row frees once its TTL passed");
+    assert!(next.fencing_token() > lease.fencing_token());
+    // The dead holder's lease cannot come back.
+    assert!(matches!(
+        other.extend(&lease, TTL).await,
+        Err(LockError::Lost { .. })
+    ));
+    assert!(matches!(
+        other.release(&lease).await,
+        Err(LockError::NotHeld { .. })
+    ));
+    other.release(&next).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_schema_and_table_by_url_and_printable_migration() {
+    let server = Server::start(false).await;
+    let url =
+        server.url_with("mode=table&schema=my%20locks&table=lease%22s&namespace=u&timeout_ms=2000");
+    let backend = PostgresBackend::connect(&url).await.unwrap();
+    // Idempotent: a second connect migrates again without error.
+    let again = PostgresBackend::connect(&url).await.unwrap();
+    let lease = backend.try_acquire(&key("k"), TTL).await.unwrap();
+    assert!(matches!(
+        again.try_acquire(&key("k"), TTL).await,
+        Err(LockError::Contended { .. })
+    ));
+    backend.release(&lease).await.unwrap();
+    let observer = server.observer().await;
+    let rows: i64 = sqlx::query_scalar(r#"SELECT count(*) FROM "my locks"."lease""s""#)
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let sql = migration_sql(
+        &PostgresOptions::new(Mode::Table)
+            .schema("my locks")
+            .table("lease\"s"),
+    );
+    assert!(
+        sql.contains(r#"CREATE SCHEMA IF NOT EXISTS "my locks";"#),
+        "{sql}"
+    );
+    assert!(sql.contains(r#""my locks"."lease""s""#), "{sql}");
+}
