@@ -1,0 +1,1 @@
+//! Runnable programs: see `examples/examples/`.
