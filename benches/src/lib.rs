@@ -1,0 +1,549 @@
+//! Benchmarks for leasehold (DESIGN.md §6): every backend against the raw
+//! store operations the same lock needs at the least, measured in the same
+//! run, against stand-in containers; peers (`rslock`) on the same Redis.
+//!
+//! `cargo run --release -p leasehold-benches -- full` runs everything and
+//! writes `benches/RESULTS.md` and `benches/results.svg`; `smoke` runs a
+//! tiny version (memory + one Redis) for CI.
+
+#![warn(missing_docs)]
+
+pub mod extend;
+pub mod harness;
+pub mod report;
+pub mod stores;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_conformance::fixtures;
+use leasehold_core::{LockBackend, MemoryBackend};
+
+use crate::harness::{Percentiles, lock_unlock};
+use crate::stores::Subject;
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Every backend (else memory and one Redis).
+    pub all_stores: bool,
+    /// Latency samples per op.
+    pub samples: usize,
+    /// Warm-up ops before sampling.
+    pub warmup: usize,
+    /// Throughput window per measurement.
+    pub window: Duration,
+    /// Concurrencies.
+    pub concurrency: Vec<usize>,
+    /// Contending tasks in the handoff test.
+    pub handoff_tasks: usize,
+    /// Handoffs sampled.
+    pub handoffs: usize,
+    /// Guards in the auto-extend run.
+    pub guards: usize,
+    /// Their TTL.
+    pub guard_ttl: Duration,
+    /// How long they are held.
+    pub hold: Duration,
+    /// The command line that produced the results (for the table).
+    pub command: String,
+    /// Where RESULTS.md and results.svg go.
+    pub out_dir: PathBuf,
+}
+
+impl Config {
+    /// The full run (under 15 minutes on 2 cores).
+    pub fn full(out_dir: PathBuf) -> Self {
+        Config {
+            all_stores: true,
+            samples: 300,
+            warmup: 30,
+            window: Duration::from_millis(2500),
+            concurrency: vec![1, 16, 64],
+            handoff_tasks: 4,
+            handoffs: 100,
+            guards: 10_000,
+            guard_ttl: Duration::from_secs(6),
+            hold: Duration::from_secs(60),
+            command: "cargo run --release -p leasehold-benches -- full".into(),
+            out_dir,
+        }
+    }
+
+    /// Seconds, tiny samples; asserts nothing about speed.
+    pub fn smoke(out_dir: PathBuf) -> Self {
+        Config {
+            all_stores: false,
+            samples: 5,
+            warmup: 1,
+            window: Duration::from_millis(100),
+            concurrency: vec![1, 4],
+            handoff_tasks: 2,
+            handoffs: 3,
+            guards: 50,
+            guard_ttl: Duration::from_millis(600),
+            hold: Duration::from_millis(700),
+            command: "cargo run --release -p leasehold-benches -- smoke".into(),
+            out_dir,
+        }
+    }
+}
+
+/// One latency row.
+#[derive(Clone, Debug)]
+pub struct LatencyRow {
+    /// Subject.
+    pub name: String,
+    /// Library lock+unlock.
+    pub lib: Percentiles,
+    /// Raw baseline (if any).
+    pub raw: Option<Percentiles>,
+    /// What raw sends.
+    pub raw_desc: String,
+}
+
+/// One throughput row.
+#[derive(Clone, Debug)]
+pub struct ThroughputRow {
+    /// Subject.
+    pub name: String,
+    /// Tasks.
+    pub tasks: usize,
+    /// Library ops/s.
+    pub lib: f64,
+    /// Raw ops/s.
+    pub raw: Option<f64>,
+}
+
+/// One handoff row.
+#[derive(Clone, Debug)]
+pub struct HandoffRow {
+    /// Subject.
+    pub name: String,
+    /// How waiters learn of a release.
+    pub waiting: String,
+    /// Release → next holder.
+    pub handoff: Percentiles,
+    /// One raw round trip.
+    pub rtt: Option<Percentiles>,
+    /// What the round trip sends.
+    pub rtt_desc: String,
+}
+
+/// Everything measured.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    /// Uncontended lock+unlock.
+    pub latency: Vec<LatencyRow>,
+    /// Throughput.
+    pub throughput: Vec<ThroughputRow>,
+    /// Handoff.
+    pub handoff: Vec<HandoffRow>,
+    /// Acquisition-only latency (fan-out table): name → percentiles.
+    pub fanout: Vec<(String, Percentiles)>,
+    /// Auto-extend on Redis.
+    pub extend: Option<extend::ExtendResult>,
+    /// Subjects that could not be measured, and why.
+    pub failures: Vec<(String, String)>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!(
+        "[bench {:>7.1}s] {}",
+        started().elapsed().as_secs_f64(),
+        msg.as_ref()
+    );
+}
+
+fn started() -> &'static std::time::Instant {
+    static T: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    T.get_or_init(std::time::Instant::now)
+}
+
+/// Runs the benchmark, writes the report, removes the containers.
+pub async fn run(config: Config) -> Result<Results, String> {
+    started();
+    let result = Box::pin(run_inner(&config)).await;
+    fixtures::remove_run_containers();
+    let results = result?;
+    report::write(&config, &results)?;
+    Ok(results)
+}
+
+async fn start_container(spec: fixtures::ContainerSpec) -> Result<fixtures::Container, String> {
+    let store = spec.store;
+    let c = fixtures::start(&spec).await?;
+    log(format!("{store} container on 127.0.0.1:{}", c.port));
+    Ok(c)
+}
+
+async fn run_inner(config: &Config) -> Result<Results, String> {
+    let redis_count = if config.all_stores { 5 } else { 1 };
+    let redis_containers = futures_util::future::join_all(
+        (0..redis_count).map(|_| start_container(fixtures::redis_spec(false))),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let redis_urls: Vec<String> = redis_containers
+        .iter()
+        .map(|c| format!("redis://127.0.0.1:{}", c.port))
+        .collect();
+
+    let mut results = Results::default();
+    let mut subjects: Vec<Subject> = Vec::new();
+
+    // memory
+    subjects.push(stores::library(
+        "memory",
+        Arc::new(MemoryBackend::new()),
+        "notified (in-process)",
+    ));
+
+    // Redis, notifications on and off.
+    let url0 = redis_urls[0].clone();
+    let redis = stores::retry_connect("redis", Duration::from_secs(60), || async {
+        leasehold_redis::RedisBackend::connect(&url0)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let redis: Arc<dyn LockBackend> = Arc::new(redis);
+    let raw_conn = stores::redis_conn(&url0).await?;
+    let mut s = stores::library("redis", redis.clone(), "notified (pub/sub)");
+    s.raw = Some(stores::redis_raw(vec![raw_conn.clone()]));
+    s.raw_desc = "EVALSHA acquire + EVALSHA release";
+    s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+    s.rtt_desc = "PING";
+    subjects.push(s);
+    let polled = leasehold_redis::RedisBackend::builder()
+        .notifications(false)
+        .connect(&url0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut s = stores::library("redis (notifications off)", Arc::new(polled), "polled");
+    s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+    s.rtt_desc = "PING";
+    subjects.push(s);
+
+    // Redlock 3 and 5.
+    if config.all_stores {
+        for n in [3usize, 5] {
+            let urls = redis_urls[..n].to_vec();
+            let backend = leasehold_redlock::RedlockBackend::builder()
+                .connect_urls(urls.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut conns = Vec::new();
+            for u in &urls {
+                conns.push(stores::redis_conn(u).await?);
+            }
+            let mut s = stores::library(
+                &format!("redlock-{n}"),
+                Arc::new(backend),
+                "polled (redlock)",
+            );
+            s.raw = Some(stores::redis_raw(conns));
+            s.raw_desc = "both scripts to N servers concurrently";
+            s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+            s.rtt_desc = "PING (one server)";
+            subjects.push(s);
+        }
+    }
+
+    // Peers.
+    let mut s = stores::rslock_subject("rslock (1 server)", vec![redis_urls[0].clone()]);
+    s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+    s.rtt_desc = "PING";
+    subjects.push(s);
+    if config.all_stores {
+        for n in [3usize, 5] {
+            let mut s =
+                stores::rslock_subject(&format!("rslock ({n} servers)"), redis_urls[..n].to_vec());
+            s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+            s.rtt_desc = "PING (one server)";
+            subjects.push(s);
+        }
+    }
+
+    let mut others = Vec::new();
+    if config.all_stores {
+        others = other_stores(&mut results).await;
+    }
+    // Keep the containers alive until the end.
+    let _keep = (&redis_containers, &others);
+    for (s, _) in others
+        .iter_mut()
+        .filter_map(|(s, c)| s.take().map(|s| (s, c)))
+    {
+        subjects.push(s);
+    }
+
+    // 1. Uncontended latency.
+    for s in &subjects {
+        log(format!("latency: {}", s.name));
+        let mut ops = vec![lock_unlock(s.try_lock.clone())];
+        ops.extend(s.raw.clone());
+        match harness::latency(&s.name, &ops, config.samples, config.warmup).await {
+            Ok(p) => results.latency.push(LatencyRow {
+                name: s.name.clone(),
+                lib: p[0],
+                raw: p.get(1).copied(),
+                raw_desc: s.raw_desc.into(),
+            }),
+            Err(e) => results
+                .failures
+                .push((s.name.clone(), format!("latency: {e}"))),
+        }
+    }
+
+    // 4. Fan-out: acquisition alone, Redis vs Redlock 3/5, interleaved.
+    {
+        let fan: Vec<&Subject> = subjects
+            .iter()
+            .filter(|s| {
+                s.name == "redis" || s.name.starts_with("redlock-") || s.name.starts_with("rslock")
+            })
+            .collect();
+        log("fan-out");
+        let acquires: Vec<_> = fan.iter().map(|s| s.try_lock.clone()).collect();
+        match harness::acquire_latency("fanout", &acquires, config.samples, config.warmup).await {
+            Ok(p) => {
+                for (s, p) in fan.iter().zip(p) {
+                    results.fanout.push((s.name.clone(), p));
+                }
+            }
+            Err(e) => results.failures.push(("fan-out".into(), e)),
+        }
+    }
+
+    // 2. Throughput.
+    for s in subjects
+        .iter()
+        .filter(|s| s.name != "redis (notifications off)")
+    {
+        for &tasks in &config.concurrency {
+            log(format!("throughput: {} x{tasks}", s.name));
+            let lib = lock_unlock(s.try_lock.clone());
+            let lib_ops = harness::throughput(&s.name, &lib, tasks, config.window).await;
+            let raw_ops = match &s.raw {
+                Some(raw) => Some(
+                    harness::throughput(&format!("{}-raw", s.name), raw, tasks, config.window)
+                        .await,
+                ),
+                None => None,
+            };
+            match (lib_ops, raw_ops.transpose()) {
+                (Ok(lib), Ok(raw)) => results.throughput.push(ThroughputRow {
+                    name: s.name.clone(),
+                    tasks,
+                    lib,
+                    raw,
+                }),
+                (Err(e), _) | (_, Err(e)) => results
+                    .failures
+                    .push((s.name.clone(), format!("throughput x{tasks}: {e}"))),
+            }
+        }
+    }
+
+    // 3. Contended handoff.
+    for s in &subjects {
+        log(format!("handoff: {}", s.name));
+        let rtt = match &s.rtt {
+            Some(rtt) => match harness::latency(
+                &format!("{}-rtt", s.name),
+                std::slice::from_ref(rtt),
+                config.samples,
+                config.warmup,
+            )
+            .await
+            {
+                Ok(p) => Some(p[0]),
+                Err(e) => {
+                    results.failures.push((s.name.clone(), format!("rtt: {e}")));
+                    None
+                }
+            },
+            None => None,
+        };
+        match harness::handoff(&s.name, &s.lock, config.handoff_tasks, config.handoffs).await {
+            Ok(p) => results.handoff.push(HandoffRow {
+                name: s.name.clone(),
+                waiting: s.waiting.into(),
+                handoff: p,
+                rtt,
+                rtt_desc: s.rtt_desc.into(),
+            }),
+            Err(e) => results
+                .failures
+                .push((s.name.clone(), format!("handoff: {e}"))),
+        }
+    }
+
+    // 5. Auto-extend at scale on Redis.
+    log(format!(
+        "auto-extend: {} guards for {:?}",
+        config.guards, config.hold
+    ));
+    let stats = stores::redis_conn(&url0).await?;
+    match extend::run(
+        redis.clone(),
+        stats,
+        config.guards,
+        config.guard_ttl,
+        config.hold,
+    )
+    .await
+    {
+        Ok(r) => results.extend = Some(r),
+        Err(e) => results.failures.push(("auto-extend".into(), e)),
+    }
+    log("done");
+    drop(redis_containers);
+    drop(others);
+    Ok(results)
+}
+
+type Started = (Option<Subject>, Option<fixtures::Container>);
+
+/// etcd, ZooKeeper, Postgres (advisory and table), DynamoDB: started in
+/// parallel; a store that fails to start is recorded and skipped.
+async fn other_stores(results: &mut Results) -> Vec<Started> {
+    let (etcd, zk, pg, dynamo) = tokio::join!(
+        start_container(fixtures::etcd_spec()),
+        start_container(fixtures::zookeeper_spec()),
+        start_container(fixtures::postgres_spec()),
+        start_container(fixtures::dynamodb_spec()),
+    );
+    let mut out: Vec<Started> = Vec::new();
+    let mut push =
+        |name: &str, r: Result<Vec<Subject>, String>, c: Option<fixtures::Container>| match r {
+            Ok(subjects) => {
+                out.extend(subjects.into_iter().map(|s| (Some(s), None)));
+                out.push((None, c));
+            }
+            Err(e) => {
+                results.failures.push((name.into(), e));
+                out.push((None, c));
+            }
+        };
+
+    let r = match &etcd {
+        Ok(c) => setup_etcd(c.port).await,
+        Err(e) => Err(e.clone()),
+    };
+    push("etcd", r, etcd.ok());
+    let r = match &zk {
+        Ok(c) => setup_zk(c.port).await,
+        Err(e) => Err(e.clone()),
+    };
+    push("zookeeper", r, zk.ok());
+    let r = match &pg {
+        Ok(c) => setup_pg(c.port).await,
+        Err(e) => Err(e.clone()),
+    };
+    push("postgres", r, pg.ok());
+    let r = match &dynamo {
+        Ok(c) => setup_dynamo(c.port).await,
+        Err(e) => Err(e.clone()),
+    };
+    push("dynamodb", r, dynamo.ok());
+    out
+}
+
+async fn setup_etcd(port: u16) -> Result<Vec<Subject>, String> {
+    let url = format!("etcd://127.0.0.1:{port}");
+    let backend = stores::retry_connect("etcd", Duration::from_secs(60), || async {
+        leasehold_etcd::EtcdBackend::connect(&url)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let client = backend.client().clone();
+    let mut s = stores::library("etcd", Arc::new(backend), "notified (watch)");
+    s.raw = Some(stores::etcd_raw(client.clone()));
+    s.raw_desc = "txn (create-if-absent put) + delete";
+    s.rtt = Some(stores::etcd_rtt(client));
+    s.rtt_desc = "range get";
+    Ok(vec![s])
+}
+
+async fn setup_zk(port: u16) -> Result<Vec<Subject>, String> {
+    let url = format!("zk://127.0.0.1:{port}");
+    let backend = stores::retry_connect("zookeeper", Duration::from_secs(90), || async {
+        leasehold_zookeeper::ZkBackend::connect_url(&url)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let client = backend.client().await.map_err(|e| e.to_string())?;
+    stores::zk_prepare(&client).await?;
+    let mut s = stores::library("zookeeper", Arc::new(backend), "notified (watch)");
+    s.raw = Some(stores::zk_raw(client.clone()));
+    s.raw_desc = "create ephemeral + delete";
+    s.rtt = Some(stores::zk_rtt(client));
+    s.rtt_desc = "exists";
+    Ok(vec![s])
+}
+
+async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
+    let base = format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/postgres",
+        fixtures::POSTGRES_PASSWORD
+    );
+    let mut out = Vec::new();
+    for mode in ["advisory", "table"] {
+        let url = format!("{base}?mode={mode}");
+        let backend = stores::retry_connect("postgres", Duration::from_secs(90), || async {
+            leasehold_postgres::PostgresBackend::connect(&url)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        let pool = backend.pool().clone();
+        let mut s = stores::library(
+            &format!("postgres-{mode}"),
+            Arc::new(backend),
+            "notified (LISTEN/NOTIFY)",
+        );
+        if mode == "advisory" {
+            s.raw = Some(stores::pg_advisory_raw(pool.clone()));
+            s.raw_desc = "pg_try_advisory_lock + pg_advisory_unlock on one pooled connection";
+        } else {
+            stores::pg_prepare(&pool).await?;
+            s.raw = Some(stores::pg_table_raw(pool.clone()));
+            s.raw_desc = "conditional upsert + compare-and-clear update";
+        }
+        s.rtt = Some(stores::pg_rtt(pool));
+        s.rtt_desc = "SELECT 1";
+        out.push(s);
+    }
+    Ok(out)
+}
+
+async fn setup_dynamo(port: u16) -> Result<Vec<Subject>, String> {
+    let url = format!(
+        "dynamodb://test:test@leasehold-bench?region=us-east-1\
+         &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout_ms=5000"
+    );
+    let backend = stores::retry_connect("dynamodb", Duration::from_secs(90), || async {
+        leasehold_dynamodb::DynamoDbBackend::connect(&url)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let (client, table) = (backend.client().clone(), backend.table().to_owned());
+    let pk = leasehold_dynamodb::DEFAULT_PARTITION_KEY.to_owned();
+    let mut s = stores::library("dynamodb (moto stand-in)", Arc::new(backend), "polled");
+    s.raw = Some(stores::dynamo_raw(
+        client.clone(),
+        table.clone(),
+        pk.clone(),
+    ));
+    s.raw_desc = "2 conditional UpdateItem";
+    s.rtt = Some(stores::dynamo_rtt(client, table, pk));
+    s.rtt_desc = "GetItem";
+    Ok(vec![s])
+}

@@ -1,0 +1,446 @@
+//! The subjects: each backend through `Locker`, the raw store operations the
+//! same lock needs at the least (same client crate, same connection kind),
+//! and one raw round trip.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use futures_util::future::{BoxFuture, join_all};
+use leasehold_core::{Key, LockBackend, Locker, OwnerToken, RetryPolicy};
+use leasehold_postgres::sqlx;
+use leasehold_redis::KeyLayout;
+use leasehold_redis::scripts;
+use leasehold_zookeeper::zookeeper_client::{Acls, CreateMode};
+use redis::aio::ConnectionManager;
+
+use crate::harness::{Acquire, Op, Release};
+
+/// TTL of every benchmark lock (long: nothing should expire mid-sample).
+pub const TTL: Duration = Duration::from_secs(30);
+
+/// One thing under measurement.
+pub struct Subject {
+    /// Row name.
+    pub name: String,
+    /// Library (or peer) one-shot acquire.
+    pub try_lock: Acquire,
+    /// Library (or peer) waiting acquire.
+    pub lock: Acquire,
+    /// Raw lock+unlock with the store's client.
+    pub raw: Option<Op>,
+    /// What `raw` sends.
+    pub raw_desc: &'static str,
+    /// One raw round trip.
+    pub rtt: Option<Op>,
+    /// What `rtt` sends.
+    pub rtt_desc: &'static str,
+    /// How waiters learn of a release.
+    pub waiting: &'static str,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn key_of(s: &str) -> Result<Key, String> {
+    Key::new(s).map_err(|e| format!("{e:?}"))
+}
+
+fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move |k| Box::pin(f(k)) as BoxFuture<'static, _>)
+}
+
+/// Acquire through a [`Locker`] (`try_lock`, or `lock` when `wait`).
+pub fn locker_acquire(locker: Locker, wait: bool) -> Acquire {
+    Arc::new(move |key: String| {
+        let locker = locker.clone();
+        Box::pin(async move {
+            let guard = if wait {
+                locker.lock(key.as_str()).await
+            } else {
+                locker.try_lock(key.as_str()).await
+            }
+            .map_err(err)?;
+            let release: Release =
+                Box::new(move || Box::pin(async move { guard.release().await.map_err(err) }));
+            Ok(release)
+        })
+    })
+}
+
+/// A subject for a backend through the default `Locker`.
+pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str) -> Subject {
+    let locker = Locker::builder_from_arc(backend)
+        .retry(RetryPolicy::new(Duration::from_secs(60)))
+        .build();
+    Subject {
+        name: name.to_owned(),
+        try_lock: locker_acquire(locker.clone(), false),
+        lock: locker_acquire(locker, true),
+        raw: None,
+        raw_desc: "-",
+        rtt: None,
+        rtt_desc: "-",
+        waiting,
+    }
+}
+
+/// The acquire and release scripts sent directly to every connection (one
+/// for Redis, N concurrently for Redlock's raw fan-out).
+pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
+    let layout = Arc::new(KeyLayout::new("bench-raw").expect("a valid namespace"));
+    let conns = Arc::new(conns);
+    op(move |k| {
+        let (layout, conns) = (layout.clone(), conns.clone());
+        async move {
+            let key = key_of(&k)?;
+            let (lock, fence, channel) = (
+                layout.lock_key(&key),
+                layout.fence_key(&key),
+                layout.channel(),
+            );
+            let owner = OwnerToken::generate().to_hex();
+            let ttl_ms = TTL.as_millis() as u64;
+            let acquired = join_all(conns.iter().map(|c| {
+                let mut c = c.clone();
+                let (lock, fence, owner) = (lock.clone(), fence.clone(), owner.clone());
+                async move {
+                    scripts::acquire()
+                        .key(lock)
+                        .key(fence)
+                        .arg(owner)
+                        .arg(ttl_ms)
+                        .invoke_async::<(i64, i64, i64, String)>(&mut c)
+                        .await
+                }
+            }))
+            .await;
+            for a in acquired {
+                if a.map_err(err)?.0 != 1 {
+                    return Err(format!("raw acquire of {k} found it held"));
+                }
+            }
+            let released = join_all(conns.iter().map(|c| {
+                let mut c = c.clone();
+                let (lock, owner, channel) = (lock.clone(), owner.clone(), channel.clone());
+                async move {
+                    scripts::release()
+                        .key(lock)
+                        .arg(owner)
+                        .arg(channel)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                }
+            }))
+            .await;
+            for r in released {
+                r.map_err(err)?;
+            }
+            Ok(())
+        }
+    })
+}
+
+/// `PING`.
+pub fn redis_ping(conn: ConnectionManager) -> Op {
+    op(move |_| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+    })
+}
+
+/// Opens a connection manager (the kind `leasehold-redis` uses).
+pub async fn redis_conn(url: &str) -> Result<ConnectionManager, String> {
+    redis::Client::open(url)
+        .map_err(err)?
+        .get_connection_manager()
+        .await
+        .map_err(err)
+}
+
+/// rslock's `LockManager` over `urls`.
+pub fn rslock_subject(name: &str, urls: Vec<String>) -> Subject {
+    let manager = Arc::new(rslock::LockManager::new(urls));
+    let acquire = |wait: bool| -> Acquire {
+        let manager = manager.clone();
+        Arc::new(move |key: String| {
+            let manager = manager.clone();
+            Box::pin(async move {
+                let lock = if wait {
+                    manager.acquire_no_guard(key.as_str(), TTL).await
+                } else {
+                    manager.lock(key.as_str(), TTL).await
+                }
+                .map_err(|e| format!("rslock: {e:?}"))?;
+                let release: Release = Box::new(move || {
+                    Box::pin(async move {
+                        manager.unlock(&lock).await;
+                        Ok(())
+                    })
+                });
+                Ok(release)
+            })
+        })
+    };
+    Subject {
+        name: name.to_owned(),
+        try_lock: acquire(false),
+        lock: acquire(true),
+        raw: None,
+        raw_desc: "-",
+        rtt: None,
+        rtt_desc: "-",
+        waiting: "polled (rslock retry loop)",
+    }
+}
+
+/// etcd: a txn (create-if-absent put) and a delete.
+pub fn etcd_raw(client: etcd_client::Client) -> Op {
+    op(move |k| {
+        let mut client = client.clone();
+        async move {
+            let key = format!("bench-raw/{k}");
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    OwnerToken::generate().to_hex(),
+                    None,
+                )]);
+            let resp = client.txn(txn).await.map_err(err)?;
+            if !resp.succeeded() {
+                return Err(format!("raw etcd txn found {key} held"));
+            }
+            client.delete(key, None).await.map_err(err)?;
+            Ok(())
+        }
+    })
+}
+
+/// etcd: a range get of one key.
+pub fn etcd_rtt(client: etcd_client::Client) -> Op {
+    op(move |_| {
+        let mut client = client.clone();
+        async move { client.get("bench-rtt", None).await.map(|_| ()).map_err(err) }
+    })
+}
+
+/// ZooKeeper: create an ephemeral node and delete it.
+pub fn zk_raw(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
+    op(move |k| {
+        let client = client.clone();
+        async move {
+            let path = format!("/leasehold-bench-raw/{}", k.replace('/', "_"));
+            let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+            client.create(&path, &[], &options).await.map_err(err)?;
+            client.delete(&path, None).await.map_err(err)?;
+            Ok(())
+        }
+    })
+}
+
+/// Creates the raw benchmark's parent node.
+pub async fn zk_prepare(
+    client: &leasehold_zookeeper::zookeeper_client::Client,
+) -> Result<(), String> {
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    match client.create("/leasehold-bench-raw", &[], &options).await {
+        Ok(_) | Err(leasehold_zookeeper::zookeeper_client::Error::NodeExists) => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// ZooKeeper: `exists`.
+pub fn zk_rtt(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
+    op(move |_| {
+        let client = client.clone();
+        async move {
+            client
+                .check_stat("/leasehold-bench-raw")
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+    })
+}
+
+/// Postgres advisory: `pg_try_advisory_lock` and `pg_advisory_unlock` on one
+/// pooled connection.
+pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
+    op(move |k| {
+        let pool = pool.clone();
+        async move {
+            let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
+            let mut conn = pool.acquire().await.map_err(err)?;
+            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            if !got {
+                return Err(format!("raw advisory lock {k} held"));
+            }
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+    })
+}
+
+/// Creates the raw table benchmark's table.
+pub async fn pg_prepare(pool: &sqlx::PgPool) -> Result<(), String> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS leasehold_bench_raw \
+         (k text PRIMARY KEY, owner text, expires_at timestamptz)",
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(err)
+}
+
+/// Postgres table: a conditional upsert and a compare-and-clear update.
+pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
+    op(move |k| {
+        let pool = pool.clone();
+        async move {
+            let owner = OwnerToken::generate().to_hex();
+            let took = sqlx::query(
+                "INSERT INTO leasehold_bench_raw AS t (k, owner, expires_at) \
+                 VALUES ($1, $2, clock_timestamp() + interval '30 seconds') \
+                 ON CONFLICT (k) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+                 WHERE t.owner IS NULL OR t.expires_at <= clock_timestamp()",
+            )
+            .bind(&k)
+            .bind(&owner)
+            .execute(&pool)
+            .await
+            .map_err(err)?;
+            if took.rows_affected() != 1 {
+                return Err(format!("raw table lock {k} held"));
+            }
+            sqlx::query(
+                "UPDATE leasehold_bench_raw SET owner = NULL, expires_at = NULL \
+                 WHERE k = $1 AND owner = $2",
+            )
+            .bind(&k)
+            .bind(&owner)
+            .execute(&pool)
+            .await
+            .map_err(err)?;
+            Ok(())
+        }
+    })
+}
+
+/// Postgres: `SELECT 1`.
+pub fn pg_rtt(pool: sqlx::PgPool) -> Op {
+    op(move |_| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+    })
+}
+
+/// DynamoDB: two conditional `UpdateItem`s (take if free, clear if ours).
+pub fn dynamo_raw(client: aws_sdk_dynamodb::Client, table: String, pk: String) -> Op {
+    op(move |k| {
+        let (client, table, pk) = (client.clone(), table.clone(), pk.clone());
+        async move {
+            let owner = OwnerToken::generate().to_hex();
+            let item = AttributeValue::S(format!("bench-raw#{k}"));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            client
+                .update_item()
+                .table_name(&table)
+                .key(&pk, item.clone())
+                .update_expression("SET #o = :o, #e = :e")
+                .condition_expression("attribute_not_exists(#o) OR #e < :now")
+                .expression_attribute_names("#o", "bench_owner")
+                .expression_attribute_names("#e", "bench_expires")
+                .expression_attribute_values(":o", AttributeValue::S(owner.clone()))
+                .expression_attribute_values(":e", AttributeValue::N((now + 30_000).to_string()))
+                .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            client
+                .update_item()
+                .table_name(&table)
+                .key(&pk, item)
+                .update_expression("REMOVE #o, #e")
+                .condition_expression("#o = :o")
+                .expression_attribute_names("#o", "bench_owner")
+                .expression_attribute_names("#e", "bench_expires")
+                .expression_attribute_values(":o", AttributeValue::S(owner))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(())
+        }
+    })
+}
+
+/// DynamoDB: one `GetItem`.
+pub fn dynamo_rtt(client: aws_sdk_dynamodb::Client, table: String, pk: String) -> Op {
+    op(move |_| {
+        let (client, table, pk) = (client.clone(), table.clone(), pk.clone());
+        async move {
+            client
+                .get_item()
+                .table_name(&table)
+                .key(&pk, AttributeValue::S("bench-rtt".into()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
+        }
+    })
+}
+
+/// Retries `connect` until it succeeds or `within` passes (stores accept
+/// TCP before they serve).
+pub async fn retry_connect<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut connect: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("{what} never became ready: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
