@@ -6,7 +6,7 @@
 #
 #   conformance/images/smoke.sh [STORE...]     (default: all five)
 #
-# Containers carry the label leasehold.test=smoke and sit on a private
+# Containers carry the label leasehold.test=<pid>-smoke and sit on a private
 # --internal network; all of them, and the network, are removed on exit.
 # Exit status is non-zero if any image fails. LEASEHOLD_SMOKE_TIMEOUT
 # (seconds, default 90) bounds each image's wait.
@@ -64,7 +64,7 @@ start() {
     done
     [ $# -eq 0 ] || shift
     docker run -d --name "$RUN-$name" --hostname "$name" --network "$NET" --network-alias "$name" \
-        --label leasehold.test=smoke --label "leasehold.smoke.run=$RUN" \
+        --label "leasehold.test=$$-smoke" --label "leasehold.smoke.run=$RUN" \
         "${opts[@]}" "$image" "$@" >/dev/null
 }
 x() { docker exec "$RUN-$1" "${@:2}"; }   # run in container
@@ -276,7 +276,7 @@ for s in "${STORES[@]}"; do
         { echo "smoke: image ${TAG[$s]} is missing: run conformance/images/build.sh $s" >&2; exit 1; }
 done
 
-docker network create --internal --label leasehold.test=smoke "$NET" >/dev/null
+docker network create --internal --label "leasehold.test=$$-smoke" "$NET" >/dev/null
 
 # One store at a time, so each time is that image's own start-to-healthy time.
 failed=0

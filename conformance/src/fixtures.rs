@@ -20,7 +20,10 @@ use crate::{BoxFuture, Skipped, Store};
 /// The label every test container carries; its value is the run id.
 pub const LABEL: &str = "leasehold.test";
 
-/// This process's run id (the label value of its containers).
+/// This process's run id (the label value of its containers):
+/// `<pid>-<random>`. `scripts/cleanup-containers.sh` removes a labelled
+/// container only when the process `<pid>` is gone, so concurrent runs
+/// (tests next to a benchmark) keep their stores.
 pub fn run_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| format!("{}-{}", std::process::id(), rand::random::<u32>()))

@@ -156,11 +156,16 @@ pub async fn with_timeout<T>(
 ) -> Result<T, LockError> {
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result,
-        Err(_) => Err(LockError::unavailable(
-            backend,
-            format!("no answer within the operation timeout of {timeout:?}"),
-        )),
+        Err(_) => Err(timed_out(backend, timeout)),
     }
+}
+
+/// The error of a call that got no answer within `timeout`.
+pub(crate) fn timed_out(backend: &'static str, timeout: Duration) -> LockError {
+    LockError::unavailable(
+        backend,
+        format!("no answer within the operation timeout of {timeout:?}"),
+    )
 }
 
 /// Why a waiter woke up.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-use crate::backend::{LockBackend, ReleaseListener, with_timeout};
+use crate::backend::{LockBackend, ReleaseListener, timed_out, with_timeout};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
@@ -87,6 +87,17 @@ impl LockBackend for Timeout {
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         with_timeout(self.name(), self.timeout, self.inner.extend(lease, ttl)).await
+    }
+    /// One bound for the whole batch, so a backend that renews a batch in one
+    /// round trip still does (the trait's default would renew one by one).
+    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+        match tokio::time::timeout(self.timeout, self.inner.extend_many(renewals)).await {
+            Ok(results) => results,
+            Err(_) => renewals
+                .iter()
+                .map(|_| Err(timed_out(self.name(), self.timeout)))
+                .collect(),
+        }
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         with_timeout(self.name(), self.timeout, self.inner.release(lease)).await
@@ -206,5 +217,61 @@ impl LockBackend for Arc<dyn LockBackend> {
     }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         (**self).release_listener(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+
+    /// Renews only in batches: a single `extend` is an error, so a layer that
+    /// falls back to the trait's one-by-one default is caught.
+    #[derive(Debug)]
+    struct BatchOnly(MemoryBackend);
+
+    #[async_trait]
+    impl LockBackend for BatchOnly {
+        fn name(&self) -> &'static str {
+            "batch-only"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+            self.0.try_acquire(key, ttl).await
+        }
+        async fn extend(&self, _: &Lease, _: Duration) -> Result<Lease, LockError> {
+            Err(LockError::backend("batch-only", "renewed one by one"))
+        }
+        async fn extend_many(
+            &self,
+            renewals: &[(Lease, Duration)],
+        ) -> Vec<Result<Lease, LockError>> {
+            self.0.extend_many(renewals).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+            self.0.release(lease).await
+        }
+        async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+            self.0.inspect(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn layers_pass_a_renewal_batch_through_whole() {
+        let ttl = Duration::from_secs(5);
+        let inner: Arc<dyn LockBackend> = Arc::new(BatchOnly(MemoryBackend::new()));
+        let layered = TracingLayer.layer(TimeoutLayer::new(Duration::from_secs(2)).layer(inner));
+        let mut renewals = Vec::new();
+        for name in ["a", "b", "c"] {
+            let lease = layered.try_acquire(&Key::new(name).unwrap(), ttl).await.unwrap();
+            renewals.push((lease, ttl));
+        }
+        let results = layered.extend_many(&renewals).await;
+        assert_eq!(results.len(), 3);
+        for result in results {
+            result.expect("the batch reached the inner backend whole");
+        }
     }
 }
