@@ -265,7 +265,10 @@ mod tests {
         let layered = TracingLayer.layer(TimeoutLayer::new(Duration::from_secs(2)).layer(inner));
         let mut renewals = Vec::new();
         for name in ["a", "b", "c"] {
-            let lease = layered.try_acquire(&Key::new(name).unwrap(), ttl).await.unwrap();
+            let lease = layered
+                .try_acquire(&Key::new(name).unwrap(), ttl)
+                .await
+                .unwrap();
             renewals.push((lease, ttl));
         }
         let results = layered.extend_many(&renewals).await;
