@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Expiry, Fencing, Key, Lease, LockBackend, LockError, Locker, OwnerToken,
-    RetryPolicy, TtlPolicy, Waiting,
+    Capabilities, Expiry, Fencing, Key, Lease, LockBackend, LockError, LockInfo, Locker,
+    OwnerToken, ReleaseListener, RetryPolicy, TtlPolicy, Waiting, async_trait,
 };
 use libtest_mimic::{Arguments, Trial};
 use rand::Rng;
@@ -205,6 +205,7 @@ pub fn all_cases() -> Vec<Case> {
             fenced_register_rejects_paused_holders_late_write,
             paused_holder
         ),
+        case!(answer_after_validity_gives_lost_not_a_lock, always),
         case!(acquire_wakes_promptly_after_release, always),
         case!(acquire_times_out_with_timeout, always),
         case!(lost_fires_when_the_lease_expires_and_is_taken, ttl_expiry),
@@ -600,6 +601,81 @@ pub async fn extend_keeps_the_lock(ctx: Arc<Ctx>) -> Outcome {
         expect_contended(&other, &key, ttl, "while extended").await?;
     }
     ctx.backend.release(&lease).await?;
+    Ok(())
+}
+
+/// The backend under test, with every acquisition's answer handed over only
+/// after `delay`: the client stalls between sending the request and reading
+/// the reply (a GC or VM pause, a slow link). A SIGSTOP cannot be aimed at
+/// that moment; a delay can.
+#[derive(Debug)]
+struct LateAnswer {
+    inner: Arc<dyn LockBackend>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl LockBackend for LateAnswer {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let answer = self.inner.try_acquire(key, ttl).await;
+        tokio::time::sleep(self.delay).await;
+        answer
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.inner.inspect(key).await
+    }
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        self.inner.release_listener(key)
+    }
+}
+
+/// A client whose acquisition answer arrives after the lease's validity
+/// ended (paused during acquisition) gets `Lost` from the `Locker`, never a
+/// guard, and the key does not stay locked for it: on a session backend the
+/// store still holds it for the stalled client, which must give it back.
+pub async fn answer_after_validity_gives_lost_not_a_lock(ctx: Arc<Ctx>) -> Outcome {
+    let key = ctx.key("late-answer");
+    let ttl = ctx.ttl(Duration::from_millis(500));
+    let late: Arc<dyn LockBackend> = Arc::new(LateAnswer {
+        inner: ctx.client().await?,
+        delay: ttl + Duration::from_millis(300),
+    });
+    match ctx
+        .locker(late.clone(), ttl, Duration::ZERO)
+        .try_lock(&key)
+        .await
+    {
+        Err(LockError::Lost { .. }) => {}
+        Ok(guard) => {
+            let _ = guard.release().await;
+            return Err(Failed(
+                "a guard was handed out for a lease whose validity ended before the answer arrived"
+                    .into(),
+            ));
+        }
+        Err(e) => {
+            return Err(Failed(format!(
+                "an answer after validity should be Lost, got {e}"
+            )));
+        }
+    }
+    // `late` (and its session) stays alive until the key is free again.
+    let other = ctx.client().await?;
+    let lease = acquire_eventually(&other, &key, ttl, ctx.expiry_bound(ttl)).await?;
+    other.release(&lease).await?;
+    drop(late);
     Ok(())
 }
 

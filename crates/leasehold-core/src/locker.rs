@@ -178,6 +178,11 @@ impl Locker {
     }
 
     /// One attempt; a held key gives [`LockError::Contended`].
+    ///
+    /// Every way of locking checks the lease when the store's answer arrives:
+    /// an answer that came after the lease's validity ended (this process or
+    /// the network stalled during acquisition) gives [`LockError::Lost`], never
+    /// a guard, and the lease is released in the background.
     pub async fn try_lock(&self, key: impl IntoKey) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
         self.acquire_guard(key, None).await
@@ -268,13 +273,28 @@ impl Locker {
         let started = Instant::now();
         let span = tracing::debug_span!("leasehold.acquire", backend = name, key = %key, outcome = tracing::field::Empty);
         let result = async {
-            match &wait {
+            let lease = match &wait {
                 None => backend.try_acquire(&key, ttl).await,
                 Some(wait) => {
                     let _waiting = Gauge::increment("leasehold_waiters", name);
                     backend.acquire(&key, ttl, wait).await
                 }
+            }?;
+            if lease.is_valid_at(Instant::now()) {
+                return Ok(lease);
             }
+            // The answer came after the lease's validity ended: this process
+            // or the network stalled during acquisition. Someone else may hold
+            // the key by now, so no guard; and a session-backed store may still
+            // hold it for us, so give it back.
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.release(&lease).await });
+            Err(LockError::lost(
+                name,
+                key.as_str(),
+                "the store's answer arrived after the lease's validity ended \
+                 (paused or delayed during acquisition)",
+            ))
         }
         .instrument(span.clone())
         .await;
@@ -822,6 +842,69 @@ mod tests {
             "releasing the stolen guard freed the thief's lock"
         );
         backend.release(&thief).await.unwrap();
+    }
+
+    /// Answers every acquisition only after `delay`, like a process paused
+    /// (or a link stalled) between sending the request and reading the reply.
+    #[derive(Debug)]
+    struct LateAnswer {
+        inner: MemoryBackend,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl LockBackend for LateAnswer {
+        fn name(&self) -> &'static str {
+            "late-answer"
+        }
+        fn capabilities(&self) -> crate::Capabilities {
+            self.inner.capabilities()
+        }
+        async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+            let lease = self.inner.try_acquire(key, ttl).await;
+            tokio::time::sleep(self.delay).await;
+            lease
+        }
+        async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+            self.inner.extend(lease, ttl).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+            self.inner.release(lease).await
+        }
+        async fn inspect(&self, key: &Key) -> Result<Option<crate::LockInfo>, LockError> {
+            self.inner.inspect(key).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_after_validity_gives_lost_not_a_guard() {
+        let ttl = Duration::from_secs(3);
+        let late: Arc<dyn LockBackend> = Arc::new(LateAnswer {
+            inner: MemoryBackend::new(),
+            delay: ttl * 2,
+        });
+        for wait in [Duration::ZERO, Duration::from_secs(1)] {
+            let locker = locker_on(late.clone(), ttl, wait);
+            let result = if wait.is_zero() {
+                locker.try_lock("k").await
+            } else {
+                locker.lock("k").await
+            };
+            assert!(
+                matches!(result, Err(LockError::Lost { .. })),
+                "a lease whose validity ended before the answer came was handed out: {result:?}"
+            );
+        }
+        // A prompt answer still locks.
+        let prompt: Arc<dyn LockBackend> = Arc::new(LateAnswer {
+            inner: MemoryBackend::new(),
+            delay: ttl / 10,
+        });
+        let guard = locker_on(prompt, ttl, Duration::ZERO)
+            .try_lock("k")
+            .await
+            .expect("an answer within validity locks");
+        guard.release().await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
