@@ -213,9 +213,20 @@ pub fn remove_run_containers() {
     }
 }
 
-/// A free port on 127.0.0.1 (bound and released; the container takes it
-/// right after).
+/// A free port on 127.0.0.1 (probed by binding it; the container takes it
+/// right after). Picked at random below the kernel's ephemeral range
+/// (32768 and up), where outgoing connections take their local ports, so
+/// nothing else is likely to grab it between the probe and Docker's bind;
+/// [`start`] still retries with another port if something did.
 pub fn free_port() -> std::io::Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
@@ -264,26 +275,46 @@ pub async fn start(spec: &ContainerSpec) -> Result<Container, String> {
     if let Some(ready) = spec.ready.clone() {
         image = image.with_wait_for(ready);
     }
-    let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-    let mut request = image
-        .with_label(LABEL, run_id())
-        .with_mapped_port(port, ContainerPort::Tcp(spec.port))
-        .with_host_config_modifier(publish_on_loopback_only)
-        .with_startup_timeout(Duration::from_secs(120));
-    for (name, value) in &spec.env {
-        request = request.with_env_var(name, value);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let mut request = image
+            .clone()
+            .with_label(LABEL, run_id())
+            .with_mapped_port(port, ContainerPort::Tcp(spec.port))
+            .with_host_config_modifier(publish_on_loopback_only)
+            .with_startup_timeout(Duration::from_secs(120));
+        for (name, value) in &spec.env {
+            request = request.with_env_var(name, value);
+        }
+        if !spec.cmd.is_empty() {
+            request = request.with_cmd(spec.cmd.clone());
+        }
+        match request.start().await {
+            Ok(inner) => {
+                return Ok(Container {
+                    inner: Arc::new(inner),
+                    port,
+                });
+            }
+            // Another process took the probed port before Docker bound it.
+            Err(e) if attempts < 5 && port_taken(&e.to_string()) => continue,
+            Err(e) => {
+                return Err(format!(
+                    "could not start the {} container (build the stand-in images with \
+                     conformance/images/build.sh): {e}",
+                    spec.store
+                ));
+            }
+        }
     }
-    if !spec.cmd.is_empty() {
-        request = request.with_cmd(spec.cmd.clone());
-    }
-    let inner = request.start().await.map_err(|e| {
-        format!("could not start the {} container (build the stand-in images with conformance/images/build.sh): {e}", spec.store)
-    })?;
-    let container = Container {
-        inner: Arc::new(inner),
-        port,
-    };
-    Ok(container)
+}
+
+/// Whether Docker refused a container because its host port was taken
+/// (by another container's mapping, or by a process listening on it).
+fn port_taken(error: &str) -> bool {
+    error.contains("port is already allocated") || error.contains("address already in use")
 }
 
 /// Redis 7 (stand-in `redis:7.0`); with `persistent`, AOF with an fsync per
@@ -347,4 +378,31 @@ pub fn dynamodb_spec() -> ContainerSpec {
     ContainerSpec::new("DYNAMODB", "amazon/dynamodb-local", "latest", 8000).ready(
         WaitFor::message_on_either_std("Initializing DynamoDB Local"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_host_port_is_recognised_in_dockers_answer() {
+        // What Docker answered in a CI run when another run's container had
+        // taken the probed port.
+        let answer = "failed to start a container: Docker responded with status code 500: \
+            driver failed programming external connectivity on endpoint angry_leakey (e5f2): \
+            Bind for 127.0.0.1:42187 failed: port is already allocated";
+        assert!(port_taken(answer));
+        assert!(port_taken(
+            "Error starting userland proxy: listen tcp4 127.0.0.1:25000: bind: address already in use"
+        ));
+        assert!(!port_taken("No such image: redis:7.0"));
+    }
+
+    #[test]
+    fn free_ports_sit_below_the_ephemeral_range() {
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            assert!((20_000..32_000).contains(&port), "{port}");
+        }
+    }
 }
