@@ -55,6 +55,14 @@ struct Held {
     path: String,
 }
 
+/// Our contender node, and the queue as listed right after its create when
+/// that list came with it.
+struct Enqueued {
+    name: String,
+    czxid: i64,
+    queue: Option<Vec<Contender>>,
+}
+
 impl ZkBackend {
     /// Connects with `options`; a session that ends later is replaced by a
     /// new one on the next call.
@@ -173,24 +181,42 @@ impl ZkBackend {
         key: &Key,
         owner: &OwnerToken,
         cleanup: &mut Cleanup,
-    ) -> Result<(String, i64), LockError> {
+    ) -> Result<Enqueued, LockError> {
         let client = &session.client;
         let key_path = self.key_path(key);
         let prefix = format!("{key_path}/{}", contender_prefix(owner));
         let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
         for _ in 0..5 {
-            match self.call(client.create(&prefix, &[], &options)).await? {
+            let created = client.create(&prefix, &[], &options);
+            // The client orders requests when they are made, not when polled,
+            // and the server answers a session's requests in order: this list
+            // already shows our node, and the uncontended case costs one
+            // round trip instead of two.
+            let listed = client.list_children(&key_path);
+            match self.call(created).await? {
                 Ok((stat, sequence)) => {
                     let name = format!("{}{sequence}", contender_prefix(owner));
                     cleanup.known(format!("{key_path}/{name}"));
-                    return Ok((name, stat.czxid));
+                    let queue = match self.call(listed).await {
+                        Ok(Ok(children)) => Some(queue(&children)),
+                        _ => None,
+                    };
+                    return Ok(Enqueued {
+                        name,
+                        czxid: stat.czxid,
+                        queue,
+                    });
                 }
                 Err(ZkError::NoNode) => self.make_key_node(client, &key_path).await?,
                 Err(ZkError::ConnectionLoss) => {
                     // The create may have been applied: look for our token.
-                    if let Some(found) = self.find_own(client, &key_path, owner).await? {
-                        cleanup.known(format!("{key_path}/{}", found.0));
-                        return Ok(found);
+                    if let Some((name, czxid)) = self.find_own(client, &key_path, owner).await? {
+                        cleanup.known(format!("{key_path}/{name}"));
+                        return Ok(Enqueued {
+                            name,
+                            czxid,
+                            queue: None,
+                        });
                     }
                 }
                 Err(error) => return Err(zk_error(error)),
@@ -303,12 +329,23 @@ impl ZkBackend {
         let key_path = self.key_path(key);
         let owner = OwnerToken::generate();
         let mut cleanup = Cleanup::new(client.clone(), key_path.clone(), owner);
-        let (name, czxid) = self.enqueue(session, key, &owner, &mut cleanup).await?;
+        let mut sent_at = Instant::now();
+        let Enqueued {
+            name,
+            czxid,
+            mut queue,
+        } = self.enqueue(session, key, &owner, &mut cleanup).await?;
         let path = format!("{key_path}/{name}");
         let mut delays = wait.schedule();
         loop {
-            let sent_at = Instant::now();
-            let queue = match self.contenders(client, &key_path).await {
+            let listed = match queue.take() {
+                Some(queue) => Ok(queue),
+                None => {
+                    sent_at = Instant::now();
+                    self.contenders(client, &key_path).await
+                }
+            };
+            let queue = match listed {
                 Ok(queue) => queue,
                 Err(error) if error.is_retryable() && !session.is_ended() => {
                     let delay = delays.next().unwrap_or(wait.max_delay);
@@ -435,9 +472,13 @@ impl LockBackend for ZkBackend {
         let owner = OwnerToken::generate();
         let mut cleanup = Cleanup::new(client.clone(), key_path.clone(), owner);
         let sent_at = Instant::now();
-        let (name, czxid) = self.enqueue(&session, key, &owner, &mut cleanup).await?;
+        let Enqueued { name, czxid, queue } =
+            self.enqueue(&session, key, &owner, &mut cleanup).await?;
         let path = format!("{key_path}/{name}");
-        let queue = self.contenders(client, &key_path).await?;
+        let queue = match queue {
+            Some(queue) => queue,
+            None => self.contenders(client, &key_path).await?,
+        };
         match queue.first() {
             Some(head) if head.name == name => {
                 cleanup.disarm();
