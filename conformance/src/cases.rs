@@ -604,14 +604,15 @@ pub async fn extend_keeps_the_lock(ctx: Arc<Ctx>) -> Outcome {
     Ok(())
 }
 
-/// The backend under test, with every acquisition's answer handed over only
-/// after `delay`: the client stalls between sending the request and reading
-/// the reply (a GC or VM pause, a slow link). A SIGSTOP cannot be aimed at
-/// that moment; a delay can.
+/// The backend under test, with every granted lease handed over only after
+/// its validity ended: the client stalls between sending the request and
+/// reading the reply (a GC or VM pause, a slow link). A SIGSTOP cannot be
+/// aimed at that moment; a delay can. (The delay runs to the lease's own
+/// end of validity, not the TTL from the call: session backends count
+/// validity from the session's last renewal, which can come later.)
 #[derive(Debug)]
 struct LateAnswer {
     inner: Arc<dyn LockBackend>,
-    delay: Duration,
 }
 
 #[async_trait]
@@ -624,7 +625,9 @@ impl LockBackend for LateAnswer {
     }
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let answer = self.inner.try_acquire(key, ttl).await;
-        tokio::time::sleep(self.delay).await;
+        if let Ok(lease) = &answer {
+            tokio::time::sleep_until(lease.valid_until() + Duration::from_millis(100)).await;
+        }
         answer
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
@@ -650,7 +653,6 @@ pub async fn answer_after_validity_gives_lost_not_a_lock(ctx: Arc<Ctx>) -> Outco
     let ttl = ctx.ttl(Duration::from_millis(500));
     let late: Arc<dyn LockBackend> = Arc::new(LateAnswer {
         inner: ctx.client().await?,
-        delay: ttl + Duration::from_millis(300),
     });
     match ctx
         .locker(late.clone(), ttl, Duration::ZERO)
