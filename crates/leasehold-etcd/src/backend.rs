@@ -486,6 +486,7 @@ impl LockBackend for EtcdBackend {
                 .when([
                     Compare::create_revision(keys.prefix.clone(), CompareOp::Equal, 0)
                         .with_range(keys.range_end()),
+                    LockKeys::not_retired(&entry),
                 ])
                 .and_then([TxnOp::put(
                     entry.clone(),

@@ -7,6 +7,7 @@
 //! different keys never share a prefix, nor is one's prefix inside another's
 //! range.
 
+use etcd_client::{Compare, CompareOp};
 use leasehold_core::{Key, OwnerToken};
 
 /// The etcd keys of one lock.
@@ -48,11 +49,31 @@ impl LockKeys {
         entry
     }
 
+    /// The compare every acquisition's txn makes: the entry's retirement
+    /// marker is absent. Once the reaper has written the marker, a copy of
+    /// the txn that reaches the store late (sent before a timeout, applied
+    /// after the caller gave up) cannot put the entry any more.
+    pub fn not_retired(entry: &[u8]) -> Compare {
+        Compare::create_revision(retirement_marker(entry), CompareOp::Equal, 0)
+    }
+
     /// The owner token of a queue entry of this lock, if it is one.
     pub fn owner_of(&self, entry: &[u8]) -> Option<OwnerToken> {
         let hex = entry.strip_prefix(self.prefix.as_slice())?;
         OwnerToken::from_hex(std::str::from_utf8(hex).ok()?)
     }
+}
+
+/// The key that retires a queue entry for good: the entry with its
+/// prefix's final `/` turned into a NUL (`namespace + encode(key) + "\0" +
+/// owner`). It has no `/` after the encoded key, so it lies in no lock's
+/// prefix range and no queue ever sees it.
+pub(crate) fn retirement_marker(entry: &[u8]) -> Vec<u8> {
+    let mut marker = entry.to_vec();
+    if let Some(slash) = marker.iter().rposition(|&b| b == b'/') {
+        marker[slash] = 0;
+    }
+    marker
 }
 
 #[cfg(test)]
@@ -93,6 +114,26 @@ mod tests {
         ];
         let prefixes: std::collections::HashSet<_> = names.iter().map(|n| keys(n).prefix).collect();
         assert_eq!(prefixes.len(), names.len());
+    }
+
+    #[test]
+    fn retirement_markers_lie_outside_every_lock_range() {
+        let names = ["a", "a/b", "a%2Fb", "orders:42", "x", "a%", "ns"];
+        let owner = OwnerToken::generate();
+        for name in names {
+            let marker = retirement_marker(&keys(name).entry(&owner));
+            for other in names {
+                let k = keys(other);
+                assert!(
+                    !(marker.as_slice() >= k.prefix.as_slice() && marker < k.range_end()),
+                    "the marker of {name:?} lies in {other:?}'s queue"
+                );
+            }
+        }
+        assert_ne!(
+            retirement_marker(&keys("a").entry(&owner)),
+            retirement_marker(&keys("a").entry(&OwnerToken::generate()))
+        );
     }
 
     #[test]

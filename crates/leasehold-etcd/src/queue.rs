@@ -88,7 +88,10 @@ impl EtcdBackend {
         // Then: the head and the newest entry *before* our put, then the put.
         // Else (a retry whose first reply was lost): our entry and the head.
         let enqueue = Txn::new()
-            .when([Compare::create_revision(entry.clone(), CompareOp::Equal, 0)])
+            .when([
+                Compare::create_revision(entry.clone(), CompareOp::Equal, 0),
+                LockKeys::not_retired(&entry),
+            ])
             .and_then([
                 TxnOp::get(keys.prefix.clone(), Some(head(keys))),
                 TxnOp::get(keys.prefix.clone(), Some(newest(keys, None))),

@@ -3,18 +3,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
-use leasehold_core::with_timeout;
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use leasehold_core::{LockError, with_timeout};
 
 use crate::NAME;
 use crate::backend::store_error;
+use crate::keys::retirement_marker;
 use crate::session::Session;
 
-/// Deletes a queue entry that no caller will ever own (a cancelled waiter, a
+/// Retires a queue entry that no caller will ever own (a cancelled waiter, a
 /// reply lost to a timeout, a failed release) from a background task, retrying
 /// until the store answers or the entry's session ends. The entry name
 /// carries an owner token drawn for that one acquisition, so deleting it
 /// unconditionally can never remove anyone else's entry.
+///
+/// Deleting is not enough when the txn that puts the entry may still be on
+/// its way (a store paused while it was sent): applied after the delete, it
+/// would leave an entry that the shared session lease keeps alive, a lock
+/// nobody holds and nobody releases. So one txn writes the entry's
+/// retirement marker (on the same session lease, gone with it) and deletes
+/// the entry; every acquisition txn requires the marker absent.
 pub(crate) struct Reaper {
     client: Client,
     timeout: Duration,
@@ -50,12 +58,7 @@ impl Reaper {
     /// Deletes now (awaited, one try); on failure leaves it to the background.
     pub(crate) async fn delete_now(mut self) {
         if let Some((entry, session)) = self.entry.take() {
-            let mut kv = self.client.kv_client();
-            let key = entry.clone();
-            let deleted = with_timeout(NAME, self.timeout, async move {
-                kv.delete(key, None).await.map_err(store_error)
-            })
-            .await;
+            let deleted = retire(&self.client, self.timeout, &entry, &session).await;
             if deleted.is_err() {
                 self.entry = Some((entry, session));
             }
@@ -76,13 +79,9 @@ impl Drop for Reaper {
         runtime.spawn(async move {
             let mut delay = Duration::from_millis(50);
             loop {
-                let mut kv = client.kv_client();
-                let key = entry.clone();
                 let deleted = tokio::select! {
                     () = session.ended.cancelled() => return,
-                    deleted = with_timeout(NAME, timeout, async move {
-                        kv.delete(key, None).await.map_err(store_error)
-                    }) => deleted,
+                    deleted = retire(&client, timeout, &entry, &session) => deleted,
                 };
                 match deleted {
                     Ok(_) => return,
@@ -98,4 +97,26 @@ impl Drop for Reaper {
             }
         });
     }
+}
+
+/// Writes the entry's retirement marker and deletes the entry, in one txn.
+async fn retire(
+    client: &Client,
+    timeout: Duration,
+    entry: &[u8],
+    session: &Session,
+) -> Result<(), LockError> {
+    let retire = Txn::new().and_then([
+        TxnOp::put(
+            retirement_marker(entry),
+            "",
+            Some(PutOptions::new().with_lease(session.id)),
+        ),
+        TxnOp::delete(entry.to_vec(), None),
+    ]);
+    let mut kv = client.kv_client();
+    with_timeout(NAME, timeout, async move {
+        kv.txn(retire).await.map(drop).map_err(store_error)
+    })
+    .await
 }
