@@ -30,7 +30,10 @@ async fn round_trip(stream: &mut TcpStream, within: Duration) -> Option<Duration
         stream.read_exact(&mut answer).await.ok()?;
         (&answer == b"ping").then_some(())
     };
-    tokio::time::timeout(within, exchange).await.ok().flatten()?;
+    tokio::time::timeout(within, exchange)
+        .await
+        .ok()
+        .flatten()?;
     Some(started.elapsed())
 }
 
@@ -42,7 +45,9 @@ async fn forwards_delays_and_cuts_a_link() {
     round_trip(&mut client, second).await.expect("forwards");
 
     proxy.set_delay(Duration::from_millis(200));
-    let slow = round_trip(&mut client, second).await.expect("still forwards");
+    let slow = round_trip(&mut client, second)
+        .await
+        .expect("still forwards");
     assert!(slow >= Duration::from_millis(200), "not delayed: {slow:?}");
     proxy.set_delay(Duration::ZERO);
 

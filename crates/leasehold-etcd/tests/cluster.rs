@@ -67,7 +67,9 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
     let run = fixtures::run_id();
     let network = Network::create("etcd").expect("create the cluster's docker network");
     let ports: Vec<u16> = (0..3).map(|_| fixtures::free_port().unwrap()).collect();
-    let names: Vec<String> = (1..=3).map(|i| format!("{}-n{i}", network.name())).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("{}-n{i}", network.name()))
+        .collect();
     let initial_cluster = names
         .iter()
         .enumerate()

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_conformance::history::{History, Holding};
+use leasehold_conformance::proxy::Proxy;
 use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
 use leasehold_redis::{KeyLayout, RedisNode};
 use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend};
-use leasehold_conformance::proxy::Proxy;
 use tokio::time::Instant;
 
 async fn connect(url: &str) -> RedlockBackend {

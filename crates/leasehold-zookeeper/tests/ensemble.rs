@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold_core::{FencingToken, Key, LockBackend, RetryPolicy};
 use leasehold_conformance::fixtures::{self, Container, Network};
+use leasehold_core::{FencingToken, Key, LockBackend, RetryPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
 
@@ -51,7 +51,9 @@ async fn leader(ports: &[u16]) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
     let network = Network::create("zk").expect("create the ensemble's docker network");
-    let names: Vec<String> = (1..=3).map(|i| format!("{}-zk{i}", network.name())).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("{}-zk{i}", network.name()))
+        .collect();
     let servers = names
         .iter()
         .enumerate()
