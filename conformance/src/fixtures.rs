@@ -198,6 +198,23 @@ pub async fn wait_for_port(port: u16, within: Duration) -> Result<(), String> {
     }
 }
 
+/// Polls `check` (a store read, not a sleep) every 20 ms until it is true;
+/// panics naming `what` if it is still false after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Store for Container {
     fn pause(&self) -> BoxFuture<Result<(), String>> {
         let inner = self.inner.clone();

@@ -14,14 +14,22 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Without Docker the tests say they skipped (and fail under `CI=true`).
+fn skipped_without_docker() -> bool {
+    if fixtures::docker_available() {
+        return false;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but no Docker engine answers"
+    );
+    eprintln!("SKIPPED: no Docker engine");
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_is_labelled_survives_restart_at_same_port_and_is_removed_on_drop() {
-    if !fixtures::docker_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker engine answers"
-        );
-        eprintln!("SKIPPED: no Docker engine");
+    if skipped_without_docker() {
         return;
     }
     let container = fixtures::start(&fixtures::redis_spec(false))
@@ -73,12 +81,7 @@ async fn container_is_labelled_survives_restart_at_same_port_and_is_removed_on_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_is_labelled_its_members_stop_and_start_and_drop_removes_them() {
-    if !fixtures::docker_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker engine answers"
-        );
-        eprintln!("SKIPPED: no Docker engine");
+    if skipped_without_docker() {
         return;
     }
     let network = fixtures::Network::create("fixtures-test").expect("network");

@@ -6,8 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Store, eventually, key, options, queue_len};
+use common::{Store, key, options, queue_len};
 use leasehold_conformance::Store as _;
+use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{Fairness, Fencing, LockBackend, LockError, Locker, RetryPolicy, Waiting};
 use leasehold_etcd::{EtcdBackend, EtcdOptions};
 

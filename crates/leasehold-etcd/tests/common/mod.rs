@@ -81,22 +81,6 @@ pub async fn queue_len(backend: &EtcdBackend, key: &str) -> i64 {
     .count()
 }
 
-/// Polls `check` every 10 ms until it holds, at most `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < until,
-            "gave up after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Median time of a raw range get (one round trip).
 pub async fn raw_round_trip(backend: &EtcdBackend, samples: usize) -> Duration {
     let mut kv = backend.client().kv_client();

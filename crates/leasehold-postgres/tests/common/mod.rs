@@ -124,19 +124,3 @@ pub async fn advisory_holder_pid(observer: &PgPool, id: i64) -> Option<i32> {
     .await
     .expect("query pg_locks")
 }
-
-/// Polls `check` every 50 ms until it is true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not true after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

@@ -95,19 +95,6 @@ pub async fn wait_serving(port: u16, within: Duration) -> String {
     }
 }
 
-/// Polls `check` (a store read, not a sleep) until it is true, at most `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The number of children of `path` (0 when it does not exist).
 pub async fn children(backend: &ZkBackend, path: &str) -> usize {
     let client = backend.client().await.unwrap();
