@@ -3,10 +3,18 @@
 //! `conformance/images/build.sh` provide when no registry is reachable), or an
 //! existing store named by `LEASEHOLD_TEST_<STORE>_URL`.
 //!
-//! Every container carries the label `leasehold.test=<run id>` so the test
-//! script can remove leftovers, publishes its port on a fixed host port (so a
-//! restart keeps the address), and is removed when dropped.
+//! Every container (and every [`Network`]) carries the label
+//! `leasehold.test=<run id>` so the test script can remove leftovers,
+//! publishes its port on a fixed host port of 127.0.0.1 (so a restart keeps
+//! the address), and is removed when dropped.
+//!
+//! A backend's own integration tests use the same pieces: [`start`] a spec
+//! (with extra [`ContainerSpec::args`], a fixed [`ContainerSpec::host_port`] or
+//! a place on a [`Network`] for a multi-node cluster), then fault it with
+//! [`Store`]'s pause/unpause/restart or [`Container::stop`] and
+//! [`Container::start`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -49,6 +57,11 @@ pub struct ContainerSpec {
     /// is no readiness signal: Docker's proxy accepts connections on it
     /// before the store listens.)
     pub ready: Option<WaitFor>,
+    /// The host port on 127.0.0.1 (`None`: a free one, chosen at start).
+    pub host_port: Option<u16>,
+    /// The Docker network to join and the container's name on it (its host
+    /// name for the other members).
+    pub network: Option<(String, String)>,
 }
 
 impl ContainerSpec {
@@ -62,12 +75,34 @@ impl ContainerSpec {
             cmd: Vec::new(),
             env: Vec::new(),
             ready: None,
+            host_port: None,
+            network: None,
         }
     }
 
     /// Sets the command.
     pub fn cmd(mut self, cmd: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.cmd = cmd.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Appends arguments to the command (e.g. `redis-server` flags).
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.cmd.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Publishes the store's port on 127.0.0.1:`port` (for a store that must
+    /// know its own address before it starts, e.g. to advertise it).
+    pub fn host_port(mut self, port: u16) -> Self {
+        self.host_port = Some(port);
+        self
+    }
+
+    /// Starts the container on `network` under the name `name`, which the
+    /// other containers on that network reach it by.
+    pub fn on_network(mut self, network: &Network, name: impl Into<String>) -> Self {
+        self.network = Some((network.name().to_owned(), name.into()));
         self
     }
 
@@ -120,6 +155,26 @@ impl Container {
     pub fn id(&self) -> &str {
         self.inner.id()
     }
+
+    /// `docker stop`: SIGTERM, then SIGKILL after `grace_seconds` (`None`:
+    /// Docker's default of 10 s; `Some(0)`: killed at once). The container
+    /// stays stopped, at the same address, until [`Container::start`].
+    pub async fn stop(&self, grace_seconds: Option<i32>) -> Result<(), String> {
+        self.inner
+            .stop_with_timeout(grace_seconds)
+            .await
+            .map_err(|e| format!("docker stop failed: {e}"))
+    }
+
+    /// `docker start` of a stopped container; returns once its port accepts
+    /// connections again (the store may need a moment more: callers retry).
+    pub async fn start(&self) -> Result<(), String> {
+        self.inner
+            .start()
+            .await
+            .map_err(|e| format!("docker start failed: {e}"))?;
+        wait_for_port(self.port, Duration::from_secs(60)).await
+    }
 }
 
 /// Waits until 127.0.0.1:`port` accepts TCP connections. Only a sign that
@@ -143,6 +198,23 @@ pub async fn wait_for_port(port: u16, within: Duration) -> Result<(), String> {
     }
 }
 
+/// Polls `check` (a store read, not a sleep) every 20 ms until it is true;
+/// panics naming `what` if it is still false after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Store for Container {
     fn pause(&self) -> BoxFuture<Result<(), String>> {
         let inner = self.inner.clone();
@@ -163,20 +235,87 @@ impl Store for Container {
         })
     }
     fn restart(&self) -> BoxFuture<Result<(), String>> {
-        let (inner, port) = (self.inner.clone(), self.port);
+        let container = Container {
+            inner: self.inner.clone(),
+            port: self.port,
+        };
         Box::pin(async move {
-            inner
-                .stop_with_timeout(Some(5))
-                .await
-                .map_err(|e| format!("docker stop failed: {e}"))?;
-            inner
-                .start()
-                .await
-                .map_err(|e| format!("docker start failed: {e}"))?;
-            wait_for_port(port, Duration::from_secs(60)).await
+            container.stop(Some(5)).await?;
+            container.start().await
         })
     }
 }
+
+/// A Docker network for a multi-node store (a cluster, an ensemble), labelled
+/// `leasehold.test=<run id>`. Dropping it removes the run's containers still
+/// on it, then the network.
+pub struct Network {
+    name: String,
+}
+
+impl Network {
+    /// Creates a network named `leasehold-<purpose>-<run id>-<n>`.
+    pub fn create(purpose: &str) -> Result<Network, String> {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("leasehold-{purpose}-{}-{n}", run_id());
+        let label = format!("{LABEL}={}", run_id());
+        docker(&["network", "create", "--label", &label, &name])?;
+        Ok(Network { name })
+    }
+
+    /// The network's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // A network with containers on it cannot be removed, and a dropped
+        // container is removed in the background: remove members first.
+        let members = format!("network={}", self.name);
+        remove_run_objects(LIST_CONTAINERS, Some(&members), REMOVE_CONTAINERS);
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// Runs `docker args..`; its stdout, or why it failed.
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {args:?} did not run: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Lists this run's objects with `list` (e.g. `docker ps -aq`), narrowed by
+/// `filter`, and removes them with `remove` (e.g. `docker rm -f -v`).
+fn remove_run_objects(list: &[&str], filter: Option<&str>, remove: &[&str]) {
+    let label = format!("label={LABEL}={}", run_id());
+    let mut args = list.to_vec();
+    args.extend(["--filter", &label]);
+    if let Some(filter) = filter {
+        args.extend(["--filter", filter]);
+    }
+    let Ok(out) = docker(&args) else {
+        return;
+    };
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = docker(&[remove, &ids[..]].concat());
+    }
+}
+
+const LIST_CONTAINERS: &[&str] = &["ps", "-aq"];
+const REMOVE_CONTAINERS: &[&str] = &["rm", "-f", "-v"];
 
 /// Rewrites every published port to bind 127.0.0.1 only (testcontainers
 /// binds all interfaces by default): test stores are reachable from this
@@ -189,28 +328,12 @@ pub fn publish_on_loopback_only(config: &mut testcontainers::bollard::models::Ho
     }
 }
 
-/// Removes every container this process started (by its run label). Run at
-/// the end of a suite: dropping a container only queues its removal, which a
-/// shutting-down runtime may never finish.
+/// Removes every container and network this process started (by its run
+/// label). Run at the end of a suite: dropping a container only queues its
+/// removal, which a shutting-down runtime may never finish.
 pub fn remove_run_containers() {
-    let filter = format!("label={LABEL}={}", run_id());
-    let Ok(out) = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &filter])
-        .output()
-    else {
-        return;
-    };
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    if !ids.is_empty() {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", "-v"])
-            .args(&ids)
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
+    remove_run_objects(LIST_CONTAINERS, None, REMOVE_CONTAINERS);
+    remove_run_objects(&["network", "ls", "-q"], None, &["network", "rm"]);
 }
 
 /// A free port on 127.0.0.1 (probed by binding it; the container takes it
@@ -278,13 +401,21 @@ pub async fn start(spec: &ContainerSpec) -> Result<Container, String> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let port = match spec.host_port {
+            Some(port) => port,
+            None => free_port().map_err(|e| format!("no free port: {e}"))?,
+        };
         let mut request = image
             .clone()
             .with_label(LABEL, run_id())
             .with_mapped_port(port, ContainerPort::Tcp(spec.port))
             .with_host_config_modifier(publish_on_loopback_only)
             .with_startup_timeout(Duration::from_secs(120));
+        if let Some((network, name)) = &spec.network {
+            request = request
+                .with_network(network.clone())
+                .with_container_name(name.clone());
+        }
         for (name, value) in &spec.env {
             request = request.with_env_var(name, value);
         }
@@ -298,8 +429,15 @@ pub async fn start(spec: &ContainerSpec) -> Result<Container, String> {
                     port,
                 });
             }
-            // Another process took the probed port before Docker bound it.
-            Err(e) if attempts < 5 && port_taken(&e.to_string()) => continue,
+            // Another process took the probed port before Docker bound it
+            // (a port the spec fixed cannot move: no retry then).
+            Err(e) if attempts < 5 && spec.host_port.is_none() && port_taken(&e.to_string()) => {
+                if let Some((_, name)) = &spec.network {
+                    // The created container keeps its name: free it.
+                    let _ = docker(&["rm", "-f", "-v", name]);
+                }
+                continue;
+            }
             Err(e) => {
                 return Err(format!(
                     "could not start the {} container (build the stand-in images with \

@@ -2,8 +2,9 @@
 //!
 //! The cases every leasehold backend must pass, chosen by the backend's
 //! [`Capabilities`], never by its name; a history checker with negative
-//! controls; fault hooks (pause, restart, kill a holder process); and
-//! testcontainers fixtures for the stores leasehold ships.
+//! controls; fault hooks (pause, restart, kill a holder process);
+//! testcontainers fixtures for the stores leasehold ships ([`fixtures`]); and
+//! a TCP proxy that delays or cuts one client–server link ([`proxy`]).
 //!
 //! A third party certifies its own backend with a test target that has
 //! `harness = false` and a `main` of a few lines:
@@ -58,6 +59,7 @@ mod cases;
 pub mod child;
 pub mod fixtures;
 pub mod history;
+pub mod proxy;
 pub mod register;
 
 pub use cases::{Case, Ctx, Failed, all_cases};

@@ -14,14 +14,22 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Without Docker the tests say they skipped (and fail under `CI=true`).
+fn skipped_without_docker() -> bool {
+    if fixtures::docker_available() {
+        return false;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but no Docker engine answers"
+    );
+    eprintln!("SKIPPED: no Docker engine");
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_is_labelled_survives_restart_at_same_port_and_is_removed_on_drop() {
-    if !fixtures::docker_available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no Docker engine answers"
-        );
-        eprintln!("SKIPPED: no Docker engine");
+    if skipped_without_docker() {
         return;
     }
     let container = fixtures::start(&fixtures::redis_spec(false))
@@ -69,4 +77,53 @@ async fn container_is_labelled_survives_restart_at_same_port_and_is_removed_on_d
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_is_labelled_its_members_stop_and_start_and_drop_removes_them() {
+    if skipped_without_docker() {
+        return;
+    }
+    let network = fixtures::Network::create("fixtures-test").expect("network");
+    let name = network.name().to_owned();
+    assert_eq!(
+        docker(&[
+            "network",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Labels \"{LABEL}\"}}}}"),
+            &name,
+        ]),
+        fixtures::run_id(),
+        "the network must carry the run label"
+    );
+    let port = fixtures::free_port().expect("a free port");
+    let spec = fixtures::redis_spec(false)
+        .args(["--port", "6379"])
+        .host_port(port)
+        .on_network(&network, format!("{name}-member"));
+    let container = fixtures::start(&spec).await.expect("member starts");
+    assert_eq!(container.port, port, "the asked-for host port");
+    let id = container.id().to_owned();
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.HostConfig.NetworkMode}}", &id]),
+        name
+    );
+    container.stop(Some(1)).await.expect("stop");
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Running}}", &id]),
+        "false"
+    );
+    container.start().await.expect("start at the same port");
+
+    drop(network);
+    assert!(
+        docker(&["ps", "-aq", "--filter", &format!("id={id}")]).is_empty(),
+        "dropping the network removes its members"
+    );
+    assert!(
+        docker(&["network", "ls", "-q", "--filter", &format!("name=^{name}$")]).is_empty(),
+        "and the network"
+    );
+    drop(container);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{OP_TIMEOUT, assert_backend_error_naming, start, table};
+use leasehold_conformance::Store;
 use leasehold_core::{
     Key, LockBackend, LockError, Locker, OwnerToken, RetryPolicy, TestClock, TtlPolicy,
 };
@@ -383,7 +384,7 @@ async fn a_paused_store_is_unavailable_within_the_timeout_and_the_client_recover
         .await
         .expect("acquire");
 
-    store.docker("pause").await;
+    store.container().pause().await.expect("docker pause");
     for what in ["try_acquire", "extend", "inspect"] {
         let started = Instant::now();
         let result = match what {
@@ -407,7 +408,7 @@ async fn a_paused_store_is_unavailable_within_the_timeout_and_the_client_recover
             "a paused store held {what} for {took:?}, the bound is {OP_TIMEOUT:?}"
         );
     }
-    store.docker("unpause").await;
+    store.container().unpause().await.expect("docker unpause");
 
     // The requests sent while paused may still be applied after unpause
     // (a timeout says nothing about the outcome); an extend by the owner is
@@ -445,7 +446,7 @@ async fn a_restarted_in_memory_stand_in_loses_the_table_and_the_backend_says_so(
         .expect("acquire");
     backend.release(&before).await.expect("release");
 
-    store.docker("restart").await;
+    store.container().restart().await.expect("docker restart");
     store.wait_ready().await;
 
     // Configured as for real DynamoDB (durable): a missing table is a loud,

@@ -10,11 +10,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use common::{etcd_node, free_port, key, run_id};
+use common::key;
+use leasehold_conformance::fixtures::{self, ContainerSpec, Network};
 use leasehold_core::{LockBackend, LockError, RetryPolicy};
 use leasehold_etcd::{EtcdBackend, EtcdOptions};
-use testcontainers::ImageExt;
-use testcontainers::runners::AsyncRunner;
+
+/// A node of the cluster: its client port published on 127.0.0.1:`host_port`
+/// and advertised there; the cluster's flags follow.
+fn cluster_node(host_port: u16) -> ContainerSpec {
+    fixtures::etcd_spec()
+        .cmd([
+            "etcd",
+            "--listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{host_port}"),
+        ])
+        .host_port(host_port)
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Window {
@@ -51,48 +64,45 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
         println!("skipped: the cluster test starts its own containers");
         return;
     }
-    let run = run_id();
-    let network = format!("lh-etcd-{run}");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let names: Vec<String> = (1..=3).map(|i| format!("lh-etcd-{run}-n{i}")).collect();
+    let run = fixtures::run_id();
+    let network = Network::create("etcd").expect("create the cluster's docker network");
+    let ports: Vec<u16> = (0..3).map(|_| fixtures::free_port().unwrap()).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("{}-n{i}", network.name()))
+        .collect();
     let initial_cluster = names
         .iter()
         .enumerate()
         .map(|(i, name)| format!("n{}=http://{name}:2380", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let requests: Vec<_> = (0..3)
+    let specs: Vec<ContainerSpec> = (0..3)
         .map(|i| {
-            let args: Vec<String> = [
-                "--name",
-                &format!("n{}", i + 1),
-                "--data-dir",
-                "/etcd-data",
-                "--listen-peer-urls",
-                "http://0.0.0.0:2380",
-                "--initial-advertise-peer-urls",
-                &format!("http://{}:2380", names[i]),
-                "--initial-cluster",
-                &initial_cluster,
-                "--initial-cluster-token",
-                &run,
-                "--initial-cluster-state",
-                "new",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            etcd_node(ports[i], &args)
-                .with_network(network.clone())
-                .with_container_name(names[i].clone())
+            cluster_node(ports[i])
+                .args([
+                    "--name",
+                    &format!("n{}", i + 1),
+                    "--data-dir",
+                    "/etcd-data",
+                    "--listen-peer-urls",
+                    "http://0.0.0.0:2380",
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{}:2380", names[i]),
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--initial-cluster-token",
+                    run,
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .on_network(&network, names[i].clone())
         })
         .collect();
-    let mut requests = requests.into_iter();
     // Each node reports ready only once a quorum exists: start all at once.
     let (a, b, c) = tokio::join!(
-        requests.next().unwrap().start(),
-        requests.next().unwrap().start(),
-        requests.next().unwrap().start()
+        fixtures::start(&specs[0]),
+        fixtures::start(&specs[1]),
+        fixtures::start(&specs[2])
     );
     let nodes = [a.unwrap(), b.unwrap(), c.unwrap()];
     let url = format!(
@@ -173,7 +183,7 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
     let leader = leader_index(&ports, None).await.expect("a leader");
     let before_stop = acquired.load(Ordering::SeqCst);
     let stopped_at = Instant::now();
-    nodes[leader].stop().await.unwrap();
+    nodes[leader].stop(None).await.unwrap();
     println!(
         "stopped the leader n{} after {before_stop} acquisitions",
         leader + 1

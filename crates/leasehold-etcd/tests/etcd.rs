@@ -6,7 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Store, eventually, key, options, queue_len};
+use common::{Store, key, options, queue_len};
+use leasehold_conformance::Store as _;
+use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{Fairness, Fencing, LockBackend, LockError, Locker, RetryPolicy, Waiting};
 use leasehold_etcd::{EtcdBackend, EtcdOptions};
 
@@ -560,7 +562,7 @@ async fn fencing_tokens_keep_increasing_across_a_store_restart() {
     let k = key("restart");
     let before = backend.try_acquire(&k, ttl).await.unwrap();
     backend.release(&before).await.unwrap();
-    store.container().stop().await.unwrap();
+    store.container().stop(None).await.unwrap();
     store.container().start().await.unwrap();
     let after = acquire_once_back(&backend, &k).await;
     assert!(

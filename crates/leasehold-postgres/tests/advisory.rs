@@ -4,7 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, advisory_holder_pid, eventually, key, options};
+use common::{Server, advisory_holder_pid, key, options};
+use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{LockBackend, LockError, Locker, RetryPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
 use sqlx::postgres::PgPoolOptions;

@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Server, key, options};
+use leasehold_conformance::Store;
 use leasehold_core::{Lease, LockBackend, LockError};
 use leasehold_postgres::{Mode, PostgresBackend};
 
@@ -34,7 +35,7 @@ async fn tokens_survive_a_restart(mode: Mode) {
         last = lease.fencing_token().get();
         backend.release(&lease).await.unwrap();
     }
-    server.docker("restart");
+    server.container().restart().await.expect("docker restart");
     server.wait_ready(Duration::from_secs(60)).await;
     let lease = acquire_when_back(&backend, "restart").await;
     assert!(
@@ -67,7 +68,7 @@ async fn paused_store_is_unavailable_in_bounded_time_then_recovers(mode: Mode) {
     let warm = backend.try_acquire(&key("warm"), TTL).await.unwrap();
     backend.release(&warm).await.unwrap();
 
-    server.docker("pause");
+    server.container().pause().await.expect("docker pause");
     let bound = timeout * 10;
     let started = Instant::now();
     let acquired = backend.try_acquire(&key("other"), TTL).await;
@@ -87,7 +88,7 @@ async fn paused_store_is_unavailable_in_bounded_time_then_recovers(mode: Mode) {
         "{mode:?}: three calls on a paused store took {:?}",
         started.elapsed()
     );
-    server.docker("unpause");
+    server.container().unpause().await.expect("docker unpause");
 
     // Recovery: the held lease is still ours, new calls work.
     let started = Instant::now();

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use leasehold_conformance::Store;
 use leasehold_core::{
     Drift, FencingToken, Key, Lease, LockBackend, LockError, OwnerToken, RetryPolicy, Wake,
 };
@@ -453,7 +454,7 @@ async fn a_stopped_server_is_unavailable_not_a_hang() {
         .connect(&server.url)
         .await
         .unwrap();
-    server.container.as_ref().unwrap().stop().await.unwrap();
+    server.container.as_ref().unwrap().stop(None).await.unwrap();
     let acquire =
         tokio::time::timeout(Duration::from_secs(10), backend.try_acquire(&key("k"), TTL))
             .await

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_conformance::history::{History, Holding};
+use leasehold_conformance::proxy::Proxy;
 use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
 use leasehold_redis::{KeyLayout, RedisNode};
 use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend};
-use support::proxy::Proxy;
 use tokio::time::Instant;
 
 async fn connect(url: &str) -> RedlockBackend {
@@ -57,7 +57,7 @@ async fn one_server_of_three_down_or_paused_still_locks_and_releases() {
         return;
     };
     // Down before the clients even connect: they connect to the quorum.
-    cluster.stop(0);
+    cluster.stop(0).await;
     let (a, b) = (connect(&cluster.url).await, connect(&cluster.url).await);
     let k = key("one-down");
     let ttl = Duration::from_secs(10);
@@ -117,7 +117,7 @@ async fn majority_down_fails_in_bounded_time_and_leaves_nothing_locked() {
     backend.release(&warm).await.expect("warm-up release");
 
     cluster.pause(1).await; // hangs
-    cluster.stop(2); // refuses
+    cluster.stop(2).await; // refuses
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(20), backend.try_acquire(&k, ttl))
         .await
@@ -280,7 +280,7 @@ async fn racing_clients_under_a_minority_partition_never_both_hold() {
     for _client in 0..2 {
         let mut proxies = Vec::new();
         for container in &cluster.containers {
-            proxies.push(Proxy::start(container.port).await);
+            proxies.push(Proxy::start(container.port).await.expect("start a proxy"));
         }
         links.push(proxies);
     }
@@ -402,20 +402,20 @@ async fn fencing_tokens_keep_increasing_when_the_quorum_changes() {
         backend.release(&lease).await.expect("release");
     };
     // Servers 0 and 1 count to 3 while server 2 is down (its counter: 0).
-    cluster.stop(2);
+    cluster.stop(2).await;
     for _ in 0..3 {
         take("quorum {0, 1}").await;
     }
     // Quorum {1, 2}: counters 4 and 1, token 4; server 2 is raised to 4.
     cluster.start(2).await;
     answers(&backend, 2, &k).await;
-    cluster.stop(0);
+    cluster.stop(0).await;
     take("quorum {1, 2}").await;
     // Quorum {0, 2}: counters 1 and 5, token 5. Without the raise server 2
     // would say 2: a token of 2 after 4.
     cluster.start(0).await; // without persistence: its counter is back at 0
     answers(&backend, 0, &k).await;
-    cluster.stop(1);
+    cluster.stop(1).await;
     take("quorum {0, 2}").await;
     println!("tokens across changing quorums: {tokens:?}");
     assert!(

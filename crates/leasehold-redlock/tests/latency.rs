@@ -12,9 +12,9 @@ mod support;
 
 use std::time::Duration;
 
+use leasehold_conformance::proxy::Proxy;
 use leasehold_core::{Key, LockBackend};
 use leasehold_redlock::RedlockBackend;
-use support::proxy::Proxy;
 use tokio::time::Instant;
 
 const DELAY: Duration = Duration::from_millis(20);
@@ -60,7 +60,7 @@ async fn five_servers_cost_about_the_slowest_server_not_the_sum() {
     };
     let mut proxies = Vec::new();
     for container in &cluster.containers {
-        let proxy = Proxy::start(container.port).await;
+        let proxy = Proxy::start(container.port).await.expect("start a proxy");
         proxy.set_delay(DELAY);
         proxies.push(proxy);
     }

@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use leasehold_conformance::fixtures::{self, Container, Network};
 use leasehold_core::{FencingToken, Key, LockBackend, RetryPolicy};
 use leasehold_zookeeper::ZkBackend;
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::time::Instant;
 
 const CLIENTS: usize = 3;
@@ -26,28 +25,6 @@ struct Window {
     end: Instant,
     token: FencingToken,
     client: usize,
-}
-
-struct Network(String);
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.0])
-            .output();
-    }
-}
-
-fn docker(args: &[&str]) {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
@@ -73,41 +50,29 @@ async fn leader(ports: &[u16]) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
-    let run = common::run_id();
-    let network = Network(format!("leasehold-{run}"));
-    docker(&[
-        "network",
-        "create",
-        "--label",
-        &format!("leasehold.test={run}"),
-        &network.0,
-    ]);
-
-    let names: Vec<String> = (1..=3).map(|i| format!("{run}-zk{i}")).collect();
+    let network = Network::create("zk").expect("create the ensemble's docker network");
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("{}-zk{i}", network.name()))
+        .collect();
     let servers = names
         .iter()
         .enumerate()
         .map(|(i, name)| format!("server.{}={name}:2888:3888;2181", i + 1))
         .collect::<Vec<_>>()
         .join(" ");
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let mut starting = Vec::new();
-    for i in 0..3 {
-        let request = common::request(
-            ports[i],
-            &[
-                ("ZOO_MY_ID", (i + 1).to_string()),
-                ("ZOO_SERVERS", servers.clone()),
-            ],
-        )
-        .with_network(network.0.clone())
-        .with_container_name(names[i].clone());
-        starting.push(tokio::spawn(async move { request.start().await }));
+    for (i, name) in names.iter().enumerate() {
+        let spec = common::spec()
+            .env("ZOO_MY_ID", (i + 1).to_string())
+            .env("ZOO_SERVERS", servers.clone())
+            .on_network(&network, name.clone());
+        starting.push(tokio::spawn(async move { fixtures::start(&spec).await }));
     }
-    let mut nodes: Vec<ContainerAsync<GenericImage>> = Vec::new();
+    let mut nodes: Vec<Container> = Vec::new();
     for task in starting {
         nodes.push(task.await.unwrap().expect("start an ensemble member"));
     }
+    let ports: Vec<u16> = nodes.iter().map(|node| node.port).collect();
     for port in &ports {
         common::wait_serving(*port, Duration::from_secs(120)).await;
     }
@@ -189,7 +154,7 @@ async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
     let old_leader = leader(&ports).await.expect("the ensemble has a leader");
     let before: Vec<usize> = acquired.iter().map(|n| n.load(Ordering::SeqCst)).collect();
     let killed_at = Instant::now();
-    nodes[old_leader].stop_with_timeout(Some(0)).await.unwrap();
+    nodes[old_leader].stop(Some(0)).await.unwrap();
     let survivors: Vec<u16> = ports
         .iter()
         .enumerate()
@@ -272,7 +237,6 @@ async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
         errors.len(),
         errors.iter().take(5).collect::<Vec<_>>()
     );
-    for node in nodes {
-        let _ = node.rm().await;
-    }
+    // Removes the nodes still on it, then the network itself.
+    drop(network);
 }

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use leasehold_conformance::Store;
 use leasehold_core::{Key, LockBackend, LockError};
 use tokio::time::Instant;
 
@@ -101,7 +102,7 @@ async fn fencing_tokens_keep_increasing_across_a_store_restart() {
         backend.release(&lease).await.unwrap();
     }
 
-    zk.container.stop_with_timeout(Some(5)).await.unwrap();
+    zk.container.stop(Some(5)).await.unwrap();
     zk.container.start().await.unwrap();
     common::wait_serving(zk.port, Duration::from_secs(90)).await;
 

@@ -5,7 +5,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{SESSION, children, eventually};
+use common::{SESSION, children};
+use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{Key, LockBackend, LockError, RetryPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;

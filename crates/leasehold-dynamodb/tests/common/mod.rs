@@ -2,74 +2,42 @@
 //! `LEASEHOLD_TEST_DYNAMODB_URL`), published on 127.0.0.1 only.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_conformance::fixtures::{self, Container};
 use leasehold_core::{Drift, LockBackend, LockError, OwnerToken, SharedClock};
 use leasehold_dynamodb::{DynamoDbBackend, DynamoDbBuilder};
-use testcontainers::bollard::models::PortBinding;
-use testcontainers::core::{ContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-pub const IMAGE: &str = "amazon/dynamodb-local";
-pub const TAG: &str = "latest";
 /// Short, so a paused store shows up quickly.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub struct Store {
     pub endpoint: String,
     /// `None` when the store came from `LEASEHOLD_TEST_DYNAMODB_URL`.
-    pub container: Option<ContainerAsync<GenericImage>>,
-}
-
-fn free_loopback_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn run_id() -> String {
-    std::env::var("LEASEHOLD_RUN_ID")
-        .unwrap_or_else(|_| format!("dynamodb-{}", &OwnerToken::generate().to_hex()[..12]))
+    pub container: Option<Arc<Container>>,
 }
 
 /// Starts the stand-in (or uses the URL's endpoint) and waits until it
 /// answers.
 pub async fn start() -> Store {
-    if let Ok(url) = std::env::var("LEASEHOLD_TEST_DYNAMODB_URL") {
+    let spec = fixtures::dynamodb_spec();
+    if let Ok(url) = std::env::var(spec.url_env()) {
         let endpoint = DynamoDbBuilder::from_url(&url)
             .ok()
             .and_then(|b| b.endpoint_url().map(str::to_owned))
-            .unwrap_or_else(|| panic!("LEASEHOLD_TEST_DYNAMODB_URL={url} needs ?endpoint="));
+            .unwrap_or_else(|| panic!("{}={url} needs ?endpoint=", spec.url_env()));
         return Store {
             endpoint,
             container: None,
         };
     }
-    let port = free_loopback_port();
-    let image = std::env::var("LEASEHOLD_DYNAMODB_IMAGE").unwrap_or_else(|_| IMAGE.into());
-    let (name, tag) = image.split_once(':').unwrap_or((image.as_str(), TAG));
-    let container = GenericImage::new(name, tag)
-        .with_exposed_port(ContainerPort::Tcp(8000))
-        .with_wait_for(WaitFor::Nothing)
-        .with_label("leasehold.test", run_id())
-        .with_host_config_modifier(move |host| {
-            host.port_bindings = Some(HashMap::from([(
-                "8000/tcp".to_string(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(port.to_string()),
-                }]),
-            )]));
-        })
-        .start()
-        .await
-        .expect(
-            "start the DynamoDB stand-in container (build it with conformance/images/build.sh)",
-        );
+    let container = fixtures::start(&spec).await.expect(
+        "start the DynamoDB stand-in container (build it with conformance/images/build.sh)",
+    );
     let store = Store {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        container: Some(container),
+        endpoint: format!("http://127.0.0.1:{}", container.port),
+        container: Some(Arc::new(container)),
     };
     store.wait_ready().await;
     store
@@ -121,21 +89,11 @@ impl Store {
         }
     }
 
-    pub fn container_id(&self) -> &str {
+    /// The container, for faults (pause, restart: [`leasehold_conformance::Store`]).
+    pub fn container(&self) -> &Container {
         self.container
-            .as_ref()
+            .as_deref()
             .expect("this test needs a container it owns (unset LEASEHOLD_TEST_DYNAMODB_URL)")
-            .id()
-    }
-
-    /// `docker <verb> <container>`.
-    pub async fn docker(&self, verb: &str) {
-        let status = tokio::process::Command::new("docker")
-            .args([verb, self.container_id()])
-            .status()
-            .await
-            .expect("run docker");
-        assert!(status.success(), "docker {verb} failed: {status}");
     }
 }
 

@@ -2,65 +2,42 @@
 //! published on 127.0.0.1 only, and helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use leasehold_conformance::fixtures::{self, Container};
 use leasehold_core::Key;
 use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use testcontainers::core::IntoContainerPort;
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-
-pub const PASSWORD: &str = "leasehold-test";
 
 /// A running server: the container (None when an external URL was given).
 pub struct Server {
-    pub container: Option<ContainerAsync<GenericImage>>,
+    pub container: Option<Arc<Container>>,
     pub url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a probe port on 127.0.0.1")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn run_id() -> String {
-    std::env::var("LEASEHOLD_RUN_ID").unwrap_or_else(|_| format!("pg-{}", std::process::id()))
 }
 
 impl Server {
     /// Starts a container, or uses `LEASEHOLD_TEST_POSTGRES_URL` when the test
     /// does not need to control the server (`needs_container` false).
     pub async fn start(needs_container: bool) -> Server {
-        if !needs_container && let Ok(url) = std::env::var("LEASEHOLD_TEST_POSTGRES_URL") {
+        let spec = fixtures::postgres_spec();
+        if !needs_container && let Ok(url) = std::env::var(spec.url_env()) {
             return Server {
                 container: None,
                 url,
             };
         }
-        let port = free_port();
-        let container = GenericImage::new("postgres", "15")
-            .with_env_var("POSTGRES_PASSWORD", PASSWORD)
-            .with_mapped_port(port, 5432.tcp())
-            .with_label("leasehold.test", run_id())
-            .with_host_config_modifier(|config| {
-                // Publish on loopback only.
-                if let Some(bindings) = config.port_bindings.as_mut() {
-                    for binding in bindings.values_mut().flatten().flatten() {
-                        binding.host_ip = Some("127.0.0.1".into());
-                    }
-                }
-            })
-            .start()
+        let container = fixtures::start(&spec)
             .await
             .expect("start the postgres:15 container");
         let server = Server {
-            container: Some(container),
-            url: format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
+            url: format!(
+                "postgres://postgres:{}@127.0.0.1:{}/postgres",
+                fixtures::POSTGRES_PASSWORD,
+                container.port
+            ),
+            container: Some(Arc::new(container)),
         };
         server.wait_ready(Duration::from_secs(90)).await;
         server
@@ -91,21 +68,11 @@ impl Server {
         }
     }
 
-    pub fn container_id(&self) -> &str {
+    /// The container, for faults (pause, restart: [`leasehold_conformance::Store`]).
+    pub fn container(&self) -> &Container {
         self.container
-            .as_ref()
+            .as_deref()
             .expect("this test needs its own container")
-            .id()
-    }
-
-    /// `docker <verb> <id>` (restart, pause, unpause).
-    pub fn docker(&self, verb: &str) {
-        let status = std::process::Command::new("docker")
-            .args([verb, self.container_id()])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run docker");
-        assert!(status.success(), "docker {verb} failed: {status}");
     }
 
     /// A plain pool for looking at the server from outside the backend.
@@ -156,20 +123,4 @@ pub async fn advisory_holder_pid(observer: &PgPool, id: i64) -> Option<i32> {
     .fetch_optional(observer)
     .await
     .expect("query pg_locks")
-}
-
-/// Polls `check` every 50 ms until it is true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not true after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

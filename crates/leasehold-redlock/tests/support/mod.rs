@@ -3,10 +3,7 @@
 //! or the servers named by `LEASEHOLD_TEST_REDLOCK_URL`.
 #![allow(dead_code)]
 
-pub mod proxy;
-
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 use leasehold_conformance::fixtures::{self, Container};
@@ -40,14 +37,14 @@ impl Cluster {
     }
 
     /// `docker stop` server `i` (it stays stopped until [`Cluster::start`]).
-    pub fn stop(&self, i: usize) {
-        docker(&["stop", "-t", "1", self.containers[i].id()]);
+    pub async fn stop(&self, i: usize) {
+        self.containers[i].stop(Some(1)).await.expect("docker stop");
     }
 
     /// `docker start` server `i` again and waits for its port.
     pub async fn start(&self, i: usize) {
-        docker(&["start", self.containers[i].id()]);
-        fixtures::wait_for_port(self.containers[i].port, Duration::from_secs(60))
+        self.containers[i]
+            .start()
             .await
             .expect("restarted server listens");
     }
@@ -61,15 +58,6 @@ impl Cluster {
     pub async fn unpause(&self, i: usize) {
         self.containers[i].unpause().await.expect("docker unpause");
     }
-}
-
-fn docker(args: &[&str]) {
-    let status = std::process::Command::new("docker")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("docker runs");
-    assert!(status.success(), "docker {args:?} failed");
 }
 
 /// Starts `n` containers in parallel (Redis without persistence).

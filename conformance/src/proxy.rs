@@ -1,7 +1,24 @@
-//! A userspace TCP proxy between a client and one server (the kernel here has
-//! no `tc netem`): it can cut the link (a partition: open connections are
-//! closed and new ones hang, unanswered) and delay each client→server chunk
-//! (a slow link).
+//! Link faults without root or `tc netem`: a userspace TCP proxy between a
+//! client and one server that can cut the link (a partition: open connections
+//! are closed and new ones hang, unanswered) and delay each client→server
+//! chunk (a slow link).
+//!
+//! Point the client at [`Proxy::addr`] instead of the server; one proxy per
+//! link, so a partition can separate one client from one server only.
+//!
+//! ```no_run
+//! # async fn demo(server_port: u16) -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use leasehold_conformance::proxy::Proxy;
+//!
+//! let link = Proxy::start(server_port).await?;
+//! let url = format!("redis://{}", link.addr());
+//! // ... connect a client to `url` ...
+//! link.set_delay(Duration::from_millis(20)); // a slow link
+//! link.set_cut(true); // a partition
+//! link.set_cut(false); // healed
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// One proxied link.
+/// One proxied link, forwarding until dropped (needs a Tokio runtime).
 pub struct Proxy {
     /// The port clients connect to on 127.0.0.1.
     pub port: u16,
@@ -22,10 +39,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts forwarding 127.0.0.1:`port` → 127.0.0.1:`upstream`.
-    pub async fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
+    /// Starts forwarding 127.0.0.1:`port` (a free port, see [`Proxy::port`])
+    /// to 127.0.0.1:`upstream`.
+    pub async fn start(upstream: u16) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
         let cut = Arc::new(AtomicBool::new(false));
         let delay_micros = Arc::new(AtomicU64::new(0));
         let cuts = watch::Sender::new(0u64);
@@ -53,13 +71,13 @@ impl Proxy {
                 }
             })
         };
-        Proxy {
+        Ok(Proxy {
             port,
             cut,
             delay_micros,
             cuts,
             task,
-        }
+        })
     }
 
     /// Cuts the link (closes its connections; new ones hang) or heals it.
@@ -68,7 +86,7 @@ impl Proxy {
         self.cuts.send_modify(|generation| *generation += 1);
     }
 
-    /// Delays every client→server chunk by `delay`.
+    /// Delays every client→server chunk by `delay` (`Duration::ZERO`: none).
     pub fn set_delay(&self, delay: Duration) {
         self.delay_micros
             .store(delay.as_micros() as u64, Ordering::SeqCst);
