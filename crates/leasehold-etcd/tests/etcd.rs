@@ -685,3 +685,44 @@ async fn a_killed_holder_process_frees_the_lock() {
     assert!(lease.fencing_token().get() > child_token);
     backend.release(&lease).await.unwrap();
 }
+
+/// An acquisition sent to a paused store times out, and its txn reaches the
+/// store after it resumes, racing the reaper that cleans up after it. No
+/// entry may survive: regression for a late txn that revived an entry after
+/// its reaper's delete, which the shared session lease then kept alive (a
+/// lock nobody held, for as long as the process ran). Without the fix about
+/// one round in three left the key locked.
+#[tokio::test]
+async fn acquisitions_timed_out_by_a_paused_store_leave_no_entry() {
+    let store = Store::start().await;
+    let opts = options();
+    let backend = store.backend(opts.clone()).await;
+    let other = store.backend(opts).await;
+    let ttl = Duration::from_secs(30);
+    for round in 0..6 {
+        let k = key(&format!("paused-{round}"));
+        let warm = backend.try_acquire(&k, ttl).await.unwrap();
+        backend.release(&warm).await.unwrap();
+        store.container().pause().await.unwrap();
+        let attempt = backend.try_acquire(&k, ttl).await;
+        store.container().unpause().await.unwrap();
+        assert!(
+            matches!(attempt, Err(LockError::Unavailable { .. })),
+            "against a paused store: {attempt:?}"
+        );
+        eventually(
+            Duration::from_secs(20),
+            "the abandoned entry is gone and the key can be taken",
+            || async {
+                match other.try_acquire(&k, ttl).await {
+                    Ok(lease) => other.release(&lease).await.is_ok(),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+        // The key keeps its own session alive meanwhile: a revived entry would
+        // still be there.
+        assert_eq!(queue_len(&backend, k.as_str()).await, 0, "round {round}");
+    }
+}
