@@ -45,6 +45,14 @@
 //!   that times out deletes its entry; one whose `acquire` future is dropped
 //!   deletes it from a background task (as does a release whose reply was
 //!   lost), retrying until the store answers.
+//! - An entry whose txn may still be on its way (the call timed out against
+//!   a paused or slow store) is *retired*, not just deleted: one txn writes
+//!   its retirement marker (`namespace + encoded key + NUL + owner token`,
+//!   outside every lock's range, on the same session lease) and deletes it,
+//!   and every acquisition txn requires its marker absent. A late copy of the
+//!   txn then fails instead of reviving an entry that the shared session
+//!   would keep alive, a lock nobody holds (`tests/etcd.rs`,
+//!   `acquisitions_timed_out_by_a_paused_store_leave_no_entry`).
 //!
 //! ## Leases: one session lease per TTL, renewed by keep-alives
 //! Measured on one machine in one run (`examples/lease_model.rs`): a lease
