@@ -31,6 +31,10 @@
 //!   `{owner token}-lock-{sequence}`. The lowest sequence holds the lock.
 //!   A create whose reply was lost (connection loss) is found again by the
 //!   owner token in the name (ZOOKEEPER-1262, Curator's protected mode).
+//!   The queue is listed in the same round trip: `zookeeper-client` orders
+//!   requests when they are made and the server answers a session's requests
+//!   in order, so a list made right after the create already shows the new
+//!   node, and an uncontended acquisition costs one round trip.
 //! - A waiter watches only its predecessor (no herd) and, whenever that watch
 //!   fires or a re-check timer runs out, lists the queue again and decides
 //!   anew: waiters get the lock in the order they queued ([`Fairness::Fifo`]).
