@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{SESSION, children};
 use leasehold_conformance::fixtures::eventually;
+use leasehold_conformance::proxy::Proxy;
 use leasehold_core::{Key, LockBackend, LockError, RetryPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
@@ -318,7 +319,14 @@ async fn a_killed_holder_frees_the_lock_when_its_session_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_signals_loss_and_the_backend_opens_a_new_session() {
     let zk = common::start().await;
-    let holder = zk.backend().await;
+    // The holder reaches the server through a proxy, so its link can be cut
+    // for longer than the session timeout: the server expires the session and
+    // frees the lock. (Stealing the session from a second connection raced
+    // with the holder's own reconnects and failed CI twice.)
+    let link = Proxy::start(zk.port).await.unwrap();
+    let holder = ZkBackend::connect(common::test_options(&link.addr()))
+        .await
+        .unwrap();
     let k = key("expired");
     let lease = holder.try_acquire(&k, TTL).await.unwrap();
     let signal = lease
@@ -327,42 +335,18 @@ async fn session_expiry_signals_loss_and_the_backend_opens_a_new_session() {
         .clone();
     assert!(!signal.is_cancelled());
 
-    // Close the holder's session from another connection (the classic way to
-    // expire a ZooKeeper session on purpose).
-    // Fault injection, not the code under test, is racy here: the holder's
-    // client reconnects with the same session as soon as the server hands its
-    // connection to the thief, and can win that race (the thief's connect
-    // times out, or the thief's close comes after the holder took the session
-    // back; both seen in CI). So steal-and-close until the session really
-    // ends; the loss signal must then fire.
-    let session = holder.client().await.unwrap().session().clone();
-    let mut ended = false;
-    for attempt in 1..=5 {
-        match zookeeper_client::Client::connector()
-            .with_session(session.clone())
-            .with_session_timeout(SESSION)
-            .with_connection_timeout(SESSION)
-            .connect(&zk.hosts())
-            .await
-        {
-            Ok(thief) => drop(thief), // closes the session
-            Err(error) => {
-                eprintln!("attempt {attempt}: the session thief did not connect ({error})")
-            }
-        }
-        if tokio::time::timeout(SESSION * 2, signal.cancelled())
-            .await
-            .is_ok()
-        {
-            ended = true;
-            break;
-        }
-        eprintln!("attempt {attempt}: the holder kept its session; stealing it again");
-    }
-    assert!(
-        ended,
-        "the loss signal never fired although the session was closed five times"
-    );
+    link.set_cut(true);
+    let other = zk.backend().await;
+    let taken = other
+        .acquire(&k, TTL, &RetryPolicy::new(SESSION * 5))
+        .await
+        .expect("the server expires the cut-off session and frees the lock");
+    assert!(taken.fencing_token() > lease.fencing_token());
+    other.release(&taken).await.unwrap();
+    link.set_cut(false);
+    tokio::time::timeout(SESSION * 3, signal.cancelled())
+        .await
+        .expect("the loss signal fires once the holder learns its session expired");
     assert!(matches!(
         holder.extend(&lease, TTL).await,
         Err(LockError::Lost { .. })
