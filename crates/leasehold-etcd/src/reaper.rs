@@ -7,7 +7,7 @@ use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use leasehold_core::{LockError, with_timeout};
 
 use crate::NAME;
-use crate::backend::store_error;
+use crate::backend::{lease_not_found, store_error};
 use crate::keys::retirement_marker;
 use crate::session::Session;
 
@@ -55,7 +55,7 @@ impl Reaper {
         self.entry = None;
     }
 
-    /// Deletes now (awaited, one try); on failure leaves it to the background.
+    /// Retires now (awaited, one try); on failure leaves it to the background.
     pub(crate) async fn delete_now(mut self) {
         if let Some((entry, session)) = self.entry.take() {
             let deleted = retire(&self.client, self.timeout, &entry, &session).await;
@@ -100,6 +100,8 @@ impl Drop for Reaper {
 }
 
 /// Writes the entry's retirement marker and deletes the entry, in one txn.
+/// A session lease the store no longer has counts as done: the entry went
+/// with it, and a late txn naming that lease fails too.
 async fn retire(
     client: &Client,
     timeout: Duration,
@@ -116,7 +118,11 @@ async fn retire(
     ]);
     let mut kv = client.kv_client();
     with_timeout(NAME, timeout, async move {
-        kv.txn(retire).await.map(drop).map_err(store_error)
+        match kv.txn(retire).await {
+            Ok(_) => Ok(()),
+            Err(error) if lease_not_found(&error) => Ok(()),
+            Err(error) => Err(store_error(error)),
+        }
     })
     .await
 }
