@@ -143,6 +143,30 @@ impl DynamoDbBackend {
         format!("{}#{}", self.options.namespace, key.as_str())
     }
 
+    /// An update of `lease`'s item that applies only while `lease` still
+    /// owns it, with `expression` (which may use `#owner`, `#lease`, `#rvn`
+    /// and sets `:rvn` to a fresh record version).
+    fn owned_update(
+        &self,
+        lease: &Lease,
+        expression: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.options.table)
+            .key(
+                &self.options.partition_key,
+                AttributeValue::S(self.partition_key_for(lease.key())),
+            )
+            .update_expression(expression)
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_names("#lease", LEASE_MS)
+            .expression_attribute_names("#rvn", RVN)
+            .expression_attribute_values(":owner", AttributeValue::S(lease.owner().to_hex()))
+            .expression_attribute_values(":rvn", AttributeValue::S(new_rvn()))
+    }
+
     /// Creates the lock table (partition key only, a string, on-demand
     /// billing) and waits until it is `ACTIVE`. Idempotent: an existing table
     /// is fine (its key schema is not checked). Each call is bounded by the
@@ -491,20 +515,9 @@ impl LockBackend for DynamoDbBackend {
                 "the lease expired before it was extended",
             ));
         }
-        let pk = self.partition_key_for(key);
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.options.table)
-            .key(&self.options.partition_key, AttributeValue::S(pk))
-            .update_expression("SET #lease = :lease, #rvn = :rvn")
-            .condition_expression("#owner = :owner")
-            .expression_attribute_names("#owner", OWNER)
-            .expression_attribute_names("#lease", LEASE_MS)
-            .expression_attribute_names("#rvn", RVN)
-            .expression_attribute_values(":owner", AttributeValue::S(lease.owner().to_hex()))
-            .expression_attribute_values(":lease", AttributeValue::N(lease_ms.to_string()))
-            .expression_attribute_values(":rvn", AttributeValue::S(new_rvn()));
+            .owned_update(lease, "SET #lease = :lease, #rvn = :rvn")
+            .expression_attribute_values(":lease", AttributeValue::N(lease_ms.to_string()));
         match self.bounded(request.send()).await? {
             Ok(_) => Ok(lease.renewed(sent_at, ttl, self.options.drift)),
             Err(err) if is_condition_failed(&err) => Err(LockError::lost(
@@ -518,20 +531,9 @@ impl LockBackend for DynamoDbBackend {
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let key = lease.key();
-        let pk = self.partition_key_for(key);
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.options.table)
-            .key(&self.options.partition_key, AttributeValue::S(pk))
-            .update_expression("SET #rvn = :rvn REMOVE #owner, #lease, #holder")
-            .condition_expression("#owner = :owner")
-            .expression_attribute_names("#owner", OWNER)
-            .expression_attribute_names("#lease", LEASE_MS)
-            .expression_attribute_names("#rvn", RVN)
-            .expression_attribute_names("#holder", HOLDER)
-            .expression_attribute_values(":owner", AttributeValue::S(lease.owner().to_hex()))
-            .expression_attribute_values(":rvn", AttributeValue::S(new_rvn()));
+            .owned_update(lease, "SET #rvn = :rvn REMOVE #owner, #lease, #holder")
+            .expression_attribute_names("#holder", HOLDER);
         match self.bounded(request.send()).await? {
             Ok(_) => {
                 tracing::debug!(key = key.as_str(), owner = %lease.owner(), "released");
