@@ -60,6 +60,7 @@ pub struct Ctx {
     prefix: String,
     store: Option<Arc<dyn Store>>,
     child_env: Option<Vec<(String, String)>>,
+    session_ender: Option<crate::SessionEnder>,
 }
 
 impl Ctx {
@@ -249,6 +250,7 @@ pub(crate) fn run_trials(runtime: &tokio::runtime::Runtime, suite: &Suite) -> Ex
             prefix: String::new(),
             store: suite.store.clone(),
             child_env: suite.child_env.clone(),
+            session_ender: suite.session_ender.clone(),
         };
         let name = format!("{}::{}", suite.name, case.name);
         if let Err(why) = (case.select)(&probe) {
@@ -265,6 +267,7 @@ pub(crate) fn run_trials(runtime: &tokio::runtime::Runtime, suite: &Suite) -> Ex
         let factory = suite.factory.clone();
         let store = suite.store.clone();
         let child_env = suite.child_env.clone();
+        let session_ender = suite.session_ender.clone();
         let caps = caps.clone();
         let exclusive = exclusive.clone();
         let prefix = format!("lhc{run_id:08x}/{}/", case.name);
@@ -285,6 +288,7 @@ pub(crate) fn run_trials(runtime: &tokio::runtime::Runtime, suite: &Suite) -> Ex
                     prefix,
                     store,
                     child_env,
+                    session_ender,
                 });
                 match tokio::time::timeout(Duration::from_secs(180), (case.body)(ctx)).await {
                     Ok(Ok(())) => Ok(()),

@@ -83,6 +83,15 @@ pub trait Store: Send + Sync + 'static {
     fn restart(&self) -> BoxFuture<Result<(), String>>;
 }
 
+/// Ends the store session that carries `lease`, the way a network drop, a
+/// server-side kill or a session timeout would (terminate the Postgres
+/// backend process, revoke the etcd lease, expire the ZooKeeper session).
+/// Only for stores whose leases live in a session
+/// ([`leasehold_core::Expiry::Session`] or a pinned connection); the suite's
+/// session-end cases run where one is given.
+pub type SessionEnder =
+    Arc<dyn Fn(leasehold_core::Lease) -> BoxFuture<Result<(), String>> + Send + Sync>;
+
 /// What the suite runs against: a client factory, and optionally fault hooks,
 /// child-process support and resources (containers) to drop at the end.
 pub struct Suite {
@@ -90,6 +99,7 @@ pub struct Suite {
     factory: Factory,
     store: Option<Arc<dyn Store>>,
     child_env: Option<Vec<(String, String)>>,
+    session_ender: Option<SessionEnder>,
     resources: Vec<Box<dyn Any + Send>>,
 }
 
@@ -106,6 +116,7 @@ impl Suite {
             factory,
             store: None,
             child_env: None,
+            session_ender: None,
             resources: Vec::new(),
         }
     }
@@ -121,6 +132,17 @@ impl Suite {
     /// through the same factory (e.g. `LEASEHOLD_TEST_REDIS_URL=...`).
     pub fn with_child_env(mut self, env: Vec<(String, String)>) -> Self {
         self.child_env = Some(env);
+        self
+    }
+
+    /// Enables the cases that end a holder's store session (see
+    /// [`SessionEnder`]).
+    pub fn with_session_ender<F, Fut>(mut self, end: F) -> Self
+    where
+        F: Fn(leasehold_core::Lease) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.session_ender = Some(Arc::new(move |lease| Box::pin(end(lease))));
         self
     }
 

@@ -168,6 +168,64 @@ pub(crate) fn timed_out(backend: &'static str, timeout: Duration) -> LockError {
     )
 }
 
+/// Runs an acquisition so that a caller who stops waiting (drops the future:
+/// a `select!`, a timeout, an aborted task) never strands a grant in the
+/// store. The attempt runs to its end on its own task (it is bounded by the
+/// backend's per-call timeouts), and a lease it wins after the caller left is
+/// handed to `release` there, at once, instead of blocking the key until its
+/// TTL runs out.
+///
+/// Every backend whose store call can be applied after the client gave up on
+/// it (a request already on the wire) wraps `try_acquire` and `acquire` in
+/// this. A panic in the attempt becomes [`LockError::Backend`].
+///
+/// ```
+/// use leasehold_core::{Key, LockBackend, MemoryBackend, cancel_safe};
+/// use std::{sync::Arc, time::Duration};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+/// let backend = Arc::new(MemoryBackend::new());
+/// let key = Key::new("jobs:nightly")?;
+/// let (b, k) = (backend.clone(), key.clone());
+/// let r = backend.clone();
+/// let lease = cancel_safe(
+///     "memory",
+///     async move { b.try_acquire(&k, Duration::from_secs(5)).await },
+///     move |lease| async move { r.release(&lease).await },
+/// )
+/// .await?;
+/// backend.release(&lease).await?;
+/// # Ok(()) }
+/// ```
+pub async fn cancel_safe<A, R, RF>(
+    backend: &'static str,
+    attempt: A,
+    release: R,
+) -> Result<Lease, LockError>
+where
+    A: Future<Output = Result<Lease, LockError>> + Send + 'static,
+    R: FnOnce(Lease) -> RF + Send + 'static,
+    RF: Future<Output = Result<(), LockError>> + Send + 'static,
+{
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = attempt.await;
+        if let Err(Ok(lease)) = reply.send(result) {
+            let key = lease.key().clone();
+            match release(lease).await {
+                Ok(()) => {
+                    tracing::debug!(backend, %key, "released a lease granted after its caller gave up")
+                }
+                Err(error) => {
+                    tracing::warn!(backend, %key, %error, "could not release a lease granted after its caller gave up; it expires with its TTL")
+                }
+            }
+        }
+    });
+    answer
+        .await
+        .unwrap_or_else(|_| Err(LockError::backend(backend, "the acquisition task panicked")))
+}
+
 /// Why a waiter woke up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::config;
+use crate::error::LockError;
+
 /// How far fencing tokens can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fencing {
@@ -139,6 +142,34 @@ impl Capabilities {
     pub const fn holder_info(mut self, holder_info: bool) -> Self {
         self.holder_info = holder_info;
         self
+    }
+
+    /// Checks a TTL against [`Capabilities::min_ttl`] and the library-wide
+    /// maximum ([`config::MAX_DURATION`], one year): outside them is
+    /// [`LockError::InvalidTtl`] naming the bound, so no backend multiplies or
+    /// adds an absurd duration.
+    ///
+    /// ```
+    /// use leasehold_core::{Capabilities, LockError};
+    /// use std::time::Duration;
+    /// let caps = Capabilities::new().min_ttl(Duration::from_secs(1));
+    /// assert!(caps.check_ttl("demo", Duration::from_secs(5)).is_ok());
+    /// assert!(matches!(caps.check_ttl("demo", Duration::from_millis(5)), Err(LockError::InvalidTtl { .. })));
+    /// assert!(matches!(caps.check_ttl("demo", Duration::MAX), Err(LockError::InvalidTtl { .. })));
+    /// ```
+    pub fn check_ttl(&self, backend: &'static str, ttl: Duration) -> Result<(), LockError> {
+        let reason = if ttl < self.min_ttl {
+            format!("must be at least {:?}", self.min_ttl)
+        } else if ttl > config::MAX_DURATION {
+            "must be at most one year".to_owned()
+        } else {
+            return Ok(());
+        };
+        Err(LockError::InvalidTtl {
+            backend,
+            ttl,
+            reason,
+        })
     }
 }
 

@@ -37,6 +37,7 @@
 mod backend;
 mod capabilities;
 mod clock;
+pub mod config;
 mod error;
 mod key;
 mod layer;
@@ -48,7 +49,9 @@ mod token;
 mod ttl;
 
 pub use async_trait::async_trait;
-pub use backend::{LockBackend, ReleaseHub, ReleaseListener, Wake, wait_for_lock, with_timeout};
+pub use backend::{
+    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, wait_for_lock, with_timeout,
+};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, system_clock};
 pub use error::{BoxError, LockError};

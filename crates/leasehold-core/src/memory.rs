@@ -82,15 +82,8 @@ impl MemoryBackend {
         self.holders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check_ttl(ttl: Duration) -> Result<(), LockError> {
-        if ttl < Duration::from_millis(1) {
-            return Err(LockError::InvalidTtl {
-                backend: NAME,
-                ttl,
-                reason: "must be at least 1ms".into(),
-            });
-        }
-        Ok(())
+    fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        self.capabilities().check_ttl(NAME, ttl)
     }
 
     fn info(holder: &Holder, now: Instant) -> LockInfo {
@@ -117,7 +110,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        Self::check_ttl(ttl)?;
+        self.check_ttl(ttl)?;
         let now = self.clock.now();
         let mut holders = self.holders();
         if let Some(holder) = holders.get(key).filter(|h| h.expires_at > now) {
@@ -149,7 +142,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-        Self::check_ttl(ttl)?;
+        self.check_ttl(ttl)?;
         let now = self.clock.now();
         let mut holders = self.holders();
         match holders.get_mut(lease.key()) {
