@@ -69,13 +69,12 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError>;
 
     /// Renews several leases; a store that can do it in one call overrides
-    /// this. The default renews them one by one. Results come in input order.
+    /// this (and sets [`Capabilities::batch_extend`]). The default renews
+    /// them concurrently, so one slow call does not delay the others. Results
+    /// come in input order.
     async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
-        let mut results = Vec::with_capacity(renewals.len());
-        for (lease, ttl) in renewals {
-            results.push(self.extend(lease, *ttl).await);
-        }
-        results
+        futures_util::future::join_all(renewals.iter().map(|(lease, ttl)| self.extend(lease, *ttl)))
+            .await
     }
 
     /// Releases a lease we hold with one atomic compare-and-delete. Releasing
@@ -105,7 +104,8 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     wait: &RetryPolicy,
 ) -> Result<Lease, LockError> {
     let started = Instant::now();
-    let deadline = started + wait.deadline;
+    // `Duration::MAX` (or anything past the far horizon) waits for ever.
+    let deadline = crate::clock::instant_after(started, wait.deadline);
     let mut delays = wait.schedule();
     loop {
         let mut listener = backend.release_listener(key);

@@ -79,6 +79,10 @@ pub struct Capabilities {
     pub atomic_multi_key: bool,
     /// `inspect` and `Contended` can tell about the holder.
     pub holder_info: bool,
+    /// `extend_many` renews many leases in one store call. The watchdog then
+    /// renews due leases in one batch; otherwise it calls `extend` for each
+    /// lease concurrently, so one slow renewal never delays the others.
+    pub batch_extend: bool,
 }
 
 impl Capabilities {
@@ -95,6 +99,7 @@ impl Capabilities {
             ttl_granularity: Duration::from_millis(1),
             atomic_multi_key: false,
             holder_info: false,
+            batch_extend: false,
         }
     }
 
@@ -141,6 +146,12 @@ impl Capabilities {
     /// Sets [`Capabilities::holder_info`].
     pub const fn holder_info(mut self, holder_info: bool) -> Self {
         self.holder_info = holder_info;
+        self
+    }
+
+    /// Sets [`Capabilities::batch_extend`].
+    pub const fn batch_extend(mut self, batch: bool) -> Self {
+        self.batch_extend = batch;
         self
     }
 

@@ -74,8 +74,12 @@ impl TestClock {
 
     /// Moves monotonic time forward by `by`, as if the process had been paused.
     pub fn jump(&self, by: Duration) {
-        self.jumped_nanos
-            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .jumped_nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |jumped| {
+                Some(jumped.saturating_add(by))
+            });
     }
 
     /// Sets the wall-clock skew (positive: ahead of the system clock).
@@ -86,17 +90,44 @@ impl TestClock {
 
 impl Clock for TestClock {
     fn now(&self) -> Instant {
-        Instant::now() + Duration::from_nanos(self.jumped_nanos.load(Ordering::SeqCst))
+        instant_after(
+            Instant::now(),
+            Duration::from_nanos(self.jumped_nanos.load(Ordering::SeqCst)),
+        )
     }
     fn wall(&self) -> SystemTime {
         let skew = self.wall_skew_nanos.load(Ordering::SeqCst);
         let now = SystemTime::now();
-        if skew >= 0 {
-            now + Duration::from_nanos(skew as u64)
+        let by = Duration::from_nanos(skew.unsigned_abs());
+        let skewed = if skew >= 0 {
+            now.checked_add(by)
         } else {
-            now - Duration::from_nanos(skew.unsigned_abs())
-        }
+            now.checked_sub(by)
+        };
+        skewed.unwrap_or(now)
     }
+}
+
+/// How far [`instant_after`] saturates: about thirty years, the horizon tokio
+/// itself uses for "never".
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + by`, saturating at about thirty years after `at` instead of
+/// panicking: every deadline in leasehold is computed with it, so an extreme
+/// wait or TTL (`Duration::MAX`) means "never" rather than a crash.
+///
+/// ```
+/// use leasehold_core::instant_after;
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// let now = Instant::now();
+/// assert!(instant_after(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
+/// assert_eq!(instant_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+/// ```
+pub fn instant_after(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by.min(FAR_FUTURE))
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
 }
 
 /// The clock drift allowance subtracted from a lease's validity:
@@ -119,17 +150,25 @@ impl Default for Drift {
 }
 
 impl Drift {
-    /// The allowance for `ttl`, never more than `ttl` itself.
+    /// The allowance for `ttl`, never more than `ttl` itself. A factor that
+    /// is negative or not a number counts as 0; one so large that the product
+    /// overflows takes the whole TTL.
     pub fn allowance(&self, ttl: Duration) -> Duration {
-        ttl.mul_f64(self.factor.max(0.0))
+        let factor = if self.factor.is_nan() {
+            0.0
+        } else {
+            self.factor.max(0.0)
+        };
+        Duration::try_from_secs_f64(ttl.as_secs_f64() * factor)
+            .unwrap_or(ttl)
             .saturating_add(self.fixed)
             .min(ttl)
     }
 
     /// The end of validity of a lease of `ttl` whose request was sent at
-    /// `sent_at`.
+    /// `sent_at` (saturating far in the future rather than overflowing).
     pub fn valid_until(&self, sent_at: Instant, ttl: Duration) -> Instant {
-        sent_at + (ttl - self.allowance(ttl))
+        instant_after(sent_at, ttl - self.allowance(ttl))
     }
 }
 

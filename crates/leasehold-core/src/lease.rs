@@ -130,6 +130,47 @@ impl fmt::Debug for Lease {
     }
 }
 
+/// Why a guard's lease was lost ([`LockGuard::lost_reason`](crate::LockGuard::lost_reason)),
+/// also the `reason` label of `leasehold_lost_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// Validity ran out without a renewal: auto-extend is off, or the process
+    /// was paused past the lease's end.
+    Expired,
+    /// The store refused a renewal: the lease is gone there, or another
+    /// owner holds the key.
+    TakenOver,
+    /// The store ended the session that carried the lease (a closed
+    /// connection, an expired etcd lease or ZooKeeper session).
+    SessionEnded,
+    /// Renewals failed (errors, timeouts, a stopped runtime) until validity
+    /// ran out.
+    RenewalFailed,
+    /// An operator force-released the key.
+    ForceReleased,
+}
+
+impl LostReason {
+    /// The label value: `expired`, `taken_over`, `session_ended`,
+    /// `renewal_failed`, `force_released`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Expired => "expired",
+            LostReason::TakenOver => "taken_over",
+            LostReason::SessionEnded => "session_ended",
+            LostReason::RenewalFailed => "renewal_failed",
+            LostReason::ForceReleased => "force_released",
+        }
+    }
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the store can tell about a key's holder, for tooling and for
 /// `Contended` errors. Every field is optional: stores differ in what they
 /// know.

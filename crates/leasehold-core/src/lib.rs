@@ -53,11 +53,11 @@ pub use backend::{
     LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, wait_for_lock, with_timeout,
 };
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
-pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, system_clock};
+pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
 pub use error::{BoxError, LockError};
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
-pub use lease::{Lease, LockInfo};
+pub use lease::{Lease, LockInfo, LostReason};
 pub use locker::{IntoKey, LockGuard, Locker, LockerBuilder, MultiGuard};
 pub use memory::MemoryBackend;
 pub use retry::{RetryPolicy, Schedule};

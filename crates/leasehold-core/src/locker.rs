@@ -2,19 +2,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::LockBackend;
+use crate::clock::instant_after;
+use crate::config;
 use crate::error::LockError;
 use crate::key::Key;
-use crate::lease::Lease;
+use crate::lease::{Lease, LostReason};
 use crate::retry::RetryPolicy;
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
@@ -82,7 +87,8 @@ struct LockerInner {
     ttl: TtlPolicy,
     retry: RetryPolicy,
     auto_extend: bool,
-    watchdog: OnceLock<mpsc::UnboundedSender<Command>>,
+    /// One watchdog per tokio runtime this locker was used on.
+    watchdogs: Mutex<Vec<(tokio::runtime::Id, mpsc::UnboundedSender<Command>)>>,
 }
 
 /// Builds a [`Locker`].
@@ -119,7 +125,7 @@ impl LockerBuilder {
                 ttl: self.ttl,
                 retry: self.retry,
                 auto_extend: self.auto_extend,
-                watchdog: OnceLock::new(),
+                watchdogs: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -223,7 +229,7 @@ impl Locker {
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         keys.dedup();
-        let deadline = Instant::now() + self.inner.retry.deadline;
+        let deadline = instant_after(Instant::now(), self.inner.retry.deadline);
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
             let wait = self
@@ -273,6 +279,15 @@ impl Locker {
         let started = Instant::now();
         let span = tracing::debug_span!("leasehold.acquire", backend = name, key = %key, outcome = tracing::field::Empty);
         let result = async {
+            // Checked here too, so a third-party backend never sees a TTL
+            // whose arithmetic overflows.
+            if ttl > config::MAX_DURATION {
+                return Err(LockError::InvalidTtl {
+                    backend: name,
+                    ttl,
+                    reason: "must be at most one year".into(),
+                });
+            }
             let lease = match &wait {
                 None => backend.try_acquire(&key, ttl).await,
                 Some(wait) => {
@@ -312,17 +327,27 @@ impl Locker {
     }
 
     fn watch(&self, lease: Lease, ttl: Duration) -> LockGuard {
+        let name = self.inner.backend.name();
         let entry = Arc::new(Watched {
             id: NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed),
+            backend: name,
             lease: Mutex::new(lease),
             ttl,
             lost: CancellationToken::new(),
-            stopped: AtomicBool::new(false),
+            reason: OnceLock::new(),
+            finished: CancellationToken::new(),
             auto_extend: self.inner.auto_extend,
         });
-        let watchdog = self.watchdog().clone();
-        let _ = watchdog.send(Command::Watch(entry.clone()));
-        metrics::gauge!("leasehold_held", "backend" => self.inner.backend.name()).increment(1.0);
+        let watchdog = self.watchdog();
+        if watchdog.send(Command::Watch(entry.clone())).is_err() {
+            // No task can renew it or notice its end: never hand out a guard
+            // that silently expires.
+            entry.mark_lost(
+                LostReason::RenewalFailed,
+                "no watchdog could be started to renew it",
+            );
+        }
+        metrics::gauge!("leasehold_held", "backend" => name).increment(1.0);
         LockGuard {
             locker: self.clone(),
             entry,
@@ -332,16 +357,32 @@ impl Locker {
         }
     }
 
-    fn watchdog(&self) -> &mpsc::UnboundedSender<Command> {
-        self.inner.watchdog.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(run_watchdog(
-                self.inner.backend.clone(),
-                receiver,
-                sender.downgrade(),
-            ));
-            sender
-        })
+    /// The watchdog of the runtime this call runs on, started if there is
+    /// none yet (or if the one there stopped).
+    ///
+    /// One watchdog per runtime, not per locker: a `Locker` kept in a
+    /// `static` or built in a setup `block_on` and then used from another
+    /// runtime would otherwise send its guards to a task that no longer runs
+    /// (or is never polled), and they would expire silently.
+    fn watchdog(&self) -> mpsc::UnboundedSender<Command> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut watchdogs = self
+            .inner
+            .watchdogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        watchdogs.retain(|(_, sender)| !sender.is_closed());
+        if let Some((_, sender)) = watchdogs.iter().find(|(id, _)| *id == runtime.id()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        runtime.spawn(run_watchdog(
+            self.inner.backend.clone(),
+            receiver,
+            sender.downgrade(),
+        ));
+        watchdogs.push((runtime.id(), sender.clone()));
+        sender
     }
 }
 
@@ -356,9 +397,10 @@ async fn release_in_reverse(guards: Vec<LockGuard>) {
 static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A held lock. It extends itself in the background (at a third of the TTL,
-/// on one shared scheduler per [`Locker`]), and [`LockGuard::lost`] completes
-/// when the lease is lost: renewals failed until validity ran out, the store
-/// ended the session, or someone else holds the key now.
+/// on one shared scheduler per [`Locker`] and runtime), and
+/// [`LockGuard::lost`] completes when the lease is lost: renewals failed until
+/// validity ran out, the store ended the session, or someone else holds the
+/// key now ([`LockGuard::lost_reason`] says which).
 ///
 /// Call [`LockGuard::release`] to learn the store's answer. Dropping a guard
 /// never blocks: it releases in the background and counts
@@ -394,56 +436,46 @@ impl LockGuard {
         self.entry.lease()
     }
 
-    /// Whether the lease is known to be lost.
+    /// Whether the lease is known to be lost: the watchdog declared it, the
+    /// store signalled the end of its session, or its validity has passed
+    /// (checked here on the spot, so the answer holds even when no watchdog
+    /// could run).
     pub fn is_lost(&self) -> bool {
+        self.entry.check();
         self.entry.lost.is_cancelled()
-            || self
-                .entry
-                .lease()
-                .loss_signal()
-                .is_some_and(|s| s.is_cancelled())
     }
 
-    /// Completes when the lease is lost. Stop the protected work when it does.
+    /// Why the lease was lost, once it is.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.entry.check();
+        self.entry.reason.get().copied()
+    }
+
+    /// Completes when the lease is lost, or when the guard is released or
+    /// dropped (the work it protects must stop then too). Stop the protected
+    /// work when it does. It needs no watchdog: a store's session signal and
+    /// the lease's own end of validity complete it directly.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let ours = self.entry.lost.clone();
-        let store = self.entry.lease().loss_signal().cloned();
-        async move {
-            match store {
-                Some(store) => tokio::select! {
-                    () = ours.cancelled() => {}
-                    () = store.cancelled() => {}
-                },
-                None => ours.cancelled().await,
-            }
-        }
+        let entry = self.entry.clone();
+        async move { entry.ended().await }
     }
 
     /// A token cancelled when the lease is lost (for `tokio_util`-style
-    /// cancellation of the protected work).
+    /// cancellation of the protected work). It is a child of the guard's own
+    /// loss token: no task is spawned per call.
     pub fn lost_token(&self) -> CancellationToken {
-        let token = self.entry.lost.child_token();
-        if let Some(store) = self.entry.lease().loss_signal().cloned() {
-            let child = token.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = store.cancelled() => child.cancel(),
-                    () = child.cancelled() => {}
-                }
-            });
-        }
-        token
+        self.entry.lost.child_token()
     }
 
     fn backend_name(&self) -> &'static str {
-        self.locker.inner.backend.name()
+        self.entry.backend
     }
 
     /// Releases the lock and returns the store's answer (`NotHeld` when it
     /// had already expired or been taken over).
     pub async fn release(mut self) -> Result<(), LockError> {
         self.released = true;
-        self.entry.stopped.store(true, Ordering::SeqCst);
+        self.entry.finished.cancel();
         let _ = self.watchdog.send(Command::Forget(self.entry.id));
         let lease = self.entry.lease();
         let backend = self.locker.inner.backend.clone();
@@ -478,14 +510,21 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        self.entry.stopped.store(true, Ordering::SeqCst);
+        self.entry.finished.cancel();
         let lease = self.entry.lease();
         metrics::counter!("leasehold_release_total", "backend" => self.backend_name(), "outcome" => "dropped")
             .increment(1);
         self.finish(&lease);
-        // Never blocks: the watchdog task releases it. If the runtime is gone,
-        // the lease expires on its own.
-        let _ = self.watchdog.send(Command::Release(self.entry.id, lease));
+        // Never blocks: the watchdog task releases it. If that runtime is
+        // gone, release on the current one; with no runtime at all, the lease
+        // expires on its own.
+        if let Err(mpsc::error::SendError(Command::Release(_, lease))) =
+            self.watchdog.send(Command::Release(self.entry.id, lease))
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let backend = self.locker.inner.backend.clone();
+            runtime.spawn(async move { backend.release(&lease).await });
+        }
     }
 }
 
@@ -509,13 +548,17 @@ impl MultiGuard {
             .collect()
     }
 
-    /// Completes when any of the leases is lost.
-    pub async fn lost(&self) {
-        if self.guards.is_empty() {
-            return std::future::pending().await;
-        }
+    /// Completes when any of the leases is lost; like
+    /// [`LockGuard::lost`], it owns what it needs, so it can move into a
+    /// spawned task.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         let losses: Vec<_> = self.guards.iter().map(|g| Box::pin(g.lost())).collect();
-        futures_util::future::select_all(losses).await;
+        async move {
+            if losses.is_empty() {
+                return std::future::pending().await;
+            }
+            futures_util::future::select_all(losses).await;
+        }
     }
 
     /// Releases every lock in reverse order; returns the first error, after
@@ -552,10 +595,14 @@ impl Drop for Gauge {
 #[derive(Debug)]
 struct Watched {
     id: u64,
+    backend: &'static str,
     lease: Mutex<Lease>,
     ttl: Duration,
+    /// Cancelled once, when the lease is declared lost.
     lost: CancellationToken,
-    stopped: AtomicBool,
+    reason: OnceLock<LostReason>,
+    /// Cancelled when the guard is released or dropped.
+    finished: CancellationToken,
     auto_extend: bool,
 }
 
@@ -565,14 +612,61 @@ impl Watched {
     }
 
     fn is_done(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst) || self.lost.is_cancelled()
+        self.finished.is_cancelled() || self.lost.is_cancelled()
     }
 
-    fn mark_lost(&self, backend: &'static str, why: &str) {
-        if !self.lost.is_cancelled() && !self.stopped.load(Ordering::SeqCst) {
-            tracing::warn!(backend, key = %self.lease().key(), why, "lease lost");
-            metrics::counter!("leasehold_lost_total", "backend" => backend).increment(1);
-            self.lost.cancel();
+    fn mark_lost(&self, reason: LostReason, why: &str) {
+        if self.is_done() || self.reason.set(reason).is_err() {
+            return;
+        }
+        tracing::warn!(backend = self.backend, key = %self.lease().key(), reason = reason.as_str(), why, "lease lost");
+        metrics::counter!("leasehold_lost_total", "backend" => self.backend, "reason" => reason.as_str())
+            .increment(1);
+        self.lost.cancel();
+    }
+
+    /// Declares the loss that the lease itself shows: the store's session
+    /// signal fired, or validity has passed.
+    fn check(&self) {
+        if self.is_done() {
+            return;
+        }
+        let lease = self.lease();
+        if lease
+            .loss_signal()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            self.mark_lost(LostReason::SessionEnded, "the store ended the session");
+        } else if !lease.is_valid_at(Instant::now()) {
+            let reason = if self.auto_extend {
+                LostReason::RenewalFailed
+            } else {
+                LostReason::Expired
+            };
+            self.mark_lost(reason, "validity ended without a renewal");
+        }
+    }
+
+    /// Completes when the lease is lost or the guard finished.
+    async fn ended(&self) {
+        loop {
+            self.check();
+            if self.is_done() {
+                return;
+            }
+            let lease = self.lease();
+            let session = async {
+                match lease.loss_signal() {
+                    Some(signal) => signal.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.lost.cancelled() => {}
+                () = self.finished.cancelled() => {}
+                () = session => {}
+                () = tokio::time::sleep_until(lease.valid_until()) => {}
+            }
         }
     }
 
@@ -581,11 +675,19 @@ impl Watched {
     fn first_due(&self) -> Instant {
         let lease = self.lease();
         if self.auto_extend {
-            Instant::now() + lease.ttl() / 3
+            next_renewal(&lease, Instant::now())
         } else {
             lease.valid_until()
         }
     }
+}
+
+/// When a lease renewed (or granted) by `now` is next due: a third of its
+/// TTL on, but never later than halfway to the end of its validity, so a slow
+/// store (a renewal that took most of the TTL) still gets a try in time.
+fn next_renewal(lease: &Lease, now: Instant) -> Instant {
+    let left = lease.valid_until().saturating_duration_since(now);
+    instant_after(now, (lease.ttl() / 3).min(left / 2))
 }
 
 #[derive(Debug)]
@@ -600,15 +702,19 @@ enum Command {
     Count(tokio::sync::oneshot::Sender<usize>),
 }
 
-/// One task per locker keeps every guard's next renewal in one agenda and
-/// renews the due ones together (one `extend_many` per batch), so ten
-/// thousand guards cost one timer, not ten thousand.
+type SessionWatch = Pin<Box<dyn Future<Output = Arc<Watched>> + Send>>;
+
+/// One task per locker and runtime keeps every guard's next renewal in one
+/// agenda and renews the due ones together, so ten thousand guards cost one
+/// timer, not ten thousand. It also listens to the store's session signals,
+/// so a session that ends marks its guards lost at once.
 async fn run_watchdog(
     backend: Arc<dyn LockBackend>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     sender: mpsc::WeakUnboundedSender<Command>,
 ) {
     let mut agenda = Agenda::default();
+    let mut sessions: FuturesUnordered<SessionWatch> = FuturesUnordered::new();
     loop {
         let next_due = agenda.next_due();
         let command = tokio::select! {
@@ -616,17 +722,39 @@ async fn run_watchdog(
                 Some(command) => command,
                 None => return,
             },
+            Some(entry) = sessions.next(), if !sessions.is_empty() => {
+                entry.check();
+                if entry.is_done() {
+                    agenda.forget(entry.id);
+                }
+                continue;
+            }
             () = sleep_until_or_forever(next_due) => {
                 // Batch everything due within a few ms to share round trips.
                 let due = agenda.take_due(Instant::now() + Duration::from_millis(5));
                 if let Some(sender) = sender.upgrade() {
-                    tokio::spawn(renew(backend.clone(), due, sender));
+                    tokio::spawn(renew(backend.clone(), InFlight::new(due), sender));
+                } else {
+                    drop(InFlight::new(due));
                 }
                 continue;
             }
         };
         match command {
-            Command::Watch(entry) => agenda.schedule(entry.first_due(), entry),
+            Command::Watch(entry) => {
+                if let Some(signal) = entry.lease().loss_signal().cloned() {
+                    let watched = entry.clone();
+                    sessions.push(Box::pin(async move {
+                        tokio::select! {
+                            () = signal.cancelled() => {}
+                            () = watched.finished.cancelled() => {}
+                            () = watched.lost.cancelled() => {}
+                        }
+                        watched
+                    }));
+                }
+                agenda.schedule(entry.first_due(), entry);
+            }
             Command::Due(entry, at) => {
                 if !entry.is_done() {
                     agenda.schedule(at, entry);
@@ -692,6 +820,45 @@ impl Agenda {
     }
 }
 
+impl Drop for Agenda {
+    /// The watchdog task is going away with leases still scheduled: its
+    /// runtime shut down. Nobody renews them now, so they are lost, not
+    /// silently left to expire.
+    fn drop(&mut self) {
+        for entry in self.by_due.values() {
+            entry.mark_lost(
+                LostReason::RenewalFailed,
+                "the tokio runtime that renewed it shut down",
+            );
+        }
+    }
+}
+
+/// Leases taken off the agenda for one renewal round. Until the round has
+/// settled each of them (back on the agenda, or lost), dropping it (a panic in
+/// the backend, a runtime shutting down) marks the rest lost: no guard is ever
+/// left unrenewed and unreported.
+struct InFlight {
+    entries: Vec<Arc<Watched>>,
+}
+
+impl InFlight {
+    fn new(entries: Vec<Arc<Watched>>) -> Self {
+        InFlight { entries }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for entry in &self.entries {
+            entry.mark_lost(
+                LostReason::RenewalFailed,
+                "the renewal task ended before it finished (a panic in the backend, or the runtime shut down)",
+            );
+        }
+    }
+}
+
 async fn sleep_until_or_forever(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -699,18 +866,22 @@ async fn sleep_until_or_forever(at: Option<Instant>) {
     }
 }
 
+type Renewal =
+    Pin<Box<dyn Future<Output = (Vec<Arc<Watched>>, Vec<Result<Lease, LockError>>)> + Send>>;
+
 async fn renew(
     backend: Arc<dyn LockBackend>,
-    due: Vec<Arc<Watched>>,
+    mut round: InFlight,
     sender: mpsc::UnboundedSender<Command>,
 ) {
     let name = backend.name();
     let now = Instant::now();
-    let (to_extend, checks): (Vec<_>, Vec<_>) =
-        due.into_iter().partition(|entry| entry.auto_extend);
+    let (to_extend, checks): (Vec<_>, Vec<_>) = std::mem::take(&mut round.entries)
+        .into_iter()
+        .partition(|entry| entry.auto_extend);
     for entry in checks {
         if now >= entry.lease().valid_until() {
-            entry.mark_lost(name, "validity ended (auto-extend is off)");
+            entry.mark_lost(LostReason::Expired, "validity ended (auto-extend is off)");
         } else {
             let _ = sender.send(Command::Due(entry.clone(), entry.lease().valid_until()));
         }
@@ -718,40 +889,83 @@ async fn renew(
     if to_extend.is_empty() {
         return;
     }
-    let renewals: Vec<(Lease, Duration)> = to_extend
-        .iter()
-        .map(|entry| (entry.lease(), entry.ttl))
-        .collect();
+    round.entries = to_extend.clone();
+    // A store that renews many leases in one call gets one batch; any other
+    // gets one call per lease, all at once, each settled as it answers.
+    let mut calls: FuturesUnordered<Renewal> = FuturesUnordered::new();
+    if backend.capabilities().batch_extend {
+        let backend = backend.clone();
+        let entries = to_extend.clone();
+        calls.push(Box::pin(async move {
+            let renewals: Vec<(Lease, Duration)> =
+                entries.iter().map(|e| (e.lease(), e.ttl)).collect();
+            let results = backend.extend_many(&renewals).await;
+            (entries, results)
+        }));
+    } else {
+        for entry in &to_extend {
+            let backend = backend.clone();
+            let entry = entry.clone();
+            calls.push(Box::pin(async move {
+                let result = backend.extend(&entry.lease(), entry.ttl).await;
+                (vec![entry], vec![result])
+            }));
+        }
+    }
     // A renewal stuck on a slow store must not delay the loss signal past
-    // validity: watch the deadlines while the call runs.
-    let mut deadlines: Vec<(Instant, &Arc<Watched>)> = to_extend
+    // validity: watch the deadlines while the calls run.
+    let mut deadlines: Vec<(Instant, Arc<Watched>)> = to_extend
         .iter()
-        .zip(&renewals)
-        .map(|(entry, (lease, _))| (lease.valid_until(), entry))
+        .map(|entry| (entry.lease().valid_until(), entry.clone()))
         .collect();
     deadlines.sort_by_key(|(at, _)| *at);
     let mut deadlines = deadlines.into_iter().peekable();
-    let extend = backend.extend_many(&renewals);
-    tokio::pin!(extend);
-    let results = loop {
+    while !calls.is_empty() {
         let next_deadline = deadlines.peek().map(|(at, _)| *at);
         tokio::select! {
-            results = &mut extend => break results,
+            Some((entries, results)) = calls.next() => {
+                settle(name, &entries, results, &sender);
+            }
             () = sleep_until_or_forever(next_deadline) => {
                 if let Some((_, entry)) = deadlines.next() {
-                    entry.mark_lost(name, "the renewal did not complete before validity ended");
+                    // Settled entries carry their renewed validity by now.
+                    entry.check();
                 }
             }
         }
-    };
+    }
+    round.entries.clear();
+}
+
+/// Applies one renewal call's answers: renewed leases go back on the agenda,
+/// refusals are losses, and transient errors retry before validity ends. A
+/// backend that returned fewer results than leases left the rest unanswered:
+/// they count as [`LockError::Unavailable`].
+fn settle(
+    name: &'static str,
+    entries: &[Arc<Watched>],
+    results: Vec<Result<Lease, LockError>>,
+    sender: &mpsc::UnboundedSender<Command>,
+) {
+    let answered = results.len();
+    let mut results = results.into_iter();
     let now = Instant::now();
-    for (entry, result) in to_extend.into_iter().zip(results) {
+    for entry in entries {
+        let result = results.next().unwrap_or_else(|| {
+            Err(LockError::unavailable(
+                name,
+                format!(
+                    "extend_many answered {answered} of {} renewals",
+                    entries.len()
+                ),
+            ))
+        });
         if entry.is_done() {
             continue;
         }
         let outcome = match result {
             Ok(lease) => {
-                let next = now + lease.ttl() / 3;
+                let next = next_renewal(&lease, now);
                 *entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
                 let _ = sender.send(Command::Due(entry.clone(), next));
                 "extended"
@@ -759,17 +973,20 @@ async fn renew(
             Err(error) if error.is_retryable() => {
                 let valid_until = entry.lease().valid_until();
                 if now >= valid_until {
-                    entry.mark_lost(name, "renewals failed until validity ended");
+                    entry.mark_lost(
+                        LostReason::RenewalFailed,
+                        "renewals failed until validity ended",
+                    );
                 } else {
                     // Try again soon, and once more right at the end of validity.
-                    let retry =
-                        (now + (entry.ttl / 10).max(Duration::from_millis(10))).min(valid_until);
+                    let retry = instant_after(now, (entry.ttl / 10).max(Duration::from_millis(10)))
+                        .min(valid_until);
                     let _ = sender.send(Command::Due(entry.clone(), retry));
                 }
                 error.kind()
             }
             Err(error) => {
-                entry.mark_lost(name, &error.to_string());
+                entry.mark_lost(LostReason::TakenOver, &error.to_string());
                 error.kind()
             }
         };

@@ -230,7 +230,12 @@ impl AdaptiveTtl {
         let histogram = classes.get(&class).or_else(|| classes.get(OVERFLOW_CLASS));
         match histogram {
             Some(h) if h.total >= self.config.min_samples => {
-                let learned = h.quantile(self.config.quantile).mul_f64(self.config.factor);
+                // A factor so large (or not a number) that the product leaves
+                // Duration's range lands on `max` instead of panicking.
+                let learned = Duration::try_from_secs_f64(
+                    h.quantile(self.config.quantile).as_secs_f64() * self.config.factor,
+                )
+                .unwrap_or(self.config.max);
                 learned.clamp(self.config.min, self.config.max.max(self.config.min))
             }
             _ => self.config.initial,
