@@ -378,7 +378,7 @@ impl Locker {
         let (sender, receiver) = mpsc::unbounded_channel();
         runtime.spawn(run_watchdog(
             self.inner.backend.clone(),
-            receiver,
+            Inbox(receiver),
             sender.downgrade(),
         ));
         watchdogs.push((runtime.id(), sender.clone()));
@@ -675,7 +675,7 @@ impl Watched {
     fn first_due(&self) -> Instant {
         let lease = self.lease();
         if self.auto_extend {
-            next_renewal(&lease, Instant::now())
+            next_renewal(&lease, Instant::now(), Duration::ZERO)
         } else {
             lease.valid_until()
         }
@@ -683,11 +683,16 @@ impl Watched {
 }
 
 /// When a lease renewed (or granted) by `now` is next due: a third of its
-/// TTL on, but never later than halfway to the end of its validity, so a slow
-/// store (a renewal that took most of the TTL) still gets a try in time.
-fn next_renewal(lease: &Lease, now: Instant) -> Instant {
+/// TTL on, but never later than halfway to the end of its validity, and early
+/// enough that a renewal as slow as the last one (`latency`, twice over)
+/// still lands before validity ends. A slow store gets renewed back to back
+/// rather than lost.
+fn next_renewal(lease: &Lease, now: Instant, latency: Duration) -> Instant {
     let left = lease.valid_until().saturating_duration_since(now);
-    instant_after(now, (lease.ttl() / 3).min(left / 2))
+    let by = (lease.ttl() / 3)
+        .min(left / 2)
+        .min(left.saturating_sub(latency.saturating_mul(2)));
+    instant_after(now, by)
 }
 
 #[derive(Debug)]
@@ -710,7 +715,7 @@ type SessionWatch = Pin<Box<dyn Future<Output = Arc<Watched>> + Send>>;
 /// so a session that ends marks its guards lost at once.
 async fn run_watchdog(
     backend: Arc<dyn LockBackend>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: Inbox,
     sender: mpsc::WeakUnboundedSender<Command>,
 ) {
     let mut agenda = Agenda::default();
@@ -718,7 +723,7 @@ async fn run_watchdog(
     loop {
         let next_due = agenda.next_due();
         let command = tokio::select! {
-            command = commands.recv() => match command {
+            command = commands.0.recv() => match command {
                 Some(command) => command,
                 None => return,
             },
@@ -772,6 +777,25 @@ async fn run_watchdog(
                         tracing::debug!(%error, key = %lease.key(), "background release of a dropped guard failed");
                     }
                 });
+            }
+        }
+    }
+}
+
+/// The watchdog's command queue. A watchdog task can be dropped before it
+/// ever ran (its runtime shut down first); the leases still queued for it
+/// are then lost, like those on its agenda.
+struct Inbox(mpsc::UnboundedReceiver<Command>);
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Ok(command) = self.0.try_recv() {
+            if let Command::Watch(entry) | Command::Due(entry, _) = command {
+                entry.mark_lost(
+                    LostReason::RenewalFailed,
+                    "the tokio runtime that was to renew it shut down",
+                );
             }
         }
     }
@@ -892,6 +916,7 @@ async fn renew(
     round.entries = to_extend.clone();
     // A store that renews many leases in one call gets one batch; any other
     // gets one call per lease, all at once, each settled as it answers.
+    let sent_at = Instant::now();
     let mut calls: FuturesUnordered<Renewal> = FuturesUnordered::new();
     if backend.capabilities().batch_extend {
         let backend = backend.clone();
@@ -924,7 +949,7 @@ async fn renew(
         let next_deadline = deadlines.peek().map(|(at, _)| *at);
         tokio::select! {
             Some((entries, results)) = calls.next() => {
-                settle(name, &entries, results, &sender);
+                settle(name, &entries, results, sent_at, &sender);
             }
             () = sleep_until_or_forever(next_deadline) => {
                 if let Some((_, entry)) = deadlines.next() {
@@ -945,11 +970,13 @@ fn settle(
     name: &'static str,
     entries: &[Arc<Watched>],
     results: Vec<Result<Lease, LockError>>,
+    sent_at: Instant,
     sender: &mpsc::UnboundedSender<Command>,
 ) {
     let answered = results.len();
     let mut results = results.into_iter();
     let now = Instant::now();
+    let latency = now.saturating_duration_since(sent_at);
     for entry in entries {
         let result = results.next().unwrap_or_else(|| {
             Err(LockError::unavailable(
@@ -965,7 +992,7 @@ fn settle(
         }
         let outcome = match result {
             Ok(lease) => {
-                let next = next_renewal(&lease, now);
+                let next = next_renewal(&lease, now, latency);
                 *entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
                 let _ = sender.send(Command::Due(entry.clone(), next));
                 "extended"
