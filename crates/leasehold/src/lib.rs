@@ -89,11 +89,13 @@ struct Target {
 
 impl Target {
     fn parse(url: &str, options: &mut Options) -> Result<Self, LockError> {
+        // Errors show the URL only redacted: it may carry a password.
+        let shown = leasehold_core::config::redact_url(url);
         let (scheme, after) = url.split_once("://").ok_or_else(|| {
-            LockError::Config(format!("{url:?} is not a URL: expected scheme://..."))
+            LockError::Config(format!("{shown:?} is not a URL: expected scheme://..."))
         })?;
         if scheme.is_empty() {
-            return Err(LockError::Config(format!("{url:?} has no scheme")));
+            return Err(LockError::Config(format!("{shown:?} has no scheme")));
         }
         let (rest, query) = after.split_once('?').unwrap_or((after, ""));
         let mut backend_query = Vec::new();
@@ -131,12 +133,15 @@ impl Target {
             .map_or(url.clone(), |(_, rest)| rest.to_owned())
     }
 
+    /// For a scheme whose backend takes no options of its own: any left
+    /// over is a typo of a shared one (or a mistake), never ignored.
     fn reject_backend_query(&self) -> Result<(), LockError> {
         match self.backend_query.first() {
-            Some((name, _)) => Err(LockError::Config(format!(
-                "{}:// has no option {name:?}",
-                self.scheme
-            ))),
+            Some((name, _)) => Err(leasehold_core::config::unknown_option(
+                &self.scheme,
+                name,
+                options::SHARED,
+            )),
             None => Ok(()),
         }
     }
@@ -297,7 +302,9 @@ mod tests {
             ("gopher://x", "unknown scheme gopher"),
             ("memory://?ttl=fast", "ttl"),
             ("memory://?wait=1d", "wait"),
-            ("memory://?colour=blue", "no option \"colour\""),
+            ("memory://?colour=blue", "unknown option `colour`"),
+            ("memory://?namspace=billing", "did you mean `namespace`"),
+            ("memory://?wait=30", "needs a unit"),
         ];
         for (url, expected) in cases {
             let error = connect(url).await.unwrap_err().to_string();

@@ -3,7 +3,21 @@
 
 use std::time::Duration;
 
+use leasehold_core::config::{self, duration, invalid};
 use leasehold_core::{Drift, LockError, RetryPolicy, TtlPolicy};
+
+/// The shared option names, for the memory scheme's check and for hints.
+pub(crate) const SHARED: &[&str] = &[
+    "ttl",
+    "wait",
+    "retry_min",
+    "retry_max",
+    "namespace",
+    "timeout",
+    "drift_factor",
+    "drift_fixed",
+    "auto_extend",
+];
 
 /// Options for [`connect_with`](crate::connect_with). Every option has a URL
 /// query parameter of the same name; a parameter in the URL overrides the
@@ -19,8 +33,9 @@ use leasehold_core::{Drift, LockError, RetryPolicy, TtlPolicy};
 /// | `drift_factor`, `drift_fixed` | validity drift allowance | `drift_factor=0.01` |
 /// | `auto_extend` | guards extend themselves | `auto_extend=false` |
 ///
-/// Durations take `ms`, `s`, `m` or `h` (`250ms`, `1.5s`); a bare number is
-/// milliseconds.
+/// Durations take `ms`, `s`, `m` or `h` (`250ms`, `1.5s`) and are at most one
+/// year; a bare number is an error (stores disagree on the unit, so none is
+/// guessed). `wait` may also be `forever`.
 ///
 /// ```
 /// use leasehold::Options;
@@ -98,6 +113,7 @@ impl Options {
         match name {
             "ttl" if value == "adaptive" => self.ttl = TtlPolicy::adaptive(),
             "ttl" => self.ttl = TtlPolicy::Fixed(positive_duration(name, value)?),
+            "wait" if value == "forever" => self.retry.deadline = Duration::MAX,
             "wait" => self.retry.deadline = duration(name, value)?,
             "retry_min" => {
                 self.retry = self
@@ -134,21 +150,11 @@ impl Options {
                     ..self.drift.unwrap_or_default()
                 })
             }
-            "auto_extend" => {
-                self.auto_extend = match value {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(invalid(name, value, "expected true or false")),
-                }
-            }
+            "auto_extend" => self.auto_extend = config::boolean(name, value)?,
             _ => return Ok(false),
         }
         Ok(true)
     }
-}
-
-fn invalid(name: &str, value: &str, why: &str) -> LockError {
-    LockError::Config(format!("option {name}={value:?}: {why}"))
 }
 
 fn positive_duration(name: &str, value: &str) -> Result<Duration, LockError> {
@@ -159,43 +165,9 @@ fn positive_duration(name: &str, value: &str) -> Result<Duration, LockError> {
     Ok(parsed)
 }
 
-/// Parses `250ms`, `1.5s`, `2m`, `1h`, or a bare number of milliseconds.
-pub(crate) fn duration(name: &str, value: &str) -> Result<Duration, LockError> {
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| invalid(name, value, "expected a duration like 500ms, 2s, 1m"))?;
-    let seconds = match unit {
-        "" | "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(invalid(name, value, "unknown unit (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| invalid(name, value, "out of range"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_reject_garbage() {
-        assert_eq!(duration("t", "250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(duration("t", "1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(duration("t", "2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(duration("t", "40").unwrap(), Duration::from_millis(40));
-        for bad in ["", "s", "1d", "-1s", "1e400s", "ten"] {
-            let err = duration("ttl", bad).unwrap_err().to_string();
-            assert!(
-                err.contains("ttl"),
-                "error for {bad:?} does not name the option: {err}"
-            );
-        }
-    }
 
     #[test]
     fn shared_options_apply_and_backend_options_pass_through() {
