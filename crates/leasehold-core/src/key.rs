@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::error::LockError;
+
 /// The longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -108,6 +110,38 @@ impl TryFrom<String> for Key {
     type Error = KeyRule;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Key::new(value)
+    }
+}
+
+/// Anything that names a key: `&str`, `String`, `Key`, `&Key`.
+pub trait IntoKey {
+    /// Validates (if needed) and converts.
+    fn into_key(self) -> Result<Key, LockError>;
+}
+
+impl IntoKey for Key {
+    fn into_key(self) -> Result<Key, LockError> {
+        Ok(self)
+    }
+}
+impl IntoKey for &Key {
+    fn into_key(self) -> Result<Key, LockError> {
+        Ok(self.clone())
+    }
+}
+impl IntoKey for &str {
+    fn into_key(self) -> Result<Key, LockError> {
+        Ok(Key::new(self)?)
+    }
+}
+impl IntoKey for String {
+    fn into_key(self) -> Result<Key, LockError> {
+        Ok(Key::new(self)?)
+    }
+}
+impl IntoKey for &String {
+    fn into_key(self) -> Result<Key, LockError> {
+        Ok(Key::new(self.as_str())?)
     }
 }
 

@@ -39,14 +39,17 @@ mod capabilities;
 mod clock;
 pub mod config;
 mod error;
+mod guard;
 mod key;
 mod layer;
 mod lease;
 mod locker;
 mod memory;
+mod metrics;
 mod retry;
 mod token;
 mod ttl;
+mod watchdog;
 
 pub use async_trait::async_trait;
 pub use backend::{
@@ -55,10 +58,12 @@ pub use backend::{
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
 pub use error::{BoxError, LockError};
+pub use guard::{LockGuard, MultiGuard};
+pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
-pub use locker::{IntoKey, LockGuard, Locker, LockerBuilder, MultiGuard};
+pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
 pub use retry::{RetryPolicy, Schedule};
 pub use token::{FencingToken, OwnerToken};
