@@ -63,6 +63,7 @@ pub mod proxy;
 pub mod register;
 
 pub use cases::{Case, Ctx, Failed, all_cases};
+pub use cases::{CaseReport, Verdict, run_cases};
 
 /// A boxed future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
