@@ -57,6 +57,29 @@ pub async fn connect(url: &str) -> Result<Locker, LockError> {
     connect_with(url, Options::new()).await
 }
 
+/// The environment variable [`connect_from_env`] reads.
+pub const URL_ENV: &str = "LEASEHOLD_URL";
+
+/// Connects to the store named by the `LEASEHOLD_URL` environment variable,
+/// so one binary runs on any store by deployment configuration alone. A
+/// missing or non-UTF-8 variable is a [`LockError::Config`] naming it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold::LockError> {
+/// # unsafe { std::env::set_var("LEASEHOLD_URL", "memory://from-env?ttl=5s") };
+/// let locker = leasehold::connect_from_env().await?;
+/// locker.lock("nightly-report").await?.release().await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect_from_env() -> Result<Locker, LockError> {
+    let url = std::env::var(URL_ENV).map_err(|error| {
+        LockError::Config(format!(
+            "{URL_ENV} must name the lock store (e.g. redis://127.0.0.1:6379): {error}"
+        ))
+    })?;
+    connect(&url).await
+}
+
 /// Connects with `options`; the URL's query parameters override them.
 pub async fn connect_with(url: &str, options: Options) -> Result<Locker, LockError> {
     let (backend, options) = open(url, options).await?;

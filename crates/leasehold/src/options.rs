@@ -106,6 +106,26 @@ impl Options {
     pub fn namespace_value(&self) -> Option<&str> {
         self.namespace.as_deref()
     }
+    /// The TTL policy set.
+    pub fn ttl_value(&self) -> &TtlPolicy {
+        &self.ttl
+    }
+    /// The retry policy set (its deadline is how long `lock` waits).
+    pub fn retry_value(&self) -> &RetryPolicy {
+        &self.retry
+    }
+    /// The per-call store timeout set, if any (else the backend's default).
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+    /// The drift allowance set, if any (else the backend's default).
+    pub fn drift_value(&self) -> Option<Drift> {
+        self.drift
+    }
+    /// Whether guards extend themselves.
+    pub fn auto_extend_value(&self) -> bool {
+        self.auto_extend
+    }
 
     /// Applies one query parameter if it is a shared option; returns false
     /// for a parameter that belongs to the backend.
