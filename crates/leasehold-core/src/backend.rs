@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::retry::RetryPolicy;
+use crate::retry::{Attempts, RetryPolicy};
 
 /// The backend-agnostic lock contract, used as `Arc<dyn LockBackend>`.
 ///
@@ -103,10 +102,7 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     ttl: Duration,
     wait: &RetryPolicy,
 ) -> Result<Lease, LockError> {
-    let started = Instant::now();
-    // `Duration::MAX` (or anything past the far horizon) waits for ever.
-    let deadline = crate::clock::instant_after(started, wait.deadline);
-    let mut delays = wait.schedule();
+    let mut attempts = Attempts::new(wait);
     loop {
         let mut listener = backend.release_listener(key);
         let error = match backend.try_acquire(key, ttl).await {
@@ -114,30 +110,19 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
             Err(error) if error.is_retryable() => error,
             Err(error) => return Err(error),
         };
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(match error {
-                LockError::Contended { backend, key, .. } => LockError::Timeout {
-                    backend,
-                    key,
-                    waited: now - started,
-                },
-                other => other,
-            });
-        }
         // Never sleep past the holder's expiry when the store told us when it is.
         let holder_expires = match &error {
             LockError::Contended {
                 holder: Some(holder),
                 ..
-            } => holder.remaining,
+            } => holder
+                .remaining
+                .map(|left| left.saturating_add(Duration::from_millis(1))),
             _ => None,
         };
-        let delay = delays
-            .next()
-            .unwrap_or(wait.max_delay)
-            .min(holder_expires.map_or(Duration::MAX, |r| r + Duration::from_millis(1)))
-            .min(deadline - now);
+        let Some(delay) = attempts.next_delay(holder_expires) else {
+            return Err(attempts.give_up(error));
+        };
         match listener.as_mut() {
             Some(listener) => {
                 listener.wait(delay).await;

@@ -65,7 +65,7 @@ pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
-pub use retry::{RetryPolicy, Schedule};
+pub use retry::{Attempts, RetryPolicy, Schedule};
 pub use token::{FencingToken, OwnerToken};
 pub use tokio_util::sync::CancellationToken;
 pub use ttl::{AdaptiveConfig, AdaptiveTtl, BUCKETS, TtlPolicy};

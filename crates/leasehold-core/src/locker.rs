@@ -9,14 +9,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backend::LockBackend;
-use crate::clock::instant_after;
 use crate::config;
 use crate::error::LockError;
 use crate::guard::{LockGuard, MultiGuard};
 use crate::key::{IntoKey, Key};
 use crate::lease::Lease;
 use crate::metrics;
-use crate::retry::RetryPolicy;
+use crate::retry::{Attempts, RetryPolicy};
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
 use crate::watchdog::Watchdogs;
@@ -189,14 +188,11 @@ impl Locker {
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         keys.dedup();
-        let deadline = instant_after(Instant::now(), self.inner.retry.deadline);
+        // One deadline for all the keys together.
+        let attempts = Attempts::new(&self.inner.retry);
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
-            let wait = self
-                .inner
-                .retry
-                .clone()
-                .with_deadline(deadline.saturating_duration_since(Instant::now()));
+            let wait = self.inner.retry.clone().with_deadline(attempts.remaining());
             match self.acquire_guard(key, Some(wait)).await {
                 Ok(guard) => guards.push(guard),
                 Err(error) => {

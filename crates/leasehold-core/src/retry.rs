@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use rand::Rng;
+use tokio::time::Instant;
+
+use crate::clock::instant_after;
+use crate::error::LockError;
 
 /// Exponential backoff with full jitter between `min_delay` and `max_delay`,
 /// bounded by an overall `deadline` (how long `acquire` waits in all).
@@ -82,6 +86,88 @@ impl RetryPolicy {
         Schedule {
             exponential,
             min_delay: self.min_delay,
+        }
+    }
+}
+
+/// One waiting operation's clock: when it started, its deadline and its
+/// backoff schedule. Every waiting loop in leasehold (the default
+/// [`wait_for_lock`](crate::wait_for_lock), `lock_all`, the queue backends)
+/// runs on one of these, so "how long and how to wait" is decided in one
+/// place.
+///
+/// ```
+/// use leasehold_core::{Attempts, RetryPolicy};
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let mut attempts = Attempts::new(&RetryPolicy::new(Duration::from_millis(50)));
+/// let mut tries = 1;
+/// while let Some(delay) = attempts.next_delay(None) {
+///     tokio::time::sleep(delay).await;
+///     tries += 1;
+/// }
+/// assert!(tries >= 2 && attempts.waited() >= Duration::from_millis(50));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Attempts {
+    started: Instant,
+    deadline: Instant,
+    schedule: Schedule,
+    max_delay: Duration,
+}
+
+impl Attempts {
+    /// Starts the clock now. A deadline of `Duration::MAX` waits for ever.
+    pub fn new(policy: &RetryPolicy) -> Self {
+        let started = Instant::now();
+        Attempts {
+            started,
+            deadline: instant_after(started, policy.deadline),
+            schedule: policy.schedule(),
+            max_delay: policy.max_delay,
+        }
+    }
+
+    /// How long the operation has waited so far.
+    pub fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The instant the operation gives up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The pause before the next attempt: the next jittered delay, at most
+    /// `cap` (for example the holder's remaining TTL, so a waiter never
+    /// sleeps past an expiry it was told of) and never past the deadline.
+    /// `None` once the deadline has passed: stop and [`Attempts::give_up`].
+    pub fn next_delay(&mut self, cap: Option<Duration>) -> Option<Duration> {
+        let remaining = self.deadline.checked_duration_since(Instant::now())?;
+        if remaining.is_zero() {
+            return None;
+        }
+        let delay = self.schedule.next().unwrap_or(self.max_delay);
+        Some(delay.min(cap.unwrap_or(Duration::MAX)).min(remaining))
+    }
+
+    /// The error to return once the deadline has passed: contention becomes
+    /// [`LockError::Timeout`] saying how long we waited; any other error is
+    /// returned as it is.
+    pub fn give_up(&self, last: LockError) -> LockError {
+        match last {
+            LockError::Contended { backend, key, .. } => LockError::Timeout {
+                backend,
+                key,
+                waited: self.waited(),
+            },
+            other => other,
         }
     }
 }
