@@ -100,9 +100,9 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, SharedClock, Waiting, system_clock,
+    LockInfo, OwnerToken, SharedClock, Waiting, cancel_safe, system_clock,
 };
-use leasehold_redis::{KeyLayout, Ownership, RedisNode, map_error, ttl_millis};
+use leasehold_redis::{KeyLayout, Ownership, RedisNode, map_error};
 use tokio::time::Instant;
 
 pub use report::{NodeOutcome, QuorumReport};
@@ -445,15 +445,12 @@ impl RedlockBackend {
             .min(self.inner.timeout)
     }
 
+    /// At least [`MIN_TTL`], at most one year
+    /// ([`MAX_DURATION`](leasehold_core::config::MAX_DURATION)), through
+    /// [`Capabilities::check_ttl`]: the same bounds and message as every
+    /// backend, and no `Instant + ttl` that could overflow.
     fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
-        if ttl < MIN_TTL {
-            return Err(LockError::InvalidTtl {
-                backend: NAME,
-                ttl,
-                reason: format!("must be at least {MIN_TTL:?}"),
-            });
-        }
-        ttl_millis(NAME, ttl).map(|_| ())
+        self.capabilities().check_ttl(NAME, ttl)
     }
 
     /// Runs `op` on the servers `which` (indices) in parallel, each bounded by
@@ -575,6 +572,99 @@ impl RedlockBackend {
         .collect()
     }
 
+    /// One acquisition attempt on every server (see the crate docs); the
+    /// caller checked the TTL. Not cancel safe by itself: the trait's
+    /// `try_acquire` runs it through [`cancel_safe`].
+    async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let owner = OwnerToken::generate();
+        let per_node = self.node_timeout(ttl);
+        let all = self.all();
+        let sent_at = self.inner.clock.now();
+        let outcomes: Vec<NodeOutcome> = self
+            .fan_out(&all, per_node, |node| async move {
+                node.try_acquire_raw(key, &owner, ttl).await
+            })
+            .await
+            .into_iter()
+            .map(NodeOutcome::from_acquire)
+            .collect();
+        let quorum = self.inner.quorum;
+        let acquired = outcomes
+            .iter()
+            .filter(|o| matches!(o, NodeOutcome::Acquired(_)))
+            .count();
+        let token = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                NodeOutcome::Acquired(counter) => Some(*counter),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(FencingToken(0));
+        let mut note = None;
+        if acquired >= quorum {
+            self.raise_counters(key, token, &outcomes, per_node).await;
+            let lease = Lease::new(
+                NAME,
+                key.clone(),
+                owner,
+                token,
+                sent_at,
+                ttl,
+                self.inner.drift,
+            );
+            let now = self.inner.clock.now();
+            if lease.valid_until() > now {
+                tracing::debug!(%key, owner = %owner.short(), %token, acquired, "redlock acquired");
+                return Ok(lease);
+            }
+            note = Some(format!(
+                "acquired on {acquired} servers, but only after {:?}: no validity left of a ttl of {ttl:?}",
+                now - sent_at
+            ));
+        }
+        // Give back what this attempt may hold: the servers that granted it
+        // (awaited, so nothing is left locked on a server that answers) and
+        // those that did not answer, which may have set the key (in the
+        // background: they would only cost another timeout).
+        let granted: Vec<usize> = indices(&outcomes, |o| matches!(o, NodeOutcome::Acquired(_)));
+        let unknown: Vec<usize> = indices(&outcomes, NodeOutcome::is_unknown);
+        if !unknown.is_empty() {
+            let (this, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                let released = this.release_on(&unknown, &key, &owner, per_node).await;
+                tracing::debug!(%key, owner = %owner.short(), ?released, "redlock gave back a failed attempt on silent servers");
+            });
+        }
+        if !granted.is_empty() {
+            let released = self.release_on(&granted, key, &owner, per_node).await;
+            tracing::debug!(%key, owner = %owner.short(), acquired, ?released, "redlock attempt failed; gave back its keys");
+        }
+        let held = outcomes
+            .iter()
+            .filter(|o| matches!(o, NodeOutcome::Held(_)))
+            .count();
+        let answered = outcomes.iter().filter(|o| !o.is_unknown()).count();
+        if note.is_none() && held >= quorum {
+            let mut holder = holder_of(&outcomes);
+            holder.metadata = Some(self.report("acquire", key, outcomes, None).to_string());
+            return Err(LockError::contended(NAME, key.as_str(), Some(holder)));
+        }
+        if note.is_some() || answered < quorum {
+            let note = note.or_else(|| Some("too few servers answered".into()));
+            return Err(LockError::unavailable(
+                NAME,
+                self.report("acquire", key, outcomes, note),
+            ));
+        }
+        // Enough servers answered, but the key is held on some of them and
+        // not on a majority (a split vote, or a minority left-over): contention.
+        let mut holder = holder_of(&outcomes);
+        let note = Some("no owner has a majority".to_owned());
+        holder.metadata = Some(self.report("acquire", key, outcomes, note).to_string());
+        Err(LockError::contended(NAME, key.as_str(), Some(holder)))
+    }
+
     /// The outcome of a renewal from every server's answer.
     fn renewal(
         &self,
@@ -667,97 +757,29 @@ impl LockBackend for RedlockBackend {
             .atomic_multi_key(false)
     }
 
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a quorum granted after it left is
+    /// released at once in the background. Servers that did not answer are
+    /// sent a compare-and-delete too, on the same connection as the acquire,
+    /// so a frozen server that runs the queued acquire when it wakes runs the
+    /// delete right after it.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        let owner = OwnerToken::generate();
-        let per_node = self.node_timeout(ttl);
-        let all = self.all();
-        let sent_at = self.inner.clock.now();
-        let outcomes: Vec<NodeOutcome> = self
-            .fan_out(&all, per_node, |node| async move {
-                node.try_acquire_raw(key, &owner, ttl).await
-            })
-            .await
-            .into_iter()
-            .map(NodeOutcome::from_acquire)
-            .collect();
-        let quorum = self.inner.quorum;
-        let acquired = outcomes
-            .iter()
-            .filter(|o| matches!(o, NodeOutcome::Acquired(_)))
-            .count();
-        let token = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                NodeOutcome::Acquired(counter) => Some(*counter),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(FencingToken(0));
-        let mut note = None;
-        if acquired >= quorum {
-            self.raise_counters(key, token, &outcomes, per_node).await;
-            let lease = Lease::new(
-                NAME,
-                key.clone(),
-                owner,
-                token,
-                sent_at,
-                ttl,
-                self.inner.drift,
-            );
-            let now = self.inner.clock.now();
-            if lease.valid_until() > now {
-                tracing::debug!(%key, owner = %owner.short(), %token, acquired, "redlock acquired");
-                return Ok(lease);
-            }
-            note = Some(format!(
-                "acquired on {acquired} servers, but only after {:?}: no validity left of a ttl of {ttl:?}",
-                now - sent_at
-            ));
-        }
-        // Give back what this attempt may hold: the servers that granted it
-        // (awaited, so nothing is left locked on a server that answers) and
-        // those that did not answer, which may have set the key (in the
-        // background: they would only cost another timeout).
-        let granted: Vec<usize> = indices(&outcomes, |o| matches!(o, NodeOutcome::Acquired(_)));
-        let unknown: Vec<usize> = indices(&outcomes, NodeOutcome::is_unknown);
-        if !unknown.is_empty() {
-            let (this, key) = (self.clone(), key.clone());
-            tokio::spawn(async move {
-                let released = this.release_on(&unknown, &key, &owner, per_node).await;
-                tracing::debug!(%key, owner = %owner.short(), ?released, "redlock gave back a failed attempt on silent servers");
-            });
-        }
-        if !granted.is_empty() {
-            let released = self.release_on(&granted, key, &owner, per_node).await;
-            tracing::debug!(%key, owner = %owner.short(), acquired, ?released, "redlock attempt failed; gave back its keys");
-        }
-        let held = outcomes
-            .iter()
-            .filter(|o| matches!(o, NodeOutcome::Held(_)))
-            .count();
-        let answered = outcomes.iter().filter(|o| !o.is_unknown()).count();
-        if note.is_none() && held >= quorum {
-            let mut holder = holder_of(&outcomes);
-            holder.metadata = Some(self.report("acquire", key, outcomes, None).to_string());
-            return Err(LockError::contended(NAME, key.as_str(), Some(holder)));
-        }
-        if note.is_some() || answered < quorum {
-            let note = note.or_else(|| Some("too few servers answered".into()));
-            return Err(LockError::unavailable(
-                NAME,
-                self.report("acquire", key, outcomes, note),
-            ));
-        }
-        // Enough servers answered, but the key is held on some of them and
-        // not on a majority (a split vote, or a minority left-over): contention.
-        let mut holder = holder_of(&outcomes);
-        let note = Some("no owner has a majority".to_owned());
-        holder.metadata = Some(self.report("acquire", key, outcomes, note).to_string());
-        Err(LockError::contended(NAME, key.as_str(), Some(holder)))
+        let (this, key) = (self.clone(), key.clone());
+        let releaser = self.clone();
+        cancel_safe(
+            NAME,
+            async move { this.attempt(&key, ttl).await },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
     }
 
+    /// Cancel safety: dropping it may leave the renewal applied on some
+    /// servers; that only keeps our own key longer (until the new TTL), and
+    /// the lease's `valid_until` is unchanged, so nothing is promised that
+    /// the servers do not keep.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         let per_node = self.node_timeout(ttl);
@@ -774,6 +796,9 @@ impl LockBackend for RedlockBackend {
         self.renewal(lease, outcomes, sent_at, ttl)
     }
 
+    /// One script call per server for the whole batch, all servers at
+    /// once: a slow server costs the per-node timeout once, not once per
+    /// lease. Cancel safety as [`LockBackend::extend`].
     async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
         let mut results: Vec<Option<Result<Lease, LockError>>> = renewals
             .iter()
@@ -824,6 +849,9 @@ impl LockBackend for RedlockBackend {
             .collect()
     }
 
+    /// Cancel safety: dropping it may leave the key deleted on some servers
+    /// and not on others; what is left frees itself at its TTL, and a later
+    /// `release` of the same lease finishes the job.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let per_node = self.node_timeout(lease.ttl());
         let (key, owner) = (lease.key(), lease.owner());
@@ -853,6 +881,7 @@ impl LockBackend for RedlockBackend {
         ))
     }
 
+    /// Read-only; cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let answers = self
             .fan_out(&self.all(), self.inner.timeout, |node| async move {

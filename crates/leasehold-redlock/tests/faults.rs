@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_conformance::fixtures;
 use leasehold_conformance::history::{History, Holding};
 use leasehold_conformance::proxy::Proxy;
 use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
@@ -422,4 +423,60 @@ async fn fencing_tokens_keep_increasing_when_the_quorum_changes() {
         tokens.windows(2).all(|w| w[0] < w[1]),
         "tokens did not strictly increase across quorums: {tokens:?}"
     );
+}
+
+/// The probe of issue 11: one server of three frozen, `lock()` dropped after
+/// 300 ms, the server thawed. The acquisition went on in the store (the two
+/// live servers granted it, the frozen one ran the queued script when it
+/// woke); without cancel safety the key stayed held by nobody for its whole
+/// TTL. Now the late grant is released in the background at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_call_leaves_no_key_held_when_a_server_was_frozen() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let ttl = Duration::from_secs(20);
+    let locker = Locker::builder(connect(&cluster.url).await)
+        .ttl(TtlPolicy::Fixed(ttl))
+        .build();
+    let other = connect(&cluster.url).await;
+    let k = key("dropped-lock");
+    cluster.pause(2).await;
+    let dropped = tokio::time::timeout(Duration::from_millis(300), locker.lock(k.clone())).await;
+    assert!(
+        dropped.is_err(),
+        "lock() should still be waiting for the frozen server after 300 ms, got {:?}",
+        dropped.map(|r| r.map(|g| g.fencing_token()))
+    );
+    cluster.unpause(2).await;
+    let started = Instant::now();
+    fixtures::eventually(
+        Duration::from_secs(10),
+        "the dropped lock() call's key to be free again (well before its 20 s TTL)",
+        || async {
+            match other.try_acquire(&k, ttl).await {
+                Ok(lease) => {
+                    other
+                        .release(&lease)
+                        .await
+                        .expect("release the probe lease");
+                    true
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    println!("key free {:?} after the server thawed", started.elapsed());
+    // The frozen server ran the queued acquire when it woke, and the
+    // compare-and-delete queued behind it on the same connection.
+    for i in 0..3 {
+        let url = cluster.node_url(i);
+        fixtures::eventually(
+            Duration::from_secs(10),
+            &format!("server {i} to hold nothing for the dropped call"),
+            || async { on_server(&url, &k).await.is_none() },
+        )
+        .await;
+    }
 }
