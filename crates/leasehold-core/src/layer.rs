@@ -80,7 +80,7 @@ impl LockBackend for Timeout {
     ) -> Result<Lease, LockError> {
         with_timeout(
             self.name(),
-            wait.deadline + self.timeout,
+            wait.deadline.saturating_add(self.timeout),
             self.inner.acquire(key, ttl, wait),
         )
         .await

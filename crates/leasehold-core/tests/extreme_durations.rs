@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    AdaptiveConfig, AdaptiveTtl, Drift, Key, LockBackend, LockError, Locker, MemoryBackend,
-    RetryPolicy, TtlPolicy, config, instant_after,
+    AdaptiveConfig, AdaptiveTtl, Drift, Key, Layer, LockBackend, LockError, Locker, MemoryBackend,
+    RetryPolicy, TimeoutLayer, TtlPolicy, config, instant_after,
 };
 use proptest::prelude::*;
 use tokio::time::Instant;
