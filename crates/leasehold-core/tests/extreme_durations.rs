@@ -146,3 +146,18 @@ fn huge_numbers_in_configuration_are_config_errors() {
         }
     }
 }
+
+#[test]
+fn a_forever_wait_through_a_timeout_layer_locks() {
+    // On 7ad27fd this panicked with "overflow when adding durations"
+    // (TimeoutLayer bounded acquire by `wait.deadline + timeout`).
+    runtime().block_on(async {
+        let backend: Arc<dyn LockBackend> =
+            TimeoutLayer::new(Duration::MAX).layer(Arc::new(MemoryBackend::new()));
+        let locker = Locker::builder_from_arc(backend)
+            .ttl(TtlPolicy::Fixed(Duration::from_secs(1)))
+            .build();
+        let guard = locker.lock_within("k", Duration::MAX).await.unwrap();
+        guard.release().await.unwrap();
+    });
+}
