@@ -261,7 +261,7 @@ impl DynamoDbBuilder {
         let client = Client::from_conf(config.build());
         let backend = DynamoDbBackend {
             client,
-            observations: Observations::new(self.observation_capacity),
+            observations: Arc::new(Observations::new(self.observation_capacity)),
             options: Arc::new(self),
         };
         if backend.options.create_table {

@@ -45,14 +45,24 @@
 //!   up believing it holds the lock until it checks `valid_until` or its
 //!   next `extend` says `Lost`: fencing tokens stop its late writes.
 //!
+//! ## Cancellation
+//! Every operation may be dropped at any await point. `try_acquire` (and so
+//! `acquire` and `Locker::lock`) runs each attempt on its own task through
+//! [`cancel_safe`]: a lease granted after the caller stopped waiting is
+//! released at once, never left to block the key until it expires. A
+//! dropped `extend` may still renew our own lease; a dropped `release` may
+//! or may not have deleted it (release again, or let it expire).
+//!
 //! ## Limits
 //! Every call is bounded by the operation timeout (default 5 s; SDK retries
 //! are off): a paused or unreachable endpoint yields `Unavailable`, and the
 //! backend recovers when it returns. Throttling and transient service faults
 //! are retryable `Backend` errors. A call that timed out may still have been
 //! applied by the store (a request stuck in a paused server's socket is
-//! processed when it resumes): an acquisition whose answer was lost leaves a
-//! lease nobody renews, which frees one observed lease duration later. A store that loses its data (an in-memory
+//! processed when it resumes): an acquisition whose answer timed out is
+//! given back in the background (a compare-and-release by its owner token,
+//! retried with backoff for up to one lease duration); one that failed to
+//! reach the endpoint at all is not chased. A store that loses its data (an in-memory
 //! stand-in restarted) loses the table and the counters with it: configure it
 //! with `durable=false` so the capability says fencing is not durable.
 #![warn(missing_docs)]
@@ -74,7 +84,7 @@ use aws_sdk_dynamodb::types::{
 };
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, Waiting, async_trait, with_timeout,
+    LockInfo, OwnerToken, Waiting, async_trait, cancel_safe, with_timeout,
 };
 use tokio::time::Instant;
 
@@ -90,10 +100,12 @@ use crate::observe::{Observations, Verdict};
 pub(crate) const NAME: &str = "dynamodb";
 
 /// Locks in a DynamoDB table; see the [crate docs](crate) for the item,
-/// the expiry scheme and its trade-offs.
+/// the expiry scheme and its trade-offs. Cheap to clone: clones share the
+/// SDK client and the observations of other holders' keys.
+#[derive(Clone)]
 pub struct DynamoDbBackend {
     client: Client,
-    observations: Observations,
+    observations: Arc<Observations>,
     options: Arc<DynamoDbBuilder>,
 }
 
@@ -271,16 +283,12 @@ impl DynamoDbBackend {
         }
     }
 
-    fn check_ttl(ttl: Duration) -> Result<u64, LockError> {
-        let millis = ttl.as_nanos().div_ceil(1_000_000);
-        if ttl.is_zero() || millis > i64::MAX as u128 {
-            return Err(LockError::InvalidTtl {
-                backend: NAME,
-                ttl,
-                reason: "must be at least 1ms and fit in an i64 of milliseconds".into(),
-            });
-        }
-        Ok(millis as u64)
+    /// The TTL in whole milliseconds (rounded up), within the bounds every
+    /// backend shares ([`Capabilities::check_ttl`]: at least 1 ms, at most
+    /// one year), so no `Instant + ttl` can overflow.
+    fn check_ttl(&self, ttl: Duration) -> Result<u64, LockError> {
+        self.capabilities().check_ttl(NAME, ttl)?;
+        Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
     }
 
     fn what(&self, key: &Key) -> String {
@@ -335,7 +343,10 @@ impl DynamoDbBackend {
         };
         let what = self.what(key);
         match self.bounded(request.send()).await {
-            Err(unavailable) => Err(Refused::Failed(unavailable)),
+            Err(unavailable) => {
+                self.reclaim(key, owner, lease_ms);
+                Err(Refused::Failed(unavailable))
+            }
             Ok(Ok(output)) => returned_fence(output.attributes(), &what).map_err(Refused::Failed),
             Ok(Err(err)) if is_condition_failed(&err) => {
                 let old = err
@@ -356,8 +367,68 @@ impl DynamoDbBackend {
                     Ok(_) => mapped,
                 }))
             }
-            Ok(Err(err)) => Err(Refused::Failed(self.fail(err).await)),
+            Ok(Err(err)) => {
+                // A timeout or an unreadable answer says nothing about
+                // whether the write was applied: give it back if it was.
+                if matches!(
+                    err,
+                    aws_sdk_dynamodb::error::SdkError::TimeoutError(_)
+                        | aws_sdk_dynamodb::error::SdkError::ResponseError(_)
+                ) {
+                    self.reclaim(key, owner, lease_ms);
+                }
+                Err(Refused::Failed(self.fail(err).await))
+            }
         }
+    }
+
+    /// Gives back, in the background, a lease whose acquisition got no
+    /// answer: the write may sit in a frozen store's socket and be applied
+    /// when it wakes, long after the call timed out. Tries a
+    /// compare-and-release by `owner` with backoff (100 ms doubling to 1 s)
+    /// until it succeeds, a final error comes back, or one lease duration
+    /// has passed (after which the lease, if it ever existed, is anyone's to
+    /// take over). A release refused because the key is not ours is
+    /// harmless: it deletes nothing of anyone else's.
+    fn reclaim(&self, key: &Key, owner: &OwnerToken, lease_ms: u64) {
+        let (this, key, owner) = (self.clone(), key.clone(), *owner);
+        let ttl = Duration::from_millis(lease_ms);
+        tokio::spawn(async move {
+            let clock = this.options.clock.clone();
+            let started = clock.now();
+            let lease = Lease::new(
+                NAME,
+                key.clone(),
+                owner,
+                FencingToken(0),
+                started,
+                ttl,
+                this.options.drift,
+            );
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match this.release_lease(&lease).await {
+                    Ok(()) => {
+                        tracing::debug!(
+                            key = key.as_str(),
+                            "released a lease whose acquisition had timed out"
+                        );
+                        return;
+                    }
+                    Err(error)
+                        if error.is_retryable() || matches!(error, LockError::NotHeld { .. }) => {}
+                    Err(error) => {
+                        tracing::debug!(key = key.as_str(), %error, "gave up releasing a timed-out acquisition");
+                        return;
+                    }
+                }
+                if clock.now().saturating_duration_since(started) >= ttl {
+                    return;
+                }
+                clock.sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 
     /// A strongly consistent read of `pk`, decoded.
@@ -482,8 +553,49 @@ impl LockBackend for DynamoDbBackend {
             .holder_info(true)
     }
 
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a grant that arrives after it
+    /// left is released at once in the background. A write whose answer was
+    /// lost (the call timed out: the request may still sit in a frozen
+    /// store's socket) is given back in the background too, see the crate
+    /// docs.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        let lease_ms = Self::check_ttl(ttl)?;
+        let lease_ms = self.check_ttl(ttl)?;
+        let (this, key) = (self.clone(), key.clone());
+        let releaser = self.clone();
+        cancel_safe(
+            NAME,
+            async move { this.attempt(&key, ttl, lease_ms).await },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
+    }
+
+    /// Cancel safety: a dropped extend may still be applied; that only
+    /// keeps our own lease longer, and the lease we hold is unchanged.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let lease_ms = self.check_ttl(ttl)?;
+        self.extend_checked(lease, ttl, lease_ms).await
+    }
+
+    /// Cancel safety: a dropped release may or may not be applied; a lease
+    /// left behind frees one observed lease duration later, and releasing
+    /// the same lease again finishes the job.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.release_lease(lease).await
+    }
+
+    /// Read-only; cancel safe.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.inspect_key(key).await
+    }
+}
+
+impl DynamoDbBackend {
+    /// One acquisition attempt (the TTL is checked); the trait's
+    /// `try_acquire` runs it through [`cancel_safe`].
+    async fn attempt(&self, key: &Key, ttl: Duration, lease_ms: u64) -> Result<Lease, LockError> {
         let pk = self.partition_key_for(key);
         let owner = OwnerToken::generate();
         let sent_at = self.options.clock.now();
@@ -504,8 +616,12 @@ impl LockBackend for DynamoDbBackend {
         self.contend(key, &pk, found, ttl, lease_ms).await
     }
 
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-        let lease_ms = Self::check_ttl(ttl)?;
+    async fn extend_checked(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        lease_ms: u64,
+    ) -> Result<Lease, LockError> {
         let key = lease.key();
         let sent_at = self.options.clock.now();
         if !lease.is_valid_at(sent_at) {
@@ -529,7 +645,7 @@ impl LockBackend for DynamoDbBackend {
         }
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+    async fn release_lease(&self, lease: &Lease) -> Result<(), LockError> {
         let key = lease.key();
         let request = self
             .owned_update(lease, "SET #rvn = :rvn REMOVE #owner, #lease, #holder")
@@ -544,7 +660,7 @@ impl LockBackend for DynamoDbBackend {
         }
     }
 
-    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+    async fn inspect_key(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let pk = self.partition_key_for(key);
         let Some(item) = self.read(key, &pk).await? else {
             return Ok(None);

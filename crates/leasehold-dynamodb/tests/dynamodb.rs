@@ -526,3 +526,62 @@ async fn connect_by_url_and_from_an_existing_sdk_client() {
     // Creating the table again is fine (idempotent).
     by_url.create_table().await.expect("idempotent create");
 }
+
+/// The probe of issue 11: the endpoint frozen, `lock()` dropped after 300 ms,
+/// the endpoint thawed. The stand-in applied the write stuck in its socket,
+/// and nobody owned the lease: the key stayed "held by another owner" for
+/// its whole TTL. Now the acquisition runs on to its end and a grant nobody
+/// waits for is released at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_call_leaves_no_key_held_when_the_store_was_frozen() {
+    let store = start().await;
+    let backend = Arc::new(store.backend(&table("dropped"), None).await);
+    let ttl = Duration::from_secs(20);
+    let locker = Locker::builder_from_arc(backend.clone())
+        .ttl(TtlPolicy::Fixed(ttl))
+        .build();
+    let k = key("dropped-lock");
+    store.container().pause().await.expect("docker pause");
+    let dropped = tokio::time::timeout(Duration::from_millis(300), locker.lock(k.clone())).await;
+    assert!(
+        dropped.is_err(),
+        "lock() on a frozen store should still wait after 300 ms, got {:?}",
+        dropped.map(|r| r.map(|g| g.fencing_token()))
+    );
+    store.container().unpause().await.expect("docker unpause");
+    let started = Instant::now();
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the dropped lock() call's key to be free again (well before its 20 s TTL)",
+        || async { matches!(backend.inspect(&k).await, Ok(None)) },
+    )
+    .await;
+    println!("key free {:?} after the store thawed", started.elapsed());
+    let lease = backend.try_acquire(&k, ttl).await.expect("the key is free");
+    backend.release(&lease).await.expect("release");
+}
+
+/// An acquisition that timed out on a frozen store may still be applied
+/// when the store wakes (the request sits in its socket); the backend gives
+/// such a grant back in the background instead of leaving it to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_that_timed_out_on_a_frozen_store_is_given_back_after_it_thaws() {
+    let store = start().await;
+    let backend = store.backend(&table("timedout"), None).await;
+    let ttl = Duration::from_secs(20);
+    let k = key("timed-out");
+    store.container().pause().await.expect("docker pause");
+    match backend.try_acquire(&k, ttl).await {
+        Err(LockError::Unavailable { .. }) => {}
+        other => panic!("try_acquire on a frozen store must be Unavailable, got {other:?}"),
+    }
+    store.container().unpause().await.expect("docker unpause");
+    let started = Instant::now();
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the timed-out acquisition's key to be free again (well before its 20 s TTL)",
+        || async { matches!(backend.inspect(&k).await, Ok(None)) },
+    )
+    .await;
+    println!("key free {:?} after the store thawed", started.elapsed());
+}
