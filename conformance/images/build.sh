@@ -11,8 +11,10 @@
 # in $LEASEHOLD_IMAGE_CACHE, default ~/.cache/leasehold-images), then per
 # store: unpack it into a temporary directory, apt-get install the store's
 # Debian package(s) inside a chroot, add an entrypoint that accepts the
-# official image's command and env, and `docker import` the tree under the
-# official image's name and tag. The Debian mirror is read from the host's
+# official image's command and env, and `docker import` the tree under its
+# own name, `leasehold-standin/<store>:<tag>`: a user's official images are
+# never re-tagged, replaced or removed. The fixtures prefer the stand-ins and
+# fall back to the official names. The Debian mirror is read from the host's
 # own apt sources at run time; none is written here.
 #
 # An image whose tag already exists with the label leasehold.standin=true and
@@ -34,11 +36,11 @@ MOTO_EXTRAS=${LEASEHOLD_MOTO_EXTRAS:-dynamodb}
 ALL_STORES=(redis postgres etcd zookeeper dynamodb)
 
 declare -A TAG=(
-    [redis]=redis:7.0
-    [postgres]=postgres:15
-    [etcd]=quay.io/coreos/etcd:v3.4
-    [zookeeper]=zookeeper:3.8
-    [dynamodb]=amazon/dynamodb-local:latest
+    [redis]=leasehold-standin/redis:7.0
+    [postgres]=leasehold-standin/postgres:15
+    [etcd]=leasehold-standin/etcd:v3.4
+    [zookeeper]=leasehold-standin/zookeeper:3.8
+    [dynamodb]=leasehold-standin/dynamodb-local:latest
 )
 
 log() { printf '[images] %s\n' "$*" >&2; }

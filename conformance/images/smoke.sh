@@ -15,11 +15,11 @@ set -euo pipefail
 TIMEOUT=${LEASEHOLD_SMOKE_TIMEOUT:-90}
 ALL_STORES=(redis postgres etcd zookeeper dynamodb)
 declare -A TAG=(
-    [redis]=redis:7.0
-    [postgres]=postgres:15
-    [etcd]=quay.io/coreos/etcd:v3.4
-    [zookeeper]=zookeeper:3.8
-    [dynamodb]=amazon/dynamodb-local:latest
+    [redis]=leasehold-standin/redis:7.0
+    [postgres]=leasehold-standin/postgres:15
+    [etcd]=leasehold-standin/etcd:v3.4
+    [zookeeper]=leasehold-standin/zookeeper:3.8
+    [dynamodb]=leasehold-standin/dynamodb-local:latest
 )
 # Container-name prefix per store (for logs on failure).
 declare -A PREFIX=([redis]=redis [postgres]=postgres [etcd]=etcd [zookeeper]=zk [dynamodb]=dynamodb)

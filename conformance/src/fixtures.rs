@@ -80,6 +80,26 @@ impl ContainerSpec {
         }
     }
 
+    /// The image to run when `LEASEHOLD_<STORE>_IMAGE` is not set: the
+    /// stand-in `leasehold-standin/<name>` that `conformance/images/build.sh`
+    /// makes, when this machine has it, else the official name.
+    pub fn default_image(&self) -> String {
+        let name = self.image.rsplit('/').next().unwrap_or(self.image);
+        let standin = format!("leasehold-standin/{name}");
+        let present = std::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}"])
+            .arg(format!("{standin}:{}", self.tag))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if present {
+            standin
+        } else {
+            self.image.to_owned()
+        }
+    }
+
     /// Sets the command.
     pub fn cmd(mut self, cmd: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.cmd = cmd.into_iter().map(Into::into).collect();
@@ -392,7 +412,7 @@ pub async fn start(spec: &ContainerSpec) -> Result<Container, String> {
             Some((image, tag)) if !tag.contains('/') => (image.to_owned(), tag.to_owned()),
             _ => (reference, "latest".to_owned()),
         },
-        Err(_) => (spec.image.to_owned(), spec.tag.to_owned()),
+        Err(_) => (spec.default_image(), spec.tag.to_owned()),
     };
     let mut image = GenericImage::new(image, tag);
     if let Some(ready) = spec.ready.clone() {
