@@ -1,85 +1,20 @@
-//! Advisory mode: a session advisory lock on a connection pinned to the lease.
+//! Advisory mode: a session advisory lock on a connection pinned to the lease
+//! (see `session.rs` for the task that owns it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, with_timeout};
-use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{map, session_ended};
-use crate::options::{advisory_lock_id, signal_name};
+use crate::options::advisory_lock_id;
+use crate::session::{Pinned, halves, idle_timeout};
 use crate::{ADVISORY, Shared};
 
-/// The connection a lease holds its lock on. It leaves the lease in exactly
-/// two ways: returned to the pool after `pg_advisory_unlock` said true, or
-/// detached from the pool and closed (release failed, the lease was dropped
-/// unreleased, a call on it timed out), which ends the session and so the lock.
-#[derive(Debug)]
-pub(crate) struct Pinned {
-    conn: Mutex<Option<PoolConnection<Postgres>>>,
-    id: i64,
-    lost: CancellationToken,
-    timeout: Duration,
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.get_mut().take() {
-            tracing::debug!(
-                id = self.id,
-                "lease dropped unreleased; closing its connection"
-            );
-            close(conn, self.timeout);
-        }
-    }
-}
-
-/// Detaches a connection that may hold a lock and closes it: never back into
-/// the pool. Without a runtime the socket is simply dropped, which also ends
-/// the session.
-fn close(conn: PoolConnection<Postgres>, timeout: Duration) {
-    let raw = conn.detach();
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(timeout, sqlx::Connection::close(raw)).await;
-        });
-    }
-}
-
-/// A checked-out connection that is closed on drop unless declared clean:
-/// whatever interrupts an operation (an error, the per-call timeout dropping
-/// the future) cannot leak a locked connection into the pool.
-struct Checkout {
-    conn: Option<PoolConnection<Postgres>>,
-    timeout: Duration,
-}
-
-impl Checkout {
-    fn conn(&mut self) -> &mut PoolConnection<Postgres> {
-        self.conn.as_mut().expect("checked-out connection present")
-    }
-    /// Holds no lock: back to the pool.
-    fn clean(mut self) {
-        self.conn.take();
-    }
-    fn into_inner(mut self) -> PoolConnection<Postgres> {
-        self.conn.take().expect("checked-out connection present")
-    }
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            close(conn, self.timeout);
-        }
-    }
-}
-
-/// The lease's pinned connection. A lease of another backend is a usage
-/// error; a lease of ours without a connection (forged, or rebuilt from its
-/// parts) proves nothing and holds nothing: `None`.
+/// The lease's pinned session. A lease of another backend is a usage error;
+/// a lease of ours without a session (forged, or rebuilt from its parts)
+/// proves nothing and holds nothing: `None`.
 fn pinned(lease: &Lease) -> Result<Option<&Pinned>, LockError> {
     if lease.backend() != ADVISORY {
         return Err(LockError::Config(format!(
@@ -91,11 +26,20 @@ fn pinned(lease: &Lease) -> Result<Option<&Pinned>, LockError> {
     Ok(lease.handle::<Pinned>())
 }
 
+/// The server process id of the session holding `lease`'s advisory lock
+/// (`pg_backend_pid()` of its pinned connection), or `None` for a lease not
+/// granted by the advisory backend. For tooling and tests (e.g. to
+/// `pg_terminate_backend` the holder); the pid may belong to another session
+/// once the lease is over.
+pub fn session_pid(lease: &Lease) -> Option<i32> {
+    pinned(lease).ok().flatten().map(|p| p.pid)
+}
+
 /// Lock, then (only if we got it) bump the key's fencing counter and set the
 /// session's `idle_session_timeout` to the TTL, all in one statement and
 /// session; when the lock is busy, report the last holder's counter and
-/// metadata instead (and leave the session's settings alone, since it goes
-/// back to the pool).
+/// metadata instead (and leave the session's settings alone, since it is kept
+/// for reuse). Also returns the session's server pid ([`session_pid`]).
 fn acquire_sql(table: &str) -> String {
     format!(
         "WITH l AS (SELECT pg_try_advisory_lock($1) AS got), \
@@ -108,33 +52,8 @@ fn acquire_sql(table: &str) -> String {
          SELECT (SELECT counter FROM b), \
                 (SELECT counter FROM {table} WHERE namespace = $2 AND key = $3), \
                 (SELECT holder FROM {table} WHERE namespace = $2 AND key = $3), \
-                (SELECT count(*) FROM t)"
+                (SELECT count(*) FROM t), pg_backend_pid()"
     )
-}
-
-/// Still held by this very session? And restart the idle clock at the new TTL.
-const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-     AND pid = pg_backend_pid() AND classid::int8 = $1 AND objid::int8 = $2 \
-     AND objsubid = 1 AND granted), set_config('idle_session_timeout', $3, false)";
-
-/// Unlock, signal, and restore the session's idle timeout before it goes back
-/// to the pool, in one round trip. The NOTIFY is delivered at commit, i.e.
-/// after the unlock whatever the evaluation order. NOTIFY makes the statement
-/// a transaction that commits; it need not be durable (a lost signal after a
-/// crash costs nothing), so it skips the WAL flush: measured, a flush per
-/// release doubled the lock+unlock time.
-const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)::text, \
-     set_config('idle_session_timeout', \
-         (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false), \
-     set_config('synchronous_commit', 'off', true)";
-
-/// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
-/// least 1, since 0 would disable it).
-fn idle_timeout(ttl: Duration) -> String {
-    ttl.as_micros()
-        .div_ceil(1000)
-        .clamp(1, i32::MAX as u128)
-        .to_string()
 }
 
 fn inspect_sql(table: &str) -> String {
@@ -148,83 +67,110 @@ fn inspect_sql(table: &str) -> String {
     )
 }
 
-/// `pg_locks` shows a bigint advisory key as its high half in `classid` and
-/// its low half in `objid`.
-fn halves(id: i64) -> (i64, i64) {
-    let id = id as u64;
-    ((id >> 32) as i64, (id & 0xffff_ffff) as i64)
-}
+/// Our fencing token (when we got the lock), else the last holder's; the
+/// last holder's metadata; whether the settings were applied; the session's
+/// server pid.
+type AcquireRow = (Option<i64>, Option<i64>, Option<String>, i64, i32);
 
+/// One attempt. A pinned session comes from [`Sessions`](crate::session):
+/// if this future is dropped mid-call, the session is dropped with it and
+/// closed (never reused), which frees a lock the server may have granted.
 pub(crate) async fn try_acquire(
     shared: &Shared,
     key: &Key,
     ttl: Duration,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
+    let sessions = shared.sessions()?;
     let id = advisory_lock_id(&options.namespace, key.as_str());
     let sent_at = options.clock.now();
     let timeout = options.operation_timeout;
     with_timeout(ADVISORY, timeout, async {
-        let conn = shared.pool.acquire().await.map_err(|error| match error {
-            sqlx::Error::PoolTimedOut => LockError::unavailable(
-                ADVISORY,
-                format!(
-                    "no pool connection within {timeout:?} (each held advisory lease pins one \
-                     of the pool's {} connections)",
-                    shared.pool.options().get_max_connections()
+        loop {
+            let (mut session, reused) = sessions.checkout().await.map_err(|error| match error {
+                sqlx::Error::PoolTimedOut => LockError::unavailable(
+                    ADVISORY,
+                    format!(
+                        "no connection within {timeout:?} (each held advisory lease pins one \
+                             of the backend's {} connections)",
+                        sessions.max_connections()
+                    ),
                 ),
-            ),
-            other => map(ADVISORY, other),
-        })?;
-        let mut checkout = Checkout {
-            conn: Some(conn),
-            timeout,
-        };
-        let (token, last, holder, _): (Option<i64>, Option<i64>, Option<String>, i64) =
-            sqlx::query_as(&shared.sql.acquire)
+                other => map(ADVISORY, other),
+            })?;
+            let row: AcquireRow = match sqlx::query_as(&shared.sql.acquire)
                 .bind(id)
                 .bind(&options.namespace)
                 .bind(key.as_str())
                 .bind(&options.holder)
                 .bind(idle_timeout(ttl))
-                .fetch_one(&mut **checkout.conn())
+                .fetch_one(&mut session)
                 .await
-                .map_err(|e| map(ADVISORY, e))?;
-        let Some(token) = token else {
-            checkout.clean();
-            let info =
-                LockInfo::new(last.map(|t| FencingToken(t as u64)), None).with_metadata(holder);
-            return Err(LockError::contended(ADVISORY, key.as_str(), Some(info)));
-        };
-        let lost = CancellationToken::new();
-        let handle = Pinned {
-            conn: Mutex::new(Some(checkout.into_inner())),
-            id,
-            lost: lost.clone(),
-            timeout,
-        };
-        Ok(Lease::new(
-            ADVISORY,
-            key.clone(),
-            OwnerToken::generate(),
-            FencingToken(token as u64),
-            sent_at,
-            ttl,
-            options.drift,
-        )
-        .with_handle(std::sync::Arc::new(handle))
-        .with_loss_signal(lost))
+            {
+                Ok(row) => row,
+                // A kept session that died while idle: try the next one.
+                Err(error) if reused && session_ended(&error) => continue,
+                Err(error) => return Err(map(ADVISORY, error)),
+            };
+            let (token, last, holder, _, pid) = row;
+            let Some(token) = token else {
+                // Refused: this session holds no lock, keep it.
+                sessions.checkin(session);
+                let info =
+                    LockInfo::new(last.map(|t| FencingToken(t as u64)), None).with_metadata(holder);
+                return Err(LockError::contended(ADVISORY, key.as_str(), Some(info)));
+            };
+            let lost = CancellationToken::new();
+            let handle = Pinned::start(
+                sessions.clone(),
+                session,
+                key.as_str().to_owned(),
+                id,
+                pid,
+                lost.clone(),
+            );
+            return Ok(Lease::new(
+                ADVISORY,
+                key.clone(),
+                OwnerToken::generate(),
+                FencingToken(token as u64),
+                sent_at,
+                ttl,
+                options.drift,
+            )
+            .with_handle(Arc::new(handle))
+            .with_loss_signal(lost));
+        }
     })
     .await
 }
 
 /// Checks that the pinned session is alive and still holds the lock (in
-/// `pg_locks`, for its own backend pid); the lock itself needs no renewal.
+/// `pg_locks`, for its own backend pid) and restarts its idle clock at `ttl`;
+/// the lock itself needs no renewal.
 pub(crate) async fn extend(
     shared: &Shared,
     lease: &Lease,
     ttl: Duration,
 ) -> Result<Lease, LockError> {
+    let renewal = start_extend(shared, lease, ttl)?;
+    finish_extend(shared, lease, renewal).await
+}
+
+/// A renewal handed to the lease's task: when it was sent, and the answer.
+pub(crate) struct Renewal {
+    sent_at: tokio::time::Instant,
+    ttl: Duration,
+    asked: crate::session::Asked,
+}
+
+/// Sends a renewal to the lease's task without waiting for it, so that
+/// `extend_many` renews every lease concurrently, each on its own session.
+pub(crate) fn start_extend(
+    shared: &Shared,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Renewal, LockError> {
     let key = lease.key().as_str();
     let Some(pinned) = pinned(lease)? else {
         return Err(LockError::lost(
@@ -233,77 +179,46 @@ pub(crate) async fn extend(
             "the lease has no session of ours",
         ));
     };
-    let options = &shared.options;
-    let sent_at = options.clock.now();
-    with_timeout(ADVISORY, options.operation_timeout, async {
-        let mut slot = pinned.conn.lock().await;
-        let Some(conn) = slot.as_mut() else {
-            return Err(LockError::lost(ADVISORY, key, "the lease was released"));
-        };
-        let (hi, lo) = halves(pinned.id);
-        let result = sqlx::query_as::<_, (bool, String)>(HELD_SQL)
-            .bind(hi)
-            .bind(lo)
-            .bind(idle_timeout(ttl))
-            .fetch_one(&mut **conn)
-            .await;
-        let reason = match result {
-            Ok((true, _)) => return Ok(lease.renewed(sent_at, ttl, options.drift)),
-            Ok((false, _)) => "the session no longer holds the advisory lock".to_owned(),
-            Err(error) if session_ended(&error) => format!("the session ended: {error}"),
-            Err(error) => return Err(map(ADVISORY, error)),
-        };
-        if let Some(conn) = slot.take() {
-            close(conn, pinned.timeout);
-        }
-        pinned.lost.cancel();
-        Err(LockError::lost(ADVISORY, key, reason))
+    Ok(Renewal {
+        sent_at: shared.options.clock.now(),
+        ttl,
+        asked: pinned.extend(key, ttl),
     })
-    .await
 }
 
+/// The answer to a renewal, bounded by the operation timeout from when it
+/// was sent.
+pub(crate) async fn finish_extend(
+    shared: &Shared,
+    lease: &Lease,
+    renewal: Renewal,
+) -> Result<Lease, LockError> {
+    let options = &shared.options;
+    let deadline = tokio::time::Instant::now()
+        .checked_add(options.operation_timeout)
+        .unwrap_or_else(tokio::time::Instant::now);
+    match tokio::time::timeout_at(deadline, renewal.asked.answer()).await {
+        Ok(Ok(())) => Ok(lease.renewed(renewal.sent_at, renewal.ttl, options.drift)),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(LockError::unavailable(
+            ADVISORY,
+            format!(
+                "no answer within the operation timeout of {:?}",
+                options.operation_timeout
+            ),
+        )),
+    }
+}
+
+/// Unlocks on the pinned session; the session is reused only after the
+/// server confirmed the unlock, else closed (which frees the lock).
 pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
     let key = lease.key().as_str();
     let Some(pinned) = pinned(lease)? else {
         return Err(LockError::not_held(ADVISORY, key));
     };
-    let options = &shared.options;
-    with_timeout(ADVISORY, options.operation_timeout, async {
-        let mut slot = pinned.conn.lock().await;
-        let Some(conn) = slot.take() else {
-            return Err(LockError::not_held(ADVISORY, key));
-        };
-        drop(slot);
-        let mut checkout = Checkout {
-            conn: Some(conn),
-            timeout: pinned.timeout,
-        };
-        let result = sqlx::query_as::<_, (bool, Option<String>, Option<String>, Option<String>)>(
-            RELEASE_SQL,
-        )
-        .bind(pinned.id)
-        .bind(&options.channel)
-        .bind(signal_name(pinned.id))
-        .fetch_one(&mut **checkout.conn())
-        .await;
-        // Whatever happens from here on, the lease is over.
-        pinned.lost.cancel();
-        match result {
-            Ok((true, ..)) => {
-                checkout.clean();
-                Ok(())
-            }
-            // Not ours any more: the checkout closes the connection anyway.
-            Ok((false, ..)) => Err(LockError::not_held(ADVISORY, key)),
-            Err(error) if session_ended(&error) => Err(LockError::lost(
-                ADVISORY,
-                key,
-                format!("the session ended before release: {error}"),
-            )),
-            Err(error) => Err(map(ADVISORY, error)),
-        }
-    })
-    .await
+    let asked = pinned.release(key);
+    with_timeout(ADVISORY, shared.options.operation_timeout, asked.answer()).await
 }
 
 pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {

@@ -101,6 +101,7 @@ mod advisory;
 mod error;
 mod notify;
 mod options;
+mod session;
 mod table;
 
 use std::fmt;
@@ -110,12 +111,13 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, Waiting, async_trait, with_timeout,
+    ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, wait_for_lock, with_timeout,
 };
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use options::{Mode, PostgresOptions, advisory_lock_id};
+pub use advisory::session_pid;
+pub use options::{Mode, OWN_OPTIONS, PostgresOptions, SQLX_OPTIONS, advisory_lock_id};
 pub use sqlx;
 
 pub(crate) const ADVISORY: &str = "postgres-advisory";
@@ -123,8 +125,9 @@ pub(crate) const TABLE: &str = "postgres-table";
 
 /// The shortest TTL accepted (both modes).
 pub const MIN_TTL: Duration = Duration::from_millis(1);
-/// The longest TTL accepted in table mode: ten years.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest TTL accepted in table mode: one year
+/// ([`leasehold_core::config::MAX_DURATION`], the bound on every store).
+pub const MAX_TTL: Duration = leasehold_core::config::MAX_DURATION;
 /// The longest TTL accepted in advisory mode: the largest
 /// `idle_session_timeout` (2^31 - 1 ms, about 24.8 days).
 pub const MAX_ADVISORY_TTL: Duration = Duration::from_millis(i32::MAX as u64);
@@ -145,6 +148,16 @@ pub(crate) struct Shared {
     pub(crate) options: PostgresOptions,
     pub(crate) sql: Sql,
     notifier: notify::Notifier,
+    /// Advisory mode's pinned sessions (`None` in table mode).
+    sessions: Option<Arc<session::Sessions>>,
+}
+
+impl Shared {
+    pub(crate) fn sessions(&self) -> Result<&Arc<session::Sessions>, LockError> {
+        self.sessions.as_ref().ok_or_else(|| {
+            LockError::Config("advisory sessions used by a table-mode backend".into())
+        })
+    }
 }
 
 /// Locks in Postgres: session advisory locks or a lease table (see the crate
@@ -205,38 +218,70 @@ pub fn migration_sql(options: &PostgresOptions) -> String {
 const MIGRATION_LOCK: i64 = 0x6c65_6173_6568_6f6c; // "leasehol"
 
 impl PostgresBackend {
-    /// Connects by URL; leasehold's own query parameters (`mode`,
-    /// `namespace`, `schema`, `table`, `channel`, `timeout_ms`,
-    /// `max_connections`, `migrate`, `holder`) are read and removed, the rest
-    /// go to sqlx. Runs the migration unless `migrate=false`.
+    /// Connects by URL; leasehold's own query parameters ([`OWN_OPTIONS`],
+    /// see [`PostgresOptions::from_url`]) are read and removed, sqlx's
+    /// ([`SQLX_OPTIONS`]) go to sqlx, and any other name is a
+    /// [`LockError::Config`] naming the closest known one. Runs the migration
+    /// unless `migrate=false`. Errors never show the password.
+    ///
+    /// Cancel safety: dropping the future leaves at most an idle pool behind.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         let (options, url) = PostgresOptions::from_url(url)?;
         Self::connect_with(&url, options).await
     }
 
-    /// Connects to `url` (a plain sqlx URL) with explicit options; the
-    /// backend builds its pool with `max_connections` and the operation
-    /// timeout as acquire timeout.
+    /// Connects to `url` (a plain sqlx URL) with explicit options. In table
+    /// mode the backend's pool has `max_connections`; in advisory mode the
+    /// pinned sessions get `max_connections` and the pool for `inspect` and
+    /// migrations at most 4. The operation timeout is also the pools'
+    /// acquire timeout. Connections open lazily.
+    ///
+    /// Cancel safety: dropping the future leaves at most an idle pool behind.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, LockError> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| LockError::Config(format!("bad postgres URL: {e}")))?;
         options.validate()?;
+        let general = match options.mode {
+            Mode::Advisory => options.max_connections.min(4),
+            Mode::Table => options.max_connections,
+        };
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
+            .max_connections(general)
             .acquire_timeout(options.operation_timeout)
             // A ping per checkout would add a round trip to every call; a
             // dead connection shows up as a (retryable) error instead, and
             // sqlx drops it when it comes back.
             .test_before_acquire(false)
             .connect_lazy_with(connect);
-        Self::from_pool(pool, options).await
+        let sessions = options.max_connections;
+        Self::build(pool, options, sessions).await
     }
 
     /// Uses an existing pool (its own acquire timeout applies to checkouts,
     /// and every call is still bounded by the operation timeout). Runs the
     /// migration unless `options.migrate(false)`. Tip: build it with
     /// `test_before_acquire(false)`, or every call pays an extra ping.
+    ///
+    /// Advisory mode pins each held lock's session, and a connection that
+    /// may still hold a lock must never go back to a pool; so the pinned
+    /// sessions are opened from this pool's connect options on a private
+    /// pool of the same size that closes every connection handed back to it
+    /// (clean sessions are kept for reuse by the backend). This pool's own
+    /// hooks (`after_connect` and the like) do not run on them; it serves
+    /// `inspect` and migrations.
+    ///
+    /// Cancel safety: dropping the future may interrupt the migration, which
+    /// runs in one transaction and is rolled back.
     pub async fn from_pool(pool: PgPool, options: PostgresOptions) -> Result<Self, LockError> {
+        let sessions = pool.options().get_max_connections();
+        Self::build(pool, options, sessions).await
+    }
+
+    async fn build(
+        pool: PgPool,
+        options: PostgresOptions,
+        sessions: u32,
+    ) -> Result<Self, LockError> {
         options.validate()?;
         let sql = match options.mode {
             Mode::Advisory => advisory::sql(&options),
@@ -247,12 +292,22 @@ impl PostgresBackend {
             options.channel.clone(),
             options.operation_timeout,
         );
+        let sessions = match options.mode {
+            Mode::Advisory => Some(Arc::new(session::Sessions::new(
+                pool.connect_options().as_ref().clone(),
+                sessions,
+                options.operation_timeout,
+                options.channel.clone(),
+            ))),
+            Mode::Table => None,
+        };
         let backend = PostgresBackend {
             shared: Arc::new(Shared {
                 pool,
                 options,
                 sql,
                 notifier,
+                sessions,
             }),
         };
         if backend.shared.options.migrate {
@@ -262,6 +317,8 @@ impl PostgresBackend {
     }
 
     /// Runs the idempotent migration ([`migration_sql`]) in one transaction.
+    ///
+    /// Cancel safety: a dropped call leaves the transaction to roll back.
     pub async fn migrate(&self) -> Result<(), LockError> {
         let name = self.name();
         let script = format!(
@@ -278,7 +335,8 @@ impl PostgresBackend {
         .await
     }
 
-    /// The pool in use.
+    /// The pool for `inspect`, migrations and (table mode) every call; in
+    /// advisory mode locks are held on the backend's private sessions.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
     }
@@ -288,19 +346,49 @@ impl PostgresBackend {
         &self.shared.options
     }
 
+    /// The shared bounds ([`Capabilities::check_ttl`]: at least [`MIN_TTL`],
+    /// at most one year), and in advisory mode at most
+    /// [`MAX_ADVISORY_TTL`]. Every later `Instant + ttl` and `ttl * factor`
+    /// stays in range.
     fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
-        let max = match self.shared.options.mode {
-            Mode::Advisory => MAX_ADVISORY_TTL,
-            Mode::Table => MAX_TTL,
-        };
-        if !(MIN_TTL..=max).contains(&ttl) {
+        self.capabilities().check_ttl(self.name(), ttl)?;
+        if self.shared.options.mode == Mode::Advisory && ttl > MAX_ADVISORY_TTL {
             return Err(LockError::InvalidTtl {
                 backend: self.name(),
                 ttl,
-                reason: format!("must be between {MIN_TTL:?} and {max:?}"),
+                reason: format!(
+                    "must be at most {MAX_ADVISORY_TTL:?} in advisory mode \
+                     (the largest idle_session_timeout)"
+                ),
             });
         }
         Ok(())
+    }
+
+    /// One attempt on its own task ([`cancel_safe`]): a caller that stops
+    /// waiting never strands a grant; a lease won after it left is released
+    /// there at once.
+    async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let shared = self.shared.clone();
+        let releaser = self.shared.clone();
+        let key = key.clone();
+        let name = self.name();
+        cancel_safe(
+            name,
+            async move {
+                match shared.options.mode {
+                    Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
+                    Mode::Table => table::try_acquire(&shared, &key, ttl).await,
+                }
+            },
+            move |lease| async move {
+                match releaser.options.mode {
+                    Mode::Advisory => advisory::release(&releaser, &lease).await,
+                    Mode::Table => table::release(&releaser, &lease).await,
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -328,14 +416,40 @@ impl LockBackend for PostgresBackend {
         }
     }
 
+    /// One attempt (see [`PostgresBackend::attempt`] for cancel safety).
+    ///
+    /// Cancel safety: dropping the future never strands a grant; the attempt
+    /// finishes on its own task and a lease won after the caller left is
+    /// released at once. In advisory mode a session interrupted mid-call is
+    /// closed, never reused, which frees whatever it held.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        match self.shared.options.mode {
-            Mode::Advisory => advisory::try_acquire(&self.shared, key, ttl).await,
-            Mode::Table => table::try_acquire(&self.shared, key, ttl).await,
-        }
+        self.attempt(key, ttl).await
     }
 
+    /// Waits with core's loop ([`wait_for_lock`]): attempts woken by
+    /// LISTEN/NOTIFY release signals, polling as the fallback.
+    ///
+    /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); each
+    /// attempt runs on its own task, and between attempts nothing is held.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        self.check_ttl(ttl)?;
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    /// Advisory mode: asks the lease's session task to check the lock is
+    /// still held by its session and to restart the server's idle clock at
+    /// `ttl`. Table mode: moves `expires_at` by the database clock, comparing
+    /// the owner token.
+    ///
+    /// Cancel safety: safe to drop. A dropped advisory renewal still runs on
+    /// the session task (its answer is discarded); a dropped table renewal
+    /// may or may not have moved the expiry, and either outcome is valid.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         match self.shared.options.mode {
@@ -344,21 +458,53 @@ impl LockBackend for PostgresBackend {
         }
     }
 
+    /// Table mode: one statement for all leases. Advisory mode: each lease
+    /// has its own session, so every renewal is sent to its session task at
+    /// once and they run concurrently; a slow session delays only its own
+    /// lease. Results come in input order; a bad TTL fails only its lease.
+    ///
+    /// Cancel safety: as [`extend`](LockBackend::extend).
     async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
         match self.shared.options.mode {
             Mode::Table if renewals.iter().all(|(_, ttl)| self.check_ttl(*ttl).is_ok()) => {
                 table::extend_many(&self.shared, renewals).await
             }
-            _ => {
+            Mode::Table => {
                 let mut results = Vec::with_capacity(renewals.len());
                 for (lease, ttl) in renewals {
                     results.push(self.extend(lease, *ttl).await);
                 }
                 results
             }
+            Mode::Advisory => {
+                let started: Vec<_> = renewals
+                    .iter()
+                    .map(|(lease, ttl)| {
+                        self.check_ttl(*ttl)?;
+                        advisory::start_extend(&self.shared, lease, *ttl)
+                    })
+                    .collect();
+                let mut results = Vec::with_capacity(renewals.len());
+                for ((lease, _), started) in renewals.iter().zip(started) {
+                    results.push(match started {
+                        Ok(renewal) => advisory::finish_extend(&self.shared, lease, renewal).await,
+                        Err(error) => Err(error),
+                    });
+                }
+                results
+            }
         }
     }
 
+    /// Owner-only release. Advisory mode: `pg_advisory_unlock` on the pinned
+    /// session; only a confirmed unlock keeps the session for reuse, anything
+    /// else closes it (which frees the lock). Table mode: clears the owner
+    /// (compare on the owner token), keeping the row and its counter. Both
+    /// send a NOTIFY that wakes waiters.
+    ///
+    /// Cancel safety: safe to drop. In advisory mode the unlock still runs
+    /// on the session task; in table mode the statement may or may not have
+    /// run, and an unreleased table lease expires with its TTL.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         match self.shared.options.mode {
             Mode::Advisory => advisory::release(&self.shared, lease).await,
@@ -366,6 +512,9 @@ impl LockBackend for PostgresBackend {
         }
     }
 
+    /// The holder's fencing token and metadata (advisory mode: its server
+    /// pid; table mode: owner hint and remaining TTL). Read-only, so safe to
+    /// drop at any point.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         match self.shared.options.mode {
             Mode::Advisory => advisory::inspect(&self.shared, key).await,
@@ -373,6 +522,7 @@ impl LockBackend for PostgresBackend {
         }
     }
 
+    /// A listener woken by the shared LISTEN connection's release signals.
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         let id = advisory_lock_id(&self.shared.options.namespace, key.as_str());
         Some(self.shared.notifier.listen(&options::signal_name(id)))

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 /// of the user's pool) and wakes the hub per NOTIFY payload. After any
 /// (re)connect it wakes everyone, since signals may have been missed; polling
 /// stays the fallback, so a lost signal costs latency, never a hang.
-#[derive(Debug)]
 pub(crate) struct Notifier {
     hub: Arc<ReleaseHub>,
     started: OnceLock<()>,
@@ -20,6 +19,16 @@ pub(crate) struct Notifier {
     connect: PgConnectOptions,
     channel: String,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Notifier {
+    // The connect options hold the password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("channel", &self.channel)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Notifier {
@@ -91,7 +100,7 @@ async fn run(
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = backoff.saturating_mul(2).min(Duration::from_secs(2));
                 continue;
             }
         };

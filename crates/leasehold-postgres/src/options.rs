@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use leasehold_core::config::{self, MAX_DURATION};
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 use sha2::{Digest, Sha256};
 
@@ -180,12 +181,25 @@ impl PostgresOptions {
 
     /// Reads leasehold's query parameters from a `postgres://` URL and
     /// returns the options plus the URL with those parameters removed (ready
-    /// for sqlx). Parameters: `mode=advisory|table` (default `advisory`),
-    /// `namespace`, `schema`, `table`, `channel`, `timeout_ms`,
-    /// `max_connections`, `migrate=true|false`, `holder`.
+    /// for sqlx).
+    ///
+    /// leasehold's parameters ([`OWN_OPTIONS`]): `mode=advisory|table`
+    /// (default `advisory`), `namespace`, `schema`, `table`, `channel`,
+    /// `timeout` (a duration with its unit: `250ms`, `5s`), `max_connections`,
+    /// `migrate=true|false`, `holder`, `drift_factor`, `drift_fixed`. The
+    /// parameters sqlx reads ([`SQLX_OPTIONS`]: `sslmode`, `sslrootcert`,
+    /// `application_name`, `options`, ...) pass through to it. Any other name
+    /// is a [`LockError::Config`] naming the closest known one: a typo such
+    /// as `mod=table` must never run in the default mode. Errors never show
+    /// the URL's password.
     pub fn from_url(url: &str) -> Result<(Self, String), LockError> {
-        let mut parsed = url::Url::parse(url)
-            .map_err(|e| LockError::Config(format!("not a URL ({e}): postgres://...")))?;
+        // The error never repeats the URL: a malformed one may hide its
+        // password where no redaction can find it.
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            LockError::Config(format!(
+                "not a URL ({e}); expected postgres://user:password@host:port/database?options"
+            ))
+        })?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(LockError::Config(format!(
                 "the URL scheme must be postgres or postgresql, not {:?}",
@@ -210,19 +224,20 @@ impl PostgresOptions {
                 "schema" => options.schema = value,
                 "table" => options.table = Some(value),
                 "channel" => options.channel = value,
-                "timeout_ms" => {
-                    options.operation_timeout = Duration::from_millis(parse_num(&name, &value)?)
-                }
-                "max_connections" => {
-                    options.max_connections = parse_num(&name, &value)? as u32;
-                }
-                "migrate" => {
-                    options.migrate = value.parse().map_err(|_| {
-                        LockError::Config(format!("migrate must be true or false, not {value:?}"))
-                    })?
-                }
+                "timeout" => options.operation_timeout = config::duration(&name, &value)?,
+                "max_connections" => options.max_connections = config::number(&name, &value)?,
+                "migrate" => options.migrate = config::boolean(&name, &value)?,
                 "holder" => options.holder = value,
-                _ => rest.push((name.into_owned(), value)),
+                "drift_factor" => options.drift.factor = config::number(&name, &value)?,
+                "drift_fixed" => options.drift.fixed = config::duration(&name, &value)?,
+                sqlx if SQLX_OPTIONS.contains(&sqlx) || sqlx.starts_with("options[") => {
+                    rest.push((name.into_owned(), value))
+                }
+                unknown => {
+                    let known: Vec<&str> =
+                        OWN_OPTIONS.iter().chain(SQLX_OPTIONS).copied().collect();
+                    return Err(config::unknown_option(parsed.scheme(), unknown, &known));
+                }
             }
         }
         if rest.is_empty() {
@@ -254,10 +269,17 @@ impl PostgresOptions {
         if self.holder.contains('\0') {
             return Err(LockError::Config("the holder must not contain NUL".into()));
         }
-        if self.operation_timeout.is_zero() {
-            return Err(LockError::Config(
-                "the operation timeout must be positive".into(),
-            ));
+        if self.operation_timeout.is_zero() || self.operation_timeout > MAX_DURATION {
+            return Err(LockError::Config(format!(
+                "the operation timeout must be positive and at most one year, not {:?}",
+                self.operation_timeout
+            )));
+        }
+        if !(0.0..1.0).contains(&self.drift.factor) || self.drift.fixed > MAX_DURATION {
+            return Err(LockError::Config(format!(
+                "drift_factor must be in [0, 1) and drift_fixed at most one year, not {} and {:?}",
+                self.drift.factor, self.drift.fixed
+            )));
         }
         if self.max_connections == 0 {
             return Err(LockError::Config("max_connections must be positive".into()));
@@ -275,11 +297,45 @@ impl PostgresOptions {
     }
 }
 
-fn parse_num(name: &str, value: &str) -> Result<u64, LockError> {
-    value
-        .parse()
-        .map_err(|_| LockError::Config(format!("{name} must be a number, not {value:?}")))
-}
+/// The URL options leasehold reads itself (and removes before sqlx sees the
+/// URL).
+pub const OWN_OPTIONS: &[&str] = &[
+    "mode",
+    "namespace",
+    "schema",
+    "table",
+    "channel",
+    "timeout",
+    "max_connections",
+    "migrate",
+    "holder",
+    "drift_factor",
+    "drift_fixed",
+];
+
+/// The URL options sqlx 0.8 reads (passed through to it), besides
+/// `options[NAME]`. sqlx itself only logs a warning for names it does not
+/// know, so leasehold rejects them instead.
+pub const SQLX_OPTIONS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
 
 fn default_holder() -> String {
     let host = std::env::var("HOSTNAME")
@@ -331,7 +387,7 @@ mod tests {
     #[test]
     fn url_parameters_are_read_and_removed() {
         let (options, rest) = PostgresOptions::from_url(
-            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout_ms=250&table=my%22t",
+            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout=250ms&table=my%22t",
         )
         .unwrap();
         assert_eq!(options.mode, Mode::Table);
@@ -346,8 +402,11 @@ mod tests {
     fn bad_url_options_are_config_errors() {
         for url in [
             "postgres://h/db?mode=queue",
-            "postgres://h/db?timeout_ms=soon",
-            "postgres://h/db?timeout_ms=0",
+            "postgres://h/db?timeout=soon",
+            "postgres://h/db?timeout=0s",
+            "postgres://h/db?timeout=250",
+            "postgres://h/db?timeout_ms=250",
+            "postgres://h/db?mod=table",
             "mysql://h/db",
             "postgres://h/db?table=",
         ] {

@@ -2,11 +2,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Server, advisory_holder_pid, key, options};
 use leasehold_conformance::fixtures::eventually;
-use leasehold_core::{LockBackend, LockError, Locker, RetryPolicy};
+use leasehold_core::{LockBackend, LockError, Locker, RetryPolicy, TtlPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
 use sqlx::postgres::PgPoolOptions;
 
@@ -241,4 +241,96 @@ async fn a_holder_that_stops_extending_loses_the_lock_after_its_ttl() {
         other => panic!("extend after the idle timeout must be Lost, got {other:?}"),
     }
     other.release(&next).await.unwrap();
+}
+
+/// Terminates server process `pid` from the observer's connection; returns
+/// when the server has done it.
+async fn terminate(observer: &sqlx::PgPool, pid: i32) {
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(observer)
+        .await
+        .expect("pg_terminate_backend");
+    assert!(killed, "pg_terminate_backend({pid}) found no such process");
+}
+
+/// The server frees an advisory lock the moment the holder's session ends
+/// (terminated backend, restart, failover, dropped connection); the holder's
+/// guard must learn it then, not ~30 s later at its next renewal, or two
+/// holders both believe they hold the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_the_holders_session_fires_lost_at_once() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let namespace = opts.namespace_str().to_owned();
+    let backend = server.backend(opts.clone()).await;
+    let other = server.backend(opts).await;
+    // A long TTL: the first renewal is 20 s away, so only the session watch
+    // can report the loss within the bound below.
+    let locker = Locker::builder(backend)
+        .ttl(TtlPolicy::Fixed(Duration::from_secs(60)))
+        .build();
+    let k = key("session-end:guard");
+    let guard = locker.try_lock(&k).await.expect("the key is free");
+    let pid = advisory_holder_pid(&observer, advisory_lock_id(&namespace, k.as_str()))
+        .await
+        .expect("the lock is held");
+
+    terminate(&observer, pid).await;
+    let ended = Instant::now();
+    let bound = Duration::from_secs(10);
+    let fired = tokio::time::timeout(bound, guard.lost()).await;
+    assert!(
+        fired.is_ok(),
+        "guard.lost() had not completed {bound:?} after the holder's session was terminated \
+         (is_lost() = {}, validity left {:?}); meanwhile the server had freed the lock",
+        guard.is_lost(),
+        guard
+            .valid_until()
+            .saturating_duration_since(tokio::time::Instant::now())
+    );
+    println!("session end to lost(): {:?}", ended.elapsed());
+    assert!(guard.is_lost(), "is_lost() must agree with lost()");
+
+    let next = other
+        .try_acquire(&k, TTL)
+        .await
+        .expect("another client can lock the key once the session is gone");
+    assert!(next.fencing_token() > guard.fencing_token());
+    other.release(&next).await.unwrap();
+}
+
+/// Measures session end (the terminate call returning) to `lost()` over 20
+/// terminations, p50 and max. Run with
+/// `cargo test -p leasehold-postgres --test advisory session_end_to_lost -- --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_end_to_lost_latency_over_twenty_terminations() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let backend = server.backend(opts).await;
+    let locker = Locker::builder(backend)
+        .ttl(TtlPolicy::Fixed(Duration::from_secs(60)))
+        .build();
+    let mut samples = Vec::new();
+    for round in 0..20 {
+        let k = key(&format!("session-end:measure:{round}"));
+        let guard = locker.try_lock(&k).await.expect("the key is free");
+        let pid = leasehold_postgres::session_pid(&guard.lease()).expect("an advisory lease");
+        terminate(&observer, pid).await;
+        let ended = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), guard.lost())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: lost() did not complete within 10 s"));
+        samples.push(ended.elapsed());
+        assert!(guard.is_lost());
+    }
+    samples.sort();
+    println!(
+        "session end to lost() over {} terminations: p50 {:?}, max {:?}",
+        samples.len(),
+        samples[samples.len() / 2],
+        samples[samples.len() - 1]
+    );
 }

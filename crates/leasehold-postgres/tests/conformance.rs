@@ -31,7 +31,7 @@ fn with_mode(url: &str, mode: Mode) -> String {
         .clear()
         .extend_pairs(rest)
         .append_pair("mode", mode_name(mode))
-        .append_pair("timeout_ms", "2000");
+        .append_pair("timeout", "2s");
     parsed.into()
 }
 

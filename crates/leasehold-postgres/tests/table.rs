@@ -182,7 +182,7 @@ async fn a_dead_holders_row_frees_after_its_ttl_by_the_database_clock() {
 async fn custom_schema_and_table_by_url_and_printable_migration() {
     let server = Server::start(false).await;
     let url =
-        server.url_with("mode=table&schema=my%20locks&table=lease%22s&namespace=u&timeout_ms=2000");
+        server.url_with("mode=table&schema=my%20locks&table=lease%22s&namespace=u&timeout=2s");
     let backend = PostgresBackend::connect(&url).await.unwrap();
     // Idempotent: a second connect migrates again without error.
     let again = PostgresBackend::connect(&url).await.unwrap();

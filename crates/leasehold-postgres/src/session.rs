@@ -1,0 +1,423 @@
+//! Advisory mode's sessions: one task per held lease owns the lease's
+//! connection, serves its renewals and its release, and in between waits on
+//! the connection's socket, so the end of the session (terminated backend,
+//! server restart or failover, a reset or closed TCP connection) fires the
+//! lease's loss signal at once instead of at the next renewal.
+//!
+//! # Why a `PgListener`, and why a private pool
+//! sqlx 0.8 reads a plain connection's socket only while a query runs; the
+//! one public way to wait on an idle connection is [`PgListener::try_recv`],
+//! which is cancel-safe (sqlx keeps partial reads in the connection's buffer)
+//! and returns `Ok(None)` or an error as soon as the socket reports
+//! end-of-stream or a reset. So each pinned connection is a `PgListener` that
+//! LISTENs on nothing: the task `select!`s between its request channel and
+//! `try_recv`, and a request simply drops the pending read.
+//!
+//! A `PgListener` hands its connection back to the pool it came from when it
+//! is dropped. A connection that may still hold a lock must never be reused,
+//! so these connections come from a private pool built from the same connect
+//! options whose `after_release` hook closes *every* connection handed back
+//! to it. Clean sessions (unlocked, or never locked) are kept for reuse here,
+//! in [`Sessions`], instead of in a pool: nothing but a confirmed
+//! `pg_advisory_unlock` (or a lock attempt that was refused) puts a session
+//! back on that list.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leasehold_core::LockError;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ADVISORY;
+use crate::error::{map, session_ended};
+use crate::options::signal_name;
+
+/// A clean session unused for this long is closed instead of reused (it
+/// holds a server backend; sqlx's own idle timeout does not see it).
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+
+/// Still held by this very session? And restart the idle clock at the new TTL.
+const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+     AND pid = pg_backend_pid() AND classid::int8 = $1 AND objid::int8 = $2 \
+     AND objsubid = 1 AND granted), set_config('idle_session_timeout', $3, false)";
+
+/// Unlock, signal, and restore the session's idle timeout before it is kept
+/// for reuse, in one round trip. The NOTIFY is delivered at commit, i.e.
+/// after the unlock whatever the evaluation order. NOTIFY makes the statement
+/// a transaction that commits; it need not be durable (a lost signal after a
+/// crash costs nothing), so it skips the WAL flush: measured, a flush per
+/// release doubled the lock+unlock time.
+const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)::text, \
+     set_config('idle_session_timeout', \
+         (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false), \
+     set_config('synchronous_commit', 'off', true)";
+
+/// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
+/// least 1, since 0 would disable it).
+pub(crate) fn idle_timeout(ttl: Duration) -> String {
+    ttl.as_micros()
+        .div_ceil(1000)
+        .clamp(1, i32::MAX as u128)
+        .to_string()
+}
+
+/// `pg_locks` shows a bigint advisory key as its high half in `classid` and
+/// its low half in `objid`.
+pub(crate) fn halves(id: i64) -> (i64, i64) {
+    let id = id as u64;
+    ((id >> 32) as i64, (id & 0xffff_ffff) as i64)
+}
+
+/// The backend's sessions for advisory locks: a private pool (every
+/// connection handed back to it is closed) and the clean sessions kept for
+/// reuse.
+pub(crate) struct Sessions {
+    pool: PgPool,
+    idle: Mutex<Vec<(PgListener, Instant)>>,
+    channel: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Sessions {
+    // The pool's connect options hold the password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field(
+                "max_connections",
+                &self.pool.options().get_max_connections(),
+            )
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(idle);
+        } else {
+            // sqlx closes a dropped listener's connection on a spawned task and
+            // panics without a runtime; at that point the process is ending
+            // and the operating system closes the sockets.
+            std::mem::forget(idle);
+        }
+    }
+}
+
+impl Sessions {
+    /// Sessions to `connect`, at most `max` at once (held leases plus clean
+    /// sessions kept for reuse); `timeout` bounds waiting for a slot.
+    pub(crate) fn new(
+        connect: PgConnectOptions,
+        max: u32,
+        timeout: Duration,
+        channel: String,
+    ) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(timeout)
+            .test_before_acquire(false)
+            // Whatever comes back to this pool may hold a lock: close it.
+            .after_release(|_, _| Box::pin(async { Ok(false) }))
+            .connect_lazy_with(connect);
+        Sessions {
+            pool,
+            idle: Mutex::new(Vec::new()),
+            channel,
+            timeout,
+        }
+    }
+
+    /// The pool's size (for error messages).
+    pub(crate) fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// A session holding no lock: the most recently used clean one, else a
+    /// new connection. `true` when reused (it may have died while idle: the
+    /// caller retries once it fails with a session error).
+    pub(crate) async fn checkout(&self) -> Result<(PgListener, bool), sqlx::Error> {
+        loop {
+            let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some((mut session, since)) = popped else {
+                break;
+            };
+            if since.elapsed() > IDLE_LIMIT {
+                continue;
+            }
+            // A free liveness check: a socket that already reported
+            // end-of-stream answers at once; a live one is left unread.
+            match tokio::time::timeout(Duration::ZERO, session.try_recv()).await {
+                Err(_) | Ok(Ok(Some(_))) => return Ok((session, true)),
+                Ok(Ok(None) | Err(_)) => continue,
+            }
+        }
+        let mut session = PgListener::connect_with(&self.pool).await?;
+        session.eager_reconnect(false);
+        session.ignore_pool_close_event(true);
+        Ok((session, false))
+    }
+
+    /// Keeps a session that holds no lock for reuse.
+    pub(crate) fn checkin(&self, session: PgListener) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((session, Instant::now()));
+    }
+}
+
+/// Why a lease's session is over, for calls that come after.
+#[derive(Clone, Debug)]
+enum Ended {
+    Released,
+    Lost(String),
+}
+
+/// A lease's handle: the channel to the task that owns its session. Dropping
+/// the last copy of the lease drops the channel, and the task closes the
+/// session (never reused), which frees the lock.
+pub(crate) struct Pinned {
+    requests: mpsc::UnboundedSender<Request>,
+    ended: Arc<Mutex<Option<Ended>>>,
+    pub(crate) id: i64,
+    pub(crate) pid: i32,
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Request {
+    Extend {
+        ttl: Duration,
+        reply: oneshot::Sender<Result<(), LockError>>,
+    },
+    Release {
+        reply: oneshot::Sender<Result<(), LockError>>,
+    },
+}
+
+/// Where a renewal or release asked of a lease's task stands.
+pub(crate) struct Asked {
+    reply: oneshot::Receiver<Result<(), LockError>>,
+    ended: Arc<Mutex<Option<Ended>>>,
+    release: bool,
+    key: String,
+}
+
+impl Asked {
+    /// The task's answer; if the task is gone, why the session ended.
+    pub(crate) async fn answer(self) -> Result<(), LockError> {
+        match self.reply.await {
+            Ok(answer) => answer,
+            Err(_) => Err(gone(&self.ended, self.release, &self.key)),
+        }
+    }
+}
+
+/// The error for a call on a lease whose session is over.
+fn gone(ended: &Mutex<Option<Ended>>, release: bool, key: &str) -> LockError {
+    let ended = ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match (ended, release) {
+        (Some(Ended::Lost(reason)), _) => LockError::lost(ADVISORY, key, reason),
+        (_, true) => LockError::not_held(ADVISORY, key),
+        (Some(Ended::Released), false) => LockError::lost(ADVISORY, key, "the lease was released"),
+        (None, false) => LockError::lost(ADVISORY, key, "the lease's session is closed"),
+    }
+}
+
+impl Pinned {
+    /// Starts the task that owns `session` (which holds the lock `id`) and
+    /// fires `lost` when the session ends.
+    pub(crate) fn start(
+        sessions: Arc<Sessions>,
+        session: PgListener,
+        key: String,
+        id: i64,
+        pid: i32,
+        lost: CancellationToken,
+    ) -> Pinned {
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let ended = Arc::new(Mutex::new(None));
+        let task = Task {
+            sessions,
+            key,
+            id,
+            pid,
+            lost,
+            ended: ended.clone(),
+        };
+        tokio::spawn(task.serve(session, inbox));
+        Pinned {
+            requests,
+            ended,
+            id,
+            pid,
+        }
+    }
+
+    /// Asks the task to check the lock is still held and restart the idle
+    /// clock at `ttl`. Sending never waits; the answer comes from
+    /// [`Asked::answer`], so several leases renew concurrently.
+    pub(crate) fn extend(&self, key: &str, ttl: Duration) -> Asked {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Extend { ttl, reply });
+        self.asked(answer, false, key)
+    }
+
+    /// Asks the task to unlock and end the lease.
+    pub(crate) fn release(&self, key: &str) -> Asked {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Release { reply });
+        self.asked(answer, true, key)
+    }
+
+    fn asked(
+        &self,
+        reply: oneshot::Receiver<Result<(), LockError>>,
+        release: bool,
+        key: &str,
+    ) -> Asked {
+        Asked {
+            reply,
+            ended: self.ended.clone(),
+            release,
+            key: key.to_owned(),
+        }
+    }
+}
+
+struct Task {
+    sessions: Arc<Sessions>,
+    key: String,
+    id: i64,
+    pid: i32,
+    lost: CancellationToken,
+    ended: Arc<Mutex<Option<Ended>>>,
+}
+
+impl Task {
+    fn end(&self, ended: Ended) {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
+    }
+
+    /// The lock is gone: record why, fire the loss signal, and close the
+    /// session by dropping it (the private pool never reuses it).
+    fn lose(&self, reason: String) -> LockError {
+        tracing::debug!(key = %self.key, pid = self.pid, %reason, "advisory lease lost");
+        self.end(Ended::Lost(reason.clone()));
+        self.lost.cancel();
+        LockError::lost(ADVISORY, &self.key, reason)
+    }
+
+    async fn serve(self, mut session: PgListener, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        let timeout = self.sessions.timeout;
+        loop {
+            tokio::select! {
+                // Requests first: a waiting renewal is never starved by reads.
+                biased;
+                request = inbox.recv() => match request {
+                    None => {
+                        tracing::debug!(key = %self.key, pid = self.pid, "lease dropped unreleased; closing its session");
+                        self.end(Ended::Released);
+                        return;
+                    }
+                    Some(Request::Extend { ttl, reply }) => {
+                        let (hi, lo) = halves(self.id);
+                        let held = sqlx::query_as::<_, (bool, String)>(HELD_SQL)
+                            .bind(hi)
+                            .bind(lo)
+                            .bind(idle_timeout(ttl))
+                            .fetch_one(&mut session);
+                        let answer = match tokio::time::timeout(timeout, held).await {
+                            Ok(Ok((true, _))) => Ok(()),
+                            Ok(Ok((false, _))) => {
+                                let _ = reply.send(Err(self.lose(
+                                    "the session no longer holds the advisory lock".into(),
+                                )));
+                                return;
+                            }
+                            Ok(Err(error)) if session_ended(&error) => {
+                                let _ = reply.send(Err(self.lose(format!("the session ended: {error}"))));
+                                return;
+                            }
+                            Ok(Err(error)) => Err(map(ADVISORY, error)),
+                            // The session may still be fine (a slow or paused
+                            // server): keep it; its reply is read and skipped.
+                            Err(_) => Err(timed_out(timeout)),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    Some(Request::Release { reply }) => {
+                        let _ = reply.send(self.release(session, timeout).await);
+                        return;
+                    }
+                },
+                read = session.try_recv() => match read {
+                    // We LISTEN on nothing; ignore whatever arrives.
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        self.lose("the session ended: the server closed the connection".into());
+                        return;
+                    }
+                    Err(error) => {
+                        self.lose(format!("the session ended: {error}"));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unlocks. Only a confirmed unlock keeps the session for reuse; after
+    /// anything else the session is closed, which frees the lock if it was
+    /// still held. Either way the lease is over.
+    async fn release(&self, mut session: PgListener, timeout: Duration) -> Result<(), LockError> {
+        let unlock = sqlx::query_as::<_, (bool, Option<String>, Option<String>, Option<String>)>(
+            RELEASE_SQL,
+        )
+        .bind(self.id)
+        .bind(&self.sessions.channel)
+        .bind(signal_name(self.id))
+        .fetch_one(&mut session);
+        match tokio::time::timeout(timeout, unlock).await {
+            Ok(Ok((true, ..))) => {
+                self.end(Ended::Released);
+                self.sessions.checkin(session);
+                Ok(())
+            }
+            Ok(Ok((false, ..))) => {
+                self.lose("the session no longer held the advisory lock at release".into());
+                Err(LockError::not_held(ADVISORY, &self.key))
+            }
+            Ok(Err(error)) if session_ended(&error) => {
+                Err(self.lose(format!("the session ended before release: {error}")))
+            }
+            Ok(Err(error)) => {
+                self.lose(format!("release failed: {error}"));
+                Err(map(ADVISORY, error))
+            }
+            Err(_) => {
+                self.lose("release got no answer; the session was closed".into());
+                Err(timed_out(timeout))
+            }
+        }
+    }
+}
+
+fn timed_out(timeout: Duration) -> LockError {
+    LockError::unavailable(
+        ADVISORY,
+        format!("no answer within the operation timeout of {timeout:?}"),
+    )
+}

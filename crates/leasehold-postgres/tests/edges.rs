@@ -1,0 +1,326 @@
+//! Safety at the edges, both modes: dropped acquisitions, TTL bounds,
+//! configuration typos and secrets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, key, options};
+use leasehold_conformance::fixtures::eventually;
+use leasehold_core::{Lease, LockBackend, LockError, RetryPolicy};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
+
+const TTL: Duration = Duration::from_secs(60);
+const MODES: [Mode; 2] = [Mode::Advisory, Mode::Table];
+
+/// A backend that never contacts a server until used (lazy pool, no
+/// migration): enough for checks that must fail before any store call.
+async fn offline(mode: Mode) -> PostgresBackend {
+    PostgresBackend::connect_with(
+        "postgres://u:p@127.0.0.1:1/db",
+        PostgresOptions::new(mode).migrate(false),
+    )
+    .await
+    .expect("a lazy backend needs no server")
+}
+
+/// Takes `name` with a fresh client (TTL 60 s) within a few seconds, then
+/// releases it.
+async fn a_fresh_client_takes(server: &Server, opts: &PostgresOptions, name: &str, why: &str) {
+    let fresh = server.backend(opts.clone()).await;
+    let started = std::time::Instant::now();
+    let lease: Lease = fresh
+        .acquire(&key(name), TTL, &RetryPolicy::new(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{:?}: a fresh client could not take {name:?} within 5 s after {why}: {e}",
+                opts.mode_of()
+            )
+        });
+    println!(
+        "{:?}: fresh client took {name:?} after {why} in {:?}",
+        opts.mode_of(),
+        started.elapsed()
+    );
+    fresh.release(&lease).await.unwrap();
+}
+
+/// Hold the key, start an acquisition in a task, abort it while it waits,
+/// release: the key must be free for a fresh client at once, not after the
+/// aborted waiter's 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_acquisition_leaves_the_key_free() {
+    let server = Server::start(false).await;
+    for mode in MODES {
+        let opts = options(mode);
+        let holder = server.backend(opts.clone()).await;
+        let waiter = server.backend(opts.clone()).await;
+        let k = key("dropped:waiting");
+        let held = holder.try_acquire(&k, TTL).await.unwrap();
+        let task = tokio::spawn({
+            let k = k.clone();
+            async move {
+                waiter
+                    .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(30)))
+                    .await
+            }
+        });
+        // Let it make at least one attempt and start waiting.
+        eventually(Duration::from_secs(10), "the waiter is waiting", || async {
+            holder.inspect(&k).await.is_ok_and(|info| info.is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        holder.release(&held).await.unwrap();
+        a_fresh_client_takes(&server, &opts, "dropped:waiting", "an aborted waiter").await;
+    }
+}
+
+/// Acquisitions of a free key aborted at many points, mid-call included: a
+/// grant the server made after the caller left must be released (or its
+/// session closed), never left to run out its 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_dropped_mid_call_never_strands_a_grant() {
+    let server = Server::start(false).await;
+    for mode in MODES {
+        let opts = options(mode);
+        let client = server.backend(opts.clone()).await;
+        let k = key("dropped:mid-call");
+        // Warm up the pool so the aborts land on the statement, not a connect.
+        let lease = client.try_acquire(&k, TTL).await.unwrap();
+        client.release(&lease).await.unwrap();
+        for round in 0..40u32 {
+            let task = tokio::spawn({
+                let client = client.clone();
+                let k = k.clone();
+                async move { client.try_acquire(&k, TTL).await }
+            });
+            // Abort after a varying number of scheduler turns (0..40), so some
+            // aborts land before, some during and some after the statement.
+            for _ in 0..round {
+                tokio::task::yield_now().await;
+            }
+            task.abort();
+            if let Ok(Ok(lease)) = task.await {
+                // The task finished before the abort: release normally.
+                client.release(&lease).await.unwrap();
+            }
+        }
+        a_fresh_client_takes(&server, &opts, "dropped:mid-call", "40 aborted attempts").await;
+    }
+}
+
+/// TTLs above one year (and `Duration::MAX`) are `InvalidTtl` on every
+/// operation that takes a TTL, checked before any store call, never a panic
+/// from `Instant + Duration` overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_above_one_year_are_invalid_never_a_panic() {
+    let year = Duration::from_secs(365 * 24 * 3600);
+    for mode in MODES {
+        let backend = offline(mode).await;
+        let k = key("ttl");
+        for ttl in [
+            Duration::MAX,
+            year + Duration::from_millis(1),
+            Duration::from_secs(u64::MAX / 2),
+            Duration::ZERO,
+        ] {
+            let tried = backend.try_acquire(&k, ttl).await;
+            assert!(
+                matches!(tried, Err(LockError::InvalidTtl { .. })),
+                "{mode:?}: try_acquire with ttl {ttl:?} gave {tried:?}, expected InvalidTtl"
+            );
+            let waited = backend
+                .acquire(&k, ttl, &RetryPolicy::new(Duration::from_secs(1)))
+                .await;
+            assert!(
+                matches!(waited, Err(LockError::InvalidTtl { .. })),
+                "{mode:?}: acquire with ttl {ttl:?} gave {waited:?}, expected InvalidTtl"
+            );
+        }
+    }
+    // Extending a real lease by Duration::MAX: InvalidTtl, and the lease
+    // stays ours.
+    let server = Server::start(false).await;
+    for mode in MODES {
+        let backend = server.backend(options(mode)).await;
+        let lease = backend.try_acquire(&key("ttl:extend"), TTL).await.unwrap();
+        let extended = backend.extend(&lease, Duration::MAX).await;
+        assert!(
+            matches!(extended, Err(LockError::InvalidTtl { .. })),
+            "{mode:?}: extend by Duration::MAX gave {extended:?}"
+        );
+        let many = backend
+            .extend_many(&[(lease.clone(), Duration::MAX), (lease.clone(), TTL)])
+            .await;
+        assert!(
+            matches!(many[0], Err(LockError::InvalidTtl { .. })),
+            "{mode:?}: extend_many by Duration::MAX gave {:?}",
+            many[0]
+        );
+        assert!(
+            many[1].is_ok(),
+            "{mode:?}: a valid renewal in the same batch must still renew, got {:?}",
+            many[1]
+        );
+        backend.release(&lease).await.unwrap();
+    }
+}
+
+fn config_error(url: &str) -> String {
+    match PostgresOptions::from_url(url) {
+        Err(LockError::Config(message)) => message,
+        other => panic!("{url} should be a Config error, got {other:?}"),
+    }
+}
+
+/// A typo in an option name must not silently change safety
+/// (`?mod=table` running in advisory mode): every unknown option is a
+/// `Config` error naming the closest known one.
+#[test]
+fn misspelt_options_are_config_errors_naming_the_closest_known_one() {
+    for (url, wanted) in [
+        ("postgres://h/db?mod=table", "mode"),
+        ("postgres://h/db?namspace=billing", "namespace"),
+        ("postgres://h/db?timeout_ms=250", "timeout"),
+        ("postgres://h/db?migrat=false", "migrate"),
+        ("postgres://h/db?drift_factr=0.1", "drift_factor"),
+        ("postgres://h/db?sslmod=require", "sslmode"),
+    ] {
+        let message = config_error(url);
+        assert!(
+            message.contains(&format!("did you mean `{wanted}`")),
+            "{url}: expected a hint naming `{wanted}`, got: {message}"
+        );
+    }
+    let message = config_error("postgres://h/db?zzzzzzzz=1");
+    assert!(message.contains("zzzzzzzz"), "{message}");
+}
+
+/// Durations use the one grammar (`250ms`, `2s`, `1m`): a bare number is an
+/// error, not a guess at the unit.
+#[test]
+fn durations_need_a_unit() {
+    let (options, _) = PostgresOptions::from_url(
+        "postgres://h/db?timeout=250ms&drift_fixed=5ms&drift_factor=0.02",
+    )
+    .unwrap();
+    let shown = format!("{options:?}");
+    assert!(
+        shown.contains("operation_timeout: 250ms"),
+        "timeout=250ms was not applied: {shown}"
+    );
+    for url in [
+        "postgres://h/db?timeout=250",
+        "postgres://h/db?timeout=0s",
+        "postgres://h/db?timeout=2y",
+        "postgres://h/db?drift_fixed=5",
+        "postgres://h/db?drift_factor=1.5",
+        "postgres://h/db?drift_factor=NaN",
+        "postgres://h/db?max_connections=lots",
+    ] {
+        config_error(url);
+    }
+}
+
+/// Options sqlx understands still reach sqlx; ours are removed.
+#[test]
+fn sqlx_options_pass_through() {
+    let (options, rest) = PostgresOptions::from_url(
+        "postgres://u:p@h:5432/db?mode=table&sslmode=disable&application_name=app&timeout=1s\
+         &statement-cache-capacity=10&options=-c%20search_path%3Dx",
+    )
+    .unwrap();
+    assert_eq!(options.mode_of(), Mode::Table);
+    assert_eq!(
+        rest,
+        "postgres://u:p@h:5432/db?sslmode=disable&application_name=app\
+         &statement-cache-capacity=10&options=-c+search_path%3Dx"
+    );
+}
+
+const SENTINEL: &str = "S3NT1NEL-pw";
+
+/// Neither errors nor `Debug` output ever show the password, from good URLs
+/// and malformed ones alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_appears_in_errors_or_debug() {
+    let check = |what: &str, shown: String| {
+        assert!(
+            !shown.contains(SENTINEL) && !shown.contains("S3NT1NEL"),
+            "{what} shows the password: {shown}"
+        );
+    };
+    for url in [
+        format!("postgres://user:{SENTINEL}@127.0.0.1:1/db?mod=table"),
+        format!("postgres://user:{SENTINEL}@127.0.0.1:1/db?mode=queue"),
+        format!("postgres://user:{SENTINEL}@127.0.0.1:1/db?timeout=5"),
+        format!("postgres://user:{SENTINEL}@127.0.0.1:notaport/db"),
+        format!("postgres://user:{SENTINEL}@[::1/db"),
+        format!("postgres:/user:{SENTINEL}@host/db"),
+        format!("postgres//user:{SENTINEL}@host/db"),
+        format!("mysql://user:{SENTINEL}@host/db"),
+        format!("postgres://user:{SENTINEL}@h/db?sslmode=bogus"),
+        format!("postgres://h/db?password={SENTINEL}&sslmode=bogus"),
+        format!("postgres://h/db?pasword={SENTINEL}"),
+    ] {
+        match PostgresBackend::connect(&url).await {
+            Ok(backend) => panic!("{url} should not connect: {backend:?}"),
+            Err(error) => {
+                check(&format!("the error for {url}"), error.to_string());
+                check(
+                    &format!("the error for {url} (Debug)"),
+                    format!("{error:?}"),
+                );
+            }
+        }
+    }
+    // A well-formed URL: the options, the backend and its leases' Debug.
+    let server = Server::start(false).await;
+    let good = server.url.replacen(
+        leasehold_conformance::fixtures::POSTGRES_PASSWORD,
+        SENTINEL,
+        1,
+    );
+    for mode in MODES {
+        // The wrong password: an authentication error.
+        let query = if mode == Mode::Table {
+            "?mode=table"
+        } else {
+            ""
+        };
+        let url = format!("{good}{query}");
+        let (parsed, _) = PostgresOptions::from_url(&url).unwrap();
+        check("PostgresOptions Debug", format!("{parsed:?}"));
+        let error = PostgresBackend::connect(&url)
+            .await
+            .expect_err("the password is wrong");
+        check("the authentication error", format!("{error} / {error:?}"));
+        let backend = PostgresBackend::connect_with(&url, parsed)
+            .await
+            .err()
+            .map(|e| format!("{e:?}"))
+            .unwrap_or_default();
+        check("connect_with's error", backend);
+        // Lazy, unmigrated: Debug of the backend and of a failed call.
+        let lazy = PostgresBackend::connect_with(
+            &url,
+            PostgresOptions::new(mode)
+                .migrate(false)
+                .operation_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+        check("the backend's Debug", format!("{lazy:?}"));
+        let failed = lazy.try_acquire(&key("secret"), TTL).await;
+        check("a failed acquisition", format!("{failed:?}"));
+    }
+    // And with the right password, a lease's Debug.
+    let backend = server.backend(options(Mode::Advisory)).await;
+    let lease = backend.try_acquire(&key("secret"), TTL).await.unwrap();
+    check("a lease's Debug", format!("{lease:?} {backend:?}"));
+    backend.release(&lease).await.unwrap();
+}
