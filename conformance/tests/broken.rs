@@ -2,20 +2,23 @@
 //! backends, each a small in-memory backend with exactly one bug, must each
 //! fail the suite, and the same backend without a bug (and the real
 //! `MemoryBackend`) must pass it. A suite that passes a broken backend proves
-//! nothing about a correct one.
+//! nothing about a correct one. A small session backend (with a session
+//! ender) does the same for the session-end case. All suites run at once, in
+//! about 30 s.
 //!
 //! Each bug also names the case written to catch it; the test checks that
 //! this case is among those that failed, and prints every case that did.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::{
-    Capabilities, Drift, Fencing, FencingToken, Key, Lease, LockBackend, LockError, LockInfo,
-    MemoryBackend, OwnerToken, RetryPolicy, async_trait, wait_for_lock,
+    CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, LockBackend,
+    LockError, LockInfo, MemoryBackend, OwnerToken, RetryPolicy, async_trait, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -353,6 +356,171 @@ fn suite_over(name: String, backend: Arc<dyn LockBackend>) -> Suite {
     })
 }
 
+/// The store of [`SessionToy`]: which session holds which key.
+#[derive(Debug, Default)]
+struct SessionStore {
+    /// Store name of the key → (session id, owner, fencing token).
+    holders: Mutex<HashMap<String, (u64, OwnerToken, u64)>>,
+    last_token: AtomicU64,
+    last_session: AtomicU64,
+}
+
+impl SessionStore {
+    fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, OwnerToken, u64)>> {
+        self.holders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One client's session: its locks live until released or until the session
+/// ends, which deletes them all at once (a dropped connection, an expired
+/// ZooKeeper session).
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    ended: CancellationToken,
+    store: Arc<SessionStore>,
+}
+
+impl Session {
+    fn end(&self) {
+        self.ended.cancel();
+        self.store
+            .holders()
+            .retain(|_, (session, ..)| *session != self.id);
+    }
+}
+
+/// A session backend in memory: each client is a session, and the session
+/// ender ends one. Correct when its leases carry the session's end as their
+/// loss signal; with `signal_loss` off, a guard learns of the end only from
+/// its next renewal, which the session-end case must catch.
+#[derive(Debug)]
+struct SessionToy {
+    session: Arc<Session>,
+    signal_loss: bool,
+}
+
+impl SessionToy {
+    fn client(store: &Arc<SessionStore>, signal_loss: bool) -> Self {
+        SessionToy {
+            session: Arc::new(Session {
+                id: store.last_session.fetch_add(1, Ordering::SeqCst) + 1,
+                ended: CancellationToken::new(),
+                store: store.clone(),
+            }),
+            signal_loss,
+        }
+    }
+
+    fn ours(&self, held: &(u64, OwnerToken, u64), lease: &Lease) -> bool {
+        held.0 == self.session.id && held.1 == *lease.owner()
+    }
+}
+
+#[async_trait]
+impl LockBackend for SessionToy {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .expiry(Expiry::Session)
+            .fencing(Fencing::Strict)
+            .holder_info(true)
+    }
+
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        self.capabilities().check_ttl(NAME, ttl)?;
+        if self.session.ended.is_cancelled() {
+            return Err(LockError::unavailable(NAME, "the session ended"));
+        }
+        let now = Instant::now();
+        let store = &self.session.store;
+        let mut holders = store.holders();
+        if let Some((_, _, token)) = holders.get(key.as_str()) {
+            let info = LockInfo::new(Some(FencingToken(*token)), None);
+            return Err(LockError::contended(NAME, key.as_str(), Some(info)));
+        }
+        let owner = OwnerToken::generate();
+        let token = store.last_token.fetch_add(1, Ordering::SeqCst) + 1;
+        holders.insert(key.as_str().to_owned(), (self.session.id, owner, token));
+        let lease = Lease::new(
+            NAME,
+            key.clone(),
+            owner,
+            FencingToken(token),
+            now,
+            ttl,
+            NO_DRIFT,
+        )
+        .with_handle(Arc::new(self.session.clone()));
+        Ok(if self.signal_loss {
+            lease.with_loss_signal(self.session.ended.clone())
+        } else {
+            lease
+        })
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.capabilities().check_ttl(NAME, ttl)?;
+        let now = Instant::now();
+        let holders = self.session.store.holders();
+        match holders.get(lease.key().as_str()) {
+            Some(held) if self.ours(held, lease) => Ok(lease.renewed(now, ttl, NO_DRIFT)),
+            _ => Err(LockError::lost(
+                NAME,
+                lease.key().as_str(),
+                "the lock is gone (released, or its session ended)",
+            )),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        let mut holders = self.session.store.holders();
+        match holders.get(lease.key().as_str()) {
+            Some(held) if self.ours(held, lease) => {
+                holders.remove(lease.key().as_str());
+                Ok(())
+            }
+            _ => Err(LockError::not_held(NAME, lease.key().as_str())),
+        }
+    }
+
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        let holders = self.session.store.holders();
+        Ok(holders.get(key.as_str()).map(|(_, owner, token)| {
+            LockInfo::new(Some(FencingToken(*token)), None).with_owner(owner)
+        }))
+    }
+}
+
+/// A suite over [`SessionToy`] clients of one store, with its session ender.
+fn session_suite(name: String, signal_loss: bool) -> Suite {
+    let store = Arc::new(SessionStore::default());
+    Suite::new(name, move || {
+        let client = SessionToy::client(&store, signal_loss);
+        async move { Ok(Arc::new(client) as Arc<dyn LockBackend>) }
+    })
+    .with_session_ender(|lease: Lease| {
+        let session = lease.handle::<Arc<Session>>().cloned();
+        async move {
+            session
+                .ok_or_else(|| "not a session toy lease".to_owned())?
+                .end();
+            Ok(())
+        }
+    })
+}
+
+/// A backend the suite runs against, and the case meant to catch its bug
+/// (`None`: a correct backend, which must pass every case).
+struct Subject {
+    name: String,
+    meant_for: Option<&'static str>,
+    suite: Suite,
+}
+
 /// Prints past the test harness's output capture: the table of which case
 /// caught which bug is the point of the run, also when it passes.
 fn say(line: &str) {
@@ -385,23 +553,42 @@ fn every_broken_backend_fails_the_suite_and_correct_ones_pass() {
         .build()
         .expect("a tokio runtime");
     let started = std::time::Instant::now();
-    let mut subjects: Vec<(String, Option<Bug>, Arc<dyn LockBackend>)> = vec![
-        ("memory".into(), None, Arc::new(MemoryBackend::new())),
-        ("toy".into(), None, Arc::new(Toy::new(None))),
+    let correct = |name: &str, backend: Arc<dyn LockBackend>| Subject {
+        name: name.to_owned(),
+        meant_for: None,
+        suite: suite_over(name.to_owned(), backend),
+    };
+    let mut subjects = vec![
+        correct("memory", Arc::new(MemoryBackend::new())),
+        correct("toy", Arc::new(Toy::new(None))),
+        Subject {
+            name: "session-toy".into(),
+            meant_for: None,
+            suite: session_suite("session-toy".into(), true),
+        },
+        Subject {
+            name: "SessionEndUnsignalled".into(),
+            meant_for: Some("ending_the_holders_session_fires_lost"),
+            suite: session_suite("SessionEndUnsignalled".into(), false),
+        },
     ];
     for bug in Bug::ALL {
-        subjects.push((format!("{bug:?}"), Some(bug), Arc::new(Toy::new(Some(bug)))));
+        let name = format!("{bug:?}");
+        subjects.push(Subject {
+            meant_for: Some(bug.caught_by()),
+            suite: suite_over(name.clone(), Arc::new(Toy::new(Some(bug)))),
+            name,
+        });
     }
     let results = runtime.block_on(async {
-        let runs = subjects.into_iter().map(|(name, bug, backend)| async move {
-            let suite = suite_over(name.clone(), backend);
-            let reports = run_cases(&suite, CASE_TIMEOUT).await;
-            (name, bug, reports)
+        let runs = subjects.into_iter().map(|subject| async move {
+            let reports = run_cases(&subject.suite, CASE_TIMEOUT).await;
+            (subject.name, subject.meant_for, reports)
         });
         futures_util::future::join_all(runs).await
     });
     let mut problems = Vec::new();
-    for (name, bug, reports) in &results {
+    for (name, meant_for, reports) in &results {
         let reports = match reports {
             Ok(reports) => reports,
             Err(e) => {
@@ -414,17 +601,18 @@ fn every_broken_backend_fails_the_suite_and_correct_ones_pass() {
             .iter()
             .filter(|r| r.verdict == Verdict::Passed)
             .count();
-        match bug {
+        match meant_for {
             None => {
+                let skipped = reports.len() - passed - failures.len();
                 say(&format!(
-                    "correct {name}: {passed} passed, {} failed",
+                    "correct {name}: {passed} passed, {} failed, {skipped} skipped",
                     failures.len()
                 ));
                 for (case, message) in &failures {
                     problems.push(format!("correct backend {name} failed {case}: {message}"));
                 }
             }
-            Some(bug) => {
+            Some(meant_for) => {
                 let names: Vec<&str> = failures.iter().map(|(case, _)| *case).collect();
                 say(&format!("broken {name}: caught by {} cases", names.len()));
                 for (case, message) in &failures {
@@ -432,11 +620,10 @@ fn every_broken_backend_fails_the_suite_and_correct_ones_pass() {
                 }
                 if failures.is_empty() {
                     problems.push(format!("broken backend {name} passed the whole suite"));
-                } else if !names.contains(&bug.caught_by()) {
+                } else if !names.contains(meant_for) {
                     problems.push(format!(
-                        "broken backend {name} was not caught by {}, the case meant for it \
-                         (caught by {names:?})",
-                        bug.caught_by()
+                        "broken backend {name} was not caught by {meant_for}, the case meant \
+                         for it (caught by {names:?})"
                     ));
                 }
             }
