@@ -42,18 +42,37 @@
 //!   `appendfsync always`): the backend checks that with `CONFIG GET` at
 //!   connect and reports it as [`Capabilities::durable_fencing`] (a server that
 //!   refuses `CONFIG` counts as not durable). A failover to an asynchronous
-//!   replica, or an `allkeys-*` eviction policy (which may evict counters; a
-//!   warning is logged), can make tokens go backwards.
+//!   replica can make tokens go backwards.
+//! - **Run the server with `maxmemory-policy noeviction`** (Redis's
+//!   default). Every other policy breaks mutual exclusion once memory runs
+//!   out: a lock key carries a TTL, so `volatile-*` policies evict it *while
+//!   it is held* and another client acquires the same lock (the test
+//!   `volatile_ttl_eviction_takes_a_held_lock_and_the_backend_warns` shows
+//!   it), and `allkeys-*` policies evict lock keys and fencing counters too.
+//!   Under `noeviction` a full server refuses new acquisitions (an error)
+//!   instead. The backend reads the policy with `CONFIG GET` at connect,
+//!   logs a `tracing::warn!` for any other policy (even with `maxmemory` 0,
+//!   where it only waits for a limit to be set), and reports it in
+//!   [`RedisBackend::safety_findings`]; [`RedisBackend::check_safety`] asks
+//!   again at run time.
 //! - Every call is bounded by the per-call timeout (default 2 s): a dead or
 //!   paused server is [`LockError::Unavailable`] within it. An acquire whose
 //!   answer timed out may still have taken the key; the backend then releases
 //!   it in the background, best effort, else it frees itself after its TTL.
+//! - Cancellation: every operation may be dropped at any await point.
+//!   `try_acquire` (and so `acquire` and `Locker::lock`) runs each attempt
+//!   on its own task: a lease granted after the caller stopped waiting, or
+//!   granted and never read, is released at once instead of blocking the key
+//!   until its TTL. A dropped `extend` may still renew our own key; a
+//!   dropped `release` may or may not have deleted it (release again, or let
+//!   it expire).
 //! - Keys: every legal [`Key`] works and two keys never share a lock (see
 //!   [`KeyLayout`]). Both Redis keys of a lock share a cluster hash slot.
 //! - Not provided here: Sentinel and Cluster connections, and fair (FIFO)
 //!   hand-off.
 #![warn(missing_docs)]
 
+mod cancel;
 mod keys;
 mod node;
 mod notify;
@@ -62,6 +81,7 @@ pub mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::cancel_safe;
 use async_trait::async_trait;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
@@ -70,7 +90,8 @@ use leasehold_core::{
 
 pub use keys::KeyLayout;
 pub use node::{
-    AcquireOutcome, MAX_TTL_MS, Ownership, Persistence, RedisNode, map_error, ttl_millis,
+    AcquireOutcome, MAX_TTL_MS, Ownership, Persistence, RedisNode, SafetyFinding, map_error,
+    ttl_millis,
 };
 
 /// The backend's name in errors, spans and metrics.
@@ -156,12 +177,7 @@ impl RedisBuilder {
         let layout = KeyLayout::new(&self.namespace)?;
         let node = RedisNode::connect(client.clone(), layout.clone(), self.timeout).await?;
         let persistence = node.persistence().await;
-        if persistence.may_evict_counters() {
-            tracing::warn!(
-                policy = ?persistence.maxmemory_policy,
-                "redis eviction policy may evict fencing counters; use noeviction or volatile-*"
-            );
-        }
+        report_findings(&persistence, &client);
         let notifier = self
             .notifications
             .then(|| notify::Notifier::new(client, layout.channel(), self.timeout));
@@ -172,6 +188,18 @@ impl RedisBuilder {
             drift: self.drift,
             persistence,
         })
+    }
+}
+
+/// Logs each safety finding of a server at connect: `warn!` for a setting
+/// that breaks a guarantee, `info!` for one that could not be checked.
+fn report_findings(persistence: &Persistence, client: &redis::Client) {
+    let server = client.get_connection_info().addr().to_string();
+    for finding in persistence.safety_findings() {
+        match finding {
+            SafetyFinding::Unverified => tracing::info!(%server, "{finding}"),
+            _ => tracing::warn!(%server, "{finding}"),
+        }
     }
 }
 
@@ -207,9 +235,31 @@ impl RedisBackend {
         &self.node
     }
 
-    /// What `CONFIG GET` said about persistence at connect.
+    /// What `CONFIG GET` said about persistence and eviction at connect.
     pub fn persistence(&self) -> &Persistence {
         &self.persistence
+    }
+
+    /// The server's `maxmemory-policy` at connect (`None`: `CONFIG GET` was
+    /// refused). Only `noeviction` is safe for locks.
+    pub fn eviction_policy(&self) -> Option<&str> {
+        self.persistence.maxmemory_policy.as_deref()
+    }
+
+    /// What was found at connect that breaks a guarantee (each was logged
+    /// with `tracing::warn!` then): an eviction policy other than
+    /// `noeviction`, or a configuration that could not be read. Empty:
+    /// nothing found. The policy can change at run time (`CONFIG SET`):
+    /// [`RedisBackend::check_safety`] asks again.
+    pub fn safety_findings(&self) -> Vec<SafetyFinding> {
+        self.persistence.safety_findings()
+    }
+
+    /// Asks the server again (`CONFIG GET`, bounded by the per-call timeout)
+    /// and returns what breaks a guarantee now, for health checks. Logs
+    /// nothing; the capabilities keep what was found at connect.
+    pub async fn check_safety(&self) -> Vec<SafetyFinding> {
+        self.node.persistence().await.safety_findings()
     }
 
     /// Starts the release subscription now and waits until it is up (at most
@@ -265,8 +315,57 @@ impl LockBackend for RedisBackend {
             .atomic_multi_key(false)
     }
 
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a grant that arrives after it
+    /// left is released at once. An attempt whose answer timed out sends a
+    /// compare-and-delete on the same connection, so a frozen server that
+    /// runs the queued acquire when it wakes deletes the key right after.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         ttl_millis(NAME, ttl)?;
+        let (this, key) = (self.clone(), key.clone());
+        let releaser = self.clone();
+        cancel_safe(
+            NAME,
+            async move { this.attempt(&key, ttl).await },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
+    }
+
+    /// Cancel safety: a dropped extend may still be applied; that only keeps
+    /// our own key longer, and the lease we hold is unchanged.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.extend_one(lease, ttl).await
+    }
+
+    /// Renews up to 256 leases per script call (one round trip for a typical
+    /// watchdog batch). Cancel safety as [`LockBackend::extend`].
+    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+        self.extend_batch(renewals).await
+    }
+
+    /// Cancel safety: a dropped release may or may not have deleted the key;
+    /// it frees itself at its TTL, and releasing again finishes the job.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.release_one(lease).await
+    }
+
+    /// Read-only; cancel safe.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.node.inspect_raw(key).await
+    }
+
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        let notifier = self.notifier.as_ref()?;
+        Some(notifier.listen(&self.node.layout().lock_key(key)))
+    }
+}
+
+impl RedisBackend {
+    /// One acquisition attempt; the trait's `try_acquire` runs it through
+    /// [`cancel_safe`].
+    async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let sent_at = self.clock.now();
         match self.node.try_acquire_raw(key, &owner, ttl).await {
@@ -291,7 +390,7 @@ impl LockBackend for RedisBackend {
         }
     }
 
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+    async fn extend_one(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let sent_at = self.clock.now();
         let found = self
             .node
@@ -300,7 +399,7 @@ impl LockBackend for RedisBackend {
         renewal(lease, found, sent_at, ttl, self.drift)
     }
 
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+    async fn extend_batch(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
         // TTLs out of range fail alone; the rest go to the server in one call.
         let mut results: Vec<Option<Result<Lease, LockError>>> = renewals
             .iter()
@@ -334,7 +433,7 @@ impl LockBackend for RedisBackend {
             .collect()
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+    async fn release_one(&self, lease: &Lease) -> Result<(), LockError> {
         match self.node.release_raw(lease.key(), lease.owner()).await? {
             Ownership::Ours => {
                 tracing::debug!(key = %lease.key(), owner = %lease.owner().short(), "redis lock released");
@@ -344,15 +443,6 @@ impl LockBackend for RedisBackend {
                 Err(LockError::not_held(NAME, lease.key().as_str()))
             }
         }
-    }
-
-    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        self.node.inspect_raw(key).await
-    }
-
-    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
-        let notifier = self.notifier.as_ref()?;
-        Some(notifier.listen(&self.node.layout().lock_key(key)))
     }
 }
 

@@ -13,9 +13,10 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use crate::keys::KeyLayout;
 use crate::scripts;
 
-/// The longest TTL accepted, in milliseconds (about 2,200 years): far beyond
-/// any lease, and well inside what `PX`/`PEXPIRE` accept.
-pub const MAX_TTL_MS: u64 = 1 << 46;
+/// The longest TTL accepted, in milliseconds: one year
+/// ([`MAX_DURATION`](leasehold_core::config::MAX_DURATION)), the bound every
+/// backend shares; far inside what `PX`/`PEXPIRE` accept.
+pub const MAX_TTL_MS: u64 = leasehold_core::config::MAX_DURATION.as_millis() as u64;
 
 /// Leases renewed per `EVALSHA` by [`RedisNode::extend_many_raw`].
 const EXTEND_BATCH: usize = 256;
@@ -50,16 +51,74 @@ impl Ownership {
     }
 }
 
-/// What `CONFIG GET` said about the server's persistence (`None`: refused or
-/// unknown).
+/// What `CONFIG GET` said about the server's persistence and eviction
+/// (`None`: refused or unknown).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Persistence {
     /// `appendonly`.
     pub appendonly: Option<bool>,
     /// `appendfsync` (`always`, `everysec`, `no`).
     pub appendfsync: Option<String>,
-    /// `maxmemory-policy`; an `allkeys-*` policy may evict fencing counters.
+    /// `maxmemory-policy`. Only `noeviction` is safe for locks: see
+    /// [`Persistence::safety_findings`].
     pub maxmemory_policy: Option<String>,
+    /// `maxmemory` in bytes (`0`: no limit, so nothing is evicted until one
+    /// is set).
+    pub maxmemory: Option<u64>,
+}
+
+/// A server setting that breaks one of the backend's guarantees, found by
+/// `CONFIG GET` at connect (see [`Persistence::safety_findings`]). Each one
+/// is logged with `tracing::warn!` (an unreadable configuration with
+/// `tracing::info!`, as managed services routinely refuse `CONFIG`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SafetyFinding {
+    /// `maxmemory-policy` is not `noeviction`. A lock key carries a TTL, so
+    /// every `volatile-*` policy may evict it *while it is held* (another
+    /// client then acquires the same lock: mutual exclusion is gone), and
+    /// every `allkeys-*` policy may evict lock keys and fencing counters
+    /// (tokens go backwards). With `maxmemory` 0 nothing is evicted yet, but
+    /// the policy takes effect as soon as a limit is set.
+    EvictionPolicy {
+        /// The policy the server reported.
+        policy: String,
+        /// `maxmemory` in bytes, if reported (0: no limit yet).
+        maxmemory: Option<u64>,
+    },
+    /// `CONFIG GET` was refused (a managed service, a renamed command): the
+    /// eviction policy could not be checked. Make sure it is `noeviction`.
+    Unverified,
+}
+
+impl std::fmt::Display for SafetyFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SafetyFinding::EvictionPolicy { policy, maxmemory } => {
+                let what = if policy.starts_with("allkeys") {
+                    "may evict held lock keys (two clients then hold one lock) and fencing counters (tokens go backwards)"
+                } else {
+                    "may evict held lock keys, which carry a TTL (two clients then hold one lock)"
+                };
+                write!(
+                    f,
+                    "maxmemory-policy {policy} {what}; set maxmemory-policy noeviction"
+                )?;
+                if *maxmemory == Some(0) {
+                    write!(
+                        f,
+                        " (maxmemory is 0, so nothing is evicted until a limit is set)"
+                    )?;
+                }
+                Ok(())
+            }
+            SafetyFinding::Unverified => write!(
+                f,
+                "CONFIG GET was refused, so the eviction policy could not be checked; \
+                 locks are safe only under maxmemory-policy noeviction"
+            ),
+        }
+    }
 }
 
 impl Persistence {
@@ -76,6 +135,28 @@ impl Persistence {
         self.maxmemory_policy
             .as_deref()
             .is_some_and(|policy| policy.starts_with("allkeys"))
+    }
+
+    /// Whether the eviction policy is `noeviction`, the only one under which
+    /// a held lock key is never evicted (`None`: unknown).
+    pub fn eviction_safe(&self) -> Option<bool> {
+        self.maxmemory_policy
+            .as_deref()
+            .map(|policy| policy == "noeviction")
+    }
+
+    /// What in this configuration breaks a guarantee: an eviction policy
+    /// other than `noeviction` (whatever `maxmemory` is), or a configuration
+    /// that could not be read. Empty: nothing found.
+    pub fn safety_findings(&self) -> Vec<SafetyFinding> {
+        match self.maxmemory_policy.as_deref() {
+            Some("noeviction") => Vec::new(),
+            Some(policy) => vec![SafetyFinding::EvictionPolicy {
+                policy: policy.to_owned(),
+                maxmemory: self.maxmemory,
+            }],
+            None => vec![SafetyFinding::Unverified],
+        }
     }
 }
 
@@ -335,6 +416,7 @@ impl RedisNode {
                     .arg("appendonly")
                     .arg("appendfsync")
                     .arg("maxmemory-policy")
+                    .arg("maxmemory")
                     .query_async(&mut conn)
                     .await
             })
@@ -344,6 +426,7 @@ impl RedisNode {
                 appendonly: config.get("appendonly").map(|v| v == "yes"),
                 appendfsync: config.get("appendfsync").cloned(),
                 maxmemory_policy: config.get("maxmemory-policy").cloned(),
+                maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
             },
             Err(error) => {
                 tracing::debug!(%error, "CONFIG GET refused; fencing counted as not durable");
@@ -372,25 +455,15 @@ fn holder_info(prefix: String, pttl: i64, counter: i64) -> LockInfo {
     info
 }
 
-/// `ttl` in whole milliseconds, rounded up; below 1 ms or above
-/// [`MAX_TTL_MS`] is [`LockError::InvalidTtl`].
+/// `ttl` in whole milliseconds, rounded up; below 1 ms or above one year
+/// ([`MAX_TTL_MS`]) is [`LockError::InvalidTtl`], checked by
+/// [`Capabilities::check_ttl`](leasehold_core::Capabilities::check_ttl) so
+/// every backend words it the same. Never panics, whatever the duration.
 pub fn ttl_millis(backend: &'static str, ttl: Duration) -> Result<u64, LockError> {
-    if ttl < Duration::from_millis(1) {
-        return Err(LockError::InvalidTtl {
-            backend,
-            ttl,
-            reason: "must be at least 1ms".into(),
-        });
-    }
-    let ms = ttl.as_nanos().div_ceil(1_000_000);
-    if ms > u128::from(MAX_TTL_MS) {
-        return Err(LockError::InvalidTtl {
-            backend,
-            ttl,
-            reason: format!("must be at most {MAX_TTL_MS}ms"),
-        });
-    }
-    Ok(ms as u64)
+    leasehold_core::Capabilities::new()
+        .min_ttl(Duration::from_millis(1))
+        .check_ttl(backend, ttl)?;
+    Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
 }
 
 /// Maps a client error: bad credentials or a denied command is a final
@@ -449,6 +522,12 @@ mod tests {
             ttl_millis("t", Duration::MAX),
             Err(LockError::InvalidTtl { .. })
         ));
+        let year = leasehold_core::config::MAX_DURATION;
+        assert_eq!(ttl_millis("t", year).unwrap(), MAX_TTL_MS);
+        assert!(matches!(
+            ttl_millis("t", year + Duration::from_millis(1)),
+            Err(LockError::InvalidTtl { .. })
+        ));
     }
 
     #[test]
@@ -457,11 +536,44 @@ mod tests {
             appendonly: Some(true),
             appendfsync: Some("always".into()),
             maxmemory_policy: Some("noeviction".into()),
+            maxmemory: Some(0),
         };
+        assert!(p.safety_findings().is_empty());
+        assert_eq!(p.eviction_safe(), Some(true));
         assert!(p.durable_fencing());
         assert!(!p.may_evict_counters());
         p.appendfsync = Some("everysec".into());
         assert!(!p.durable_fencing());
         assert!(!Persistence::default().durable_fencing());
+    }
+
+    #[test]
+    fn every_policy_but_noeviction_is_a_finding() {
+        for policy in [
+            "volatile-ttl",
+            "volatile-lru",
+            "allkeys-lru",
+            "allkeys-random",
+        ] {
+            let p = Persistence {
+                maxmemory_policy: Some(policy.into()),
+                maxmemory: Some(0),
+                ..Persistence::default()
+            };
+            let findings = p.safety_findings();
+            assert!(
+                matches!(&findings[..], [SafetyFinding::EvictionPolicy { policy: found, .. }] if found == policy),
+                "{policy}: {findings:?}"
+            );
+            let text = findings[0].to_string();
+            assert!(
+                text.contains("noeviction") && text.contains("maxmemory is 0"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            Persistence::default().safety_findings(),
+            [SafetyFinding::Unverified]
+        );
     }
 }

@@ -595,3 +595,76 @@ async fn a_lazy_node_to_a_dead_server_is_unavailable_then_works_once_it_is_up() 
         leasehold_redis::Ownership::Free
     );
 }
+
+/// The probe of issue 11 on a single server: the server frozen, `lock()`
+/// dropped after 300 ms, the server thawed. The acquire script sits in the
+/// frozen server's socket and runs when it wakes; the key must not stay held
+/// by nobody until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_call_leaves_no_key_held_when_the_server_was_frozen() {
+    let Some(server) = support::server(&[], true).await else {
+        return;
+    };
+    let container = server.container.as_ref().unwrap();
+    let backend = RedisBackend::builder()
+        .namespace(namespace("dropped"))
+        .timeout(Duration::from_secs(1))
+        .connect(&server.url)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(20);
+    let locker = leasehold_core::Locker::builder(backend.clone())
+        .ttl(leasehold_core::TtlPolicy::Fixed(ttl))
+        .build();
+    let k = key("dropped-lock");
+    container.pause().await.expect("docker pause");
+    let dropped = tokio::time::timeout(Duration::from_millis(300), locker.lock(k.clone())).await;
+    assert!(
+        dropped.is_err(),
+        "lock() on a frozen server should still wait after 300 ms, got {:?}",
+        dropped.map(|r| r.map(|g| g.fencing_token()))
+    );
+    container.unpause().await.expect("docker unpause");
+    let started = tokio::time::Instant::now();
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the dropped lock() call's key to be free again (well before its 20 s TTL)",
+        || async { matches!(backend.inspect(&k).await, Ok(None)) },
+    )
+    .await;
+    println!("key free {:?} after the server thawed", started.elapsed());
+}
+
+/// TTLs above one year (the bound every backend shares) are `InvalidTtl` on
+/// every call, `Duration::MAX` included, and nothing panics.
+#[tokio::test]
+async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
+    let Some(server) = support::server(&[], false).await else {
+        return;
+    };
+    let backend = backend(&server.url, "ttl-bounds").await;
+    let year = leasehold_core::config::MAX_DURATION;
+    let k = key("ttl-bounds");
+    let lease = backend
+        .try_acquire(&k, year)
+        .await
+        .expect("one year is fine");
+    for ttl in [year + Duration::from_millis(1), Duration::MAX] {
+        let acquire = backend.try_acquire(&key("ttl-bounds-2"), ttl).await;
+        assert!(
+            matches!(acquire, Err(LockError::InvalidTtl { .. })),
+            "try_acquire with {ttl:?}: expected InvalidTtl, got {acquire:?}"
+        );
+        let extend = backend.extend(&lease, ttl).await;
+        assert!(
+            matches!(extend, Err(LockError::InvalidTtl { .. })),
+            "extend with {ttl:?}: expected InvalidTtl, got {extend:?}"
+        );
+        let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
+        assert!(
+            matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
+            "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"
+        );
+    }
+    backend.release(&lease).await.expect("release");
+}
