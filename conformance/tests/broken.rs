@@ -18,7 +18,8 @@ use std::time::Duration;
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::{
     CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, MemoryBackend, OwnerToken, RetryPolicy, async_trait, wait_for_lock,
+    LockError, LockInfo, MemoryBackend, OwnerToken, RetryPolicy, async_trait, cancel_safe,
+    wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -356,6 +357,52 @@ fn suite_over(name: String, backend: Arc<dyn LockBackend>) -> Suite {
     })
 }
 
+/// A correct but slow store: every grant's answer takes [`REPLY_DELAY`] to
+/// arrive, and the attempt runs through `cancel_safe`, so a caller that drops
+/// it meanwhile leaves nothing held. The control for the dropped-acquisition
+/// case: what [`Bug::StrandsDroppedGrants`] does, done right, must pass.
+#[derive(Debug)]
+struct SlowButCancelSafe {
+    inner: Arc<Toy>,
+}
+
+#[async_trait]
+impl LockBackend for SlowButCancelSafe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let (inner, releaser, key) = (self.inner.clone(), self.inner.clone(), key.clone());
+        cancel_safe(
+            NAME,
+            async move {
+                let lease = inner.try_acquire(&key, ttl).await?;
+                tokio::time::sleep(REPLY_DELAY).await;
+                Ok(lease)
+            },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.inner.extend(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.inner.release(lease).await
+    }
+
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.inner.inspect(key).await
+    }
+}
+
 /// The store of [`SessionToy`]: which session holds which key.
 #[derive(Debug, Default)]
 struct SessionStore {
@@ -561,6 +608,12 @@ fn every_broken_backend_fails_the_suite_and_correct_ones_pass() {
     let mut subjects = vec![
         correct("memory", Arc::new(MemoryBackend::new())),
         correct("toy", Arc::new(Toy::new(None))),
+        correct(
+            "slow-cancel-safe-toy",
+            Arc::new(SlowButCancelSafe {
+                inner: Arc::new(Toy::new(None)),
+            }),
+        ),
         Subject {
             name: "session-toy".into(),
             meant_for: None,

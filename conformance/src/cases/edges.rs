@@ -406,10 +406,14 @@ pub async fn dropped_acquisition_leaves_the_key_free(ctx: Arc<Ctx>) -> Outcome {
             }
             Some(micros) => {
                 ctx.backend.release(&held).await?;
-                tokio::select! {
+                let answer = tokio::select! {
                     answer = &mut attempt => Some(answer),
                     () = fine_sleep(Duration::from_micros(*micros)) => None,
-                }
+                };
+                // Dropped here, not at the end of the round: an abandoned
+                // future that is never polled again is not yet a dropped one.
+                drop(attempt);
+                answer
             }
         };
         match completed {
