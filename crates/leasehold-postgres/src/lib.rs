@@ -111,10 +111,11 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, wait_for_lock, with_timeout,
+    ReleaseListener, RetryPolicy, Waiting, async_trait, wait_for_lock, with_timeout,
 };
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::oneshot;
 
 pub use advisory::session_pid;
 pub use options::{Mode, OWN_OPTIONS, PostgresOptions, SQLX_OPTIONS, advisory_lock_id};
@@ -365,30 +366,73 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// One attempt on its own task ([`cancel_safe`]): a caller that stops
-    /// waiting never strands a grant; a lease won after it left is released
-    /// there at once.
+    /// One attempt on its own task: a caller that stops waiting never
+    /// strands a grant. The attempt runs to its end (bounded by the operation
+    /// timeout); a lease it wins after the caller left is released there at
+    /// once, and so is a lease that reached the caller's channel just as the
+    /// caller dropped it ([`Answer`]'s `Drop`).
+    ///
+    /// Not core's `cancel_safe`: that one loses a lease sent in the instant
+    /// between the send succeeding and the dropped receiver being freed (the
+    /// lease is dropped unreleased: a table lease then holds the key for its
+    /// whole TTL).
     async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let (reply, answer) = oneshot::channel();
         let shared = self.shared.clone();
-        let releaser = self.shared.clone();
         let key = key.clone();
-        let name = self.name();
-        cancel_safe(
-            name,
-            async move {
-                match shared.options.mode {
-                    Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
-                    Mode::Table => table::try_acquire(&shared, &key, ttl).await,
-                }
-            },
-            move |lease| async move {
-                match releaser.options.mode {
-                    Mode::Advisory => advisory::release(&releaser, &lease).await,
-                    Mode::Table => table::release(&releaser, &lease).await,
-                }
-            },
-        )
-        .await
+        tokio::spawn(async move {
+            let result = match shared.options.mode {
+                Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
+                Mode::Table => table::try_acquire(&shared, &key, ttl).await,
+            };
+            if let Err(Ok(lease)) = reply.send(result) {
+                give_back(shared, lease).await;
+            }
+        });
+        let mut answer = Answer {
+            reply: answer,
+            shared: self.shared.clone(),
+        };
+        (&mut answer.reply).await.unwrap_or_else(|_| {
+            Err(LockError::backend(
+                self.name(),
+                "the acquisition task panicked",
+            ))
+        })
+    }
+}
+
+/// The caller's end of an attempt. Dropped before it received the answer,
+/// it closes the channel and releases a lease that was already in it.
+struct Answer {
+    reply: oneshot::Receiver<Result<Lease, LockError>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.reply.close();
+        if let Ok(Ok(lease)) = self.reply.try_recv()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back(self.shared.clone(), lease));
+        }
+        // Without a runtime the lease is dropped: an advisory session closes
+        // (freeing the lock), a table lease expires with its TTL.
+    }
+}
+
+/// Releases a lease won for a caller that had already left.
+async fn give_back(shared: Arc<Shared>, lease: Lease) {
+    let key = lease.key().clone();
+    let result = match shared.options.mode {
+        Mode::Advisory => advisory::release(&shared, &lease).await,
+        Mode::Table => table::release(&shared, &lease).await,
+    };
+    match result {
+        Ok(()) => tracing::debug!(%key, "released a lease granted after its caller gave up"),
+        Err(error) => tracing::warn!(%key, %error,
+            "could not release a lease granted after its caller gave up; it ends with its TTL or session"),
     }
 }
 
@@ -416,7 +460,7 @@ impl LockBackend for PostgresBackend {
         }
     }
 
-    /// One attempt (see [`PostgresBackend::attempt`] for cancel safety).
+    /// One attempt.
     ///
     /// Cancel safety: dropping the future never strands a grant; the attempt
     /// finishes on its own task and a lease won after the caller left is

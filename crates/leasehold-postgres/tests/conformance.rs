@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leasehold_conformance::{Skipped, Suite, child, fixtures};
-use leasehold_core::LockBackend;
+use leasehold_core::{Lease, LockBackend};
+use leasehold_postgres::sqlx::{self, Connection};
 use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -73,7 +74,37 @@ async fn setup(mode: Option<Mode>) -> Result<Suite, Skipped> {
         let url = connect_to.clone();
         async move { Ok(Arc::new(PostgresBackend::connect(&url).await?) as Arc<dyn LockBackend>) }
     });
+    let suite = match mode {
+        Mode::Advisory => {
+            let (_, sqlx_url) =
+                PostgresOptions::from_url(&url).map_err(|e| Skipped(format!("bad URL: {e}")))?;
+            suite.with_session_ender(move |lease| end_session(sqlx_url.clone(), lease))
+        }
+        Mode::Table => suite,
+    };
     Ok(suite.with_provisioned(&spec, store, &url))
+}
+
+/// Ends the session holding an advisory lease the way an administrator, a
+/// restart or a dropped connection would: `pg_terminate_backend` on the
+/// pinned connection's server process, from a connection of its own.
+async fn end_session(sqlx_url: String, lease: Lease) -> Result<(), String> {
+    let pid = leasehold_postgres::session_pid(&lease)
+        .ok_or_else(|| format!("{:?} is not an advisory lease", lease.key()))?;
+    let mut conn = sqlx::PgConnection::connect(&sqlx_url)
+        .await
+        .map_err(|e| format!("connect to terminate the holder: {e}"))?;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| format!("pg_terminate_backend({pid}): {e}"))?;
+    let _ = conn.close().await;
+    if killed {
+        Ok(())
+    } else {
+        Err(format!("no server process {pid} to terminate"))
+    }
 }
 
 fn main() -> ExitCode {

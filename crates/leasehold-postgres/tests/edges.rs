@@ -79,9 +79,21 @@ async fn a_dropped_acquisition_leaves_the_key_free() {
     }
 }
 
-/// Acquisitions of a free key aborted at many points, mid-call included: a
-/// grant the server made after the caller left must be released (or its
-/// session closed), never left to run out its 60 s TTL.
+/// Sleeps `by` on a thread: finer than tokio's millisecond timer, so the
+/// drops below land at sub-millisecond offsets.
+async fn fine_sleep(by: Duration) {
+    let (done, wait) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(by);
+        let _ = done.send(());
+    });
+    let _ = wait.await;
+}
+
+/// Acquisitions of a free key dropped at many points, mid-call included and
+/// in the instant the answer arrives: a grant the server made after the
+/// caller left must be released (or its session closed), never left to run
+/// out its 60 s TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquisition_dropped_mid_call_never_strands_a_grant() {
     let server = Server::start(false).await;
@@ -89,27 +101,65 @@ async fn an_acquisition_dropped_mid_call_never_strands_a_grant() {
         let opts = options(mode);
         let client = server.backend(opts.clone()).await;
         let k = key("dropped:mid-call");
-        // Warm up the pool so the aborts land on the statement, not a connect.
+        // Warm up the pool so the drops land on the statement, not a connect.
         let lease = client.try_acquire(&k, TTL).await.unwrap();
         client.release(&lease).await.unwrap();
-        for round in 0..40u32 {
-            let task = tokio::spawn({
-                let client = client.clone();
-                let k = k.clone();
-                async move { client.try_acquire(&k, TTL).await }
-            });
-            // Abort after a varying number of scheduler turns (0..40), so some
-            // aborts land before, some during and some after the statement.
-            for _ in 0..round {
-                tokio::task::yield_now().await;
-            }
-            task.abort();
-            if let Ok(Ok(lease)) = task.await {
-                // The task finished before the abort: release normally.
-                client.release(&lease).await.unwrap();
+        let (mut dropped, mut answered, mut contended) = (0, 0, 0);
+        for micros in (0..=20_000).step_by(100) {
+            let attempt = client.try_acquire(&k, TTL);
+            tokio::select! {
+                answer = attempt => match answer {
+                    Ok(lease) => {
+                        answered += 1;
+                        client.release(&lease).await.unwrap();
+                    }
+                    // An earlier dropped grant still being given back.
+                    Err(LockError::Contended { .. }) => contended += 1,
+                    Err(e) => panic!("{mode:?}: attempt dropped at {micros} µs failed: {e}"),
+                },
+                () = fine_sleep(Duration::from_micros(micros)) => dropped += 1,
             }
         }
-        a_fresh_client_takes(&server, &opts, "dropped:mid-call", "40 aborted attempts").await;
+        println!(
+            "{mode:?}: {dropped} attempts dropped, {answered} answered, {contended} contended"
+        );
+        a_fresh_client_takes(&server, &opts, "dropped:mid-call", "the dropped attempts").await;
+    }
+}
+
+/// A grant that reached the caller's side just as the caller stopped
+/// looking: the acquisition future was polled once (starting the attempt),
+/// then left unpolled until the store shows the grant, then dropped. The
+/// lease sitting in the answer channel must be released, not dropped with it
+/// (a dropped table lease would hold the key for its 60 s TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_arrives_as_the_caller_drops_is_given_back() {
+    let server = Server::start(false).await;
+    for mode in MODES {
+        let opts = options(mode);
+        let client = server.backend(opts.clone()).await;
+        let observer = server.backend(opts.clone()).await;
+        let k = key("dropped:answered");
+        let mut attempt = client.try_acquire(&k, TTL);
+        tokio::select! {
+            biased;
+            answer = &mut attempt => panic!("{mode:?}: answered on the first poll: {answer:?}"),
+            () = std::future::ready(()) => {}
+        }
+        eventually(
+            Duration::from_secs(10),
+            "the store shows the grant",
+            || async { observer.inspect(&k).await.is_ok_and(|info| info.is_some()) },
+        )
+        .await;
+        drop(attempt);
+        a_fresh_client_takes(
+            &server,
+            &opts,
+            "dropped:answered",
+            "a dropped, answered attempt",
+        )
+        .await;
     }
 }
 
