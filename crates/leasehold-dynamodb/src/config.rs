@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use leasehold_core::config::{self, MAX_DURATION, Secret, redact_url};
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 use crate::DynamoDbBackend;
@@ -21,6 +22,19 @@ pub const DEFAULT_NAMESPACE: &str = "leasehold";
 pub const DEFAULT_PARTITION_KEY: &str = "pk";
 /// How many other holders' keys a backend remembers observations of.
 pub const DEFAULT_OBSERVATION_CAPACITY: usize = 10_000;
+/// The URL options `dynamodb://` knows (see [`DynamoDbBuilder::from_url`]).
+pub const OPTIONS: &[&str] = &[
+    "region",
+    "endpoint",
+    "namespace",
+    "partition_key",
+    "timeout",
+    "timeout_ms",
+    "durable",
+    "create_table",
+    "drift_factor",
+    "drift_fixed",
+];
 /// The longest namespace, in bytes (keys add up to 1024 more; DynamoDB allows
 /// 2048-byte partition keys).
 pub const MAX_NAMESPACE_BYTES: usize = 512;
@@ -31,6 +45,9 @@ pub const MAX_NAMESPACE_BYTES: usize = 512;
 /// Region, endpoint and credentials come from the standard AWS configuration
 /// chain (environment, profile files, web identity, container and instance
 /// metadata) unless set here; set them for a local endpoint.
+///
+/// `Debug` shows the access key id but never the secret key (a
+/// [`Secret`]).
 #[derive(Debug, Clone)]
 pub struct DynamoDbBuilder {
     pub(crate) table: String,
@@ -38,7 +55,7 @@ pub struct DynamoDbBuilder {
     pub(crate) partition_key: String,
     pub(crate) region: Option<String>,
     pub(crate) endpoint: Option<String>,
-    pub(crate) credentials: Option<(String, String)>,
+    pub(crate) credentials: Option<(String, Secret)>,
     pub(crate) operation_timeout: Duration,
     pub(crate) clock: SharedClock,
     pub(crate) drift: Drift,
@@ -67,52 +84,97 @@ impl DynamoDbBuilder {
         }
     }
 
-    /// Options from `dynamodb://[access_key_id:secret@]table?query`.
+    /// Options from `dynamodb://[access_key_id:secret_access_key@]table?query`.
     ///
-    /// Query parameters: `region`, `endpoint` (for example
-    /// `http://127.0.0.1:8000`), `namespace`, `partition_key`, `timeout_ms`
-    /// (per-call timeout), `durable` (`true`/`false`: whether the store keeps
+    /// Query parameters ([`OPTIONS`]): `region`, `endpoint` (for example
+    /// `http://127.0.0.1:8000`), `namespace`, `partition_key`, `timeout`
+    /// (per-call timeout, a duration such as `2s` or `750ms`: a bare number
+    /// is an error), `timeout_ms` (the same in whole milliseconds, kept for
+    /// existing URLs), `durable` (`true`/`false`: whether the store keeps
     /// data across restarts, default `true`), `create_table` (`true`: create
-    /// the table at connect if missing). Credentials in the URL are static
-    /// keys, meant for local stand-ins; in production leave them out and let
-    /// the AWS configuration chain find them.
+    /// the table at connect if missing), `drift_factor` and `drift_fixed`
+    /// (the drift allowance). An unknown option is a [`LockError::Config`]
+    /// naming the closest known one: a typo never falls back to a default.
+    ///
+    /// Credentials in the URL are static keys, meant for local stand-ins; in
+    /// production leave them out and let the AWS configuration chain find
+    /// them. They are percent-decoded and nothing else: `+` and `/` (both
+    /// common in AWS secret keys) are taken literally, as AWS does; only
+    /// `%`, `@`, `?` and `#` must be written `%25`, `%40`, `%3F`, `%23`.
+    /// The user information ends at the *last* `@` before the query, so a
+    /// literal `/` in the secret works. No error and no `Debug` output shows
+    /// the secret key, even for a malformed URL.
     pub fn from_url(url: &str) -> Result<Self, LockError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| LockError::Config(format!("bad URL {url:?}: {e}")))?;
-        if parsed.scheme() != "dynamodb" {
-            return Err(LockError::Config(format!(
-                "scheme {:?} is not dynamodb://",
-                parsed.scheme()
-            )));
+        let bad = |why: &str| LockError::Config(format!("dynamodb url {:?}: {why}", redact(url)));
+        let rest = url
+            .strip_prefix("dynamodb://")
+            .ok_or_else(|| bad("the scheme must be dynamodb://"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, query),
+            None => (rest, ""),
+        };
+        let (userinfo, table) = match rest.rsplit_once('@') {
+            Some((userinfo, table)) => (Some(userinfo), table),
+            None => (None, rest),
+        };
+        let table = table.strip_suffix('/').unwrap_or(table);
+        if table.is_empty() {
+            return Err(bad("needs a table name as host"));
         }
-        let table = parsed.host_str().filter(|t| !t.is_empty()).ok_or_else(|| {
-            LockError::Config("dynamodb:// URL needs a table name as host".into())
-        })?;
-        let mut builder = DynamoDbBuilder::new(decode(table)?);
-        if !parsed.username().is_empty() {
-            let secret = parsed.password().ok_or_else(|| {
-                LockError::Config("dynamodb:// URL has a user but no secret key".into())
-            })?;
-            builder = builder.static_credentials(decode(parsed.username())?, decode(secret)?);
+        if table.contains(['/', '#', ':']) {
+            return Err(bad(
+                "the table name must not contain '/', ':' or '#' (a credential with '@' must be written %40)",
+            ));
         }
-        for (name, value) in parsed.query_pairs() {
+        let table = percent_decode(table).map_err(|why| bad(&format!("table name {why}")))?;
+        let mut builder = DynamoDbBuilder::new(table);
+        if let Some(userinfo) = userinfo {
+            let (id, secret) = userinfo
+                .split_once(':')
+                .ok_or_else(|| bad("has an access key id but no secret key (id:secret@table)"))?;
+            let id = percent_decode(id).map_err(|why| bad(&format!("access key id {why}")))?;
+            let secret = percent_decode(secret).map_err(|why| bad(&format!("secret key {why}")))?;
+            builder = builder.static_credentials(id, secret);
+        }
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let value = value.into_owned();
             builder = match name.as_ref() {
                 "region" => builder.region(value),
                 "endpoint" => builder.endpoint(value),
                 "namespace" => builder.namespace(value),
                 "partition_key" => builder.partition_key(value),
+                "timeout" => builder.operation_timeout(config::duration(&name, &value)?),
                 "timeout_ms" => {
-                    builder.operation_timeout(Duration::from_millis(parse_number(&name, &value)?))
+                    let millis: u64 = config::number(&name, &value)?;
+                    let timeout = Duration::from_millis(millis);
+                    if timeout > MAX_DURATION {
+                        return Err(config::invalid(&name, &value, "longer than one year"));
+                    }
+                    builder.operation_timeout(timeout)
                 }
-                "durable" => builder.durable_fencing(parse_bool(&name, &value)?),
-                "create_table" => builder.create_table_if_missing(parse_bool(&name, &value)?),
-                other => {
-                    return Err(LockError::Config(format!(
-                        "unknown dynamodb:// option {other:?} (known: region, endpoint, namespace, \
-                         partition_key, timeout_ms, durable, create_table)"
-                    )));
+                "durable" => builder.durable_fencing(config::boolean(&name, &value)?),
+                "create_table" => builder.create_table_if_missing(config::boolean(&name, &value)?),
+                "drift_factor" => {
+                    let factor: f64 = value.parse().map_err(|_| {
+                        config::invalid(&name, &value, "expected a number like 0.01")
+                    })?;
+                    if !(0.0..1.0).contains(&factor) {
+                        return Err(config::invalid(&name, &value, "must be in [0, 1)"));
+                    }
+                    let drift = Drift {
+                        factor,
+                        ..builder.drift
+                    };
+                    builder.drift(drift)
                 }
+                "drift_fixed" => {
+                    let drift = Drift {
+                        fixed: config::duration(&name, &value)?,
+                        ..builder.drift
+                    };
+                    builder.drift(drift)
+                }
+                other => return Err(config::unknown_option("dynamodb", other, OPTIONS)),
             };
         }
         Ok(builder)
@@ -150,12 +212,13 @@ impl DynamoDbBuilder {
     }
 
     /// Static credentials instead of the configuration chain (local use).
+    /// The secret key is kept as a [`Secret`]: never shown by `Debug`.
     pub fn static_credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some((access_key_id.into(), secret_access_key.into()));
+        self.credentials = Some((access_key_id.into(), Secret::new(secret_access_key)));
         self
     }
 
@@ -220,8 +283,13 @@ impl DynamoDbBuilder {
             loader = loader.endpoint_url(endpoint.clone());
         }
         if let Some((id, secret)) = &self.credentials {
-            loader =
-                loader.credentials_provider(Credentials::new(id, secret, None, None, "leasehold"));
+            loader = loader.credentials_provider(Credentials::new(
+                id,
+                secret.expose(),
+                None,
+                None,
+                "leasehold",
+            ));
         }
         let shared = loader.load().await;
         let client = Client::new(&shared);
@@ -255,8 +323,13 @@ impl DynamoDbBuilder {
             config = config.endpoint_url(endpoint.clone());
         }
         if let Some((id, secret)) = &self.credentials {
-            config =
-                config.credentials_provider(Credentials::new(id, secret, None, None, "leasehold"));
+            config = config.credentials_provider(Credentials::new(
+                id,
+                secret.expose(),
+                None,
+                None,
+                "leasehold",
+            ));
         }
         let client = Client::from_conf(config.build());
         let backend = DynamoDbBackend {
@@ -292,9 +365,9 @@ impl DynamoDbBuilder {
         if self.partition_key.is_empty() {
             return Err(LockError::Config("partition key name is empty".into()));
         }
-        if self.operation_timeout.is_zero() {
+        if self.operation_timeout.is_zero() || self.operation_timeout > MAX_DURATION {
             return Err(LockError::Config(
-                "operation timeout must be positive".into(),
+                "operation timeout must be positive and at most one year".into(),
             ));
         }
         Ok(())
@@ -320,27 +393,40 @@ fn default_holder_metadata() -> Option<String> {
     })
 }
 
-fn decode(part: &str) -> Result<String, LockError> {
-    Ok(url::form_urlencoded::parse(format!("x={part}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default())
-}
-
-fn parse_number(name: &str, value: &str) -> Result<u64, LockError> {
-    value
-        .parse()
-        .map_err(|_| LockError::Config(format!("{name}={value:?} is not a whole number")))
-}
-
-fn parse_bool(name: &str, value: &str) -> Result<bool, LockError> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(LockError::Config(format!(
-            "{name}={value:?} is not true or false"
-        ))),
+/// `url` for error messages: [`redact_url`], and the whole user information
+/// (access key id too) replaced by `***`: a URL missing its `:` may carry
+/// the secret key where the id belongs.
+fn redact(url: &str) -> String {
+    let shown = redact_url(url);
+    let start = shown.find("//").map_or(0, |at| at + 2);
+    let end = shown.find('?').unwrap_or(shown.len());
+    match shown[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &shown[..start], &shown[start + at..]),
+        None => shown,
     }
+}
+
+/// Percent-decodes `part` (`%2F` → `/`); everything else, `+` included, is
+/// taken literally. The error never repeats the input (it may be a secret).
+fn percent_decode(part: &str) -> Result<String, &'static str> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("has a '%' not followed by two hex digits (write '%' as %25)")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once percent-decoded")
 }
 
 #[cfg(test)]
@@ -364,7 +450,7 @@ mod tests {
         assert!(b.create_table);
         assert_eq!(
             b.credentials,
-            Some(("AK".to_string(), "s/ecret".to_string()))
+            Some(("AK".to_string(), Secret::new("s/ecret")))
         );
     }
 
@@ -375,6 +461,8 @@ mod tests {
             "dynamodb://",
             "dynamodb://locks?bogus=1",
             "dynamodb://locks?timeout_ms=soon",
+            "dynamodb://locks?timeout=2",
+            "dynamodb://locks?timeout=9000h",
             "dynamodb://locks?durable=maybe",
             "dynamodb://user@locks",
         ] {
@@ -383,6 +471,92 @@ mod tests {
                 other => panic!("{url}: expected a Config error, got {other:?}"),
             }
         }
+    }
+
+    /// Issue 11: a misspelt option used to be refused without a hint; now
+    /// every one names the closest known option.
+    #[test]
+    fn a_misspelt_option_is_refused_naming_the_closest_known_one() {
+        for (option, hint) in [
+            ("namspace=billing", "namespace"),
+            ("regoin=eu-west-1", "region"),
+            ("timout=2s", "timeout"),
+            ("create_tabel=true", "create_table"),
+        ] {
+            let url = format!("dynamodb://locks?{option}");
+            match DynamoDbBuilder::from_url(&url) {
+                Err(LockError::Config(message)) => assert!(
+                    message.contains(&format!("did you mean `{hint}`")),
+                    "{url}: expected a hint for {hint}, got {message}"
+                ),
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+        let b = DynamoDbBuilder::from_url(
+            "dynamodb://locks?timeout=2s&drift_factor=0.02&drift_fixed=5ms&namespace=a%2Fb+c",
+        )
+        .expect("shared options parse");
+        assert_eq!(b.operation_timeout, Duration::from_secs(2));
+        assert_eq!(b.drift.factor, 0.02);
+        assert_eq!(b.drift.fixed, Duration::from_millis(5));
+        assert_eq!(b.namespace, "a/b c");
+    }
+
+    /// Issue 11: `+` in a secret key became a space. AWS secret keys use `+`
+    /// and `/`: both are literal in the URL's credentials; `%2B`/`%2F` work
+    /// too.
+    #[test]
+    fn plus_and_slash_in_a_secret_key_are_literal() {
+        for (url, id, secret) in [
+            ("dynamodb://AK:a+b/c@locks", "AK", "a+b/c"),
+            ("dynamodb://AK:a%2Bb%2Fc@locks", "AK", "a+b/c"),
+            ("dynamodb://AK:p%40ss:w@locks/?region=x", "AK", "p@ss:w"),
+            ("dynamodb://A%2BK:s@locks", "A+K", "s"),
+        ] {
+            let b = DynamoDbBuilder::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                b.credentials,
+                Some((id.to_owned(), Secret::new(secret))),
+                "{url}"
+            );
+            assert_eq!(b.table, "locks", "{url}");
+        }
+    }
+
+    /// Issue 11: the secret key appeared in `connect`'s error for a URL whose
+    /// secret contains `/`, in the URL errors, and in the builder's `Debug`.
+    /// No error and no `Debug` output from a URL with a sentinel secret shows
+    /// it, well formed or not.
+    #[test]
+    fn no_error_or_debug_output_shows_the_secret_key() {
+        let sentinel = "S3nt1nel";
+        let urls = [
+            format!("dynamodb://AK:{sentinel}/x+y@locks?region=us-east-1"),
+            format!("dynamodb://AK:{sentinel}%2Fx@locks?namspace=a"),
+            format!("dynamodb://AK:{sentinel}@locks?timeout=5"),
+            format!("dynamodb://AK:{sentinel}@lo?region=x"),
+            format!("dynamodb://AK:{sentinel}%zz@locks"),
+            format!("dynamodb:/AK:{sentinel}@locks"),
+            format!("dynamodb://AK:{sentinel}@"),
+            format!("dynamodb://AK:{sentinel}@locks/x"),
+            format!("dynamodb://AK{sentinel}@locks"),
+            format!("dynamodb://AK:{sentinel}@locks#frag?durable=maybe"),
+        ];
+        for url in &urls {
+            let shown = match DynamoDbBuilder::from_url(url) {
+                Ok(builder) => {
+                    let invalid = builder.validate().err().map(|e| e.to_string());
+                    format!("{builder:?} {invalid:?}")
+                }
+                Err(error) => format!("{error} {error:?}"),
+            };
+            assert!(
+                !shown.contains(sentinel),
+                "{url} showed its secret: {shown}"
+            );
+        }
+        let builder = DynamoDbBuilder::new("locks").static_credentials("AK", sentinel);
+        assert!(!format!("{builder:?}").contains(sentinel));
     }
 
     #[test]

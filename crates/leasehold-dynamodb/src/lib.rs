@@ -48,7 +48,7 @@
 //! ## Cancellation
 //! Every operation may be dropped at any await point. `try_acquire` (and so
 //! `acquire` and `Locker::lock`) runs each attempt on its own task through
-//! [`cancel_safe`]: a lease granted after the caller stopped waiting is
+//! [`cancel_safe`](leasehold_core::cancel_safe): a lease granted after the caller stopped waiting is
 //! released at once, never left to block the key until it expires. A
 //! dropped `extend` may still renew our own lease; a dropped `release` may
 //! or may not have deleted it (release again, or let it expire).
@@ -67,6 +67,7 @@
 //! with `durable=false` so the capability says fencing is not durable.
 #![warn(missing_docs)]
 
+mod cancel;
 mod config;
 mod error;
 mod item;
@@ -77,6 +78,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::cancel_safe;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
@@ -84,13 +86,13 @@ use aws_sdk_dynamodb::types::{
 };
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, Waiting, async_trait, cancel_safe, with_timeout,
+    LockInfo, OwnerToken, Waiting, async_trait, with_timeout,
 };
 use tokio::time::Instant;
 
 pub use config::{
     DEFAULT_NAMESPACE, DEFAULT_OBSERVATION_CAPACITY, DEFAULT_OPERATION_TIMEOUT,
-    DEFAULT_PARTITION_KEY, DynamoDbBuilder, MAX_NAMESPACE_BYTES,
+    DEFAULT_PARTITION_KEY, DynamoDbBuilder, MAX_NAMESPACE_BYTES, OPTIONS,
 };
 
 use crate::error::{is_condition_failed, is_validation, map_sdk};
@@ -553,7 +555,7 @@ impl LockBackend for DynamoDbBackend {
             .holder_info(true)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a grant that arrives after it
     /// left is released at once in the background. A write whose answer was
@@ -594,7 +596,7 @@ impl LockBackend for DynamoDbBackend {
 
 impl DynamoDbBackend {
     /// One acquisition attempt (the TTL is checked); the trait's
-    /// `try_acquire` runs it through [`cancel_safe`].
+    /// `try_acquire` runs it through [`cancel_safe`](leasehold_core::cancel_safe).
     async fn attempt(&self, key: &Key, ttl: Duration, lease_ms: u64) -> Result<Lease, LockError> {
         let pk = self.partition_key_for(key);
         let owner = OwnerToken::generate();

@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
         let url = store.url(|port| {
             format!(
                 "dynamodb://test:test@leasehold-conformance?region=us-east-1\
-                 &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout_ms=2000"
+                 &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout=2s"
             )
         });
         // Create the table once (the stand-in may still be starting).

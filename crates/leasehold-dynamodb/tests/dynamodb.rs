@@ -492,7 +492,7 @@ async fn connect_by_url_and_from_an_existing_sdk_client() {
     let store = start().await;
     let name = table("url");
     let url = format!(
-        "dynamodb://test:test@{name}?region=us-east-1&endpoint={}&create_table=true&durable=false&timeout_ms=2000",
+        "dynamodb://test:test@{name}?region=us-east-1&endpoint={}&create_table=true&durable=false&timeout=2s",
         store.endpoint
     );
     let by_url = DynamoDbBackend::connect(&url)
@@ -584,4 +584,41 @@ async fn an_acquisition_that_timed_out_on_a_frozen_store_is_given_back_after_it_
     )
     .await;
     println!("key free {:?} after the store thawed", started.elapsed());
+}
+
+/// TTLs above one year (the bound every backend shares) are `InvalidTtl` on
+/// every call, `Duration::MAX` and the largest millisecond count the item can
+/// store included, and nothing panics.
+#[tokio::test]
+async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
+    let store = start().await;
+    let backend = store.backend(&table("ttlbounds"), None).await;
+    let year = leasehold_core::config::MAX_DURATION;
+    let k = key("ttl-bounds");
+    let lease = backend
+        .try_acquire(&k, year)
+        .await
+        .expect("one year is fine");
+    for ttl in [
+        year + Duration::from_millis(1),
+        Duration::from_millis(i64::MAX as u64),
+        Duration::MAX,
+    ] {
+        let acquire = backend.try_acquire(&key("ttl-bounds-2"), ttl).await;
+        assert!(
+            matches!(acquire, Err(LockError::InvalidTtl { .. })),
+            "try_acquire with {ttl:?}: expected InvalidTtl, got {acquire:?}"
+        );
+        let extend = backend.extend(&lease, ttl).await;
+        assert!(
+            matches!(extend, Err(LockError::InvalidTtl { .. })),
+            "extend with {ttl:?}: expected InvalidTtl, got {extend:?}"
+        );
+        let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
+        assert!(
+            matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
+            "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"
+        );
+    }
+    backend.release(&lease).await.expect("release");
 }
