@@ -334,3 +334,91 @@ async fn session_end_to_lost_latency_over_twenty_terminations() {
         samples[samples.len() - 1]
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to server process `pid` inside the
+/// container.
+fn signal_server_process(server: &Server, pid: i32, signal: &str) {
+    let status = std::process::Command::new("docker")
+        .args([
+            "exec",
+            server.container().id(),
+            "sh",
+            "-c",
+            &format!("kill -{signal} {pid}"),
+        ])
+        .status()
+        .expect("run docker exec");
+    assert!(
+        status.success(),
+        "docker exec kill -{signal} {pid} failed: {status}"
+    );
+}
+
+/// A renewal batch where one lease's server process is stalled: the other
+/// leases' renewals must reach the server at once, not after the stalled
+/// one gives up (advisory leases each have their own session, so
+/// `extend_many` renews them concurrently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_does_not_delay_the_other_renewals() {
+    let server = Server::start(true).await;
+    let observer = server.observer().await;
+    let timeout = Duration::from_secs(3);
+    let opts = options(Mode::Advisory).operation_timeout(timeout);
+    let namespace = opts.namespace_str().to_owned();
+    let backend = server.backend(opts).await;
+    let mut leases = Vec::new();
+    let mut pids = Vec::new();
+    for name in ["renew:stalled", "renew:b", "renew:c"] {
+        let k = key(name);
+        leases.push(backend.try_acquire(&k, TTL).await.unwrap());
+        pids.push(
+            advisory_holder_pid(&observer, advisory_lock_id(&namespace, k.as_str()))
+                .await
+                .expect("held"),
+        );
+    }
+    let before: chrono_free::ServerTime = chrono_free::now(&observer).await;
+    signal_server_process(&server, pids[0], "STOP");
+    let renewals: Vec<_> = leases.iter().map(|l| (l.clone(), TTL)).collect();
+    let results = backend.extend_many(&renewals).await;
+    signal_server_process(&server, pids[0], "CONT");
+    assert!(
+        matches!(results[0], Err(LockError::Unavailable { .. })),
+        "the stalled lease's renewal should time out, got {:?}",
+        results[0]
+    );
+    for (i, result) in results.iter().enumerate().skip(1) {
+        assert!(result.is_ok(), "lease {i} should renew, got {result:?}");
+        let reached: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM query_start - $1::timestamptz)::float8 \
+             FROM pg_stat_activity WHERE pid = $2",
+        )
+        .bind(&before.0)
+        .bind(pids[i])
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+        println!("renewal {i} reached the server {reached:.4} s after the batch began");
+        assert!(
+            reached < timeout.as_secs_f64(),
+            "renewal {i} reached the server {reached:.3} s after the batch began, i.e. only after \
+             the stalled lease's renewal gave up ({timeout:?}): renewals ran one after another"
+        );
+    }
+    for lease in &leases[1..] {
+        backend.release(lease).await.unwrap();
+    }
+}
+
+/// The server's clock as text, without a date-time crate.
+mod chrono_free {
+    pub struct ServerTime(pub String);
+    pub async fn now(pool: &sqlx::PgPool) -> ServerTime {
+        ServerTime(
+            sqlx::query_scalar("SELECT clock_timestamp()::text")
+                .fetch_one(pool)
+                .await
+                .expect("clock_timestamp"),
+        )
+    }
+}
