@@ -79,12 +79,24 @@
 //!   gives its partial keys back at once, so the next attempt finds them free.
 //!   (Release notifications would need a subscription per server and a
 //!   quorum of them; not done.)
+//! - Run every server with `maxmemory-policy noeviction`: under any other
+//!   policy a server short of memory may evict a held lock key (it carries a
+//!   TTL), and a majority of such servers hands the lock to a second client.
+//!   Each server's policy is read at connect (`CONFIG GET`) and any other is
+//!   logged with `tracing::warn!`.
+//! - Cancellation: every operation may be dropped at any await point.
+//!   `try_acquire` (and so `acquire` and `Locker::lock`) runs each attempt on
+//!   its own task: a quorum granted after the caller stopped waiting, or
+//!   granted and never read, is released at once, not left to block the key
+//!   until its TTL. A dropped `extend` may still renew our own keys; a
+//!   dropped `release` may leave some servers' keys until their TTL.
 //! - Every call is bounded: each server by the per-node timeout, connects by
 //!   the per-call timeout (default 2 s). A server that is down at connect is
 //!   connected later in the background; connecting fails only when fewer
 //!   than a quorum answer.
 #![warn(missing_docs)]
 
+mod cancel;
 mod report;
 mod slot;
 mod url;
@@ -94,15 +106,17 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::cancel::cancel_safe;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
+use leasehold_core::config;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, SharedClock, Waiting, cancel_safe, system_clock,
+    LockInfo, OwnerToken, SharedClock, Waiting, system_clock,
 };
-use leasehold_redis::{KeyLayout, Ownership, RedisNode, map_error};
+use leasehold_redis::{KeyLayout, Ownership, RedisNode, SafetyFinding, map_error};
 use tokio::time::Instant;
 
 pub use report::{NodeOutcome, QuorumReport};
@@ -125,6 +139,17 @@ pub const DEFAULT_MIN_NODE_TIMEOUT: Duration = Duration::from_millis(10);
 /// The smallest TTL accepted: below it the drift allowance and per-node
 /// timeouts leave no validity worth having.
 pub const MIN_TTL: Duration = Duration::from_millis(10);
+
+/// The URL options `redlock://` knows (see [`RedlockBuilder::connect`]).
+pub const OPTIONS: &[&str] = &[
+    "namespace",
+    "timeout",
+    "node_timeout_factor",
+    "min_node_timeout",
+    "drift_factor",
+    "drift_fixed",
+    "tls",
+];
 
 /// The default namespace (the same as `leasehold-redis`'s, so both see the
 /// same key layout).
@@ -200,7 +225,7 @@ impl RedlockBuilder {
     }
 
     /// The clock drift allowance subtracted from every lease's validity
-    /// (default 1 % + 2 ms; URL options `drift_factor`, `drift`).
+    /// (default 1 % + 2 ms; URL options `drift_factor`, `drift_fixed`).
     pub fn drift(mut self, drift: Drift) -> Self {
         self.drift = drift;
         self
@@ -214,10 +239,14 @@ impl RedlockBuilder {
 
     /// Connects by URL:
     /// `redlock://[user][:password@]h1:p1,h2:p2,h3:p3[/db][?options]`. The
-    /// credentials and database apply to every server. Options: `namespace`,
-    /// `timeout`, `node_timeout_factor`, `min_node_timeout`, `drift_factor`,
-    /// `drift` (durations as `250ms`, `2s`, or bare milliseconds), `tls=true`
-    /// (`rediss://` to every server). An unknown option is an error.
+    /// credentials and database apply to every server. Options ([`OPTIONS`]):
+    /// `namespace`, `timeout`, `node_timeout_factor`, `min_node_timeout`,
+    /// `drift_factor`, `drift_fixed` (durations as `250ms`, `2s`, `1m`: a
+    /// bare number is an error, see [`config::duration`]), `tls=true`
+    /// (`rediss://` to every server). An unknown option is a
+    /// [`LockError::Config`] naming the closest known one: a typo never falls
+    /// back to a default (`?namspace=billing` would share the default
+    /// namespace). Errors never show the password.
     pub async fn connect(mut self, url: &str) -> Result<RedlockBackend, LockError> {
         let parsed = url::parse(url)?;
         for (name, value) in &parsed.options {
@@ -229,17 +258,12 @@ impl RedlockBuilder {
     fn option(mut self, name: &str, value: &str) -> Result<Self, LockError> {
         match name {
             "namespace" => self.namespace = value.to_owned(),
-            "timeout" => self.timeout = url::duration(name, value)?,
+            "timeout" => self.timeout = config::duration(name, value)?,
             "node_timeout_factor" => self.node_timeout_factor = url::fraction(name, value)?,
-            "min_node_timeout" => self.min_node_timeout = url::duration(name, value)?,
+            "min_node_timeout" => self.min_node_timeout = config::duration(name, value)?,
             "drift_factor" => self.drift.factor = url::fraction(name, value)?,
-            "drift" => self.drift.fixed = url::duration(name, value)?,
-            _ => {
-                return Err(LockError::Config(format!(
-                    "unknown redlock option {name:?} (known: namespace, timeout, \
-                     node_timeout_factor, min_node_timeout, drift_factor, drift, tls)"
-                )));
-            }
+            "drift_fixed" => self.drift.fixed = config::duration(name, value)?,
+            _ => return Err(config::unknown_option("redlock", name, OPTIONS)),
         }
         Ok(self)
     }
@@ -254,7 +278,7 @@ impl RedlockBuilder {
             .map(|url| {
                 let url = url.as_ref();
                 redis::Client::open(url).map_err(|e| {
-                    LockError::Config(format!("redis url {:?}: {e}", url::redact(url)))
+                    LockError::Config(format!("redis url {:?}: {e}", config::redact_url(url)))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -375,19 +399,24 @@ async fn connect_quorum(
             },
         ));
     }
-    if connected < slots.len() {
-        return Ok(false);
-    }
+    // Every connected server's configuration: durable counters, and the
+    // eviction policy (any but `noeviction` can evict a held lock key, see
+    // `leasehold_redis::SafetyFinding`), logged per server.
     let probes = join_all(slots.iter().map(|slot| async move {
-        match slot.node() {
-            Some(node) => tokio::time::timeout(timeout, node.persistence())
-                .await
-                .is_ok_and(|p| p.durable_fencing()),
-            None => false,
+        let node = slot.node()?;
+        let persistence = tokio::time::timeout(timeout, node.persistence())
+            .await
+            .ok()?;
+        for finding in persistence.safety_findings() {
+            match finding {
+                SafetyFinding::Unverified => tracing::info!(server = %slot.addr, "{finding}"),
+                _ => tracing::warn!(server = %slot.addr, "{finding}"),
+            }
         }
+        Some(persistence.durable_fencing())
     }))
     .await;
-    Ok(probes.into_iter().all(|durable| durable))
+    Ok(connected == slots.len() && probes.into_iter().all(|durable| durable == Some(true)))
 }
 
 /// Locks over N Redis servers (see the [crate docs](crate) for the algorithm
@@ -574,7 +603,7 @@ impl RedlockBackend {
 
     /// One acquisition attempt on every server (see the crate docs); the
     /// caller checked the TTL. Not cancel safe by itself: the trait's
-    /// `try_acquire` runs it through [`cancel_safe`].
+    /// `try_acquire` runs it through [`cancel_safe`](leasehold_core::cancel_safe).
     async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let per_node = self.node_timeout(ttl);
@@ -757,7 +786,7 @@ impl LockBackend for RedlockBackend {
             .atomic_multi_key(false)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a quorum granted after it left is
     /// released at once in the background. Servers that did not answer are
@@ -929,6 +958,93 @@ impl LockBackend for RedlockBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOSTS: &str = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
+
+    /// Issue 11: `?namspace=billing` used to be refused only by luck of the
+    /// option list; every misspelt option is refused naming the closest one,
+    /// before any server is contacted.
+    #[tokio::test]
+    async fn a_misspelt_option_is_refused_naming_the_closest_known_one() {
+        for (option, hint) in [
+            ("namspace=billing", "namespace"),
+            ("timout=1s", "timeout"),
+            ("drift_fixd=2ms", "drift_fixed"),
+            ("min_node_timeot=5ms", "min_node_timeout"),
+        ] {
+            let url = format!("redlock://{HOSTS}?{option}");
+            match RedlockBackend::connect(&url).await {
+                Err(LockError::Config(message)) => assert!(
+                    message.contains(&format!("did you mean `{hint}`")),
+                    "{url}: expected a hint for {hint}, got {message}"
+                ),
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Durations take the one grammar: a unit is required, a year at most.
+    #[tokio::test]
+    async fn durations_need_a_unit() {
+        for option in [
+            "timeout=250",
+            "min_node_timeout=10",
+            "drift_fixed=2",
+            "timeout=9000h",
+        ] {
+            let url = format!("redlock://{HOSTS}?{option}");
+            let name = option.split('=').next().unwrap();
+            match RedlockBackend::connect(&url).await {
+                Err(LockError::Config(message)) => {
+                    assert!(message.contains(name), "{url}: {message}")
+                }
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+        let builder = RedlockBackend::builder()
+            .option("timeout", "250ms")
+            .and_then(|b| b.option("drift_fixed", "3ms"))
+            .and_then(|b| b.option("drift_factor", "0.02"))
+            .expect("well-formed options");
+        assert_eq!(builder.timeout, Duration::from_millis(250));
+        assert_eq!(builder.drift.fixed, Duration::from_millis(3));
+    }
+
+    /// Issue 11: no error and no `Debug` output made from a URL shows its
+    /// password, whether the URL is well formed or not.
+    #[tokio::test]
+    async fn no_error_or_debug_output_shows_the_password() {
+        let secret = "S3nt1nel/+@pw";
+        let encoded = "S3nt1nel%2F%2B%40pw";
+        let urls = [
+            format!("redlock://app:{encoded}@{HOSTS}?namspace=x"),
+            format!("redlock://app:{encoded}@{HOSTS}/notadb"),
+            format!("redlock://app:{secret}@{HOSTS}"),
+            format!("redlock://app:{secret}@h1:1,,h2:2"),
+            format!("redlock:/app:{secret}@{HOSTS}"),
+            format!("redlock://app:{secret}@h1:notaport,h2:2,h3:3"),
+            format!("redlock://app:{encoded}@127.0.0.1:1?timeout=10"),
+            format!("redlock://app:{encoded}@127.0.0.1:1,127.0.0.1:1"),
+        ];
+        for url in &urls {
+            let result = RedlockBackend::builder()
+                .timeout(Duration::from_millis(200))
+                .connect(url)
+                .await;
+            let shown = match &result {
+                Ok(backend) => format!("{backend:?}"),
+                Err(error) => format!("{error} {error:?}"),
+            };
+            for needle in [secret, encoded, "S3nt1nel"] {
+                assert!(
+                    !shown.contains(needle),
+                    "{url} showed its password: {shown}"
+                );
+            }
+        }
+        let builder = RedlockBackend::builder().namespace("n");
+        assert!(!format!("{builder:?}").contains("S3nt1nel"));
+    }
 
     fn held(owner: &str, token: u64, left_ms: u64) -> NodeOutcome {
         let mut info = LockInfo::new(

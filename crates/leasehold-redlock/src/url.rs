@@ -1,8 +1,7 @@
 //! `redlock://[user][:password@]h1:p1,h2:p2,h3:p3[/db][?options]`.
 
-use std::time::Duration;
-
 use leasehold_core::LockError;
+use leasehold_core::config::redact_url;
 
 /// A parsed Redlock URL: one `redis://` (or `rediss://`) URL per server and
 /// the options from the query.
@@ -15,7 +14,8 @@ pub(crate) struct ParsedUrl {
 /// Splits a Redlock URL into per-server Redis URLs. The credentials and the
 /// database apply to every server; `tls=true` makes them `rediss://`.
 pub(crate) fn parse(url: &str) -> Result<ParsedUrl, LockError> {
-    let bad = |why: &str| LockError::Config(format!("redlock url {:?}: {why}", redact(url)));
+    // Errors show the URL with its password hidden (even when malformed).
+    let bad = |why: &str| LockError::Config(format!("redlock url {:?}: {why}", redact_url(url)));
     let rest = url
         .strip_prefix("redlock://")
         .ok_or_else(|| bad("the scheme must be redlock://"))?;
@@ -36,16 +36,17 @@ pub(crate) fn parse(url: &str) -> Result<ParsedUrl, LockError> {
     }
     let mut options = Vec::new();
     let mut scheme = "redis";
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    // Query values are form-decoded (`%2F`, and `+` for a space), as the
+    // facade encodes them; the credentials (userinfo) are not touched here.
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if name == "tls" {
-            scheme = match value {
-                "true" | "1" => "rediss",
-                "false" | "0" => "redis",
-                _ => return Err(bad("tls must be true or false")),
+            scheme = if leasehold_core::config::boolean(&name, &value)? {
+                "rediss"
+            } else {
+                "redis"
             };
         } else {
-            options.push((name.to_owned(), value.to_owned()));
+            options.push((name.into_owned(), value.into_owned()));
         }
     }
     let mut nodes = Vec::new();
@@ -71,48 +72,15 @@ pub(crate) fn parse(url: &str) -> Result<ParsedUrl, LockError> {
     Ok(ParsedUrl { nodes, options })
 }
 
-/// A duration option: `250ms`, `2s`, `1m`, or a bare number of milliseconds.
-pub(crate) fn duration(name: &str, value: &str) -> Result<Duration, LockError> {
-    let bad = || {
-        LockError::Config(format!(
-            "redlock option {name}={value:?}: expected a duration like 250ms, 2s or 1m"
-        ))
-    };
-    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => value.split_at(at),
-        None => (value, "ms"),
-    };
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
-}
-
 /// A fraction option (`0.05`), at least 0 and below 1.
 pub(crate) fn fraction(name: &str, value: &str) -> Result<f64, LockError> {
     match value.parse::<f64>() {
         Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
-        _ => Err(LockError::Config(format!(
-            "redlock option {name}={value:?}: expected a number from 0 up to (not including) 1"
-        ))),
-    }
-}
-
-/// The URL with any password replaced, for error messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let userinfo = &url[start + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..start + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+        _ => Err(leasehold_core::config::invalid(
+            name,
+            value,
+            "expected a number from 0 up to (not including) 1",
+        )),
     }
 }
 
@@ -152,6 +120,7 @@ mod tests {
             "redlock://h1:1,,h2:2",
             "redlock://h1:1/notadb",
             "redlock://h1:1?tls=maybe",
+            "redlock:/u:pw@h1:1",
         ] {
             assert!(
                 matches!(parse(url), Err(LockError::Config(_))),
@@ -163,13 +132,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_units_and_default_to_milliseconds() {
-        assert_eq!(duration("t", "250").unwrap(), Duration::from_millis(250));
-        assert_eq!(duration("t", "250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(duration("t", "1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(duration("t", "1m").unwrap(), Duration::from_secs(60));
-        assert!(duration("t", "soon").is_err());
-        assert!(duration("t", "5h").is_err());
+    fn query_values_are_form_decoded() {
+        let parsed = parse("redlock://h1:1?namespace=a%2Fb+c&tls=false").unwrap();
+        assert_eq!(parsed.options, [("namespace".into(), "a/b c".into())]);
+        assert_eq!(parsed.nodes, ["redis://h1:1"]);
+    }
+
+    #[test]
+    fn fractions_stay_below_one() {
         assert!(fraction("f", "0.05").is_ok());
         assert!(fraction("f", "1.5").is_err());
     }

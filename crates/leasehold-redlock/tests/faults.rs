@@ -480,3 +480,37 @@ async fn a_dropped_lock_call_leaves_no_key_held_when_a_server_was_frozen() {
         .await;
     }
 }
+
+/// TTLs above one year (the bound every backend shares) are `InvalidTtl` on
+/// every call, `Duration::MAX` included, and nothing panics (the per-node
+/// timeout is a product of the TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let backend = connect(&cluster.url).await;
+    let year = leasehold_core::config::MAX_DURATION;
+    let lease = backend
+        .try_acquire(&key("ttl-bounds"), year)
+        .await
+        .expect("one year is fine");
+    for ttl in [year + Duration::from_millis(1), Duration::MAX] {
+        let acquire = backend.try_acquire(&key("ttl-bounds-2"), ttl).await;
+        assert!(
+            matches!(acquire, Err(LockError::InvalidTtl { .. })),
+            "try_acquire with {ttl:?}: expected InvalidTtl, got {acquire:?}"
+        );
+        let extend = backend.extend(&lease, ttl).await;
+        assert!(
+            matches!(extend, Err(LockError::InvalidTtl { .. })),
+            "extend with {ttl:?}: expected InvalidTtl, got {extend:?}"
+        );
+        let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
+        assert!(
+            matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
+            "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"
+        );
+    }
+    backend.release(&lease).await.expect("release");
+}
