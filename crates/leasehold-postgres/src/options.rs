@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 pub enum Mode {
     /// Session advisory locks (`pg_try_advisory_lock`) on a connection pinned
     /// to the lease; a fencing counter row per key. The lock lasts as long as
-    /// the session ([`Expiry::Session`](leasehold_core::Expiry::Session)).
+    /// the session ([`Expiry::Session`](leasehold_core::Expiry::Session)),
+    /// which is watched: its end fires the lease's loss signal at once.
     Advisory,
     /// A lease table whose rows expire by the database clock
     /// ([`Expiry::Ttl`](leasehold_core::Expiry::Ttl)); works behind any
@@ -125,7 +126,8 @@ impl PostgresOptions {
         self.channel = channel.into();
         self
     }
-    /// The bound on every call (default 5 s); past it a call gives
+    /// The bound on every call (default 5 s; positive, at most one year,
+    /// else connecting is a [`LockError::Config`]); past it a call gives
     /// [`LockError::Unavailable`]. Also the pool's acquire timeout when the
     /// backend builds the pool.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
@@ -133,9 +135,10 @@ impl PostgresOptions {
         self
     }
     /// Pool size when the backend builds its own pool (default 50 in
-    /// advisory mode, 10 in table mode). In
-    /// advisory mode every held lease pins one connection, so this bounds how
-    /// many locks one backend can hold at once (plus one for other calls).
+    /// advisory mode, 10 in table mode). In advisory mode every held lease
+    /// pins one session, so this bounds how many locks one backend can hold
+    /// at once (its `inspect` and migrations use a separate pool of at most
+    /// 4).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
@@ -156,7 +159,8 @@ impl PostgresOptions {
         self.clock = clock;
         self
     }
-    /// The drift allowance subtracted from validity.
+    /// The drift allowance subtracted from validity (`factor` in `[0, 1)`,
+    /// `fixed` at most one year, else connecting is a [`LockError::Config`]).
     pub fn drift(mut self, drift: Drift) -> Self {
         self.drift = drift;
         self
