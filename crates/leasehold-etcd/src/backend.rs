@@ -20,11 +20,9 @@ use tokio::time::Instant;
 use crate::NAME;
 use crate::keys::LockKeys;
 use crate::options::EtcdOptions;
-use crate::reaper::Reaper;
+use crate::reaper::{MarkerLease, Reaper, marker_put};
 use crate::session::{Renewal, Session};
 
-/// etcd's largest lease TTL, in seconds.
-const MAX_TTL_SECS: u64 = 9_000_000_000;
 /// etcd's default `--max-txn-ops`: renewal checks are sent in chunks of it.
 const MAX_TXN_OPS: usize = 128;
 
@@ -34,6 +32,9 @@ pub(crate) struct Held {
     pub session: Arc<Session>,
     pub entry: Vec<u8>,
     pub create_revision: i64,
+    /// A txn that could have put the entry went unanswered: a late copy
+    /// could revive it after the release, so the release retires it.
+    pub uncertain: bool,
 }
 
 /// How often queued waiters woke up, by cause (see
@@ -75,6 +76,8 @@ pub(crate) struct Inner {
     /// The smallest TTL etcd grants, in whole seconds (probed at connect).
     min_ttl_secs: u64,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    /// The short lease retirement markers live on.
+    pub(crate) markers: Arc<MarkerLease>,
     pub(crate) wakes: WakeCounters,
 }
 
@@ -111,6 +114,15 @@ fn transient<C: Into<i32>>(code: C) -> bool {
 
 pub(crate) fn lease_not_found(error: &etcd_client::Error) -> bool {
     matches!(error, etcd_client::Error::GRpcStatus(status) if status.message().contains("lease not found"))
+}
+
+/// The key that lives as long as the session lease `id`:
+/// `namespace + NUL + "session/" + id in hex`. Keys have no control
+/// characters, so it lies in no lock's range and is no retirement marker.
+pub(crate) fn session_key(namespace: &str, id: i64) -> Vec<u8> {
+    let mut key = namespace.as_bytes().to_vec();
+    key.extend_from_slice(format!("\0session/{id:016x}").as_bytes());
+    key
 }
 
 pub(crate) fn revision(response: &TxnResponse) -> i64 {
@@ -152,7 +164,11 @@ pub(crate) fn newest(keys: &LockKeys, max_revision: Option<i64>) -> GetOptions {
 impl EtcdBackend {
     /// Connects by URL: `etcd://[user:password@]h1:p1,h2:p2[?namespace=..&timeout=..&poll=..]`,
     /// `etcds://` for TLS (the `tls` feature). `timeout` bounds every store
-    /// call (default 5 s); `poll` is the fallback poll of queued waiters.
+    /// call (default 5 s); `poll` is the fallback poll of queued waiters;
+    /// `drift_factor` and `drift_fixed` set the drift allowance. Durations
+    /// take a unit (`250ms`, `2s`, `1m`; a bare number is an error), an
+    /// unknown option is a `Config` error naming the closest known one, and
+    /// no error shows the password (percent-encode `/ ? @ ,` in it).
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         Self::connect_with(url, EtcdOptions::new()).await
     }
@@ -170,7 +186,14 @@ impl EtcdBackend {
             options = options.poll_interval(poll);
         }
         if let Some((name, password)) = parsed.user {
-            options = options.user(name, password);
+            options.user = Some((name, password));
+        }
+        if parsed.drift_factor.is_some() || parsed.drift_fixed.is_some() {
+            let drift = options.drift;
+            options = options.drift(leasehold_core::Drift {
+                factor: parsed.drift_factor.unwrap_or(drift.factor),
+                fixed: parsed.drift_fixed.unwrap_or(drift.fixed),
+            });
         }
         if parsed.tls {
             options = options.tls(true);
@@ -187,7 +210,7 @@ impl EtcdBackend {
             .with_connect_timeout(options.operation_timeout)
             .with_keep_alive(Duration::from_secs(10), options.operation_timeout);
         if let Some((name, password)) = &options.user {
-            connect = connect.with_user(name.clone(), password.clone());
+            connect = connect.with_user(name.clone(), password.expose().to_owned());
         }
         let endpoints = tls_endpoints(endpoints, &options, &mut connect)?;
         let client = with_timeout(NAME, options.operation_timeout, async {
@@ -217,6 +240,7 @@ impl EtcdBackend {
                 options,
                 min_ttl_secs,
                 sessions: Mutex::new(HashMap::new()),
+                markers: Arc::new(MarkerLease::new(timeout)),
                 wakes: WakeCounters::default(),
             }),
         })
@@ -259,7 +283,11 @@ impl EtcdBackend {
     }
 
     /// The TTL etcd will give a lock asked for `ttl`: whole seconds, rounded
-    /// up, at least etcd's minimum.
+    /// up, at least etcd's minimum. Zero and more than one year
+    /// ([`MAX_DURATION`](leasehold_core::config::MAX_DURATION)) are
+    /// `InvalidTtl`; a TTL between zero and etcd's minimum is raised to it
+    /// (the lease reports the TTL granted), which is why the capabilities'
+    /// `min_ttl` is etcd's minimum and not a limit on what may be asked.
     fn ttl_secs(&self, ttl: Duration) -> Result<u64, LockError> {
         if ttl.is_zero() {
             return Err(LockError::InvalidTtl {
@@ -268,14 +296,10 @@ impl EtcdBackend {
                 reason: "must be greater than zero".into(),
             });
         }
+        Capabilities::new()
+            .min_ttl(Duration::from_nanos(1))
+            .check_ttl(NAME, ttl)?;
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-        if secs > MAX_TTL_SECS {
-            return Err(LockError::InvalidTtl {
-                backend: NAME,
-                ttl,
-                reason: format!("etcd leases last at most {MAX_TTL_SECS} s"),
-            });
-        }
         Ok(secs.max(self.inner.min_ttl_secs))
     }
 
@@ -300,7 +324,26 @@ impl EtcdBackend {
         .await?;
         let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
         let session = Arc::new(Session::new(granted.id(), ttl, sent_at));
-        session.spawn_monitor();
+        // The session key: its deletion tells the monitor the lease is gone.
+        // Best effort: without it, keep-alives and the TTL end the session.
+        let key = session_key(&self.inner.options.namespace, granted.id());
+        let mut kv = self.inner.client.kv_client();
+        let put = {
+            let key = key.clone();
+            let options = PutOptions::new().with_lease(granted.id());
+            with_timeout(NAME, self.timeout(), async move {
+                kv.put(key, "", Some(options)).await.map_err(store_error)
+            })
+            .await
+        };
+        let watch = match put {
+            Ok(put) => Some((key, put.header().map_or(0, |h| h.revision()))),
+            Err(error) => {
+                tracing::debug!(%error, "writing the etcd session key failed");
+                None
+            }
+        };
+        session.spawn_monitor(&self.inner.client, watch);
         let mut sessions = self.sessions();
         match sessions.get(&secs) {
             // Someone granted one meanwhile: use theirs, ours expires unused.
@@ -360,31 +403,26 @@ impl EtcdBackend {
         }
     }
 
+    /// The lease for `held`, valid from `renewed_at` for its session's TTL.
     pub(crate) fn lease_from(
         &self,
         key: &Key,
         owner: OwnerToken,
-        session: &Arc<Session>,
-        entry: Vec<u8>,
-        create_revision: i64,
+        held: Held,
         renewed_at: Instant,
     ) -> Lease {
-        let handle = Held {
-            session: session.clone(),
-            entry,
-            create_revision,
-        };
+        let (ttl, ended) = (held.session.ttl, held.session.ended.clone());
         Lease::new(
             NAME,
             key.clone(),
             owner,
-            FencingToken(create_revision as u64),
+            FencingToken(held.create_revision as u64),
             renewed_at,
-            session.ttl,
+            ttl,
             self.inner.options.drift,
         )
-        .with_handle(Arc::new(handle))
-        .with_loss_signal(session.ended.clone())
+        .with_handle(Arc::new(held))
+        .with_loss_signal(ended)
     }
 
     /// What the store knows about the holder entry `holder` (best effort: the
@@ -474,6 +512,10 @@ impl LockBackend for EtcdBackend {
             .holder_info(true)
     }
 
+    /// One txn that writes our entry only if the lock's queue is empty.
+    /// Cancel safe: dropped before it returns, the entry (if the txn was
+    /// applied) is deleted, or retired if the txn's answer never came, from a
+    /// background task.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let secs = self.ttl_secs(ttl)?;
         let keys = LockKeys::new(&self.inner.options.namespace, key);
@@ -497,6 +539,7 @@ impl LockBackend for EtcdBackend {
             let mut reaper = Reaper::arm(
                 &self.inner.client,
                 self.timeout(),
+                &self.inner.markers,
                 entry.clone(),
                 session.clone(),
             );
@@ -504,12 +547,16 @@ impl LockBackend for EtcdBackend {
             let (response, renewal) =
                 tokio::join!(self.txn(attempt), self.renew_if(&session, stale));
             let response = match response {
-                Ok(response) => response,
+                Ok(response) => {
+                    reaper.answered();
+                    response
+                }
                 Err(error) if lease_not_found(&error) => {
                     reaper.disarm();
                     session.end("etcd refused its lease");
                     continue;
                 }
+                // The txn may still be applied: the reaper retires the entry.
                 Err(error) => return Err(store_error(error)),
             };
             if !response.succeeded() {
@@ -527,14 +574,13 @@ impl LockBackend for EtcdBackend {
             }
             reaper.disarm();
             let renewed_at = session.renewed_at();
-            return Ok(self.lease_from(
-                key,
-                owner,
-                &session,
+            let held = Held {
+                session,
                 entry,
-                revision(&response),
-                renewed_at,
-            ));
+                create_revision: revision(&response),
+                uncertain: false,
+            };
+            return Ok(self.lease_from(key, owner, held, renewed_at));
         }
         Err(LockError::unavailable(
             NAME,
@@ -542,6 +588,11 @@ impl LockBackend for EtcdBackend {
         ))
     }
 
+    /// Queues and waits (watch on the predecessor) until the lock is ours or
+    /// `wait.deadline` passes; one attempt always happens, and a zero wait is
+    /// `try_acquire` reported as `Timeout` when the key is held. Cancel safe:
+    /// a dropped waiter's entry is deleted from a background task, so the key
+    /// frees as soon as the holder releases (not when the TTL runs out).
     async fn acquire(
         &self,
         key: &Key,
@@ -549,9 +600,23 @@ impl LockBackend for EtcdBackend {
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
         let secs = self.ttl_secs(ttl)?;
+        if wait.deadline.is_zero() {
+            // One attempt and no waiting: the same as `try_acquire` (no write
+            // when the key is held), reported as the timeout it is.
+            return match self.try_acquire(key, ttl).await {
+                Err(LockError::Contended { key, .. }) => Err(LockError::Timeout {
+                    backend: NAME,
+                    key,
+                    waited: Duration::ZERO,
+                }),
+                other => other,
+            };
+        }
         self.queue_and_wait(key, secs, wait).await
     }
 
+    /// A keep-alive of the lease's session and a read of its entry. Writes
+    /// nothing: cancel safe.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.extend_many(&[(lease.clone(), ttl)])
             .await
@@ -560,7 +625,8 @@ impl LockBackend for EtcdBackend {
     }
 
     /// One keep-alive per session renews every lock on it; one transaction
-    /// (per 128 locks) confirms every lock's entry still exists.
+    /// (per 128 locks) confirms every lock's entry still exists. Writes
+    /// nothing: cancel safe.
     async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
         let held: Vec<Option<&Held>> = renewals.iter().map(|(l, _)| l.handle::<Held>()).collect();
         let mut sessions: Vec<Arc<Session>> = Vec::new();
@@ -630,17 +696,50 @@ impl LockBackend for EtcdBackend {
             .collect()
     }
 
+    /// Compare-and-delete of our entry (with its retirement marker when the
+    /// acquiring txn once went unanswered). A release whose answer is lost is
+    /// finished by a background task. Cancel safe: dropped, the entry stays
+    /// with the lease, which can be released again.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let Some(held) = lease.handle::<Held>() else {
             return Err(LockError::not_held(NAME, lease.key().as_str()));
         };
+        let reaper = || {
+            let mut reaper = Reaper::arm(
+                &self.inner.client,
+                self.timeout(),
+                &self.inner.markers,
+                held.entry.clone(),
+                held.session.clone(),
+            );
+            if !held.uncertain {
+                reaper.answered(); // a late delete revives nothing
+            }
+            reaper
+        };
+        let mut ops = vec![TxnOp::delete(held.entry.clone(), None)];
+        if held.uncertain {
+            // A copy of the acquiring txn may still arrive: retire the entry.
+            match self
+                .inner
+                .markers
+                .get(&self.inner.client, self.timeout())
+                .await
+            {
+                Ok(id) => ops.push(marker_put(&held.entry, id)),
+                Err(error) => {
+                    drop(reaper()); // retires it in the background
+                    return Err(error);
+                }
+            }
+        }
         let release = Txn::new()
             .when([Compare::create_revision(
                 held.entry.clone(),
                 CompareOp::Equal,
                 held.create_revision,
             )])
-            .and_then([TxnOp::delete(held.entry.clone(), None)]);
+            .and_then(ops);
         match self.txn(release).await {
             Ok(response) if response.succeeded() => Ok(()),
             Ok(_) => Err(LockError::not_held(NAME, lease.key().as_str())),
@@ -649,18 +748,14 @@ impl LockBackend for EtcdBackend {
                 if error.is_retryable() {
                     // The entry must go even if the caller gives up: a
                     // shared session would keep it alive.
-                    drop(Reaper::arm(
-                        &self.inner.client,
-                        self.timeout(),
-                        held.entry.clone(),
-                        held.session.clone(),
-                    ));
+                    drop(reaper());
                 }
                 Err(error)
             }
         }
     }
 
+    /// Reads the queue head. Writes nothing: cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let keys = LockKeys::new(&self.inner.options.namespace, key);
         let mut kv = self.inner.client.kv_client();

@@ -18,7 +18,9 @@
 //!
 //! ## How it works
 //! - A lock is the set of keys under `namespace + encoded key + "/"` (the key
-//!   with `%` and `/` percent-encoded). Each acquisition writes one entry
+//!   with `%` and `/` percent-encoded; the namespace always ends with `/`, one
+//!   is appended if missing, so two different (namespace, key) pairs never
+//!   share a queue). Each acquisition writes one entry
 //!   `prefix + owner token`: one transaction `create_revision(entry) == 0 →
 //!   put(entry, lease)` that also reads the queue head and the entry before
 //!   its own, so an uncontended acquisition is one round trip and a retry
@@ -46,13 +48,31 @@
 //!   deletes it from a background task (as does a release whose reply was
 //!   lost), retrying until the store answers.
 //! - An entry whose txn may still be on its way (the call timed out against
-//!   a paused or slow store) is *retired*, not just deleted: one txn writes
-//!   its retirement marker (`namespace + encoded key + NUL + owner token`,
-//!   outside every lock's range, on the same session lease) and deletes it,
-//!   and every acquisition txn requires its marker absent. A late copy of the
-//!   txn then fails instead of reviving an entry that the shared session
-//!   would keep alive, a lock nobody holds (`tests/etcd.rs`,
-//!   `acquisitions_timed_out_by_a_paused_store_leave_no_entry`).
+//!   a paused or slow store: its answer never came) is *retired*, not just
+//!   deleted: one txn writes its retirement marker (`namespace + encoded key +
+//!   NUL + owner token`, outside every lock's range) and deletes it, and every
+//!   acquisition txn requires its marker absent. A late copy of the txn then
+//!   fails instead of reviving an entry that the shared session would keep
+//!   alive, a lock nobody holds (`tests/etcd.rs`,
+//!   `acquisitions_timed_out_by_a_paused_store_leave_no_entry`). Markers are
+//!   written only then (a waiter that times out or is dropped knows its entry
+//!   exists and just deletes it), and on a short lease of their own (at
+//!   least 60 s, and 10 operation timeouts), not the session's, so they never
+//!   pile up on a long-lived process (`tests/edges.rs`,
+//!   `waiters_that_time_out_leave_no_retirement_markers_behind`).
+//!
+//! ## Cancel safety
+//! Every future of this backend may be dropped at any await point without
+//! leaving a lock behind: `acquire` and `try_acquire` arm a reaper before
+//! their first write, which deletes (or retires) the entry from a background
+//! task if the future is dropped before it returns a lease, retrying until
+//! the store answers or the session ends; a dropped `release` leaves its
+//! entry to the session (the caller still holds the lease and may release it
+//! again); `extend`, `extend_many` and `inspect` write nothing. A lease is
+//! only ever handed over by returning it, so no grant is stranded between
+//! the store and a caller who left (`tests/edges.rs`,
+//! `an_acquire_dropped_while_queued_leaves_no_entry`; conformance
+//! `dropped_acquisition_leaves_the_key_free`).
 //!
 //! ## Leases: one session lease per TTL, renewed by keep-alives
 //! Measured on one machine in one run (`examples/lease_model.rs`): a lease
@@ -74,6 +94,15 @@
 //!   nobody renews within its TTL ends: etcd deletes all its entries, and
 //!   every lease on it is told at once through its
 //!   [`loss_signal`](leasehold_core::Lease::loss_signal).
+//! - Each session writes one *session key* on its lease
+//!   (`namespace + NUL + "session/" + lease id`) and watches it: when the
+//!   lease is revoked or expires on the store's side, etcd deletes the key and
+//!   the loss signal of every lease on the session fires within a round trip,
+//!   not at the next keep-alive (`tests/edges.rs`,
+//!   `revoking_the_session_lease_fires_the_loss_signal_without_waiting_for_a_keep_alive`;
+//!   [`lease_id`] for tooling). One watch per session, never per lock.
+//! - TTLs: zero and more than one year are `InvalidTtl`; a TTL below etcd's
+//!   minimum is raised to it.
 //! - The limit of sharing: a lock lives as long as its session. A holder that
 //!   stops renewing one lock while the same backend keeps extending another
 //!   lock of the same TTL keeps both; a killed or partitioned process loses
@@ -107,6 +136,18 @@ mod session;
 
 pub use backend::{EtcdBackend, WakeCounts};
 pub use options::{DEFAULT_NAMESPACE, EtcdOptions};
+
+/// The id of the etcd lease (the session) that keeps `lease`'s queue entry
+/// alive, or `None` for a lease this backend did not make. For tooling and
+/// tests: revoking that etcd lease (`etcdctl lease revoke <id as hex>`, or
+/// `Client::lease_client().revoke(id)`) ends the session, deletes every entry
+/// on it, and fires the loss signal of every lease on it at this process's
+/// next keep-alive (the guard's watchdog sends one every third of the TTL) or
+/// at the latest when the session's TTL runs out. It is shared by the
+/// backend's locks of the same TTL: revoking it ends them all.
+pub fn lease_id(lease: &leasehold_core::Lease) -> Option<i64> {
+    lease.handle::<backend::Held>().map(|held| held.session.id)
+}
 
 /// The backend's name in errors, spans and metrics.
 pub(crate) const NAME: &str = "etcd";

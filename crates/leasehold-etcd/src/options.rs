@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use leasehold_core::config::{self, Secret};
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 /// The default namespace: every etcd key the backend writes starts with it.
@@ -24,7 +25,8 @@ pub struct EtcdOptions {
     pub(crate) poll_interval: Duration,
     pub(crate) drift: Drift,
     pub(crate) clock: SharedClock,
-    pub(crate) user: Option<(String, String)>,
+    /// User name and password; the password prints as `***` in `Debug`.
+    pub(crate) user: Option<(String, Secret)>,
     pub(crate) tls: bool,
 }
 
@@ -49,12 +51,30 @@ impl EtcdOptions {
     }
 
     /// The prefix of every etcd key this backend writes (default
-    /// `leasehold/`). Applications sharing an etcd cluster use different
-    /// namespaces, neither of which may be a prefix of the other (`app/` and
-    /// `app/x/` would see each other's queues and could block each other; they
-    /// still never share a lock).
+    /// `leasehold/`). A namespace that does not end with `/` gets one
+    /// appended (`app` and `app/` are the same namespace): keys are encoded
+    /// without `/`, so the `/` after the namespace marks where it ends and
+    /// two different (namespace, key) pairs never share a queue (`app` + `2:x`
+    /// and `app2` + `:x` once did). Namespaces ending in `/` keep the layout
+    /// of earlier versions; others move from `app<key>/` to `app/<key>/`, so
+    /// do not run old and new versions on such a namespace at once.
+    ///
+    /// Applications sharing an etcd cluster use different namespaces, neither
+    /// of which may be a prefix of the other (`app/` and `app/x/` would see
+    /// each other's queues and could block each other; they still never share
+    /// a lock).
+    ///
+    /// ```
+    /// use leasehold_etcd::EtcdOptions;
+    /// assert_eq!(EtcdOptions::new().namespace("app").namespace_str(), "app/");
+    /// assert_eq!(EtcdOptions::new().namespace("app/").namespace_str(), "app/");
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+        let mut namespace = namespace.into();
+        if !namespace.is_empty() && !namespace.ends_with('/') {
+            namespace.push('/');
+        }
+        self.namespace = namespace;
         self
     }
 
@@ -90,9 +110,11 @@ impl EtcdOptions {
         self
     }
 
-    /// etcd user and password (used by the `connect*` constructors).
+    /// etcd user and password (used by the `connect*` constructors). The
+    /// password is kept as a [`Secret`]: `Debug` prints `***`, and no error
+    /// or log line of this crate contains it.
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.user = Some((name.into(), password.into()));
+        self.user = Some((name.into(), Secret::new(password)));
         self
     }
 
@@ -104,16 +126,28 @@ impl EtcdOptions {
     }
 }
 
+/// The URL options this backend knows: its own (`poll`) and the shared ones
+/// it applies (`namespace`, `timeout`, `drift_factor`, `drift_fixed`).
+pub(crate) const KNOWN_OPTIONS: &[&str] = &[
+    "namespace",
+    "timeout",
+    "poll",
+    "drift_factor",
+    "drift_fixed",
+];
+
 /// A parsed `etcd://[user:password@]h1:p1,h2:p2[?namespace=..&timeout=..&poll=..]`
 /// (or `etcds://` for TLS).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct ParsedUrl {
     pub endpoints: Vec<String>,
-    pub user: Option<(String, String)>,
+    pub user: Option<(String, Secret)>,
     pub tls: bool,
     pub namespace: Option<String>,
     pub timeout: Option<Duration>,
     pub poll: Option<Duration>,
+    pub drift_factor: Option<f64>,
+    pub drift_fixed: Option<Duration>,
 }
 
 fn config(message: impl Into<String>) -> LockError {
@@ -140,33 +174,30 @@ fn percent_decode(text: &str) -> Result<String, LockError> {
     String::from_utf8(out).map_err(|_| config("etcd URL user info is not UTF-8"))
 }
 
-/// `250ms`, `5s`, or a bare number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, LockError> {
-    let bad = || config(format!("bad duration {text:?}: use e.g. 250ms or 5s"));
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 1e-3)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    if !value.is_finite() || value < 0.0 || value * scale > 1e9 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(value * scale))
-}
-
+/// Parses an etcd URL.
+///
+/// No error it returns contains the password, even for a malformed URL (a
+/// `?`, `/`, `,` or `@` left unescaped in a password splits it in surprising
+/// places): an error names the URL only as [`config::redact_url`] prints it,
+/// and quotes a piece of the URL (a host, an option) only when that piece
+/// lies after the last `@`, outside anything that could be user information.
 pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LockError> {
+    let text = UrlText::new(url);
     let (tls, rest) = if let Some(rest) = url.strip_prefix("etcd://") {
         (false, rest)
     } else if let Some(rest) = url.strip_prefix("etcds://") {
         (true, rest)
     } else {
-        return Err(config(format!(
-            "an etcd URL starts with etcd:// or etcds://, got {:?}",
-            url.split("://").next().unwrap_or(url)
-        )));
+        // Only a plain scheme is quoted: without `://` the text before the
+        // first `:` may be a user name followed by a password.
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme).filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        });
+        return Err(config(match scheme {
+            Some(scheme) => format!("an etcd URL starts with etcd:// or etcds://, got {scheme}://"),
+            None => "an etcd URL starts with etcd:// or etcds://".to_owned(),
+        }));
     };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -174,15 +205,20 @@ pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LockError> {
     };
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') {
-        return Err(config(
-            "an etcd URL has no path; give the namespace as ?namespace=...",
-        ));
+        return Err(config(format!(
+            "an etcd URL has no path; give the namespace as ?namespace=... ({}; \
+             percent-encode / ? @ in a password)",
+            text.redacted()
+        )));
     }
     let (user, hosts) = match rest.rsplit_once('@') {
         Some((info, hosts)) => {
             let (name, password) = info.split_once(':').unwrap_or((info, ""));
             (
-                Some((percent_decode(name)?, percent_decode(password)?)),
+                Some((
+                    percent_decode(name)?,
+                    Secret::new(percent_decode(password)?),
+                )),
                 hosts,
             )
         }
@@ -193,7 +229,10 @@ pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LockError> {
     for host in hosts.split(',') {
         let host = host.trim();
         if host.is_empty() {
-            return Err(config("an etcd URL needs at least one host:port"));
+            return Err(config(format!(
+                "an etcd URL needs at least one host:port ({})",
+                text.redacted()
+            )));
         }
         // `host:port`, `[v6]:port`; a bare `host` or `[v6]` gets 2379.
         let port_ok = host.rsplit_once(':').is_some_and(|(h, p)| {
@@ -206,7 +245,11 @@ pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LockError> {
         } else if !host.contains(':') || (host.starts_with('[') && host.ends_with(']')) {
             format!("{scheme}://{host}:2379")
         } else {
-            return Err(config(format!("bad etcd endpoint {host:?}")));
+            return Err(config(format!(
+                "bad etcd endpoint {} in {}",
+                text.quote(host),
+                text.redacted()
+            )));
         };
         endpoints.push(endpoint);
     }
@@ -217,20 +260,78 @@ pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LockError> {
         namespace: None,
         timeout: None,
         poll: None,
+        drift_factor: None,
+        drift_fixed: None,
     };
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let Some((name, value)) = url::form_urlencoded::parse(pair.as_bytes()).next() else {
+            continue;
+        };
+        if !text.is_safe(pair) {
+            return Err(config(format!(
+                "a malformed etcd URL: {} (percent-encode / ? @ in a password)",
+                text.redacted()
+            )));
+        }
         match name.as_ref() {
             "namespace" => parsed.namespace = Some(value.into_owned()),
-            "timeout" => parsed.timeout = Some(parse_duration(&value)?),
-            "poll" => parsed.poll = Some(parse_duration(&value)?),
-            other => {
-                return Err(config(format!(
-                    "unknown etcd URL option {other:?} (known: namespace, timeout, poll)"
-                )));
+            "timeout" => parsed.timeout = Some(config::duration(&name, &value)?),
+            "poll" => parsed.poll = Some(config::duration(&name, &value)?),
+            "drift_factor" => {
+                let factor: f64 = value
+                    .parse()
+                    .map_err(|_| config::invalid(&name, &value, "expected a number like 0.01"))?;
+                if !(0.0..1.0).contains(&factor) {
+                    return Err(config::invalid(&name, &value, "must be in [0, 1)"));
+                }
+                parsed.drift_factor = Some(factor);
             }
+            "drift_fixed" => parsed.drift_fixed = Some(config::duration(&name, &value)?),
+            other => return Err(config::unknown_option("etcd", other, KNOWN_OPTIONS)),
         }
     }
     Ok(parsed)
+}
+
+/// A URL being parsed, and where its possible user information ends.
+struct UrlText<'a> {
+    url: &'a str,
+    /// The byte offset of the last `@`, when the URL might carry a password
+    /// before it: nothing up to there is ever quoted.
+    secret_end: Option<usize>,
+}
+
+impl<'a> UrlText<'a> {
+    fn new(url: &'a str) -> Self {
+        let secret_end = if config::redact_url(url) == url {
+            None
+        } else {
+            url.rfind('@')
+        };
+        UrlText { url, secret_end }
+    }
+
+    /// Whether `piece` (a slice of the URL) lies after any user information.
+    fn is_safe(&self, piece: &str) -> bool {
+        let offset = (piece.as_ptr() as usize).wrapping_sub(self.url.as_ptr() as usize);
+        match self.secret_end {
+            None => true,
+            Some(end) => offset > end && offset <= self.url.len(),
+        }
+    }
+
+    /// `piece` quoted, or a placeholder if it might hold a secret.
+    fn quote(&self, piece: &str) -> String {
+        if self.is_safe(piece) {
+            format!("{piece:?}")
+        } else {
+            "(part of the user information)".to_owned()
+        }
+    }
+
+    fn redacted(&self) -> String {
+        config::redact_url(self.url)
+    }
 }
 
 #[cfg(test)]
@@ -244,7 +345,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.endpoints, ["http://h1:2379", "http://h2:32379"]);
-        assert_eq!(parsed.user, Some(("root".into(), "p@ss".into())));
+        assert_eq!(parsed.user, Some(("root".into(), Secret::new("p@ss"))));
         assert_eq!(parsed.namespace.as_deref(), Some("app/locks/"));
         assert_eq!(parsed.timeout, Some(Duration::from_millis(250)));
         assert_eq!(parsed.poll, Some(Duration::from_secs(2)));
@@ -267,7 +368,11 @@ mod tests {
             "etcd://h:notaport:1",
             "etcd://h:1/path",
             "etcd://h:1?nope=1",
+            "etcd://h:1?namspace=x",
             "etcd://h:1?timeout=fast",
+            "etcd://h:1?timeout=10",
+            "etcd://h:1?poll=2",
+            "etcd://h:1?drift_factor=2",
             "etcd://u%zz:p@h:1",
         ] {
             assert!(
@@ -275,5 +380,18 @@ mod tests {
                 "{url} should be a config error"
             );
         }
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_typos_name_the_closest_option() {
+        // A bare number once meant seconds here and milliseconds elsewhere.
+        let error = parse_url("etcd://h:1?timeout=10").unwrap_err().to_string();
+        assert!(error.contains("unit"), "{error}");
+        let error = parse_url("etcd://h:1?namspace=x").unwrap_err().to_string();
+        assert!(error.contains("did you mean `namespace`"), "{error}");
+        let parsed = parse_url("etcd://h:1?drift_factor=0.02&drift_fixed=5ms&timeout=1m").unwrap();
+        assert_eq!(parsed.drift_factor, Some(0.02));
+        assert_eq!(parsed.drift_fixed, Some(Duration::from_millis(5)));
+        assert_eq!(parsed.timeout, Some(Duration::from_secs(60)));
     }
 }

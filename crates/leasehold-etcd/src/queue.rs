@@ -74,9 +74,10 @@ impl EtcdBackend {
         };
         let owner = OwnerToken::generate();
         let entry = keys.entry(&owner);
-        let reaper = Reaper::arm(
+        let mut reaper = Reaper::arm(
             &self.inner.client,
             self.timeout(),
+            &self.inner.markers,
             entry.clone(),
             session.clone(),
         );
@@ -106,12 +107,16 @@ impl EtcdBackend {
             tokio::join!(self.txn(enqueue.clone()), self.renew_if(&session, stale));
         let response = loop {
             match enqueued {
-                Ok(response) => break response,
+                Ok(response) => {
+                    reaper.answered();
+                    break response;
+                }
                 Err(error) if lease_not_found(&error) => {
                     session.end("etcd refused its lease");
                     return Ok(None);
                 }
                 Err(error) => {
+                    reaper.answer_lost();
                     let error = store_error(error);
                     if !error.is_retryable() || Instant::now() >= deadline {
                         return Err(error); // The reaper deletes whatever was written.
@@ -167,12 +172,15 @@ impl EtcdBackend {
     ) -> Result<Lease, LockError> {
         let keys = LockKeys::new(&self.inner.options.namespace, key);
         let started = Instant::now();
-        let deadline = started + wait.deadline;
+        let deadline = later(started, wait.deadline);
         let mut backoff = Backoff::new(wait);
+        let mut first = true;
         loop {
-            if Instant::now() >= deadline {
+            // One attempt always happens, however short the wait.
+            if !first && Instant::now() >= deadline {
                 return Err(self.timed_out(key, started));
             }
+            first = false;
             let Some(mut queued) = self.enqueue(&keys, secs, deadline, &mut backoff).await? else {
                 continue;
             };
@@ -215,8 +223,10 @@ impl EtcdBackend {
         let mut watching: Option<Vec<u8>> = None;
         loop {
             if Instant::now() >= deadline {
-                let reaper =
-                    std::mem::replace(&mut queued.reaper, Reaper::none(&self.inner.client));
+                let reaper = std::mem::replace(
+                    &mut queued.reaper,
+                    Reaper::none(&self.inner.client, &self.inner.markers),
+                );
                 reaper.delete_now().await;
                 return Err(self.timed_out(key, started));
             }
@@ -248,9 +258,11 @@ impl EtcdBackend {
                     }
                     match watch.as_mut() {
                         Some(stream) if !created_late => {
-                            let keep_alive_at = Instant::now()
-                                + (session.renewed_at() + session.ttl / 3)
-                                    .saturating_duration_since(self.now());
+                            let keep_alive_at = later(
+                                Instant::now(),
+                                later(session.renewed_at(), session.ttl / 3)
+                                    .saturating_duration_since(self.now()),
+                            );
                             tokio::select! {
                                 message = stream.message() => match message {
                                     Ok(Some(response)) if has_delete(&response) => Wake::Watch,
@@ -377,15 +389,15 @@ struct Queued {
 
 impl Queued {
     fn into_lease(mut self, backend: &EtcdBackend, key: &Key, renewed_at: Instant) -> Lease {
+        let uncertain = self.reaper.uncertain();
         self.reaper.disarm();
-        backend.lease_from(
-            key,
-            self.owner,
-            &self.session,
-            self.entry,
-            self.my_revision,
-            renewed_at,
-        )
+        let held = crate::backend::Held {
+            session: self.session,
+            entry: self.entry,
+            create_revision: self.my_revision,
+            uncertain,
+        };
+        backend.lease_from(key, self.owner, held, renewed_at)
     }
 }
 
@@ -424,4 +436,12 @@ fn jitter(interval: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     interval.mul_f64(0.8 + f64::from(nanos % 1000) / 2500.0)
+}
+
+/// `at + duration`, saturating one year later for an out-of-range sum (a
+/// wait of `Duration::MAX` means "no deadline", never a panic).
+pub(crate) fn later(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(leasehold_core::config::MAX_DURATION))
+        .unwrap_or(at)
 }

@@ -6,7 +6,9 @@
 //! session older than a third of its TTL send the keep-alives. One keep-alive
 //! renews every lock on the session. A session that nobody renews within its
 //! TTL ends: its monitor cancels [`Session::ended`], which is every lease's
-//! loss signal, and etcd deletes its keys.
+//! loss signal, and etcd deletes its keys. The monitor also watches the
+//! session's own key (written on the session lease when it is granted), so a
+//! lease revoked or expired on the store's side ends the session at once.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,7 +68,7 @@ impl Session {
 
     /// The earliest instant etcd may expire the lease, on our clock.
     pub fn expires_no_earlier_than(&self) -> Instant {
-        self.renewed_at() + self.ttl
+        crate::queue::later(self.renewed_at(), self.ttl)
     }
 
     pub fn is_ended(&self) -> bool {
@@ -121,18 +123,77 @@ impl Session {
     }
 
     /// Ends the session when nobody renewed it within its TTL (etcd expires
-    /// it then, deleting its keys), so every lease on it learns at once.
-    pub fn spawn_monitor(self: &std::sync::Arc<Self>) {
+    /// it then, deleting its keys), or as soon as etcd deletes its *session
+    /// key* (`watch`: the key and the revision it was written at), which
+    /// happens when the lease is revoked (an operator, a test's session
+    /// ender) or expires: every lease on the session learns at once, not at
+    /// the next keep-alive. One task and one watch per session, never per
+    /// lock; the task ends with the session, or at its next check once the
+    /// backend dropped the session. A broken watch is re-made (from the
+    /// revision it was written at, so no deletion is missed) after a second;
+    /// meanwhile keep-alives and the TTL still end the session.
+    pub fn spawn_monitor(
+        self: &std::sync::Arc<Self>,
+        client: &Client,
+        watch: Option<(Vec<u8>, i64)>,
+    ) {
         let session = std::sync::Arc::downgrade(self);
         let ended = self.ended.clone();
+        let client = client.clone();
         tokio::spawn(async move {
+            let mut stream: Option<etcd_client::WatchStream> = None;
+            let mut retry_at = Instant::now();
             loop {
-                let Some(until) = session.upgrade().map(|s| s.expires_no_earlier_than()) else {
+                if stream.is_none()
+                    && let Some((key, revision)) = &watch
+                    && Instant::now() >= retry_at
+                {
+                    let options = etcd_client::WatchOptions::new()
+                        .with_start_revision(revision + 1)
+                        .with_filters([etcd_client::WatchFilterType::NoPut]);
+                    let mut watcher = client.watch_client();
+                    let made = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        watcher.watch(key.clone(), Some(options)),
+                    )
+                    .await;
+                    match made {
+                        Ok(Ok(made)) => stream = Some(made),
+                        _ => retry_at = Instant::now() + Duration::from_secs(1),
+                    }
+                }
+                let Some(mut until) = session.upgrade().map(|s| s.expires_no_earlier_than()) else {
                     return;
+                };
+                if stream.is_none() && watch.is_some() {
+                    until = until.min(retry_at);
+                }
+                let deleted = async {
+                    match stream.as_mut() {
+                        Some(stream) => stream.message().await,
+                        None => std::future::pending().await,
+                    }
                 };
                 tokio::select! {
                     () = ended.cancelled() => return,
                     () = tokio::time::sleep_until(until) => {}
+                    message = deleted => match message {
+                        Ok(Some(response)) if response
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == etcd_client::EventType::Delete) =>
+                        {
+                            if let Some(s) = session.upgrade() {
+                                s.end("etcd deleted its session key: the lease was revoked or expired");
+                            }
+                            return;
+                        }
+                        Ok(Some(response)) if !response.canceled() => {}
+                        _ => {
+                            stream = None; // Broken or cancelled: made again soon.
+                            retry_at = Instant::now() + Duration::from_secs(1);
+                        }
+                    },
                 }
                 match session.upgrade() {
                     Some(s) if Instant::now() >= s.expires_no_earlier_than() => {
