@@ -83,6 +83,7 @@ use std::time::Duration;
 
 use crate::cancel::cancel_safe;
 use async_trait::async_trait;
+use leasehold_core::config;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
     OwnerToken, ReleaseListener, SharedClock, Waiting, system_clock,
@@ -102,6 +103,50 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "leasehold";
+
+/// The URL options `redis://` and `rediss://` know (see
+/// [`RedisBuilder::connect`]); `protocol` is handed to the Redis client.
+pub const OPTIONS: &[&str] = &[
+    "namespace",
+    "timeout",
+    "drift_factor",
+    "drift_fixed",
+    "notifications",
+    "protocol",
+];
+
+/// The URL options `redis+unix://` knows: [`OPTIONS`] and the client's
+/// `db`, `user` and `pass`.
+pub const UNIX_OPTIONS: &[&str] = &[
+    "namespace",
+    "timeout",
+    "drift_factor",
+    "drift_fixed",
+    "notifications",
+    "protocol",
+    "db",
+    "user",
+    "pass",
+];
+
+/// `url` for errors: [`config::redact_url`], and the value of a unix
+/// socket URL's `pass` option hidden too.
+fn redact(url: &str) -> String {
+    let shown = config::redact_url(url);
+    match shown.split_once('?') {
+        Some((base, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("pass") => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", pairs.join("&"))
+        }
+        None => shown,
+    }
+}
 
 /// Options for a [`RedisBackend`]; made by [`RedisBackend::builder`].
 #[derive(Debug, Clone)]
@@ -160,19 +205,85 @@ impl RedisBuilder {
         self
     }
 
-    /// Connects by URL: `redis://[user][:password@]host[:port][/db]`, or
-    /// `rediss://` for TLS.
+    /// Connects by URL: `redis://[user][:password@]host[:port][/db][?options]`,
+    /// `rediss://` for TLS (`#insecure` accepts any certificate), or
+    /// `redis+unix:///path/to/socket?db=1`.
+    ///
+    /// Options ([`OPTIONS`]; a value in the URL overrides the builder's):
+    /// `namespace`, `timeout` (a duration such as `2s` or `500ms`: a bare
+    /// number is an error, see [`config::duration`]), `drift_factor`,
+    /// `drift_fixed`, `notifications` (`true`/`false`), and `protocol`
+    /// (`resp2`/`resp3`, for the Redis client); for `redis+unix://` also the
+    /// client's `db`, `user` and `pass`. An unknown option is a
+    /// [`LockError::Config`] naming the closest known one: a typo never
+    /// falls back to a default (`?namspace=billing` would share the default
+    /// namespace with every other application). Errors never show the
+    /// password, even for a malformed URL.
     pub async fn connect(self, url: &str) -> Result<RedisBackend, LockError> {
-        let client =
-            redis::Client::open(url).map_err(|e| LockError::Config(format!("redis url: {e}")))?;
-        self.connect_client(client).await
+        let (builder, client_url) = self.apply_url(url)?;
+        let client = redis::Client::open(client_url.as_str())
+            .map_err(|e| LockError::Config(format!("redis url {:?}: {e}", redact(url))))?;
+        builder.connect_client(client).await
+    }
+
+    /// Takes this backend's options out of `url`'s query; returns the URL
+    /// the Redis client is given (the client's own options kept).
+    fn apply_url(mut self, url: &str) -> Result<(Self, String), LockError> {
+        let (rest, fragment) = match url.split_once('#') {
+            Some((rest, fragment)) => (rest, Some(fragment)),
+            None => (url, None),
+        };
+        let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let scheme = base.split_once(':').map_or("redis", |(scheme, _)| scheme);
+        let unix = matches!(scheme, "redis+unix" | "unix" | "valkey+unix");
+        let known: &[&str] = if unix { UNIX_OPTIONS } else { OPTIONS };
+        let mut passed = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "namespace" => self.namespace = value.into_owned(),
+                "timeout" => self.timeout = config::duration(&name, &value)?,
+                "drift_factor" => {
+                    let factor: f64 = value.parse().map_err(|_| {
+                        config::invalid(&name, &value, "expected a number like 0.01")
+                    })?;
+                    if !(0.0..1.0).contains(&factor) {
+                        return Err(config::invalid(&name, &value, "must be in [0, 1)"));
+                    }
+                    self.drift.factor = factor;
+                }
+                "drift_fixed" => self.drift.fixed = config::duration(&name, &value)?,
+                "notifications" => self.notifications = config::boolean(&name, &value)?,
+                "protocol" => passed.push((name, value)),
+                "db" | "user" | "pass" if unix => passed.push((name, value)),
+                other => {
+                    let scheme = if unix { "redis+unix" } else { scheme };
+                    return Err(config::unknown_option(scheme, other, known));
+                }
+            }
+        }
+        let mut client_url = base.to_owned();
+        if !passed.is_empty() {
+            client_url.push('?');
+            client_url.push_str(
+                &url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(passed)
+                    .finish(),
+            );
+        }
+        if let Some(fragment) = fragment {
+            client_url.push('#');
+            client_url.push_str(fragment);
+        }
+        Ok((self, client_url))
     }
 
     /// Connects with an existing client (its connection info, credentials,
     /// database and TLS settings are used as they are).
     pub async fn connect_client(self, client: redis::Client) -> Result<RedisBackend, LockError> {
-        if self.timeout.is_zero() {
-            return Err(LockError::Config("redis timeout must be above zero".into()));
+        if self.timeout.is_zero() || self.timeout > config::MAX_DURATION {
+            return Err(LockError::Config(
+                "redis timeout must be above zero and at most one year".into(),
+            ));
         }
         let layout = KeyLayout::new(&self.namespace)?;
         let node = RedisNode::connect(client.clone(), layout.clone(), self.timeout).await?;
@@ -315,7 +426,7 @@ impl LockBackend for RedisBackend {
             .atomic_multi_key(false)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a grant that arrives after it
     /// left is released at once. An attempt whose answer timed out sends a
@@ -364,7 +475,7 @@ impl LockBackend for RedisBackend {
 
 impl RedisBackend {
     /// One acquisition attempt; the trait's `try_acquire` runs it through
-    /// [`cancel_safe`].
+    /// [`cancel_safe`](leasehold_core::cancel_safe).
     async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let sent_at = self.clock.now();
