@@ -192,9 +192,22 @@ where
     RF: Future<Output = Result<(), LockError>> + Send + 'static,
 {
     let (reply, answer) = tokio::sync::oneshot::channel();
+    // The caller acknowledges the answer in the same poll that reads it: an
+    // answer delivered to a caller that was dropped before reading it is
+    // released too, not lost inside the channel.
+    let (ack, acked) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let result = attempt.await;
-        if let Err(Ok(lease)) = reply.send(result) {
+        let granted = result.as_ref().ok().cloned();
+        let unclaimed = match reply.send(result) {
+            Err(Ok(lease)) => Some(lease),
+            Err(Err(_)) => None,
+            Ok(()) => match (granted, acked.await) {
+                (Some(lease), Err(_)) => Some(lease),
+                _ => None,
+            },
+        };
+        if let Some(lease) = unclaimed {
             let key = lease.key().clone();
             match release(lease).await {
                 Ok(()) => {
@@ -206,9 +219,11 @@ where
             }
         }
     });
-    answer
+    let result = answer
         .await
-        .unwrap_or_else(|_| Err(LockError::backend(backend, "the acquisition task panicked")))
+        .unwrap_or_else(|_| Err(LockError::backend(backend, "the acquisition task panicked")));
+    let _ = ack.send(());
+    result
 }
 
 /// Why a waiter woke up.
@@ -336,6 +351,51 @@ mod tests {
             listener.wait(Duration::from_millis(10)).await,
             Wake::Notified
         );
+    }
+
+    #[tokio::test]
+    async fn a_grant_delivered_to_a_caller_dropped_before_reading_it_is_released() {
+        use crate::MemoryBackend;
+        let backend = Arc::new(MemoryBackend::new());
+        let key = Key::new("k").unwrap();
+        let (b, k, r) = (backend.clone(), key.clone(), backend.clone());
+        let mut call = Box::pin(cancel_safe(
+            "memory",
+            async move { b.try_acquire(&k, Duration::from_secs(60)).await },
+            move |lease: Lease| async move { r.release(&lease).await },
+        ));
+        // Polled once (the attempt is spawned), then the task delivers the
+        // grant, then the caller is dropped without reading it.
+        let pending =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(pending);
+        tokio::task::yield_now().await;
+        drop(call);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let lease = backend
+            .try_acquire(&key, Duration::from_secs(1))
+            .await
+            .expect("the grant delivered to a dropped caller stranded the key");
+        backend.release(&lease).await.unwrap();
+        // A caller that reads its answer keeps the lease.
+        let (b, k, r) = (backend.clone(), key.clone(), backend.clone());
+        let kept = cancel_safe(
+            "memory",
+            async move { b.try_acquire(&k, Duration::from_secs(60)).await },
+            move |lease: Lease| async move { r.release(&lease).await },
+        )
+        .await
+        .unwrap();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        backend
+            .release(&kept)
+            .await
+            .expect("a lease its caller read was released under it");
     }
 
     #[test]
