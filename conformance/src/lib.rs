@@ -23,7 +23,10 @@
 //!
 //! With fault hooks (a [`Store`] that can pause and restart the server) and
 //! child-process holders (an environment that lets a child process reach the
-//! same store), more cases run; see [`Suite`] and [`run_main`]. This is how
+//! same store), more cases run; see [`Suite`] and [`run_main`]. To run the
+//! cases from your own test code and read each verdict (the suite's own
+//! mutation test does this with deliberately broken backends), call
+//! [`run_cases`]. This is how
 //! leasehold's own backends wire their store (`tests/conformance.rs`):
 //!
 //! ```ignore
