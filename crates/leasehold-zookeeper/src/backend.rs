@@ -16,13 +16,9 @@ use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, MultiReadResu
 use crate::NAME;
 use crate::options::ZkOptions;
 use crate::path::{Contender, contender_prefix, encode_key, queue};
-use crate::session::{Session, Sessions, connect};
+use crate::session::{Session, Sessions};
 
-/// The smallest TTL accepted whatever the session timeout (one extend is a
-/// round trip, so shorter leases could not be kept).
-const FLOOR_TTL: Duration = Duration::from_millis(50);
-
-/// Locks in ZooKeeper, one session per backend.
+/// Locks in ZooKeeper, one session per TTL class.
 ///
 /// See the [crate docs](crate) for the recipe and its guarantees.
 #[derive(Debug)]
@@ -50,9 +46,9 @@ struct WakeCounters {
 
 /// What a ZooKeeper lease carries: its session and its node.
 #[derive(Debug)]
-struct Held {
-    session: Arc<Session>,
-    path: String,
+pub(crate) struct Held {
+    pub(crate) session: Arc<Session>,
+    pub(crate) path: String,
 }
 
 /// Our contender node, and the queue as listed right after its create when
@@ -64,11 +60,16 @@ struct Enqueued {
 }
 
 impl ZkBackend {
-    /// Connects with `options`; a session that ends later is replaced by a
-    /// new one on the next call.
+    /// Connects with `options`: probes the server's minimum session timeout
+    /// and opens the session of `options.session_timeout`; the sessions of
+    /// other TTL classes open on first use. A session that ends later is
+    /// replaced by a new one on the next call.
     pub async fn connect(options: ZkOptions) -> Result<Self, LockError> {
-        let client = connect(&options).await?;
-        Ok(Self::build(client, options.clone(), Some(options)))
+        Ok(ZkBackend {
+            sessions: Sessions::connect(options.clone()).await?,
+            options,
+            wakes: WakeCounters::default(),
+        })
     }
 
     /// Connects by URL: `zk://h1:p1,h2:p2/namespace?session_timeout=10s&timeout=5s`.
@@ -78,18 +79,15 @@ impl ZkBackend {
 
     /// Uses a caller's connected client (its session, its chroot). Only
     /// `namespace`, `operation_timeout`, `recheck_interval` and `drift` of
-    /// `options` apply. When that session ends, the backend cannot open a new
-    /// one: calls fail with `Unavailable` and the caller builds a new backend.
-    /// Call it inside a tokio runtime (it starts the session-state reporter).
+    /// `options` apply. That one session serves every TTL: a crashed
+    /// holder's keys free after its session timeout, whatever their TTL
+    /// (which is also the only TTL the capabilities offer). When that session
+    /// ends, the backend cannot open a new one: calls fail with `Unavailable`
+    /// and the caller builds a new backend. Call it inside a tokio runtime (it
+    /// starts the session-state reporter).
     pub fn from_client(client: Client, options: ZkOptions) -> Self {
-        Self::build(client, options, None)
-    }
-
-    fn build(client: Client, options: ZkOptions, reconnect: Option<ZkOptions>) -> Self {
-        let shutdown = leasehold_core::CancellationToken::new();
-        let session = Session::start(client, &shutdown);
         ZkBackend {
-            sessions: Sessions::new(session, reconnect, shutdown),
+            sessions: Sessions::fixed(client),
             options,
             wakes: WakeCounters::default(),
         }
@@ -103,16 +101,24 @@ impl ZkBackend {
         }
     }
 
-    /// The session timeout the server granted to the current session: the
-    /// longest validity of a lease, and how long a crashed holder keeps a lock.
+    /// The session timeout the server granted to the session of
+    /// [`ZkOptions::session_timeout`] (the session of calls that hold no
+    /// lock; leases live in the session of their TTL class).
     pub async fn session_timeout(&self) -> Result<Duration, LockError> {
-        Ok(self.sessions.get().await?.timeout)
+        Ok(self.sessions.default_session().await?.timeout)
     }
 
-    /// The current session's client (for raw calls next to the locks, and
-    /// for measurements).
+    /// The session timeout leases taken with `ttl` get: how long after a
+    /// crash their keys stay taken (the TTL rounded up to whole seconds,
+    /// within the server's bounds; see the crate docs).
+    pub fn session_class(&self, ttl: Duration) -> Duration {
+        self.sessions.class(ttl)
+    }
+
+    /// The client of the session of calls that hold no lock (for raw calls
+    /// next to the locks, and for measurements).
     pub async fn client(&self) -> Result<Client, LockError> {
-        Ok(self.sessions.get().await?.client.clone())
+        Ok(self.sessions.default_session().await?.client.clone())
     }
 
     /// The path of `key`'s node.
@@ -132,18 +138,22 @@ impl ZkBackend {
         .await
     }
 
-    /// The validity a lease gets for `ttl`: never longer than the session
-    /// timeout, because the server may expire a silent session (and hand the
-    /// lock to the next in line) that long after it last heard from us.
+    /// Checks `ttl` (zero, or more than one year, is `InvalidTtl`).
+    fn valid_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        Capabilities::new()
+            .min_ttl(Duration::from_nanos(1))
+            .check_ttl(NAME, ttl)
+    }
+
+    /// The validity a lease gets for `ttl`: the TTL, raised to the server's
+    /// minimum session timeout (a shorter one could not be honoured after a
+    /// crash, so it is raised as etcd raises its TTLs, and the lease reports
+    /// it), and never longer than its session's timeout, because the server
+    /// may expire a silent session (and hand the lock to the next in line)
+    /// that long after it last heard from us.
     fn check_ttl(&self, ttl: Duration, session: &Session) -> Result<Duration, LockError> {
-        if ttl < FLOOR_TTL {
-            return Err(LockError::InvalidTtl {
-                backend: NAME,
-                ttl,
-                reason: format!("must be at least {FLOOR_TTL:?}"),
-            });
-        }
-        Ok(ttl.min(session.timeout))
+        self.valid_ttl(ttl)?;
+        Ok(ttl.max(self.sessions.min_ttl()).min(session.timeout))
     }
 
     fn lease(
@@ -328,7 +338,12 @@ impl ZkBackend {
         let client = &session.client;
         let key_path = self.key_path(key);
         let owner = OwnerToken::generate();
-        let mut cleanup = Cleanup::new(client.clone(), key_path.clone(), owner);
+        let mut cleanup = Cleanup::new(
+            session,
+            key_path.clone(),
+            owner,
+            self.options.operation_timeout,
+        );
         let mut sent_at = Instant::now();
         let Enqueued {
             name,
@@ -349,7 +364,7 @@ impl ZkBackend {
                 Ok(queue) => queue,
                 Err(error) if error.is_retryable() && !session.is_ended() => {
                     let delay = delays.next().unwrap_or(wait.max_delay);
-                    if Instant::now() + delay >= deadline {
+                    if later(Instant::now(), delay) >= deadline {
                         return Err(error);
                     }
                     tokio::time::sleep(delay).await;
@@ -460,17 +475,26 @@ impl LockBackend for ZkBackend {
             .expiry(Expiry::Session)
             .waiting(Waiting::Notified)
             .fairness(Fairness::Fifo)
-            .min_ttl(FLOOR_TTL)
+            .min_ttl(self.sessions.min_ttl())
+            .ttl_granularity(Duration::from_secs(1))
             .holder_info(true)
     }
 
+    /// Queues, and withdraws unless at the head. Cancel safe: dropped before
+    /// it returns, its node is removed from a background task.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        let session = self.sessions.get().await?;
+        self.valid_ttl(ttl)?;
+        let session = self.sessions.for_ttl(ttl).await?;
         let validity = self.check_ttl(ttl, &session)?;
         let client = &session.client;
         let key_path = self.key_path(key);
         let owner = OwnerToken::generate();
-        let mut cleanup = Cleanup::new(client.clone(), key_path.clone(), owner);
+        let mut cleanup = Cleanup::new(
+            &session,
+            key_path.clone(),
+            owner,
+            self.options.operation_timeout,
+        );
         let sent_at = Instant::now();
         let Enqueued { name, czxid, queue } =
             self.enqueue(&session, key, &owner, &mut cleanup).await?;
@@ -496,20 +520,22 @@ impl LockBackend for ZkBackend {
     }
 
     /// Queues behind the current holder and waits for the watch on the
-    /// predecessor; FIFO. A waiter that times out, or whose future is dropped,
-    /// removes its node.
+    /// predecessor; FIFO; one attempt always happens, even with a zero wait.
+    /// A waiter that times out removes its node; cancel safe: one whose
+    /// future is dropped has it removed from a background task.
     async fn acquire(
         &self,
         key: &Key,
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
+        self.valid_ttl(ttl)?;
         let started = Instant::now();
-        let deadline = started + wait.deadline;
+        let deadline = later(started, wait.deadline);
         let mut delays = wait.schedule();
         loop {
             let attempt = async {
-                let session = self.sessions.get().await?;
+                let session = self.sessions.for_ttl(ttl).await?;
                 let validity = self.check_ttl(ttl, &session)?;
                 self.wait_in_queue(&session, key, validity, deadline, wait)
                     .await
@@ -535,6 +561,7 @@ impl LockBackend for ZkBackend {
         }
     }
 
+    /// Checks that the lease's node is still ours. Writes nothing: cancel safe.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let held = self.held(lease)?;
         if held.session.is_ended() {
@@ -561,6 +588,7 @@ impl LockBackend for ZkBackend {
     }
 
     /// Renews the leases of one session with one multi-read round trip.
+    /// Writes nothing: cancel safe.
     async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
         let Some(first) = renewals
             .first()
@@ -644,7 +672,8 @@ impl LockBackend for ZkBackend {
     }
 
     /// Deletes our node and waits for ZooKeeper's answer: when this returns
-    /// `Ok`, the next waiter's watch has fired.
+    /// `Ok`, the next waiter's watch has fired. Cancel safe: dropped, the node
+    /// stays with the lease, which can be released again.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let held = self.held(lease)?;
         if held.session.is_ended() {
@@ -655,7 +684,7 @@ impl LockBackend for ZkBackend {
         // operation timeout, and if that runs out, keep deleting in the
         // background so the lock does not stay taken for the session's life.
         let client = &held.session.client;
-        let deadline = Instant::now() + self.options.operation_timeout;
+        let deadline = later(Instant::now(), self.options.operation_timeout);
         let mut retried = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -674,7 +703,12 @@ impl LockBackend for ZkBackend {
                 ),
             };
             if !error.is_retryable() || Instant::now() + Duration::from_millis(50) >= deadline {
-                let mut cleanup = Cleanup::new(client.clone(), String::new(), *lease.owner());
+                let mut cleanup = Cleanup::new(
+                    &held.session,
+                    key_path_of(&held.path).to_owned(),
+                    *lease.owner(),
+                    self.options.operation_timeout,
+                );
                 cleanup.known(held.path.clone());
                 drop(cleanup); // armed: deletes in the background
                 return Err(error);
@@ -684,8 +718,9 @@ impl LockBackend for ZkBackend {
         }
     }
 
+    /// Lists the queue and stats its head. Writes nothing: cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        let session = self.sessions.get().await?;
+        let session = self.sessions.default_session().await?;
         let key_path = self.key_path(key);
         // The head may go between the listing and the stat: look again.
         for _ in 0..3 {
@@ -731,25 +766,38 @@ fn zk_error(error: ZkError) -> LockError {
     }
 }
 
-/// Removes a contender node that its acquisition abandoned (the future was
-/// dropped, or an error cut it short). Drop never blocks: it spawns the
-/// delete. When the node's name is not known yet (the create was in flight),
-/// it deletes whatever carries the owner token.
+/// The key node's path of a contender node's path.
+fn key_path_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// Removes the contender nodes an acquisition abandoned (the future was
+/// dropped, an error cut it short, a release got no answer). Drop never
+/// blocks: it spawns the removal, which lists the key's children and deletes
+/// every one carrying the owner token (the node whose create was in flight,
+/// and a duplicate a retried create may have made, ZOOKEEPER-22), and
+/// retries with backoff (50 ms doubling to 5 s) until that succeeds or the
+/// session ends, when the server removes the nodes itself. Each store call is
+/// bounded by the operation timeout. It once gave up at the first error or
+/// after 30 s, leaving an orphaned contender that blocked the key for the
+/// session's life.
 struct Cleanup {
-    client: Client,
+    session: Arc<Session>,
     key_path: String,
     owner: OwnerToken,
     path: Option<String>,
+    timeout: Duration,
     armed: bool,
 }
 
 impl Cleanup {
-    fn new(client: Client, key_path: String, owner: OwnerToken) -> Self {
+    fn new(session: &Arc<Session>, key_path: String, owner: OwnerToken, timeout: Duration) -> Self {
         Cleanup {
-            client,
+            session: session.clone(),
             key_path,
             owner,
             path: None,
+            timeout,
             armed: true,
         }
     }
@@ -763,6 +811,50 @@ impl Cleanup {
     }
 }
 
+/// Deletes every child of `key_path` carrying `owner`'s token (only `known`
+/// when the key path is not known): `Ok` with the count removed once none is
+/// left.
+async fn sweep(
+    client: &Client,
+    key_path: &str,
+    owner: &OwnerToken,
+    known: Option<&str>,
+    timeout: Duration,
+) -> Result<usize, LockError> {
+    let mut paths: Vec<String> = Vec::new();
+    if key_path.is_empty() {
+        paths.extend(known.map(str::to_owned));
+    } else {
+        let listed = with_timeout(NAME, timeout, async {
+            Ok(client.list_children(key_path).await)
+        })
+        .await?;
+        match listed {
+            Ok(children) => paths.extend(
+                queue(&children)
+                    .into_iter()
+                    .filter(|c| c.is_owned_by(owner))
+                    .map(|c| format!("{key_path}/{}", c.name)),
+            ),
+            Err(ZkError::NoNode) => {}
+            Err(error) => return Err(zk_error(error)),
+        }
+    }
+    let mut removed = 0;
+    for path in paths {
+        match with_timeout(NAME, timeout, async {
+            Ok(client.delete(&path, None).await)
+        })
+        .await?
+        {
+            Ok(()) => removed += 1,
+            Err(ZkError::NoNode) => {}
+            Err(error) => return Err(zk_error(error)),
+        }
+    }
+    Ok(removed)
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if !self.armed {
@@ -771,35 +863,43 @@ impl Drop for Cleanup {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // no runtime: the node goes with the session.
         };
-        let client = self.client.clone();
+        let session = self.session.clone();
         let path = self.path.take();
         let key_path = std::mem::take(&mut self.key_path);
         let owner = self.owner;
+        let timeout = self.timeout;
         runtime.spawn(async move {
-            let bound = Duration::from_secs(30);
-            let work = async {
-                let paths = match path {
-                    Some(path) => vec![path],
-                    None => match client.list_children(&key_path).await {
-                        Ok(children) => queue(&children)
-                            .into_iter()
-                            .filter(|c| c.is_owned_by(&owner))
-                            .map(|c| format!("{key_path}/{}", c.name))
-                            .collect(),
-                        Err(_) => Vec::new(),
-                    },
-                };
-                for path in paths {
-                    match client.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => {
-                            tracing::debug!(owner = %owner, "removed an abandoned contender node")
-                        }
-                        Err(error) => tracing::warn!(%error, owner = %owner,
-                            "could not remove an abandoned contender node; it goes when the session ends"),
-                    }
+            let mut delay = Duration::from_millis(50);
+            loop {
+                if session.is_ended() {
+                    return; // its ephemeral nodes went with it
                 }
-            };
-            let _ = tokio::time::timeout(bound, work).await;
+                let swept = tokio::select! {
+                    () = session.ended.cancelled() => return,
+                    swept = sweep(&session.client, &key_path, &owner, path.as_deref(), timeout) => swept,
+                };
+                match swept {
+                    Ok(removed) => {
+                        tracing::debug!(owner = %owner, removed, "removed abandoned contender nodes");
+                        return;
+                    }
+                    Err(error) => tracing::debug!(%error, owner = %owner,
+                        "removing an abandoned contender node failed; retrying until it works or the session ends"),
+                }
+                tokio::select! {
+                    () = session.ended.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         });
     }
+}
+
+/// `at + duration`, saturating one year later for an out-of-range sum (a
+/// wait of `Duration::MAX` means "no deadline", never a panic).
+fn later(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(leasehold_core::config::MAX_DURATION))
+        .unwrap_or(at)
 }

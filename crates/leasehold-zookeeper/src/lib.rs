@@ -53,21 +53,44 @@
 //! durable). A later holder always queued later, so its czxid is larger.
 //!
 //! ## Expiry, TTL and loss
-//! Expiry is the session ([`Expiry::Session`]): one session per backend, kept
-//! alive by the client's pings, independent of any TTL. A crashed or
-//! partitioned holder keeps the lock until the server expires its session,
-//! i.e. about the session timeout (negotiated at connect, clamped by the server
-//! to 2–20 × tickTime) after it last heard from it.
+//! Expiry is the session ([`Expiry::Session`]), and the TTL picks the
+//! session: the backend keeps one session per *TTL class*, made on first use
+//! and shared by every lease of that class, kept alive by the client's pings.
+//! A class is the TTL rounded up to whole seconds, raised to the server's
+//! minimum session timeout and capped at its maximum (`minSessionTimeout`
+//! and `maxSessionTimeout`, 2 × and 20 × tickTime by default: 4 s to 40 s
+//! with tickTime 2 s), so a backend has at most one session per second in
+//! that range. A crashed or partitioned holder keeps its lock until the
+//! server expires its session: within its TTL, plus the slack below, after
+//! the server last heard from it (measured, `tests/edges.rs`: TTL 2 s, taken
+//! over 2.6 s after the holder's link was cut, where one 10 s session per
+//! backend freed it after 10 s). The slack: the rounding up to whole seconds,
+//! up to one tickTime (the server expires sessions in tick-sized buckets),
+//! and the waiter's own wake-up.
 //!
-//! The TTL asked for sets the lease's *validity* on the holder's clock:
-//! `min(ttl, session timeout)` from when the acquiring (or extending) request
-//! was sent, less drift. It is capped at the session timeout because after
+//! What remains of ZooKeeper's bounds, decided and documented:
+//! - A TTL below the server's minimum session timeout is *raised* to it (as
+//!   etcd raises TTLs below its minimum): the lease's `ttl()` says so, and
+//!   [`Capabilities::min_ttl`](leasehold_core::Capabilities::min_ttl) is that
+//!   minimum, probed at connect by asking for a 250 ms session (if the probe
+//!   gets no answer, 4 s, ZooKeeper's default, is assumed).
+//! - A TTL above the server's maximum gets the maximum: the key frees sooner
+//!   after a crash, and the lease's validity is capped at it (below).
+//! - Zero, and more than one year, are `InvalidTtl`.
+//! - [`ZkBackend::from_client`] has its caller's one session for every TTL.
+//! - [`ZkOptions::session_timeout`] is now only the session of calls that
+//!   hold no lock (`inspect`, [`ZkBackend::client`]).
+//!
+//! The TTL sets the lease's *validity* on the holder's clock: `min(ttl,
+//! session timeout)` from when the acquiring (or extending) request was
+//! sent, less drift. It is capped at the session timeout because after
 //! that long without a successful round trip the server may already have
 //! expired the session and handed the lock on. `extend` checks that our node
 //! still exists and belongs to our session (one round trip; `extend_many`
 //! renews all of a session's leases in one multi-read) and renews validity.
-//! TTLs below 50 ms are refused. A TTL does not make a lock free sooner: a
-//! holder that stops extending but stays alive keeps the lock until release.
+//! A TTL does not make a lock free sooner while its holder lives: a holder
+//! that stops extending but keeps its process (and session) alive keeps the
+//! lock until release.
 //!
 //! Connection trouble is reported, not hidden: a disconnect (Curator's
 //! SUSPENDED) is logged, extends fail with `Unavailable`, and the guard counts
@@ -75,6 +98,22 @@
 //! reconnect within the session keeps the lease. Session expiry (LOST) cancels
 //! every lease's [`Lease::loss_signal`] at once; the next call opens a new
 //! session (unless the backend was built [`ZkBackend::from_client`]).
+//!
+//! ## Cancel safety
+//! Every future of this backend may be dropped at any await point without
+//! leaving a contender behind: `acquire` and `try_acquire` arm a cleanup
+//! before their create is sent, which, if the future is dropped before it
+//! returns a lease, lists the key's children and deletes every node carrying
+//! the acquisition's owner token from a background task, retrying (50 ms
+//! doubling to 5 s) until that works or the session ends (it once gave up
+//! at the first error or after 30 s, leaving an orphan that blocked the key
+//! for the session's life). A `release` whose answer does not come is
+//! finished the same way; dropped, it leaves the node to the lease, which can
+//! be released again. `extend`, `extend_many` and `inspect` write nothing
+//! (`tests/edges.rs`: `an_acquire_dropped_while_queued_leaves_no_contender_node`,
+//! `an_abandoned_contender_is_removed_even_when_the_first_delete_is_lost`).
+//! [`session_of`] and [`node_path`] expose a lease's session and node for
+//! tooling and tests (the conformance suite's session ender).
 //!
 //! ## Limits
 //! - Every store call is bounded by [`ZkOptions::operation_timeout`]; a paused
@@ -105,6 +144,29 @@ pub use zookeeper_client;
 
 /// The backend's name in errors, spans and metrics.
 pub const NAME: &str = "zookeeper";
+
+/// The ZooKeeper session that carries `lease` (its id and password), or
+/// `None` for a lease this backend did not make. For tooling and tests: a
+/// client that connects with this session
+/// ([`Connector::with_session`](zookeeper_client::Connector::with_session))
+/// and then closes it ends the session on the server at once, which deletes
+/// the lease's node and fires the loss signal of every lease in that session
+/// (all of the backend's leases of the same TTL class). Treat it as the
+/// secret it is: it lets its bearer act as the holder.
+pub fn session_of(lease: &leasehold_core::Lease) -> Option<zookeeper_client::SessionInfo> {
+    lease
+        .handle::<backend::Held>()
+        .map(|held| held.session.client.session().clone())
+}
+
+/// The path of `lease`'s contender node (the holder's node while the lease
+/// is held), or `None` for a lease this backend did not make. For tooling and
+/// tests.
+pub fn node_path(lease: &leasehold_core::Lease) -> Option<&str> {
+    lease
+        .handle::<backend::Held>()
+        .map(|held| held.path.as_str())
+}
 
 /// The key a key node's name (its last path segment) stands for, or `None`
 /// if this backend did not make that name. For tooling that walks the tree.

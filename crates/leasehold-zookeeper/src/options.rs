@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use leasehold_core::config;
 use leasehold_core::{Drift, LockError};
 
 /// Options of a [`ZkBackend`](crate::ZkBackend).
@@ -24,9 +25,11 @@ pub struct ZkOptions {
     /// namespace (its "chroot"). Created on demand as a persistent node.
     /// Default `/leasehold`.
     pub namespace: String,
-    /// The session timeout asked of the server (it clamps it to
-    /// `[2, 20] × tickTime`). It is also the longest validity a lease gets and
-    /// how long a crashed holder keeps the lock. Default 10 s.
+    /// The timeout of the session that serves calls holding no lock
+    /// (`inspect`, [`ZkBackend::client`](crate::ZkBackend::client)); the
+    /// server clamps it to `[2, 20] × tickTime`. Leases live in sessions of
+    /// their own TTL class instead (see the crate docs), so this no longer
+    /// decides how long a crashed holder keeps a lock. Default 10 s.
     pub session_timeout: Duration,
     /// The bound on every single store call; running out is
     /// [`LockError::Unavailable`]. Default 5 s.
@@ -61,12 +64,34 @@ impl ZkOptions {
     }
 
     /// Parses `zk://h1:p1,h2:p2/namespace?session_timeout=10s&timeout=5s&recheck=2s`.
-    /// The path is the namespace (default `/leasehold`); durations take `ms`
-    /// or `s` suffixes (bare numbers are milliseconds).
+    /// The path is the namespace (default `/leasehold`); durations follow the
+    /// one grammar of [`config::duration`] (`250ms`, `2s`, `1m`; a bare number
+    /// is an error); an unknown option is an error naming the closest known
+    /// one. Known: `session_timeout`, `timeout`, `recheck`, and the shared
+    /// `namespace` (instead of the path), `drift_factor`, `drift_fixed`.
+    ///
+    /// There is no authentication option: a URL with user information
+    /// (`zk://user:password@host`) is refused, and the error shows it only as
+    /// [`config::redact_url`] prints it.
     pub fn from_url(url: &str) -> Result<Self, LockError> {
-        let rest = url
-            .strip_prefix("zk://")
-            .ok_or_else(|| LockError::Config(format!("{url:?} is not a zk:// URL")))?;
+        let Some(rest) = url.strip_prefix("zk://") else {
+            // Only a plain scheme is quoted: without `://` the text before
+            // the first `:` may be a user name followed by a password.
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme).filter(|s| {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            });
+            return Err(LockError::Config(match scheme {
+                Some(scheme) => format!("a ZooKeeper URL starts with zk://, got {scheme}://"),
+                None => "a ZooKeeper URL starts with zk://".to_owned(),
+            }));
+        };
+        if rest.contains('@') {
+            return Err(LockError::Config(format!(
+                "zk:// URLs carry no user information (digest authentication is not supported): {}",
+                config::redact_url(url)
+            )));
+        }
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (hosts, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
@@ -80,17 +105,25 @@ impl ZkOptions {
             options = options.with_namespace(path.trim_end_matches('/'))?;
         }
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let duration = parse_duration(&value)
-                .ok_or_else(|| LockError::Config(format!("{name}={value:?} is not a duration")))?;
             match name.as_ref() {
-                "session_timeout" => options.session_timeout = duration,
-                "timeout" => options.operation_timeout = duration,
-                "recheck" => options.recheck_interval = duration,
-                other => {
-                    return Err(LockError::Config(format!(
-                        "unknown zk:// option {other:?} (known: session_timeout, timeout, recheck)"
-                    )));
+                "session_timeout" => options.session_timeout = config::duration(&name, &value)?,
+                "timeout" => options.operation_timeout = config::duration(&name, &value)?,
+                "recheck" => options.recheck_interval = config::duration(&name, &value)?,
+                "namespace" => {
+                    options =
+                        options.with_namespace(&format!("/{}", value.trim_start_matches('/')))?
                 }
+                "drift_factor" => {
+                    let factor: f64 = value.parse().map_err(|_| {
+                        config::invalid(&name, &value, "expected a number like 0.01")
+                    })?;
+                    if !(0.0..1.0).contains(&factor) {
+                        return Err(config::invalid(&name, &value, "must be in [0, 1)"));
+                    }
+                    options.drift.factor = factor;
+                }
+                "drift_fixed" => options.drift.fixed = config::duration(&name, &value)?,
+                other => return Err(config::unknown_option("zk", other, KNOWN_OPTIONS)),
             }
         }
         Ok(options)
@@ -149,18 +182,15 @@ fn valid_segment(segment: &str) -> bool {
     })
 }
 
-fn parse_duration(value: &str) -> Option<Duration> {
-    if let Some(ms) = value.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(s) = value.strip_suffix('s') {
-        return s
-            .parse::<f64>()
-            .ok()
-            .and_then(|s| Duration::try_from_secs_f64(s).ok());
-    }
-    value.parse().ok().map(Duration::from_millis)
-}
+/// The URL options `zk://` knows.
+const KNOWN_OPTIONS: &[&str] = &[
+    "session_timeout",
+    "timeout",
+    "recheck",
+    "namespace",
+    "drift_factor",
+    "drift_fixed",
+];
 
 #[cfg(test)]
 mod tests {
@@ -182,6 +212,10 @@ mod tests {
             "zk://a:1/x/../y",
             "zk://a:1/x?nope=1",
             "zk://a:1?timeout=soon",
+            "zk://a:1?timeout=250",
+            "zk://a:1?sesion_timeout=2s",
+            "zk://a:1?drift_factor=1.5",
+            "zk://u:S3cret@a:1",
         ] {
             assert!(
                 matches!(ZkOptions::from_url(url), Err(LockError::Config(_))),
@@ -191,12 +225,45 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_ms_and_s() {
+    fn durations_take_a_unit_and_bare_numbers_are_errors() {
         let options =
-            ZkOptions::from_url("zk://a:1/ns?timeout=250ms&recheck=1.5s&session_timeout=4000")
+            ZkOptions::from_url("zk://a:1/ns?timeout=250ms&recheck=1.5s&session_timeout=4s")
                 .unwrap();
         assert_eq!(options.operation_timeout, Duration::from_millis(250));
         assert_eq!(options.recheck_interval, Duration::from_millis(1500));
         assert_eq!(options.session_timeout, Duration::from_secs(4));
+        // Bare numbers meant milliseconds here and seconds on etcd: now an error.
+        let error = ZkOptions::from_url("zk://a:1?session_timeout=4000").unwrap_err();
+        assert!(error.to_string().contains("unit"), "{error}");
+    }
+
+    #[test]
+    fn a_misspelt_option_names_the_closest_known_one() {
+        let error = ZkOptions::from_url("zk://a:1?sesion_timeout=2s").unwrap_err();
+        assert!(
+            error.to_string().contains("did you mean `session_timeout`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn user_information_is_refused_without_showing_the_password() {
+        let error = ZkOptions::from_url("zk://app:S3ntinel@a:1/ns").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("S3ntinel"), "{shown}");
+        let error = ZkOptions::from_url("zk://app:S3nt/inel@a:1").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("S3nt"), "{shown}");
+    }
+
+    #[test]
+    fn shared_options_apply() {
+        let options = ZkOptions::from_url(
+            "zk://a:1?namespace=apps/billing&drift_factor=0.02&drift_fixed=5ms",
+        )
+        .unwrap();
+        assert_eq!(options.namespace, "/apps/billing");
+        assert_eq!(options.drift.factor, 0.02);
+        assert_eq!(options.drift.fixed, Duration::from_millis(5));
     }
 }

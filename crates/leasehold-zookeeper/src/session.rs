@@ -1,7 +1,9 @@
-//! The backend's one ZooKeeper session: its state is reported, its expiry
-//! ends every lease made in it, and an expired session is replaced by a new
-//! one on the next call (when the backend knows how to connect).
+//! The backend's ZooKeeper sessions, one per TTL class: each one's state is
+//! reported, its expiry ends every lease made in it, and an expired session
+//! is replaced by a new one on the next call (when the backend knows how to
+//! connect).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,45 +73,149 @@ impl Session {
     }
 }
 
-/// The current session, replaced after it ends.
+/// The backend's sessions, one per TTL class (see [`Sessions::class`]),
+/// each made on first use and replaced after it ends.
+///
+/// Why: a ZooKeeper lock lives as long as its session, and a crashed holder's
+/// session ends one session timeout after the server last heard from it. One
+/// session per backend made every lock outlive a crash by the backend's
+/// session timeout (10 s by default) whatever TTL it was taken with; a
+/// session whose timeout matches the TTL frees a crashed holder's key within
+/// the TTL (plus rounding, below), as etcd's session per TTL does.
 #[derive(Debug)]
 pub(crate) struct Sessions {
-    current: Mutex<Arc<Session>>,
-    reconnect: tokio::sync::Mutex<()>,
-    /// `None` when built from a caller's client: an ended session cannot be
-    /// replaced then.
+    classes: Mutex<HashMap<Duration, Arc<Slot>>>,
+    /// `None` when built from a caller's client: that one session serves
+    /// every TTL and cannot be replaced.
     options: Option<ZkOptions>,
+    fixed: Option<Arc<Session>>,
+    bounds: Mutex<Bounds>,
     pub shutdown: CancellationToken,
 }
 
+/// What the server told us of its session timeout bounds.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// The shortest session it grants (`minSessionTimeout`, 2 × tickTime by
+    /// default), probed at connect.
+    min: Duration,
+    /// The longest, once a session was granted less than it asked for.
+    max: Option<Duration>,
+}
+
+/// One TTL class's current session.
+#[derive(Debug, Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Session>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// What the minimum is taken to be when the probe gets no answer in time:
+/// ZooKeeper's default (2 × the default tickTime of 2 s).
+const ASSUMED_MIN: Duration = Duration::from_secs(4);
+/// The session timeout the probe asks for: servers grant their minimum when
+/// asked less, so the answer is max(minimum, this).
+const PROBE_ASK: Duration = Duration::from_millis(250);
+
 impl Sessions {
-    pub fn new(
-        session: Arc<Session>,
-        options: Option<ZkOptions>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// Probes the server's minimum session timeout, then opens the session of
+    /// `options.session_timeout` (so a store that does not answer fails
+    /// here).
+    pub async fn connect(options: ZkOptions) -> Result<Self, LockError> {
+        let shutdown = CancellationToken::new();
+        let (min, default) = tokio::join!(
+            probe_min(&options),
+            connect(&options, options.session_timeout)
+        );
+        let default = Session::start(default?, &shutdown);
+        let sessions = Sessions {
+            classes: Mutex::new(HashMap::new()),
+            options: Some(options.clone()),
+            fixed: None,
+            bounds: Mutex::new(Bounds {
+                min: min.unwrap_or(ASSUMED_MIN),
+                max: None,
+            }),
+            shutdown,
+        };
+        sessions.learn(options.session_timeout, default.timeout);
+        let slot = Arc::new(Slot::default());
+        *lock(&slot.current) = Some(default);
+        lock(&sessions.classes).insert(options.session_timeout, slot);
+        Ok(sessions)
+    }
+
+    /// The caller's one session, for every TTL.
+    pub fn fixed(client: Client) -> Self {
+        let shutdown = CancellationToken::new();
+        let session = Session::start(client, &shutdown);
         Sessions {
-            current: Mutex::new(session),
-            reconnect: tokio::sync::Mutex::new(()),
-            options,
+            classes: Mutex::new(HashMap::new()),
+            options: None,
+            bounds: Mutex::new(Bounds {
+                min: session.timeout,
+                max: Some(session.timeout),
+            }),
+            fixed: Some(session),
             shutdown,
         }
     }
 
-    fn peek(&self) -> Arc<Session> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The shortest TTL a crashed holder's key is freed after: the server's
+    /// minimum session timeout (for a caller's client, its session timeout).
+    pub fn min_ttl(&self) -> Duration {
+        lock(&self.bounds).min
     }
 
-    /// The live session, connecting a new one if the last one ended.
-    pub async fn get(&self) -> Result<Arc<Session>, LockError> {
-        let session = self.peek();
-        if !session.is_ended() {
-            return Ok(session);
+    /// The session timeout asked for leases of `ttl`: the TTL rounded up to
+    /// whole seconds (so that TTLs from an adaptive policy share a bounded
+    /// number of sessions: at most one per second between the server's
+    /// bounds), raised to the server's minimum and capped at its maximum
+    /// once known.
+    pub fn class(&self, ttl: Duration) -> Duration {
+        let bounds = *lock(&self.bounds);
+        let secs = ttl
+            .as_secs()
+            .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+        let mut class = Duration::from_secs(secs).max(bounds.min);
+        if let Some(max) = bounds.max {
+            class = class.min(max);
         }
-        let Some(options) = &self.options else {
+        class
+    }
+
+    /// Records what the server granted when asked `asked`.
+    fn learn(&self, asked: Duration, granted: Duration) {
+        let mut bounds = lock(&self.bounds);
+        if granted > asked && granted > bounds.min {
+            bounds.min = granted;
+        }
+        if granted < asked {
+            bounds.max = Some(granted);
+        }
+    }
+
+    /// The session of calls that hold no lease (`inspect`, `client()`).
+    pub async fn default_session(&self) -> Result<Arc<Session>, LockError> {
+        match &self.options {
+            Some(options) => self.of_class(options.session_timeout).await,
+            None => self.get_fixed(),
+        }
+    }
+
+    /// The live session for leases of `ttl`, connecting one if needed.
+    pub async fn for_ttl(&self, ttl: Duration) -> Result<Arc<Session>, LockError> {
+        match &self.options {
+            Some(_) => self.of_class(self.class(ttl)).await,
+            None => self.get_fixed(),
+        }
+    }
+
+    fn get_fixed(&self) -> Result<Arc<Session>, LockError> {
+        let session = self.fixed.clone().ok_or_else(|| {
+            LockError::backend(NAME, "a backend without options has its caller's session")
+        })?;
+        if session.is_ended() {
             return Err(LockError::unavailable(
                 NAME,
                 format!(
@@ -117,29 +223,86 @@ impl Sessions {
                     session.id
                 ),
             ));
+        }
+        Ok(session)
+    }
+
+    async fn of_class(&self, class: Duration) -> Result<Arc<Session>, LockError> {
+        let Some(options) = &self.options else {
+            return self.get_fixed();
         };
-        let _one_at_a_time = self.reconnect.lock().await;
-        let session = self.peek();
-        if !session.is_ended() {
+        let slot = lock(&self.classes).entry(class).or_default().clone();
+        if let Some(session) = lock(&slot.current).clone()
+            && !session.is_ended()
+        {
             return Ok(session);
         }
-        let client = connect(options).await?;
+        let _one_at_a_time = slot.connecting.lock().await;
+        let old = lock(&slot.current).clone();
+        if let Some(session) = &old
+            && !session.is_ended()
+        {
+            return Ok(session.clone());
+        }
+        let client = connect(options, class).await?;
         let fresh = Session::start(client, &self.shutdown);
-        tracing::info!(
-            old = format_args!("{:#x}", session.id),
-            new = format_args!("{:#x}", fresh.id),
-            "opened a new zookeeper session after the last one ended"
-        );
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        self.learn(class, fresh.timeout);
+        match old {
+            Some(old) => tracing::info!(
+                old = format_args!("{:#x}", old.id),
+                new = format_args!("{:#x}", fresh.id),
+                timeout = ?fresh.timeout,
+                "opened a new zookeeper session after the last one ended"
+            ),
+            None => tracing::debug!(
+                session = format_args!("{:#x}", fresh.id),
+                asked = ?class,
+                granted = ?fresh.timeout,
+                "opened a zookeeper session for a TTL class"
+            ),
+        }
+        *lock(&slot.current) = Some(fresh.clone());
         Ok(fresh)
     }
 }
 
-/// Connects a client with `options`, bounded by the operation timeout plus
-/// the session timeout (the client itself gives up after about the latter).
-pub(crate) async fn connect(options: &ZkOptions) -> Result<Client, LockError> {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asks the server for a session shorter than any it grants and closes it
+/// again: the timeout granted is the server's minimum (or [`PROBE_ASK`], if
+/// the minimum is lower). `None` when no answer comes within the operation
+/// timeout (the client gives a session this short only a short time to
+/// connect, so a slow link can fail the probe).
+async fn probe_min(options: &ZkOptions) -> Option<Duration> {
+    let probing = async {
+        for attempt in 1..=3 {
+            let connecting = Client::connector()
+                .with_session_timeout(PROBE_ASK)
+                .with_connection_timeout(PROBE_ASK * 3 / 5)
+                .with_fail_eagerly()
+                .connect(&options.hosts);
+            match connecting.await {
+                Ok(client) => return Some(client.session_timeout()), // dropped: closed
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "probing zookeeper's minimum session timeout failed")
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(options.operation_timeout, probing)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Connects a client with a session of `timeout`, bounded by the operation
+/// timeout.
+pub(crate) async fn connect(options: &ZkOptions, timeout: Duration) -> Result<Client, LockError> {
     let connecting = Client::connector()
-        .with_session_timeout(options.session_timeout)
+        .with_session_timeout(timeout)
         .connect(&options.hosts);
     match tokio::time::timeout(options.operation_timeout, connecting).await {
         Ok(Ok(client)) => Ok(client),

@@ -178,12 +178,22 @@ async fn contention_tokens_release_and_extend_follow_the_contract() {
         b.release(&lease).await.unwrap();
     }
 
-    // Validity never exceeds the session timeout, whatever the TTL.
+    // Validity never exceeds the lease's session timeout (the server's
+    // maximum, 10 s here, for a 600 s TTL), whatever the TTL.
+    let sent = Instant::now();
     let long = a.try_acquire(&k, Duration::from_secs(600)).await.unwrap();
-    assert!(long.valid_until() <= Instant::now() + SESSION);
+    let class = a.session_class(Duration::from_secs(600));
+    assert!(class <= Duration::from_secs(10), "class {class:?}");
+    assert!(long.valid_until() <= Instant::now() + class);
+    assert!(long.valid_until() >= sent);
     a.release(&long).await.unwrap();
+    // A TTL below the server's minimum session timeout is raised to it; zero
+    // is refused.
+    let short = a.try_acquire(&k, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(short.ttl(), a.capabilities().min_ttl);
+    a.release(&short).await.unwrap();
     assert!(matches!(
-        a.try_acquire(&k, Duration::from_millis(10)).await,
+        a.try_acquire(&k, Duration::ZERO).await,
         Err(LockError::InvalidTtl { .. })
     ));
 
