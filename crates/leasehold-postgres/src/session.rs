@@ -22,7 +22,9 @@
 //! `pg_advisory_unlock` (or a lock attempt that was refused) puts a session
 //! back on that list.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use leasehold_core::LockError;
@@ -149,11 +151,17 @@ impl Sessions {
             if since.elapsed() > IDLE_LIMIT {
                 continue;
             }
-            // A free liveness check: a socket that already reported
-            // end-of-stream answers at once; a live one is left unread.
-            match tokio::time::timeout(Duration::ZERO, session.try_recv()).await {
-                Err(_) | Ok(Ok(Some(_))) => return Ok((session, true)),
-                Ok(Ok(None) | Err(_)) => continue,
+            // A free liveness check: one poll of a read. A socket that
+            // already reported end-of-stream answers at once; a live one is
+            // left unread (the read is cancel-safe). Not a zero-length
+            // `timeout`: Tokio's timer rounds it up to its next millisecond.
+            let probe = {
+                let mut read = std::pin::pin!(session.try_recv());
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match probe {
+                Poll::Pending | Poll::Ready(Ok(Some(_))) => return Ok((session, true)),
+                Poll::Ready(Ok(None) | Err(_)) => continue,
             }
         }
         let mut session = PgListener::connect_with(&self.pool).await?;

@@ -368,9 +368,33 @@ async fn the_password_never_appears_in_errors_or_debug() {
         let failed = lazy.try_acquire(&key("secret"), TTL).await;
         check("a failed acquisition", format!("{failed:?}"));
     }
-    // And with the right password, a lease's Debug.
-    let backend = server.backend(options(Mode::Advisory)).await;
-    let lease = backend.try_acquire(&key("secret"), TTL).await.unwrap();
-    check("a lease's Debug", format!("{lease:?} {backend:?}"));
-    backend.release(&lease).await.unwrap();
+    // And with the right password (a role whose password is the sentinel):
+    // the backend's, the lease's and an error's Debug never show it.
+    let observer = server.observer().await;
+    sqlx::query(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sentinel_user') \
+         THEN CREATE ROLE sentinel_user LOGIN SUPERUSER PASSWORD '{SENTINEL}'; END IF; END $$"
+    ))
+    .execute(&observer)
+    .await
+    .expect("create the sentinel role");
+    let url = url::Url::parse(&server.url).unwrap();
+    let sentinel_url = format!(
+        "postgres://sentinel_user:{SENTINEL}@{}:{}{}",
+        url.host_str().unwrap(),
+        url.port().unwrap(),
+        url.path()
+    );
+    for mode in MODES {
+        let backend = PostgresBackend::connect_with(&sentinel_url, options(mode))
+            .await
+            .expect("the sentinel role connects");
+        let lease = backend.try_acquire(&key("secret"), TTL).await.unwrap();
+        let refused = backend.try_acquire(&key("secret"), TTL).await;
+        check(
+            &format!("{mode:?}: Debug of a lease, the backend and an error"),
+            format!("{lease:?} {backend:?} {refused:?}"),
+        );
+        backend.release(&lease).await.unwrap();
+    }
 }
