@@ -5,7 +5,10 @@
 //! `prefix + owner token (32 hex digits)`. `encode` percent-encodes `%` and
 //! `/` (and nothing else), so an encoded key never contains `/` and two
 //! different keys never share a prefix, nor is one's prefix inside another's
-//! range.
+//! range. The namespace always ends with `/` (see
+//! [`EtcdOptions::namespace`](crate::EtcdOptions::namespace)), so the last
+//! two `/` of a prefix enclose the encoded key and the namespace is what
+//! comes before: two different (namespace, key) pairs never share a prefix.
 
 use etcd_client::{Compare, CompareOp};
 use leasehold_core::{Key, OwnerToken};
@@ -114,6 +117,21 @@ mod tests {
         ];
         let prefixes: std::collections::HashSet<_> = names.iter().map(|n| keys(n).prefix).collect();
         assert_eq!(prefixes.len(), names.len());
+    }
+
+    #[test]
+    fn a_namespace_and_key_pair_never_meets_another_at_the_join() {
+        use crate::EtcdOptions;
+        let prefix = |namespace: &str, key: &str| {
+            let namespace = EtcdOptions::new()
+                .namespace(namespace)
+                .namespace_str()
+                .to_owned();
+            LockKeys::new(&namespace, &Key::new(key).unwrap()).prefix
+        };
+        assert_ne!(prefix("app", "2:x"), prefix("app2", ":x"));
+        assert_ne!(prefix("app/2", ":x"), prefix("app/", "2/:x"));
+        assert_eq!(prefix("app", "x"), prefix("app/", "x"));
     }
 
     #[test]

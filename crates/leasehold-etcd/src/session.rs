@@ -159,7 +159,7 @@ impl Session {
                     .await;
                     match made {
                         Ok(Ok(made)) => stream = Some(made),
-                        _ => retry_at = Instant::now() + Duration::from_secs(1),
+                        _ => retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1)),
                     }
                 }
                 let Some(mut until) = session.upgrade().map(|s| s.expires_no_earlier_than()) else {
@@ -191,7 +191,7 @@ impl Session {
                         Ok(Some(response)) if !response.canceled() => {}
                         _ => {
                             stream = None; // Broken or cancelled: made again soon.
-                            retry_at = Instant::now() + Duration::from_secs(1);
+                            retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1));
                         }
                     },
                 }

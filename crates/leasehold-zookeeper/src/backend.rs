@@ -702,7 +702,8 @@ impl LockBackend for ZkBackend {
                     "no answer to the delete within the operation timeout",
                 ),
             };
-            if !error.is_retryable() || Instant::now() + Duration::from_millis(50) >= deadline {
+            if !error.is_retryable() || later(Instant::now(), Duration::from_millis(50)) >= deadline
+            {
                 let mut cleanup = Cleanup::new(
                     &held.session,
                     key_path_of(&held.path).to_owned(),
