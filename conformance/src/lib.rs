@@ -26,27 +26,57 @@
 //! same store), more cases run; see [`Suite`] and [`run_main`]. To run the
 //! cases from your own test code and read each verdict (the suite's own
 //! mutation test does this with deliberately broken backends), call
-//! [`run_cases`]. This is how
-//! leasehold's own backends wire their store (`tests/conformance.rs`):
+//! [`run_cases`].
 //!
-//! ```ignore
+//! A store that leasehold has a fixture for (or any [`fixtures::ContainerSpec`])
+//! is wired with [`Suite::provisioned`]: it reads `LEASEHOLD_TEST_<STORE>_URL`
+//! or starts a container, builds the URL, and adds the fault hooks and the
+//! child-process environment. A backend's conformance main
+//! (`tests/conformance.rs`) is then a few lines:
+//!
+//! ```no_run
+//! use std::sync::Arc;
 //! use leasehold_conformance::{Suite, fixtures};
+//! # use leasehold_core::{LockError, MemoryBackend};
+//! # struct RedisBackend;
+//! # impl RedisBackend {
+//! #     async fn connect(_url: &str) -> Result<MemoryBackend, LockError> {
+//! #         Ok(MemoryBackend::new())
+//! #     }
+//! # }
 //!
 //! fn main() -> std::process::ExitCode {
-//!     leasehold_conformance::run_main(|| async {
-//!         let spec = fixtures::redis_spec(true);
-//!         // LEASEHOLD_TEST_REDIS_URL, or a container from the image.
-//!         let store = fixtures::provision(&spec).await?;
-//!         let url = store.url(|port| format!("redis://127.0.0.1:{port}"));
-//!         let connect_to = url.clone();
-//!         let suite = Suite::new("redis", move || {
-//!             let url = connect_to.clone();
-//!             async move { Ok(std::sync::Arc::new(RedisBackend::connect(&url).await?) as _) }
-//!         });
-//!         Ok(suite.with_provisioned(&spec, store, &url))
+//!     leasehold_conformance::run_main(|| {
+//!         Suite::provisioned(
+//!             "redis",
+//!             fixtures::redis_spec(true),
+//!             |port| format!("redis://127.0.0.1:{port}"),
+//!             |url| async move { Ok(Arc::new(RedisBackend::connect(&url).await?) as _) },
+//!         )
 //!     })
 //! }
 //! ```
+//!
+//! ## Layout
+//!
+//! - `lib.rs`: [`Suite`] (what the suite runs against), [`Store`] and
+//!   [`SessionEnder`] (fault hooks), [`run`] and [`run_main`].
+//! - `runner.rs`: the libtest-mimic trials behind [`run_main`] and
+//!   [`run_cases`], over one runner: selection, a random key prefix per case,
+//!   exclusive turns for the cases that pause or restart the store, and the
+//!   case timeout.
+//! - `case.rs`: the [`Case`] type, the case context [`Ctx`], the selectors
+//!   (by [`Capabilities`] and the suite's hooks), [`Failed`] and
+//!   [`expect_err!`].
+//! - `cases/`: the cases by family (`exclusion`, `ownership`, `expiry`,
+//!   `fencing`, `waiting`, `guard`, `keys`, `faults`), each file listing its
+//!   cases at the top; [`all_cases`] concatenates them.
+//! - [`support`]: the helpers the cases are written with (forged leases,
+//!   [`support::acquire_eventually`], [`support::expect_contended`], awkward
+//!   keys, [`support::LateAnswer`], the fenced register), for backend tests too.
+//! - [`fixtures`]: containers and the stores' specs; [`proxy`]: a TCP proxy
+//!   for network faults; [`child`]: holders in child processes; [`history`]:
+//!   the history checker; [`register`]: the fenced register.
 #![warn(missing_docs)]
 
 use std::any::Any;
@@ -58,15 +88,19 @@ use std::time::Duration;
 
 use leasehold_core::{Capabilities, LockBackend, LockError};
 
+mod case;
 mod cases;
 pub mod child;
 pub mod fixtures;
 pub mod history;
 pub mod proxy;
 pub mod register;
+mod runner;
+pub mod support;
 
-pub use cases::{Case, Ctx, Failed, all_cases};
-pub use cases::{CaseReport, Verdict, run_cases};
+pub use case::{Case, Ctx, Failed};
+pub use cases::all_cases;
+pub use runner::{CaseReport, Verdict, run_cases};
 
 /// A boxed future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -123,6 +157,32 @@ impl Suite {
             session_ender: None,
             resources: Vec::new(),
         }
+    }
+
+    /// A suite named `name` over the store `spec` describes, provisioned the
+    /// way every leasehold backend's conformance main does it:
+    /// `LEASEHOLD_TEST_<STORE>_URL` if set, else a container started from
+    /// `spec` ([`fixtures::provision`]); its URL from `url_from_port` (given
+    /// the container's port on 127.0.0.1; an external URL is used as it is);
+    /// clients from `connect(url)`; then [`Suite::with_provisioned`] (child
+    /// processes reach the same store; a container adds the pause and restart
+    /// hooks and lives until the run ends). With neither Docker nor a URL,
+    /// `Skipped`. More hooks (a session ender) can be added to the result.
+    pub async fn provisioned<F, Fut>(
+        name: impl Into<String>,
+        spec: fixtures::ContainerSpec,
+        url_from_port: impl FnOnce(u16) -> String,
+        connect: F,
+    ) -> Result<Suite, Skipped>
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn LockBackend>, LockError>> + Send + 'static,
+    {
+        let store = fixtures::provision(&spec).await?;
+        let url = store.url(url_from_port);
+        let connect_to = url.clone();
+        let suite = Suite::new(name, move || connect(connect_to.clone()));
+        Ok(suite.with_provisioned(&spec, store, &url))
     }
 
     /// Enables the fault cases that pause and restart the store.
@@ -245,7 +305,7 @@ where
             }
         };
     }
-    let code = cases::run_trials(&runtime, &suite);
+    let code = runner::run_trials(&runtime, &suite);
     runtime.block_on(async move { drop(suite) });
     runtime.shutdown_timeout(Duration::from_secs(10));
     fixtures::remove_run_containers();
