@@ -71,7 +71,8 @@
 //!   the backend's pool, `max_connections`) that closes every connection
 //!   handed back to it, whatever happened. Only a session whose
 //!   `pg_advisory_unlock` answered `true`, or whose lock attempt was
-//!   refused, is kept by the backend for reuse (at most 10 minutes idle); a
+//!   refused, is kept by the backend for reuse (one idle for over 10
+//!   minutes is closed the next time the backend takes or keeps one); a
 //!   lease dropped unreleased, a failed or timed-out release, a lost lease
 //!   and an attempt interrupted mid-call close their session, which frees
 //!   the lock.

@@ -170,12 +170,21 @@ impl Sessions {
         Ok((session, false))
     }
 
-    /// Keeps a session that holds no lock for reuse.
+    /// Keeps a session that holds no lock for reuse, and closes kept ones
+    /// idle for longer than [`IDLE_LIMIT`] (the oldest are at the bottom).
     pub(crate) fn checkin(&self, session: PgListener) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((session, Instant::now()));
+        let stale: Vec<_> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh_from = idle
+                .iter()
+                .position(|(_, since)| since.elapsed() <= IDLE_LIMIT)
+                .unwrap_or(idle.len());
+            let stale = idle.drain(..fresh_from).collect();
+            idle.push((session, Instant::now()));
+            stale
+        };
+        // Dropped outside the lock: each drop spawns the connection's close.
+        drop(stale);
     }
 }
 

@@ -398,3 +398,49 @@ async fn the_password_never_appears_in_errors_or_debug() {
         backend.release(&lease).await.unwrap();
     }
 }
+
+/// A runtime shut down while an advisory lease is held (and sessions are
+/// kept for reuse) neither panics nor keeps the lock: the session's socket
+/// closes with the runtime, and the server frees the lock.
+#[test]
+fn shutting_down_the_runtime_with_a_lease_held_frees_the_lock() {
+    let outer = tokio::runtime::Runtime::new().unwrap();
+    let server = outer.block_on(Server::start(false));
+    for flavor in ["multi_thread", "current_thread"] {
+        let opts = options(Mode::Advisory);
+        let inner = match flavor {
+            "multi_thread" => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            _ => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        }
+        .unwrap();
+        let (backend, lease) = inner.block_on(async {
+            let backend = server.backend(opts.clone()).await;
+            // One session kept for reuse, one pinned to a held lease.
+            let kept = backend
+                .try_acquire(&key("shutdown:kept"), TTL)
+                .await
+                .unwrap();
+            backend.release(&kept).await.unwrap();
+            let lease = backend
+                .try_acquire(&key("shutdown:held"), TTL)
+                .await
+                .unwrap();
+            (backend, lease)
+        });
+        drop(inner);
+        drop((backend, lease));
+        outer.block_on(a_fresh_client_takes(
+            &server,
+            &opts,
+            "shutdown:held",
+            &format!("a {flavor} runtime shut down with the lease held"),
+        ));
+    }
+    // The container is removed from within a runtime.
+    outer.block_on(async move { drop(server) });
+}
