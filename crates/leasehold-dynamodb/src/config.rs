@@ -273,6 +273,7 @@ impl DynamoDbBuilder {
 
     /// Loads the AWS configuration chain (with this builder's overrides) and
     /// connects. Creates the table first if asked to.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(self) -> Result<DynamoDbBackend, LockError> {
         self.validate()?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
@@ -299,6 +300,7 @@ impl DynamoDbBuilder {
     /// Uses an existing SDK client. Its timeouts and retries are replaced by
     /// this builder's operation timeout (no SDK retries), so every call stays
     /// bounded; region, endpoint and credentials set here override its own.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn with_client(self, client: Client) -> Result<DynamoDbBackend, LockError> {
         self.validate()?;
         let has_http_client = client.config().http_client().is_some();

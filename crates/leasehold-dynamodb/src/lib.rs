@@ -67,7 +67,6 @@
 //! with `durable=false` so the capability says fencing is not durable.
 #![warn(missing_docs)]
 
-mod cancel;
 mod config;
 mod error;
 mod item;
@@ -78,7 +77,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel::cancel_safe;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
@@ -86,7 +84,7 @@ use aws_sdk_dynamodb::types::{
 };
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, Waiting, async_trait, with_timeout,
+    LockInfo, OwnerToken, Waiting, async_trait, cancel_safe, with_timeout,
 };
 use tokio::time::Instant;
 
@@ -138,6 +136,7 @@ impl DynamoDbBackend {
 
     /// Connects by URL: `dynamodb://table?region=..&endpoint=..` (see
     /// [`DynamoDbBuilder::from_url`] for every option).
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         DynamoDbBuilder::from_url(url)?.connect().await
     }
@@ -189,6 +188,9 @@ impl DynamoDbBackend {
     /// To use an existing table instead, give its partition key attribute
     /// name with [`DynamoDbBuilder::partition_key`]; it must be a string and
     /// the table must have no sort key.
+    ///
+    /// Cancel safety: dropped, the table may still be created; calling again
+    /// is idempotent.
     pub async fn create_table(&self) -> Result<(), LockError> {
         let table = &self.options.table;
         let pk = &self.options.partition_key;
@@ -216,7 +218,11 @@ impl DynamoDbBackend {
             Err(err) if err.code_is("ResourceInUseException") => {}
             Err(err) => return Err(map_sdk(table, err)),
         }
-        let deadline = self.options.clock.now() + self.options.operation_timeout * 60;
+        // Bounded products and sums: a timeout of up to a year (validated)
+        // never overflows `Instant`.
+        let now = self.options.clock.now();
+        let wait = self.options.operation_timeout.saturating_mul(60);
+        let deadline = now.checked_add(wait).unwrap_or(now);
         loop {
             let described = self
                 .bounded(self.client.describe_table().table_name(table).send())
@@ -428,7 +434,7 @@ impl DynamoDbBackend {
                     return;
                 }
                 clock.sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+                delay = delay.saturating_mul(2).min(Duration::from_secs(1));
             }
         });
     }

@@ -72,7 +72,6 @@
 //!   hand-off.
 #![warn(missing_docs)]
 
-mod cancel;
 mod keys;
 mod node;
 mod notify;
@@ -81,12 +80,11 @@ pub mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cancel::cancel_safe;
 use async_trait::async_trait;
 use leasehold_core::config;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    OwnerToken, ReleaseListener, SharedClock, Waiting, system_clock,
+    OwnerToken, ReleaseListener, SharedClock, Waiting, cancel_safe, system_clock,
 };
 
 pub use keys::KeyLayout;
@@ -219,6 +217,7 @@ impl RedisBuilder {
     /// falls back to a default (`?namspace=billing` would share the default
     /// namespace with every other application). Errors never show the
     /// password, even for a malformed URL.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(self, url: &str) -> Result<RedisBackend, LockError> {
         let (builder, client_url) = self.apply_url(url)?;
         let client = redis::Client::open(client_url.as_str())
@@ -279,6 +278,7 @@ impl RedisBuilder {
 
     /// Connects with an existing client (its connection info, credentials,
     /// database and TLS settings are used as they are).
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect_client(self, client: redis::Client) -> Result<RedisBackend, LockError> {
         if self.timeout.is_zero() || self.timeout > config::MAX_DURATION {
             return Err(LockError::Config(
@@ -332,11 +332,13 @@ impl RedisBackend {
     }
 
     /// Connects by URL with default options.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         Self::builder().connect(url).await
     }
 
     /// Connects with an existing client and default options.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn from_client(client: redis::Client) -> Result<Self, LockError> {
         Self::builder().connect_client(client).await
     }
@@ -368,14 +370,16 @@ impl RedisBackend {
 
     /// Asks the server again (`CONFIG GET`, bounded by the per-call timeout)
     /// and returns what breaks a guarantee now, for health checks. Logs
-    /// nothing; the capabilities keep what was found at connect.
+    /// nothing; the capabilities keep what was found at connect. Read-only;
+    /// cancel safe.
     pub async fn check_safety(&self) -> Vec<SafetyFinding> {
         self.node.persistence().await.safety_findings()
     }
 
     /// Starts the release subscription now and waits until it is up (at most
     /// the per-call timeout). Optional: the first waiter starts it anyway, and
-    /// waiters poll until it is up.
+    /// waiters poll until it is up. Cancel safe: dropped, the subscription
+    /// goes on being set up in the background.
     pub async fn subscribe_releases(&self) -> Result<(), LockError> {
         match &self.notifier {
             Some(notifier) => notifier.ready(NAME).await,
@@ -424,6 +428,7 @@ impl LockBackend for RedisBackend {
             .ttl_granularity(Duration::from_millis(1))
             .holder_info(true)
             .atomic_multi_key(false)
+            .batch_extend(true)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a

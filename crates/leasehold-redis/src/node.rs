@@ -284,6 +284,12 @@ impl RedisNode {
 
     /// One acquire script: `SET NX PX` of `owner` plus the fencing counter's
     /// `INCR`. Records nothing about time: take the sent instant before.
+    ///
+    /// Not cancel safe on its own: dropped (or timed out) after the script
+    /// was sent, the key may be taken for `owner` until its TTL. Callers that
+    /// may drop it give the key back with [`RedisNode::release_raw`] for the
+    /// same owner, on this node (the connection keeps the order, so the
+    /// delete runs after the acquire), as `RedisBackend` and Redlock do.
     pub async fn try_acquire_raw(
         &self,
         key: &Key,
@@ -313,6 +319,8 @@ impl RedisNode {
     }
 
     /// Compare-and-delete plus `PUBLISH` on the namespace's release channel.
+    /// Cancel safety: dropped, it may or may not have run; running it again
+    /// is harmless (`Free` the second time).
     pub async fn release_raw(&self, key: &Key, owner: &OwnerToken) -> Result<Ownership, LockError> {
         let lock = self.layout.lock_key(key);
         let (owner, channel) = (owner.to_hex(), self.layout.channel());
@@ -329,7 +337,8 @@ impl RedisNode {
         Ok(Ownership::from_reply(reply))
     }
 
-    /// Compare-and-`PEXPIRE` to `ttl` from the server's now.
+    /// Compare-and-`PEXPIRE` to `ttl` from the server's now. Cancel safety:
+    /// dropped, it may still run, which only keeps `owner`'s own key longer.
     pub async fn extend_raw(
         &self,
         key: &Key,
@@ -354,6 +363,7 @@ impl RedisNode {
 
     /// Renews many leases with one script call per 256 of them (one round
     /// trip for a typical watchdog batch). Results come in input order.
+    /// Cancel safety as [`RedisNode::extend_raw`].
     /// A TTL out of range fails the whole call with [`LockError::InvalidTtl`]
     /// before anything is sent.
     pub async fn extend_many_raw(
@@ -392,6 +402,7 @@ impl RedisNode {
     }
 
     /// The holder of `key`: owner prefix, remaining TTL, fencing token.
+    /// Read-only; cancel safe.
     pub async fn inspect_raw(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let (lock, fence) = (self.layout.lock_key(key), self.layout.fence_key(key));
         let reply: Option<(String, i64, i64)> = self
@@ -406,8 +417,9 @@ impl RedisNode {
         Ok(reply.map(|(prefix, pttl, counter)| holder_info(prefix, pttl, counter)))
     }
 
-    /// Asks the server about persistence with `CONFIG GET`. A refused or
-    /// failed `CONFIG` yields unknown fields (so: not durable), never an error.
+    /// Asks the server about persistence and eviction with `CONFIG GET`. A
+    /// refused or failed `CONFIG` yields unknown fields (so: not durable, and
+    /// [`SafetyFinding::Unverified`]), never an error. Read-only; cancel safe.
     pub async fn persistence(&self) -> Persistence {
         let config: Result<HashMap<String, String>, LockError> = self
             .call(|mut conn| async move {

@@ -130,7 +130,7 @@ async fn run(
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                 continue;
             }
         };

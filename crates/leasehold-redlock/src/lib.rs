@@ -96,7 +96,6 @@
 //!   than a quorum answer.
 #![warn(missing_docs)]
 
-mod cancel;
 mod report;
 mod slot;
 mod url;
@@ -106,7 +105,6 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::cancel::cancel_safe;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -114,7 +112,7 @@ use futures_util::stream::FuturesUnordered;
 use leasehold_core::config;
 use leasehold_core::{
     Capabilities, Drift, Fairness, Fencing, FencingToken, Key, Lease, LockBackend, LockError,
-    LockInfo, OwnerToken, SharedClock, Waiting, system_clock,
+    LockInfo, OwnerToken, SharedClock, Waiting, cancel_safe, system_clock,
 };
 use leasehold_redis::{KeyLayout, Ownership, RedisNode, SafetyFinding, map_error};
 use tokio::time::Instant;
@@ -247,6 +245,7 @@ impl RedlockBuilder {
     /// [`LockError::Config`] naming the closest known one: a typo never falls
     /// back to a default (`?namspace=billing` would share the default
     /// namespace). Errors never show the password.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(mut self, url: &str) -> Result<RedlockBackend, LockError> {
         let parsed = url::parse(url)?;
         for (name, value) in &parsed.options {
@@ -269,6 +268,7 @@ impl RedlockBuilder {
     }
 
     /// Connects to one server per `redis://` / `rediss://` URL.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect_urls(
         self,
         urls: impl IntoIterator<Item = impl AsRef<str>>,
@@ -289,6 +289,7 @@ impl RedlockBuilder {
     /// database and TLS settings are used as they are). Returns once a quorum
     /// is connected; the rest connect in the background. Fewer than a quorum
     /// within the per-call timeout is [`LockError::Unavailable`].
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect_clients(
         self,
         clients: Vec<redis::Client>,
@@ -446,6 +447,7 @@ impl RedlockBackend {
 
     /// Connects by URL (`redlock://h1:p1,h2:p2,h3:p3?…`, see
     /// [`RedlockBuilder::connect`]) with default options.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         Self::builder().connect(url).await
     }
@@ -467,7 +469,9 @@ impl RedlockBackend {
     }
 
     /// Each server's share of an operation on a lease of `ttl`:
-    /// `ttl × factor`, clamped to the floor and the per-call timeout.
+    /// `ttl × factor`, clamped to the floor and the per-call timeout. Never
+    /// panics: the factor is below 1 (checked at connect), so the product
+    /// is at most `ttl`.
     pub fn node_timeout(&self, ttl: Duration) -> Duration {
         ttl.mul_f64(self.inner.node_timeout_factor)
             .max(self.inner.min_node_timeout)
@@ -784,6 +788,7 @@ impl LockBackend for RedlockBackend {
             .ttl_granularity(Duration::from_millis(1))
             .holder_info(true)
             .atomic_multi_key(false)
+            .batch_extend(true)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
