@@ -48,7 +48,7 @@
 //! ## Cancellation
 //! Every operation may be dropped at any await point. `try_acquire` (and so
 //! `acquire` and `Locker::lock`) runs each attempt on its own task through
-//! [`cancel_safe`](leasehold_core::cancel_safe): a lease granted after the caller stopped waiting is
+//! [`cancel_safe`]: a lease granted after the caller stopped waiting is
 //! released at once, never left to block the key until it expires. A
 //! dropped `extend` may still renew our own lease; a dropped `release` may
 //! or may not have deleted it (release again, or let it expire).
@@ -561,7 +561,7 @@ impl LockBackend for DynamoDbBackend {
             .holder_info(true)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a grant that arrives after it
     /// left is released at once in the background. A write whose answer was
@@ -602,7 +602,7 @@ impl LockBackend for DynamoDbBackend {
 
 impl DynamoDbBackend {
     /// One acquisition attempt (the TTL is checked); the trait's
-    /// `try_acquire` runs it through [`cancel_safe`](leasehold_core::cancel_safe).
+    /// `try_acquire` runs it through [`cancel_safe`].
     async fn attempt(&self, key: &Key, ttl: Duration, lease_ms: u64) -> Result<Lease, LockError> {
         let pk = self.partition_key_for(key);
         let owner = OwnerToken::generate();

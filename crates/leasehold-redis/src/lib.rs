@@ -431,7 +431,7 @@ impl LockBackend for RedisBackend {
             .batch_extend(true)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a grant that arrives after it
     /// left is released at once. An attempt whose answer timed out sends a
@@ -480,7 +480,7 @@ impl LockBackend for RedisBackend {
 
 impl RedisBackend {
     /// One acquisition attempt; the trait's `try_acquire` runs it through
-    /// [`cancel_safe`](leasehold_core::cancel_safe).
+    /// [`cancel_safe`].
     async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let sent_at = self.clock.now();

@@ -607,7 +607,7 @@ impl RedlockBackend {
 
     /// One acquisition attempt on every server (see the crate docs); the
     /// caller checked the TTL. Not cancel safe by itself: the trait's
-    /// `try_acquire` runs it through [`cancel_safe`](leasehold_core::cancel_safe).
+    /// `try_acquire` runs it through [`cancel_safe`].
     async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let per_node = self.node_timeout(ttl);
@@ -791,7 +791,7 @@ impl LockBackend for RedlockBackend {
             .batch_extend(true)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`](leasehold_core::cancel_safe)): a
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
     /// caller that stops waiting (a dropped `lock()`, a `select!`, a
     /// timeout) leaves no key held, because a quorum granted after it left is
     /// released at once in the background. Servers that did not answer are
