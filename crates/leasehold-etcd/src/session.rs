@@ -140,6 +140,7 @@ impl Session {
         let session = std::sync::Arc::downgrade(self);
         let ended = self.ended.clone();
         let client = client.clone();
+        let mut watch = watch;
         tokio::spawn(async move {
             let mut stream: Option<etcd_client::WatchStream> = None;
             let mut retry_at = Instant::now();
@@ -189,6 +190,32 @@ impl Session {
                             return;
                         }
                         Ok(Some(response)) if !response.canceled() => {}
+                        Ok(Some(response)) if response.compact_revision() > 0 => {
+                            // Compacted past the key's revision: a deletion in
+                            // between is no longer in the history. Read the
+                            // key instead, and watch on from that read.
+                            stream = None;
+                            if let Some((key, revision)) = watch.as_mut() {
+                                let mut kv = client.kv_client();
+                                let read = tokio::time::timeout(
+                                    Duration::from_secs(5),
+                                    kv.get(key.clone(), Some(etcd_client::GetOptions::new().with_count_only())),
+                                )
+                                .await;
+                                match read {
+                                    Ok(Ok(read)) if read.count() == 0 => {
+                                        if let Some(s) = session.upgrade() {
+                                            s.end("its etcd session key is gone: the lease was revoked or expired");
+                                        }
+                                        return;
+                                    }
+                                    Ok(Ok(read)) => {
+                                        *revision = read.header().map_or(*revision, |h| h.revision());
+                                    }
+                                    _ => retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1)),
+                                }
+                            }
+                        }
                         _ => {
                             stream = None; // Broken or cancelled: made again soon.
                             retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1));
