@@ -12,7 +12,7 @@ use leasehold_core::{
 };
 
 use crate::child::ChildHolder;
-use crate::{BoxFuture, Factory, SessionEnder, Store};
+use crate::hooks::{BoxFuture, Factory, SessionEnder, Store};
 
 /// A case failed; the message says what was expected and what came instead.
 #[derive(Debug)]

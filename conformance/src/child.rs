@@ -13,7 +13,7 @@ use leasehold_core::{Key, LockGuard, Locker, RetryPolicy, TtlPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::Factory;
+use crate::hooks::Factory;
 
 /// The environment variable that makes a test binary serve as a child holder.
 pub const CHILD_ENV: &str = "LEASEHOLD_CONFORMANCE_CHILD";

@@ -15,7 +15,8 @@ use tokio::sync::RwLock;
 
 use crate::case::{Case, Ctx, Failed};
 use crate::cases::all_cases;
-use crate::{Factory, SessionEnder, Store, Suite};
+use crate::hooks::{Factory, SessionEnder, Store, capabilities_of};
+use crate::suite::Suite;
 
 /// How long a case may run under the test harness before it fails as a hang.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -52,7 +53,7 @@ pub struct CaseReport {
 ///
 /// Fails only when no client can be made to read the capabilities.
 pub async fn run_cases(suite: &Suite, case_timeout: Duration) -> Result<Vec<CaseReport>, String> {
-    let caps = crate::capabilities_of(&suite.factory)
+    let caps = capabilities_of(&suite.factory)
         .await
         .map_err(|e| format!("cannot make a client: {e}"))?;
     let env = RunEnv::new(suite, caps, case_timeout);
@@ -165,7 +166,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 
 pub(crate) fn run_trials(runtime: &tokio::runtime::Runtime, suite: &Suite) -> ExitCode {
     let args = Arguments::from_args();
-    let caps = match runtime.block_on(crate::capabilities_of(&suite.factory)) {
+    let caps = match runtime.block_on(capabilities_of(&suite.factory)) {
         Ok(caps) => caps,
         Err(e) => {
             eprintln!(

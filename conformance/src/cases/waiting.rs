@@ -16,9 +16,9 @@ use std::time::Duration;
 use leasehold_core::{Lease, LockError, RetryPolicy, Waiting};
 use tokio::time::Instant;
 
-use crate::BoxFuture;
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select::always};
 use crate::expect_err;
+use crate::hooks::BoxFuture;
 use crate::support::acquire_eventually;
 
 /// This family's cases, in the order listed above.
