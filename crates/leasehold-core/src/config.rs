@@ -128,6 +128,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Query options whose values are secrets; [`redact_url`] hides them.
 const SECRET_OPTIONS: &[&str] = &[
     "password",
+    "pass",
     "secret",
     "secret_key",
     "secret_access_key",
@@ -271,6 +272,7 @@ mod tests {
             format!("dynamodb://table?region=x&secret_key={sentinel}&access_key=AK"),
             format!("etcd://root:{sentinel}@h1:2379,h2:2379"),
             format!("zk://h?password={sentinel}"),
+            format!("redis+unix:///run/redis.sock?db=1&pass={sentinel}"),
         ] {
             let shown = redact_url(&url);
             assert!(!shown.contains(sentinel), "{url} redacted to {shown}");
