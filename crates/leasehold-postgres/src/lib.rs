@@ -40,8 +40,9 @@
 //!   loopback, from `pg_terminate_backend` returning to the guard's `lost()`
 //!   completing, over 20 terminations (two runs): **p50 2.8–3.2 ms, max
 //!   6.4–7.1 ms** (`cargo test -p leasehold-postgres --test advisory
-//!   session_end_to_lost -- --nocapture`). Most of it is the server process
-//!   exiting after the terminate call has returned.
+//!   session_end_to_lost -- --nocapture`). `pg_terminate_backend` returns
+//!   once it has signalled the server process, so this includes that
+//!   process's exit.
 //! - **What is left, honestly.** Between the server freeing the lock and the
 //!   signal firing (milliseconds on a live network, measured above) another
 //!   client can already hold the key while this holder still believes it
