@@ -277,3 +277,56 @@ pub(crate) mod select {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(answer: Result<u32, LockError>, released: &mut bool) -> Result<LockError, Failed> {
+        Ok(crate::expect_err!(
+            answer,
+            LockError::Timeout { .. },
+            format!("acquire of key {}", "k"),
+            _granted => *released = true
+        ))
+    }
+
+    fn timeout() -> LockError {
+        LockError::Timeout {
+            backend: "test",
+            key: "k".into(),
+            waited: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn expect_err_passes_the_expected_error_through() {
+        let mut released = false;
+        assert!(matches!(
+            check(Err(timeout()), &mut released),
+            Ok(LockError::Timeout { .. })
+        ));
+        assert!(!released);
+    }
+
+    #[test]
+    fn expect_err_names_what_was_expected_and_what_came() {
+        let mut released = false;
+        let Failed(message) = check(Ok(7), &mut released).unwrap_err();
+        assert!(released, "the cleanup of an unexpected success did not run");
+        assert_eq!(
+            message,
+            "acquire of key k: expected Err(LockError::Timeout { .. }), but it succeeded"
+        );
+        let other = LockError::NotHeld {
+            backend: "test",
+            key: "k".into(),
+        };
+        let Failed(message) = check(Err(other), &mut released).unwrap_err();
+        assert_eq!(
+            message,
+            "acquire of key k: expected Err(LockError::Timeout { .. }), got Err(test: lock \"k\" \
+             is not held by this owner)"
+        );
+    }
+}

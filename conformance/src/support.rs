@@ -162,13 +162,19 @@ pub fn longest_key(prefix: &str) -> Result<Key, Failed> {
 /// prefix or a suffix of long keys makes each pair one lock.
 pub fn long_key_pairs(prefix: &str) -> Result<Vec<(Key, Key)>, Failed> {
     let key = |name: String| Key::new(format!("{prefix}{name}")).map_err(|e| Failed(e.to_string()));
+    let fill = |total: usize, other_bytes: usize| {
+        total
+            .checked_sub(prefix.len() + other_bytes)
+            .map(|n| "L".repeat(n))
+            .ok_or_else(|| Failed(format!("a prefix of {} bytes leaves no room", prefix.len())))
+    };
     let mut pairs = Vec::new();
     for total in [1000, leasehold_core::MAX_KEY_BYTES] {
-        let body = "L".repeat(total - prefix.len() - 1);
+        let body = fill(total, 1)?;
         pairs.push((key(format!("{body}a"))?, key(format!("{body}b"))?));
         pairs.push((key(format!("a{body}"))?, key(format!("b{body}"))?));
     }
-    let body = "L".repeat(leasehold_core::MAX_KEY_BYTES - prefix.len() - 2);
+    let body = fill(leasehold_core::MAX_KEY_BYTES, 2)?;
     pairs.push((key(format!("{body}é"))?, key(format!("{body}è"))?));
     Ok(pairs)
 }
@@ -262,5 +268,39 @@ impl LockBackend for LateAnswer {
     }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         self.inner.release_listener(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_key_pairs_differ_in_one_byte_and_fit_the_limit() {
+        let pairs = long_key_pairs("prefix/").unwrap();
+        assert_eq!(pairs.len(), 5);
+        for (a, b) in &pairs {
+            let (a, b) = (a.as_str().as_bytes(), b.as_str().as_bytes());
+            assert_eq!(a.len(), b.len());
+            assert!(a.len() >= 1000 && a.len() <= leasehold_core::MAX_KEY_BYTES);
+            assert_eq!(a.iter().zip(b).filter(|(x, y)| x != y).count(), 1);
+        }
+        assert!(long_key_pairs(&"p".repeat(1000)).is_err());
+        assert_eq!(
+            longest_key("prefix/").unwrap().as_str().len(),
+            leasehold_core::MAX_KEY_BYTES
+        );
+    }
+
+    #[test]
+    fn key_sets_are_valid_and_without_repeats() {
+        let mut seen = std::collections::HashSet::new();
+        for name in AWKWARD_KEY_NAMES {
+            assert!(Key::new(*name).is_ok(), "{name:?}");
+            assert!(seen.insert(*name), "{name:?} twice");
+        }
+        for (a, b) in NEAR_IDENTICAL_KEY_PAIRS {
+            assert!(Key::new(*a).is_ok() && Key::new(*b).is_ok() && a != b);
+        }
     }
 }
