@@ -19,7 +19,7 @@ use std::time::Duration;
 use leasehold_core::{Fencing, LockError};
 use tokio::time::Instant;
 
-use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select::always};
+use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::expect_err;
 use crate::history::{History, Holding};
 use crate::support::expect_contended;
@@ -27,12 +27,15 @@ use crate::support::expect_contended;
 /// This family's cases, in the order listed above.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case!(mutual_exclusion_has_no_lost_update, always),
-        case!(history_checker_detects_unsafe_workload, always),
-        case!(try_acquire_on_held_key_is_contended, always),
-        case!(distinct_keys_are_independent, always),
-        case!(multi_lock_in_opposite_orders_does_not_deadlock, always),
-        case!(failed_multi_lock_leaves_nothing_held, always),
+        case!(mutual_exclusion_has_no_lost_update, select::always),
+        case!(history_checker_detects_unsafe_workload, select::always),
+        case!(try_acquire_on_held_key_is_contended, select::always),
+        case!(distinct_keys_are_independent, select::always),
+        case!(
+            multi_lock_in_opposite_orders_does_not_deadlock,
+            select::always
+        ),
+        case!(failed_multi_lock_leaves_nothing_held, select::always),
     ]
 }
 

@@ -19,22 +19,25 @@ use std::time::Duration;
 use leasehold_core::{Expiry, Lease, LockBackend, LockError, RetryPolicy, instant_after};
 use tokio::time::Instant;
 
-use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select, select::always};
+use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::expect_err;
 use crate::support::{LateAnswer, acquire_eventually, expect_contended};
 
 /// This family's cases, in the order listed above.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case!(extend_keeps_the_lock, always),
+        case!(extend_keeps_the_lock, select::always),
         case!(
             holder_that_stops_renewing_loses_lock_after_ttl,
             select::ttl_expiry
         ),
         case!(extend_after_loss_is_lost, select::ttl_expiry),
         case!(extend_after_take_and_release_is_lost, select::ttl_expiry),
-        case!(answer_after_validity_gives_lost_not_a_lock, always),
-        case!(valid_until_is_never_later_than_call_start_plus_ttl, always),
+        case!(answer_after_validity_gives_lost_not_a_lock, select::always),
+        case!(
+            valid_until_is_never_later_than_call_start_plus_ttl,
+            select::always
+        ),
     ]
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use leasehold_core::{Locker, TtlPolicy};
 use tokio::time::Instant;
 
-use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select, select::always};
+use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::support::{acquire_eventually, expect_contended};
 
 /// This family's cases, in the order listed above.
@@ -24,7 +24,7 @@ pub(crate) fn cases() -> Vec<Case> {
             lost_fires_when_the_lease_expires_and_is_taken,
             select::ttl_expiry
         ),
-        case!(guard_auto_extends_past_several_ttls, always),
+        case!(guard_auto_extends_past_several_ttls, select::always),
         case!(ending_the_holders_session_fires_lost, select::session_ender),
     ]
 }

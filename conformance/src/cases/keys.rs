@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use leasehold_core::{Key, LockError, Locker, RetryPolicy, TtlPolicy};
 
-use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select::always};
+use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::expect_err;
 use crate::support::{
     AWKWARD_KEY_NAMES, NEAR_IDENTICAL_KEY_PAIRS, expect_contended, long_key_pairs, longest_key,
@@ -25,13 +25,16 @@ use crate::support::{
 /// This family's cases, in the order listed above.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case!(awkward_keys_work_and_stay_distinct, always),
-        case!(long_keys_differing_in_the_last_byte_stay_distinct, always),
+        case!(awkward_keys_work_and_stay_distinct, select::always),
+        case!(
+            long_keys_differing_in_the_last_byte_stay_distinct,
+            select::always
+        ),
         case!(
             keys_differing_in_case_whitespace_or_escaping_stay_distinct,
-            always
+            select::always
         ),
-        case!(invalid_keys_and_ttls_get_their_errors, always),
+        case!(invalid_keys_and_ttls_get_their_errors, select::always),
     ]
 }
 

@@ -13,17 +13,17 @@ use std::time::Duration;
 
 use leasehold_core::LockError;
 
-use crate::case::{Case, Ctx, Outcome, case, ensure, select::always};
+use crate::case::{Case, Ctx, Outcome, case, ensure, select};
 use crate::expect_err;
 use crate::support::{expect_contended, forged};
 
 /// This family's cases, in the order listed above.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case!(release_by_non_owner_is_refused, always),
-        case!(extend_by_non_owner_is_refused, always),
-        case!(double_release_is_not_held, always),
-        case!(inspect_reports_the_holder_without_holding, always),
+        case!(release_by_non_owner_is_refused, select::always),
+        case!(extend_by_non_owner_is_refused, select::always),
+        case!(double_release_is_not_held, select::always),
+        case!(inspect_reports_the_holder_without_holding, select::always),
     ]
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use leasehold_core::{Lease, LockError, RetryPolicy, Waiting};
 use tokio::time::Instant;
 
-use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select::always};
+use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::expect_err;
 use crate::hooks::BoxFuture;
 use crate::support::acquire_eventually;
@@ -24,10 +24,10 @@ use crate::support::acquire_eventually;
 /// This family's cases, in the order listed above.
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        case!(acquire_wakes_promptly_after_release, always),
-        case!(acquire_times_out_with_timeout, always),
-        case!(zero_wait_acquisition_of_a_free_key_succeeds, always),
-        case!(dropped_acquisition_leaves_the_key_free, always),
+        case!(acquire_wakes_promptly_after_release, select::always),
+        case!(acquire_times_out_with_timeout, select::always),
+        case!(zero_wait_acquisition_of_a_free_key_succeeds, select::always),
+        case!(dropped_acquisition_leaves_the_key_free, select::always),
     ]
 }
 
