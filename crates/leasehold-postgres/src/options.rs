@@ -198,11 +198,14 @@ impl PostgresOptions {
     /// the URL's password.
     pub fn from_url(url: &str) -> Result<(Self, String), LockError> {
         // The error never repeats the URL: a malformed one may hide its
-        // password where no redaction can find it.
+        // password where no redaction can find it. A misspelt option is
+        // still named (it is as wrong as the URL, and easier to miss).
         let mut parsed = url::Url::parse(url).map_err(|e| {
-            LockError::Config(format!(
-                "not a URL ({e}); expected postgres://user:password@host:port/database?options"
-            ))
+            unknown_name_in_malformed(url).unwrap_or_else(|| {
+                LockError::Config(format!(
+                    "not a URL ({e}); expected postgres://user:password@host:port/database?options"
+                ))
+            })
         })?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(LockError::Config(format!(
@@ -340,6 +343,27 @@ pub const SQLX_OPTIONS: &[&str] = &[
     "application_name",
     "options",
 ];
+
+/// The first unknown option name in a URL too malformed to parse, found
+/// without echoing anything that could be a secret: only the part after the
+/// last `@` (the password, if any, is before it) is read, and only names made
+/// of ASCII letters, digits, `_`, `-`, `[`, `]` and `.` are considered.
+fn unknown_name_in_malformed(url: &str) -> Option<LockError> {
+    let after_userinfo = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
+    let (_, query) = after_userinfo.split_once('?')?;
+    let known: Vec<&str> = OWN_OPTIONS.iter().chain(SQLX_OPTIONS).copied().collect();
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-[].".contains(&b))
+        })
+        .find(|name| !known.contains(name) && !name.starts_with("options["))
+        .map(|name| config::unknown_option("postgres", name, &known))
+}
 
 fn default_holder() -> String {
     let host = std::env::var("HOSTNAME")

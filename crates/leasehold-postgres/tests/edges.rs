@@ -248,6 +248,13 @@ fn misspelt_options_are_config_errors_naming_the_closest_known_one() {
     }
     let message = config_error("postgres://h/db?zzzzzzzz=1");
     assert!(message.contains("zzzzzzzz"), "{message}");
+    // Even when the URL itself does not parse (an unescaped `/` in the
+    // password), the typo is named, and the password is not shown.
+    let message = config_error("postgres://app:pa/ss+word@127.0.0.1:1/db?namspace=billing");
+    assert!(
+        message.contains("did you mean `namespace`") && !message.contains("pa/ss"),
+        "{message}"
+    );
 }
 
 /// Durations use the one grammar (`250ms`, `2s`, `1m`): a bare number is an
