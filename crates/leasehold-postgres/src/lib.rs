@@ -281,23 +281,20 @@ impl PostgresBackend {
         Self::connect_with(&url, options).await
     }
 
-    /// Connects to `url` (a plain sqlx URL) with explicit options. In table
-    /// mode the backend's pool has `max_connections`; in advisory mode the
-    /// pinned sessions get `max_connections` and the pool for `inspect` and
-    /// migrations at most 4. The operation timeout is also the pools'
-    /// acquire timeout. Connections open lazily.
+    /// Connects to `url` (a plain sqlx URL) with explicit options. The
+    /// backend's pool has `max_connections`; in advisory mode so do the
+    /// pinned sessions, on their own private pool (see
+    /// [`from_pool`](Self::from_pool)), while the pool serves `inspect` and
+    /// migrations. The operation timeout is also the pools' acquire timeout.
+    /// Connections open lazily, so an unused pool costs nothing.
     ///
     /// Cancel safety: dropping the future leaves at most an idle pool behind.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, LockError> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| LockError::Config(format!("bad postgres URL: {e}")))?;
         options.validate()?;
-        let general = match options.mode {
-            Mode::Advisory => options.max_connections.min(4),
-            Mode::Table => options.max_connections,
-        };
         let pool = PgPoolOptions::new()
-            .max_connections(general)
+            .max_connections(options.max_connections)
             .acquire_timeout(options.operation_timeout)
             // A ping per checkout would add a round trip to every call; a
             // dead connection shows up as a (retryable) error instead, and

@@ -137,8 +137,9 @@ impl PostgresOptions {
     /// Pool size when the backend builds its own pool (default 50 in
     /// advisory mode, 10 in table mode). In advisory mode every held lease
     /// pins one session, so this bounds how many locks one backend can hold
-    /// at once (its `inspect` and migrations use a separate pool of at most
-    /// 4).
+    /// at once (pinned sessions have a private pool of this size; the
+    /// backend's own pool, of the same size, serves `inspect` and
+    /// migrations and opens connections only when used).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
