@@ -79,6 +79,9 @@ pub(crate) fn halves(id: i64) -> (i64, i64) {
 pub(crate) struct Sessions {
     pool: PgPool,
     idle: Mutex<Vec<(PgListener, Instant)>>,
+    /// Wakes checkouts waiting on a full pool when a session is kept: kept
+    /// sessions hold their pool slot, so such a checkout must take one.
+    kept: tokio::sync::Notify,
     channel: String,
     timeout: Duration,
 }
@@ -129,6 +132,7 @@ impl Sessions {
         Sessions {
             pool,
             idle: Mutex::new(Vec::new()),
+            kept: tokio::sync::Notify::new(),
             channel,
             timeout,
         }
@@ -141,13 +145,40 @@ impl Sessions {
 
     /// A session holding no lock: the most recently used clean one, else a
     /// new connection. `true` when reused (it may have died while idle: the
-    /// caller retries once it fails with a session error).
+    /// caller retries once it fails with a session error). A checkout that
+    /// waits for a pool slot also takes a session kept in the meantime.
     pub(crate) async fn checkout(&self) -> Result<(PgListener, bool), sqlx::Error> {
         loop {
+            if let Some(session) = self.pop_alive().await {
+                return Ok((session, true));
+            }
+            // Listen for a kept session before looking once more, so one
+            // kept in between is not missed.
+            let kept = self.kept.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if let Some(session) = self.pop_alive().await {
+                return Ok((session, true));
+            }
+            tokio::select! {
+                // Cancel-safe: a pool checkout or connect dropped here gives
+                // its slot back.
+                opened = PgListener::connect_with(&self.pool) => {
+                    let mut session = opened?;
+                    session.eager_reconnect(false);
+                    session.ignore_pool_close_event(true);
+                    return Ok((session, false));
+                }
+                () = &mut kept => {}
+            }
+        }
+    }
+
+    /// The most recently kept session that still looks alive.
+    async fn pop_alive(&self) -> Option<PgListener> {
+        loop {
             let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some((mut session, since)) = popped else {
-                break;
-            };
+            let (mut session, since) = popped?;
             if since.elapsed() > IDLE_LIMIT {
                 continue;
             }
@@ -160,14 +191,10 @@ impl Sessions {
                 std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
             };
             match probe {
-                Poll::Pending | Poll::Ready(Ok(Some(_))) => return Ok((session, true)),
+                Poll::Pending | Poll::Ready(Ok(Some(_))) => return Some(session),
                 Poll::Ready(Ok(None) | Err(_)) => continue,
             }
         }
-        let mut session = PgListener::connect_with(&self.pool).await?;
-        session.eager_reconnect(false);
-        session.ignore_pool_close_event(true);
-        Ok((session, false))
     }
 
     /// Keeps a session that holds no lock for reuse, and closes kept ones
@@ -183,6 +210,7 @@ impl Sessions {
             idle.push((session, Instant::now()));
             stale
         };
+        self.kept.notify_waiters();
         // Dropped outside the lock: each drop spawns the connection's close.
         drop(stale);
     }

@@ -422,3 +422,31 @@ mod chrono_free {
         )
     }
 }
+
+/// With every session in use, an acquisition waits for one; a lease released
+/// meanwhile keeps its clean session for reuse, and the waiting acquisition
+/// must get that session instead of timing out on the full pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_waiting_for_a_session_gets_one_that_is_released() {
+    let server = Server::start(false).await;
+    let backend = server
+        .backend(
+            options(Mode::Advisory)
+                .max_connections(1)
+                .operation_timeout(Duration::from_secs(5)),
+        )
+        .await;
+    let held = backend.try_acquire(&key("full:held"), TTL).await.unwrap();
+    let waiting = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.try_acquire(&key("full:next"), TTL).await }
+    });
+    // Let the acquisition reach the full pool (either order must work; this
+    // makes the interesting one likely).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    backend.release(&held).await.unwrap();
+    let next = waiting.await.unwrap().unwrap_or_else(|e| {
+        panic!("the waiting acquisition should get the released session, got {e}")
+    });
+    backend.release(&next).await.unwrap();
+}
