@@ -49,17 +49,16 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError>;
 
     /// Waits until the key is acquired or `wait.deadline` passes
-    /// ([`LockError::Timeout`]). The default polls with `wait`'s backoff and is
-    /// woken early by [`LockBackend::release_listener`]; queue-based stores
-    /// override it.
+    /// ([`LockError::Timeout`]). A store without a queue of its own
+    /// implements it as `wait_for_lock(self, key, ttl, wait).await` (see
+    /// [`wait_for_lock`]): backoff woken early by
+    /// [`LockBackend::release_listener`].
     async fn acquire(
         &self,
         key: &Key,
         ttl: Duration,
         wait: &RetryPolicy,
-    ) -> Result<Lease, LockError> {
-        wait_for_lock(self, key, ttl, wait).await
-    }
+    ) -> Result<Lease, LockError>;
 
     /// Renews a lease we hold for `ttl` from now. Fails with
     /// [`LockError::Lost`] when the lease is gone or someone else holds the
@@ -67,14 +66,15 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// it in between.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError>;
 
-    /// Renews several leases; a store that can do it in one call overrides
-    /// this (and sets [`Capabilities::batch_extend`]). The default renews
-    /// them concurrently, so one slow call does not delay the others. Results
-    /// come in input order.
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
-        futures_util::future::join_all(renewals.iter().map(|(lease, ttl)| self.extend(lease, *ttl)))
-            .await
-    }
+    /// Renews several leases. The outer error fails the whole call (the store
+    /// was unreachable, the batch was refused); otherwise there is one result
+    /// per renewal, in input order. A store that renews a batch in one call
+    /// says so in [`Capabilities::batch_extend`]; one that cannot implements
+    /// this as `extend_each(self, renewals).await` (see [`extend_each`]).
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError>;
 
     /// Releases a lease we hold with one atomic compare-and-delete. Releasing
     /// twice or after expiry is [`LockError::NotHeld`] (or `Lost`), never a
@@ -86,11 +86,75 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// A listener that fires when the store signals `key` may have been
     /// released. Created *before* an attempt so no signal is missed in
-    /// between. `None`: the backend only polls.
-    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
-        None
-    }
+    /// between. A store without release signals returns `None` (waiters
+    /// poll).
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener>;
 }
+
+/// `extend_many` for a store that cannot renew a batch in one call: renews
+/// each lease with its own `extend`, all at once, so one slow call does not
+/// delay the others.
+pub async fn extend_each<B: LockBackend + ?Sized>(
+    backend: &B,
+    renewals: &[(Lease, Duration)],
+) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+    Ok(futures_util::future::join_all(
+        renewals
+            .iter()
+            .map(|(lease, ttl)| backend.extend(lease, *ttl)),
+    )
+    .await)
+}
+
+/// Implements [`LockBackend`] for smart pointers by forwarding every method
+/// to the pointee. `missing_trait_methods` is denied, so a method added to
+/// the trait and not forwarded here is a compile error, never a silent
+/// fallback.
+macro_rules! forward_backend {
+    ($($pointer:ident),*) => {$(
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        impl<T: LockBackend + ?Sized> LockBackend for $pointer<T> {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+                (**self).try_acquire(key, ttl).await
+            }
+            async fn acquire(
+                &self,
+                key: &Key,
+                ttl: Duration,
+                wait: &RetryPolicy,
+            ) -> Result<Lease, LockError> {
+                (**self).acquire(key, ttl, wait).await
+            }
+            async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+                (**self).extend(lease, ttl).await
+            }
+            async fn extend_many(
+                &self,
+                renewals: &[(Lease, Duration)],
+            ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+                (**self).extend_many(renewals).await
+            }
+            async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+                (**self).release(lease).await
+            }
+            async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+                (**self).inspect(key).await
+            }
+            fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+                (**self).release_listener(key)
+            }
+        }
+    )*};
+}
+
+forward_backend!(Arc, Box);
 
 /// The default waiting loop: attempt, then wait for a release signal or the
 /// next backoff delay, until `wait.deadline`. Retryable store errors are

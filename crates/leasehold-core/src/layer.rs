@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-use crate::backend::{LockBackend, ReleaseListener, timed_out, with_timeout};
+use crate::backend::{LockBackend, ReleaseListener, with_timeout};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
@@ -61,6 +61,7 @@ pub struct Timeout {
     timeout: Duration,
 }
 
+#[deny(clippy::missing_trait_methods)]
 #[async_trait]
 impl LockBackend for Timeout {
     fn name(&self) -> &'static str {
@@ -89,15 +90,12 @@ impl LockBackend for Timeout {
         with_timeout(self.name(), self.timeout, self.inner.extend(lease, ttl)).await
     }
     /// One bound for the whole batch, so a backend that renews a batch in one
-    /// round trip still does (the trait's default would renew one by one).
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
-        match tokio::time::timeout(self.timeout, self.inner.extend_many(renewals)).await {
-            Ok(results) => results,
-            Err(_) => renewals
-                .iter()
-                .map(|_| Err(timed_out(self.name(), self.timeout)))
-                .collect(),
-        }
+    /// round trip still does.
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.extend_many(renewals)).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         with_timeout(self.name(), self.timeout, self.inner.release(lease)).await
@@ -144,6 +142,7 @@ impl Traced {
     }
 }
 
+#[deny(clippy::missing_trait_methods)]
 #[async_trait]
 impl LockBackend for Traced {
     fn name(&self) -> &'static str {
@@ -169,8 +168,27 @@ impl LockBackend for Traced {
         self.traced("extend", lease.key(), self.inner.extend(lease, ttl))
             .await
     }
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
-        self.inner.extend_many(renewals).await
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        let span = tracing::info_span!(
+            "leasehold",
+            operation = "extend_many",
+            backend = self.inner.name(),
+            leases = renewals.len(),
+            outcome = tracing::field::Empty
+        );
+        let result = self
+            .inner
+            .extend_many(renewals)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            result.as_ref().map_or_else(LockError::kind, |_| "ok"),
+        );
+        result
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         self.traced("release", lease.key(), self.inner.release(lease))
@@ -184,84 +202,34 @@ impl LockBackend for Traced {
     }
 }
 
-#[async_trait]
-impl LockBackend for Arc<dyn LockBackend> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        (**self).try_acquire(key, ttl).await
-    }
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        wait: &RetryPolicy,
-    ) -> Result<Lease, LockError> {
-        (**self).acquire(key, ttl, wait).await
-    }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-        (**self).extend(lease, ttl).await
-    }
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
-        (**self).extend_many(renewals).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        (**self).release(lease).await
-    }
-    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        (**self).inspect(key).await
-    }
-    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
-        (**self).release_listener(key)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::MemoryBackend;
+    use crate::testing::{Hooks, Spy};
 
     /// Renews only in batches: a single `extend` is an error, so a layer that
-    /// falls back to the trait's one-by-one default is caught.
+    /// falls back to renewing one by one is caught.
     #[derive(Debug)]
-    struct BatchOnly(MemoryBackend);
+    struct BatchOnly;
 
     #[async_trait]
-    impl LockBackend for BatchOnly {
-        fn name(&self) -> &'static str {
-            "batch-only"
-        }
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities()
-        }
-        async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-            self.0.try_acquire(key, ttl).await
-        }
-        async fn extend(&self, _: &Lease, _: Duration) -> Result<Lease, LockError> {
-            Err(LockError::backend("batch-only", "renewed one by one"))
-        }
-        async fn extend_many(
+    impl Hooks for BatchOnly {
+        async fn extend(
             &self,
-            renewals: &[(Lease, Duration)],
-        ) -> Vec<Result<Lease, LockError>> {
-            self.0.extend_many(renewals).await
-        }
-        async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-            self.0.release(lease).await
-        }
-        async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-            self.0.inspect(key).await
+            _: &dyn LockBackend,
+            _: &Lease,
+            _: Duration,
+        ) -> Result<Lease, LockError> {
+            Err(LockError::backend("batch-only", "renewed one by one"))
         }
     }
 
     #[tokio::test]
     async fn layers_pass_a_renewal_batch_through_whole() {
         let ttl = Duration::from_secs(5);
-        let inner: Arc<dyn LockBackend> = Arc::new(BatchOnly(MemoryBackend::new()));
+        let inner: Arc<dyn LockBackend> =
+            Arc::new(Spy::new(Arc::new(MemoryBackend::new()), BatchOnly));
         let layered = TracingLayer.layer(TimeoutLayer::new(Duration::from_secs(2)).layer(inner));
         let mut renewals = Vec::new();
         for name in ["a", "b", "c"] {
@@ -271,7 +239,7 @@ mod tests {
                 .unwrap();
             renewals.push((lease, ttl));
         }
-        let results = layered.extend_many(&renewals).await;
+        let results = layered.extend_many(&renewals).await.unwrap();
         assert_eq!(results.len(), 3);
         for result in results {
             result.expect("the batch reached the inner backend whole");

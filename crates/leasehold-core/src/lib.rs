@@ -47,13 +47,16 @@ mod locker;
 mod memory;
 mod metrics;
 mod retry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod token;
 mod ttl;
 mod watchdog;
 
 pub use async_trait::async_trait;
 pub use backend::{
-    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, wait_for_lock, with_timeout,
+    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,
+    with_timeout,
 };
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};

@@ -300,6 +300,7 @@ async fn release_in_reverse(guards: Vec<LockGuard>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Hooks, Spy};
     use crate::{MemoryBackend, TestClock};
     use proptest::prelude::*;
 
@@ -367,43 +368,47 @@ mod tests {
     /// (or a link stalled) between sending the request and reading the reply.
     #[derive(Debug)]
     struct LateAnswer {
-        inner: MemoryBackend,
         delay: Duration,
     }
 
     #[async_trait::async_trait]
-    impl LockBackend for LateAnswer {
-        fn name(&self) -> &'static str {
-            "late-answer"
-        }
-        fn capabilities(&self) -> crate::Capabilities {
-            self.inner.capabilities()
-        }
-        async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-            let lease = self.inner.try_acquire(key, ttl).await;
+    impl Hooks for LateAnswer {
+        async fn try_acquire(
+            &self,
+            inner: &dyn LockBackend,
+            key: &Key,
+            ttl: Duration,
+        ) -> Result<Lease, LockError> {
+            let lease = inner.try_acquire(key, ttl).await;
             tokio::time::sleep(self.delay).await;
             lease
         }
-        async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-            self.inner.extend(lease, ttl).await
+        async fn acquire(
+            &self,
+            inner: &dyn LockBackend,
+            key: &Key,
+            ttl: Duration,
+            wait: &RetryPolicy,
+        ) -> Result<Lease, LockError> {
+            let lease = inner.acquire(key, ttl, wait).await;
+            tokio::time::sleep(self.delay).await;
+            lease
         }
-        async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-            self.inner.release(lease).await
-        }
-        async fn inspect(&self, key: &Key) -> Result<Option<crate::LockInfo>, LockError> {
-            self.inner.inspect(key).await
-        }
+    }
+
+    fn late(delay: Duration) -> Arc<dyn LockBackend> {
+        Arc::new(Spy::new(
+            Arc::new(MemoryBackend::new()),
+            LateAnswer { delay },
+        ))
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_after_validity_gives_lost_not_a_guard() {
         let ttl = Duration::from_secs(3);
-        let late: Arc<dyn LockBackend> = Arc::new(LateAnswer {
-            inner: MemoryBackend::new(),
-            delay: ttl * 2,
-        });
+        let slow = late(ttl * 2);
         for wait in [Duration::ZERO, Duration::from_secs(1)] {
-            let locker = locker_on(late.clone(), ttl, wait);
+            let locker = locker_on(slow.clone(), ttl, wait);
             let result = if wait.is_zero() {
                 locker.try_lock("k").await
             } else {
@@ -415,10 +420,7 @@ mod tests {
             );
         }
         // A prompt answer still locks.
-        let prompt: Arc<dyn LockBackend> = Arc::new(LateAnswer {
-            inner: MemoryBackend::new(),
-            delay: ttl / 10,
-        });
+        let prompt = late(ttl / 10);
         let guard = locker_on(prompt, ttl, Duration::ZERO)
             .try_lock("k")
             .await

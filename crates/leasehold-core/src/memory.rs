@@ -10,12 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{LockBackend, ReleaseHub, ReleaseListener};
+use crate::backend::{LockBackend, ReleaseHub, ReleaseListener, extend_each, wait_for_lock};
 use crate::capabilities::{Capabilities, Fairness, Fencing, Waiting};
 use crate::clock::{Drift, SharedClock, system_clock};
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
+use crate::retry::RetryPolicy;
 use crate::token::{FencingToken, OwnerToken};
 
 const NAME: &str = "memory";
@@ -161,6 +162,22 @@ impl LockBackend for MemoryBackend {
                 "the key is free or held by another owner",
             )),
         }
+    }
+
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        extend_each(self, renewals).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {

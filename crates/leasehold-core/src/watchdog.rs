@@ -483,10 +483,25 @@ async fn renew(
     if backend.capabilities().batch_extend {
         let backend = backend.clone();
         let entries = to_extend.clone();
+        let name = backend.name();
         calls.push(Box::pin(async move {
             let renewals: Vec<(Lease, Duration)> =
                 entries.iter().map(|e| (e.lease(), e.ttl)).collect();
-            let results = backend.extend_many(&renewals).await;
+            let results = match backend.extend_many(&renewals).await {
+                Ok(results) => results,
+                // The whole call failed: each lease gets the cause, as
+                // transient or final as it was.
+                Err(error) => entries
+                    .iter()
+                    .map(|_| {
+                        Err(if error.is_retryable() {
+                            LockError::unavailable(name, error.to_string())
+                        } else {
+                            LockError::backend(name, error.to_string())
+                        })
+                    })
+                    .collect(),
+            };
             (entries, results)
         }));
     } else {

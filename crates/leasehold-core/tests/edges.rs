@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use leasehold_core::testing::{Hooks, Spy};
 use leasehold_core::{
-    CancellationToken, Capabilities, Key, Lease, LockBackend, LockError, LockInfo, Locker,
-    LostReason, MemoryBackend, RetryPolicy, TtlPolicy, async_trait,
+    CancellationToken, Capabilities, Key, Lease, LockBackend, LockError, Locker, LostReason,
+    MemoryBackend, RetryPolicy, TtlPolicy, async_trait,
 };
 use tokio::time::Instant;
 
@@ -24,10 +25,10 @@ enum ExtendMany {
 }
 
 /// The memory store with faults: a session signal per lease, slow answers
-/// to renewals of keys starting with `slow`, and batch renewals that are short or panic.
+/// to renewals of keys starting with `slow`, and batch renewals that are
+/// short or panic.
 #[derive(Debug)]
 struct Faulty {
-    inner: MemoryBackend,
     session: CancellationToken,
     slow_extend: Duration,
     extend_many: ExtendMany,
@@ -37,53 +38,71 @@ struct Faulty {
 impl Faulty {
     fn new() -> Self {
         Faulty {
-            inner: MemoryBackend::new(),
             session: CancellationToken::new(),
             slow_extend: Duration::ZERO,
             extend_many: ExtendMany::Normal,
             batch: false,
         }
     }
+
+    fn backend(self) -> Arc<Spy<Faulty>> {
+        Arc::new(Spy::new(Arc::new(MemoryBackend::new()), self))
+    }
 }
 
 #[async_trait]
-impl LockBackend for Faulty {
-    fn name(&self) -> &'static str {
-        "faulty"
+impl Hooks for Faulty {
+    fn capabilities(&self, inner: &dyn LockBackend) -> Capabilities {
+        inner.capabilities().batch_extend(self.batch)
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities().batch_extend(self.batch)
-    }
-    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        let lease = self.inner.try_acquire(key, ttl).await?;
+    async fn try_acquire(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        let lease = inner.try_acquire(key, ttl).await?;
         Ok(lease.with_loss_signal(self.session.clone()))
     }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+    async fn acquire(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        let lease = inner.acquire(key, ttl, wait).await?;
+        Ok(lease.with_loss_signal(self.session.clone()))
+    }
+    async fn extend(
+        &self,
+        inner: &dyn LockBackend,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
         // The store applies the renewal at once; its answer is slow.
-        let renewed = self.inner.extend(lease, ttl).await;
+        let renewed = inner.extend(lease, ttl).await;
         if lease.key().as_str().starts_with("slow") {
             tokio::time::sleep(self.slow_extend).await;
         }
         renewed
     }
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+    async fn extend_many(
+        &self,
+        inner: &dyn LockBackend,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
         match self.extend_many {
             ExtendMany::Normal => {
                 let mut results = Vec::new();
                 for (lease, ttl) in renewals {
-                    results.push(self.extend(lease, *ttl).await);
+                    results.push(self.extend(inner, lease, *ttl).await);
                 }
-                results
+                Ok(results)
             }
-            ExtendMany::Short => Vec::new(),
+            ExtendMany::Short => Ok(Vec::new()),
             ExtendMany::Panic => panic!("deliberate panic in extend_many"),
         }
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.inner.release(lease).await
-    }
-    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        self.inner.inspect(key).await
     }
 }
 
@@ -104,8 +123,8 @@ async fn is_free(backend: &Arc<dyn LockBackend>, key: &str) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_session_end_marks_the_guard_lost_at_once() {
-    let faulty = Arc::new(Faulty::new());
-    let session = faulty.session.clone();
+    let faulty = Faulty::new().backend();
+    let session = faulty.hooks().session.clone();
     let locker = locker(faulty, Duration::from_secs(30));
     let guard = locker.lock("k").await.unwrap();
     let token = guard.lost_token();
@@ -123,8 +142,7 @@ async fn a_store_session_end_marks_the_guard_lost_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_token_calls_leave_no_task_behind() {
-    let faulty = Arc::new(Faulty::new());
-    let locker = locker(faulty, Duration::from_secs(30));
+    let locker = locker(Faulty::new().backend(), Duration::from_secs(30));
     let guard = locker.lock("k").await.unwrap();
     let metrics = tokio::runtime::Handle::current().metrics();
     let before = metrics.num_alive_tasks();
@@ -191,7 +209,7 @@ async fn renewals_fall_due_before_validity_even_on_a_slow_store() {
     // the TTL after the previous *finished* makes it land after validity.
     let mut faulty = Faulty::new();
     faulty.slow_extend = Duration::from_millis(1200);
-    let backend: Arc<dyn LockBackend> = Arc::new(faulty);
+    let backend: Arc<dyn LockBackend> = faulty.backend();
     let locker = locker(backend, Duration::from_secs(3));
     let guard = locker.lock("slow-k").await.unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -209,7 +227,7 @@ async fn one_slow_renewal_does_not_delay_the_others() {
     // same instant and must not wait for it.
     let mut faulty = Faulty::new();
     faulty.slow_extend = Duration::from_secs(3600);
-    let backend: Arc<dyn LockBackend> = Arc::new(faulty);
+    let backend: Arc<dyn LockBackend> = faulty.backend();
     let locker = locker(backend, Duration::from_secs(3));
     let slow = locker.lock("slow").await.unwrap();
     let fast = locker.lock("fast").await.unwrap();
@@ -228,7 +246,7 @@ async fn a_short_extend_many_answer_ends_in_loss_not_an_orphan() {
     let mut faulty = Faulty::new();
     faulty.batch = true;
     faulty.extend_many = ExtendMany::Short;
-    let backend: Arc<dyn LockBackend> = Arc::new(faulty);
+    let backend: Arc<dyn LockBackend> = faulty.backend();
     let locker = locker(backend, Duration::from_secs(3));
     let guard = locker.lock("k").await.unwrap();
     let token = guard.lost_token();
@@ -243,7 +261,7 @@ async fn a_panicking_extend_many_marks_the_batch_lost() {
     let mut faulty = Faulty::new();
     faulty.batch = true;
     faulty.extend_many = ExtendMany::Panic;
-    let backend: Arc<dyn LockBackend> = Arc::new(faulty);
+    let backend: Arc<dyn LockBackend> = faulty.backend();
     let locker = locker(backend, Duration::from_secs(3));
     let guard = locker.lock("k").await.unwrap();
     let token = guard.lost_token();
