@@ -21,8 +21,11 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
+use crate::backend::LockBackend;
+use crate::clock::Drift;
 use crate::error::LockError;
 
 /// The longest TTL any backend accepts, and the longest duration a
@@ -123,6 +126,174 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// The options a [`Locker`](crate::Locker) applies, not a backend: a
+/// backend's URL parser accepts them (so one URL works for both) and leaves
+/// them to the locker (`leasehold::connect` applies them).
+pub const LOCKER_OPTIONS: &[&str] = &["ttl", "wait", "retry_min", "retry_max", "auto_extend"];
+
+/// Settings every backend has, under the same query names on every scheme:
+/// `namespace`, `timeout` (per store call), `poll` (how often a waiter
+/// re-checks without a notification), `holder` (who holds it, stored with
+/// each lease), `drift_factor`, `drift_fixed`. `None` means the backend's
+/// own default, which its docs state.
+///
+/// ```
+/// use leasehold_core::config::SharedConfig;
+/// use std::time::Duration;
+/// let mut shared = SharedConfig::default();
+/// assert!(shared.apply("timeout", "2s")?);
+/// assert!(!shared.apply("mode", "table")?); // not a shared option
+/// assert_eq!(shared.timeout, Some(Duration::from_secs(2)));
+/// # Ok::<(), leasehold_core::LockError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SharedConfig {
+    /// Keeps one application's locks apart from another's on a shared store.
+    pub namespace: Option<String>,
+    /// The bound on each store call; past it the call is `Unavailable`.
+    pub timeout: Option<Duration>,
+    /// How often a waiter re-checks when no notification comes.
+    pub poll: Option<Duration>,
+    /// Who holds a lease, stored with it for tooling (default: host and pid).
+    pub holder: Option<String>,
+    /// The validity drift allowance.
+    pub drift: Option<Drift>,
+}
+
+impl SharedConfig {
+    /// The shared option names.
+    pub const NAMES: &'static [&'static str] = &[
+        "namespace",
+        "timeout",
+        "poll",
+        "holder",
+        "drift_factor",
+        "drift_fixed",
+    ];
+
+    /// Applies one query option if it is a shared one; `Ok(false)` for any
+    /// other name.
+    pub fn apply(&mut self, name: &str, value: &str) -> Result<bool, LockError> {
+        match name {
+            "namespace" if value.is_empty() => {
+                return Err(invalid(name, value, "must not be empty"));
+            }
+            "namespace" => self.namespace = Some(value.to_owned()),
+            "timeout" => self.timeout = Some(positive(name, value)?),
+            "poll" => self.poll = Some(positive(name, value)?),
+            "holder" => self.holder = Some(value.to_owned()),
+            "drift_factor" => {
+                let factor: f64 = value
+                    .parse()
+                    .map_err(|_| invalid(name, value, "expected a number like 0.01"))?;
+                if !(0.0..1.0).contains(&factor) {
+                    return Err(invalid(name, value, "must be in [0, 1)"));
+                }
+                self.drift = Some(Drift {
+                    factor,
+                    ..self.drift.unwrap_or_default()
+                });
+            }
+            "drift_fixed" => {
+                self.drift = Some(Drift {
+                    fixed: duration(name, value)?,
+                    ..self.drift.unwrap_or_default()
+                });
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// The default holder label: `"<host> pid <pid>"`, where host comes from
+/// `HOSTNAME` or `/etc/hostname` (`unknown-host` if neither is there).
+///
+/// ```
+/// let holder = leasehold_core::config::default_holder();
+/// assert!(holder.contains(&format!("pid {}", std::process::id())));
+/// ```
+pub fn default_holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host} pid {}", std::process::id())
+}
+
+impl SharedConfig {
+    /// The holder label to store: the configured one, or [`default_holder`].
+    pub fn holder_or_default(&self) -> String {
+        self.holder.clone().unwrap_or_else(default_holder)
+    }
+}
+
+/// A duration above zero.
+pub fn positive(name: &str, value: &str) -> Result<Duration, LockError> {
+    let parsed = duration(name, value)?;
+    if parsed.is_zero() {
+        return Err(invalid(name, value, "must be above zero"));
+    }
+    Ok(parsed)
+}
+
+/// Applies every query pair of a backend URL: shared options to `shared`,
+/// the backend's own through `own` (which returns `Ok(false)` for a name it
+/// does not know), the [`LOCKER_OPTIONS`] left to the locker; any other name
+/// is [`unknown_option`] naming the closest of all of them.
+pub fn apply_query<'a>(
+    scheme: &str,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    shared: &mut SharedConfig,
+    own_names: &[&str],
+    mut own: impl FnMut(&str, &str) -> Result<bool, LockError>,
+) -> Result<(), LockError> {
+    for (name, value) in pairs {
+        if shared.apply(name, value)? || own(name, value)? || LOCKER_OPTIONS.contains(&name) {
+            continue;
+        }
+        let known: Vec<&str> = SharedConfig::NAMES
+            .iter()
+            .chain(own_names)
+            .chain(LOCKER_OPTIONS)
+            .copied()
+            .collect();
+        return Err(unknown_option(scheme, name, &known));
+    }
+    Ok(())
+}
+
+/// One backend's configuration: parsed from its URL with the shared grammar,
+/// built in code, and turned into a connected backend. Every backend crate
+/// implements it in its `config.rs`, and offers `XBackend::connect(url)` and
+/// `XBackend::connect_with(config)` on top of it.
+pub trait BackendConfig: Sized + Clone + fmt::Debug + Send + Sync + 'static {
+    /// The backend it connects.
+    type Backend: LockBackend;
+
+    /// The URL schemes it parses (`["redis", "rediss"]`).
+    const SCHEMES: &'static [&'static str];
+
+    /// Its own option names, beside [`SharedConfig::NAMES`].
+    const OPTIONS: &'static [&'static str];
+
+    /// Parses a URL of one of [`BackendConfig::SCHEMES`]. Errors are
+    /// [`LockError::Config`] naming the option (and never the password).
+    fn from_url(url: &str) -> Result<Self, LockError>;
+
+    /// The shared settings.
+    fn shared(&self) -> &SharedConfig;
+
+    /// The shared settings, to change.
+    fn shared_mut(&mut self) -> &mut SharedConfig;
+
+    /// Connects.
+    fn connect(self) -> impl Future<Output = Result<Self::Backend, LockError>> + Send;
 }
 
 /// Query options whose values are secrets; [`redact_url`] hides them.
