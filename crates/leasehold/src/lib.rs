@@ -84,185 +84,104 @@ pub async fn connect_from_env() -> Result<Locker, LockError> {
 pub async fn connect_with(url: &str, options: Options) -> Result<Locker, LockError> {
     let (backend, options) = open(url, options).await?;
     Ok(Locker::builder_from_arc(backend)
-        .ttl(options.ttl)
-        .retry(options.retry)
-        .auto_extend(options.auto_extend)
+        .ttl(options.ttl_value().clone())
+        .retry(options.retry_value().clone())
+        .auto_extend(options.auto_extend_value())
         .build())
 }
 
 /// The backend named by `url`, and the options after the URL's query was
 /// applied (for callers that build their own [`Locker`] or layers).
+///
+/// The URL's query overrides `options`. Locker options (`ttl`, `wait`,
+/// `retry_min`, `retry_max`, `auto_extend`) go to the returned [`Options`];
+/// shared store options (`namespace`, `timeout`, `poll`, `holder`,
+/// `drift_*`) and the backend's own go to the backend's
+/// [`BackendConfig`](config::BackendConfig), exactly as the backend crate's
+/// own `connect(url)` parses them.
 pub async fn open(
     url: &str,
     mut options: Options,
 ) -> Result<(Arc<dyn LockBackend>, Options), LockError> {
-    let target = Target::parse(url, &mut options)?;
-    let backend = target.connect(&options).await?;
+    // Errors show the URL only redacted: it may carry a password.
+    let shown = config::redact_url(url);
+    let (scheme, after) = url.split_once("://").ok_or_else(|| {
+        LockError::Config(format!("{shown:?} is not a URL: expected scheme://..."))
+    })?;
+    if scheme.is_empty() {
+        return Err(LockError::Config(format!("{shown:?} has no scheme")));
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let (rest, query) = after.split_once('?').unwrap_or((after, ""));
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    for (name, value) in &pairs {
+        options.apply_locker(name, value)?;
+    }
+    let backend = match scheme.as_str() {
+        "memory" => {
+            // No store of its own to configure: anything but the shared and
+            // locker names is a typo.
+            let mut shared = config::SharedConfig::default();
+            config::apply_query(
+                "memory",
+                pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                &mut shared,
+                &[],
+                |_, _| Ok(false),
+            )?;
+            // Checked like any backend's, though one process needs none.
+            options.fill_shared(&mut shared);
+            shared_memory(rest.trim_end_matches('/'))
+        }
+        #[cfg(feature = "redis")]
+        s if redis::RedisConfig::SCHEMES.contains(&s) => {
+            connect_config::<redis::RedisConfig>(url, &options).await?
+        }
+        #[cfg(feature = "redlock")]
+        s if redlock::RedlockConfig::SCHEMES.contains(&s) => {
+            connect_config::<redlock::RedlockConfig>(url, &options).await?
+        }
+        #[cfg(feature = "etcd")]
+        s if etcd::EtcdConfig::SCHEMES.contains(&s) => {
+            connect_config::<etcd::EtcdConfig>(url, &options).await?
+        }
+        #[cfg(feature = "zookeeper")]
+        s if zookeeper::ZkConfig::SCHEMES.contains(&s) => {
+            connect_config::<zookeeper::ZkConfig>(url, &options).await?
+        }
+        #[cfg(feature = "postgres")]
+        s if postgres::PostgresConfig::SCHEMES.contains(&s) => {
+            connect_config::<postgres::PostgresConfig>(url, &options).await?
+        }
+        #[cfg(feature = "dynamodb")]
+        s if dynamodb::DynamoDbConfig::SCHEMES.contains(&s) => {
+            connect_config::<dynamodb::DynamoDbConfig>(url, &options).await?
+        }
+        other => return Err(unavailable_scheme(other)),
+    };
     Ok((backend, options))
 }
 
-/// A parsed URL: scheme, the part after `://` up to `?`, and the query
-/// parameters that belong to the backend.
-#[derive(Debug)]
-struct Target {
-    scheme: String,
-    rest: String,
-    backend_query: Vec<(String, String)>,
-}
-
-impl Target {
-    fn parse(url: &str, options: &mut Options) -> Result<Self, LockError> {
-        // Errors show the URL only redacted: it may carry a password.
-        let shown = leasehold_core::config::redact_url(url);
-        let (scheme, after) = url.split_once("://").ok_or_else(|| {
-            LockError::Config(format!("{shown:?} is not a URL: expected scheme://..."))
-        })?;
-        if scheme.is_empty() {
-            return Err(LockError::Config(format!("{shown:?} has no scheme")));
-        }
-        let (rest, query) = after.split_once('?').unwrap_or((after, ""));
-        let mut backend_query = Vec::new();
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            if !options.apply(&name, &value)? {
-                backend_query.push((name.into_owned(), value.into_owned()));
-            }
-        }
-        Ok(Target {
-            scheme: scheme.to_ascii_lowercase(),
-            rest: rest.to_owned(),
-            backend_query,
-        })
-    }
-
-    /// The URL to hand the backend: its scheme, host part and own parameters.
-    #[allow(dead_code)]
-    fn backend_url(&self) -> String {
-        let mut url = format!("{}://{}", self.scheme, self.rest);
-        if !self.backend_query.is_empty() {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(self.backend_query.iter())
-                .finish();
-            url.push('?');
-            url.push_str(&query);
-        }
-        url
-    }
-
-    /// The part after `://` with the backend's own parameters.
-    #[allow(dead_code)]
-    fn backend_url_rest(&self) -> String {
-        let url = self.backend_url();
-        url.split_once("://")
-            .map_or(url.clone(), |(_, rest)| rest.to_owned())
-    }
-
-    /// For a scheme whose backend takes no options of its own: any left
-    /// over is a typo of a shared one (or a mistake), never ignored.
-    fn reject_backend_query(&self) -> Result<(), LockError> {
-        match self.backend_query.first() {
-            Some((name, _)) => Err(leasehold_core::config::unknown_option(
-                &self.scheme,
-                name,
-                options::SHARED,
-            )),
-            None => Ok(()),
-        }
-    }
-
-    async fn connect(&self, options: &Options) -> Result<Arc<dyn LockBackend>, LockError> {
-        // Each arm hands the shared options to its backend's own builder:
-        // `with_shared!(builder, options, namespace, timeout, drift)` names the
-        // builder's three setters.
-        #[allow(unused_macros)]
-        macro_rules! with_shared {
-            ($builder:expr, $namespace:ident, $timeout:ident, $drift:ident) => {{
-                let mut builder = $builder;
-                if let Some(namespace) = &options.namespace {
-                    builder = builder.$namespace(namespace);
-                }
-                if let Some(timeout) = options.timeout {
-                    builder = builder.$timeout(timeout);
-                }
-                if let Some(drift) = options.drift {
-                    builder = builder.$drift(drift);
-                }
-                builder
-            }};
-        }
-        let _ = options;
-        match self.scheme.as_str() {
-            "memory" => {
-                self.reject_backend_query()?;
-                Ok(shared_memory(self.rest.trim_end_matches('/')))
-            }
-            #[cfg(feature = "redis")]
-            "redis" | "rediss" => {
-                let builder = with_shared!(
-                    leasehold_redis::RedisBackend::builder(),
-                    namespace,
-                    timeout,
-                    drift
-                );
-                Ok(Arc::new(builder.connect(&self.backend_url()).await?))
-            }
-            #[cfg(feature = "redlock")]
-            "redlock" => {
-                let builder = with_shared!(
-                    leasehold_redlock::RedlockBackend::builder(),
-                    namespace,
-                    timeout,
-                    drift
-                );
-                Ok(Arc::new(builder.connect(&self.backend_url()).await?))
-            }
-            #[cfg(feature = "etcd")]
-            "etcd" | "etcds" => {
-                let etcd = with_shared!(
-                    leasehold_etcd::EtcdOptions::new(),
-                    namespace,
-                    operation_timeout,
-                    drift
-                );
-                Ok(Arc::new(
-                    leasehold_etcd::EtcdBackend::connect_with(&self.backend_url(), etcd).await?,
-                ))
-            }
-            #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let (postgres, url) =
-                    leasehold_postgres::PostgresOptions::from_url(&self.backend_url())?;
-                let postgres = with_shared!(postgres, namespace, operation_timeout, drift);
-                Ok(Arc::new(
-                    leasehold_postgres::PostgresBackend::connect_with(&url, postgres).await?,
-                ))
-            }
-            #[cfg(feature = "zookeeper")]
-            "zk" | "zookeeper" => {
-                // ZooKeeper's namespace is a path and can be invalid: set it apart.
-                let mut zk = leasehold_zookeeper::ZkOptions::from_url(&format!(
-                    "zk://{}",
-                    self.backend_url_rest()
-                ))?;
-                if let Some(namespace) = &options.namespace {
-                    zk = zk.with_namespace(&format!("/{}", namespace.trim_start_matches('/')))?;
-                }
-                if let Some(timeout) = options.timeout {
-                    zk = zk.with_operation_timeout(timeout);
-                }
-                if let Some(drift) = options.drift {
-                    zk = zk.with_drift(drift);
-                }
-                Ok(Arc::new(leasehold_zookeeper::ZkBackend::connect(zk).await?))
-            }
-            #[cfg(feature = "dynamodb")]
-            "dynamodb" => {
-                let builder = leasehold_dynamodb::DynamoDbBuilder::from_url(&self.backend_url())?;
-                let builder = with_shared!(builder, namespace, operation_timeout, drift);
-                Ok(Arc::new(builder.connect().await?))
-            }
-            scheme => Err(unavailable_scheme(scheme)),
-        }
-    }
+/// Parses `url` with the backend's own config (as its crate's `connect(url)`
+/// does), fills in the shared settings the URL left unset from `options`,
+/// and connects.
+#[cfg(any(
+    feature = "redis",
+    feature = "redlock",
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "postgres",
+    feature = "dynamodb"
+))]
+async fn connect_config<C: config::BackendConfig>(
+    url: &str,
+    options: &Options,
+) -> Result<Arc<dyn LockBackend>, LockError> {
+    let mut config = C::from_url(url)?;
+    options.fill_shared(config.shared_mut());
+    Ok(Arc::new(config.connect().await?))
 }
 
 /// The process-wide memory store called `name`.

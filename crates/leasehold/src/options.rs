@@ -1,23 +1,9 @@
-//! Options shared by every backend, from a typed builder or URL query
-//! parameters with the same names.
+//! Options from a typed builder or URL query parameters with the same names.
 
 use std::time::Duration;
 
-use leasehold_core::config::{self, duration, invalid};
+use leasehold_core::config::{self, SharedConfig, duration, positive};
 use leasehold_core::{Drift, LockError, RetryPolicy, TtlPolicy};
-
-/// The shared option names, for the memory scheme's check and for hints.
-pub(crate) const SHARED: &[&str] = &[
-    "ttl",
-    "wait",
-    "retry_min",
-    "retry_max",
-    "namespace",
-    "timeout",
-    "drift_factor",
-    "drift_fixed",
-    "auto_extend",
-];
 
 /// Options for [`connect_with`](crate::connect_with). Every option has a URL
 /// query parameter of the same name; a parameter in the URL overrides the
@@ -26,31 +12,35 @@ pub(crate) const SHARED: &[&str] = &[
 /// | parameter | meaning | example |
 /// |---|---|---|
 /// | `ttl` | fixed TTL, or `adaptive` | `ttl=30s` |
-/// | `wait` | how long `lock` waits | `wait=10s` |
+/// | `wait` | how long `lock` waits (`forever` for no limit) | `wait=10s` |
 /// | `retry_min`, `retry_max` | backoff delay bounds | `retry_min=10ms` |
-/// | `namespace` | key prefix separating applications | `namespace=billing` |
-/// | `timeout` | per-call store timeout | `timeout=2s` |
-/// | `drift_factor`, `drift_fixed` | validity drift allowance | `drift_factor=0.01` |
 /// | `auto_extend` | guards extend themselves | `auto_extend=false` |
+/// | `namespace` | key prefix separating applications | `namespace=billing` |
+/// | `timeout` | bound on each store call | `timeout=2s` |
+/// | `poll` | how often a waiter re-checks without a notification | `poll=250ms` |
+/// | `holder` | who holds a lease, stored with it | `holder=billing-worker-3` |
+/// | `drift_factor`, `drift_fixed` | validity drift allowance | `drift_factor=0.01` |
 ///
-/// Durations take `ms`, `s`, `m` or `h` (`250ms`, `1.5s`) and are at most one
-/// year; a bare number is an error (stores disagree on the unit, so none is
-/// guessed). `wait` may also be `forever`.
+/// The first four are the [`Locker`](crate::Locker)'s; the rest are every
+/// backend's ([`SharedConfig`]), parsed by the backend's own configuration
+/// so that a URL means the same through [`connect`](crate::connect) and
+/// through a backend crate's `connect(url)`. Durations take `ms`, `s`, `m`
+/// or `h` (`250ms`, `1.5s`) and are at most one year; a bare number is an
+/// error (stores disagreed on the unit, so none is guessed).
 ///
 /// ```
 /// use leasehold::Options;
 /// use std::time::Duration;
 /// let options = Options::new().namespace("billing").timeout(Duration::from_secs(1));
 /// assert_eq!(options.namespace_value(), Some("billing"));
+/// assert_eq!(options.timeout_value(), Some(Duration::from_secs(1)));
 /// ```
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub(crate) ttl: TtlPolicy,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) namespace: Option<String>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) drift: Option<Drift>,
-    pub(crate) auto_extend: bool,
+    ttl: TtlPolicy,
+    retry: RetryPolicy,
+    auto_extend: bool,
+    shared: SharedConfig,
 }
 
 impl Default for Options {
@@ -58,17 +48,15 @@ impl Default for Options {
         Options {
             ttl: TtlPolicy::default(),
             retry: RetryPolicy::default(),
-            namespace: None,
-            timeout: None,
-            drift: None,
             auto_extend: true,
+            shared: SharedConfig::default(),
         }
     }
 }
 
 impl Options {
     /// The defaults: fixed 30 s TTL, 30 s wait, each backend's own namespace,
-    /// timeout and drift.
+    /// timeout, poll interval, holder label and drift.
     pub fn new() -> Self {
         Self::default()
     }
@@ -82,30 +70,37 @@ impl Options {
         self.retry = retry;
         self
     }
-    /// The key namespace.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
-        self
-    }
-    /// The per-call store timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-    /// The drift allowance.
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.drift = Some(drift);
-        self
-    }
     /// Whether guards extend themselves (default true).
     pub fn auto_extend(mut self, enabled: bool) -> Self {
         self.auto_extend = enabled;
         self
     }
-    /// The namespace set, if any.
-    pub fn namespace_value(&self) -> Option<&str> {
-        self.namespace.as_deref()
+    /// The key namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.shared.namespace = Some(namespace.into());
+        self
     }
+    /// The bound on each store call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shared.timeout = Some(timeout);
+        self
+    }
+    /// How often a waiter re-checks without a notification.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.shared.poll = Some(poll);
+        self
+    }
+    /// The holder label stored with each lease.
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.shared.holder = Some(holder.into());
+        self
+    }
+    /// The drift allowance.
+    pub fn drift(mut self, drift: Drift) -> Self {
+        self.shared.drift = Some(drift);
+        self
+    }
+
     /// The TTL policy set.
     pub fn ttl_value(&self) -> &TtlPolicy {
         &self.ttl
@@ -114,25 +109,33 @@ impl Options {
     pub fn retry_value(&self) -> &RetryPolicy {
         &self.retry
     }
-    /// The per-call store timeout set, if any (else the backend's default).
-    pub fn timeout_value(&self) -> Option<Duration> {
-        self.timeout
-    }
-    /// The drift allowance set, if any (else the backend's default).
-    pub fn drift_value(&self) -> Option<Drift> {
-        self.drift
-    }
     /// Whether guards extend themselves.
     pub fn auto_extend_value(&self) -> bool {
         self.auto_extend
     }
+    /// The namespace set, if any.
+    pub fn namespace_value(&self) -> Option<&str> {
+        self.shared.namespace.as_deref()
+    }
+    /// The per-call store timeout set, if any (else the backend's default).
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.shared.timeout
+    }
+    /// The drift allowance set, if any (else the backend's default).
+    pub fn drift_value(&self) -> Option<Drift> {
+        self.shared.drift
+    }
+    /// The shared store settings set here (a URL's query overrides them).
+    pub fn shared_value(&self) -> &SharedConfig {
+        &self.shared
+    }
 
-    /// Applies one query parameter if it is a shared option; returns false
-    /// for a parameter that belongs to the backend.
-    pub(crate) fn apply(&mut self, name: &str, value: &str) -> Result<bool, LockError> {
+    /// Applies one query parameter if it is a locker option; store options
+    /// are left to the backend's configuration.
+    pub(crate) fn apply_locker(&mut self, name: &str, value: &str) -> Result<(), LockError> {
         match name {
             "ttl" if value == "adaptive" => self.ttl = TtlPolicy::adaptive(),
-            "ttl" => self.ttl = TtlPolicy::Fixed(positive_duration(name, value)?),
+            "ttl" => self.ttl = TtlPolicy::Fixed(positive(name, value)?),
             "wait" if value == "forever" => self.retry.deadline = Duration::MAX,
             "wait" => self.retry.deadline = duration(name, value)?,
             "retry_min" => {
@@ -147,42 +150,21 @@ impl Options {
                     .clone()
                     .with_delays(self.retry.min_delay, duration(name, value)?)
             }
-            "namespace" if value.is_empty() => {
-                return Err(invalid(name, value, "must not be empty"));
-            }
-            "namespace" => self.namespace = Some(value.to_owned()),
-            "timeout" => self.timeout = Some(positive_duration(name, value)?),
-            "drift_factor" => {
-                let factor: f64 = value
-                    .parse()
-                    .map_err(|_| invalid(name, value, "expected a number like 0.01"))?;
-                if !(0.0..1.0).contains(&factor) {
-                    return Err(invalid(name, value, "must be in [0, 1)"));
-                }
-                self.drift = Some(Drift {
-                    factor,
-                    ..self.drift.unwrap_or_default()
-                });
-            }
-            "drift_fixed" => {
-                self.drift = Some(Drift {
-                    fixed: duration(name, value)?,
-                    ..self.drift.unwrap_or_default()
-                })
-            }
             "auto_extend" => self.auto_extend = config::boolean(name, value)?,
-            _ => return Ok(false),
+            _ => {}
         }
-        Ok(true)
+        Ok(())
     }
-}
 
-fn positive_duration(name: &str, value: &str) -> Result<Duration, LockError> {
-    let parsed = duration(name, value)?;
-    if parsed.is_zero() {
-        return Err(invalid(name, value, "must be above zero"));
+    /// Fills the shared settings a URL left unset with the builder's.
+    pub(crate) fn fill_shared(&self, shared: &mut SharedConfig) {
+        let ours = &self.shared;
+        shared.namespace = shared.namespace.take().or_else(|| ours.namespace.clone());
+        shared.timeout = shared.timeout.or(ours.timeout);
+        shared.poll = shared.poll.or(ours.poll);
+        shared.holder = shared.holder.take().or_else(|| ours.holder.clone());
+        shared.drift = shared.drift.or(ours.drift);
     }
-    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -190,16 +172,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_options_apply_and_backend_options_pass_through() {
+    fn locker_options_apply_and_store_options_are_left_to_the_backend() {
         let mut options = Options::new();
-        assert!(options.apply("ttl", "5s").unwrap());
-        assert!(options.apply("wait", "1s").unwrap());
-        assert!(options.apply("namespace", "app").unwrap());
-        assert!(!options.apply("mode", "table").unwrap());
+        options.apply_locker("ttl", "5s").unwrap();
+        options.apply_locker("wait", "1s").unwrap();
+        options.apply_locker("namespace", "app").unwrap();
+        options.apply_locker("mode", "table").unwrap();
         assert!(matches!(options.ttl, TtlPolicy::Fixed(d) if d == Duration::from_secs(5)));
         assert_eq!(options.retry.deadline, Duration::from_secs(1));
-        assert!(options.apply("ttl", "0s").is_err());
-        assert!(options.apply("drift_factor", "2").is_err());
-        assert!(options.apply("auto_extend", "maybe").is_err());
+        assert_eq!(options.namespace_value(), None);
+        assert!(options.apply_locker("ttl", "0s").is_err());
+        assert!(options.apply_locker("ttl", "5").is_err());
+        assert!(options.apply_locker("auto_extend", "maybe").is_err());
+    }
+
+    #[test]
+    fn a_urls_shared_settings_win_over_the_builders() {
+        let options = Options::new()
+            .namespace("builder")
+            .timeout(Duration::from_secs(9));
+        let mut from_url = SharedConfig::default();
+        from_url.apply("namespace", "url").unwrap();
+        options.fill_shared(&mut from_url);
+        assert_eq!(from_url.namespace.as_deref(), Some("url"));
+        assert_eq!(from_url.timeout, Some(Duration::from_secs(9)));
     }
 }

@@ -16,6 +16,13 @@ const SENTINEL: &str = "Sent1nel/Secr+t";
 /// One URL per scheme compiled into this build, with `{q}` where the query
 /// options go.
 fn templates() -> Vec<String> {
+    #[cfg(any(
+        feature = "redis",
+        feature = "redlock",
+        feature = "etcd",
+        feature = "postgres",
+        feature = "dynamodb"
+    ))]
     let secret = SENTINEL.replace('/', "%2F").replace('+', "%2B");
     #[allow(unused_mut)]
     let mut urls = vec!["memory://props?{q}".to_owned()];
