@@ -6,58 +6,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use leasehold_core::{
-    Capabilities, Key, Lease, LockBackend, LockError, LockInfo, Locker, ReleaseListener,
-    RetryPolicy, TtlPolicy, async_trait,
-};
+use leasehold_core::testing::{Hooks, Spy};
+use leasehold_core::{Lease, LockBackend, LockError, Locker, TtlPolicy, async_trait};
 use redis::aio::ConnectionManager;
 
-/// Counts the leases the watchdog renews and the `extend_many` calls.
-#[derive(Debug)]
+/// Counts the leases the watchdog renews and the store calls it makes for
+/// them.
+#[derive(Debug, Default)]
 struct Counting {
-    inner: Arc<dyn LockBackend>,
     renewals: AtomicU64,
     batches: AtomicU64,
 }
 
 #[async_trait]
-impl LockBackend for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        self.inner.try_acquire(key, ttl).await
-    }
-    async fn acquire(
+impl Hooks for Counting {
+    async fn extend(
         &self,
-        key: &Key,
+        inner: &dyn LockBackend,
+        lease: &Lease,
         ttl: Duration,
-        wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        self.inner.acquire(key, ttl, wait).await
-    }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.renewals.fetch_add(1, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.inner.extend(lease, ttl).await
+        inner.extend(lease, ttl).await
     }
-    async fn extend_many(&self, renewals: &[(Lease, Duration)]) -> Vec<Result<Lease, LockError>> {
+    async fn extend_many(
+        &self,
+        inner: &dyn LockBackend,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
         self.renewals
             .fetch_add(renewals.len() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.inner.extend_many(renewals).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.inner.release(lease).await
-    }
-    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        self.inner.inspect(key).await
-    }
-    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
-        self.inner.release_listener(key)
+        inner.extend_many(renewals).await
     }
 }
 
@@ -156,11 +137,7 @@ pub async fn run(
     ttl: Duration,
     hold: Duration,
 ) -> Result<ExtendResult, String> {
-    let counting = Arc::new(Counting {
-        inner: backend,
-        renewals: AtomicU64::new(0),
-        batches: AtomicU64::new(0),
-    });
+    let counting = Arc::new(Spy::new(backend, Counting::default()));
     let locker = Locker::builder_from_arc(counting.clone())
         .ttl(TtlPolicy::Fixed(ttl))
         .auto_extend(true)
@@ -178,8 +155,8 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let before = (
-        counting.renewals.load(Ordering::Relaxed),
-        counting.batches.load(Ordering::Relaxed),
+        counting.hooks().renewals.load(Ordering::Relaxed),
+        counting.hooks().batches.load(Ordering::Relaxed),
         process_cpu(),
         commandstats(&mut stats).await?,
     );
@@ -187,8 +164,8 @@ pub async fn run(
     tokio::time::sleep(hold).await;
     let held_for = start.elapsed();
     let after = (
-        counting.renewals.load(Ordering::Relaxed),
-        counting.batches.load(Ordering::Relaxed),
+        counting.hooks().renewals.load(Ordering::Relaxed),
+        counting.hooks().batches.load(Ordering::Relaxed),
         process_cpu(),
         commandstats(&mut stats).await?,
     );
