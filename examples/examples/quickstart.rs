@@ -1,16 +1,24 @@
 //! Acquire a lock, read its fencing token, keep it past its TTL by
-//! auto-extension, and release it — on the embedded in-memory backend.
+//! auto-extension, and release it — on the embedded in-memory backend, or on
+//! the store `LEASEHOLD_URL` names.
 //!
-//! Run: `cargo run --example quickstart`
+//! Run: `cargo run --example quickstart`, or with a Redis:
+//! `LEASEHOLD_URL='redis://127.0.0.1:6379?ttl=1s' cargo run -p leasehold-examples --features redis --example quickstart`
 
 use std::time::Duration;
 
-use leasehold::LockError;
+use leasehold::{LockError, TtlPolicy};
 
 #[tokio::main]
 async fn main() -> Result<(), LockError> {
-    let ttl = Duration::from_millis(300);
-    let locker = leasehold::connect("memory://?ttl=300ms").await?;
+    let locker = match std::env::var_os(leasehold::URL_ENV) {
+        Some(_) => leasehold::connect_from_env().await?,
+        None => leasehold::connect("memory://?ttl=300ms").await?,
+    };
+    let ttl = match locker.ttl_policy() {
+        TtlPolicy::Fixed(ttl) => *ttl,
+        TtlPolicy::Adaptive(_) => Duration::from_secs(30),
+    };
 
     let guard = locker.lock("orders:42").await?;
     println!(

@@ -32,6 +32,12 @@
 
 mod options;
 
+/// The README's code blocks, compiled and run as doctests so the first
+/// thing a newcomer copies works.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
