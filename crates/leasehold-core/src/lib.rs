@@ -39,6 +39,7 @@ mod capabilities;
 mod clock;
 pub mod config;
 mod error;
+mod feed;
 mod guard;
 mod key;
 mod layer;
@@ -61,6 +62,7 @@ pub use backend::{
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
 pub use error::{BoxError, LockError};
+pub use feed::{ReleaseFeed, ReleaseSource, ReleaseStream};
 pub use guard::{LockGuard, MultiGuard};
 pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
