@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Key, Lease, LockBackend, LockError, LockInfo, OwnerToken, ReleaseListener,
-    async_trait,
+    RetryPolicy, async_trait, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -257,8 +257,24 @@ impl LockBackend for LateAnswer {
         }
         answer
     }
+    /// Waits through this wrapper's own late `try_acquire`, so a waited-for
+    /// grant is late too.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.inner.extend(lease, ttl).await
+    }
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        self.inner.extend_many(renewals).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         self.inner.release(lease).await

@@ -18,8 +18,8 @@ use std::time::Duration;
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::{
     CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, MemoryBackend, OwnerToken, RetryPolicy, async_trait, cancel_safe,
-    wait_for_lock,
+    LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener, RetryPolicy, async_trait,
+    cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -347,6 +347,17 @@ impl LockBackend for Toy {
                 .with_owner(&h.owner)
             }))
     }
+
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        extend_each(self, renewals).await
+    }
+
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
+    }
 }
 
 /// A suite whose clients all share `backend` (one store).
@@ -400,6 +411,26 @@ impl LockBackend for SlowButCancelSafe {
 
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.inner.inspect(key).await
+    }
+
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        extend_each(self, renewals).await
+    }
+
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
     }
 }
 
@@ -539,6 +570,26 @@ impl LockBackend for SessionToy {
         Ok(holders.get(key.as_str()).map(|(_, owner, token)| {
             LockInfo::new(Some(FencingToken(*token)), None).with_owner(owner)
         }))
+    }
+
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        extend_each(self, renewals).await
+    }
+
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
     }
 }
 
