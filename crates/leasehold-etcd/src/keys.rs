@@ -6,7 +6,7 @@
 //! `/` (and nothing else), so an encoded key never contains `/` and two
 //! different keys never share a prefix, nor is one's prefix inside another's
 //! range. The namespace always ends with `/` (see
-//! [`EtcdOptions::namespace`](crate::EtcdOptions::namespace)), so the last
+//! [`EtcdConfig::namespace`](crate::EtcdConfig::namespace)), so the last
 //! two `/` of a prefix enclose the encoded key and the namespace is what
 //! comes before: two different (namespace, key) pairs never share a prefix.
 
@@ -121,12 +121,9 @@ mod tests {
 
     #[test]
     fn a_namespace_and_key_pair_never_meets_another_at_the_join() {
-        use crate::EtcdOptions;
+        use crate::EtcdConfig;
         let prefix = |namespace: &str, key: &str| {
-            let namespace = EtcdOptions::new()
-                .namespace(namespace)
-                .namespace_str()
-                .to_owned();
+            let namespace = EtcdConfig::default().namespace(namespace).namespace_str();
             LockKeys::new(&namespace, &Key::new(key).unwrap()).prefix
         };
         assert_ne!(prefix("app", "2:x"), prefix("app2", ":x"));

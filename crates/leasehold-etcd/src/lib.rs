@@ -128,28 +128,16 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod config;
+mod error;
 mod keys;
-mod options;
 mod queue;
 mod reaper;
 mod session;
+mod store;
 
-pub use backend::{EtcdBackend, WakeCounts};
-pub use options::{DEFAULT_NAMESPACE, EtcdOptions};
-
-/// The id of the etcd lease (the session) that keeps `lease`'s queue entry
-/// alive, or `None` for a lease this backend did not make. For tooling and
-/// tests: revoking that etcd lease (`etcdctl lease revoke <id as hex>`, or
-/// `Client::lease_client().revoke(id)`) ends the session, deletes every entry
-/// on it, and fires the loss signal of every lease on it at this process's
-/// next keep-alive (the guard's watchdog sends one every third of the TTL) or
-/// at the latest when the session's TTL runs out. It is shared by the
-/// backend's locks of the same TTL: revoking it ends them all.
-pub fn lease_id(lease: &leasehold_core::Lease) -> Option<i64> {
-    lease.handle::<backend::Held>().map(|held| held.session.id)
-}
+pub use backend::{EtcdBackend, WakeCounts, lease_id};
+pub use config::{DEFAULT_NAMESPACE, EtcdConfig};
 
 /// The backend's name in errors, spans and metrics.
 pub(crate) const NAME: &str = "etcd";
-
-pub(crate) use backend::store_error;

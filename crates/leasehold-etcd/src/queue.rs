@@ -1,20 +1,76 @@
-//! Waiting in a lock's queue: enqueue in one transaction, watch only the
-//! predecessor's deletion, re-read and confirm the lease before claiming the
-//! lock.
+//! The FIFO queue algorithm: one transaction to try or to enqueue, a watch on
+//! the predecessor's deletion to wait, a re-read and a keep-alive confirming
+//! the lease before claiming the lock (etcd's `concurrency/mutex.go`, with a
+//! session per TTL class and retirement of entries whose txn went
+//! unanswered).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use leasehold_core::{Key, Lease, LockError, OwnerToken, RetryPolicy, with_timeout};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
+};
+use leasehold_core::{
+    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy,
+    instant_after, with_timeout,
+};
 use tokio::time::Instant;
 
 use crate::NAME;
-use crate::backend::{EtcdBackend, first_kv, head, lease_not_found, newest, revision, store_error};
+use crate::backend::EtcdBackend;
+use crate::error::{lease_not_found, map};
 use crate::keys::LockKeys;
 use crate::reaper::Reaper;
 use crate::session::{Renewal, Session};
+
+/// What [`Lease::handle`] holds for an etcd lease.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub session: Arc<Session>,
+    pub entry: Vec<u8>,
+    pub create_revision: i64,
+    /// A txn that could have put the entry went unanswered: a late copy
+    /// could revive it after the release, so the release retires it.
+    pub uncertain: bool,
+}
+
+pub(crate) fn revision(response: &TxnResponse) -> i64 {
+    response.header().map_or(0, |h| h.revision())
+}
+
+pub(crate) fn first_kv(response: Option<&TxnOpResponse>) -> Option<KeyValue> {
+    match response? {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    }
+}
+
+fn queue_range(keys: &LockKeys) -> GetOptions {
+    GetOptions::new()
+        .with_range(keys.range_end())
+        .with_keys_only()
+}
+
+/// The queue head: the entry with the lowest create revision.
+pub(crate) fn head(keys: &LockKeys) -> GetOptions {
+    queue_range(keys)
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// The newest entry created at or before `max_revision` (the predecessor of
+/// an entry created at `max_revision + 1`).
+pub(crate) fn newest(keys: &LockKeys, max_revision: Option<i64>) -> GetOptions {
+    let options = queue_range(keys)
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(1);
+    match max_revision {
+        Some(max) => options.with_max_create_revision(max),
+        None => options,
+    }
+}
 
 /// The result of reading the queue around our own entry.
 struct Position {
@@ -27,6 +83,144 @@ struct Position {
 }
 
 impl EtcdBackend {
+    /// One txn that writes our entry only if the lock's queue is empty.
+    /// Cancel safe: dropped before it returns, the entry (if the txn was
+    /// applied) is deleted, or retired if the txn's answer never came, from a
+    /// background task.
+    pub(crate) async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let secs = self.store.ttl_secs(ttl)?;
+        let keys = LockKeys::new(&self.store.namespace, key);
+        for _ in 0..2 {
+            let session = self.store.session(secs).await?;
+            let owner = OwnerToken::generate();
+            let entry = keys.entry(&owner);
+            // Only an empty queue is free: no write at all under contention.
+            let attempt = Txn::new()
+                .when([
+                    Compare::create_revision(keys.prefix.clone(), CompareOp::Equal, 0)
+                        .with_range(keys.range_end()),
+                    LockKeys::not_retired(&entry),
+                ])
+                .and_then([TxnOp::put(
+                    entry.clone(),
+                    "",
+                    Some(PutOptions::new().with_lease(session.id)),
+                )])
+                .or_else([TxnOp::get(keys.prefix.clone(), Some(head(&keys)))]);
+            let mut reaper = Reaper::arm(
+                &self.store.client,
+                self.store.timeout,
+                &self.store.markers,
+                entry.clone(),
+                session.clone(),
+            );
+            let stale = session.older_than(session.ttl / 3, self.store.now());
+            let (response, renewal) = tokio::join!(
+                self.store.txn(attempt),
+                self.store.renew_if(&session, stale)
+            );
+            let response = match response {
+                Ok(response) => {
+                    reaper.answered();
+                    response
+                }
+                Err(error) if lease_not_found(&error) => {
+                    reaper.disarm();
+                    session.end("etcd refused its lease");
+                    continue;
+                }
+                // The txn may still be applied: the reaper retires the entry.
+                Err(error) => return Err(map(error)),
+            };
+            if !response.succeeded() {
+                reaper.disarm();
+                let holder = first_kv(response.op_responses().first());
+                let info = match &holder {
+                    Some(kv) => Some(self.holder_info(&keys, kv).await),
+                    None => None,
+                };
+                return Err(LockError::contended(NAME, key.as_str(), info));
+            }
+            match renewal {
+                Ok(Renewal::Gone) => continue,
+                Ok(Renewal::Alive(_)) | Err(_) => {}
+            }
+            reaper.disarm();
+            let renewed_at = session.renewed_at();
+            let held = Held {
+                session,
+                entry,
+                create_revision: revision(&response),
+                uncertain: false,
+            };
+            return Ok(self.lease_from(key, owner, held, renewed_at));
+        }
+        Err(LockError::unavailable(
+            NAME,
+            "etcd kept refusing freshly granted session leases",
+        ))
+    }
+
+    /// Queues and waits (watch on the predecessor) until the lock is ours or
+    /// `wait.deadline` passes; one attempt always happens, and a zero wait is
+    /// `try_acquire` reported as `Timeout` when the key is held. Cancel safe:
+    /// a dropped waiter's entry is deleted from a background task, so the key
+    /// frees as soon as the holder releases (not when the TTL runs out).
+    pub(crate) async fn lock(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        let secs = self.store.ttl_secs(ttl)?;
+        if wait.deadline.is_zero() {
+            // One attempt and no waiting: the same as `try_acquire` (no write
+            // when the key is held), reported as the timeout it is.
+            return match self.try_lock(key, ttl).await {
+                Err(LockError::Contended { key, .. }) => Err(LockError::Timeout {
+                    backend: NAME,
+                    key,
+                    waited: Duration::ZERO,
+                }),
+                other => other,
+            };
+        }
+        self.queue_and_wait(key, secs, wait).await
+    }
+
+    /// The lease for `held`, valid from `renewed_at` for its session's TTL.
+    pub(crate) fn lease_from(
+        &self,
+        key: &Key,
+        owner: OwnerToken,
+        held: Held,
+        renewed_at: Instant,
+    ) -> Lease {
+        let (ttl, ended) = (held.session.ttl, held.session.ended.clone());
+        Lease::new(
+            NAME,
+            key.clone(),
+            owner,
+            FencingToken(held.create_revision as u64),
+            renewed_at,
+            ttl,
+            self.store.drift,
+        )
+        .with_handle(Arc::new(held))
+        .with_loss_signal(ended)
+    }
+
+    /// What the store knows about the holder entry `holder` (best effort: the
+    /// remaining TTL needs one more call).
+    pub(crate) async fn holder_info(&self, keys: &LockKeys, holder: &KeyValue) -> LockInfo {
+        let mut info = LockInfo::new(Some(FencingToken(holder.create_revision() as u64)), None);
+        if let Some(owner) = keys.owner_of(holder.key()) {
+            info = info.with_owner(&owner);
+        }
+        info.remaining = self.store.remaining(holder.lease()).await;
+        info
+    }
+
     /// Reads our entry and its predecessor in one round trip.
     async fn position(
         &self,
@@ -36,6 +230,7 @@ impl EtcdBackend {
         my_revision: i64,
     ) -> Result<Position, LockError> {
         let response = self
+            .store
             .txn(Txn::new().and_then([
                 TxnOp::get(entry.to_vec(), Some(GetOptions::new().with_keys_only())),
                 TxnOp::get(
@@ -44,7 +239,7 @@ impl EtcdBackend {
                 ),
             ]))
             .await
-            .map_err(store_error)?;
+            .map_err(map)?;
         let responses = response.op_responses();
         let own = first_kv(responses.first());
         Ok(Position {
@@ -61,13 +256,12 @@ impl EtcdBackend {
         &self,
         keys: &LockKeys,
         secs: u64,
-        deadline: Instant,
-        backoff: &mut Backoff<'_>,
+        attempts: &mut Attempts,
     ) -> Result<Option<Queued>, LockError> {
-        let session = match self.session(secs).await {
+        let session = match self.store.session(secs).await {
             Ok(session) => session,
-            Err(error) if error.is_retryable() && Instant::now() < deadline => {
-                backoff.sleep(deadline).await;
+            Err(error) if error.is_retryable() && attempts.remaining() > Duration::ZERO => {
+                pause(attempts).await;
                 return Ok(None);
             }
             Err(error) => return Err(error),
@@ -75,9 +269,9 @@ impl EtcdBackend {
         let owner = OwnerToken::generate();
         let entry = keys.entry(&owner);
         let mut reaper = Reaper::arm(
-            &self.inner.client,
-            self.timeout(),
-            &self.inner.markers,
+            &self.store.client,
+            self.store.timeout,
+            &self.store.markers,
             entry.clone(),
             session.clone(),
         );
@@ -102,9 +296,11 @@ impl EtcdBackend {
                 TxnOp::get(entry.clone(), Some(GetOptions::new().with_keys_only())),
                 TxnOp::get(keys.prefix.clone(), Some(head(keys))),
             ]);
-        let stale = session.older_than(session.ttl / 3, self.now());
-        let (mut enqueued, renewal) =
-            tokio::join!(self.txn(enqueue.clone()), self.renew_if(&session, stale));
+        let stale = session.older_than(session.ttl / 3, self.store.now());
+        let (mut enqueued, renewal) = tokio::join!(
+            self.store.txn(enqueue.clone()),
+            self.store.renew_if(&session, stale)
+        );
         let response = loop {
             match enqueued {
                 Ok(response) => {
@@ -117,12 +313,12 @@ impl EtcdBackend {
                 }
                 Err(error) => {
                     reaper.answer_lost();
-                    let error = store_error(error);
-                    if !error.is_retryable() || Instant::now() >= deadline {
+                    let error = map(error);
+                    if !error.is_retryable() || attempts.remaining().is_zero() {
                         return Err(error); // The reaper deletes whatever was written.
                     }
-                    backoff.sleep(deadline).await;
-                    enqueued = self.txn(enqueue.clone()).await;
+                    pause(attempts).await;
+                    enqueued = self.store.txn(enqueue.clone()).await;
                 }
             }
         };
@@ -170,18 +366,16 @@ impl EtcdBackend {
         secs: u64,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        let keys = LockKeys::new(&self.inner.options.namespace, key);
-        let started = Instant::now();
-        let deadline = later(started, wait.deadline);
-        let mut backoff = Backoff::new(wait);
+        let keys = LockKeys::new(&self.store.namespace, key);
+        let mut attempts = Attempts::new(wait);
         let mut first = true;
         loop {
             // One attempt always happens, however short the wait.
-            if !first && Instant::now() >= deadline {
-                return Err(self.timed_out(key, started));
+            if !first && attempts.remaining().is_zero() {
+                return Err(timed_out(key, &attempts));
             }
             first = false;
-            let Some(mut queued) = self.enqueue(&keys, secs, deadline, &mut backoff).await? else {
+            let Some(mut queued) = self.enqueue(&keys, secs, &mut attempts).await? else {
                 continue;
             };
             if queued.predecessor.is_none() {
@@ -189,20 +383,12 @@ impl EtcdBackend {
                 return Ok(queued.into_lease(self, key, renewed_at));
             }
             match self
-                .wait_turn(key, &keys, &mut queued, started, deadline, &mut backoff)
+                .wait_turn(key, &keys, &mut queued, &mut attempts)
                 .await?
             {
                 Some(renewed_at) => return Ok(queued.into_lease(self, key, renewed_at)),
                 None => continue,
             }
-        }
-    }
-
-    fn timed_out(&self, key: &Key, started: Instant) -> LockError {
-        LockError::Timeout {
-            backend: NAME,
-            key: key.as_str().to_owned(),
-            waited: started.elapsed(),
         }
     }
 
@@ -214,26 +400,25 @@ impl EtcdBackend {
         key: &Key,
         keys: &LockKeys,
         queued: &mut Queued,
-        started: Instant,
-        deadline: Instant,
-        backoff: &mut Backoff<'_>,
+        attempts: &mut Attempts,
     ) -> Result<Option<Instant>, LockError> {
+        let deadline = attempts.deadline();
         let session = queued.session.clone();
         let mut watch: Option<etcd_client::WatchStream> = None;
         let mut watching: Option<Vec<u8>> = None;
         loop {
-            if Instant::now() >= deadline {
+            if attempts.remaining().is_zero() {
                 let reaper = std::mem::replace(
                     &mut queued.reaper,
-                    Reaper::none(&self.inner.client, &self.inner.markers),
+                    Reaper::none(&self.store.client, &self.store.markers),
                 );
                 reaper.delete_now().await;
-                return Err(self.timed_out(key, started));
+                return Err(timed_out(key, attempts));
             }
             let cause = match queued.predecessor.clone() {
                 // Confirm again (an unknown predecessor, or a failed read).
                 None => {
-                    backoff.sleep(deadline).await;
+                    pause(attempts).await;
                     Wake::Recheck
                 }
                 Some(pred) if pred.is_empty() => Wake::Recheck,
@@ -251,17 +436,17 @@ impl EtcdBackend {
                             Ok(None) => {}
                             Err(error) if error.is_retryable() => {
                                 tracing::debug!(%error, "creating the predecessor watch failed");
-                                backoff.sleep(deadline).await;
+                                pause(attempts).await;
                             }
                             Err(error) => return Err(error),
                         }
                     }
                     match watch.as_mut() {
                         Some(stream) if !created_late => {
-                            let keep_alive_at = later(
+                            let keep_alive_at = instant_after(
                                 Instant::now(),
-                                later(session.renewed_at(), session.ttl / 3)
-                                    .saturating_duration_since(self.now()),
+                                instant_after(session.renewed_at(), session.ttl / 3)
+                                    .saturating_duration_since(self.store.now()),
                             );
                             tokio::select! {
                                 message = stream.message() => match message {
@@ -272,7 +457,7 @@ impl EtcdBackend {
                                         Wake::Recheck
                                     }
                                 },
-                                () = tokio::time::sleep(jitter(self.inner.options.poll_interval)) => Wake::Poll,
+                                () = tokio::time::sleep(jitter(self.store.poll)) => Wake::Poll,
                                 () = tokio::time::sleep_until(keep_alive_at) => Wake::KeepAlive,
                                 () = tokio::time::sleep_until(deadline) => continue,
                                 () = session.ended.cancelled() => return Ok(None),
@@ -285,19 +470,19 @@ impl EtcdBackend {
             let counter = match cause {
                 Wake::Nothing => continue,
                 Wake::KeepAlive => {
-                    match self.renew_if(&session, true).await {
+                    match self.store.renew_if(&session, true).await {
                         Ok(Renewal::Gone) => return Ok(None),
                         Ok(Renewal::Alive(_)) => {}
                         Err(error) => {
                             tracing::debug!(%error, "keep-alive while queued failed");
-                            backoff.sleep(deadline).await;
+                            pause(attempts).await;
                         }
                     }
                     continue;
                 }
-                Wake::Watch => &self.inner.wakes.watch,
-                Wake::Poll => &self.inner.wakes.poll,
-                Wake::Recheck => &self.inner.wakes.recheck,
+                Wake::Watch => &self.store.wakes.watch,
+                Wake::Poll => &self.store.wakes.poll,
+                Wake::Recheck => &self.store.wakes.recheck,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             // Re-read our entry and predecessor, and confirm the lease lives
@@ -305,7 +490,7 @@ impl EtcdBackend {
             // while its owner waited).
             let (position, renewal) = tokio::join!(
                 self.position(keys, &queued.entry, &session, queued.my_revision),
-                self.renew_if(&session, true)
+                self.store.renew_if(&session, true)
             );
             let position = match position {
                 Ok(position) => position,
@@ -344,17 +529,14 @@ impl EtcdBackend {
         pred: &[u8],
         read_at: i64,
     ) -> Result<Option<(etcd_client::WatchStream, bool)>, LockError> {
-        let mut client = self.inner.client.watch_client();
+        let mut client = self.store.client.watch_client();
         let options = etcd_client::WatchOptions::new()
             .with_start_revision(read_at + 1)
             .with_filters([etcd_client::WatchFilterType::NoPut]);
         let target = pred.to_vec();
-        with_timeout(NAME, self.timeout(), async move {
-            let mut stream = client
-                .watch(target, Some(options))
-                .await
-                .map_err(store_error)?;
-            let Some(first) = stream.message().await.map_err(store_error)? else {
+        with_timeout(NAME, self.store.timeout, async move {
+            let mut stream = client.watch(target, Some(options)).await.map_err(map)?;
+            let Some(first) = stream.message().await.map_err(map)? else {
                 return Ok(None);
             };
             let late = first.header().is_some_and(|h| h.revision() > read_at)
@@ -391,7 +573,7 @@ impl Queued {
     fn into_lease(mut self, backend: &EtcdBackend, key: &Key, renewed_at: Instant) -> Lease {
         let uncertain = self.reaper.uncertain();
         self.reaper.disarm();
-        let held = crate::backend::Held {
+        let held = Held {
             session: self.session,
             entry: self.entry,
             create_revision: self.my_revision,
@@ -401,24 +583,17 @@ impl Queued {
     }
 }
 
-/// The retry policy's jittered delays, for store errors while waiting.
-struct Backoff<'a> {
-    delays: leasehold_core::Schedule,
-    policy: &'a RetryPolicy,
+/// Waits the next backoff delay of `attempts` (store errors while
+/// waiting), never past its deadline.
+async fn pause(attempts: &mut Attempts) {
+    if let Some(delay) = attempts.next_delay(None) {
+        tokio::time::sleep(delay).await;
+    }
 }
 
-impl<'a> Backoff<'a> {
-    fn new(policy: &'a RetryPolicy) -> Self {
-        Backoff {
-            delays: policy.schedule(),
-            policy,
-        }
-    }
-
-    async fn sleep(&mut self, deadline: Instant) {
-        let delay = self.delays.next().unwrap_or(self.policy.max_delay);
-        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
-    }
+/// The `Timeout` of a waiter that gave up.
+fn timed_out(key: &Key, attempts: &Attempts) -> LockError {
+    attempts.give_up(LockError::contended(NAME, key.as_str(), None))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,12 +611,4 @@ fn jitter(interval: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     interval.mul_f64(0.8 + f64::from(nanos % 1000) / 2500.0)
-}
-
-/// `at + duration`, saturating one year later for an out-of-range sum (a
-/// wait of `Duration::MAX` means "no deadline", never a panic).
-pub(crate) fn later(at: Instant, duration: Duration) -> Instant {
-    at.checked_add(duration)
-        .or_else(|| at.checked_add(leasehold_core::config::MAX_DURATION))
-        .unwrap_or(at)
 }

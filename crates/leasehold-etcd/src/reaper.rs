@@ -9,7 +9,7 @@ use leasehold_core::{LockError, with_timeout};
 use tokio::time::Instant;
 
 use crate::NAME;
-use crate::backend::{lease_not_found, store_error};
+use crate::error::{lease_not_found, map};
 use crate::keys::retirement_marker;
 use crate::session::Session;
 
@@ -58,7 +58,7 @@ impl MarkerLease {
         let mut lease = client.lease_client();
         let secs = (self.life.as_secs() * 2) as i64;
         let granted = with_timeout(NAME, timeout, async move {
-            lease.grant(secs, None).await.map_err(store_error)
+            lease.grant(secs, None).await.map_err(map)
         })
         .await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((granted.id(), sent_at));
@@ -213,7 +213,7 @@ async fn retire(
             kv.txn(Txn::new().and_then([delete]))
                 .await
                 .map(drop)
-                .map_err(store_error)
+                .map_err(map)
         })
         .await;
     };
@@ -226,7 +226,7 @@ async fn retire(
             if lease_not_found(&error) {
                 markers.forget(id); // expired meanwhile: the next try grants one
             }
-            Err(store_error(error))
+            Err(map(error))
         }
         Err(_) => Err(LockError::unavailable(
             NAME,

@@ -68,7 +68,7 @@ impl Session {
 
     /// The earliest instant etcd may expire the lease, on our clock.
     pub fn expires_no_earlier_than(&self) -> Instant {
-        crate::queue::later(self.renewed_at(), self.ttl)
+        leasehold_core::instant_after(self.renewed_at(), self.ttl)
     }
 
     pub fn is_ended(&self) -> bool {
@@ -111,7 +111,7 @@ impl Session {
                 Ok(_) => Ok(Renewal::Alive(sent_at)),
                 // The client turns a TTL of 0 (unknown lease) into this error.
                 Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(Renewal::Gone),
-                Err(error) => Err(crate::store_error(error)),
+                Err(error) => Err(crate::error::map(error)),
             }
         })
         .await?;
@@ -160,7 +160,12 @@ impl Session {
                     .await;
                     match made {
                         Ok(Ok(made)) => stream = Some(made),
-                        _ => retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1)),
+                        _ => {
+                            retry_at = leasehold_core::instant_after(
+                                Instant::now(),
+                                Duration::from_secs(1),
+                            )
+                        }
                     }
                 }
                 let Some(mut until) = session.upgrade().map(|s| s.expires_no_earlier_than()) else {
@@ -212,13 +217,13 @@ impl Session {
                                     Ok(Ok(read)) => {
                                         *revision = read.header().map_or(*revision, |h| h.revision());
                                     }
-                                    _ => retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1)),
+                                    _ => retry_at = leasehold_core::instant_after(Instant::now(), Duration::from_secs(1)),
                                 }
                             }
                         }
                         _ => {
                             stream = None; // Broken or cancelled: made again soon.
-                            retry_at = crate::queue::later(Instant::now(), Duration::from_secs(1));
+                            retry_at = leasehold_core::instant_after(Instant::now(), Duration::from_secs(1));
                         }
                     },
                 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use common::key;
 use leasehold_conformance::fixtures::{self, ContainerSpec, Network};
 use leasehold_core::{LockBackend, LockError, RetryPolicy};
-use leasehold_etcd::{EtcdBackend, EtcdOptions};
+use leasehold_etcd::{EtcdBackend, EtcdConfig};
 
 /// A node of the cluster: its client port published on 127.0.0.1:`host_port`
 /// and advertised there; the cluster's flags follow.
@@ -114,9 +114,9 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
             .join(",")
     );
     let namespace = format!("lh-test/{run}/");
-    let options = EtcdOptions::new()
+    let options = EtcdConfig::default()
         .namespace(namespace)
-        .operation_timeout(Duration::from_secs(2));
+        .timeout(Duration::from_secs(2));
 
     let windows = Arc::new(Mutex::new(Vec::<Window>::new()));
     let errors = Arc::new(Mutex::new(
@@ -127,7 +127,7 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
     let mut workers = Vec::new();
     for _ in 0..4 {
         // One backend (client and sessions) per worker, as separate processes.
-        let backend = EtcdBackend::connect_with(&url, options.clone())
+        let backend = EtcdBackend::connect_with(common::at(&url, options.clone()))
             .await
             .unwrap();
         let (windows, errors, stop, acquired) = (
@@ -231,7 +231,9 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
         errors.lock().unwrap()
     );
     // Recovery: a new client takes the lock at once.
-    let backend = EtcdBackend::connect_with(&url, options).await.unwrap();
+    let backend = EtcdBackend::connect_with(common::at(&url, options))
+        .await
+        .unwrap();
     let lease = backend
         .try_acquire(&key("contended"), Duration::from_secs(3))
         .await

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{Store, key, options, queue_len};
 use leasehold_conformance::fixtures::{self, eventually};
 use leasehold_core::{LockBackend, LockError, Locker, OwnerToken, RetryPolicy};
-use leasehold_etcd::EtcdOptions;
+use leasehold_etcd::EtcdConfig;
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -197,11 +197,11 @@ const SENTINEL: &str = "S3ntinelPw";
 
 #[tokio::test]
 async fn passwords_never_appear_in_debug_or_errors() {
-    let options = EtcdOptions::new().user("root", SENTINEL);
+    let options = EtcdConfig::default().user("root", SENTINEL);
     let debug = format!("{options:?}");
     assert!(
         !debug.contains(SENTINEL),
-        "Debug of EtcdOptions shows the password: {debug}"
+        "Debug of EtcdConfig shows the password: {debug}"
     );
     for url in [
         format!("etcd://root:{SENTINEL}@127.0.0.1:1?timeout=fast"),
@@ -218,12 +218,17 @@ async fn passwords_never_appear_in_debug_or_errors() {
         "etcd://root:S3nt,inelPw@127.0.0.1:1".to_owned(),
         format!("etcd://root:{SENTINEL}@127.0.0.1:1?timeout=10"),
     ] {
-        match leasehold_etcd::EtcdBackend::connect_with(
-            &url,
-            EtcdOptions::new().operation_timeout(Duration::from_millis(500)),
-        )
-        .await
+        let connected = match <EtcdConfig as leasehold_core::config::BackendConfig>::from_url(&url)
         {
+            Ok(config) => {
+                leasehold_etcd::EtcdBackend::connect_with(
+                    config.timeout(Duration::from_millis(500)),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match connected {
             Ok(_) => panic!("{url:?} should not connect"),
             Err(error) => {
                 let shown = format!("{error} / {error:?}");

@@ -10,7 +10,7 @@ use common::{Store, key, options, queue_len};
 use leasehold_conformance::Store as _;
 use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{Fairness, Fencing, LockBackend, LockError, Locker, RetryPolicy, Waiting};
-use leasehold_etcd::{EtcdBackend, EtcdOptions};
+use leasehold_etcd::{EtcdBackend, EtcdConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -245,7 +245,7 @@ async fn waiters_acquire_in_the_order_they_queued() {
 #[tokio::test]
 async fn handoff_wakes_the_waiter_through_its_watch() {
     let store = Store::start().await;
-    let opts = options().poll_interval(Duration::from_secs(120));
+    let opts = options().poll(Duration::from_secs(120));
     let backend = store.backend(opts).await;
     let rtt = common::raw_round_trip(&backend, 200).await;
     let rounds = 20;
@@ -514,7 +514,7 @@ async fn a_paused_store_gives_unavailable_in_bounded_time_and_the_client_recover
     }
     let store = Store::start().await;
     let backend = store
-        .backend(options().operation_timeout(Duration::from_secs(1)))
+        .backend(options().timeout(Duration::from_secs(1)))
         .await;
     let ttl = Duration::from_secs(10);
     let held = backend.try_acquire(&key("held"), ttl).await.unwrap();
@@ -598,7 +598,7 @@ async fn a_url_with_options_connects() {
     backend.release(&lease).await.unwrap();
     let from_client = leasehold_etcd::EtcdBackend::from_client(
         backend.client().clone(),
-        EtcdOptions::new().namespace("lh-test/url/"),
+        EtcdConfig::default().namespace("lh-test/url/"),
     )
     .await
     .unwrap();
@@ -616,10 +616,11 @@ async fn child_holder() {
     ) else {
         return;
     };
-    let backend =
-        leasehold_etcd::EtcdBackend::connect_with(&url, EtcdOptions::new().namespace(namespace))
-            .await
-            .unwrap();
+    let backend = leasehold_etcd::EtcdBackend::connect_with(
+        common::at(&url, EtcdConfig::default()).namespace(namespace),
+    )
+    .await
+    .unwrap();
     let ttl = backend.capabilities().min_ttl;
     let locker = Locker::builder(backend)
         .ttl(leasehold_core::TtlPolicy::Fixed(ttl))

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leasehold_conformance::fixtures::{self, Container};
+use leasehold_core::config::BackendConfig;
 use leasehold_core::{Key, LockBackend, OwnerToken};
-use leasehold_etcd::{EtcdBackend, EtcdOptions};
+use leasehold_etcd::{EtcdBackend, EtcdConfig};
 
 /// One store for a test.
 pub struct Store {
@@ -36,8 +37,8 @@ impl Store {
     }
 
     /// A backend in its own namespace (so tests never see each other).
-    pub async fn backend(&self, options: EtcdOptions) -> EtcdBackend {
-        EtcdBackend::connect_with(&self.url, options)
+    pub async fn backend(&self, options: EtcdConfig) -> EtcdBackend {
+        EtcdBackend::connect_with(at(&self.url, options))
             .await
             .expect("connect to etcd")
     }
@@ -49,15 +50,22 @@ impl Store {
     }
 }
 
+/// `options` (namespace, timeout, poll, drift) at the store `url` names.
+pub fn at(url: &str, options: EtcdConfig) -> EtcdConfig {
+    let mut config = EtcdConfig::from_url(url).expect("the store's URL parses");
+    *config.shared_mut() = options.shared().clone();
+    config
+}
+
 /// Options with a namespace unique to this test.
-pub fn options() -> EtcdOptions {
-    EtcdOptions::new()
+pub fn options() -> EtcdConfig {
+    EtcdConfig::default()
         .namespace(format!(
             "lh-test/{}/{}/",
             fixtures::run_id(),
             OwnerToken::generate().short()
         ))
-        .operation_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
 }
 
 pub fn key(name: &str) -> Key {
