@@ -8,7 +8,7 @@
 //! use leasehold_core::Locker;
 //! use leasehold_zookeeper::ZkBackend;
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
-//! let backend = ZkBackend::connect_url("zk://127.0.0.1:2181/my-app?session_timeout=10s").await?;
+//! let backend = ZkBackend::connect("zk://127.0.0.1:2181/my-app?session_timeout=10s").await?;
 //! let locker = Locker::new(backend);
 //! let guard = locker.lock("invoices/2024 run").await?;
 //! // czxid of our node: hand it to the protected resource, which rejects lower ones.
@@ -78,7 +78,7 @@
 //!   after a crash, and the lease's validity is capped at it (below).
 //! - Zero, and more than one year, are `InvalidTtl`.
 //! - [`ZkBackend::from_client`] has its caller's one session for every TTL.
-//! - [`ZkOptions::session_timeout`] is now only the session of calls that
+//! - [`ZkConfig::session_timeout`] is now only the session of calls that
 //!   hold no lock (`inspect`, [`ZkBackend::client`]).
 //!
 //! The TTL sets the lease's *validity* on the holder's clock: `min(ttl,
@@ -116,7 +116,7 @@
 //! tooling and tests (the conformance suite's session ender).
 //!
 //! ## Limits
-//! - Every store call is bounded by [`ZkOptions::operation_timeout`]; a paused
+//! - Every store call is bounded by the `timeout` option; a paused
 //!   or unreachable ensemble gives `Unavailable`, never a hang.
 //! - A holder paused longer than its validity may still act after its session
 //!   expired; only fencing tokens stop its late writes.
@@ -134,12 +134,15 @@
 #![warn(missing_docs)]
 
 mod backend;
-mod options;
+mod config;
+mod error;
 mod path;
-mod session;
+mod queue;
+mod reaper;
+mod store;
 
 pub use backend::{WakeCounts, ZkBackend};
-pub use options::ZkOptions;
+pub use config::ZkConfig;
 pub use zookeeper_client;
 
 /// The backend's name in errors, spans and metrics.

@@ -88,7 +88,7 @@ fn main() -> std::process::ExitCode {
         let factory_url = url.clone();
         let mut suite = Suite::new("zookeeper", move || {
             let url = factory_url.clone();
-            async move { Ok(Arc::new(ZkBackend::connect_url(&url).await?) as Arc<dyn LockBackend>) }
+            async move { Ok(Arc::new(ZkBackend::connect(&url).await?) as Arc<dyn LockBackend>) }
         })
         .with_child_env(vec![(spec.url_env(), url)])
         .with_session_ender(move |lease| end_session(hosts.clone(), lease));

@@ -66,8 +66,8 @@ async fn a_cut_off_holder_frees_its_key_within_its_ttl_not_the_backend_session_t
     let link = Proxy::start(zk.port).await.unwrap();
     // The backend's own session timeout is the server's maximum (10 s); the
     // lock is taken with a 2 s TTL.
-    let holder = ZkBackend::connect(
-        common::test_options(&link.addr()).with_session_timeout(Duration::from_secs(10)),
+    let holder = ZkBackend::connect_with(
+        common::test_options(&link.addr()).session_timeout(Duration::from_secs(10)),
     )
     .await
     .unwrap();
@@ -108,7 +108,7 @@ async fn an_abandoned_contender_is_removed_even_when_the_first_delete_is_lost() 
     // An 8 s session: it outlives the one-second cut below.
     let ttl = Duration::from_secs(8);
     let waiter = Arc::new(
-        ZkBackend::connect(common::test_options(&link.addr()))
+        ZkBackend::connect_with(common::test_options(&link.addr()))
             .await
             .unwrap(),
     );

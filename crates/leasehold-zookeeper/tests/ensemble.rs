@@ -100,7 +100,7 @@ async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
     let mut workers = Vec::new();
     for client in 0..CLIENTS {
         let backend = Arc::new(
-            ZkBackend::connect(common::test_options(&hosts))
+            ZkBackend::connect_with(common::test_options(&hosts))
                 .await
                 .unwrap(),
         );

@@ -35,8 +35,8 @@ async fn acquire_eventually(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_store_gives_unavailable_in_bounded_time_and_the_client_recovers() {
     let zk = common::start().await;
-    let options = zk.options().with_operation_timeout(Duration::from_secs(1));
-    let backend = leasehold_zookeeper::ZkBackend::connect(options)
+    let options = zk.options().timeout(Duration::from_secs(1));
+    let backend = leasehold_zookeeper::ZkBackend::connect_with(options)
         .await
         .unwrap();
     let key = Key::new("paused").unwrap();

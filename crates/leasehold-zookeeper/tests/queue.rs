@@ -62,9 +62,9 @@ async fn waiters_acquire_in_the_order_they_queued() {
 async fn handoff_is_woken_by_the_watch_and_costs_a_few_round_trips() {
     let zk = common::start().await;
     // A re-check timer far longer than the test: only the watch can wake the waiter.
-    let options = zk.options().with_recheck_interval(Duration::from_secs(60));
-    let holder = ZkBackend::connect(options.clone()).await.unwrap();
-    let waiter = Arc::new(ZkBackend::connect(options).await.unwrap());
+    let options = zk.options().poll(Duration::from_secs(60));
+    let holder = ZkBackend::connect_with(options.clone()).await.unwrap();
+    let waiter = Arc::new(ZkBackend::connect_with(options).await.unwrap());
     let k = key("handoff");
     let path = holder.key_path(&k);
 
@@ -303,7 +303,7 @@ async fn a_killed_holder_frees_the_lock_when_its_session_expires() {
         .connect(&zk.hosts())
         .await
         .unwrap();
-    let crashed = ZkBackend::from_client(client, zk.options());
+    let crashed = ZkBackend::from_client(client, zk.options()).unwrap();
     let k = key("killed");
     let lease = crashed.try_acquire(&k, TTL).await.unwrap();
     let crashed_token = lease.fencing_token();
@@ -334,7 +334,7 @@ async fn session_expiry_signals_loss_and_the_backend_opens_a_new_session() {
     // frees the lock. (Stealing the session from a second connection raced
     // with the holder's own reconnects and failed CI twice.)
     let link = Proxy::start(zk.port).await.unwrap();
-    let holder = ZkBackend::connect(common::test_options(&link.addr()))
+    let holder = ZkBackend::connect_with(common::test_options(&link.addr()))
         .await
         .unwrap();
     let k = key("expired");

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use leasehold_conformance::fixtures::{self, Container, ContainerSpec};
-use leasehold_zookeeper::{ZkBackend, ZkOptions};
+use leasehold_zookeeper::{ZkBackend, ZkConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -24,23 +24,22 @@ impl Zk {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn options(&self) -> ZkOptions {
+    pub fn options(&self) -> ZkConfig {
         test_options(&self.hosts())
     }
 
     pub async fn backend(&self) -> ZkBackend {
-        ZkBackend::connect(self.options())
+        ZkBackend::connect_with(self.options())
             .await
             .expect("connect to zookeeper")
     }
 }
 
-pub fn test_options(hosts: &str) -> ZkOptions {
-    ZkOptions::new(hosts)
-        .with_namespace(&format!("/leasehold-test/{}", fixtures::run_id()))
-        .unwrap()
-        .with_session_timeout(SESSION)
-        .with_operation_timeout(Duration::from_secs(2))
+pub fn test_options(hosts: &str) -> ZkConfig {
+    ZkConfig::new(hosts)
+        .namespace(format!("/leasehold-test/{}", fixtures::run_id()))
+        .session_timeout(SESSION)
+        .timeout(Duration::from_secs(2))
 }
 
 /// One server: ticks of 500 ms, no admin server; more env (e.g. for an

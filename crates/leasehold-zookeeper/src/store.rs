@@ -11,7 +11,7 @@ use leasehold_core::{CancellationToken, LockError};
 use zookeeper_client::{Client, SessionState};
 
 use crate::NAME;
-use crate::options::ZkOptions;
+use crate::config::ZkConfig;
 
 /// One ZooKeeper session and the signal cancelled when it ends.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ pub(crate) struct Sessions {
     classes: Mutex<HashMap<Duration, Arc<Slot>>>,
     /// `None` when built from a caller's client: that one session serves
     /// every TTL and cannot be replaced.
-    options: Option<ZkOptions>,
+    options: Option<ZkConfig>,
     fixed: Option<Arc<Session>>,
     bounds: Mutex<Bounds>,
     pub shutdown: CancellationToken,
@@ -121,7 +121,7 @@ impl Sessions {
     /// Probes the server's minimum session timeout, then opens the session of
     /// `options.session_timeout` (so a store that does not answer fails
     /// here).
-    pub async fn connect(options: ZkOptions) -> Result<Self, LockError> {
+    pub async fn connect(options: ZkConfig) -> Result<Self, LockError> {
         let shutdown = CancellationToken::new();
         let (min, default) = tokio::join!(
             probe_min(&options),
@@ -275,7 +275,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the minimum is lower). `None` when no answer comes within the operation
 /// timeout (the client gives a session this short only a short time to
 /// connect, so a slow link can fail the probe).
-async fn probe_min(options: &ZkOptions) -> Option<Duration> {
+async fn probe_min(options: &ZkConfig) -> Option<Duration> {
     let probing = async {
         for attempt in 1..=3 {
             let connecting = Client::connector()
@@ -292,7 +292,7 @@ async fn probe_min(options: &ZkOptions) -> Option<Duration> {
         }
         None
     };
-    tokio::time::timeout(options.operation_timeout, probing)
+    tokio::time::timeout(options.timeout_value(), probing)
         .await
         .ok()
         .flatten()
@@ -300,18 +300,19 @@ async fn probe_min(options: &ZkOptions) -> Option<Duration> {
 
 /// Connects a client with a session of `timeout`, bounded by the operation
 /// timeout.
-pub(crate) async fn connect(options: &ZkOptions, timeout: Duration) -> Result<Client, LockError> {
+pub(crate) async fn connect(options: &ZkConfig, timeout: Duration) -> Result<Client, LockError> {
     let connecting = Client::connector()
         .with_session_timeout(timeout)
         .connect(&options.hosts);
-    match tokio::time::timeout(options.operation_timeout, connecting).await {
+    match tokio::time::timeout(options.timeout_value(), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(LockError::unavailable(NAME, error)),
         Err(_) => Err(LockError::unavailable(
             NAME,
             format!(
                 "no zookeeper session with {} within {:?}",
-                options.hosts, options.operation_timeout
+                options.hosts,
+                options.timeout_value()
             ),
         )),
     }

@@ -1,0 +1,333 @@
+//! [`ZkConfig`]: the `zk://` URL and the builder, one shape with every other
+//! backend's configuration.
+
+use std::time::Duration;
+
+use leasehold_core::config::{self, BackendConfig, SharedConfig, apply_query};
+use leasehold_core::{Drift, LockError};
+
+use crate::ZkBackend;
+
+/// The default namespace.
+const DEFAULT_NAMESPACE: &str = "/leasehold";
+/// The default bound on each store call.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default re-check interval of queued waiters.
+const DEFAULT_POLL: Duration = Duration::from_secs(2);
+
+/// The configuration of a [`ZkBackend`]: the ensemble, the session of calls
+/// that hold no lock, and the [`SharedConfig`] settings (`namespace`,
+/// `timeout`, `poll`, `holder`, drift). Parsed from a `zk://` URL
+/// ([`BackendConfig::from_url`]) or built in code;
+/// [`ZkBackend::connect_with`] connects it.
+///
+/// ```
+/// use leasehold_core::config::BackendConfig;
+/// use leasehold_zookeeper::ZkConfig;
+/// use std::time::Duration;
+/// let config = ZkConfig::from_url("zk://127.0.0.1:2181,127.0.0.1:2182/apps/billing?session_timeout=6s&timeout=2s").unwrap();
+/// assert_eq!(config.hosts, "127.0.0.1:2181,127.0.0.1:2182");
+/// assert_eq!(config.namespace_path().unwrap(), "/apps/billing");
+/// assert_eq!(config.session_timeout, Duration::from_secs(6));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ZkConfig {
+    /// `host:port` list, comma separated (ZooKeeper's connect string without
+    /// a chroot).
+    pub hosts: String,
+    /// The timeout of the session that serves calls holding no lock
+    /// (`inspect`, [`ZkBackend::client`](crate::ZkBackend::client)); the
+    /// server clamps it to `[2, 20] × tickTime`. Leases live in sessions of
+    /// their own TTL class instead (see the crate docs), so this does not
+    /// decide how long a crashed holder keeps a lock. Default 10 s.
+    pub session_timeout: Duration,
+    /// The shared settings: `namespace` (an absolute path under which all
+    /// lock nodes live, created on demand, default `/leasehold`), `timeout`
+    /// (each store call, default 5 s), `poll` (a queued waiter re-checks the
+    /// queue this often without a watch event, default 2 s), `holder` (kept
+    /// for the admin operations; ZooKeeper nodes do not carry it yet) and the
+    /// drift allowance.
+    pub shared: SharedConfig,
+}
+
+impl Default for ZkConfig {
+    fn default() -> Self {
+        Self::new("127.0.0.1:2181")
+    }
+}
+
+impl ZkConfig {
+    /// Defaults with the given `host:port[,host:port]` list.
+    pub fn new(hosts: impl Into<String>) -> Self {
+        ZkConfig {
+            hosts: hosts.into(),
+            session_timeout: Duration::from_secs(10),
+            shared: SharedConfig::default(),
+        }
+    }
+
+    /// Sets the namespace: an absolute ZooKeeper path (`/a/b`, no trailing
+    /// slash, no empty, `.` or `..` segment), checked at connect.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.shared.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets [`ZkConfig::session_timeout`].
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// The bound on every single store call; running out is
+    /// [`LockError::Unavailable`]. Default 5 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shared.timeout = Some(timeout);
+        self
+    }
+
+    /// While waiting in the queue, re-check the queue this often even
+    /// without a watch event (the fallback for a lost notification).
+    /// Default 2 s.
+    pub fn poll(mut self, interval: Duration) -> Self {
+        self.shared.poll = Some(interval);
+        self
+    }
+
+    /// Who holds this backend's leases, for tooling (kept for the admin
+    /// operations; nodes do not carry it yet).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.shared.holder = Some(holder.into());
+        self
+    }
+
+    /// Subtracted from every lease's validity.
+    pub fn drift(mut self, drift: Drift) -> Self {
+        self.shared.drift = Some(drift);
+        self
+    }
+
+    /// The namespace in use, checked: an absolute ZooKeeper path like
+    /// `/leasehold/app` (default `/leasehold`).
+    pub fn namespace_path(&self) -> Result<String, LockError> {
+        let raw = self
+            .shared
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE);
+        let namespace = format!("/{}", raw.trim_start_matches('/'));
+        let namespace = namespace.as_str();
+        let valid = namespace.starts_with('/')
+            && namespace.len() > 1
+            && namespace[1..]
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && valid_segment(s));
+        if !valid {
+            return Err(LockError::Config(format!(
+                "namespace {namespace:?} is not an absolute ZooKeeper path like /leasehold/app"
+            )));
+        }
+        Ok(namespace.to_owned())
+    }
+
+    /// The per-call timeout in use.
+    pub(crate) fn timeout_value(&self) -> Duration {
+        self.shared.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The re-check interval in use.
+    pub(crate) fn poll_value(&self) -> Duration {
+        self.shared.poll.unwrap_or(DEFAULT_POLL)
+    }
+
+    /// The drift allowance in use.
+    pub(crate) fn drift_value(&self) -> Drift {
+        self.shared.drift.unwrap_or_default()
+    }
+}
+
+impl BackendConfig for ZkConfig {
+    type Backend = ZkBackend;
+    const SCHEMES: &'static [&'static str] = &["zk", "zookeeper"];
+    const OPTIONS: &'static [&'static str] = &["session_timeout"];
+
+    /// Parses `zk://h1:p1,h2:p2/namespace?session_timeout=10s&timeout=5s&poll=2s`.
+    /// The path is the namespace (default `/leasehold`); durations follow
+    /// the one grammar of [`config::duration`] (`250ms`, `2s`, `1m`; a bare
+    /// number is an error); an unknown option is an error naming the closest
+    /// known one. Its own option is `session_timeout`; `recheck` is the old
+    /// name of `poll` (accepted, with a warning); the shared and locker
+    /// options apply as on every scheme.
+    ///
+    /// There is no authentication option: a URL with user information
+    /// (`zk://user:password@host`) is refused, and the error shows it only
+    /// as [`config::redact_url`] prints it.
+    fn from_url(url: &str) -> Result<Self, LockError> {
+        let Some(rest) = url
+            .strip_prefix("zk://")
+            .or_else(|| url.strip_prefix("zookeeper://"))
+        else {
+            // Only a plain scheme is quoted: without `://` the text before
+            // the first `:` may be a user name followed by a password.
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme).filter(|s| {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            });
+            return Err(LockError::Config(match scheme {
+                Some(scheme) => format!("a ZooKeeper URL starts with zk://, got {scheme}://"),
+                None => "a ZooKeeper URL starts with zk://".to_owned(),
+            }));
+        };
+        if rest.contains('@') {
+            return Err(LockError::Config(format!(
+                "zk:// URLs carry no user information (digest authentication is not supported): {}",
+                config::redact_url(url)
+            )));
+        }
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hosts, path) = match rest.find('/') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, ""),
+        };
+        if hosts.is_empty() || hosts.split(',').any(|h| h.trim().is_empty()) {
+            return Err(LockError::Config(format!("{url:?} names no host")));
+        }
+        let mut parsed = ZkConfig::new(hosts);
+        if !path.is_empty() && path != "/" {
+            parsed = parsed.namespace(path.trim_end_matches('/'));
+        }
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        let mut session_timeout = None;
+        let mut recheck = None;
+        apply_query(
+            "zk",
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &mut parsed.shared,
+            Self::OPTIONS,
+            |name, value| match name {
+                "session_timeout" => {
+                    session_timeout = Some(config::positive(name, value)?);
+                    Ok(true)
+                }
+                "recheck" => {
+                    tracing::warn!("zk:// option `recheck` is deprecated: use `poll`");
+                    recheck = Some(config::positive(name, value)?);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        )?;
+        if let Some(timeout) = session_timeout {
+            parsed.session_timeout = timeout;
+        }
+        if let Some(poll) = recheck
+            && parsed.shared.poll.is_none()
+        {
+            parsed.shared.poll = Some(poll);
+        }
+        parsed.namespace_path()?;
+        Ok(parsed)
+    }
+
+    fn shared(&self) -> &SharedConfig {
+        &self.shared
+    }
+
+    fn shared_mut(&mut self) -> &mut SharedConfig {
+        &mut self.shared
+    }
+
+    async fn connect(self) -> Result<ZkBackend, LockError> {
+        ZkBackend::connect_with(self).await
+    }
+}
+
+fn valid_segment(segment: &str) -> bool {
+    segment.chars().all(|c| {
+        let u = u32::from(c);
+        !(u <= 0x1f
+            || (0x7f..=0x9f).contains(&u)
+            || (0xd800..=0xf8ff).contains(&u)
+            || (0xfff0..=0xffff).contains(&u)
+            || u > 0xffff)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold_core::config::BackendConfig;
+
+    #[test]
+    fn url_without_path_uses_the_default_namespace() {
+        let options = ZkConfig::from_url("zk://localhost:2181").unwrap();
+        assert_eq!(options.hosts, "localhost:2181");
+        assert_eq!(options.namespace_path().unwrap(), "/leasehold");
+    }
+
+    #[test]
+    fn bad_urls_get_config_errors() {
+        for url in [
+            "redis://x",
+            "zk://",
+            "zk://a:1,,b:2",
+            "zk://a:1/x/../y",
+            "zk://a:1/x?nope=1",
+            "zk://a:1?timeout=soon",
+            "zk://a:1?timeout=250",
+            "zk://a:1?sesion_timeout=2s",
+            "zk://a:1?drift_factor=1.5",
+            "zk://u:S3cret@a:1",
+        ] {
+            assert!(
+                matches!(ZkConfig::from_url(url), Err(LockError::Config(_))),
+                "{url:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_bare_numbers_are_errors() {
+        let options =
+            ZkConfig::from_url("zk://a:1/ns?timeout=250ms&recheck=1.5s&session_timeout=4s")
+                .unwrap();
+        assert_eq!(options.timeout_value(), Duration::from_millis(250));
+        assert_eq!(options.poll_value(), Duration::from_millis(1500));
+        assert_eq!(options.session_timeout, Duration::from_secs(4));
+        // Bare numbers meant milliseconds here and seconds on etcd: now an error.
+        let error = ZkConfig::from_url("zk://a:1?session_timeout=4000").unwrap_err();
+        assert!(error.to_string().contains("unit"), "{error}");
+    }
+
+    #[test]
+    fn a_misspelt_option_names_the_closest_known_one() {
+        let error = ZkConfig::from_url("zk://a:1?sesion_timeout=2s").unwrap_err();
+        assert!(
+            error.to_string().contains("did you mean `session_timeout`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn user_information_is_refused_without_showing_the_password() {
+        let error = ZkConfig::from_url("zk://app:S3ntinel@a:1/ns").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("S3ntinel"), "{shown}");
+        let error = ZkConfig::from_url("zk://app:S3nt/inel@a:1").unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("S3nt"), "{shown}");
+    }
+
+    #[test]
+    fn shared_options_apply() {
+        let options =
+            ZkConfig::from_url("zk://a:1?namespace=apps/billing&drift_factor=0.02&drift_fixed=5ms")
+                .unwrap();
+        assert_eq!(options.namespace_path().unwrap(), "/apps/billing");
+        assert_eq!(options.drift_value().factor, 0.02);
+        assert_eq!(options.drift_value().fixed, Duration::from_millis(5));
+    }
+}
