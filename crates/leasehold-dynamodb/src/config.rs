@@ -1,18 +1,14 @@
-//! Building a backend: options, the SDK client, URLs.
+//! [`DynamoDbConfig`]: the table, the AWS overrides and the shared settings,
+//! from a `dynamodb://` URL or built in code.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::retry::RetryConfig;
-use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use leasehold_core::config::{self, MAX_DURATION, Secret, redact_url};
+use leasehold_core::config::{
+    self, BackendConfig, MAX_DURATION, Secret, SharedConfig, apply_query, redact_url,
+};
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 use crate::DynamoDbBackend;
-use crate::observe::Observations;
 
 /// The default per-call timeout.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,168 +18,98 @@ pub const DEFAULT_NAMESPACE: &str = "leasehold";
 pub const DEFAULT_PARTITION_KEY: &str = "pk";
 /// How many other holders' keys a backend remembers observations of.
 pub const DEFAULT_OBSERVATION_CAPACITY: usize = 10_000;
-/// The URL options `dynamodb://` knows (see [`DynamoDbBuilder::from_url`]).
-pub const OPTIONS: &[&str] = &[
-    "region",
-    "endpoint",
-    "namespace",
-    "partition_key",
-    "timeout",
-    "timeout_ms",
-    "durable",
-    "create_table",
-    "drift_factor",
-    "drift_fixed",
-];
 /// The longest namespace, in bytes (keys add up to 1024 more; DynamoDB allows
 /// 2048-byte partition keys).
 pub const MAX_NAMESPACE_BYTES: usize = 512;
 
-/// Options for a [`DynamoDbBackend`]; start with [`DynamoDbBackend::builder`]
-/// or [`DynamoDbBuilder::from_url`].
+/// How a [`DynamoDbBackend`] connects: from a URL
+/// ([`BackendConfig::from_url`]) or built in code from
+/// [`DynamoDbConfig::new`], then [`DynamoDbBackend::connect_with`].
 ///
 /// Region, endpoint and credentials come from the standard AWS configuration
 /// chain (environment, profile files, web identity, container and instance
 /// metadata) unless set here; set them for a local endpoint.
 ///
-/// `Debug` shows the access key id but never the secret key (a
-/// [`Secret`]).
+/// `Debug` shows the access key id but never the secret key (a [`Secret`]).
+///
+/// ```
+/// use leasehold_dynamodb::DynamoDbConfig;
+/// use std::time::Duration;
+/// let config = DynamoDbConfig::new("locks")
+///     .namespace("billing")
+///     .timeout(Duration::from_secs(2))
+///     .region("eu-west-1");
+/// assert_eq!(config.table(), "locks");
+/// ```
 #[derive(Debug, Clone)]
-pub struct DynamoDbBuilder {
+pub struct DynamoDbConfig {
     pub(crate) table: String,
-    pub(crate) namespace: String,
     pub(crate) partition_key: String,
     pub(crate) region: Option<String>,
     pub(crate) endpoint: Option<String>,
     pub(crate) credentials: Option<(String, Secret)>,
-    pub(crate) operation_timeout: Duration,
     pub(crate) clock: SharedClock,
-    pub(crate) drift: Drift,
-    pub(crate) holder_metadata: Option<String>,
-    pub(crate) durable_fencing: bool,
+    pub(crate) durable: bool,
     pub(crate) observation_capacity: usize,
     pub(crate) create_table: bool,
+    pub(crate) shared: SharedConfig,
 }
 
-impl DynamoDbBuilder {
-    pub(crate) fn new(table: impl Into<String>) -> Self {
-        DynamoDbBuilder {
+impl DynamoDbConfig {
+    /// The defaults for `table`: the AWS configuration chain, namespace
+    /// `leasehold`, partition key `pk`, a 5 s operation timeout, a durable
+    /// store, no table creation.
+    pub fn new(table: impl Into<String>) -> Self {
+        DynamoDbConfig {
             table: table.into(),
-            namespace: DEFAULT_NAMESPACE.into(),
             partition_key: DEFAULT_PARTITION_KEY.into(),
             region: None,
             endpoint: None,
             credentials: None,
-            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             clock: system_clock(),
-            drift: Drift::default(),
-            holder_metadata: default_holder_metadata(),
-            durable_fencing: true,
+            durable: true,
             observation_capacity: DEFAULT_OBSERVATION_CAPACITY,
             create_table: false,
+            shared: SharedConfig::default(),
         }
     }
 
-    /// Options from `dynamodb://[access_key_id:secret_access_key@]table?query`.
-    ///
-    /// Query parameters ([`OPTIONS`]): `region`, `endpoint` (for example
-    /// `http://127.0.0.1:8000`), `namespace`, `partition_key`, `timeout`
-    /// (per-call timeout, a duration such as `2s` or `750ms`: a bare number
-    /// is an error), `timeout_ms` (the same in whole milliseconds, kept for
-    /// existing URLs), `durable` (`true`/`false`: whether the store keeps
-    /// data across restarts, default `true`), `create_table` (`true`: create
-    /// the table at connect if missing), `drift_factor` and `drift_fixed`
-    /// (the drift allowance). An unknown option is a [`LockError::Config`]
-    /// naming the closest known one: a typo never falls back to a default.
-    ///
-    /// Credentials in the URL are static keys, meant for local stand-ins; in
-    /// production leave them out and let the AWS configuration chain find
-    /// them. They are percent-decoded and nothing else: `+` and `/` (both
-    /// common in AWS secret keys) are taken literally, as AWS does; only
-    /// `%`, `@`, `?` and `#` must be written `%25`, `%40`, `%3F`, `%23`.
-    /// The user information ends at the *last* `@` before the query, so a
-    /// literal `/` in the secret works. No error and no `Debug` output shows
-    /// the secret key, even for a malformed URL.
-    pub fn from_url(url: &str) -> Result<Self, LockError> {
-        let bad = |why: &str| LockError::Config(format!("dynamodb url {:?}: {why}", redact(url)));
-        let rest = url
-            .strip_prefix("dynamodb://")
-            .ok_or_else(|| bad("the scheme must be dynamodb://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((rest, query)) => (rest, query),
-            None => (rest, ""),
-        };
-        let (userinfo, table) = match rest.rsplit_once('@') {
-            Some((userinfo, table)) => (Some(userinfo), table),
-            None => (None, rest),
-        };
-        let table = table.strip_suffix('/').unwrap_or(table);
-        if table.is_empty() {
-            return Err(bad("needs a table name as host"));
-        }
-        if table.contains(['/', '#', ':']) {
-            return Err(bad(
-                "the table name must not contain '/', ':' or '#' (a credential with '@' must be written %40)",
-            ));
-        }
-        let table = percent_decode(table).map_err(|why| bad(&format!("table name {why}")))?;
-        let mut builder = DynamoDbBuilder::new(table);
-        if let Some(userinfo) = userinfo {
-            let (id, secret) = userinfo
-                .split_once(':')
-                .ok_or_else(|| bad("has an access key id but no secret key (id:secret@table)"))?;
-            let id = percent_decode(id).map_err(|why| bad(&format!("access key id {why}")))?;
-            let secret = percent_decode(secret).map_err(|why| bad(&format!("secret key {why}")))?;
-            builder = builder.static_credentials(id, secret);
-        }
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let value = value.into_owned();
-            builder = match name.as_ref() {
-                "region" => builder.region(value),
-                "endpoint" => builder.endpoint(value),
-                "namespace" => builder.namespace(value),
-                "partition_key" => builder.partition_key(value),
-                "timeout" => builder.operation_timeout(config::duration(&name, &value)?),
-                "timeout_ms" => {
-                    let millis: u64 = config::number(&name, &value)?;
-                    let timeout = Duration::from_millis(millis);
-                    if timeout > MAX_DURATION {
-                        return Err(config::invalid(&name, &value, "longer than one year"));
-                    }
-                    builder.operation_timeout(timeout)
-                }
-                "durable" => builder.durable_fencing(config::boolean(&name, &value)?),
-                "create_table" => builder.create_table_if_missing(config::boolean(&name, &value)?),
-                "drift_factor" => {
-                    let factor: f64 = value.parse().map_err(|_| {
-                        config::invalid(&name, &value, "expected a number like 0.01")
-                    })?;
-                    if !(0.0..1.0).contains(&factor) {
-                        return Err(config::invalid(&name, &value, "must be in [0, 1)"));
-                    }
-                    let drift = Drift {
-                        factor,
-                        ..builder.drift
-                    };
-                    builder.drift(drift)
-                }
-                "drift_fixed" => {
-                    let drift = Drift {
-                        fixed: config::duration(&name, &value)?,
-                        ..builder.drift
-                    };
-                    builder.drift(drift)
-                }
-                other => return Err(config::unknown_option("dynamodb", other, OPTIONS)),
-            };
-        }
-        Ok(builder)
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The endpoint set by [`DynamoDbConfig::endpoint`] or a URL, if any.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint.as_deref()
     }
 
     /// Separates this application's locks from others' in a shared table
     /// (default `leasehold`). Must not contain `#` or control characters.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+        self.shared.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The bound on every store call (default 5 s); past it the call fails
+    /// with [`LockError::Unavailable`]. The SDK's own retries are disabled so
+    /// the bound holds; callers retry through their `RetryPolicy`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shared.timeout = Some(timeout);
+        self
+    }
+
+    /// Who holds a lease: stored with each lease (attribute `holder`) and
+    /// shown by `inspect`, never trusted (default
+    /// [`default_holder`](leasehold_core::config::default_holder)).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.shared.holder = Some(holder.into());
+        self
+    }
+
+    /// The drift allowance subtracted from every lease's validity.
+    pub fn drift(mut self, drift: Drift) -> Self {
+        self.shared.drift = Some(drift);
         self
     }
 
@@ -206,14 +132,9 @@ impl DynamoDbBuilder {
         self
     }
 
-    /// The endpoint set by [`DynamoDbBuilder::endpoint`] or a URL, if any.
-    pub fn endpoint_url(&self) -> Option<&str> {
-        self.endpoint.as_deref()
-    }
-
     /// Static credentials instead of the configuration chain (local use).
     /// The secret key is kept as a [`Secret`]: never shown by `Debug`.
-    pub fn static_credentials(
+    pub fn credentials(
         mut self,
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
@@ -222,38 +143,25 @@ impl DynamoDbBuilder {
         self
     }
 
-    /// The bound on every store call (default 5 s); past it the call fails
-    /// with [`LockError::Unavailable`]. The SDK's own retries are disabled so
-    /// the bound holds; callers retry through their `RetryPolicy`.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = timeout;
+    /// Whether the store keeps its data across restarts, so fencing counters
+    /// survive them (default `true`, as DynamoDB does). Set `false` for an
+    /// in-memory stand-in.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Whether connecting creates the table when it is missing (and, on a
+    /// store configured with `durable(false)`, re-creates a table the store
+    /// lost).
+    pub fn create_table(mut self, create: bool) -> Self {
+        self.create_table = create;
         self
     }
 
     /// The clock (inject pauses and skew in tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
-        self
-    }
-
-    /// The drift allowance subtracted from every lease's validity.
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.drift = drift;
-        self
-    }
-
-    /// Free-form metadata stored with each lease (default `pid=.. host=..`);
-    /// shown by `inspect`, never trusted.
-    pub fn holder_metadata(mut self, metadata: Option<String>) -> Self {
-        self.holder_metadata = metadata;
-        self
-    }
-
-    /// Whether the store keeps its data across restarts, so fencing counters
-    /// survive them (default `true`, as DynamoDB does). Set `false` for an
-    /// in-memory stand-in.
-    pub fn durable_fencing(mut self, durable: bool) -> Self {
-        self.durable_fencing = durable;
         self
     }
 
@@ -265,134 +173,185 @@ impl DynamoDbBuilder {
         self
     }
 
-    /// Whether [`DynamoDbBuilder::connect`] creates the table when missing.
-    pub fn create_table_if_missing(mut self, create: bool) -> Self {
-        self.create_table = create;
-        self
+    /// The namespace in effect.
+    pub(crate) fn namespace_or_default(&self) -> &str {
+        self.shared
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
     }
 
-    /// Loads the AWS configuration chain (with this builder's overrides) and
-    /// connects. Creates the table first if asked to.
-    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
-    pub async fn connect(self) -> Result<DynamoDbBackend, LockError> {
-        self.validate()?;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
-        if let Some(region) = &self.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        if let Some((id, secret)) = &self.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret.expose(),
-                None,
-                None,
-                "leasehold",
-            ));
-        }
-        let shared = loader.load().await;
-        let client = Client::new(&shared);
-        self.with_client(client).await
+    /// The operation timeout in effect.
+    pub(crate) fn timeout_or_default(&self) -> Duration {
+        self.shared.timeout.unwrap_or(DEFAULT_OPERATION_TIMEOUT)
     }
 
-    /// Uses an existing SDK client. Its timeouts and retries are replaced by
-    /// this builder's operation timeout (no SDK retries), so every call stays
-    /// bounded; region, endpoint and credentials set here override its own.
-    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
-    pub async fn with_client(self, client: Client) -> Result<DynamoDbBackend, LockError> {
-        self.validate()?;
-        let has_http_client = client.config().http_client().is_some();
-        let mut config = client
-            .config()
-            .to_builder()
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(self.operation_timeout)
-                    .operation_timeout(self.operation_timeout)
-                    .operation_attempt_timeout(self.operation_timeout)
-                    .build(),
-            );
-        if !has_http_client {
-            config = config.http_client(http_client());
-        }
-        if let Some(region) = &self.region {
-            config = config.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.endpoint {
-            config = config.endpoint_url(endpoint.clone());
-        }
-        if let Some((id, secret)) = &self.credentials {
-            config = config.credentials_provider(Credentials::new(
-                id,
-                secret.expose(),
-                None,
-                None,
-                "leasehold",
-            ));
-        }
-        let client = Client::from_conf(config.build());
-        let backend = DynamoDbBackend {
-            client,
-            observations: Arc::new(Observations::new(self.observation_capacity)),
-            options: Arc::new(self),
-        };
-        if backend.options.create_table {
-            backend.create_table().await?;
-        }
-        Ok(backend)
+    /// The drift allowance in effect.
+    pub(crate) fn drift_or_default(&self) -> Drift {
+        self.shared.drift.unwrap_or_default()
     }
 
-    fn validate(&self) -> Result<(), LockError> {
+    pub(crate) fn validate(&self) -> Result<(), LockError> {
         if self.table.len() < 3 || self.table.len() > 255 {
             return Err(LockError::Config(format!(
                 "DynamoDB table name {:?} must be 3 to 255 characters",
                 self.table
             )));
         }
-        if self.namespace.contains('#') || self.namespace.chars().any(|c| c.is_control()) {
+        let namespace = self.namespace_or_default();
+        if namespace.contains('#') || namespace.chars().any(|c| c.is_control()) {
             return Err(LockError::Config(format!(
-                "namespace {:?} must not contain '#' or control characters",
-                self.namespace
+                "namespace {namespace:?} must not contain '#' or control characters"
             )));
         }
-        if self.namespace.len() > MAX_NAMESPACE_BYTES {
+        if namespace.len() > MAX_NAMESPACE_BYTES {
             return Err(LockError::Config(format!(
                 "namespace is {} bytes, at most {MAX_NAMESPACE_BYTES} allowed",
-                self.namespace.len()
+                namespace.len()
             )));
         }
         if self.partition_key.is_empty() {
             return Err(LockError::Config("partition key name is empty".into()));
         }
-        if self.operation_timeout.is_zero() || self.operation_timeout > MAX_DURATION {
+        let timeout = self.timeout_or_default();
+        if timeout.is_zero() || timeout > MAX_DURATION {
             return Err(LockError::Config(
                 "operation timeout must be positive and at most one year".into(),
             ));
         }
         Ok(())
     }
+
+    /// Applies one of this scheme's own query options; `Ok(false)` for any
+    /// other name. `timeout_ms` is the deprecated spelling of `timeout`.
+    fn apply(
+        &mut self,
+        name: &str,
+        value: &str,
+        timeout_ms: &mut Option<Duration>,
+    ) -> Result<bool, LockError> {
+        match name {
+            "region" => self.region = Some(value.to_owned()),
+            "endpoint" => self.endpoint = Some(value.to_owned()),
+            "partition_key" => self.partition_key = value.to_owned(),
+            "durable" => self.durable = config::boolean(name, value)?,
+            "create_table" => self.create_table = config::boolean(name, value)?,
+            "timeout_ms" => {
+                tracing::warn!(
+                    "dynamodb:// option `timeout_ms` is deprecated: write `timeout={value}ms`"
+                );
+                let millis: u64 = config::number(name, value)?;
+                let timeout = Duration::from_millis(millis);
+                if timeout > MAX_DURATION {
+                    return Err(config::invalid(name, value, "longer than one year"));
+                }
+                *timeout_ms = Some(timeout);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
-/// HTTP and HTTPS with rustls on ring (no aws-lc build).
-fn http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
-}
+impl BackendConfig for DynamoDbConfig {
+    type Backend = DynamoDbBackend;
 
-fn default_holder_metadata() -> Option<String> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty());
-    Some(match host {
-        Some(host) => format!("pid={} host={host}", std::process::id()),
-        None => format!("pid={}", std::process::id()),
-    })
+    const SCHEMES: &'static [&'static str] = &["dynamodb"];
+
+    /// Besides the shared names: `region`, `endpoint`, `partition_key`,
+    /// `durable`, `create_table`, and `timeout_ms` (deprecated: `timeout`).
+    const OPTIONS: &'static [&'static str] = &[
+        "region",
+        "endpoint",
+        "partition_key",
+        "durable",
+        "create_table",
+        "timeout_ms",
+    ];
+
+    /// Options from `dynamodb://[access_key_id:secret_access_key@]table?query`.
+    ///
+    /// Query parameters: the shared ones (`namespace`, `timeout` as a
+    /// duration such as `2s` or `750ms`, `holder`, `drift_factor`,
+    /// `drift_fixed`; `poll` is accepted and unused: DynamoDB has no release
+    /// signal, waiters follow the locker's retry schedule), the locker's
+    /// (`ttl`, `wait`, ...: left to the locker), and `region`, `endpoint`
+    /// (for example `http://127.0.0.1:8000`), `partition_key`, `durable`
+    /// (`true`/`false`: whether the store keeps data across restarts, default
+    /// `true`), `create_table` (`true`: create the table at connect if
+    /// missing), `timeout_ms` (deprecated: the timeout in whole
+    /// milliseconds, used when `timeout` is absent). An unknown option is a
+    /// [`LockError::Config`] naming the closest known one: a typo never falls
+    /// back to a default.
+    ///
+    /// Credentials in the URL are static keys, meant for local stand-ins; in
+    /// production leave them out and let the AWS configuration chain find
+    /// them. They are percent-decoded and nothing else: `+` and `/` (both
+    /// common in AWS secret keys) are taken literally, as AWS does; only
+    /// `%`, `@`, `?` and `#` must be written `%25`, `%40`, `%3F`, `%23`.
+    /// The user information ends at the *last* `@` before the query, so a
+    /// literal `/` in the secret works. No error and no `Debug` output shows
+    /// the secret key, even for a malformed URL.
+    fn from_url(url: &str) -> Result<Self, LockError> {
+        let bad = |why: &str| LockError::Config(format!("dynamodb url {:?}: {why}", redact(url)));
+        let rest = url
+            .strip_prefix("dynamodb://")
+            .ok_or_else(|| bad("the scheme must be dynamodb://"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (userinfo, table) = match rest.rsplit_once('@') {
+            Some((userinfo, table)) => (Some(userinfo), table),
+            None => (None, rest),
+        };
+        let table = table.strip_suffix('/').unwrap_or(table);
+        if table.is_empty() {
+            return Err(bad("needs a table name as host"));
+        }
+        if table.contains(['/', '#', ':']) {
+            return Err(bad(
+                "the table name must not contain '/', ':' or '#' (a credential with '@' must be written %40)",
+            ));
+        }
+        let table = percent_decode(table).map_err(|why| bad(&format!("table name {why}")))?;
+        let mut config = DynamoDbConfig::new(table);
+        if let Some(userinfo) = userinfo {
+            let (id, secret) = userinfo
+                .split_once(':')
+                .ok_or_else(|| bad("has an access key id but no secret key (id:secret@table)"))?;
+            let id = percent_decode(id).map_err(|why| bad(&format!("access key id {why}")))?;
+            let secret = percent_decode(secret).map_err(|why| bad(&format!("secret key {why}")))?;
+            config = config.credentials(id, secret);
+        }
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        let mut shared = SharedConfig::default();
+        let mut timeout_ms = None;
+        apply_query(
+            "dynamodb",
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &mut shared,
+            Self::OPTIONS,
+            |name, value| config.apply(name, value, &mut timeout_ms),
+        )?;
+        if shared.timeout.is_none() {
+            shared.timeout = timeout_ms;
+        }
+        config.shared = shared;
+        Ok(config)
+    }
+
+    fn shared(&self) -> &SharedConfig {
+        &self.shared
+    }
+
+    fn shared_mut(&mut self) -> &mut SharedConfig {
+        &mut self.shared
+    }
+
+    /// [`DynamoDbBackend::connect_with`].
+    async fn connect(self) -> Result<DynamoDbBackend, LockError> {
+        DynamoDbBackend::connect_with(self).await
+    }
 }
 
 /// `url` for error messages: [`redact_url`], and the whole user information
@@ -437,23 +396,48 @@ mod tests {
 
     #[test]
     fn a_url_sets_every_option() {
-        let b = DynamoDbBuilder::from_url(
+        let c = DynamoDbConfig::from_url(
             "dynamodb://AK:s%2Fecret@locks?region=eu-west-1&endpoint=http://127.0.0.1:8000\
-             &namespace=app&partition_key=id&timeout_ms=750&durable=false&create_table=true",
+             &namespace=app&partition_key=id&timeout_ms=750&durable=false&create_table=true\
+             &holder=worker-7",
         )
         .expect("parses");
-        assert_eq!(b.table, "locks");
-        assert_eq!(b.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(b.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
-        assert_eq!(b.namespace, "app");
-        assert_eq!(b.partition_key, "id");
-        assert_eq!(b.operation_timeout, Duration::from_millis(750));
-        assert!(!b.durable_fencing);
-        assert!(b.create_table);
+        assert_eq!(c.table, "locks");
+        assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert_eq!(c.namespace_or_default(), "app");
+        assert_eq!(c.partition_key, "id");
+        assert_eq!(c.timeout_or_default(), Duration::from_millis(750));
+        assert_eq!(c.shared.holder.as_deref(), Some("worker-7"));
+        assert!(!c.durable);
+        assert!(c.create_table);
         assert_eq!(
-            b.credentials,
+            c.credentials,
             Some(("AK".to_string(), Secret::new("s/ecret")))
         );
+    }
+
+    /// `timeout_ms` is the deprecated spelling of `timeout`: still accepted,
+    /// and `timeout` wins when both are given.
+    #[test]
+    fn timeout_ms_is_a_deprecated_alias_of_timeout() {
+        let c = DynamoDbConfig::from_url("dynamodb://locks?timeout_ms=1500").expect("parses");
+        assert_eq!(c.timeout_or_default(), Duration::from_millis(1500));
+        let c = DynamoDbConfig::from_url("dynamodb://locks?timeout_ms=1500&timeout=2s")
+            .expect("parses");
+        assert_eq!(c.timeout_or_default(), Duration::from_secs(2));
+        let c = DynamoDbConfig::from_url("dynamodb://locks").expect("parses");
+        assert_eq!(c.timeout_or_default(), DEFAULT_OPERATION_TIMEOUT);
+    }
+
+    /// The locker's options share the URL and are left to the locker.
+    #[test]
+    fn the_lockers_options_are_accepted_and_left_to_the_locker() {
+        let c = DynamoDbConfig::from_url(
+            "dynamodb://locks?ttl=30s&wait=5s&retry_min=10ms&retry_max=1s&auto_extend=true",
+        )
+        .expect("locker options parse");
+        assert_eq!(c.shared, SharedConfig::default());
     }
 
     #[test]
@@ -468,7 +452,7 @@ mod tests {
             "dynamodb://locks?durable=maybe",
             "dynamodb://user@locks",
         ] {
-            match DynamoDbBuilder::from_url(url) {
+            match DynamoDbConfig::from_url(url) {
                 Err(LockError::Config(_)) => {}
                 other => panic!("{url}: expected a Config error, got {other:?}"),
             }
@@ -486,7 +470,7 @@ mod tests {
             ("create_tabel=true", "create_table"),
         ] {
             let url = format!("dynamodb://locks?{option}");
-            match DynamoDbBuilder::from_url(&url) {
+            match DynamoDbConfig::from_url(&url) {
                 Err(LockError::Config(message)) => assert!(
                     message.contains(&format!("did you mean `{hint}`")),
                     "{url}: expected a hint for {hint}, got {message}"
@@ -494,14 +478,14 @@ mod tests {
                 other => panic!("{url}: expected a Config error, got {other:?}"),
             }
         }
-        let b = DynamoDbBuilder::from_url(
+        let c = DynamoDbConfig::from_url(
             "dynamodb://locks?timeout=2s&drift_factor=0.02&drift_fixed=5ms&namespace=a%2Fb+c",
         )
         .expect("shared options parse");
-        assert_eq!(b.operation_timeout, Duration::from_secs(2));
-        assert_eq!(b.drift.factor, 0.02);
-        assert_eq!(b.drift.fixed, Duration::from_millis(5));
-        assert_eq!(b.namespace, "a/b c");
+        assert_eq!(c.timeout_or_default(), Duration::from_secs(2));
+        assert_eq!(c.drift_or_default().factor, 0.02);
+        assert_eq!(c.drift_or_default().fixed, Duration::from_millis(5));
+        assert_eq!(c.namespace_or_default(), "a/b c");
     }
 
     /// Issue 11: `+` in a secret key became a space. AWS secret keys use `+`
@@ -515,13 +499,13 @@ mod tests {
             ("dynamodb://AK:p%40ss:w@locks/?region=x", "AK", "p@ss:w"),
             ("dynamodb://A%2BK:s@locks", "A+K", "s"),
         ] {
-            let b = DynamoDbBuilder::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let c = DynamoDbConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(
-                b.credentials,
+                c.credentials,
                 Some((id.to_owned(), Secret::new(secret))),
                 "{url}"
             );
-            assert_eq!(b.table, "locks", "{url}");
+            assert_eq!(c.table, "locks", "{url}");
         }
     }
 
@@ -545,10 +529,10 @@ mod tests {
             format!("dynamodb://AK:{sentinel}@locks#frag?durable=maybe"),
         ];
         for url in &urls {
-            let shown = match DynamoDbBuilder::from_url(url) {
-                Ok(builder) => {
-                    let invalid = builder.validate().err().map(|e| e.to_string());
-                    format!("{builder:?} {invalid:?}")
+            let shown = match DynamoDbConfig::from_url(url) {
+                Ok(config) => {
+                    let invalid = config.validate().err().map(|e| e.to_string());
+                    format!("{config:?} {invalid:?}")
                 }
                 Err(error) => format!("{error} {error:?}"),
             };
@@ -557,17 +541,17 @@ mod tests {
                 "{url} showed its secret: {shown}"
             );
         }
-        let builder = DynamoDbBuilder::new("locks").static_credentials("AK", sentinel);
-        assert!(!format!("{builder:?}").contains(sentinel));
+        let config = DynamoDbConfig::new("locks").credentials("AK", sentinel);
+        assert!(!format!("{config:?}").contains(sentinel));
     }
 
     #[test]
     fn namespaces_with_the_separator_are_refused() {
-        let err = DynamoDbBuilder::new("locks")
+        let err = DynamoDbConfig::new("locks")
             .namespace("a#b")
             .validate()
             .expect_err("'#' separates namespace and key");
         assert!(err.to_string().contains("'#'"), "{err}");
-        assert!(DynamoDbBuilder::new("ab").validate().is_err());
+        assert!(DynamoDbConfig::new("ab").validate().is_err());
     }
 }

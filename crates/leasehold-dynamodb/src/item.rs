@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use leasehold_core::{FencingToken, LockError, LockInfo, OwnerToken};
 
-use crate::NAME;
+use crate::error::NAME;
 
 /// Owner token of the current holder (32 hex digits); absent while free.
 pub(crate) const OWNER: &str = "owner";

@@ -14,7 +14,7 @@ use leasehold_conformance::Store;
 use leasehold_core::{
     Key, LockBackend, LockError, Locker, OwnerToken, RetryPolicy, TestClock, TtlPolicy,
 };
-use leasehold_dynamodb::DynamoDbBackend;
+use leasehold_dynamodb::{DynamoDbBackend, DynamoDbConfig};
 use tokio::time::Instant;
 
 fn key(name: &str) -> Key {
@@ -37,7 +37,9 @@ async fn acquire_release_fencing_and_ownership_follow_the_contract() {
                 holder.owner_hint.as_deref(),
                 Some(first.owner().short().as_str())
             );
-            assert!(holder.metadata.unwrap_or_default().contains("pid="));
+            // The shared `holder` option's default: "<host> pid <pid>".
+            let pid = format!("pid {}", std::process::id());
+            assert!(holder.metadata.unwrap_or_default().contains(&pid));
         }
         other => panic!("a held key must be Contended, got {other:?}"),
     }
@@ -92,15 +94,40 @@ async fn acquire_release_fencing_and_ownership_follow_the_contract() {
         .expect("the real owner still holds it");
 }
 
+/// The shared `holder` option is stored with each lease and shown to
+/// whoever finds the key held.
+#[tokio::test]
+async fn the_holder_option_is_stored_with_each_lease() {
+    let store = start().await;
+    let name = table("holder");
+    let a = DynamoDbBackend::connect_with(
+        store
+            .config(&name)
+            .create_table(true)
+            .holder("billing worker 7"),
+    )
+    .await
+    .expect("connect");
+    let k = key("holder");
+    let lease = a
+        .try_acquire(&k, Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let info = a.inspect(&k).await.expect("inspect").expect("held");
+    assert_eq!(
+        info.metadata.as_deref(),
+        Some("billing worker 7"),
+        "expected the configured holder in the item"
+    );
+    a.release(&lease).await.expect("release");
+}
+
 #[tokio::test]
 async fn awkward_keys_and_namespaces_never_share_a_lock() {
     let store = start().await;
     let name = table("keys");
     let a = store.backend(&name, None).await;
-    let other_app = store
-        .builder(&name)
-        .namespace("other-app")
-        .connect()
+    let other_app = DynamoDbBackend::connect_with(store.config(&name).namespace("other-app"))
         .await
         .expect("connect");
     let names = [
@@ -451,13 +478,10 @@ async fn a_restarted_in_memory_stand_in_loses_the_table_and_the_backend_says_so(
 
     // Configured as for real DynamoDB (durable): a missing table is a loud,
     // final error, and it is not re-created behind the caller's back.
-    let durable = store
-        .builder(&name)
-        .durable_fencing(true)
-        .create_table_if_missing(false)
-        .connect()
-        .await
-        .expect("connect");
+    let durable =
+        DynamoDbBackend::connect_with(store.config(&name).durable(true).create_table(false))
+            .await
+            .expect("connect");
     let err = durable
         .try_acquire(&k, Duration::from_secs(30))
         .await
@@ -505,8 +529,7 @@ async fn connect_by_url_and_from_an_existing_sdk_client() {
         .expect("acquire");
 
     let sdk = by_url.client().clone();
-    let from_client = DynamoDbBackend::builder(&name)
-        .with_client(sdk)
+    let from_client = DynamoDbBackend::connect_with_client(DynamoDbConfig::new(&name), sdk)
         .await
         .expect("wrap an existing client");
     assert!(
@@ -616,7 +639,7 @@ async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
         );
         let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
         assert!(
-            matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
+            matches!(many.as_deref(), Ok([Err(LockError::InvalidTtl { .. })])),
             "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"
         );
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leasehold_conformance::fixtures::{self, Container};
 use leasehold_core::{Drift, LockBackend, LockError, OwnerToken, SharedClock};
-use leasehold_dynamodb::{DynamoDbBackend, DynamoDbBuilder};
+use leasehold_dynamodb::{BackendConfig, DynamoDbBackend, DynamoDbConfig};
 
 /// Short, so a paused store shows up quickly.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -23,9 +23,9 @@ pub struct Store {
 pub async fn start() -> Store {
     let spec = fixtures::dynamodb_spec();
     if let Ok(url) = std::env::var(spec.url_env()) {
-        let endpoint = DynamoDbBuilder::from_url(&url)
+        let endpoint = DynamoDbConfig::from_url(&url)
             .ok()
-            .and_then(|b| b.endpoint_url().map(str::to_owned))
+            .and_then(|c| c.endpoint_url().map(str::to_owned))
             .unwrap_or_else(|| panic!("{}={url} needs ?endpoint=", spec.url_env()));
         return Store {
             endpoint,
@@ -44,14 +44,14 @@ pub async fn start() -> Store {
 }
 
 impl Store {
-    /// Options for a backend on this store with test credentials.
-    pub fn builder(&self, table: &str) -> DynamoDbBuilder {
-        DynamoDbBackend::builder(table)
+    /// The configuration of a backend on this store with test credentials.
+    pub fn config(&self, table: &str) -> DynamoDbConfig {
+        DynamoDbConfig::new(table)
             .endpoint(&self.endpoint)
             .region("us-east-1")
-            .static_credentials("test", "test")
-            .operation_timeout(OP_TIMEOUT)
-            .durable_fencing(false)
+            .credentials("test", "test")
+            .timeout(OP_TIMEOUT)
+            .durable(false)
             .drift(Drift {
                 factor: 0.0,
                 fixed: Duration::ZERO,
@@ -60,18 +60,18 @@ impl Store {
 
     /// A backend on a fresh table (created), on `clock`.
     pub async fn backend(&self, table: &str, clock: Option<SharedClock>) -> DynamoDbBackend {
-        let mut builder = self.builder(table).create_table_if_missing(true);
+        let mut config = self.config(table).create_table(true);
         if let Some(clock) = clock {
-            builder = builder.clock(clock);
+            config = config.clock(clock);
         }
-        builder.connect().await.expect("connect and create table")
+        DynamoDbBackend::connect_with(config)
+            .await
+            .expect("connect and create table")
     }
 
     /// Polls until the endpoint answers a ListTables (bounded: 60 s).
     pub async fn wait_ready(&self) {
-        let backend = self
-            .builder("ready-probe")
-            .connect()
+        let backend = DynamoDbBackend::connect_with(self.config("ready-probe"))
             .await
             .expect("build client");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,190 @@
+//! [`DynamoDbBackend`]: constructors, and the [`LockBackend`] impl over the
+//! algorithm in `lease.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use leasehold_core::config::BackendConfig;
+use leasehold_core::{
+    Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
+    ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, extend_each, wait_for_lock,
+};
+
+use crate::config::DynamoDbConfig;
+use crate::error::NAME;
+use crate::lease::Leases;
+use crate::store::Store;
+
+/// Locks in a DynamoDB table; see the [crate docs](crate) for the item,
+/// the expiry scheme and its trade-offs. Cheap to clone: clones share the
+/// SDK client and the observations of other holders' keys.
+#[derive(Clone)]
+pub struct DynamoDbBackend {
+    leases: Leases,
+}
+
+impl fmt::Debug for DynamoDbBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let store = self.leases.store();
+        f.debug_struct("DynamoDbBackend")
+            .field("table", &store.table)
+            .field("namespace", &store.namespace())
+            .field("timeout", &store.timeout())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDbBackend {
+    /// Connects by URL: `dynamodb://table?region=..&endpoint=..` (see
+    /// [`DynamoDbConfig::from_url`] for every option).
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with(DynamoDbConfig::from_url(url)?).await
+    }
+
+    /// Loads the AWS configuration chain (with `config`'s overrides) and
+    /// connects; creates the table first if `config` asks for it.
+    /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
+    pub async fn connect_with(config: DynamoDbConfig) -> Result<Self, LockError> {
+        let store = Store::open(&config, None).await?;
+        Ok(Self::over(store, &config))
+    }
+
+    /// Uses an existing SDK client. Its timeouts and retries are replaced by
+    /// `config`'s operation timeout (no SDK retries), so every call stays
+    /// bounded; region, endpoint and credentials set in `config` override
+    /// its own. Cancel safe, as [`DynamoDbBackend::connect_with`].
+    pub async fn connect_with_client(
+        config: DynamoDbConfig,
+        client: Client,
+    ) -> Result<Self, LockError> {
+        let store = Store::open(&config, Some(client)).await?;
+        Ok(Self::over(store, &config))
+    }
+
+    fn over(store: Store, config: &DynamoDbConfig) -> Self {
+        DynamoDbBackend {
+            leases: Leases::new(store, config),
+        }
+    }
+
+    /// The SDK client (with this backend's timeouts), for tooling.
+    pub fn client(&self) -> &Client {
+        &self.leases.store().client
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.leases.store().table
+    }
+
+    /// The item's partition key value for `key`: `namespace#key`.
+    pub fn partition_key_for(&self, key: &Key) -> String {
+        self.leases.store().partition_key_for(key)
+    }
+
+    /// Creates the lock table (partition key only, a string, on-demand
+    /// billing) and waits until it is `ACTIVE`. Idempotent: an existing table
+    /// is fine (its key schema is not checked). Each call is bounded by the
+    /// operation timeout; waiting for `ACTIVE` by 60 operation timeouts.
+    ///
+    /// To use an existing table instead, give its partition key attribute
+    /// name with [`DynamoDbConfig::partition_key`]; it must be a string and
+    /// the table must have no sort key.
+    ///
+    /// Cancel safety: dropped, the table may still be created; calling again
+    /// is idempotent.
+    pub async fn create_table(&self) -> Result<(), LockError> {
+        self.leases.store().create_table().await
+    }
+
+    /// The TTL in whole milliseconds (rounded up), within the bounds every
+    /// backend shares ([`Capabilities::check_ttl`]: at least 1 ms, at most
+    /// one year), so no `Instant + ttl` can overflow.
+    fn check_ttl(&self, ttl: Duration) -> Result<u64, LockError> {
+        self.capabilities().check_ttl(NAME, ttl)?;
+        Ok(ttl.as_nanos().div_ceil(1_000_000) as u64)
+    }
+}
+
+#[async_trait]
+impl LockBackend for DynamoDbBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .fencing(Fencing::Strict)
+            .durable_fencing(self.leases.store().durable)
+            .expiry(Expiry::Ttl)
+            .waiting(Waiting::Polled)
+            .fairness(Fairness::None)
+            .min_ttl(Duration::from_millis(1))
+            .ttl_granularity(Duration::from_millis(1))
+            .holder_info(true)
+    }
+
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a grant that arrives after it
+    /// left is released at once in the background. A write whose answer was
+    /// lost (the call timed out: the request may still sit in a frozen
+    /// store's socket) is given back in the background too, see the crate
+    /// docs.
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        let lease_ms = self.check_ttl(ttl)?;
+        let (leases, key) = (self.leases.clone(), key.clone());
+        let releaser = self.leases.clone();
+        cancel_safe(
+            NAME,
+            async move { leases.acquire(&key, ttl, lease_ms).await },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
+    }
+
+    /// No queue and no release signal: the core's polling loop over
+    /// `try_acquire` (each attempt cancel safe).
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, wait).await
+    }
+
+    /// Cancel safety: a dropped extend may still be applied; that only
+    /// keeps our own lease longer, and the lease we hold is unchanged.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let lease_ms = self.check_ttl(ttl)?;
+        self.leases.extend(lease, ttl, lease_ms).await
+    }
+
+    /// One conditional write per lease, all at once (no batch renewal).
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        extend_each(self, renewals).await
+    }
+
+    /// Cancel safety: a dropped release may or may not be applied; a lease
+    /// left behind frees one observed lease duration later, and releasing
+    /// the same lease again finishes the job.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.leases.release(lease).await
+    }
+
+    /// Read-only; cancel safe.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.leases.inspect(key).await
+    }
+
+    /// DynamoDB signals no releases: waiters poll.
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
+    }
+}
