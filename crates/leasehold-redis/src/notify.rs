@@ -1,164 +1,87 @@
-//! Release notifications: one pub/sub connection per backend, subscribed to
-//! the namespace's release channel, feeding a [`ReleaseHub`].
+//! Release notifications: the release script `PUBLISH`es each released lock
+//! key's name on the namespace's channel; [`PubSub`] is that channel as a
+//! [`ReleaseSource`], and the backend's core [`ReleaseFeed`] owns the
+//! subscription (lazy start, reconnects, waking everyone after one).
+//!
+//! [`ReleaseFeed`]: leasehold_core::ReleaseFeed
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use leasehold_core::{LockError, ReleaseHub, ReleaseListener};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use leasehold_core::{LockError, ReleaseSource, ReleaseStream, async_trait, with_timeout};
+
+use crate::NAME;
+use crate::error::map;
 
 /// How often an idle subscription is pinged, so a silently dead connection is
 /// noticed and replaced (missed releases then cost a poll, never a hang).
 const HEARTBEAT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Starts its pub/sub task on first use and stops it when dropped.
+/// One pub/sub connection subscribed to a namespace's release channel.
 #[derive(Debug)]
-pub(crate) struct Notifier {
-    hub: Arc<ReleaseHub>,
+pub(crate) struct PubSub {
     client: redis::Client,
     channel: String,
     timeout: Duration,
-    /// Counts completed (re)subscriptions.
-    subscriptions: watch::Sender<u64>,
-    started: OnceLock<()>,
-    stop: CancellationToken,
 }
 
-impl Notifier {
+impl PubSub {
+    /// The release channel `channel` of the server behind `client`; every
+    /// step (connect, `SUBSCRIBE`, each heartbeat `PING`) within `timeout`.
     pub(crate) fn new(client: redis::Client, channel: String, timeout: Duration) -> Self {
-        Notifier {
-            hub: Arc::new(ReleaseHub::new()),
+        PubSub {
             client,
             channel,
             timeout,
-            subscriptions: watch::channel(0).0,
-            started: OnceLock::new(),
-            stop: CancellationToken::new(),
         }
-    }
-
-    /// A listener for the lock key `name`; starts the subscription if this is
-    /// the first. Until it is up, waiters poll; when it comes up every
-    /// listener is woken once, so nothing released in between is missed.
-    pub(crate) fn listen(&self, name: &str) -> ReleaseListener {
-        let listener = self.hub.listen(name);
-        self.start();
-        listener
-    }
-
-    /// How many times the subscription has been (re)established.
-    pub(crate) fn subscriptions(&self) -> u64 {
-        *self.subscriptions.borrow()
-    }
-
-    /// Starts the subscription and waits until it is up, at most the timeout.
-    pub(crate) async fn ready(&self, backend: &'static str) -> Result<(), LockError> {
-        self.start();
-        let mut seen = self.subscriptions.subscribe();
-        match tokio::time::timeout(self.timeout, seen.wait_for(|count| *count > 0)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(LockError::unavailable(
-                backend,
-                format!(
-                    "release channel subscription not up within {:?}",
-                    self.timeout
-                ),
-            )),
-        }
-    }
-
-    fn start(&self) {
-        self.started.get_or_init(|| {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                // Outside a runtime nobody can wait anyway; the next call
-                // from inside one cannot start it either, so waiters poll.
-                tracing::warn!("no tokio runtime: redis release notifications are off");
-                return;
-            };
-            runtime.spawn(run(
-                self.client.clone(),
-                self.channel.clone(),
-                self.hub.clone(),
-                self.subscriptions.clone(),
-                self.stop.clone(),
-                self.timeout,
-            ));
-        });
     }
 }
 
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn run(
-    client: redis::Client,
-    channel: String,
-    hub: Arc<ReleaseHub>,
-    subscriptions: watch::Sender<u64>,
-    stop: CancellationToken,
-    timeout: Duration,
-) {
-    let mut backoff = Duration::from_millis(50);
-    while !stop.is_cancelled() {
-        let subscribe = async {
-            let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
-            let (mut sink, stream) = pubsub
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| e.to_string())?
-                .split();
-            match tokio::time::timeout(timeout, sink.subscribe(&channel)).await {
-                Ok(Ok(())) => Ok((sink, stream)),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("SUBSCRIBE timed out".to_string()),
-            }
-        };
-        let session = tokio::select! {
-            () = stop.cancelled() => return,
-            session = subscribe => session,
-        };
-        let (mut sink, mut stream) = match session {
-            Ok(session) => session,
-            Err(error) => {
-                tracing::debug!(%error, ?backoff, "redis release subscription failed; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        subscriptions.send_modify(|count| *count += 1);
-        // Releases published while we were not subscribed are lost: wake
-        // every waiter once so each tries again.
-        hub.notify_all();
+#[async_trait]
+impl ReleaseSource for PubSub {
+    async fn subscribe(&self) -> Result<ReleaseStream, LockError> {
+        let timeout = self.timeout;
+        let pubsub = with_timeout(NAME, timeout, async {
+            self.client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| map(NAME, e))
+        })
+        .await?;
+        let (mut sink, messages) = pubsub.split();
+        with_timeout(NAME, timeout, async {
+            sink.subscribe(&self.channel)
+                .await
+                .map_err(|e| map(NAME, e))
+        })
+        .await?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.reset();
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                message = stream.next() => match message {
-                    Some(message) => match std::str::from_utf8(message.get_payload_bytes()) {
-                        Ok(name) => hub.notify(name),
-                        Err(_) => hub.notify_all(),
-                    },
-                    None => break,
-                },
-                _ = heartbeat.tick() => {
-                    let ping = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
-                    if !matches!(ping, Ok(Ok(_))) {
-                        break;
+        let state = (sink, messages, heartbeat);
+        // Each released key's name; a heartbeat PING left unanswered ends the
+        // stream with an error, so the feed reconnects.
+        let stream = futures_util::stream::unfold(Some(state), move |state| async move {
+            let (mut sink, mut messages, mut heartbeat) = state?;
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let message = message?;
+                        let name = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
+                        return Some((Ok(name), Some((sink, messages, heartbeat))));
+                    }
+                    _ = heartbeat.tick() => {
+                        let ping = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            let error = LockError::unavailable(
+                                NAME,
+                                format!("the release subscription did not answer a PING within {timeout:?}"),
+                            );
+                            return Some((Err(error), None));
+                        }
                     }
                 }
             }
-        }
-        tracing::debug!("redis release subscription lost; reconnecting");
+        });
+        Ok(Box::pin(stream))
     }
 }

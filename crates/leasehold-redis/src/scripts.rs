@@ -79,6 +79,19 @@ local counter = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 return {string.sub(holder, 1, 8), redis.call('PTTL', KEYS[1]), counter}
 "#;
 
+/// Raise: lifts a fencing counter to at least `ARGV[1]`, never lowering it.
+/// `KEYS = [fence]`. Returns 1 if it was raised, 0 if it was already there.
+/// Redlock raises the servers that answered below a grant's token, so any
+/// later quorum counts past it.
+pub const RAISE_SRC: &str = r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 macro_rules! shared_script {
     ($(#[$doc:meta])* $name:ident, $src:ident) => {
         $(#[$doc])*
@@ -113,4 +126,9 @@ shared_script!(
     /// The [`INSPECT_SRC`] script.
     inspect,
     INSPECT_SRC
+);
+shared_script!(
+    /// The [`RAISE_SRC`] script.
+    raise,
+    RAISE_SRC
 );

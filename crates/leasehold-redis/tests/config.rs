@@ -6,17 +6,16 @@ mod support;
 use std::time::Duration;
 
 use leasehold_core::LockError;
-use leasehold_redis::RedisBackend;
+use leasehold_core::config::BackendConfig;
+use leasehold_redis::{RedisBackend, RedisConfig};
 
 /// Nothing listens on port 1: a URL that parses fails fast with
 /// `Unavailable`, one that does not with `Config`.
 const NOWHERE: &str = "127.0.0.1:1";
 
 async fn connect(url: &str) -> Result<RedisBackend, LockError> {
-    RedisBackend::builder()
-        .timeout(Duration::from_millis(300))
-        .connect(url)
-        .await
+    let config = RedisConfig::from_url(url)?.timeout(Duration::from_millis(300));
+    RedisBackend::connect_with(config).await
 }
 
 /// Issue 11: `redis://…?namspace=billing` ran in the shared default

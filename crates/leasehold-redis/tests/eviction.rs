@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use leasehold_core::{Key, LockBackend, OwnerToken};
 use leasehold_redis::{RedisBackend, SafetyFinding};
+use support::config;
 
 /// Log lines written while the guard lives (this thread only: the tests run
 /// on a current-thread runtime, so the backend's connect logs here).
@@ -43,9 +44,7 @@ impl Logs {
 }
 
 async fn connect(url: &str, namespace: &str) -> RedisBackend {
-    RedisBackend::builder()
-        .namespace(namespace)
-        .connect(url)
+    RedisBackend::connect_with(config(url).namespace(namespace))
         .await
         .expect("connect to the test server")
 }

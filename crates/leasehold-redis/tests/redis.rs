@@ -10,6 +10,7 @@ use leasehold_core::{
     Drift, FencingToken, Key, Lease, LockBackend, LockError, OwnerToken, RetryPolicy, Wake,
 };
 use leasehold_redis::{NAME, RedisBackend};
+use support::config;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -19,9 +20,7 @@ fn namespace(test: &str) -> String {
 }
 
 async fn backend(url: &str, test: &str) -> RedisBackend {
-    RedisBackend::builder()
-        .namespace(namespace(test))
-        .connect(url)
+    RedisBackend::connect_with(config(url).namespace(namespace(test)))
         .await
         .expect("connect to the test server")
 }
@@ -212,7 +211,8 @@ async fn extend_many_renews_each_lease_and_reports_lost_ones() {
             (gone, long),
             (a.clone(), Duration::ZERO),
         ])
-        .await;
+        .await
+        .expect("the batch call succeeds");
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(results[1], Err(LockError::Lost { .. })),
@@ -404,12 +404,13 @@ async fn a_paused_server_is_unavailable_within_the_timeout_and_recovers() {
     };
     let container = server.container.as_ref().unwrap();
     let timeout = Duration::from_millis(500);
-    let backend = RedisBackend::builder()
-        .namespace(namespace("pause"))
-        .timeout(timeout)
-        .connect(&server.url)
-        .await
-        .unwrap();
+    let backend = RedisBackend::connect_with(
+        config(&server.url)
+            .namespace(namespace("pause"))
+            .timeout(timeout),
+    )
+    .await
+    .unwrap();
     let held = backend.try_acquire(&key("held"), TTL).await.unwrap();
     container.pause().await.expect("docker pause");
     // Bounded: 10x the per-call timeout is "never a hang", not a latency claim.
@@ -448,12 +449,13 @@ async fn a_stopped_server_is_unavailable_not_a_hang() {
     let Some(server) = support::server(&[], true).await else {
         return;
     };
-    let backend = RedisBackend::builder()
-        .namespace(namespace("stop"))
-        .timeout(Duration::from_millis(500))
-        .connect(&server.url)
-        .await
-        .unwrap();
+    let backend = RedisBackend::connect_with(
+        config(&server.url)
+            .namespace(namespace("stop"))
+            .timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
     server.container.as_ref().unwrap().stop(None).await.unwrap();
     let acquire =
         tokio::time::timeout(Duration::from_secs(10), backend.try_acquire(&key("k"), TTL))
@@ -463,10 +465,8 @@ async fn a_stopped_server_is_unavailable_not_a_hang() {
         matches!(acquire, Err(LockError::Unavailable { .. })),
         "{acquire:?}"
     );
-    let refused = RedisBackend::builder()
-        .timeout(Duration::from_millis(500))
-        .connect(&server.url)
-        .await;
+    let refused =
+        RedisBackend::connect_with(config(&server.url).timeout(Duration::from_millis(500))).await;
     assert!(
         matches!(refused, Err(LockError::Unavailable { .. })),
         "{refused:?}"
@@ -520,19 +520,17 @@ async fn urls_carry_password_and_database() {
         return;
     };
     let addr = server.url.trim_start_matches("redis://");
-    let backend = RedisBackend::builder()
-        .namespace("urls")
-        .connect(&format!("redis://:s3cret@{addr}/3"))
-        .await
-        .expect("password and db from the url");
+    let backend =
+        RedisBackend::connect_with(config(&format!("redis://:s3cret@{addr}/3")).namespace("urls"))
+            .await
+            .expect("password and db from the url");
     let lease = backend.try_acquire(&key("in db 3"), TTL).await.unwrap();
     let in_db: i64 = redis_cmd(&backend, &redis::cmd("DBSIZE")).await;
     assert_eq!(in_db, 2, "lock and counter keys should be in db 3");
-    let db0 = RedisBackend::builder()
-        .namespace("urls")
-        .connect(&format!("redis://:s3cret@{addr}/0"))
-        .await
-        .unwrap();
+    let db0 =
+        RedisBackend::connect_with(config(&format!("redis://:s3cret@{addr}/0")).namespace("urls"))
+            .await
+            .unwrap();
     assert_eq!(
         db0.inspect(lease.key()).await.unwrap(),
         None,
@@ -606,12 +604,13 @@ async fn a_dropped_lock_call_leaves_no_key_held_when_the_server_was_frozen() {
         return;
     };
     let container = server.container.as_ref().unwrap();
-    let backend = RedisBackend::builder()
-        .namespace(namespace("dropped"))
-        .timeout(Duration::from_secs(1))
-        .connect(&server.url)
-        .await
-        .unwrap();
+    let backend = RedisBackend::connect_with(
+        config(&server.url)
+            .namespace(namespace("dropped"))
+            .timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
     let ttl = Duration::from_secs(20);
     let locker = leasehold_core::Locker::builder(backend.clone())
         .ttl(leasehold_core::TtlPolicy::Fixed(ttl))
@@ -660,7 +659,10 @@ async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
             matches!(extend, Err(LockError::InvalidTtl { .. })),
             "extend with {ttl:?}: expected InvalidTtl, got {extend:?}"
         );
-        let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
+        let many = backend
+            .extend_many(&[(lease.clone(), ttl)])
+            .await
+            .expect("a batch of invalid TTLs sends nothing and fails nothing as a whole");
         assert!(
             matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
             "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"

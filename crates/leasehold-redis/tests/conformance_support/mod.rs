@@ -12,15 +12,14 @@ use leasehold_redis::RedisBackend;
 /// (`persistent`: fencing counted durable, the restart case checks token
 /// order) or without persistence; or against `LEASEHOLD_TEST_REDIS_URL`.
 pub fn main(name: &'static str, persistent: bool) -> ExitCode {
-    leasehold_conformance::run_main(move || async move {
-        let spec = fixtures::redis_spec(persistent);
-        let store = fixtures::provision(&spec).await?;
-        let url = store.url(|port| format!("redis://127.0.0.1:{port}"));
-        let connect_to = url.clone();
-        let suite = Suite::new(name, move || {
-            let url = connect_to.clone();
-            async move { Ok(Arc::new(RedisBackend::connect(&url).await?) as Arc<dyn LockBackend>) }
-        });
-        Ok(suite.with_provisioned(&spec, store, &url))
+    leasehold_conformance::run_main(move || {
+        Suite::provisioned(
+            name,
+            fixtures::redis_spec(persistent),
+            |port| format!("redis://127.0.0.1:{port}"),
+            |url| async move {
+                Ok(Arc::new(RedisBackend::connect(&url).await?) as Arc<dyn LockBackend>)
+            },
+        )
     })
 }

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use leasehold_conformance::fixtures::{self, Container};
+use leasehold_core::config::BackendConfig;
+use leasehold_redis::RedisConfig;
 
 /// A Redis server for one test.
 pub struct Server {
@@ -50,4 +52,9 @@ pub async fn server(args: &[&str], needs_container: bool) -> Option<Server> {
             None
         }
     }
+}
+
+/// The options of `url`, which must parse.
+pub fn config(url: &str) -> RedisConfig {
+    RedisConfig::from_url(url).expect("the test url parses")
 }

@@ -1,0 +1,231 @@
+//! [`RedisBackend`]: connecting, tooling accessors, and the thin
+//! [`LockBackend`] impl over the lease steps of [`crate::lease`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leasehold_core::config::{BackendConfig, MAX_DURATION};
+use leasehold_core::{
+    Capabilities, Drift, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
+    ReleaseFeed, ReleaseListener, RetryPolicy, SharedClock, Waiting, cancel_safe, wait_for_lock,
+};
+
+use crate::NAME;
+use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig, poll_capped};
+use crate::keys::KeyLayout;
+use crate::notify::PubSub;
+use crate::safety::{Persistence, SafetyFinding};
+use crate::store::{RedisNode, ttl_millis};
+
+/// Locks on one Redis server (see the [crate docs](crate) for the
+/// mechanism and its guarantees). Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct RedisBackend {
+    pub(crate) node: RedisNode,
+    pub(crate) feed: Option<Arc<ReleaseFeed>>,
+    pub(crate) clock: SharedClock,
+    pub(crate) drift: Drift,
+    pub(crate) poll: Option<Duration>,
+    pub(crate) holder: String,
+    pub(crate) persistence: Persistence,
+}
+
+impl RedisBackend {
+    /// Connects by URL (see [`RedisConfig::from_url`] for the URL and its
+    /// options). Cancel safe: a dropped connect takes no lock and leaves
+    /// nothing behind.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with(RedisConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config` (eagerly: an unreachable server is
+    /// [`LockError::Unavailable`] after the per-call timeout), reads the
+    /// server's persistence and eviction settings and logs what breaks a
+    /// guarantee. Cancel safe: a dropped connect takes no lock and leaves
+    /// nothing behind.
+    pub async fn connect_with(config: RedisConfig) -> Result<Self, LockError> {
+        let shared = config.shared();
+        let timeout = shared.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() || timeout > MAX_DURATION {
+            return Err(LockError::Config(
+                "redis timeout must be above zero and at most one year".into(),
+            ));
+        }
+        let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
+        let client = config.client.clone();
+        let node = RedisNode::connect(client.clone(), layout.clone(), timeout).await?;
+        let persistence = node.persistence().await;
+        persistence.log_findings(&client.get_connection_info().addr().to_string());
+        let feed = config.notifications.then(|| {
+            Arc::new(ReleaseFeed::new(PubSub::new(
+                client,
+                layout.channel(),
+                timeout,
+            )))
+        });
+        Ok(RedisBackend {
+            node,
+            feed,
+            drift: shared.drift.unwrap_or_default(),
+            poll: shared.poll,
+            holder: shared.holder_or_default(),
+            clock: config.clock,
+            persistence,
+        })
+    }
+
+    /// The server node (scripts, raw calls, the connection).
+    pub fn node(&self) -> &RedisNode {
+        &self.node
+    }
+
+    /// Who holds the locks taken through this backend (the `holder`
+    /// option). Not stored with each lease yet (see [`RedisConfig`]).
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// What `CONFIG GET` said about persistence and eviction at connect.
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
+    }
+
+    /// The server's `maxmemory-policy` at connect (`None`: `CONFIG GET` was
+    /// refused). Only `noeviction` is safe for locks.
+    pub fn eviction_policy(&self) -> Option<&str> {
+        self.persistence.maxmemory_policy.as_deref()
+    }
+
+    /// What was found at connect that breaks a guarantee (each was logged
+    /// with `tracing::warn!` then): an eviction policy other than
+    /// `noeviction`, or a configuration that could not be read. Empty:
+    /// nothing found. The policy can change at run time (`CONFIG SET`):
+    /// [`RedisBackend::check_safety`] asks again.
+    pub fn safety_findings(&self) -> Vec<SafetyFinding> {
+        self.persistence.safety_findings()
+    }
+
+    /// Asks the server again (`CONFIG GET`, bounded by the per-call timeout)
+    /// and returns what breaks a guarantee now, for health checks. Logs
+    /// nothing; the capabilities keep what was found at connect. Read-only;
+    /// cancel safe.
+    pub async fn check_safety(&self) -> Vec<SafetyFinding> {
+        self.node.persistence().await.safety_findings()
+    }
+
+    /// Starts the release subscription now and waits until it is up (at most
+    /// the per-call timeout). Optional: the first waiter starts it anyway, and
+    /// waiters poll until it is up. Cancel safe: dropped, the subscription
+    /// goes on being set up in the background.
+    pub async fn subscribe_releases(&self) -> Result<(), LockError> {
+        let Some(feed) = &self.feed else {
+            return Err(LockError::Config(
+                "release notifications are off for this backend".into(),
+            ));
+        };
+        let timeout = self.node.timeout();
+        if feed.ready(timeout).await {
+            Ok(())
+        } else {
+            Err(LockError::unavailable(
+                NAME,
+                format!("release channel subscription not up within {timeout:?}"),
+            ))
+        }
+    }
+
+    /// How many times the release subscription has been (re)established
+    /// (0: not yet, or notifications are off). For tooling and tests.
+    pub fn release_subscriptions(&self) -> u64 {
+        self.feed.as_ref().map_or(0, |feed| feed.subscriptions())
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let waiting = if self.feed.is_some() {
+            Waiting::Notified
+        } else {
+            Waiting::Polled
+        };
+        Capabilities::new()
+            .fencing(Fencing::Strict)
+            .durable_fencing(self.persistence.durable_fencing())
+            .waiting(waiting)
+            .fairness(Fairness::None)
+            .min_ttl(Duration::from_millis(1))
+            .ttl_granularity(Duration::from_millis(1))
+            .holder_info(true)
+            .atomic_multi_key(false)
+            .batch_extend(true)
+    }
+
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a grant that arrives after it
+    /// left is released at once. An attempt whose answer timed out sends a
+    /// compare-and-delete on the same connection, so a frozen server that
+    /// runs the queued acquire when it wakes deletes the key right after.
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        ttl_millis(NAME, ttl)?;
+        let (this, key) = (self.clone(), key.clone());
+        let releaser = self.clone();
+        cancel_safe(
+            NAME,
+            async move { this.attempt(&key, ttl).await },
+            move |lease| async move { releaser.release(&lease).await },
+        )
+        .await
+    }
+
+    /// The core waiting loop, woken by the release feed; `poll` caps its
+    /// pauses.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, &poll_capped(wait, self.poll)).await
+    }
+
+    /// Cancel safety: a dropped extend may still be applied; that only keeps
+    /// our own key longer, and the lease we hold is unchanged.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.extend_one(lease, ttl).await
+    }
+
+    /// Renews up to 256 leases per script call (one round trip for a typical
+    /// watchdog batch); a failed call fails the whole batch. Cancel safety
+    /// as [`LockBackend::extend`].
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        self.extend_batch(renewals).await
+    }
+
+    /// Cancel safety: a dropped release may or may not have deleted the key;
+    /// it frees itself at its TTL, and releasing again finishes the job.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.release_one(lease).await
+    }
+
+    /// Read-only; cancel safe.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.node.inspect_raw(key).await
+    }
+
+    /// From the release feed (pub/sub on the namespace's channel); `None`
+    /// with notifications off.
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        let feed = self.feed.as_ref()?;
+        Some(feed.listen(&self.node.layout().lock_key(key)))
+    }
+}

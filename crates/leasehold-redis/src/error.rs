@@ -1,0 +1,45 @@
+//! How the Redis client's errors become [`LockError`]s.
+
+use leasehold_core::LockError;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// Maps a client error, keeping it as the source: bad credentials or a
+/// denied command is a final [`LockError::Backend`]; no connection, I/O or a
+/// response timeout is [`LockError::Unavailable`]; a transient server state
+/// (loading, busy script, failover, cluster resharding) is a retryable
+/// [`LockError::Backend`]; anything else a final one. `backend` is the name
+/// the error carries (`redis`, or `redlock` for its servers).
+pub fn map(backend: &'static str, error: RedisError) -> LockError {
+    // Wrong credentials or a missing ACL permission will not heal by retrying.
+    if matches!(
+        error.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) {
+        return LockError::backend(backend, error);
+    }
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+    {
+        return LockError::unavailable(backend, error);
+    }
+    let transient = matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+        )
+    ) || error.code() == Some("BUSY");
+    LockError::Backend {
+        backend,
+        retryable: transient,
+        source: Box::new(error),
+    }
+}
