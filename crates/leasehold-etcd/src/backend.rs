@@ -18,7 +18,7 @@ use crate::NAME;
 use crate::config::EtcdConfig;
 use crate::error::map;
 use crate::keys::LockKeys;
-use crate::queue::{Held, first_kv, head};
+use crate::queue::{Held, first_kv};
 use crate::reaper::{Reaper, marker_put};
 use crate::session::{Renewal, Session};
 use crate::store::Store;
@@ -175,7 +175,7 @@ impl LockBackend for EtcdBackend {
     /// One txn that writes our entry only if the lock's queue is empty (see
     /// [`crate::queue`]). Cancel safe.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        self.try_lock(key, ttl).await
+        self.store.try_lock(key, ttl).await
     }
 
     /// Its own queue: waits on a watch of the predecessor (see
@@ -186,7 +186,7 @@ impl LockBackend for EtcdBackend {
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        self.lock(key, ttl, wait).await
+        self.store.lock(key, ttl, wait).await
     }
 
     /// A keep-alive of the lease's session and a read of its entry. Writes
@@ -344,13 +344,13 @@ impl LockBackend for EtcdBackend {
         let keys = LockKeys::new(&self.store.namespace, key);
         let mut kv = self.store.client.kv_client();
         let prefix = keys.prefix.clone();
-        let options = head(&keys);
+        let options = keys.head();
         let response = with_timeout(NAME, self.store.timeout, async move {
             kv.get(prefix, Some(options)).await.map_err(map)
         })
         .await?;
         match response.kvs().first() {
-            Some(holder) => Ok(Some(self.holder_info(&keys, holder).await)),
+            Some(holder) => Ok(Some(self.store.holder_info(&keys, holder).await)),
             None => Ok(None),
         }
     }

@@ -10,7 +10,7 @@
 //! two `/` of a prefix enclose the encoded key and the namespace is what
 //! comes before: two different (namespace, key) pairs never share a prefix.
 
-use etcd_client::{Compare, CompareOp};
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget};
 use leasehold_core::{Key, OwnerToken};
 
 /// The etcd keys of one lock.
@@ -58,6 +58,33 @@ impl LockKeys {
     /// after the caller gave up) cannot put the entry any more.
     pub fn not_retired(entry: &[u8]) -> Compare {
         Compare::create_revision(retirement_marker(entry), CompareOp::Equal, 0)
+    }
+
+    /// A keys-only read of the whole queue.
+    fn range(&self) -> GetOptions {
+        GetOptions::new()
+            .with_range(self.range_end())
+            .with_keys_only()
+    }
+
+    /// The queue head: the entry with the lowest create revision.
+    pub fn head(&self) -> GetOptions {
+        self.range()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1)
+    }
+
+    /// The newest entry created at or before `max_revision` (the predecessor
+    /// of an entry created at `max_revision + 1`).
+    pub fn newest(&self, max_revision: Option<i64>) -> GetOptions {
+        let options = self
+            .range()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1);
+        match max_revision {
+            Some(max) => options.with_max_create_revision(max),
+            None => options,
+        }
     }
 
     /// The owner token of a queue entry of this lock, if it is one.

@@ -9,21 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use leasehold_core::{
-    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy,
-    instant_after, with_timeout,
+    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy, instant_after,
 };
 use tokio::time::Instant;
 
 use crate::NAME;
-use crate::backend::EtcdBackend;
 use crate::error::{lease_not_found, map};
 use crate::keys::LockKeys;
 use crate::reaper::Reaper;
 use crate::session::{Renewal, Session};
+use crate::store::{Store, has_delete};
 
 /// What [`Lease::handle`] holds for an etcd lease.
 #[derive(Debug)]
@@ -47,31 +45,6 @@ pub(crate) fn first_kv(response: Option<&TxnOpResponse>) -> Option<KeyValue> {
     }
 }
 
-fn queue_range(keys: &LockKeys) -> GetOptions {
-    GetOptions::new()
-        .with_range(keys.range_end())
-        .with_keys_only()
-}
-
-/// The queue head: the entry with the lowest create revision.
-pub(crate) fn head(keys: &LockKeys) -> GetOptions {
-    queue_range(keys)
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1)
-}
-
-/// The newest entry created at or before `max_revision` (the predecessor of
-/// an entry created at `max_revision + 1`).
-pub(crate) fn newest(keys: &LockKeys, max_revision: Option<i64>) -> GetOptions {
-    let options = queue_range(keys)
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_limit(1);
-    match max_revision {
-        Some(max) => options.with_max_create_revision(max),
-        None => options,
-    }
-}
-
 /// The result of reading the queue around our own entry.
 struct Position {
     /// Our entry exists (attached to our session).
@@ -82,16 +55,17 @@ struct Position {
     revision: i64,
 }
 
-impl EtcdBackend {
+/// The queue algorithm, run against the store.
+impl Store {
     /// One txn that writes our entry only if the lock's queue is empty.
     /// Cancel safe: dropped before it returns, the entry (if the txn was
     /// applied) is deleted, or retired if the txn's answer never came, from a
     /// background task.
     pub(crate) async fn try_lock(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        let secs = self.store.ttl_secs(ttl)?;
-        let keys = LockKeys::new(&self.store.namespace, key);
+        let secs = self.ttl_secs(ttl)?;
+        let keys = LockKeys::new(&self.namespace, key);
         for _ in 0..2 {
-            let session = self.store.session(secs).await?;
+            let session = self.session(secs).await?;
             let owner = OwnerToken::generate();
             let entry = keys.entry(&owner);
             // Only an empty queue is free: no write at all under contention.
@@ -106,19 +80,17 @@ impl EtcdBackend {
                     "",
                     Some(PutOptions::new().with_lease(session.id)),
                 )])
-                .or_else([TxnOp::get(keys.prefix.clone(), Some(head(&keys)))]);
+                .or_else([TxnOp::get(keys.prefix.clone(), Some(keys.head()))]);
             let mut reaper = Reaper::arm(
-                &self.store.client,
-                self.store.timeout,
-                &self.store.markers,
+                &self.client,
+                self.timeout,
+                &self.markers,
                 entry.clone(),
                 session.clone(),
             );
-            let stale = session.older_than(session.ttl / 3, self.store.now());
-            let (response, renewal) = tokio::join!(
-                self.store.txn(attempt),
-                self.store.renew_if(&session, stale)
-            );
+            let stale = session.older_than(session.ttl / 3, self.now());
+            let (response, renewal) =
+                tokio::join!(self.txn(attempt), self.renew_if(&session, stale));
             let response = match response {
                 Ok(response) => {
                     reaper.answered();
@@ -172,7 +144,7 @@ impl EtcdBackend {
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        let secs = self.store.ttl_secs(ttl)?;
+        let secs = self.ttl_secs(ttl)?;
         if wait.deadline.is_zero() {
             // One attempt and no waiting: the same as `try_acquire` (no write
             // when the key is held), reported as the timeout it is.
@@ -204,7 +176,7 @@ impl EtcdBackend {
             FencingToken(held.create_revision as u64),
             renewed_at,
             ttl,
-            self.store.drift,
+            self.drift,
         )
         .with_handle(Arc::new(held))
         .with_loss_signal(ended)
@@ -217,7 +189,7 @@ impl EtcdBackend {
         if let Some(owner) = keys.owner_of(holder.key()) {
             info = info.with_owner(&owner);
         }
-        info.remaining = self.store.remaining(holder.lease()).await;
+        info.remaining = self.remaining(holder.lease()).await;
         info
     }
 
@@ -230,12 +202,11 @@ impl EtcdBackend {
         my_revision: i64,
     ) -> Result<Position, LockError> {
         let response = self
-            .store
             .txn(Txn::new().and_then([
                 TxnOp::get(entry.to_vec(), Some(GetOptions::new().with_keys_only())),
                 TxnOp::get(
                     keys.prefix.clone(),
-                    Some(newest(keys, Some(my_revision - 1))),
+                    Some(keys.newest(Some(my_revision - 1))),
                 ),
             ]))
             .await
@@ -258,7 +229,7 @@ impl EtcdBackend {
         secs: u64,
         attempts: &mut Attempts,
     ) -> Result<Option<Queued>, LockError> {
-        let session = match self.store.session(secs).await {
+        let session = match self.session(secs).await {
             Ok(session) => session,
             Err(error) if error.is_retryable() && attempts.remaining() > Duration::ZERO => {
                 pause(attempts).await;
@@ -269,9 +240,9 @@ impl EtcdBackend {
         let owner = OwnerToken::generate();
         let entry = keys.entry(&owner);
         let mut reaper = Reaper::arm(
-            &self.store.client,
-            self.store.timeout,
-            &self.store.markers,
+            &self.client,
+            self.timeout,
+            &self.markers,
             entry.clone(),
             session.clone(),
         );
@@ -288,19 +259,17 @@ impl EtcdBackend {
                 LockKeys::not_retired(&entry),
             ])
             .and_then([
-                TxnOp::get(keys.prefix.clone(), Some(head(keys))),
-                TxnOp::get(keys.prefix.clone(), Some(newest(keys, None))),
+                TxnOp::get(keys.prefix.clone(), Some(keys.head())),
+                TxnOp::get(keys.prefix.clone(), Some(keys.newest(None))),
                 put,
             ])
             .or_else([
                 TxnOp::get(entry.clone(), Some(GetOptions::new().with_keys_only())),
-                TxnOp::get(keys.prefix.clone(), Some(head(keys))),
+                TxnOp::get(keys.prefix.clone(), Some(keys.head())),
             ]);
-        let stale = session.older_than(session.ttl / 3, self.store.now());
-        let (mut enqueued, renewal) = tokio::join!(
-            self.store.txn(enqueue.clone()),
-            self.store.renew_if(&session, stale)
-        );
+        let stale = session.older_than(session.ttl / 3, self.now());
+        let (mut enqueued, renewal) =
+            tokio::join!(self.txn(enqueue.clone()), self.renew_if(&session, stale));
         let response = loop {
             match enqueued {
                 Ok(response) => {
@@ -318,7 +287,7 @@ impl EtcdBackend {
                         return Err(error); // The reaper deletes whatever was written.
                     }
                     pause(attempts).await;
-                    enqueued = self.store.txn(enqueue.clone()).await;
+                    enqueued = self.txn(enqueue.clone()).await;
                 }
             }
         };
@@ -366,7 +335,7 @@ impl EtcdBackend {
         secs: u64,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        let keys = LockKeys::new(&self.store.namespace, key);
+        let keys = LockKeys::new(&self.namespace, key);
         let mut attempts = Attempts::new(wait);
         let mut first = true;
         loop {
@@ -410,7 +379,7 @@ impl EtcdBackend {
             if attempts.remaining().is_zero() {
                 let reaper = std::mem::replace(
                     &mut queued.reaper,
-                    Reaper::none(&self.store.client, &self.store.markers),
+                    Reaper::none(&self.client, &self.markers),
                 );
                 reaper.delete_now().await;
                 return Err(timed_out(key, attempts));
@@ -446,7 +415,7 @@ impl EtcdBackend {
                             let keep_alive_at = instant_after(
                                 Instant::now(),
                                 instant_after(session.renewed_at(), session.ttl / 3)
-                                    .saturating_duration_since(self.store.now()),
+                                    .saturating_duration_since(self.now()),
                             );
                             tokio::select! {
                                 message = stream.message() => match message {
@@ -457,7 +426,7 @@ impl EtcdBackend {
                                         Wake::Recheck
                                     }
                                 },
-                                () = tokio::time::sleep(jitter(self.store.poll)) => Wake::Poll,
+                                () = tokio::time::sleep(jitter(self.poll)) => Wake::Poll,
                                 () = tokio::time::sleep_until(keep_alive_at) => Wake::KeepAlive,
                                 () = tokio::time::sleep_until(deadline) => continue,
                                 () = session.ended.cancelled() => return Ok(None),
@@ -470,7 +439,7 @@ impl EtcdBackend {
             let counter = match cause {
                 Wake::Nothing => continue,
                 Wake::KeepAlive => {
-                    match self.store.renew_if(&session, true).await {
+                    match self.renew_if(&session, true).await {
                         Ok(Renewal::Gone) => return Ok(None),
                         Ok(Renewal::Alive(_)) => {}
                         Err(error) => {
@@ -480,9 +449,9 @@ impl EtcdBackend {
                     }
                     continue;
                 }
-                Wake::Watch => &self.store.wakes.watch,
-                Wake::Poll => &self.store.wakes.poll,
-                Wake::Recheck => &self.store.wakes.recheck,
+                Wake::Watch => &self.wakes.watch,
+                Wake::Poll => &self.wakes.poll,
+                Wake::Recheck => &self.wakes.recheck,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             // Re-read our entry and predecessor, and confirm the lease lives
@@ -490,7 +459,7 @@ impl EtcdBackend {
             // while its owner waited).
             let (position, renewal) = tokio::join!(
                 self.position(keys, &queued.entry, &session, queued.my_revision),
-                self.store.renew_if(&session, true)
+                self.renew_if(&session, true)
             );
             let position = match position {
                 Ok(position) => position,
@@ -517,42 +486,6 @@ impl EtcdBackend {
             }
         }
     }
-
-    /// Watches `pred` for its deletion from `read_at + 1`: starting after the
-    /// read means a deletion cannot slip in between, and etcd serves the watch
-    /// from its synced group (from an older revision etcd 3.4 serves it from a
-    /// 100 ms catch-up loop). The flag says the store had moved past `read_at`
-    /// when the watch was made (a deletion in between may arrive late), so the
-    /// caller re-reads at once.
-    async fn watch_deletion(
-        &self,
-        pred: &[u8],
-        read_at: i64,
-    ) -> Result<Option<(etcd_client::WatchStream, bool)>, LockError> {
-        let mut client = self.store.client.watch_client();
-        let options = etcd_client::WatchOptions::new()
-            .with_start_revision(read_at + 1)
-            .with_filters([etcd_client::WatchFilterType::NoPut]);
-        let target = pred.to_vec();
-        with_timeout(NAME, self.store.timeout, async move {
-            let mut stream = client.watch(target, Some(options)).await.map_err(map)?;
-            let Some(first) = stream.message().await.map_err(map)? else {
-                return Ok(None);
-            };
-            let late = first.header().is_some_and(|h| h.revision() > read_at)
-                || has_delete(&first)
-                || first.canceled();
-            Ok(Some((stream, late)))
-        })
-        .await
-    }
-}
-
-fn has_delete(response: &etcd_client::WatchResponse) -> bool {
-    response
-        .events()
-        .iter()
-        .any(|e| e.event_type() == etcd_client::EventType::Delete)
 }
 
 /// An entry in a lock's queue, not yet at its head.
@@ -570,7 +503,7 @@ struct Queued {
 }
 
 impl Queued {
-    fn into_lease(mut self, backend: &EtcdBackend, key: &Key, renewed_at: Instant) -> Lease {
+    fn into_lease(mut self, store: &Store, key: &Key, renewed_at: Instant) -> Lease {
         let uncertain = self.reaper.uncertain();
         self.reaper.disarm();
         let held = Held {
@@ -579,7 +512,7 @@ impl Queued {
             create_revision: self.my_revision,
             uncertain,
         };
-        backend.lease_from(key, self.owner, held, renewed_at)
+        store.lease_from(key, self.owner, held, renewed_at)
     }
 }
 

@@ -228,6 +228,43 @@ impl Store {
         .ok()?;
         (response.ttl() >= 0).then(|| Duration::from_secs(response.ttl() as u64))
     }
+
+    /// Watches `pred` for its deletion from `read_at + 1`: starting after the
+    /// read means a deletion cannot slip in between, and etcd serves the watch
+    /// from its synced group (from an older revision etcd 3.4 serves it from a
+    /// 100 ms catch-up loop). The flag says the store had moved past `read_at`
+    /// when the watch was made (a deletion in between may arrive late), so the
+    /// caller re-reads at once.
+    pub(crate) async fn watch_deletion(
+        &self,
+        pred: &[u8],
+        read_at: i64,
+    ) -> Result<Option<(etcd_client::WatchStream, bool)>, LockError> {
+        let mut client = self.client.watch_client();
+        let options = etcd_client::WatchOptions::new()
+            .with_start_revision(read_at + 1)
+            .with_filters([etcd_client::WatchFilterType::NoPut]);
+        let target = pred.to_vec();
+        with_timeout(NAME, self.timeout, async move {
+            let mut stream = client.watch(target, Some(options)).await.map_err(map)?;
+            let Some(first) = stream.message().await.map_err(map)? else {
+                return Ok(None);
+            };
+            let late = first.header().is_some_and(|h| h.revision() > read_at)
+                || has_delete(&first)
+                || first.canceled();
+            Ok(Some((stream, late)))
+        })
+        .await
+    }
+}
+
+/// Whether a watch response carries a deletion.
+pub(crate) fn has_delete(response: &etcd_client::WatchResponse) -> bool {
+    response
+        .events()
+        .iter()
+        .any(|e| e.event_type() == etcd_client::EventType::Delete)
 }
 
 /// The key that lives as long as the session lease `id`:

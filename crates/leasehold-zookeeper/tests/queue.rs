@@ -208,7 +208,8 @@ async fn contention_tokens_release_and_extend_follow_the_contract() {
     }
     let results = a
         .extend_many(&[(one.clone(), TTL), (two.clone(), TTL)])
-        .await;
+        .await
+        .expect("the multi-read as a whole was answered");
     assert!(
         matches!(results[0], Err(LockError::Lost { .. })),
         "{:?}",
