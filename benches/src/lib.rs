@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_conformance::fixtures;
+use leasehold_core::config::BackendConfig;
 use leasehold_core::{LockBackend, MemoryBackend};
 
 use crate::harness::{Percentiles, lock_unlock};
@@ -217,9 +218,10 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     s.rtt = Some(stores::redis_ping(raw_conn.clone()));
     s.rtt_desc = "PING";
     subjects.push(s);
-    let polled = leasehold_redis::RedisBackend::builder()
-        .notifications(false)
-        .connect(&url0)
+    let polled = leasehold_redis::RedisConfig::from_url(&url0)
+        .map_err(|e| e.to_string())?
+        .notifications(false);
+    let polled = leasehold_redis::RedisBackend::connect_with(polled)
         .await
         .map_err(|e| e.to_string())?;
     let mut s = stores::library("redis (notifications off)", Arc::new(polled), "polled");
@@ -231,8 +233,9 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     if config.all_stores {
         for n in [3usize, 5] {
             let urls = redis_urls[..n].to_vec();
-            let backend = leasehold_redlock::RedlockBackend::builder()
-                .connect_urls(urls.clone())
+            let config = leasehold_redlock::RedlockConfig::from_node_urls(&urls)
+                .map_err(|e| e.to_string())?;
+            let backend = leasehold_redlock::RedlockBackend::connect_with(config)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut conns = Vec::new();
@@ -473,7 +476,7 @@ async fn setup_etcd(port: u16) -> Result<Vec<Subject>, String> {
 async fn setup_zk(port: u16) -> Result<Vec<Subject>, String> {
     let url = format!("zk://127.0.0.1:{port}");
     let backend = stores::retry_connect("zookeeper", Duration::from_secs(90), || async {
-        leasehold_zookeeper::ZkBackend::connect_url(&url)
+        leasehold_zookeeper::ZkBackend::connect(&url)
             .await
             .map_err(|e| e.to_string())
     })
@@ -526,7 +529,7 @@ async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
 async fn setup_dynamo(port: u16) -> Result<Vec<Subject>, String> {
     let url = format!(
         "dynamodb://test:test@leasehold-bench?region=us-east-1\
-         &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout_ms=5000"
+         &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout=5s"
     );
     let backend = stores::retry_connect("dynamodb", Duration::from_secs(90), || async {
         leasehold_dynamodb::DynamoDbBackend::connect(&url)
