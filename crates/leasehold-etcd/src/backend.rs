@@ -1,5 +1,5 @@
-//! `EtcdBackend`: the thin [`LockBackend`] over the queue ([`crate::queue`])
-//! and the store ([`crate::store`]).
+//! `EtcdBackend`: the thin [`LockBackend`] over the queue (`queue.rs`)
+//! and the store (`store.rs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -173,13 +173,13 @@ impl LockBackend for EtcdBackend {
     }
 
     /// One txn that writes our entry only if the lock's queue is empty (see
-    /// [`crate::queue`]). Cancel safe.
+    /// `queue.rs`). Cancel safe.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.store.try_lock(key, ttl).await
     }
 
     /// Its own queue: waits on a watch of the predecessor (see
-    /// [`crate::queue`]). Cancel safe.
+    /// `queue.rs`). Cancel safe.
     async fn acquire(
         &self,
         key: &Key,

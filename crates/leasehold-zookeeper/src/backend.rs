@@ -1,5 +1,5 @@
-//! `ZkBackend`: the thin [`LockBackend`] over the queue ([`crate::queue`])
-//! and the sessions ([`crate::store`]).
+//! `ZkBackend`: the thin [`LockBackend`] over the queue (`queue.rs`)
+//! and the sessions (`store.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -253,14 +253,14 @@ impl LockBackend for ZkBackend {
             .batch_extend(true)
     }
 
-    /// Queues, and withdraws unless at the head (see [`crate::queue`]).
+    /// Queues, and withdraws unless at the head (see `queue.rs`).
     /// Cancel safe.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.try_lock(key, ttl).await
     }
 
     /// Its own queue: waits on a watch of the predecessor (see
-    /// [`crate::queue`]). Cancel safe.
+    /// `queue.rs`). Cancel safe.
     async fn acquire(
         &self,
         key: &Key,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_conformance::fixtures::{self, Provisioned};
+use leasehold_conformance::fixtures;
 use leasehold_conformance::{Suite, run_main};
 use leasehold_core::LockBackend;
 use leasehold_zookeeper::ZkBackend;
@@ -72,13 +72,8 @@ async fn end_session(hosts: String, lease: leasehold_core::Lease) -> Result<(), 
 fn main() -> std::process::ExitCode {
     run_main(|| async {
         let spec = fixtures::zookeeper_spec();
-        let (url, container) = match fixtures::provision(&spec).await? {
-            Provisioned::External(url) => (url_of(&url), None),
-            Provisioned::Container(container) => (
-                url_of(&format!("127.0.0.1:{}", container.port)),
-                Some(container),
-            ),
-        };
+        let store = fixtures::provision(&spec).await?;
+        let url = url_of(&store.url(|port| format!("127.0.0.1:{port}")));
         let hosts = url
             .trim_start_matches("zk://")
             .split(['/', '?'])
@@ -86,15 +81,11 @@ fn main() -> std::process::ExitCode {
             .unwrap_or_default()
             .to_owned();
         let factory_url = url.clone();
-        let mut suite = Suite::new("zookeeper", move || {
+        let suite = Suite::new("zookeeper", move || {
             let url = factory_url.clone();
             async move { Ok(Arc::new(ZkBackend::connect(&url).await?) as Arc<dyn LockBackend>) }
         })
-        .with_child_env(vec![(spec.url_env(), url)])
         .with_session_ender(move |lease| end_session(hosts.clone(), lease));
-        if let Some(container) = container {
-            suite = suite.with_store(container.clone()).keep(container);
-        }
-        Ok(suite)
+        Ok(suite.with_provisioned(&spec, store, &url))
     })
 }
