@@ -11,7 +11,7 @@ use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Drift, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend,
     LockError, LockInfo, OwnerToken, ReleaseListener, RetryPolicy, Waiting, extend_each,
-    instant_after, with_timeout,
+    with_timeout,
 };
 use tokio::time::Instant;
 use zookeeper_client::{Client, Error as ZkError, MultiReadResult};
@@ -20,7 +20,6 @@ use crate::NAME;
 use crate::config::ZkConfig;
 use crate::error::map;
 use crate::path::encode_key;
-use crate::reaper::{Reaper, key_path_of};
 use crate::store::{Session, Sessions};
 
 /// Locks in ZooKeeper, one session per TTL class.
@@ -369,45 +368,7 @@ impl LockBackend for ZkBackend {
         if held.session.is_ended() {
             return Err(LockError::not_held(NAME, lease.key().as_str()));
         }
-        // A delete whose answer was lost may or may not have been applied:
-        // ask again (deleting by path is idempotent for us) until the
-        // operation timeout, and if that runs out, keep deleting in the
-        // background so the lock does not stay taken for the session's life.
-        let client = &held.session.client;
-        let deadline = instant_after(Instant::now(), self.timeout);
-        let mut retried = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let answer = tokio::time::timeout(left, client.delete(&held.path, None)).await;
-            let error = match answer {
-                Ok(Ok(())) => return Ok(()),
-                // Gone after a retry: our earlier delete was applied.
-                Ok(Err(ZkError::NoNode)) if retried => return Ok(()),
-                Ok(Err(ZkError::NoNode | ZkError::SessionExpired | ZkError::ClientClosed)) => {
-                    return Err(LockError::not_held(NAME, lease.key().as_str()));
-                }
-                Ok(Err(error)) => map(error),
-                Err(_) => LockError::unavailable(
-                    NAME,
-                    "no answer to the delete within the operation timeout",
-                ),
-            };
-            if !error.is_retryable()
-                || instant_after(Instant::now(), Duration::from_millis(50)) >= deadline
-            {
-                let mut cleanup = Reaper::new(
-                    &held.session,
-                    key_path_of(&held.path).to_owned(),
-                    *lease.owner(),
-                    self.timeout,
-                );
-                cleanup.known(held.path.clone());
-                drop(cleanup); // armed: deletes in the background
-                return Err(error);
-            }
-            retried = true;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.delete_node(lease, held).await
     }
 
     /// Lists the queue and stats its head. Writes nothing: cancel safe.

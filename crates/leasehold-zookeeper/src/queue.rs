@@ -13,10 +13,11 @@ use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
 use crate::NAME;
+use crate::backend::Held;
 use crate::backend::ZkBackend;
 use crate::error::map;
 use crate::path::{Contender, contender_prefix, queue};
-use crate::reaper::Reaper;
+use crate::reaper::{Reaper, key_path_of};
 use crate::store::Session;
 
 /// Our contender node, and the queue as listed right after its create when
@@ -327,6 +328,53 @@ impl ZkBackend {
             let Some(delay) = attempts.next_delay(None) else {
                 return Err(error);
             };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Deletes a held lease's node and waits for ZooKeeper's answer. A delete
+    /// whose answer was lost may or may not have been applied: it is asked
+    /// again (deleting by path is idempotent for us) until the operation
+    /// timeout, and if that runs out, the reaper keeps deleting in the
+    /// background so the lock does not stay taken for the session's life.
+    pub(crate) async fn delete_node(&self, lease: &Lease, held: &Held) -> Result<(), LockError> {
+        const RETRY: Duration = Duration::from_millis(50);
+        let client = &held.session.client;
+        let mut attempts = Attempts::new(&RetryPolicy::new(self.timeout).with_delays(RETRY, RETRY));
+        let mut retried = false;
+        loop {
+            let answer =
+                tokio::time::timeout(attempts.remaining(), client.delete(&held.path, None)).await;
+            let error = match answer {
+                Ok(Ok(())) => return Ok(()),
+                // Gone after a retry: our earlier delete was applied.
+                Ok(Err(ZkError::NoNode)) if retried => return Ok(()),
+                Ok(Err(ZkError::NoNode | ZkError::SessionExpired | ZkError::ClientClosed)) => {
+                    return Err(LockError::not_held(NAME, lease.key().as_str()));
+                }
+                Ok(Err(error)) => map(error),
+                Err(_) => LockError::unavailable(
+                    NAME,
+                    "no answer to the delete within the operation timeout",
+                ),
+            };
+            // Another try only with a whole retry delay left before the deadline.
+            let next = match error.is_retryable() {
+                true => attempts.next_delay(None).filter(|delay| *delay >= RETRY),
+                false => None,
+            };
+            let Some(delay) = next else {
+                let mut reaper = Reaper::new(
+                    &held.session,
+                    key_path_of(&held.path).to_owned(),
+                    *lease.owner(),
+                    self.timeout,
+                );
+                reaper.known(held.path.clone());
+                drop(reaper); // armed: deletes in the background
+                return Err(error);
+            };
+            retried = true;
             tokio::time::sleep(delay).await;
         }
     }
