@@ -22,6 +22,9 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct DynamoDbBackend {
     leases: Leases,
+    /// The shared `poll` option: the longest pause between a waiter's
+    /// attempts.
+    poll: Option<Duration>,
 }
 
 impl fmt::Debug for DynamoDbBackend {
@@ -31,6 +34,7 @@ impl fmt::Debug for DynamoDbBackend {
             .field("table", &store.table)
             .field("namespace", &store.namespace())
             .field("timeout", &store.timeout())
+            .field("poll", &self.poll)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +70,7 @@ impl DynamoDbBackend {
     fn over(store: Store, config: &DynamoDbConfig) -> Self {
         DynamoDbBackend {
             leases: Leases::new(store, config),
+            poll: config.shared.poll,
         }
     }
 
@@ -146,14 +151,23 @@ impl LockBackend for DynamoDbBackend {
     }
 
     /// No queue and no release signal: the core's polling loop over
-    /// `try_acquire` (each attempt cancel safe).
+    /// `try_acquire` (each attempt cancel safe), its pauses capped at the
+    /// `poll` option when set.
     async fn acquire(
         &self,
         key: &Key,
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        wait_for_lock(self, key, ttl, wait).await
+        match self.poll {
+            Some(poll) => {
+                let capped = wait
+                    .clone()
+                    .with_delays(wait.min_delay.min(poll), wait.max_delay.min(poll));
+                wait_for_lock(self, key, ttl, &capped).await
+            }
+            None => wait_for_lock(self, key, ttl, wait).await,
+        }
     }
 
     /// Cancel safety: a dropped extend may still be applied; that only

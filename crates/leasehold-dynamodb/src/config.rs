@@ -99,6 +99,14 @@ impl DynamoDbConfig {
         self
     }
 
+    /// How often a waiter re-checks a held key at the least: caps the
+    /// pauses of the acquisition's retry policy (default: the policy's own).
+    /// DynamoDB signals no releases, so waiters always poll.
+    pub fn poll(mut self, interval: Duration) -> Self {
+        self.shared.poll = Some(interval);
+        self
+    }
+
     /// Who holds a lease: stored with each lease (attribute `holder`) and
     /// shown by `inspect`, never trusted (default
     /// [`default_holder`](leasehold_core::config::default_holder)).
@@ -219,6 +227,9 @@ impl DynamoDbConfig {
                 "operation timeout must be positive and at most one year".into(),
             ));
         }
+        if self.shared.poll.is_some_and(|poll| poll.is_zero()) {
+            return Err(LockError::Config("poll must be above zero".into()));
+        }
         Ok(())
     }
 
@@ -272,9 +283,8 @@ impl BackendConfig for DynamoDbConfig {
     /// Options from `dynamodb://[access_key_id:secret_access_key@]table?query`.
     ///
     /// Query parameters: the shared ones (`namespace`, `timeout` as a
-    /// duration such as `2s` or `750ms`, `holder`, `drift_factor`,
-    /// `drift_fixed`; `poll` is accepted and unused: DynamoDB has no release
-    /// signal, waiters follow the locker's retry schedule), the locker's
+    /// duration such as `2s` or `750ms`, `poll` (a waiter re-checks at least
+    /// this often), `holder`, `drift_factor`, `drift_fixed`), the locker's
     /// (`ttl`, `wait`, ...: left to the locker), and `region`, `endpoint`
     /// (for example `http://127.0.0.1:8000`), `partition_key`, `durable`
     /// (`true`/`false`: whether the store keeps data across restarts, default
@@ -399,7 +409,7 @@ mod tests {
         let c = DynamoDbConfig::from_url(
             "dynamodb://AK:s%2Fecret@locks?region=eu-west-1&endpoint=http://127.0.0.1:8000\
              &namespace=app&partition_key=id&timeout_ms=750&durable=false&create_table=true\
-             &holder=worker-7",
+             &holder=worker-7&poll=250ms",
         )
         .expect("parses");
         assert_eq!(c.table, "locks");
@@ -409,6 +419,7 @@ mod tests {
         assert_eq!(c.partition_key, "id");
         assert_eq!(c.timeout_or_default(), Duration::from_millis(750));
         assert_eq!(c.shared.holder.as_deref(), Some("worker-7"));
+        assert_eq!(c.shared.poll, Some(Duration::from_millis(250)));
         assert!(!c.durable);
         assert!(c.create_table);
         assert_eq!(
@@ -553,5 +564,12 @@ mod tests {
             .expect_err("'#' separates namespace and key");
         assert!(err.to_string().contains("'#'"), "{err}");
         assert!(DynamoDbConfig::new("ab").validate().is_err());
+        assert!(
+            DynamoDbConfig::new("locks")
+                .poll(Duration::ZERO)
+                .validate()
+                .is_err(),
+            "a zero poll would spin"
+        );
     }
 }

@@ -122,6 +122,53 @@ async fn the_holder_option_is_stored_with_each_lease() {
     a.release(&lease).await.expect("release");
 }
 
+/// The shared `poll` option caps a waiter's pauses: a waiter whose retry
+/// policy would pause past its whole deadline still re-checks, and gets a key
+/// released meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poll_option_makes_a_waiter_recheck_at_least_that_often() {
+    let store = start().await;
+    let name = table("poll");
+    let holder = store.backend(&name, None).await;
+    let waiter =
+        DynamoDbBackend::connect_with(store.config(&name).poll(Duration::from_millis(100)))
+            .await
+            .expect("connect");
+    let k = key("polled");
+    let ttl = Duration::from_secs(60);
+    let lease = holder.try_acquire(&k, ttl).await.expect("acquire");
+    // Pauses of 30 s against a 20 s deadline: uncapped, the first pause would
+    // outlast the deadline and the wait would end in Timeout.
+    let wait = RetryPolicy::default()
+        .with_delays(Duration::from_secs(30), Duration::from_secs(30))
+        .with_deadline(Duration::from_secs(20));
+    let started = Instant::now();
+    let waiting = {
+        let (waiter, k) = (waiter.clone(), k.clone());
+        tokio::spawn(async move { waiter.acquire(&k, ttl, &wait).await })
+    };
+    // Clones share observations: once the waiter has seen the key held, its
+    // estimate of the time left drops below the whole lease.
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the waiter to have seen the key held",
+        || async {
+            matches!(
+                waiter.inspect(&k).await,
+                Ok(Some(info)) if info.remaining.is_some_and(|left| left < ttl)
+            )
+        },
+    )
+    .await;
+    holder.release(&lease).await.expect("release");
+    let acquired = waiting
+        .await
+        .expect("join")
+        .expect("a waiter polling every 100 ms gets the released key within its deadline");
+    println!("acquired {:?} after the wait began", started.elapsed());
+    waiter.release(&acquired).await.expect("release");
+}
+
 #[tokio::test]
 async fn awkward_keys_and_namespaces_never_share_a_lock() {
     let store = start().await;
