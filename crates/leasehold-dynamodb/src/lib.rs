@@ -23,7 +23,8 @@
 //! not contain `#`, so any legal key maps to its own item. Other attributes:
 //! `owner` (the holder's owner token), `lease_ms` (its lease duration),
 //! `rvn` (record version number: 128 random bits, new on every write),
-//! `fence` (the fencing counter) and `holder` (untrusted metadata). Release
+//! `fence` (the fencing counter) and `holder` (the shared `holder` option,
+//! default `"<host> pid <pid>"`: shown by `inspect`, never trusted). Release
 //! removes `owner`, `lease_ms` and `holder` but keeps the item, so `fence`
 //! never resets: fencing is `Strict`, and durable as DynamoDB's data is.
 //!
@@ -62,9 +63,10 @@
 //! processed when it resumes): an acquisition whose answer timed out is
 //! given back in the background (a compare-and-release by its owner token,
 //! retried with backoff for up to one lease duration); one that failed to
-//! reach the endpoint at all is not chased. A store that loses its data (an in-memory
-//! stand-in restarted) loses the table and the counters with it: configure it
-//! with `durable=false` so the capability says fencing is not durable.
+//! reach the endpoint at all is not chased. A store that loses its data (an
+//! in-memory stand-in restarted) loses the table and the counters with it:
+//! configure it with `durable=false` so the capability says fencing is not
+//! durable.
 //!
 //! ## Configuration
 //! [`DynamoDbBackend::connect`] takes a `dynamodb://` URL (options in
@@ -73,10 +75,11 @@
 //! wraps an SDK client you already have.
 //!
 //! ## Layout
-//! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the [`LockBackend`](leasehold_core::LockBackend) impl),
-//! `lease.rs` (the conditional-update algorithm and RVN observation),
-//! `item.rs` (the item's attributes), `store.rs` (the SDK client, the table),
-//! `error.rs` (SDK errors to [`LockError`](leasehold_core::LockError)).
+//! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the thin
+//! [`LockBackend`](leasehold_core::LockBackend) impl), `lease.rs` (the
+//! conditional-update algorithm and RVN observation), `item.rs` (the item's
+//! attributes), `store.rs` (the SDK client, the table), `error.rs` (SDK
+//! errors to [`LockError`](leasehold_core::LockError)).
 #![warn(missing_docs)]
 
 mod backend;
