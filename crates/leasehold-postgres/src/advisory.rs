@@ -7,10 +7,11 @@ use std::time::Duration;
 use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, with_timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ADVISORY, Settings};
 use crate::error::{map, session_ended};
-use crate::options::advisory_lock_id;
-use crate::session::{Pinned, halves, idle_timeout};
-use crate::{ADVISORY, Shared};
+use crate::keys::advisory_lock_id;
+use crate::keys::halves;
+use crate::store::{Pinned, Shared, Sql, idle_timeout};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
 /// a lease of ours without a session (forged, or rebuilt from its parts)
@@ -84,7 +85,7 @@ pub(crate) async fn try_acquire(
     let sessions = shared.sessions()?;
     let id = advisory_lock_id(&options.namespace, key.as_str());
     let sent_at = options.clock.now();
-    let timeout = options.operation_timeout;
+    let timeout = options.timeout;
     with_timeout(ADVISORY, timeout, async {
         loop {
             let (mut session, reused) = sessions.checkout().await.map_err(|error| match error {
@@ -153,24 +154,6 @@ pub(crate) async fn extend(
     lease: &Lease,
     ttl: Duration,
 ) -> Result<Lease, LockError> {
-    let renewal = start_extend(shared, lease, ttl)?;
-    finish_extend(shared, lease, renewal).await
-}
-
-/// A renewal handed to the lease's task: when it was sent, and the answer.
-pub(crate) struct Renewal {
-    sent_at: tokio::time::Instant,
-    ttl: Duration,
-    asked: crate::session::Asked,
-}
-
-/// Sends a renewal to the lease's task without waiting for it, so that
-/// `extend_many` renews every lease concurrently, each on its own session.
-pub(crate) fn start_extend(
-    shared: &Shared,
-    lease: &Lease,
-    ttl: Duration,
-) -> Result<Renewal, LockError> {
     let key = lease.key().as_str();
     let Some(pinned) = pinned(lease)? else {
         return Err(LockError::lost(
@@ -179,35 +162,13 @@ pub(crate) fn start_extend(
             "the lease has no session of ours",
         ));
     };
-    Ok(Renewal {
-        sent_at: shared.options.clock.now(),
-        ttl,
-        asked: pinned.extend(key, ttl),
-    })
-}
-
-/// The answer to a renewal, bounded by the operation timeout from when it
-/// was sent.
-pub(crate) async fn finish_extend(
-    shared: &Shared,
-    lease: &Lease,
-    renewal: Renewal,
-) -> Result<Lease, LockError> {
     let options = &shared.options;
-    let deadline = tokio::time::Instant::now()
-        .checked_add(options.operation_timeout)
-        .unwrap_or_else(tokio::time::Instant::now);
-    match tokio::time::timeout_at(deadline, renewal.asked.answer()).await {
-        Ok(Ok(())) => Ok(lease.renewed(renewal.sent_at, renewal.ttl, options.drift)),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(LockError::unavailable(
-            ADVISORY,
-            format!(
-                "no answer within the operation timeout of {:?}",
-                options.operation_timeout
-            ),
-        )),
-    }
+    let sent_at = options.clock.now();
+    // Sent to the lease's task before the first await: renewals of many
+    // leases run concurrently, each on its own session.
+    let asked = pinned.extend(key, ttl);
+    with_timeout(ADVISORY, options.timeout, asked.answer()).await?;
+    Ok(lease.renewed(sent_at, ttl, options.drift))
 }
 
 /// Unlocks on the pinned session; the session is reused only after the
@@ -218,14 +179,14 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
         return Err(LockError::not_held(ADVISORY, key));
     };
     let asked = pinned.release(key);
-    with_timeout(ADVISORY, shared.options.operation_timeout, asked.answer()).await
+    with_timeout(ADVISORY, shared.options.timeout, asked.answer()).await
 }
 
 pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
     let options = &shared.options;
     let id = advisory_lock_id(&options.namespace, key.as_str());
     let (hi, lo) = halves(id);
-    with_timeout(ADVISORY, options.operation_timeout, async {
+    with_timeout(ADVISORY, options.timeout, async {
         let row: Option<(i32, Option<i64>, Option<String>)> = sqlx::query_as(&shared.sql.inspect)
             .bind(hi)
             .bind(lo)
@@ -247,22 +208,11 @@ pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInf
 }
 
 /// The mode's statements, built once per backend.
-pub(crate) fn sql(options: &crate::PostgresOptions) -> crate::Sql {
+pub(crate) fn sql(options: &Settings) -> Sql {
     let table = options.qualified_table();
-    crate::Sql {
+    Sql {
         acquire: acquire_sql(&table),
         inspect: inspect_sql(&table),
-        ..crate::Sql::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn halves_match_pg_locks_layout() {
-        assert_eq!(halves(0x0000_0001_0000_0002), (1, 2));
-        assert_eq!(halves(-1), (0xffff_ffff, 0xffff_ffff));
+        ..Sql::default()
     }
 }

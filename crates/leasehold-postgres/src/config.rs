@@ -1,12 +1,31 @@
-//! Options, their URL form, and the names derived from them.
+//! [`PostgresConfig`]: the URL options, the builder, and the settings a
+//! backend resolves from them.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use leasehold_core::config::{self, MAX_DURATION};
+use leasehold_core::config::{
+    self, BackendConfig, MAX_DURATION, SharedConfig, apply_query, redact_url,
+};
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
-use sha2::{Digest, Sha256};
+
+use crate::PostgresBackend;
+use crate::keys::quote_ident;
+
+/// The shortest TTL accepted (both modes).
+pub const MIN_TTL: Duration = Duration::from_millis(1);
+/// The longest TTL accepted in table mode: one year
+/// ([`leasehold_core::config::MAX_DURATION`], the bound on every store).
+pub const MAX_TTL: Duration = MAX_DURATION;
+/// The longest TTL accepted in advisory mode: the largest
+/// `idle_session_timeout` (2^31 - 1 ms, about 24.8 days).
+pub const MAX_ADVISORY_TTL: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The backend's name in advisory mode.
+pub(crate) const ADVISORY: &str = "postgres-advisory";
+/// The backend's name in table mode.
+pub(crate) const TABLE: &str = "postgres-table";
 
 /// Which Postgres mechanism carries the locks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +49,22 @@ impl Mode {
             Mode::Table => "leasehold_leases",
         }
     }
+
+    /// The backend's name ([`LockBackend::name`](leasehold_core::LockBackend::name))
+    /// in this mode.
+    pub(crate) fn backend_name(self) -> &'static str {
+        match self {
+            Mode::Advisory => ADVISORY,
+            Mode::Table => TABLE,
+        }
+    }
+
+    fn default_max_connections(self) -> u32 {
+        match self {
+            Mode::Advisory => 50,
+            Mode::Table => 10,
+        }
+    }
 }
 
 impl FromStr for Mode {
@@ -45,114 +80,145 @@ impl FromStr for Mode {
     }
 }
 
-/// How a [`PostgresBackend`](crate::PostgresBackend) behaves.
+/// How a [`PostgresBackend`] connects and behaves: parsed from a
+/// `postgres://` URL ([`PostgresConfig::from_url`]) or built in code
+/// ([`PostgresConfig::new`] and the setters), then
+/// [`PostgresBackend::connect_with`].
 ///
-/// Every option also has a URL query parameter (see
-/// [`PostgresOptions::from_url`]).
+/// Defaults: mode advisory, namespace `""`, schema `public`, the mode's
+/// default table, channel `leasehold_release`, `timeout` 5 s per call, no
+/// `poll` cap (the retry policy's own delays), `holder` this process's host
+/// and pid, drift [`Drift::default`], a lazily filled pool of at most 50
+/// connections in advisory mode (one per held lock) and 10 in table mode,
+/// migrations on.
+///
+/// `timeout_ms` (a bare number of milliseconds) is refused, not an alias: a
+/// duration names its unit (`timeout=250ms`).
 #[derive(Clone)]
-pub struct PostgresOptions {
-    pub(crate) mode: Mode,
-    pub(crate) namespace: String,
-    pub(crate) schema: String,
-    pub(crate) table: Option<String>,
-    pub(crate) channel: String,
-    pub(crate) operation_timeout: Duration,
-    pub(crate) max_connections: u32,
-    pub(crate) migrate: bool,
-    pub(crate) holder: String,
-    pub(crate) clock: SharedClock,
-    pub(crate) drift: Drift,
+pub struct PostgresConfig {
+    /// The sqlx URL (leasehold's options removed); `None` for a config used
+    /// with [`PostgresBackend::from_pool`].
+    url: Option<String>,
+    shared: SharedConfig,
+    mode: Mode,
+    schema: String,
+    table: Option<String>,
+    channel: String,
+    max_connections: Option<u32>,
+    migrate: bool,
+    clock: SharedClock,
 }
 
-impl fmt::Debug for PostgresOptions {
+impl fmt::Debug for PostgresConfig {
+    // The URL may hold a password: shown only redacted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresOptions")
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("shared", &self.shared)
             .field("mode", &self.mode)
-            .field("namespace", &self.namespace)
             .field("schema", &self.schema)
             .field("table", &self.table_name())
             .field("channel", &self.channel)
-            .field("operation_timeout", &self.operation_timeout)
-            .field("max_connections", &self.max_connections)
+            .field("max_connections", &self.max_connections_of())
             .field("migrate", &self.migrate)
             .finish_non_exhaustive()
     }
 }
 
-impl PostgresOptions {
-    /// Defaults for `mode`: namespace `""`, schema `public`, the mode's default
-    /// table, channel `leasehold_release`, 5 s per call, a lazily filled pool
-    /// of at most 50 connections in advisory mode (one per held lock) and 10 in
-    /// table mode (when the backend builds its own), migrations on.
+impl PostgresConfig {
+    /// Defaults for `mode`, without a URL: give one with
+    /// [`url`](Self::url), or hand the config to
+    /// [`PostgresBackend::from_pool`].
     pub fn new(mode: Mode) -> Self {
-        PostgresOptions {
+        PostgresConfig {
+            url: None,
+            shared: SharedConfig::default(),
             mode,
-            namespace: String::new(),
             schema: "public".into(),
             table: None,
             channel: "leasehold_release".into(),
-            operation_timeout: Duration::from_secs(5),
-            max_connections: match mode {
-                Mode::Advisory => 50,
-                Mode::Table => 10,
-            },
+            max_connections: None,
             migrate: true,
-            holder: default_holder(),
             clock: system_clock(),
-            drift: Drift::default(),
         }
     }
 
-    /// Keeps this application's locks apart from others on the same database:
-    /// the namespace is its own column (and part of the advisory hash), so no
-    /// namespace/key pair can alias another.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+    /// The server to connect to: a plain sqlx URL (its query is sqlx's, and
+    /// checked by sqlx when connecting). To read leasehold's options from a
+    /// URL too, use [`from_url`](Self::from_url).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
         self
     }
-    /// The schema of the crate's table (created if missing, unless it is
-    /// `public`).
+    /// The mode (option `mode=advisory|table`).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Keeps this application's locks apart from others on the same database
+    /// (option `namespace`): the namespace is its own column (and part of the
+    /// advisory hash), so no namespace/key pair can alias another.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.shared.namespace = Some(namespace.into());
+        self
+    }
+    /// The bound on every call (option `timeout`; default 5 s; positive, at
+    /// most one year, else connecting is a [`LockError::Config`]); past it a
+    /// call gives [`LockError::Unavailable`]. Also the pools' acquire
+    /// timeout when the backend builds the pool.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shared.timeout = Some(timeout);
+        self
+    }
+    /// The longest pause of a waiter between attempts when no release signal
+    /// comes (option `poll`; default: the retry policy's own delays).
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.shared.poll = Some(poll);
+        self
+    }
+    /// Free-form, untrusted holder metadata stored with each lease and shown
+    /// by `inspect` (option `holder`; default: this process's host and pid).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.shared.holder = Some(holder.into());
+        self
+    }
+    /// The drift allowance subtracted from validity (options `drift_factor`,
+    /// `drift_fixed`; `factor` in `[0, 1)`, `fixed` at most one year, else
+    /// connecting is a [`LockError::Config`]).
+    pub fn drift(mut self, drift: Drift) -> Self {
+        self.shared.drift = Some(drift);
+        self
+    }
+    /// The schema of the crate's table (option `schema`; created if missing,
+    /// unless it is `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
     }
-    /// The table name (default [`Mode::default_table`]).
+    /// The table name (option `table`; default [`Mode::default_table`]).
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = Some(table.into());
         self
     }
-    /// The LISTEN/NOTIFY channel for release signals.
+    /// The LISTEN/NOTIFY channel for release signals (option `channel`).
     pub fn channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = channel.into();
         self
     }
-    /// The bound on every call (default 5 s; positive, at most one year,
-    /// else connecting is a [`LockError::Config`]); past it a call gives
-    /// [`LockError::Unavailable`]. Also the pool's acquire timeout when the
-    /// backend builds the pool.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = timeout;
-        self
-    }
-    /// Pool size when the backend builds its own pool (default 50 in
-    /// advisory mode, 10 in table mode). In advisory mode every held lease
-    /// pins one session, so this bounds how many locks one backend can hold
-    /// at once (pinned sessions have a private pool of this size; the
-    /// backend's own pool, of the same size, serves `inspect` and
-    /// migrations and opens connections only when used).
+    /// Pool size when the backend builds its own pool (option
+    /// `max_connections`; default 50 in advisory mode, 10 in table mode). In
+    /// advisory mode every held lease pins one session, so this bounds how
+    /// many locks one backend can hold at once (pinned sessions have a
+    /// private pool of this size; the backend's own pool, of the same size,
+    /// serves `inspect` and migrations and opens connections only when used).
     pub fn max_connections(mut self, n: u32) -> Self {
-        self.max_connections = n;
+        self.max_connections = Some(n);
         self
     }
-    /// Whether connecting runs the idempotent migration (default true).
+    /// Whether connecting runs the idempotent migration (option `migrate`;
+    /// default true).
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
-        self
-    }
-    /// Free-form, untrusted holder metadata shown by `inspect` (default: this
-    /// process's host and pid).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.holder = holder.into();
         self
     }
     /// The clock for `valid_until` (inject a `TestClock` in tests).
@@ -160,44 +226,55 @@ impl PostgresOptions {
         self.clock = clock;
         self
     }
-    /// The drift allowance subtracted from validity (`factor` in `[0, 1)`,
-    /// `fixed` at most one year, else connecting is a [`LockError::Config`]).
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.drift = drift;
-        self
-    }
 
     /// The mode.
     pub fn mode_of(&self) -> Mode {
         self.mode
     }
-
-    /// The namespace in use.
+    /// The namespace in use (`""` unless set).
     pub fn namespace_str(&self) -> &str {
-        &self.namespace
+        self.shared.namespace.as_deref().unwrap_or("")
     }
-
     /// The table name in use.
     pub fn table_name(&self) -> &str {
         self.table
             .as_deref()
             .unwrap_or_else(|| self.mode.default_table())
     }
+    /// The pool size in use.
+    pub fn max_connections_of(&self) -> u32 {
+        self.max_connections
+            .unwrap_or_else(|| self.mode.default_max_connections())
+    }
+    /// The sqlx URL (leasehold's options removed), if any. It holds the
+    /// password: never log it.
+    pub fn sqlx_url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
 
-    /// Reads leasehold's query parameters from a `postgres://` URL and
-    /// returns the options plus the URL with those parameters removed (ready
-    /// for sqlx).
-    ///
-    /// leasehold's parameters ([`OWN_OPTIONS`]): `mode=advisory|table`
-    /// (default `advisory`), `namespace`, `schema`, `table`, `channel`,
-    /// `timeout` (a duration with its unit: `250ms`, `5s`), `max_connections`,
-    /// `migrate=true|false`, `holder`, `drift_factor`, `drift_fixed`. The
-    /// parameters sqlx reads ([`SQLX_OPTIONS`]: `sslmode`, `sslrootcert`,
-    /// `application_name`, `options`, ...) pass through to it. Any other name
-    /// is a [`LockError::Config`] naming the closest known one: a typo such
-    /// as `mod=table` must never run in the default mode. Errors never show
-    /// the URL's password.
-    pub fn from_url(url: &str) -> Result<(Self, String), LockError> {
+    /// The settings a backend runs with (defaults filled in), unchecked.
+    pub(crate) fn settings(&self) -> Settings {
+        let shared = &self.shared;
+        Settings {
+            mode: self.mode,
+            namespace: self.namespace_str().to_owned(),
+            schema: self.schema.clone(),
+            table: self.table_name().to_owned(),
+            channel: self.channel.clone(),
+            timeout: shared.timeout.unwrap_or(Duration::from_secs(5)),
+            poll: shared.poll,
+            max_connections: self.max_connections_of(),
+            migrate: self.migrate,
+            holder: shared.holder_or_default(),
+            clock: self.clock.clone(),
+            drift: shared.drift.unwrap_or_default(),
+        }
+    }
+
+    /// Reads leasehold's query parameters from a `postgres://` URL and keeps
+    /// the URL, with those removed, for sqlx (as
+    /// [`BackendConfig::from_url`], without importing the trait).
+    pub fn from_url(url: &str) -> Result<Self, LockError> {
         // The error never repeats the URL: a malformed one may hide its
         // password where no redaction can find it. A misspelt option is
         // still named (it is as wrong as the URL, and easier to miss).
@@ -208,118 +285,92 @@ impl PostgresOptions {
                 ))
             })
         })?;
-        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        let scheme = parsed.scheme().to_owned();
+        if !Self::SCHEMES.contains(&scheme.as_str()) {
             return Err(LockError::Config(format!(
-                "the URL scheme must be postgres or postgresql, not {:?}",
-                parsed.scheme()
+                "the URL scheme must be postgres or postgresql, not {scheme:?}"
             )));
         }
-        let mode = match parsed
-            .query_pairs()
-            .filter(|(name, _)| name == "mode")
-            .last()
-        {
-            Some((_, value)) => value.parse()?,
-            None => Mode::Advisory,
-        };
-        let mut options = PostgresOptions::new(mode);
+        let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        let mut config = PostgresConfig::new(Mode::Advisory);
         let mut rest = Vec::new();
-        for (name, value) in parsed.query_pairs() {
-            let value = value.into_owned();
-            match &*name {
-                "mode" => {}
-                "namespace" => options.namespace = value,
-                "schema" => options.schema = value,
-                "table" => options.table = Some(value),
-                "channel" => options.channel = value,
-                "timeout" => options.operation_timeout = config::duration(&name, &value)?,
-                "max_connections" => options.max_connections = config::number(&name, &value)?,
-                "migrate" => options.migrate = config::boolean(&name, &value)?,
-                "holder" => options.holder = value,
-                "drift_factor" => options.drift.factor = config::number(&name, &value)?,
-                "drift_fixed" => options.drift.fixed = config::duration(&name, &value)?,
+        let own = |name: &str, value: &str| -> Result<bool, LockError> {
+            match name {
+                "mode" => config.mode = value.parse()?,
+                "schema" => config.schema = value.to_owned(),
+                "table" => config.table = Some(value.to_owned()),
+                "channel" => config.channel = value.to_owned(),
+                "max_connections" => config.max_connections = Some(config::number(name, value)?),
+                "migrate" => config.migrate = config::boolean(name, value)?,
                 sqlx if SQLX_OPTIONS.contains(&sqlx) || sqlx.starts_with("options[") => {
-                    rest.push((name.into_owned(), value))
+                    rest.push((name.to_owned(), value.to_owned()))
                 }
-                unknown => {
-                    let known: Vec<&str> =
-                        OWN_OPTIONS.iter().chain(SQLX_OPTIONS).copied().collect();
-                    return Err(config::unknown_option(parsed.scheme(), unknown, &known));
-                }
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        };
+        let mut shared = SharedConfig::default();
+        let known: Vec<&str> = Self::OPTIONS.iter().chain(SQLX_OPTIONS).copied().collect();
+        apply_query(
+            &scheme,
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            &mut shared,
+            &known,
+            own,
+        )?;
+        config.shared = shared;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
             parsed.query_pairs_mut().clear().extend_pairs(rest);
         }
-        options.validate()?;
-        Ok((options, parsed.into()))
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), LockError> {
-        for (what, name) in [
-            ("schema", self.schema.as_str()),
-            ("table", self.table_name()),
-            ("channel", self.channel.as_str()),
-        ] {
-            if name.is_empty() || name.len() > 63 || name.contains('\0') {
-                return Err(LockError::Config(format!(
-                    "{what} name {name:?} must be 1 to 63 bytes without NUL"
-                )));
-            }
-        }
-        if self.namespace.len() > 1024 || self.namespace.contains('\0') {
-            return Err(LockError::Config(
-                "the namespace must be at most 1024 bytes without NUL".into(),
-            ));
-        }
-        if self.holder.contains('\0') {
-            return Err(LockError::Config("the holder must not contain NUL".into()));
-        }
-        if self.operation_timeout.is_zero() || self.operation_timeout > MAX_DURATION {
-            return Err(LockError::Config(format!(
-                "the operation timeout must be positive and at most one year, not {:?}",
-                self.operation_timeout
-            )));
-        }
-        if !(0.0..1.0).contains(&self.drift.factor) || self.drift.fixed > MAX_DURATION {
-            return Err(LockError::Config(format!(
-                "drift_factor must be in [0, 1) and drift_fixed at most one year, not {} and {:?}",
-                self.drift.factor, self.drift.fixed
-            )));
-        }
-        if self.max_connections == 0 {
-            return Err(LockError::Config("max_connections must be positive".into()));
-        }
-        Ok(())
-    }
-
-    /// `"schema"."table"`, both quoted as identifiers.
-    pub(crate) fn qualified_table(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(self.table_name())
-        )
+        config.settings().validate()?;
+        config.url = Some(parsed.into());
+        Ok(config)
     }
 }
 
-/// The URL options leasehold reads itself (and removes before sqlx sees the
-/// URL).
-pub const OWN_OPTIONS: &[&str] = &[
-    "mode",
-    "namespace",
-    "schema",
-    "table",
-    "channel",
-    "timeout",
-    "max_connections",
-    "migrate",
-    "holder",
-    "drift_factor",
-    "drift_fixed",
-];
+impl BackendConfig for PostgresConfig {
+    type Backend = PostgresBackend;
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    /// leasehold's own Postgres options; the ones sqlx reads
+    /// ([`SQLX_OPTIONS`], besides `options[NAME]`) pass through to it.
+    const OPTIONS: &'static [&'static str] = &[
+        "mode",
+        "schema",
+        "table",
+        "channel",
+        "max_connections",
+        "migrate",
+    ];
+
+    /// Reads leasehold's query parameters and keeps the URL, with those
+    /// removed, for sqlx. Shared options (`namespace`, `timeout`, `poll`,
+    /// `holder`, `drift_factor`, `drift_fixed`) and the locker's (`ttl`,
+    /// `wait`, ...) are accepted everywhere; this backend's own are `mode`
+    /// (`advisory`, the default, or `table`), `schema`, `table`, `channel`,
+    /// `max_connections` and `migrate`; the parameters sqlx reads
+    /// ([`SQLX_OPTIONS`]: `sslmode`, `application_name`, `options`, ...) pass
+    /// through to it. Any other name is a [`LockError::Config`] naming the
+    /// closest known one: a typo such as `mod=table` must never run in the
+    /// default mode. Errors never show the URL's password.
+    fn from_url(url: &str) -> Result<Self, LockError> {
+        // The inherent function of the same name.
+        PostgresConfig::from_url(url)
+    }
+
+    fn shared(&self) -> &SharedConfig {
+        &self.shared
+    }
+
+    fn shared_mut(&mut self) -> &mut SharedConfig {
+        &mut self.shared
+    }
+
+    async fn connect(self) -> Result<PostgresBackend, LockError> {
+        PostgresBackend::connect_with(self).await
+    }
+}
 
 /// The URL options sqlx 0.8 reads (passed through to it), besides
 /// `options[NAME]`. sqlx itself only logs a warning for names it does not
@@ -352,7 +403,13 @@ pub const SQLX_OPTIONS: &[&str] = &[
 fn unknown_name_in_malformed(url: &str) -> Option<LockError> {
     let after_userinfo = url.rsplit_once('@').map_or(url, |(_, rest)| rest);
     let (_, query) = after_userinfo.split_once('?')?;
-    let known: Vec<&str> = OWN_OPTIONS.iter().chain(SQLX_OPTIONS).copied().collect();
+    let known: Vec<&str> = SharedConfig::NAMES
+        .iter()
+        .chain(PostgresConfig::OPTIONS)
+        .chain(SQLX_OPTIONS)
+        .chain(config::LOCKER_OPTIONS)
+        .copied()
+        .collect();
     query
         .split('&')
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
@@ -366,47 +423,83 @@ fn unknown_name_in_malformed(url: &str) -> Option<LockError> {
         .map(|name| config::unknown_option("postgres", name, &known))
 }
 
-fn default_holder() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && !h.contains('\0'))
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{host} pid {}", std::process::id())
+/// What a backend runs with: a [`PostgresConfig`] with its defaults filled
+/// in.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) mode: Mode,
+    pub(crate) namespace: String,
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    pub(crate) channel: String,
+    pub(crate) timeout: Duration,
+    pub(crate) poll: Option<Duration>,
+    pub(crate) max_connections: u32,
+    pub(crate) migrate: bool,
+    pub(crate) holder: String,
+    pub(crate) clock: SharedClock,
+    pub(crate) drift: Drift,
 }
 
-/// Quotes a Postgres identifier: wraps it in double quotes and doubles any
-/// double quote inside, so any name is taken literally.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("mode", &self.mode)
+            .field("namespace", &self.namespace)
+            .field("table", &self.qualified_table())
+            .field("channel", &self.channel)
+            .field("timeout", &self.timeout)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
 }
 
-/// The 64-bit advisory lock id of `key` in `namespace`: the first 8 bytes
-/// (big-endian, as a signed `bigint`) of
-/// `SHA-256("leasehold\0" || u32_be(len(namespace)) || namespace || key)`.
-///
-/// Stable across versions and platforms (it is part of the on-the-wire
-/// contract between processes). The length prefix keeps `("a:b", "c")` and
-/// `("a", "b:c")` apart; SHA-256 makes crafted collisions impractical. Two
-/// keys whose ids collide anyway only contend falsely: exclusion is never
-/// lost, because equal ids are one lock.
-pub fn advisory_lock_id(namespace: &str, key: &str) -> i64 {
-    let mut hash = Sha256::new();
-    hash.update(b"leasehold\0");
-    hash.update((namespace.len() as u32).to_be_bytes());
-    hash.update(namespace.as_bytes());
-    hash.update(key.as_bytes());
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(first)
-}
+impl Settings {
+    pub(crate) fn validate(&self) -> Result<(), LockError> {
+        for (what, name) in [
+            ("schema", self.schema.as_str()),
+            ("table", self.table.as_str()),
+            ("channel", self.channel.as_str()),
+        ] {
+            if name.is_empty() || name.len() > 63 || name.contains('\0') {
+                return Err(LockError::Config(format!(
+                    "{what} name {name:?} must be 1 to 63 bytes without NUL"
+                )));
+            }
+        }
+        if self.namespace.len() > 1024 || self.namespace.contains('\0') {
+            return Err(LockError::Config(
+                "the namespace must be at most 1024 bytes without NUL".into(),
+            ));
+        }
+        if self.holder.contains('\0') {
+            return Err(LockError::Config("the holder must not contain NUL".into()));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_DURATION {
+            return Err(LockError::Config(format!(
+                "the operation timeout must be positive and at most one year, not {:?}",
+                self.timeout
+            )));
+        }
+        if self.poll.is_some_and(|poll| poll.is_zero()) {
+            return Err(LockError::Config("poll must be positive".into()));
+        }
+        if !(0.0..1.0).contains(&self.drift.factor) || self.drift.fixed > MAX_DURATION {
+            return Err(LockError::Config(format!(
+                "drift_factor must be in [0, 1) and drift_fixed at most one year, not {} and {:?}",
+                self.drift.factor, self.drift.fixed
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(LockError::Config("max_connections must be positive".into()));
+        }
+        Ok(())
+    }
 
-/// The NOTIFY payload (and release-hub key) for a key: its advisory id in
-/// hex. A collision only costs a spurious wake-up.
-pub(crate) fn signal_name(id: i64) -> String {
-    format!("{:016x}", id as u64)
+    /// `"schema"."table"`, both quoted as identifiers.
+    pub(crate) fn qualified_table(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
 }
 
 #[cfg(test)]
@@ -415,16 +508,20 @@ mod tests {
 
     #[test]
     fn url_parameters_are_read_and_removed() {
-        let (options, rest) = PostgresOptions::from_url(
-            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout=250ms&table=my%22t",
+        let config = PostgresConfig::from_url(
+            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout=250ms&table=my%22t&ttl=2s",
         )
         .unwrap();
-        assert_eq!(options.mode, Mode::Table);
-        assert_eq!(options.max_connections, 10, "table mode's default pool");
-        assert_eq!(options.namespace, "app");
-        assert_eq!(options.operation_timeout, Duration::from_millis(250));
-        assert_eq!(options.qualified_table(), r#""public"."my""t""#);
-        assert_eq!(rest, "postgres://u:p@127.0.0.1:5432/db?sslmode=disable");
+        let settings = config.settings();
+        assert_eq!(settings.mode, Mode::Table);
+        assert_eq!(settings.max_connections, 10, "table mode's default pool");
+        assert_eq!(settings.namespace, "app");
+        assert_eq!(settings.timeout, Duration::from_millis(250));
+        assert_eq!(settings.qualified_table(), r#""public"."my""t""#);
+        assert_eq!(
+            config.sqlx_url(),
+            Some("postgres://u:p@127.0.0.1:5432/db?sslmode=disable")
+        );
     }
 
     #[test]
@@ -438,23 +535,12 @@ mod tests {
             "postgres://h/db?mod=table",
             "mysql://h/db",
             "postgres://h/db?table=",
+            "postgres://h/db?poll=0s",
         ] {
             assert!(
-                matches!(PostgresOptions::from_url(url), Err(LockError::Config(_))),
+                matches!(PostgresConfig::from_url(url), Err(LockError::Config(_))),
                 "{url} should be rejected"
             );
         }
-    }
-
-    #[test]
-    fn advisory_ids_are_stable_and_namespace_separated() {
-        // Pinned: changing the hash would split the lock between versions.
-        assert_eq!(advisory_lock_id("", "a"), advisory_lock_id("", "a"));
-        assert_ne!(advisory_lock_id("a:b", "c"), advisory_lock_id("a", "b:c"));
-        assert_ne!(advisory_lock_id("x", "k"), advisory_lock_id("y", "k"));
-        assert_eq!(
-            signal_name(advisory_lock_id("", "orders:42")),
-            format!("{:016x}", advisory_lock_id("", "orders:42") as u64)
-        );
     }
 }

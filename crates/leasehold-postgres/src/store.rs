@@ -27,15 +27,46 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use leasehold_core::LockError;
+use leasehold_core::{LockError, ReleaseFeed};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::ADVISORY;
+use crate::config::{ADVISORY, PostgresConfig, Settings};
 use crate::error::{map, session_ended};
-use crate::options::signal_name;
+use crate::keys::{halves, signal_name};
+
+/// The statements of one mode, built once per backend.
+#[derive(Debug, Default)]
+pub(crate) struct Sql {
+    pub(crate) acquire: String,
+    pub(crate) extend: String,
+    pub(crate) extend_many: String,
+    pub(crate) release: String,
+    pub(crate) inspect: String,
+}
+
+/// What every call of one backend shares: the pool, the settings, the
+/// statements, the release feed and (advisory mode) the pinned sessions.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) options: Settings,
+    pub(crate) sql: Sql,
+    pub(crate) config: PostgresConfig,
+    pub(crate) feed: ReleaseFeed,
+    /// Advisory mode's pinned sessions (`None` in table mode).
+    pub(crate) sessions: Option<Arc<Sessions>>,
+}
+
+impl Shared {
+    pub(crate) fn sessions(&self) -> Result<&Arc<Sessions>, LockError> {
+        self.sessions.as_ref().ok_or_else(|| {
+            LockError::Config("advisory sessions used by a table-mode backend".into())
+        })
+    }
+}
 
 /// A clean session unused for this long is closed instead of reused (it
 /// holds a server backend; sqlx's own idle timeout does not see it).
@@ -64,13 +95,6 @@ pub(crate) fn idle_timeout(ttl: Duration) -> String {
         .div_ceil(1000)
         .clamp(1, i32::MAX as u128)
         .to_string()
-}
-
-/// `pg_locks` shows a bigint advisory key as its high half in `classid` and
-/// its low half in `objid`.
-pub(crate) fn halves(id: i64) -> (i64, i64) {
-    let id = id as u64;
-    ((id >> 32) as i64, (id & 0xffff_ffff) as i64)
 }
 
 /// The backend's sessions for advisory locks: a private pool (every

@@ -4,16 +4,17 @@ use std::time::Duration;
 
 use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, with_timeout};
 
+use crate::config::{Settings, TABLE};
 use crate::error::map;
-use crate::options::{advisory_lock_id, signal_name};
-use crate::{Shared, TABLE};
+use crate::keys::{advisory_lock_id, signal_name};
+use crate::store::{Shared, Sql};
 
 /// The mode's statements, built once per backend. Every value is a bind
 /// parameter; only the (quoted) table name is spliced in.
-pub(crate) fn sql(options: &crate::PostgresOptions) -> crate::Sql {
+pub(crate) fn sql(options: &Settings) -> Sql {
     let t = options.qualified_table();
     let remaining = "(extract(epoch FROM cur.expires_at - clock_timestamp()) * 1000000)::int8";
-    crate::Sql {
+    Sql {
         // One statement: take the row if it is free or expired (by the
         // database clock), bumping the counter; otherwise read the holder from
         // the statement's snapshot.
@@ -97,7 +98,7 @@ pub(crate) async fn try_acquire(
     let options = &shared.options;
     let owner = OwnerToken::generate();
     let sent_at = options.clock.now();
-    let row: AcquireRow = with_timeout(TABLE, options.operation_timeout, async {
+    let row: AcquireRow = with_timeout(TABLE, options.timeout, async {
         sqlx::query_as(&shared.sql.acquire)
             .bind(&options.namespace)
             .bind(key.as_str())
@@ -148,7 +149,7 @@ pub(crate) async fn extend(
     check_lease(lease)?;
     let options = &shared.options;
     let sent_at = options.clock.now();
-    let row: Option<i64> = with_timeout(TABLE, options.operation_timeout, async {
+    let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
         sqlx::query_scalar(&shared.sql.extend)
             .bind(&options.namespace)
             .bind(lease.key().as_str())
@@ -169,93 +170,68 @@ pub(crate) async fn extend(
     }
 }
 
-/// Renews every lease in one statement (the guard's watchdog batches).
+/// Renews every lease in one statement (the guard's watchdog batches). A
+/// lease of another backend in the batch, or a failed statement, is the
+/// whole call's error.
 pub(crate) async fn extend_many(
     shared: &Shared,
     renewals: &[(Lease, Duration)],
-) -> Vec<Result<Lease, LockError>> {
-    if let Some((lease, _)) = renewals.iter().find(|(l, _)| l.backend() != TABLE) {
-        let error = check_lease(lease).err();
-        return renewals
-            .iter()
-            .map(|(l, _)| {
-                Err(error.as_ref().map_or_else(
-                    || LockError::Config("mixed leases".into()),
-                    |e| LockError::Config(format!("{e} (in a batch with {:?})", l.key())),
-                ))
-            })
-            .collect();
+) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+    for (lease, _) in renewals {
+        check_lease(lease)?;
     }
     let options = &shared.options;
     let sent_at = options.clock.now();
     let keys: Vec<&str> = renewals.iter().map(|(l, _)| l.key().as_str()).collect();
     let owners: Vec<String> = renewals.iter().map(|(l, _)| l.owner().to_hex()).collect();
     let ttls: Vec<i64> = renewals.iter().map(|(_, ttl)| micros(*ttl)).collect();
-    let result: Result<Vec<(String, String)>, LockError> =
-        with_timeout(TABLE, options.operation_timeout, async {
-            sqlx::query_as(&shared.sql.extend_many)
-                .bind(&options.namespace)
-                .bind(&keys)
-                .bind(&owners)
-                .bind(&ttls)
-                .fetch_all(&shared.pool)
-                .await
-                .map_err(|e| map(TABLE, e))
-        })
-        .await;
-    match result {
-        Ok(renewed) => renewals
-            .iter()
-            .zip(&owners)
-            .map(|((lease, ttl), owner)| {
-                if renewed
-                    .iter()
-                    .any(|(k, o)| k == lease.key().as_str() && o == owner)
-                {
-                    Ok(lease.renewed(sent_at, *ttl, options.drift))
-                } else {
-                    Err(LockError::lost(
-                        TABLE,
-                        lease.key().as_str(),
-                        "the lease expired or another owner holds the key",
-                    ))
-                }
-            })
-            .collect(),
-        Err(error) => {
-            let retryable = error.is_retryable();
-            let text = error.to_string();
-            renewals
+    let renewed: Vec<(String, String)> = with_timeout(TABLE, options.timeout, async {
+        sqlx::query_as(&shared.sql.extend_many)
+            .bind(&options.namespace)
+            .bind(&keys)
+            .bind(&owners)
+            .bind(&ttls)
+            .fetch_all(&shared.pool)
+            .await
+            .map_err(|e| map(TABLE, e))
+    })
+    .await?;
+    Ok(renewals
+        .iter()
+        .zip(&owners)
+        .map(|((lease, ttl), owner)| {
+            if renewed
                 .iter()
-                .map(|_| {
-                    Err(if retryable {
-                        LockError::unavailable(TABLE, text.clone())
-                    } else {
-                        LockError::backend(TABLE, text.clone())
-                    })
-                })
-                .collect()
-        }
-    }
+                .any(|(k, o)| k == lease.key().as_str() && o == owner)
+            {
+                Ok(lease.renewed(sent_at, *ttl, options.drift))
+            } else {
+                Err(LockError::lost(
+                    TABLE,
+                    lease.key().as_str(),
+                    "the lease expired or another owner holds the key",
+                ))
+            }
+        })
+        .collect())
 }
 
 pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
     check_lease(lease)?;
     let options = &shared.options;
     let key = lease.key().as_str();
-    let row: Option<(i64, Option<String>)> =
-        with_timeout(TABLE, options.operation_timeout, async {
-            sqlx::query_as(&shared.sql.release)
-                .bind(&options.namespace)
-                .bind(key)
-                .bind(lease.owner().to_hex())
-                .bind(&options.channel)
-                .bind(signal_name(advisory_lock_id(&options.namespace, key)))
-                .fetch_optional(&shared.pool)
-                .await
-                .map_err(|e| map(TABLE, e))
-        })
-        .await?;
+    let row: Option<(i64, Option<String>)> = with_timeout(TABLE, options.timeout, async {
+        sqlx::query_as(&shared.sql.release)
+            .bind(&options.namespace)
+            .bind(key)
+            .bind(lease.owner().to_hex())
+            .bind(&options.channel)
+            .bind(signal_name(advisory_lock_id(&options.namespace, key)))
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(|e| map(TABLE, e))
+    })
+    .await?;
     match row {
         Some(_) => Ok(()),
         None => Err(LockError::not_held(TABLE, key)),
@@ -264,7 +240,7 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
 
 pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
     let options = &shared.options;
-    let row: Option<HolderRow> = with_timeout(TABLE, options.operation_timeout, async {
+    let row: Option<HolderRow> = with_timeout(TABLE, options.timeout, async {
         sqlx::query_as(&shared.sql.inspect)
             .bind(&options.namespace)
             .bind(key.as_str())

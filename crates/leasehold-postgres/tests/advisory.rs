@@ -363,7 +363,7 @@ async fn a_stalled_session_does_not_delay_the_other_renewals() {
     let server = Server::start(true).await;
     let observer = server.observer().await;
     let timeout = Duration::from_secs(3);
-    let opts = options(Mode::Advisory).operation_timeout(timeout);
+    let opts = options(Mode::Advisory).timeout(timeout);
     let namespace = opts.namespace_str().to_owned();
     let backend = server.backend(opts).await;
     let mut leases = Vec::new();
@@ -380,7 +380,10 @@ async fn a_stalled_session_does_not_delay_the_other_renewals() {
     let before: chrono_free::ServerTime = chrono_free::now(&observer).await;
     signal_server_process(&server, pids[0], "STOP");
     let renewals: Vec<_> = leases.iter().map(|l| (l.clone(), TTL)).collect();
-    let results = backend.extend_many(&renewals).await;
+    let results = backend
+        .extend_many(&renewals)
+        .await
+        .expect("each renewal has its own session: no whole-call error");
     signal_server_process(&server, pids[0], "CONT");
     assert!(
         matches!(results[0], Err(LockError::Unavailable { .. })),
@@ -433,7 +436,7 @@ async fn an_acquisition_waiting_for_a_session_gets_one_that_is_released() {
         .backend(
             options(Mode::Advisory)
                 .max_connections(1)
-                .operation_timeout(Duration::from_secs(5)),
+                .timeout(Duration::from_secs(5)),
         )
         .await;
     let held = backend.try_acquire(&key("full:held"), TTL).await.unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use leasehold_conformance::{Skipped, Suite, child, fixtures};
 use leasehold_core::{Lease, LockBackend};
 use leasehold_postgres::sqlx::{self, Connection};
-use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig};
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
@@ -65,10 +65,8 @@ async fn setup(mode: Option<Mode>) -> Result<Suite, Skipped> {
         None => url,
     };
     wait_ready(&url).await?;
-    let mode = PostgresOptions::from_url(&url)
-        .map_err(|e| Skipped(format!("bad URL: {e}")))?
-        .0
-        .mode_of();
+    let config = PostgresConfig::from_url(&url).map_err(|e| Skipped(format!("bad URL: {e}")))?;
+    let mode = config.mode_of();
     let connect_to = url.clone();
     let suite = Suite::new(format!("postgres-{}", mode_name(mode)), move || {
         let url = connect_to.clone();
@@ -76,8 +74,7 @@ async fn setup(mode: Option<Mode>) -> Result<Suite, Skipped> {
     });
     let suite = match mode {
         Mode::Advisory => {
-            let (_, sqlx_url) =
-                PostgresOptions::from_url(&url).map_err(|e| Skipped(format!("bad URL: {e}")))?;
+            let sqlx_url = config.sqlx_url().unwrap_or_default().to_owned();
             suite.with_session_ender(move |lease| end_session(sqlx_url.clone(), lease))
         }
         Mode::Table => suite,

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::{Server, key, options};
 use leasehold_conformance::fixtures::eventually;
+use leasehold_core::config::BackendConfig;
 use leasehold_core::{Lease, LockBackend, LockError, RetryPolicy};
-use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig};
 
 const TTL: Duration = Duration::from_secs(60);
 const MODES: [Mode; 2] = [Mode::Advisory, Mode::Table];
@@ -17,8 +18,9 @@ const MODES: [Mode; 2] = [Mode::Advisory, Mode::Table];
 /// migration): enough for checks that must fail before any store call.
 async fn offline(mode: Mode) -> PostgresBackend {
     PostgresBackend::connect_with(
-        "postgres://u:p@127.0.0.1:1/db",
-        PostgresOptions::new(mode).migrate(false),
+        PostgresConfig::new(mode)
+            .url("postgres://u:p@127.0.0.1:1/db")
+            .migrate(false),
     )
     .await
     .expect("a lazy backend needs no server")
@@ -26,7 +28,7 @@ async fn offline(mode: Mode) -> PostgresBackend {
 
 /// Takes `name` with a fresh client (TTL 60 s) within a few seconds, then
 /// releases it.
-async fn a_fresh_client_takes(server: &Server, opts: &PostgresOptions, name: &str, why: &str) {
+async fn a_fresh_client_takes(server: &Server, opts: &PostgresConfig, name: &str, why: &str) {
     let fresh = server.backend(opts.clone()).await;
     let started = std::time::Instant::now();
     let lease: Lease = fresh
@@ -205,7 +207,8 @@ async fn ttls_above_one_year_are_invalid_never_a_panic() {
         );
         let many = backend
             .extend_many(&[(lease.clone(), Duration::MAX), (lease.clone(), TTL)])
-            .await;
+            .await
+            .expect("a bad TTL fails only its own renewal");
         assert!(
             matches!(many[0], Err(LockError::InvalidTtl { .. })),
             "{mode:?}: extend_many by Duration::MAX gave {:?}",
@@ -221,7 +224,7 @@ async fn ttls_above_one_year_are_invalid_never_a_panic() {
 }
 
 fn config_error(url: &str) -> String {
-    match PostgresOptions::from_url(url) {
+    match PostgresConfig::from_url(url) {
         Err(LockError::Config(message)) => message,
         other => panic!("{url} should be a Config error, got {other:?}"),
     }
@@ -261,14 +264,15 @@ fn misspelt_options_are_config_errors_naming_the_closest_known_one() {
 /// error, not a guess at the unit.
 #[test]
 fn durations_need_a_unit() {
-    let (options, _) = PostgresOptions::from_url(
-        "postgres://h/db?timeout=250ms&drift_fixed=5ms&drift_factor=0.02",
-    )
-    .unwrap();
-    let shown = format!("{options:?}");
-    assert!(
-        shown.contains("operation_timeout: 250ms"),
-        "timeout=250ms was not applied: {shown}"
+    let config =
+        PostgresConfig::from_url("postgres://h/db?timeout=250ms&drift_fixed=5ms&drift_factor=0.02")
+            .unwrap();
+    let shared = config.shared();
+    assert_eq!(shared.timeout, Some(Duration::from_millis(250)));
+    let drift = shared.drift.expect("drift_* were applied");
+    assert_eq!(
+        (drift.factor, drift.fixed),
+        (0.02, Duration::from_millis(5))
     );
     for url in [
         "postgres://h/db?timeout=250",
@@ -286,14 +290,14 @@ fn durations_need_a_unit() {
 /// Options sqlx understands still reach sqlx; ours are removed.
 #[test]
 fn sqlx_options_pass_through() {
-    let (options, rest) = PostgresOptions::from_url(
+    let options = PostgresConfig::from_url(
         "postgres://u:p@h:5432/db?mode=table&sslmode=disable&application_name=app&timeout=1s\
          &statement-cache-capacity=10&options=-c%20search_path%3Dx",
     )
     .unwrap();
     assert_eq!(options.mode_of(), Mode::Table);
     assert_eq!(
-        rest,
+        options.sqlx_url().unwrap(),
         "postgres://u:p@h:5432/db?sslmode=disable&application_name=app\
          &statement-cache-capacity=10&options=-c+search_path%3Dx"
     );
@@ -350,13 +354,13 @@ async fn the_password_never_appears_in_errors_or_debug() {
             ""
         };
         let url = format!("{good}{query}");
-        let (parsed, _) = PostgresOptions::from_url(&url).unwrap();
-        check("PostgresOptions Debug", format!("{parsed:?}"));
+        let parsed = PostgresConfig::from_url(&url).unwrap();
+        check("PostgresConfig Debug", format!("{parsed:?}"));
         let error = PostgresBackend::connect(&url)
             .await
             .expect_err("the password is wrong");
         check("the authentication error", format!("{error} / {error:?}"));
-        let backend = PostgresBackend::connect_with(&url, parsed)
+        let backend = PostgresBackend::connect_with(parsed)
             .await
             .err()
             .map(|e| format!("{e:?}"))
@@ -364,10 +368,10 @@ async fn the_password_never_appears_in_errors_or_debug() {
         check("connect_with's error", backend);
         // Lazy, unmigrated: Debug of the backend and of a failed call.
         let lazy = PostgresBackend::connect_with(
-            &url,
-            PostgresOptions::new(mode)
+            PostgresConfig::new(mode)
+                .url(&url)
                 .migrate(false)
-                .operation_timeout(Duration::from_secs(2)),
+                .timeout(Duration::from_secs(2)),
         )
         .await
         .unwrap();
@@ -393,7 +397,7 @@ async fn the_password_never_appears_in_errors_or_debug() {
         url.path()
     );
     for mode in MODES {
-        let backend = PostgresBackend::connect_with(&sentinel_url, options(mode))
+        let backend = PostgresBackend::connect_with(options(mode).url(&sentinel_url))
             .await
             .expect("the sentinel role connects");
         let lease = backend.try_acquire(&key("secret"), TTL).await.unwrap();

@@ -59,9 +59,7 @@ async fn advisory_fencing_tokens_keep_increasing_across_a_store_restart() {
 async fn paused_store_is_unavailable_in_bounded_time_then_recovers(mode: Mode) {
     let server = Server::start(true).await;
     let timeout = Duration::from_millis(500);
-    let backend = server
-        .backend(options(mode).operation_timeout(timeout))
-        .await;
+    let backend = server.backend(options(mode).timeout(timeout)).await;
     let held = backend.try_acquire(&key("held"), TTL).await.unwrap();
     // Warm a second pooled connection so the paused case is a hung query,
     // not only a hung connect.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Server, key, options};
 use leasehold_core::{LockBackend, LockError, RetryPolicy};
-use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions, migration_sql};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig, migration_sql};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -136,7 +136,8 @@ async fn table_lock_lifecycle_keeps_the_row_and_its_counter() {
             (first.clone(), TTL),
             (forged.clone(), TTL),
         ])
-        .await;
+        .await
+        .expect("the batch statement ran");
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert!(
         matches!(results[1], Err(LockError::Lost { .. })),
@@ -199,7 +200,7 @@ async fn custom_schema_and_table_by_url_and_printable_migration() {
         .unwrap();
     assert_eq!(rows, 1);
     let sql = migration_sql(
-        &PostgresOptions::new(Mode::Table)
+        &PostgresConfig::new(Mode::Table)
             .schema("my locks")
             .table("lease\"s"),
     );

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use leasehold_conformance::fixtures::{self, Container};
 use leasehold_core::Key;
-use leasehold_postgres::{Mode, PostgresBackend, PostgresOptions};
+use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -85,8 +85,8 @@ impl Server {
             .expect("observer pool")
     }
 
-    pub async fn backend(&self, options: PostgresOptions) -> PostgresBackend {
-        PostgresBackend::connect_with(&self.url, options)
+    pub async fn backend(&self, options: PostgresConfig) -> PostgresBackend {
+        PostgresBackend::connect_with(options.url(&self.url))
             .await
             .expect("connect the backend")
     }
@@ -96,10 +96,10 @@ impl Server {
     }
 }
 
-pub fn options(mode: Mode) -> PostgresOptions {
-    PostgresOptions::new(mode)
+pub fn options(mode: Mode) -> PostgresConfig {
+    PostgresConfig::new(mode)
         .namespace(format!("t{}", rand_suffix()))
-        .operation_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
 }
 
 pub fn rand_suffix() -> u64 {

@@ -1,0 +1,324 @@
+//! [`PostgresBackend`]: construction, and the thin [`LockBackend`] impl that
+//! hands each call to its mode's algorithm ([`advisory`](crate::advisory) or
+//! [`table`](crate::table)).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_core::{
+    Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
+    ReleaseFeed, ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, extend_each,
+    wait_for_lock,
+};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::{MAX_ADVISORY_TTL, MIN_TTL, Mode, PostgresConfig};
+use crate::keys::{advisory_lock_id, signal_name};
+use crate::store::{Sessions, Shared};
+use crate::{advisory, notify, schema, table};
+
+/// Locks in Postgres: session advisory locks or a lease table (see the crate
+/// docs for each mode's guarantees and limits). Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBackend {
+    /// Connects by URL ([`PostgresConfig::from_url`]: leasehold's query
+    /// parameters are read and removed, sqlx's go to sqlx, any other name is
+    /// a [`LockError::Config`] naming the closest known one). Runs the
+    /// migration unless `migrate=false`. Errors never show the password.
+    ///
+    /// Cancel safety: dropping the future leaves at most an idle pool behind.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with(PostgresConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`, which must name a URL
+    /// ([`PostgresConfig::from_url`] or [`PostgresConfig::url`]). The
+    /// backend's pool has `max_connections`; in advisory mode so do the
+    /// pinned sessions, on their own private pool (see
+    /// [`from_pool`](Self::from_pool)), while the pool serves `inspect` and
+    /// migrations. The operation timeout is also the pools' acquire timeout.
+    /// Connections open lazily, so an unused pool costs nothing.
+    ///
+    /// Cancel safety: dropping the future leaves at most an idle pool behind.
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self, LockError> {
+        let url = config.sqlx_url().ok_or_else(|| {
+            LockError::Config(
+                "no URL to connect to: give one with PostgresConfig::url, \
+                 or use PostgresBackend::from_pool"
+                    .into(),
+            )
+        })?;
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| LockError::Config(format!("bad postgres URL: {e}")))?;
+        let settings = config.settings();
+        settings.validate()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.timeout)
+            // A ping per checkout would add a round trip to every call; a
+            // dead connection shows up as a (retryable) error instead, and
+            // sqlx drops it when it comes back.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect);
+        let sessions = settings.max_connections;
+        Self::build(pool, config, sessions).await
+    }
+
+    /// Uses an existing pool (its own acquire timeout applies to checkouts,
+    /// and every call is still bounded by the operation timeout); the URL in
+    /// `config`, if any, is not used. Runs the migration unless
+    /// `config.migrate(false)`. Tip: build it with
+    /// `test_before_acquire(false)`, or every call pays an extra ping.
+    ///
+    /// Advisory mode pins each held lock's session, and a connection that
+    /// may still hold a lock must never go back to a pool; so the pinned
+    /// sessions are opened from this pool's connect options on a private
+    /// pool of the same size that closes every connection handed back to it
+    /// (clean sessions are kept for reuse by the backend). This pool's own
+    /// hooks (`after_connect` and the like) do not run on them; it serves
+    /// `inspect` and migrations.
+    ///
+    /// Cancel safety: dropping the future may interrupt the migration, which
+    /// runs in one transaction and is rolled back.
+    pub async fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, LockError> {
+        let sessions = pool.options().get_max_connections();
+        Self::build(pool, config, sessions).await
+    }
+
+    async fn build(pool: PgPool, config: PostgresConfig, sessions: u32) -> Result<Self, LockError> {
+        let settings = config.settings();
+        settings.validate()?;
+        let name = settings.mode.backend_name();
+        let sql = match settings.mode {
+            Mode::Advisory => advisory::sql(&settings),
+            Mode::Table => table::sql(&settings),
+        };
+        let connect = pool.connect_options().as_ref().clone();
+        let feed = ReleaseFeed::new(notify::Listen::new(
+            name,
+            connect.clone(),
+            settings.channel.clone(),
+            settings.timeout,
+        ));
+        let sessions = match settings.mode {
+            Mode::Advisory => Some(Arc::new(Sessions::new(
+                connect,
+                sessions,
+                settings.timeout,
+                settings.channel.clone(),
+            ))),
+            Mode::Table => None,
+        };
+        let backend = PostgresBackend {
+            shared: Arc::new(Shared {
+                pool,
+                options: settings,
+                sql,
+                config,
+                feed,
+                sessions,
+            }),
+        };
+        if backend.shared.options.migrate {
+            backend.migrate().await?;
+        }
+        Ok(backend)
+    }
+
+    /// Runs the idempotent migration ([`migration_sql`](crate::migration_sql))
+    /// in one transaction.
+    ///
+    /// Cancel safety: a dropped call leaves the transaction to roll back.
+    pub async fn migrate(&self) -> Result<(), LockError> {
+        let options = &self.shared.options;
+        schema::migrate(self.name(), &self.shared.pool, options, options.timeout).await
+    }
+
+    /// The pool for `inspect`, migrations and (table mode) every call; in
+    /// advisory mode locks are held on the backend's private sessions.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.shared.config
+    }
+
+    /// The shared bounds ([`Capabilities::check_ttl`]: at least [`MIN_TTL`],
+    /// at most one year), and in advisory mode at most
+    /// [`MAX_ADVISORY_TTL`]. Every later `Instant + ttl` and `ttl * factor`
+    /// stays in range.
+    fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        self.capabilities().check_ttl(self.name(), ttl)?;
+        if self.shared.options.mode == Mode::Advisory && ttl > MAX_ADVISORY_TTL {
+            return Err(LockError::InvalidTtl {
+                backend: self.name(),
+                ttl,
+                reason: format!(
+                    "must be at most {MAX_ADVISORY_TTL:?} in advisory mode \
+                     (the largest idle_session_timeout)"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One attempt in the backend's mode.
+async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, LockError> {
+    match shared.options.mode {
+        Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
+        Mode::Table => table::try_acquire(&shared, &key, ttl).await,
+    }
+}
+
+/// Releases a lease in the backend's mode.
+async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    match shared.options.mode {
+        Mode::Advisory => advisory::release(shared, lease).await,
+        Mode::Table => table::release(shared, lease).await,
+    }
+}
+
+#[async_trait]
+impl LockBackend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        self.shared.options.mode.backend_name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let caps = Capabilities::new()
+            .fencing(Fencing::Strict)
+            .durable_fencing(true)
+            .waiting(Waiting::Notified)
+            .fairness(Fairness::None)
+            .min_ttl(MIN_TTL)
+            .ttl_granularity(Duration::from_millis(1))
+            .holder_info(true);
+        match self.shared.options.mode {
+            Mode::Advisory => caps.expiry(Expiry::Session),
+            Mode::Table => caps.expiry(Expiry::Ttl).batch_extend(true),
+        }
+    }
+
+    /// One attempt, on its own task (core's [`cancel_safe`]).
+    ///
+    /// Cancel safety: dropping the future never strands a grant; the attempt
+    /// finishes on its own task and a lease won after the caller left, or
+    /// answered but not yet read, is released at once. In advisory mode a
+    /// session interrupted mid-call is closed, never reused, which frees
+    /// whatever it held.
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        self.check_ttl(ttl)?;
+        let back = self.shared.clone();
+        cancel_safe(
+            self.name(),
+            attempt(self.shared.clone(), key.clone(), ttl),
+            move |lease| async move { release(&back, &lease).await },
+        )
+        .await
+    }
+
+    /// Waits with core's loop ([`wait_for_lock`]): attempts woken by
+    /// LISTEN/NOTIFY release signals, polling as the fallback (pauses capped
+    /// at the `poll` option, if set).
+    ///
+    /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); each
+    /// attempt runs on its own task, and between attempts nothing is held.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        self.check_ttl(ttl)?;
+        let wait = match self.shared.options.poll {
+            Some(poll) => wait
+                .clone()
+                .with_delays(wait.min_delay.min(poll), wait.max_delay.min(poll)),
+            None => wait.clone(),
+        };
+        wait_for_lock(self, key, ttl, &wait).await
+    }
+
+    /// Advisory mode: asks the lease's session task to check the lock is
+    /// still held by its session and to restart the server's idle clock at
+    /// `ttl`. Table mode: moves `expires_at` by the database clock, comparing
+    /// the owner token.
+    ///
+    /// Cancel safety: safe to drop. A dropped advisory renewal still runs on
+    /// the session task (its answer is discarded); a dropped table renewal
+    /// may or may not have moved the expiry, and either outcome is valid.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.check_ttl(ttl)?;
+        match self.shared.options.mode {
+            Mode::Advisory => advisory::extend(&self.shared, lease, ttl).await,
+            Mode::Table => table::extend(&self.shared, lease, ttl).await,
+        }
+    }
+
+    /// Table mode: one statement for all leases (a bad TTL anywhere makes it
+    /// renew each lease alone, so the bad one fails only its own slot).
+    /// Advisory mode: core's [`extend_each`]; each lease has its own session,
+    /// so every renewal reaches its session task at once and a slow session
+    /// delays only its own lease. Results come in input order.
+    ///
+    /// Cancel safety: as [`extend`](LockBackend::extend).
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        match self.shared.options.mode {
+            Mode::Table if renewals.iter().all(|(_, ttl)| self.check_ttl(*ttl).is_ok()) => {
+                table::extend_many(&self.shared, renewals).await
+            }
+            Mode::Table | Mode::Advisory => extend_each(self, renewals).await,
+        }
+    }
+
+    /// Owner-only release. Advisory mode: `pg_advisory_unlock` on the pinned
+    /// session; only a confirmed unlock keeps the session for reuse, anything
+    /// else closes it (which frees the lock). Table mode: clears the owner
+    /// (compare on the owner token), keeping the row and its counter. Both
+    /// send a NOTIFY that wakes waiters.
+    ///
+    /// Cancel safety: safe to drop. In advisory mode the unlock still runs
+    /// on the session task; in table mode the statement may or may not have
+    /// run, and an unreleased table lease expires with its TTL.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        release(&self.shared, lease).await
+    }
+
+    /// The holder's fencing token and metadata (advisory mode: its server
+    /// pid; table mode: owner hint and remaining TTL). Read-only, so safe to
+    /// drop at any point.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        match self.shared.options.mode {
+            Mode::Advisory => advisory::inspect(&self.shared, key).await,
+            Mode::Table => table::inspect(&self.shared, key).await,
+        }
+    }
+
+    /// A listener woken by the shared LISTEN subscription (core's
+    /// [`ReleaseFeed`]).
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        let id = advisory_lock_id(&self.shared.options.namespace, key.as_str());
+        Some(self.shared.feed.listen(&signal_name(id)))
+    }
+}
