@@ -1,5 +1,5 @@
 //! [`RedisBackend`]: connecting, tooling accessors, and the thin
-//! [`LockBackend`] impl over the lease steps of [`crate::lease`].
+//! [`LockBackend`] impl over the lease steps ([`Leases`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +7,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
-    Capabilities, Drift, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseFeed, ReleaseListener, RetryPolicy, SharedClock, Waiting, cancel_safe, wait_for_lock,
+    Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseFeed,
+    ReleaseListener, RetryPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 
 use crate::NAME;
 use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig, poll_capped};
 use crate::keys::KeyLayout;
+use crate::lease::Leases;
 use crate::notify::PubSub;
 use crate::safety::{Persistence, SafetyFinding};
 use crate::store::{RedisNode, ttl_millis};
@@ -22,13 +23,11 @@ use crate::store::{RedisNode, ttl_millis};
 /// mechanism and its guarantees). Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
-    pub(crate) node: RedisNode,
-    pub(crate) feed: Option<Arc<ReleaseFeed>>,
-    pub(crate) clock: SharedClock,
-    pub(crate) drift: Drift,
-    pub(crate) poll: Option<Duration>,
-    pub(crate) holder: String,
-    pub(crate) persistence: Persistence,
+    leases: Leases,
+    feed: Option<Arc<ReleaseFeed>>,
+    poll: Option<Duration>,
+    holder: Arc<str>,
+    persistence: Persistence,
 }
 
 impl RedisBackend {
@@ -65,19 +64,17 @@ impl RedisBackend {
             )))
         });
         Ok(RedisBackend {
-            node,
+            leases: Leases::new(node, config.clock.clone(), shared.drift.unwrap_or_default()),
             feed,
-            drift: shared.drift.unwrap_or_default(),
             poll: shared.poll,
-            holder: shared.holder_or_default(),
-            clock: config.clock,
+            holder: shared.holder_or_default().into(),
             persistence,
         })
     }
 
     /// The server node (scripts, raw calls, the connection).
     pub fn node(&self) -> &RedisNode {
-        &self.node
+        &self.leases.node
     }
 
     /// Who holds the locks taken through this backend (the `holder`
@@ -111,7 +108,7 @@ impl RedisBackend {
     /// nothing; the capabilities keep what was found at connect. Read-only;
     /// cancel safe.
     pub async fn check_safety(&self) -> Vec<SafetyFinding> {
-        self.node.persistence().await.safety_findings()
+        self.node().persistence().await.safety_findings()
     }
 
     /// Starts the release subscription now and waits until it is up (at most
@@ -124,7 +121,7 @@ impl RedisBackend {
                 "release notifications are off for this backend".into(),
             ));
         };
-        let timeout = self.node.timeout();
+        let timeout = self.node().timeout();
         if feed.ready(timeout).await {
             Ok(())
         } else {
@@ -174,11 +171,11 @@ impl LockBackend for RedisBackend {
     /// runs the queued acquire when it wakes deletes the key right after.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         ttl_millis(NAME, ttl)?;
-        let (this, key) = (self.clone(), key.clone());
-        let releaser = self.clone();
+        let (leases, key) = (self.leases.clone(), key.clone());
+        let releaser = self.leases.clone();
         cancel_safe(
             NAME,
-            async move { this.attempt(&key, ttl).await },
+            async move { leases.attempt(&key, ttl).await },
             move |lease| async move { releaser.release(&lease).await },
         )
         .await
@@ -198,7 +195,7 @@ impl LockBackend for RedisBackend {
     /// Cancel safety: a dropped extend may still be applied; that only keeps
     /// our own key longer, and the lease we hold is unchanged.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-        self.extend_one(lease, ttl).await
+        self.leases.extend(lease, ttl).await
     }
 
     /// Renews up to 256 leases per script call (one round trip for a typical
@@ -208,24 +205,24 @@ impl LockBackend for RedisBackend {
         &self,
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
-        self.extend_batch(renewals).await
+        self.leases.extend_many(renewals).await
     }
 
     /// Cancel safety: a dropped release may or may not have deleted the key;
     /// it frees itself at its TTL, and releasing again finishes the job.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.release_one(lease).await
+        self.leases.release(lease).await
     }
 
     /// Read-only; cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        self.node.inspect_raw(key).await
+        self.node().inspect_raw(key).await
     }
 
     /// From the release feed (pub/sub on the namespace's channel); `None`
     /// with notifications off.
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         let feed = self.feed.as_ref()?;
-        Some(feed.listen(&self.node.layout().lock_key(key)))
+        Some(feed.listen(&self.node().layout().lock_key(key)))
     }
 }

@@ -5,15 +5,28 @@
 
 use std::time::Duration;
 
-use leasehold_core::{Drift, FencingToken, Key, Lease, LockError, OwnerToken};
+use leasehold_core::{Drift, FencingToken, Key, Lease, LockError, OwnerToken, SharedClock};
 use tokio::time::Instant;
 
 use crate::NAME;
-use crate::backend::RedisBackend;
 use crate::store::{AcquireOutcome, Ownership, RedisNode, ttl_millis};
 
-impl RedisBackend {
-    /// One acquisition attempt; the trait's `try_acquire` runs it through
+/// The lease steps on one server; cheap to clone (clones share the
+/// connection).
+#[derive(Debug, Clone)]
+pub(crate) struct Leases {
+    pub(crate) node: RedisNode,
+    clock: SharedClock,
+    drift: Drift,
+}
+
+impl Leases {
+    /// Leases on `node`, measured on `clock`, less `drift`.
+    pub(crate) fn new(node: RedisNode, clock: SharedClock, drift: Drift) -> Self {
+        Leases { node, clock, drift }
+    }
+
+    /// One acquisition attempt; the backend's `try_acquire` runs it through
     /// [`leasehold_core::cancel_safe`].
     pub(crate) async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
@@ -36,11 +49,7 @@ impl RedisBackend {
     }
 
     /// Compare-and-`PEXPIRE`, validity from the send instant.
-    pub(crate) async fn extend_one(
-        &self,
-        lease: &Lease,
-        ttl: Duration,
-    ) -> Result<Lease, LockError> {
+    pub(crate) async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let sent_at = self.clock.now();
         let found = self
             .node
@@ -51,7 +60,7 @@ impl RedisBackend {
 
     /// Renews a batch with one script call per 256 leases. A TTL out of
     /// range fails its own renewal; a failed call fails the whole batch.
-    pub(crate) async fn extend_batch(
+    pub(crate) async fn extend_many(
         &self,
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
@@ -81,7 +90,7 @@ impl RedisBackend {
     }
 
     /// Compare-and-delete (which publishes the release).
-    pub(crate) async fn release_one(&self, lease: &Lease) -> Result<(), LockError> {
+    pub(crate) async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         match self.node.release_raw(lease.key(), lease.owner()).await? {
             Ownership::Ours => {
                 tracing::debug!(key = %lease.key(), owner = %lease.owner().short(), "redis lock released");

@@ -429,6 +429,14 @@ async fn a_paused_server_is_unavailable_within_the_timeout_and_recovers() {
         matches!(extend, Err(LockError::Unavailable { .. })),
         "{extend:?}"
     );
+    let batch = [(held.clone(), TTL), (held.clone(), TTL)];
+    let many = tokio::time::timeout(bound, backend.extend_many(&batch))
+        .await
+        .expect("extend_many hung on a paused server");
+    assert!(
+        matches!(many, Err(LockError::Unavailable { .. })),
+        "a batch on a paused server fails as a whole (one error, not one per lease): {many:?}"
+    );
     let inspect = tokio::time::timeout(bound, backend.inspect(held.key()))
         .await
         .expect("inspect hung on a paused server");
