@@ -1,4 +1,9 @@
-//! What each server answered to one step, and the error that lists it.
+//! Redlock's errors: what each server answered to one step
+//! ([`NodeOutcome`]), and the report that lists them ([`QuorumReport`]), the
+//! source of every `Unavailable` and the metadata of every `Contended`. The
+//! Redis client's own errors are mapped once, by
+//! [`leasehold_redis::map_error`] under the name `redlock`, before they
+//! become a server's outcome here.
 
 use std::fmt;
 
@@ -19,6 +24,9 @@ pub enum NodeOutcome {
     Free,
     /// Extend / release: another owner holds the key there.
     Other,
+    /// Batch renewal: the server answered the batch (each lease's renewal
+    /// then has its own outcome).
+    Answered,
     /// No answer within the per-node timeout, or no connection.
     Unreachable(String),
     /// The server answered with an error.
@@ -78,6 +86,7 @@ impl fmt::Display for NodeOutcome {
             NodeOutcome::Ours => write!(f, "ours"),
             NodeOutcome::Free => write!(f, "free"),
             NodeOutcome::Other => write!(f, "held by another owner"),
+            NodeOutcome::Answered => write!(f, "answered"),
             NodeOutcome::Unreachable(why) => write!(f, "unreachable: {why}"),
             NodeOutcome::Failed(why) => write!(f, "error: {why}"),
         }
@@ -90,9 +99,11 @@ impl fmt::Display for NodeOutcome {
 /// `Unavailable` source to it for the details.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuorumReport {
-    /// The step: `acquire`, `extend`, `release`, `inspect`.
+    /// The step: `connect`, `acquire`, `extend`, `extend_many`, `release`,
+    /// `inspect`.
     pub step: &'static str,
-    /// The lock key.
+    /// The lock key (empty for a step over no one key: `connect`, a batch
+    /// renewal).
     pub key: String,
     /// How many servers must agree.
     pub quorum: usize,
@@ -112,14 +123,11 @@ impl QuorumReport {
 
 impl fmt::Display for QuorumReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} of {:?} needs {} of {} servers",
-            self.step,
-            self.key,
-            self.quorum,
-            self.nodes.len()
-        )?;
+        write!(f, "{}", self.step)?;
+        if !self.key.is_empty() {
+            write!(f, " of {:?}", self.key)?;
+        }
+        write!(f, " needs {} of {} servers", self.quorum, self.nodes.len())?;
         if let Some(note) = &self.note {
             write!(f, " ({note})")?;
         }
@@ -133,3 +141,62 @@ impl fmt::Display for QuorumReport {
 }
 
 impl std::error::Error for QuorumReport {}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A server's answer that `owner` holds the key with `token`, `left_ms`
+    /// to go.
+    pub(crate) fn held(owner: &str, token: u64, left_ms: u64) -> NodeOutcome {
+        let mut info = LockInfo::new(
+            Some(FencingToken(token)),
+            Some(Duration::from_millis(left_ms)),
+        );
+        info.owner_hint = Some(owner.into());
+        NodeOutcome::Held(info)
+    }
+
+    #[test]
+    fn a_report_names_every_server_and_its_answer() {
+        let report = QuorumReport {
+            step: "acquire",
+            key: "k".into(),
+            quorum: 2,
+            nodes: vec![
+                ("127.0.0.1:1".into(), NodeOutcome::Acquired(FencingToken(4))),
+                ("127.0.0.1:2".into(), held("aaaa", 3, 1200)),
+                (
+                    "127.0.0.1:3".into(),
+                    NodeOutcome::Unreachable("no answer within 25ms".into()),
+                ),
+            ],
+            note: None,
+        };
+        assert_eq!(
+            report.to_string(),
+            "acquire of \"k\" needs 2 of 3 servers: 127.0.0.1:1 acquired (counter 4); \
+             127.0.0.1:2 held by aaaa (token 3, 1200 ms left); \
+             127.0.0.1:3 unreachable: no answer within 25ms"
+        );
+        assert_eq!(report.count(NodeOutcome::is_unknown), 1);
+    }
+
+    #[test]
+    fn a_report_over_no_one_key_names_none() {
+        let report = QuorumReport {
+            step: "connect",
+            key: String::new(),
+            quorum: 2,
+            nodes: vec![("127.0.0.1:1".into(), NodeOutcome::Free)],
+            note: Some("fewer than a quorum of servers could be connected".into()),
+        };
+        assert_eq!(
+            report.to_string(),
+            "connect needs 2 of 1 servers (fewer than a quorum of servers could be connected): \
+             127.0.0.1:1 free"
+        );
+    }
+}

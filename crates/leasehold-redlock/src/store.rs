@@ -1,16 +1,24 @@
-//! One server's place in the quorum: a [`RedisNode`] once connected. A server
-//! that is down when the backend starts (or whose first connect fails) is
-//! connected later, in the background, when an operation needs it; callers
-//! never wait longer than their own per-node timeout for it.
+//! The servers: [`Nodes`] connects N of them (a quorum up front, the rest
+//! in the background) and runs one step on many at once ([`Nodes::fan_out`]),
+//! each bounded by its own per-node timeout. A [`Slot`] is one server's place:
+//! a [`RedisNode`] once connected. A server that is down when the backend
+//! starts (or whose first connect fails) is connected later, in the
+//! background, when an operation needs it; callers never wait longer than
+//! their own per-node timeout for it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::LockError;
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use leasehold_core::{Key, LockError, OwnerToken};
 use leasehold_redis::{KeyLayout, RedisNode};
 use tokio::sync::watch;
 
 use crate::NAME;
+use crate::error::{NodeOutcome, QuorumReport};
 
 #[derive(Clone, Default)]
 struct State {
@@ -21,10 +29,10 @@ struct State {
     error: Option<String>,
 }
 
-/// A server slot; cheap to share.
+/// One server's place in the quorum; cheap to share.
 pub(crate) struct Slot {
     /// `host:port`, for errors and logs.
-    pub addr: String,
+    pub(crate) addr: String,
     client: redis::Client,
     layout: KeyLayout,
     timeout: Duration,
@@ -32,7 +40,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub fn new(client: redis::Client, layout: KeyLayout, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(client: redis::Client, layout: KeyLayout, timeout: Duration) -> Arc<Self> {
         let addr = client.get_connection_info().addr().to_string();
         Arc::new(Slot {
             addr,
@@ -44,14 +52,14 @@ impl Slot {
     }
 
     /// The connected node, if any.
-    pub fn node(&self) -> Option<RedisNode> {
+    pub(crate) fn node(&self) -> Option<RedisNode> {
         self.state.borrow().node.clone()
     }
 
     /// The node, connecting first if needed. Waits for the connect attempt in
     /// flight (or a new one); the caller bounds the wait with its own timeout,
     /// and the attempt goes on in the background if the caller gives up.
-    pub async fn get(self: &Arc<Self>) -> Result<RedisNode, LockError> {
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<RedisNode, LockError> {
         let mut receiver = self.state.subscribe();
         if let Some(node) = &receiver.borrow().node {
             return Ok(node.clone());
@@ -121,5 +129,209 @@ impl std::fmt::Debug for Slot {
             .field("addr", &self.addr)
             .field("connected", &self.state.borrow().node.is_some())
             .finish()
+    }
+}
+
+/// The N servers of one backend and the quorum N/2+1 over them; clones
+/// share the servers.
+#[derive(Debug, Clone)]
+pub(crate) struct Nodes {
+    slots: Vec<Arc<Slot>>,
+    quorum: usize,
+}
+
+impl Nodes {
+    /// Connects every server at once and returns when a quorum is connected
+    /// (the rest go on connecting in the background), with whether every
+    /// server is connected and keeps its counters across a restart (AOF with
+    /// fsync always). Each connected server's eviction policy is checked and
+    /// logged. Fewer than a quorum within `timeout` is
+    /// [`LockError::Unavailable`]; a server listed twice is a config error.
+    pub(crate) async fn connect(
+        clients: Vec<redis::Client>,
+        layout: KeyLayout,
+        timeout: Duration,
+    ) -> Result<(Self, bool), LockError> {
+        if clients.is_empty() {
+            return Err(LockError::Config(
+                "redlock needs at least one server".into(),
+            ));
+        }
+        let slots: Vec<Arc<Slot>> = clients
+            .into_iter()
+            .map(|client| Slot::new(client, layout.clone(), timeout))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for slot in &slots {
+            if !seen.insert(slot.addr.clone()) {
+                return Err(LockError::Config(format!(
+                    "redlock server {} is listed twice; the servers must be independent",
+                    slot.addr
+                )));
+            }
+        }
+        if slots.len().is_multiple_of(2) {
+            tracing::warn!(
+                servers = slots.len(),
+                "redlock over an even number of servers tolerates no more failures than one server fewer"
+            );
+        }
+        let nodes = Nodes {
+            quorum: slots.len() / 2 + 1,
+            slots,
+        };
+        let durable = nodes.connect_quorum(timeout).await?;
+        Ok((nodes, durable))
+    }
+
+    /// Connects every slot at once and waits for a quorum (or for every
+    /// attempt to end); see [`Nodes::connect`].
+    async fn connect_quorum(&self, timeout: Duration) -> Result<bool, LockError> {
+        let slots = &self.slots;
+        let mut pending: FuturesUnordered<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| async move { (i, tokio::time::timeout(timeout, slot.get()).await) })
+            .collect();
+        let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; slots.len()];
+        let mut connected = 0;
+        while let Some((i, result)) = pending.next().await {
+            outcomes[i] = Some(match result {
+                Ok(Ok(_)) => {
+                    connected += 1;
+                    NodeOutcome::Ours
+                }
+                Ok(Err(error)) => NodeOutcome::from_error(error),
+                Err(_) => NodeOutcome::Unreachable(format!("no connection within {timeout:?}")),
+            });
+            if connected >= self.quorum {
+                // Stragglers go on connecting in the background.
+                break;
+            }
+        }
+        if connected < self.quorum {
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    Some(NodeOutcome::Ours) => NodeOutcome::Free,
+                    Some(other) => other,
+                    None => NodeOutcome::Unreachable("pending".into()),
+                })
+                .collect();
+            let note = "fewer than a quorum of servers could be connected";
+            return Err(LockError::unavailable(
+                NAME,
+                self.report("connect", "", outcomes, Some(note.into())),
+            ));
+        }
+        // Every connected server's configuration: durable counters, and the
+        // eviction policy (any but `noeviction` can evict a held lock key, see
+        // `leasehold_redis::SafetyFinding`), logged per server.
+        let probes = join_all(slots.iter().map(|slot| async move {
+            let node = slot.node()?;
+            let persistence = tokio::time::timeout(timeout, node.persistence())
+                .await
+                .ok()?;
+            persistence.log_findings(&slot.addr);
+            Some(persistence.durable_fencing())
+        }))
+        .await;
+        Ok(connected == slots.len() && probes.into_iter().all(|durable| durable == Some(true)))
+    }
+
+    /// How many servers must agree: N/2+1.
+    pub(crate) fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// The servers' `host:port`, in configuration order.
+    pub(crate) fn servers(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// The connected servers' nodes (`None`: not connected yet).
+    pub(crate) fn nodes(&self) -> Vec<Option<RedisNode>> {
+        self.slots.iter().map(|s| s.node()).collect()
+    }
+
+    /// Every server's index.
+    pub(crate) fn all(&self) -> Vec<usize> {
+        (0..self.slots.len()).collect()
+    }
+
+    /// Runs `op` on the servers `which` (indices) in parallel, each bounded
+    /// by `per_node` (connecting included). Results come in `which`'s order.
+    pub(crate) async fn fan_out<T, F, Fut>(
+        &self,
+        which: &[usize],
+        per_node: Duration,
+        op: F,
+    ) -> Vec<Result<T, LockError>>
+    where
+        F: Fn(RedisNode) -> Fut,
+        Fut: Future<Output = Result<T, LockError>>,
+    {
+        let op = &op;
+        join_all(which.iter().map(|&i| {
+            let slot = &self.slots[i];
+            async move {
+                let call = async move { op(slot.get().await?).await };
+                match tokio::time::timeout(per_node, call).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        let state = if slot.node().is_some() {
+                            ""
+                        } else {
+                            " (not connected)"
+                        };
+                        Err(LockError::unavailable(
+                            NAME,
+                            format!("no answer within {per_node:?}{state}"),
+                        ))
+                    }
+                }
+            }
+        }))
+        .await
+    }
+
+    /// Compare-and-deletes `owner`'s key on the servers `which`, in parallel.
+    pub(crate) async fn release_on(
+        &self,
+        which: &[usize],
+        key: &Key,
+        owner: &OwnerToken,
+        per_node: Duration,
+    ) -> Vec<NodeOutcome> {
+        self.fan_out(which, per_node, |node| async move {
+            node.release_raw(key, owner).await
+        })
+        .await
+        .into_iter()
+        .map(NodeOutcome::from_ownership)
+        .collect()
+    }
+
+    /// The report of one step: every server's outcome, in configuration
+    /// order.
+    pub(crate) fn report(
+        &self,
+        step: &'static str,
+        key: &str,
+        outcomes: Vec<NodeOutcome>,
+        note: Option<String>,
+    ) -> QuorumReport {
+        QuorumReport {
+            step,
+            key: key.to_owned(),
+            quorum: self.quorum,
+            nodes: self.servers().into_iter().zip(outcomes).collect(),
+            note,
+        }
+    }
+
+    /// The server at `i`'s `host:port`.
+    pub(crate) fn addr(&self, i: usize) -> &str {
+        &self.slots[i].addr
     }
 }

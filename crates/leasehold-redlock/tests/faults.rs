@@ -10,15 +10,17 @@ use std::time::Duration;
 use leasehold_conformance::fixtures;
 use leasehold_conformance::history::{History, Holding};
 use leasehold_conformance::proxy::Proxy;
+use leasehold_core::config::BackendConfig;
 use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
 use leasehold_redis::{KeyLayout, RedisNode};
-use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend};
+use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend, RedlockConfig};
 use tokio::time::Instant;
 
 async fn connect(url: &str) -> RedlockBackend {
-    RedlockBackend::builder()
-        .timeout(Duration::from_secs(1))
-        .connect(url)
+    let config = RedlockConfig::from_url(url)
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .timeout(Duration::from_secs(1));
+    RedlockBackend::connect_with(config)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
@@ -233,6 +235,18 @@ async fn server_paused_past_the_ttl_while_a_lock_is_held() {
             assert_eq!(report.count(|o| *o == NodeOutcome::Ours), 1, "{report}");
         }
         got => panic!("extend with a majority paused should be Unavailable, got {got:?}"),
+    }
+    // A batch renewal that no quorum answered fails as a whole, with one
+    // report of the batch, not one copy of it per lease.
+    let batch = [(lease.clone(), ttl), (lease.clone(), ttl)];
+    match backend.extend_many(&batch).await {
+        Err(error @ LockError::Unavailable { .. }) => {
+            let report = report_of(&error);
+            assert_eq!(report.step, "extend_many", "{report}");
+            assert_eq!(report.count(NodeOutcome::is_unknown), 2, "{report}");
+            assert_eq!(report.count(|o| *o == NodeOutcome::Answered), 1, "{report}");
+        }
+        got => panic!("extend_many with a majority paused should fail as a whole, got {got:?}"),
     }
     tokio::time::timeout(Duration::from_secs(10), guard.lost())
         .await
@@ -506,7 +520,10 @@ async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
             matches!(extend, Err(LockError::InvalidTtl { .. })),
             "extend with {ttl:?}: expected InvalidTtl, got {extend:?}"
         );
-        let many = backend.extend_many(&[(lease.clone(), ttl)]).await;
+        let many = backend
+            .extend_many(&[(lease.clone(), ttl)])
+            .await
+            .expect("a batch of invalid TTLs sends nothing and fails nothing as a whole");
         assert!(
             matches!(many[..], [Err(LockError::InvalidTtl { .. })]),
             "extend_many with {ttl:?}: expected InvalidTtl, got {many:?}"

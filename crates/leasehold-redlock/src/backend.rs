@@ -1,0 +1,200 @@
+//! [`RedlockBackend`]: connecting, tooling accessors, and the thin
+//! [`LockBackend`] impl over the quorum steps ([`Quorum`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leasehold_core::config::BackendConfig;
+use leasehold_core::{
+    Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseListener,
+    RetryPolicy, Waiting, cancel_safe, wait_for_lock,
+};
+use leasehold_redis::config::poll_capped;
+use leasehold_redis::{KeyLayout, RedisNode};
+
+use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedlockConfig};
+use crate::quorum::Quorum;
+use crate::store::Nodes;
+use crate::{MIN_TTL, NAME};
+
+/// Locks over N Redis servers (see the [crate docs](crate) for the algorithm
+/// and its guarantees). Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct RedlockBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    quorum: Quorum,
+    /// Whether every server was connected at start and keeps its counters
+    /// across a restart.
+    durable: bool,
+    poll: Option<Duration>,
+    holder: String,
+}
+
+impl RedlockBackend {
+    /// Connects by URL (`redlock://h1:p1,h2:p2,h3:p3?…`, see
+    /// [`RedlockConfig::from_url`]). Cancel safe: a dropped connect takes no
+    /// lock and leaves nothing behind.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        Self::connect_with(RedlockConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`: returns once a quorum of servers is
+    /// connected; the rest connect in the background. Fewer than a quorum
+    /// within the per-call timeout is [`LockError::Unavailable`]. Cancel
+    /// safe: a dropped connect takes no lock and leaves nothing behind.
+    pub async fn connect_with(config: RedlockConfig) -> Result<Self, LockError> {
+        let shared = config.shared();
+        let timeout = shared.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(LockError::Config(
+                "redlock timeout must be above zero".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&config.node_timeout_factor) {
+            return Err(LockError::Config(format!(
+                "redlock node_timeout_factor {} must be from 0 up to 1",
+                config.node_timeout_factor
+            )));
+        }
+        let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
+        let (nodes, durable) = Nodes::connect(config.servers.clone(), layout, timeout).await?;
+        let quorum = Quorum::new(
+            nodes,
+            timeout,
+            config.node_timeout_factor,
+            config.min_node_timeout,
+            shared.drift.unwrap_or_default(),
+            config.clock.clone(),
+        );
+        Ok(RedlockBackend {
+            inner: Arc::new(Inner {
+                quorum,
+                durable,
+                poll: shared.poll,
+                holder: shared.holder_or_default(),
+            }),
+        })
+    }
+
+    /// How many servers must agree: N/2+1.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum.nodes.quorum()
+    }
+
+    /// The servers' `host:port`, in configuration order.
+    pub fn servers(&self) -> Vec<String> {
+        self.inner.quorum.nodes.servers()
+    }
+
+    /// The connected servers' nodes (`None`: not connected yet), for raw
+    /// calls and tooling.
+    pub fn nodes(&self) -> Vec<Option<RedisNode>> {
+        self.inner.quorum.nodes.nodes()
+    }
+
+    /// Who holds the locks taken through this backend (the `holder`
+    /// option). Not stored with each lease yet (see [`RedlockConfig`]).
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
+    }
+
+    /// Each server's share of an operation on a lease of `ttl`:
+    /// `ttl × factor`, clamped to the floor and the per-call timeout. Never
+    /// panics: the factor is below 1 (checked at connect), so the product
+    /// is at most `ttl`.
+    pub fn node_timeout(&self, ttl: Duration) -> Duration {
+        self.inner.quorum.node_timeout(ttl)
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedlockBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .fencing(Fencing::BestEffort)
+            .durable_fencing(self.inner.durable)
+            .waiting(Waiting::Polled)
+            .fairness(Fairness::None)
+            .min_ttl(MIN_TTL)
+            .ttl_granularity(Duration::from_millis(1))
+            .holder_info(true)
+            .atomic_multi_key(false)
+            .batch_extend(true)
+    }
+
+    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
+    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
+    /// timeout) leaves no key held, because a quorum granted after it left is
+    /// released at once in the background. Servers that did not answer are
+    /// sent a compare-and-delete too, on the same connection as the acquire,
+    /// so a frozen server that runs the queued acquire when it wakes runs the
+    /// delete right after it.
+    async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+        self.inner.quorum.check_ttl(ttl)?;
+        let (this, key) = (self.inner.clone(), key.clone());
+        let releaser = self.inner.clone();
+        cancel_safe(
+            NAME,
+            async move { this.quorum.attempt(&key, ttl).await },
+            move |lease| async move { releaser.quorum.release(&lease).await },
+        )
+        .await
+    }
+
+    /// The core waiting loop, polling (no release signal over N servers);
+    /// `poll` caps its pauses.
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        wait: &RetryPolicy,
+    ) -> Result<Lease, LockError> {
+        wait_for_lock(self, key, ttl, &poll_capped(wait, self.inner.poll)).await
+    }
+
+    /// Cancel safety: dropping it may leave the renewal applied on some
+    /// servers; that only keeps our own key longer (until the new TTL), and
+    /// the lease's `valid_until` is unchanged, so nothing is promised that
+    /// the servers do not keep.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        self.inner.quorum.extend(lease, ttl).await
+    }
+
+    /// One script call per server for the whole batch, all servers at
+    /// once: a slow server costs the per-node timeout once, not once per
+    /// lease. Fewer than a quorum of servers answering fails the whole
+    /// call. Cancel safety as [`LockBackend::extend`].
+    async fn extend_many(
+        &self,
+        renewals: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
+        self.inner.quorum.extend_many(renewals).await
+    }
+
+    /// Cancel safety: dropping it may leave the key deleted on some servers
+    /// and not on others; what is left frees itself at its TTL, and a later
+    /// `release` of the same lease finishes the job.
+    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        self.inner.quorum.release(lease).await
+    }
+
+    /// Read-only; cancel safe.
+    async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
+        self.inner.quorum.inspect(key).await
+    }
+
+    /// No release signal: a subscription per server and a quorum of them
+    /// would be needed; waiters poll.
+    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
+        None
+    }
+}
