@@ -509,7 +509,7 @@ mod tests {
     #[test]
     fn url_parameters_are_read_and_removed() {
         let config = PostgresConfig::from_url(
-            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout=250ms&table=my%22t&ttl=2s",
+            "postgres://u:p@127.0.0.1:5432/db?mode=table&namespace=app&sslmode=disable&timeout=250ms&table=my%22t&ttl=2s&poll=50ms",
         )
         .unwrap();
         let settings = config.settings();
@@ -517,6 +517,7 @@ mod tests {
         assert_eq!(settings.max_connections, 10, "table mode's default pool");
         assert_eq!(settings.namespace, "app");
         assert_eq!(settings.timeout, Duration::from_millis(250));
+        assert_eq!(settings.poll, Some(Duration::from_millis(50)));
         assert_eq!(settings.qualified_table(), r#""public"."my""t""#);
         assert_eq!(
             config.sqlx_url(),
