@@ -1,3 +1,6 @@
+//! The backend's plumbing: the state every call shares ([`Shared`]: pool,
+//! settings, statements, release feed), and advisory mode's sessions.
+//!
 //! Advisory mode's sessions: one task per held lease owns the lease's
 //! connection, serves its renewals and its release, and in between waits on
 //! the connection's socket, so the end of the session (terminated backend,
