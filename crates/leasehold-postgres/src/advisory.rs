@@ -73,7 +73,7 @@ fn inspect_sql(table: &str) -> String {
 /// server pid.
 type AcquireRow = (Option<i64>, Option<i64>, Option<String>, i64, i32);
 
-/// One attempt. A pinned session comes from [`Sessions`](crate::session):
+/// One attempt. A pinned session comes from [`Sessions`](crate::store::Sessions):
 /// if this future is dropped mid-call, the session is dropped with it and
 /// closed (never reused), which frees a lock the server may have granted.
 pub(crate) async fn try_acquire(

@@ -1,6 +1,6 @@
 //! [`PostgresBackend`]: construction, and the thin [`LockBackend`] impl that
-//! hands each call to its mode's algorithm ([`advisory`](crate::advisory) or
-//! [`table`](crate::table)).
+//! hands each call to its mode's algorithm ([`crate::advisory`] or
+//! [`crate::table`]).
 
 use std::fmt;
 use std::str::FromStr;
