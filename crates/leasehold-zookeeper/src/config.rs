@@ -330,4 +330,16 @@ mod tests {
         assert_eq!(options.drift_value().factor, 0.02);
         assert_eq!(options.drift_value().fixed, Duration::from_millis(5));
     }
+
+    #[test]
+    fn poll_wins_over_its_old_name_and_locker_options_are_left_to_the_locker() {
+        let options =
+            ZkConfig::from_url("zk://a:1?recheck=5s&poll=1s&holder=w-7&ttl=5s&wait=1s").unwrap();
+        assert_eq!(options.poll_value(), Duration::from_secs(1));
+        assert_eq!(options.shared().holder.as_deref(), Some("w-7"));
+        let error = ZkConfig::from_url("zk://a:1?pol=1s")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("did you mean `poll`"), "{error}");
+    }
 }
