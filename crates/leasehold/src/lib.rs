@@ -41,6 +41,16 @@ pub struct ReadmeDoctests;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+#[cfg(any(
+    feature = "redis",
+    feature = "redlock",
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "postgres",
+    feature = "dynamodb"
+))]
+use leasehold_core::config::BackendConfig;
+
 pub use leasehold_core::*;
 pub use options::Options;
 
