@@ -346,6 +346,55 @@ async fn a_waiter_is_handed_the_lock_by_notification_not_polling() {
     assert!(next.fencing_token() > lease.fencing_token());
 }
 
+/// The shared `poll` option caps a waiter's pauses: with notifications off
+/// and a retry policy that would sleep a minute (past its 30 s deadline), a
+/// waiter still takes the lock after its release, by polling.
+#[tokio::test]
+async fn poll_caps_a_waiters_pauses_when_no_notification_comes() {
+    let Some(server) = support::server(&[], false).await else {
+        return;
+    };
+    let backend = RedisBackend::connect_with(
+        config(&server.url)
+            .namespace(namespace("poll"))
+            .notifications(false)
+            .poll(Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
+    let k = key("polled");
+    let lease = backend.try_acquire(&k, TTL).await.unwrap();
+    let policy = RetryPolicy::new(Duration::from_secs(30))
+        .with_delays(Duration::from_secs(60), Duration::from_secs(60));
+    let before = evalsha_calls(&backend).await;
+    let waiter = {
+        let (backend, k) = (backend.clone(), k.clone());
+        tokio::spawn(async move { backend.acquire(&k, TTL, &policy).await })
+    };
+    // Release only once the waiter has tried (and found the key held).
+    let mut attempted = false;
+    for _ in 0..1000 {
+        if evalsha_calls(&backend).await > before {
+            attempted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(attempted, "the waiter never made its first attempt");
+    backend.release(&lease).await.unwrap();
+    let released = tokio::time::Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("a waiter polling every 20 ms never took the released lock")
+        .unwrap()
+        .expect("the polling waiter should hold the lock");
+    println!(
+        "the polling waiter took the lock {:?} after the release",
+        released.elapsed()
+    );
+    assert!(next.fencing_token() > lease.fencing_token());
+}
+
 /// Retries `call` while the store is `Unavailable` (bounded: ~60 tries, 250 ms
 /// apart, each bounded by the backend's timeout); any other error fails.
 async fn until_available<T, F, Fut>(mut call: F) -> T
@@ -532,6 +581,11 @@ async fn urls_carry_password_and_database() {
         RedisBackend::connect_with(config(&format!("redis://:s3cret@{addr}/3")).namespace("urls"))
             .await
             .expect("password and db from the url");
+    let shown = format!("{backend:?}");
+    assert!(
+        !shown.contains("s3cret"),
+        "a connected backend's Debug shows its password: {shown}"
+    );
     let lease = backend.try_acquire(&key("in db 3"), TTL).await.unwrap();
     let in_db: i64 = redis_cmd(&backend, &redis::cmd("DBSIZE")).await;
     assert_eq!(in_db, 2, "lock and counter keys should be in db 3");
