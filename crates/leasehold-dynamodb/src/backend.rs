@@ -51,7 +51,10 @@ impl DynamoDbBackend {
     /// connects; creates the table first if `config` asks for it.
     /// Cancel safe: a dropped connect takes no lock and leaves nothing behind.
     pub async fn connect_with(config: DynamoDbConfig) -> Result<Self, LockError> {
-        let store = Store::open(&config, None).await?;
+        // Boxed: the AWS configuration chain's future nests deeply, and a
+        // caller's own async fn (an application's `main`, the facade's scheme
+        // table) would otherwise exceed the compiler's layout depth limit.
+        let store = Box::pin(Store::open(&config, None)).await?;
         Ok(Self::over(store, &config))
     }
 
@@ -63,7 +66,7 @@ impl DynamoDbBackend {
         config: DynamoDbConfig,
         client: Client,
     ) -> Result<Self, LockError> {
-        let store = Store::open(&config, Some(client)).await?;
+        let store = Box::pin(Store::open(&config, Some(client))).await?;
         Ok(Self::over(store, &config))
     }
 
