@@ -274,28 +274,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// again: the timeout granted is the server's minimum (or [`PROBE_ASK`], if
 /// the minimum is lower). `None` when no answer comes within the operation
 /// timeout (the client gives a session this short only a short time to
-/// connect, so a slow link can fail the probe).
+/// connect, so a slow link or a loaded machine can fail one try: it tries
+/// again until the operation timeout, since a wrong guess here changes
+/// `min_ttl`).
 async fn probe_min(options: &ZkConfig) -> Option<Duration> {
     let probing = async {
-        for attempt in 1..=3 {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             let connecting = Client::connector()
                 .with_session_timeout(PROBE_ASK)
                 .with_connection_timeout(PROBE_ASK * 3 / 5)
                 .with_fail_eagerly()
                 .connect(&options.hosts);
             match connecting.await {
-                Ok(client) => return Some(client.session_timeout()), // dropped: closed
+                Ok(client) => return client.session_timeout(), // dropped: closed
                 Err(error) => {
                     tracing::debug!(%error, attempt, "probing zookeeper's minimum session timeout failed")
                 }
             }
         }
-        None
     };
     tokio::time::timeout(options.timeout_value(), probing)
         .await
         .ok()
-        .flatten()
 }
 
 /// Connects a client with a session of `timeout`, bounded by the operation
