@@ -38,8 +38,8 @@
 //!   reports end-of-stream or an error; a [`Locker`](leasehold_core::Locker)
 //!   guard then reports `lost()` with reason `SessionEnded`. Measured on
 //!   loopback, from `pg_terminate_backend` returning to the guard's `lost()`
-//!   completing, over 20 terminations (two runs): **p50 2.8–3.2 ms, max
-//!   6.4–7.1 ms** (`cargo test -p leasehold-postgres --test advisory
+//!   completing, over 20 terminations (five runs): **p50 2.3–3.2 ms, max
+//!   3.4–7.1 ms** (`cargo test -p leasehold-postgres --test advisory
 //!   session_end_to_lost -- --nocapture`). `pg_terminate_backend` returns
 //!   once it has signalled the server process, so this includes that
 //!   process's exit.
