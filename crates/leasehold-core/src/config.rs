@@ -144,9 +144,22 @@ const SECRET_OPTIONS: &[&str] = &[
 /// scheme and the last `@` is treated as user information, of which only the
 /// user name (up to the first `:`) is kept.
 pub fn redact_url(url: &str) -> String {
+    // A scheme is letters, digits, `+`, `-`, `.` before the first `:`;
+    // anything else (`user:pw@host`, `postgres//u:pw@h`) has none, and its
+    // first `:` may be the password's.
     let (scheme, rest) = match url.find(':') {
-        Some(at) => url.split_at(at + 1),
-        None => ("", url),
+        Some(at)
+            if url[..at].starts_with(|c: char| c.is_ascii_alphabetic())
+                && url[..at]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            // `user:pw@host` looks like a scheme `user`: a scheme is
+            // followed by `/` when user information comes after it.
+            && (url[at + 1..].starts_with('/') || !url[at + 1..].contains('@')) =>
+        {
+            url.split_at(at + 1)
+        }
+        _ => ("", url),
     };
     let slashes = rest.len() - rest.trim_start_matches('/').len();
     let (slashes, rest) = rest.split_at(slashes);
@@ -273,6 +286,8 @@ mod tests {
             format!("etcd://root:{sentinel}@h1:2379,h2:2379"),
             format!("zk://h?password={sentinel}"),
             format!("redis+unix:///run/redis.sock?db=1&pass={sentinel}"),
+            format!("postgres//user:{sentinel}@host/db"),
+            format!("user:{sentinel}@host"),
         ] {
             let shown = redact_url(&url);
             assert!(!shown.contains(sentinel), "{url} redacted to {shown}");

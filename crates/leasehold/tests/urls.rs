@@ -158,7 +158,8 @@ fn a_secret_in_an_option_value_is_not_echoed() {
 
 #[test]
 fn a_misspelt_option_names_the_closest_known_one_on_every_scheme() {
-    for template in templates() {
+    // The malformed templates fail before any option is read.
+    for template in templates().into_iter().filter(|t| t.contains("://")) {
         let url = template.replace("{q}", "namspace=billing");
         let error = runtime().block_on(connect(&url)).err().unwrap_or_else(|| {
             panic!(
