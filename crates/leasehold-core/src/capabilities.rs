@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config;
+use crate::clock::MAX_DURATION;
 use crate::error::LockError;
 
 /// How far fencing tokens can be trusted.
@@ -156,7 +156,7 @@ impl Capabilities {
     }
 
     /// Checks a TTL against [`Capabilities::min_ttl`] and the library-wide
-    /// maximum ([`config::MAX_DURATION`], one year): outside them is
+    /// maximum ([`MAX_DURATION`], one year): outside them is
     /// [`LockError::InvalidTtl`] naming the bound, so no backend multiplies or
     /// adds an absurd duration.
     ///
@@ -171,7 +171,7 @@ impl Capabilities {
     pub fn check_ttl(&self, backend: &'static str, ttl: Duration) -> Result<(), LockError> {
         let reason = if ttl < self.min_ttl {
             format!("must be at least {:?}", self.min_ttl)
-        } else if ttl > config::MAX_DURATION {
+        } else if ttl > MAX_DURATION {
             "must be at most one year".to_owned()
         } else {
             return Ok(());

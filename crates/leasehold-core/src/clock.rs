@@ -108,6 +108,12 @@ impl Clock for TestClock {
     }
 }
 
+/// The longest TTL any backend accepts, and the longest duration a
+/// configuration value may name (one year). Longer values are almost always a
+/// unit mistake, and bounding them keeps every `Instant + Duration` in range.
+/// (Also `leasehold_core::config::MAX_DURATION`.)
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How far [`instant_after`] saturates: about thirty years, the horizon tokio
 /// itself uses for "never".
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);

@@ -28,10 +28,7 @@ use crate::backend::LockBackend;
 use crate::clock::Drift;
 use crate::error::LockError;
 
-/// The longest TTL any backend accepts, and the longest duration a
-/// configuration value may name (one year). Longer values are almost always a
-/// unit mistake, and bounding them keeps every `Instant + Duration` in range.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::clock::MAX_DURATION;
 
 /// Parses `250ms`, `1.5s`, `2m` or `1h` (at most [`MAX_DURATION`]). A bare
 /// number is an error: no store guesses the unit.

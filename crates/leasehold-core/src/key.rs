@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::error::LockError;
-
 /// The longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -115,33 +113,34 @@ impl TryFrom<String> for Key {
 
 /// Anything that names a key: `&str`, `String`, `Key`, `&Key`.
 pub trait IntoKey {
-    /// Validates (if needed) and converts.
-    fn into_key(self) -> Result<Key, LockError>;
+    /// Validates (if needed) and converts; a name that breaks a key rule
+    /// gives that [`KeyRule`] (a `LockError::InvalidKey` through `?`).
+    fn into_key(self) -> Result<Key, KeyRule>;
 }
 
 impl IntoKey for Key {
-    fn into_key(self) -> Result<Key, LockError> {
+    fn into_key(self) -> Result<Key, KeyRule> {
         Ok(self)
     }
 }
 impl IntoKey for &Key {
-    fn into_key(self) -> Result<Key, LockError> {
+    fn into_key(self) -> Result<Key, KeyRule> {
         Ok(self.clone())
     }
 }
 impl IntoKey for &str {
-    fn into_key(self) -> Result<Key, LockError> {
-        Ok(Key::new(self)?)
+    fn into_key(self) -> Result<Key, KeyRule> {
+        Key::new(self)
     }
 }
 impl IntoKey for String {
-    fn into_key(self) -> Result<Key, LockError> {
-        Ok(Key::new(self)?)
+    fn into_key(self) -> Result<Key, KeyRule> {
+        Key::new(self)
     }
 }
 impl IntoKey for &String {
-    fn into_key(self) -> Result<Key, LockError> {
-        Ok(Key::new(self.as_str())?)
+    fn into_key(self) -> Result<Key, KeyRule> {
+        Key::new(self.as_str())
     }
 }
 

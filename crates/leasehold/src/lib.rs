@@ -113,7 +113,7 @@ pub async fn connect_with(url: &str, options: Options) -> Result<Locker, LockErr
 /// `retry_min`, `retry_max`, `auto_extend`) go to the returned [`Options`];
 /// shared store options (`namespace`, `timeout`, `poll`, `holder`,
 /// `drift_*`) and the backend's own go to the backend's
-/// [`BackendConfig`](config::BackendConfig), exactly as the backend crate's
+/// [`BackendConfig`], exactly as the backend crate's
 /// own `connect(url)` parses them.
 pub async fn open(
     url: &str,
