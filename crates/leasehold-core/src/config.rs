@@ -265,6 +265,50 @@ pub fn apply_query<'a>(
     Ok(())
 }
 
+/// The setters of the [`SharedConfig`] options, written once for every
+/// backend's config: `shared_setters!();` inside `impl XConfig { .. }` (the
+/// type implements [`BackendConfig`]) gives it `namespace`, `timeout`,
+/// `poll`, `holder` and `drift`, each overriding what its URL said.
+#[macro_export]
+macro_rules! shared_setters {
+    () => {
+        /// Keeps this application's locks apart from others' on a shared
+        /// store (URL option `namespace`).
+        pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+            $crate::config::BackendConfig::shared_mut(&mut self).namespace = Some(namespace.into());
+            self
+        }
+
+        /// The bound on each store call; past it a call is `Unavailable`
+        /// (URL option `timeout`).
+        pub fn timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            $crate::config::BackendConfig::shared_mut(&mut self).timeout = Some(timeout);
+            self
+        }
+
+        /// How often a waiter re-checks without a notification (URL option
+        /// `poll`).
+        pub fn poll(mut self, poll: ::std::time::Duration) -> Self {
+            $crate::config::BackendConfig::shared_mut(&mut self).poll = Some(poll);
+            self
+        }
+
+        /// Who holds a lease, stored with it where the store keeps holder
+        /// metadata (URL option `holder`).
+        pub fn holder(mut self, holder: impl Into<String>) -> Self {
+            $crate::config::BackendConfig::shared_mut(&mut self).holder = Some(holder.into());
+            self
+        }
+
+        /// The validity drift allowance (URL options `drift_factor`,
+        /// `drift_fixed`).
+        pub fn drift(mut self, drift: $crate::Drift) -> Self {
+            $crate::config::BackendConfig::shared_mut(&mut self).drift = Some(drift);
+            self
+        }
+    };
+}
+
 /// One backend's configuration: parsed from its URL with the shared grammar,
 /// built in code, and turned into a connected backend. Every backend crate
 /// implements it in its `config.rs`, and offers `XBackend::connect(url)` and

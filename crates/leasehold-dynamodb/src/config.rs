@@ -84,42 +84,7 @@ impl DynamoDbConfig {
         self.endpoint.as_deref()
     }
 
-    /// Separates this application's locks from others' in a shared table
-    /// (default `leasehold`). Must not contain `#` or control characters.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
-
-    /// The bound on every store call (default 5 s); past it the call fails
-    /// with [`LockError::Unavailable`]. The SDK's own retries are disabled so
-    /// the bound holds; callers retry through their `RetryPolicy`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-
-    /// How often a waiter re-checks a held key at the least: caps the
-    /// pauses of the acquisition's retry policy (default: the policy's own).
-    /// DynamoDB signals no releases, so waiters always poll.
-    pub fn poll(mut self, interval: Duration) -> Self {
-        self.shared.poll = Some(interval);
-        self
-    }
-
-    /// Who holds a lease: stored with each lease (attribute `holder`) and
-    /// shown by `inspect`, never trusted (default
-    /// [`default_holder`](leasehold_core::config::default_holder)).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-
-    /// The drift allowance subtracted from every lease's validity.
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
-        self
-    }
+    leasehold_core::shared_setters!();
 
     /// The name of the table's partition key attribute (a string, `S`), for
     /// an existing table (default `pk`). The table must have no sort key.

@@ -73,29 +73,7 @@ impl EtcdConfig {
         }
     }
 
-    /// The prefix of every etcd key this backend writes (default
-    /// `leasehold/`). A namespace that does not end with `/` gets one
-    /// appended (`app` and `app/` are the same namespace): keys are encoded
-    /// without `/`, so the `/` after the namespace marks where it ends and
-    /// two different (namespace, key) pairs never share a queue (`app` + `2:x`
-    /// and `app2` + `:x` once did). Namespaces ending in `/` keep the layout
-    /// of earlier versions; others move from `app<key>/` to `app/<key>/`, so
-    /// do not run old and new versions on such a namespace at once.
-    ///
-    /// Applications sharing an etcd cluster use different namespaces, neither
-    /// of which may be a prefix of the other (`app/` and `app/x/` would see
-    /// each other's queues and could block each other; they still never share
-    /// a lock).
-    ///
-    /// ```
-    /// use leasehold_etcd::EtcdConfig;
-    /// assert_eq!(EtcdConfig::default().namespace("app").namespace_str(), "app/");
-    /// assert_eq!(EtcdConfig::default().namespace("app/").namespace_str(), "app/");
-    /// ```
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
+    leasehold_core::shared_setters!();
 
     /// The namespace in use: the one set (with its `/` appended if missing)
     /// or [`DEFAULT_NAMESPACE`].
@@ -109,35 +87,6 @@ impl EtcdConfig {
             namespace.push('/');
         }
         namespace
-    }
-
-    /// The bound on every single store call (default 5 s). A dead or paused
-    /// store yields [`LockError::Unavailable`] after it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-
-    /// How often a queued waiter re-reads its predecessor in case a watch
-    /// event was lost (default 1 s, jittered). Waiters are woken by their
-    /// watch; this only bounds the latency a lost event can cost.
-    pub fn poll(mut self, interval: Duration) -> Self {
-        self.shared.poll = Some(interval);
-        self
-    }
-
-    /// Who holds this backend's leases, for tooling (default
-    /// [`config::default_holder`]). Kept in the configuration for the admin
-    /// operations; etcd entries do not carry it yet.
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-
-    /// The clock drift allowance subtracted from every lease's validity.
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
-        self
     }
 
     /// The clock the backend reads (inject pauses in tests).

@@ -155,40 +155,8 @@ impl PostgresConfig {
         self.mode = mode;
         self
     }
-    /// Keeps this application's locks apart from others on the same database
-    /// (option `namespace`): the namespace is its own column (and part of the
-    /// advisory hash), so no namespace/key pair can alias another.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
-    /// The bound on every call (option `timeout`; default 5 s; positive, at
-    /// most one year, else connecting is a [`LockError::Config`]); past it a
-    /// call gives [`LockError::Unavailable`]. Also the pools' acquire
-    /// timeout when the backend builds the pool.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-    /// The longest pause of a waiter between attempts when no release signal
-    /// comes (option `poll`; default: the retry policy's own delays).
-    pub fn poll(mut self, poll: Duration) -> Self {
-        self.shared.poll = Some(poll);
-        self
-    }
-    /// Free-form, untrusted holder metadata stored with each lease and shown
-    /// by `inspect` (option `holder`; default: this process's host and pid).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-    /// The drift allowance subtracted from validity (options `drift_factor`,
-    /// `drift_fixed`; `factor` in `[0, 1)`, `fixed` at most one year, else
-    /// connecting is a [`LockError::Config`]).
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
-        self
-    }
+    leasehold_core::shared_setters!();
+
     /// The schema of the crate's table (option `schema`; created if missing,
     /// unless it is `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {

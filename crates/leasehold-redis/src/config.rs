@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use leasehold_core::config::{BackendConfig, SharedConfig, apply_query, boolean, redact_url};
-use leasehold_core::{Drift, LockError, RetryPolicy, SharedClock, system_clock};
+use leasehold_core::{LockError, RetryPolicy, SharedClock, system_clock};
 
 use crate::RedisBackend;
 
@@ -66,42 +66,7 @@ impl RedisConfig {
     pub const UNIX_OPTIONS: &'static [&'static str] =
         &["notifications", "protocol", "db", "user", "pass"];
 
-    /// The prefix that keeps one application's locks apart from another's
-    /// on a shared server (default `"leasehold"`; option `namespace`).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
-
-    /// The per-call timeout (default 2 s; option `timeout`): connect, each
-    /// script call, each pub/sub step. A server that does not answer within
-    /// it is [`LockError::Unavailable`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-
-    /// The longest pause of a waiter between two attempts when no release
-    /// notification comes (option `poll`; default: the retry policy's own
-    /// `max_delay`).
-    pub fn poll(mut self, poll: Duration) -> Self {
-        self.shared.poll = Some(poll);
-        self
-    }
-
-    /// Who holds the locks taken through this backend (option `holder`;
-    /// default `"<host> pid <pid>"`).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-
-    /// The clock drift allowance subtracted from every lease's validity
-    /// (options `drift_factor`, `drift_fixed`).
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
-        self
-    }
+    leasehold_core::shared_setters!();
 
     /// Whether waiters are woken by pub/sub release messages (default on;
     /// option `notifications`); off, they only poll and no pub/sub

@@ -7,7 +7,7 @@ use std::time::Duration;
 use leasehold_core::config::{
     BackendConfig, SharedConfig, apply_query, boolean, duration, invalid, redact_url,
 };
-use leasehold_core::{Drift, LockError, SharedClock, system_clock};
+use leasehold_core::{LockError, SharedClock, system_clock};
 
 use crate::RedlockBackend;
 
@@ -80,40 +80,7 @@ impl RedlockConfig {
         Ok(Self::from_clients(servers))
     }
 
-    /// The prefix that keeps one application's locks apart from another's on
-    /// shared servers (default `"leasehold"`; option `namespace`).
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
-
-    /// The per-call timeout (default 2 s; option `timeout`): bounds
-    /// connects and `inspect`, and caps the per-node timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-
-    /// The longest pause of a waiter between two attempts (option `poll`;
-    /// default: the retry policy's own `max_delay`).
-    pub fn poll(mut self, poll: Duration) -> Self {
-        self.shared.poll = Some(poll);
-        self
-    }
-
-    /// Who holds the locks taken through this backend (option `holder`;
-    /// default `"<host> pid <pid>"`).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-
-    /// The clock drift allowance subtracted from every lease's validity
-    /// (default 1 % + 2 ms; options `drift_factor`, `drift_fixed`).
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
-        self
-    }
+    leasehold_core::shared_setters!();
 
     /// Each server's share of an acquire, extend or release: `ttl × factor`
     /// (default 0.05; option `node_timeout_factor`, from 0 up to 1),

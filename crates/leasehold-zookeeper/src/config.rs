@@ -67,44 +67,11 @@ impl ZkConfig {
         }
     }
 
-    /// Sets the namespace: an absolute ZooKeeper path (`/a/b`, no trailing
-    /// slash, no empty, `.` or `..` segment), checked at connect.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.shared.namespace = Some(namespace.into());
-        self
-    }
+    leasehold_core::shared_setters!();
 
     /// Sets [`ZkConfig::session_timeout`].
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
-        self
-    }
-
-    /// The bound on every single store call; running out is
-    /// [`LockError::Unavailable`]. Default 5 s.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared.timeout = Some(timeout);
-        self
-    }
-
-    /// While waiting in the queue, re-check the queue this often even
-    /// without a watch event (the fallback for a lost notification).
-    /// Default 2 s.
-    pub fn poll(mut self, interval: Duration) -> Self {
-        self.shared.poll = Some(interval);
-        self
-    }
-
-    /// Who holds this backend's leases, for tooling (kept for the admin
-    /// operations; nodes do not carry it yet).
-    pub fn holder(mut self, holder: impl Into<String>) -> Self {
-        self.shared.holder = Some(holder.into());
-        self
-    }
-
-    /// Subtracted from every lease's validity.
-    pub fn drift(mut self, drift: Drift) -> Self {
-        self.shared.drift = Some(drift);
         self
     }
 
