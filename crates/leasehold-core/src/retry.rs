@@ -75,6 +75,26 @@ impl RetryPolicy {
         self
     }
 
+    /// This policy with its pauses capped at `poll` (a backend's shared
+    /// `poll` option), so a waiter re-checks at least that often when no
+    /// notification comes; `None` leaves it as it is.
+    ///
+    /// ```
+    /// use leasehold_core::RetryPolicy;
+    /// use std::time::Duration;
+    /// let capped = RetryPolicy::default().polling_at(Some(Duration::from_millis(50)));
+    /// assert_eq!(capped.max_delay, Duration::from_millis(50));
+    /// assert_eq!(RetryPolicy::default().polling_at(None), RetryPolicy::default());
+    /// ```
+    pub fn polling_at(&self, poll: Option<Duration>) -> Self {
+        match poll {
+            Some(poll) => self
+                .clone()
+                .with_delays(self.min_delay.min(poll), self.max_delay.min(poll)),
+            None => self.clone(),
+        }
+    }
+
     /// A fresh, endless schedule of jittered delays.
     pub fn schedule(&self) -> Schedule {
         let exponential = backon::ExponentialBuilder::default()

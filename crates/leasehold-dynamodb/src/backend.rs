@@ -162,15 +162,7 @@ impl LockBackend for DynamoDbBackend {
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        match self.poll {
-            Some(poll) => {
-                let capped = wait
-                    .clone()
-                    .with_delays(wait.min_delay.min(poll), wait.max_delay.min(poll));
-                wait_for_lock(self, key, ttl, &capped).await
-            }
-            None => wait_for_lock(self, key, ttl, wait).await,
-        }
+        wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }
 
     /// Cancel safety: a dropped extend may still be applied; that only

@@ -248,13 +248,7 @@ impl LockBackend for PostgresBackend {
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        let wait = match self.shared.options.poll {
-            Some(poll) => wait
-                .clone()
-                .with_delays(wait.min_delay.min(poll), wait.max_delay.min(poll)),
-            None => wait.clone(),
-        };
-        wait_for_lock(self, key, ttl, &wait).await
+        wait_for_lock(self, key, ttl, &wait.polling_at(self.shared.options.poll)).await
     }
 
     /// Advisory mode: asks the lease's session task to check the lock is

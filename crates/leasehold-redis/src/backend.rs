@@ -12,7 +12,7 @@ use leasehold_core::{
 };
 
 use crate::NAME;
-use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig, poll_capped};
+use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig};
 use crate::keys::KeyLayout;
 use crate::lease::Leases;
 use crate::notify::PubSub;
@@ -189,7 +189,7 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        wait_for_lock(self, key, ttl, &poll_capped(wait, self.poll)).await
+        wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }
 
     /// Cancel safety: a dropped extend may still be applied; that only keeps

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use leasehold_core::config::{BackendConfig, SharedConfig, apply_query, boolean, redact_url};
-use leasehold_core::{LockError, RetryPolicy, SharedClock, system_clock};
+use leasehold_core::{LockError, SharedClock, system_clock};
 
 use crate::RedisBackend;
 
@@ -195,20 +195,10 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// `wait` with its pauses capped at `poll` (the shared `poll` option), so a
-/// waiter re-checks at least that often when no notification comes.
-pub fn poll_capped(wait: &RetryPolicy, poll: Option<Duration>) -> RetryPolicy {
-    match poll {
-        Some(poll) => wait
-            .clone()
-            .with_delays(wait.min_delay.min(poll), wait.max_delay.min(poll)),
-        None => wait.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leasehold_core::RetryPolicy;
 
     #[test]
     fn the_url_sets_shared_and_own_options_and_passes_the_clients_on() {
@@ -251,8 +241,8 @@ mod tests {
     #[test]
     fn poll_caps_both_delays() {
         let wait = RetryPolicy::default();
-        assert_eq!(poll_capped(&wait, None), wait);
-        let capped = poll_capped(&wait, Some(Duration::from_millis(5)));
+        assert_eq!(wait.polling_at(None), wait);
+        let capped = wait.polling_at(Some(Duration::from_millis(5)));
         assert_eq!(capped.min_delay, Duration::from_millis(5));
         assert_eq!(capped.max_delay, Duration::from_millis(5));
         assert_eq!(capped.deadline, wait.deadline);

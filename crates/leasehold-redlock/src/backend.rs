@@ -10,7 +10,6 @@ use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseListener,
     RetryPolicy, Waiting, cancel_safe, wait_for_lock,
 };
-use leasehold_redis::config::poll_capped;
 use leasehold_redis::{KeyLayout, RedisNode};
 
 use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedlockConfig};
@@ -158,7 +157,7 @@ impl LockBackend for RedlockBackend {
         ttl: Duration,
         wait: &RetryPolicy,
     ) -> Result<Lease, LockError> {
-        wait_for_lock(self, key, ttl, &poll_capped(wait, self.inner.poll)).await
+        wait_for_lock(self, key, ttl, &wait.polling_at(self.inner.poll)).await
     }
 
     /// Cancel safety: dropping it may leave the renewal applied on some
