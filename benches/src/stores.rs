@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures_util::future::{BoxFuture, join_all};
-use leasehold_core::{Key, LockBackend, Locker, OwnerToken, RetryPolicy};
+use leasehold_core::{Key, LockBackend, Locker, OwnerToken, WaitPolicy};
 use leasehold_postgres::sqlx;
 use leasehold_redis::KeyLayout;
 use leasehold_redis::scripts;
@@ -78,7 +78,7 @@ pub fn locker_acquire(locker: Locker, wait: bool) -> Acquire {
 /// A subject for a backend through the default `Locker`.
 pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str) -> Subject {
     let locker = Locker::builder_from_arc(backend)
-        .retry(RetryPolicy::new(Duration::from_secs(60)))
+        .wait(WaitPolicy::new(Duration::from_secs(60)))
         .build();
     Subject {
         name: name.to_owned(),

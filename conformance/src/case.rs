@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Expiry, Fencing, Key, LockBackend, LockError, Locker, RetryPolicy, TtlPolicy,
+    Capabilities, Expiry, Fencing, Key, LockBackend, LockError, Locker, TtlPolicy, WaitPolicy,
 };
 
 use crate::child::ChildHolder;
@@ -146,8 +146,8 @@ impl Ctx {
     pub fn locker(&self, backend: Arc<dyn LockBackend>, ttl: Duration, wait: Duration) -> Locker {
         Locker::builder_from_arc(backend)
             .ttl(TtlPolicy::Fixed(ttl))
-            .retry(
-                RetryPolicy::new(wait)
+            .wait(
+                WaitPolicy::new(wait)
                     .with_delays(Duration::from_millis(5), Duration::from_millis(200)),
             )
             .build()
@@ -285,14 +285,14 @@ mod tests {
     fn check(answer: Result<u32, LockError>, released: &mut bool) -> Result<LockError, Failed> {
         Ok(crate::expect_err!(
             answer,
-            LockError::Timeout { .. },
+            LockError::WaitTimedOut { .. },
             format!("acquire of key {}", "k"),
             _granted => *released = true
         ))
     }
 
     fn timeout() -> LockError {
-        LockError::Timeout {
+        LockError::WaitTimedOut {
             backend: "test",
             key: "k".into(),
             waited: Duration::from_secs(1),
@@ -304,7 +304,7 @@ mod tests {
         let mut released = false;
         assert!(matches!(
             check(Err(timeout()), &mut released),
-            Ok(LockError::Timeout { .. })
+            Ok(LockError::WaitTimedOut { .. })
         ));
         assert!(!released);
     }
@@ -316,7 +316,7 @@ mod tests {
         assert!(released, "the cleanup of an unexpected success did not run");
         assert_eq!(
             message,
-            "acquire of key k: expected Err(LockError::Timeout { .. }), but it succeeded"
+            "acquire of key k: expected Err(LockError::WaitTimedOut { .. }), but it succeeded"
         );
         let other = LockError::NotHeld {
             backend: "test",
@@ -325,7 +325,7 @@ mod tests {
         let Failed(message) = check(Err(other), &mut released).unwrap_err();
         assert_eq!(
             message,
-            "acquire of key k: expected Err(LockError::Timeout { .. }), got Err(test: lock \"k\" \
+            "acquire of key k: expected Err(LockError::WaitTimedOut { .. }), got Err(test: lock \"k\" \
              is not held by this owner)"
         );
     }

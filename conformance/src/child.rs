@@ -9,7 +9,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use leasehold_core::{Key, LockGuard, Locker, RetryPolicy, TtlPolicy};
+use leasehold_core::{Key, LockGuard, Locker, TtlPolicy, WaitPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -34,7 +34,7 @@ pub(crate) async fn serve(factory: Factory) -> Result<(), String> {
                 let key = Key::new(unhex(key)?).map_err(|e| e.to_string())?;
                 let locker = Locker::builder_from_arc(backend.clone())
                     .ttl(TtlPolicy::Fixed(ttl))
-                    .retry(RetryPolicy::new(Duration::from_secs(30)))
+                    .wait(WaitPolicy::new(Duration::from_secs(30)))
                     .build();
                 match locker.lock(&key).await {
                     Ok(g) => {

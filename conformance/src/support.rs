@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Key, Lease, LockBackend, LockError, LockInfo, OwnerToken, ReleaseListener,
-    RetryPolicy, async_trait, wait_for_lock,
+    WaitPolicy, async_trait, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -263,7 +263,7 @@ impl LockBackend for LateAnswer {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, wait).await
     }

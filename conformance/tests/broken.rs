@@ -18,7 +18,7 @@ use std::time::Duration;
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::{
     CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener, RetryPolicy, async_trait,
+    LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener, WaitPolicy, async_trait,
     cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
@@ -62,7 +62,7 @@ enum Bug {
     NoOpExtend,
     /// `acquire` waits until it gets the key, whatever its deadline.
     DeadlineIgnored,
-    /// `acquire` with a zero deadline gives `Timeout` without trying.
+    /// `acquire` with a zero deadline gives `WaitTimedOut` without trying.
     ZeroWaitNeverTries,
     /// The answer is delayed, and validity counted from when it arrived.
     ValidityFromReply,
@@ -253,10 +253,10 @@ impl LockBackend for Toy {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         if self.has(Bug::ZeroWaitNeverTries) && wait.deadline.is_zero() {
-            return Err(LockError::Timeout {
+            return Err(LockError::WaitTimedOut {
                 backend: NAME,
                 key: key.as_str().to_owned(),
                 waited: Duration::ZERO,
@@ -417,7 +417,7 @@ impl LockBackend for SlowButCancelSafe {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, wait).await
     }
@@ -576,7 +576,7 @@ impl LockBackend for SessionToy {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, wait).await
     }

@@ -210,7 +210,7 @@ pub async fn failed_multi_lock_leaves_nothing_held(ctx: Arc<Ctx>) -> Outcome {
     let locker = ctx.locker(other.clone(), ttl, Duration::from_millis(500));
     expect_err!(
         locker.lock_all([c.clone(), b.clone(), a.clone()]).await,
-        LockError::Timeout { .. },
+        LockError::WaitTimedOut { .. },
         "lock_all of keys of which another client holds one"
     );
     for key in [&a, &c] {

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Expiry, Lease, LockBackend, LockError, RetryPolicy, instant_after};
+use leasehold_core::{Expiry, Lease, LockBackend, LockError, WaitPolicy, instant_after};
 use tokio::time::Instant;
 
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
@@ -238,7 +238,7 @@ pub async fn valid_until_is_never_later_than_call_start_plus_ttl(ctx: Arc<Ctx>) 
         ctx.backend.release(&lease).await?;
         overshoot(start, lease.valid_until(), granted_ttl(&ctx, ttl, &lease))
     });
-    let wait = RetryPolicy::new(Duration::from_secs(5));
+    let wait = WaitPolicy::new(Duration::from_secs(5));
     anchored!("acquire", {
         let start = Instant::now();
         let lease = ctx.backend.acquire(&key, ttl, &wait).await?;

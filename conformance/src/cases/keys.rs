@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Key, LockError, Locker, RetryPolicy, TtlPolicy};
+use leasehold_core::{Key, LockError, Locker, TtlPolicy, WaitPolicy};
 
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
 use crate::expect_err;
@@ -129,7 +129,7 @@ pub async fn invalid_keys_and_ttls_get_their_errors(ctx: Arc<Ctx>) -> Outcome {
         );
         expect_err!(
             ctx.backend
-                .acquire(&other, huge, &RetryPolicy::no_wait())
+                .acquire(&other, huge, &WaitPolicy::no_wait())
                 .await,
             LockError::InvalidTtl { .. },
             format!("acquire with a TTL of {huge:?} (above one year)"),

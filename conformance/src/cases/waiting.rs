@@ -4,7 +4,7 @@
 //! - `acquire_wakes_promptly_after_release`: a waiter gets a released key
 //!   soon, on the release signal where waiting is `Notified`.
 //! - `acquire_times_out_with_timeout`: a wait on a key that stays held ends
-//!   with `Timeout`, not before its wait and not long after.
+//!   with `WaitTimedOut`, not before its wait and not long after.
 //! - `zero_wait_acquisition_of_a_free_key_succeeds`: a zero wait still makes
 //!   its one attempt; on a held key it answers promptly.
 //! - `dropped_acquisition_leaves_the_key_free`: a dropped acquisition never
@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Lease, LockError, RetryPolicy, Waiting};
+use leasehold_core::{Lease, LockError, WaitPolicy, Waiting};
 use tokio::time::Instant;
 
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
@@ -50,7 +50,7 @@ pub async fn acquire_wakes_promptly_after_release(ctx: Arc<Ctx>) -> Outcome {
     } else {
         Duration::from_millis(100)
     };
-    let wait = RetryPolicy::new(Duration::from_secs(30)).with_delays(poll, poll);
+    let wait = WaitPolicy::new(Duration::from_secs(30)).with_delays(poll, poll);
     let waiting = {
         let key = key.clone();
         tokio::spawn(async move {
@@ -77,7 +77,7 @@ pub async fn acquire_wakes_promptly_after_release(ctx: Arc<Ctx>) -> Outcome {
     Ok(())
 }
 
-/// `acquire` on a key that stays held gives `Timeout` after its wait (and
+/// `acquire` on a key that stays held gives `WaitTimedOut` after its wait (and
 /// within 20 s of it: an acquire that ignores its deadline fails here, not
 /// by hanging the run).
 pub async fn acquire_times_out_with_timeout(ctx: Arc<Ctx>) -> Outcome {
@@ -89,7 +89,7 @@ pub async fn acquire_times_out_with_timeout(ctx: Arc<Ctx>) -> Outcome {
     let started = Instant::now();
     let answer = tokio::time::timeout(
         wait + Duration::from_secs(20),
-        other.acquire(&key, ttl, &RetryPolicy::new(wait)),
+        other.acquire(&key, ttl, &WaitPolicy::new(wait)),
     )
     .await
     .map_err(|_| {
@@ -100,13 +100,13 @@ pub async fn acquire_times_out_with_timeout(ctx: Arc<Ctx>) -> Outcome {
     })?;
     expect_err!(
         answer,
-        LockError::Timeout { .. },
+        LockError::WaitTimedOut { .. },
         "acquire of a key that stays held",
         lease => other.release(&lease).await
     );
     ensure!(
         started.elapsed() >= wait,
-        "Timeout came before the wait of {wait:?} ({:?})",
+        "WaitTimedOut came before the wait of {wait:?} ({:?})",
         started.elapsed()
     );
     ctx.backend.release(&lease).await?;
@@ -114,19 +114,19 @@ pub async fn acquire_times_out_with_timeout(ctx: Arc<Ctx>) -> Outcome {
 }
 
 /// A zero wait on a free key still makes its one attempt and succeeds:
-/// backend `acquire` with [`RetryPolicy::no_wait`] and
+/// backend `acquire` with [`WaitPolicy::no_wait`] and
 /// `Locker::lock_within(key, Duration::ZERO)`; on a held key it gives
-/// `Timeout` (or `Contended`) promptly.
+/// `WaitTimedOut` (or `Contended`) promptly.
 pub async fn zero_wait_acquisition_of_a_free_key_succeeds(ctx: Arc<Ctx>) -> Outcome {
     let key = ctx.key("free");
     let ttl = ctx.ttl(Duration::from_secs(30));
     let lease = ctx
         .backend
-        .acquire(&key, ttl, &RetryPolicy::no_wait())
+        .acquire(&key, ttl, &WaitPolicy::no_wait())
         .await
         .map_err(|e| {
             Failed(format!(
-                "acquire with RetryPolicy::no_wait() on a free key should make its one attempt \
+                "acquire with WaitPolicy::no_wait() on a free key should make its one attempt \
                  and succeed, got {e}"
             ))
         })?;
@@ -144,13 +144,13 @@ pub async fn zero_wait_acquisition_of_a_free_key_succeeds(ctx: Arc<Ctx>) -> Outc
     let started = Instant::now();
     let held = tokio::time::timeout(
         Duration::from_secs(20),
-        other.acquire(&key, ttl, &RetryPolicy::no_wait()),
+        other.acquire(&key, ttl, &WaitPolicy::no_wait()),
     )
     .await
     .map_err(|_| Failed("a zero-wait acquire of a held key still waited after 20 s".into()))?;
     expect_err!(
         held,
-        LockError::Timeout { .. } | LockError::Contended { .. },
+        LockError::WaitTimedOut { .. } | LockError::Contended { .. },
         "a zero-wait acquire of a key the guard holds",
         lease => other.release(&lease).await
     );
@@ -173,7 +173,7 @@ pub async fn dropped_acquisition_leaves_the_key_free(ctx: Arc<Ctx>) -> Outcome {
     let ttl = ctx.ttl(Duration::from_secs(60));
     let waiter = ctx.client().await?;
     let checker = ctx.client().await?;
-    let wait = RetryPolicy::new(Duration::from_secs(30))
+    let wait = WaitPolicy::new(Duration::from_secs(30))
         .with_delays(Duration::from_millis(1), Duration::from_millis(5));
     let locker = ctx.locker(waiter.clone(), ttl, Duration::from_secs(30));
     // Microseconds after the release at which the acquisition is dropped

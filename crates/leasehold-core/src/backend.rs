@@ -13,7 +13,7 @@ use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::retry::{Attempts, RetryPolicy};
+use crate::wait::{Attempts, WaitPolicy};
 
 /// The backend-agnostic lock contract, used as `Arc<dyn LockBackend>`.
 ///
@@ -49,7 +49,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError>;
 
     /// Waits until the key is acquired or `wait.deadline` passes
-    /// ([`LockError::Timeout`]). A store without a queue of its own
+    /// ([`LockError::WaitTimedOut`]). A store without a queue of its own
     /// implements it as `wait_for_lock(self, key, ttl, wait).await` (see
     /// [`wait_for_lock`]): backoff woken early by
     /// [`LockBackend::release_listener`].
@@ -57,7 +57,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError>;
 
     /// Renews a lease we hold for `ttl` from now. Fails with
@@ -128,7 +128,7 @@ macro_rules! forward_backend {
                 &self,
                 key: &Key,
                 ttl: Duration,
-                wait: &RetryPolicy,
+                wait: &WaitPolicy,
             ) -> Result<Lease, LockError> {
                 (**self).acquire(key, ttl, wait).await
             }
@@ -159,12 +159,12 @@ forward_backend!(Arc, Box);
 /// The default waiting loop: attempt, then wait for a release signal or the
 /// next backoff delay, until `wait.deadline`. Retryable store errors are
 /// retried within the deadline; when it passes, contention becomes
-/// [`LockError::Timeout`] and any other error is returned as it is.
+/// [`LockError::WaitTimedOut`] and any other error is returned as it is.
 pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     backend: &B,
     key: &Key,
     ttl: Duration,
-    wait: &RetryPolicy,
+    wait: &WaitPolicy,
 ) -> Result<Lease, LockError> {
     let mut attempts = Attempts::new(wait);
     loop {

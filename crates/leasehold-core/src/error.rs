@@ -27,9 +27,12 @@ pub enum LockError {
         /// The holder, where the store can tell.
         holder: Option<Box<LockInfo>>,
     },
-    /// `acquire` gave up waiting for the key.
+    /// `acquire` gave up waiting for a key that stayed held: the
+    /// [`WaitPolicy`](crate::WaitPolicy) deadline passed. Not a store
+    /// failure: a store call that runs past the backend's `timeout` is
+    /// [`LockError::Unavailable`].
     #[error("{backend}: gave up waiting for lock {key:?} after {waited:?}")]
-    Timeout {
+    WaitTimedOut {
         /// Backend name.
         backend: &'static str,
         /// The key.
@@ -103,7 +106,7 @@ impl LockError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LockError::Contended { .. }
-            | LockError::Timeout { .. }
+            | LockError::WaitTimedOut { .. }
             | LockError::Unavailable { .. } => true,
             LockError::Backend { retryable, .. } => *retryable,
             _ => false,
@@ -153,11 +156,11 @@ impl LockError {
         }
     }
 
-    /// A short label for metrics and spans: `contended`, `timeout`, `lost`, ...
+    /// A short label for metrics and spans: `contended`, `wait_timed_out`, `lost`, ...
     pub fn kind(&self) -> &'static str {
         match self {
             LockError::Contended { .. } => "contended",
-            LockError::Timeout { .. } => "timeout",
+            LockError::WaitTimedOut { .. } => "wait_timed_out",
             LockError::Lost { .. } => "lost",
             LockError::NotHeld { .. } => "not_held",
             LockError::InvalidKey(_) => "invalid_key",

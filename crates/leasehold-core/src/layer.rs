@@ -13,7 +13,7 @@ use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::retry::RetryPolicy;
+use crate::wait::WaitPolicy;
 
 /// Turns one backend into another.
 ///
@@ -77,7 +77,7 @@ impl LockBackend for Timeout {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         with_timeout(
             self.name(),
@@ -159,7 +159,7 @@ impl LockBackend for Traced {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.traced("acquire", key, self.inner.acquire(key, ttl, wait))
             .await

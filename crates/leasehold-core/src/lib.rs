@@ -4,7 +4,7 @@
 //! (lease) crates: [`LockBackend`] (acquire, extend, release, inspect, with
 //! fencing tokens) and everything that does not depend on the store —
 //! [`Locker`] and its self-extending [`LockGuard`]s with loss notification,
-//! ordered multi-lock ([`Locker::lock_all`]), [`RetryPolicy`], [`TtlPolicy`]
+//! ordered multi-lock ([`Locker::lock_all`]), [`WaitPolicy`], [`TtlPolicy`]
 //! (fixed or adaptive), [`Layer`]s, and [`MemoryBackend`], a complete
 //! in-process implementation.
 //!
@@ -47,11 +47,11 @@ mod lease;
 mod locker;
 mod memory;
 mod metrics;
-mod retry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod token;
 mod ttl;
+mod wait;
 mod watchdog;
 
 pub use async_trait::async_trait;
@@ -70,7 +70,9 @@ pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
-pub use retry::{Attempts, RetryPolicy, Schedule};
 pub use token::{FencingToken, OwnerToken};
 pub use tokio_util::sync::CancellationToken;
 pub use ttl::{AdaptiveConfig, AdaptiveTtl, BUCKETS, TtlPolicy};
+#[allow(deprecated)]
+pub use wait::RetryPolicy;
+pub use wait::{Attempts, Schedule, WaitPolicy};

@@ -15,21 +15,21 @@ use crate::guard::{LockGuard, MultiGuard};
 use crate::key::{IntoKey, Key};
 use crate::lease::Lease;
 use crate::metrics;
-use crate::retry::{Attempts, RetryPolicy};
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
+use crate::wait::{Attempts, WaitPolicy};
 use crate::watchdog::Watchdogs;
 
 /// A cheap-to-clone handle over a backend plus its policies; hands out
 /// [`LockGuard`]s that extend themselves and report loss.
 ///
 /// ```
-/// use leasehold_core::{Locker, MemoryBackend, RetryPolicy, TtlPolicy};
+/// use leasehold_core::{Locker, MemoryBackend, WaitPolicy, TtlPolicy};
 /// use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
 /// let locker = Locker::builder(MemoryBackend::new())
 ///     .ttl(TtlPolicy::Fixed(Duration::from_secs(10)))
-///     .retry(RetryPolicy::new(Duration::from_secs(5)))
+///     .wait(WaitPolicy::new(Duration::from_secs(5)))
 ///     .build();
 /// let total = locker
 ///     .with_lock("account:7", |token| async move {
@@ -49,7 +49,7 @@ pub struct Locker {
 struct LockerInner {
     backend: Arc<dyn LockBackend>,
     ttl: TtlPolicy,
-    retry: RetryPolicy,
+    wait: WaitPolicy,
     auto_extend: bool,
     watchdogs: Watchdogs,
 }
@@ -59,7 +59,7 @@ struct LockerInner {
 pub struct LockerBuilder {
     backend: Arc<dyn LockBackend>,
     ttl: TtlPolicy,
-    retry: RetryPolicy,
+    wait: WaitPolicy,
     auto_extend: bool,
 }
 
@@ -69,10 +69,22 @@ impl LockerBuilder {
         self.ttl = ttl;
         self
     }
-    /// The retry policy; its deadline is how long `lock` waits (default 30 s).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+    /// How `lock` waits for a held key: its deadline (default 30 s) and the
+    /// backoff between attempts. Running out gives
+    /// [`LockError::WaitTimedOut`](crate::LockError::WaitTimedOut); a store
+    /// call that runs past the backend's `timeout` gives `Unavailable`.
+    pub fn wait(mut self, wait: WaitPolicy) -> Self {
+        self.wait = wait;
         self
+    }
+
+    /// The old name of [`LockerBuilder::wait`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `wait`: it sets how long and how to wait"
+    )]
+    pub fn retry(self, wait: WaitPolicy) -> Self {
+        self.wait(wait)
     }
     /// Whether guards extend their lease at a third of the TTL (default
     /// true). Without it a guard still reports loss when its validity ends.
@@ -86,7 +98,7 @@ impl LockerBuilder {
             inner: Arc::new(LockerInner {
                 backend: self.backend,
                 ttl: self.ttl,
-                retry: self.retry,
+                wait: self.wait,
                 auto_extend: self.auto_extend,
                 watchdogs: Watchdogs::default(),
             }),
@@ -115,7 +127,7 @@ impl Locker {
         LockerBuilder {
             backend,
             ttl: TtlPolicy::default(),
-            retry: RetryPolicy::default(),
+            wait: WaitPolicy::default(),
             auto_extend: true,
         }
     }
@@ -125,9 +137,9 @@ impl Locker {
         &self.inner.backend
     }
 
-    /// The retry policy.
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.inner.retry
+    /// How `lock` waits (deadline and backoff).
+    pub fn wait_policy(&self) -> &WaitPolicy {
+        &self.inner.wait
     }
 
     /// The TTL policy.
@@ -153,12 +165,11 @@ impl Locker {
         self.acquire_guard(key, None).await
     }
 
-    /// Waits up to the retry policy's deadline; gives [`LockError::Timeout`]
+    /// Waits up to the wait policy's deadline; gives [`LockError::WaitTimedOut`]
     /// after it.
     pub async fn lock(&self, key: impl IntoKey) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
-        self.acquire_guard(key, Some(self.inner.retry.clone()))
-            .await
+        self.acquire_guard(key, Some(self.inner.wait.clone())).await
     }
 
     /// Waits up to `wait`.
@@ -168,13 +179,13 @@ impl Locker {
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
-        self.acquire_guard(key, Some(self.inner.retry.clone().with_deadline(wait)))
+        self.acquire_guard(key, Some(self.inner.wait.clone().with_deadline(wait)))
             .await
     }
 
     /// Takes every key or none: sorts them in one canonical order (the bytes of
     /// the key), drops duplicates and acquires in that order, all within the
-    /// retry policy's deadline. On any failure it releases what it took, in
+    /// wait policy's deadline. On any failure it releases what it took, in
     /// reverse order, before returning the error. Two callers locking {A, B}
     /// and {B, A} at once never deadlock, because both take A first.
     pub async fn lock_all<I>(&self, keys: I) -> Result<MultiGuard, LockError>
@@ -189,10 +200,10 @@ impl Locker {
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         keys.dedup();
         // One deadline for all the keys together.
-        let attempts = Attempts::new(&self.inner.retry);
+        let attempts = Attempts::new(&self.inner.wait);
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
-            let wait = self.inner.retry.clone().with_deadline(attempts.remaining());
+            let wait = self.inner.wait.clone().with_deadline(attempts.remaining());
             match self.acquire_guard(key, Some(wait)).await {
                 Ok(guard) => guards.push(guard),
                 Err(error) => {
@@ -227,7 +238,7 @@ impl Locker {
     async fn acquire_guard(
         &self,
         key: Key,
-        wait: Option<RetryPolicy>,
+        wait: Option<WaitPolicy>,
     ) -> Result<LockGuard, LockError> {
         let backend = &self.inner.backend;
         let name = backend.name();
@@ -307,7 +318,7 @@ mod tests {
     fn locker_on(backend: Arc<dyn LockBackend>, ttl: Duration, wait: Duration) -> Locker {
         Locker::builder_from_arc(backend)
             .ttl(TtlPolicy::Fixed(ttl))
-            .retry(RetryPolicy::new(wait))
+            .wait(WaitPolicy::new(wait))
             .build()
     }
 
@@ -388,7 +399,7 @@ mod tests {
             inner: &dyn LockBackend,
             key: &Key,
             ttl: Duration,
-            wait: &RetryPolicy,
+            wait: &WaitPolicy,
         ) -> Result<Lease, LockError> {
             let lease = inner.acquire(key, ttl, wait).await;
             tokio::time::sleep(self.delay).await;
@@ -518,7 +529,7 @@ mod tests {
         );
         let result = locker.lock_all(["z", "m", "a"]).await;
         assert!(
-            matches!(result, Err(LockError::Timeout { .. })),
+            matches!(result, Err(LockError::WaitTimedOut { .. })),
             "got {result:?}"
         );
         assert!(

@@ -16,8 +16,8 @@ use crate::clock::{Drift, SharedClock, system_clock};
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::retry::RetryPolicy;
 use crate::token::{FencingToken, OwnerToken};
+use crate::wait::WaitPolicy;
 
 const NAME: &str = "memory";
 
@@ -168,7 +168,7 @@ impl LockBackend for MemoryBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, wait).await
     }

@@ -38,7 +38,7 @@ use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::retry::RetryPolicy;
+use crate::wait::WaitPolicy;
 
 /// What a [`Spy`] does on each call; every method forwards to `inner` unless
 /// overridden.
@@ -67,7 +67,7 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
         inner: &dyn LockBackend,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         inner.acquire(key, ttl, wait).await
     }
@@ -146,7 +146,7 @@ impl<H: Hooks> LockBackend for Spy<H> {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.hooks.acquire(&*self.inner, key, ttl, wait).await
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use leasehold_core::testing::{Hooks, Spy};
 use leasehold_core::{
     CancellationToken, Capabilities, Key, Lease, LockBackend, LockError, Locker, LostReason,
-    MemoryBackend, RetryPolicy, TtlPolicy, async_trait,
+    MemoryBackend, TtlPolicy, WaitPolicy, async_trait,
 };
 use tokio::time::Instant;
 
@@ -69,7 +69,7 @@ impl Hooks for Faulty {
         inner: &dyn LockBackend,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         let lease = inner.acquire(key, ttl, wait).await?;
         Ok(lease.with_loss_signal(self.session.clone()))
@@ -109,7 +109,7 @@ impl Hooks for Faulty {
 fn locker(backend: Arc<dyn LockBackend>, ttl: Duration) -> Locker {
     Locker::builder_from_arc(backend)
         .ttl(TtlPolicy::Fixed(ttl))
-        .retry(RetryPolicy::new(Duration::ZERO))
+        .wait(WaitPolicy::new(Duration::ZERO))
         .build()
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     AdaptiveConfig, AdaptiveTtl, Drift, Key, Layer, LockBackend, LockError, Locker, MemoryBackend,
-    RetryPolicy, TimeoutLayer, TtlPolicy, config, instant_after,
+    TimeoutLayer, TtlPolicy, WaitPolicy, config, instant_after,
 };
 use proptest::prelude::*;
 use tokio::time::Instant;
@@ -47,12 +47,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A lock on a free key through the public API with these settings: it must
 /// lock or fail with a typed error.
-async fn lock_with(ttl: TtlPolicy, retry: RetryPolicy, wait: Duration, drift: Drift) {
+async fn lock_with(ttl: TtlPolicy, retry: WaitPolicy, wait: Duration, drift: Drift) {
     let _ = drift.valid_until(Instant::now(), wait);
     let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
     let locker = Locker::builder_from_arc(backend)
         .ttl(ttl)
-        .retry(retry)
+        .wait(retry)
         .build();
     for result in [
         locker.lock("k").await,
@@ -84,7 +84,7 @@ proptest! {
         factor in any_factor(),
         fixed in any_duration(),
     ) {
-        let retry = RetryPolicy::new(deadline).with_delays(min, max);
+        let retry = WaitPolicy::new(deadline).with_delays(min, max);
         for delay in retry.schedule().take(8) {
             prop_assert!(delay >= retry.min_delay.min(retry.max_delay));
         }
@@ -121,7 +121,7 @@ proptest! {
             let _ = adaptive.ttl_for(&key);
         }
         let policy = TtlPolicy::Adaptive(Arc::new(adaptive));
-        runtime().block_on(lock_with(policy, RetryPolicy::no_wait(), Duration::ZERO, Drift::default()));
+        runtime().block_on(lock_with(policy, WaitPolicy::no_wait(), Duration::ZERO, Drift::default()));
     }
 
     #[test]

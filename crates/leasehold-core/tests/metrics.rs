@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    Key, LockBackend, LockError, Locker, MemoryBackend, RetryPolicy, TestClock, TtlPolicy,
+    Key, LockBackend, LockError, Locker, MemoryBackend, TestClock, TtlPolicy, WaitPolicy,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
@@ -69,7 +69,7 @@ async fn locker_emits_the_documented_metrics() {
     let ttl = Duration::from_secs(3);
     let locker = Locker::builder_from_arc(backend.clone())
         .ttl(TtlPolicy::Fixed(ttl))
-        .retry(RetryPolicy::new(Duration::from_secs(30)))
+        .wait(WaitPolicy::new(Duration::from_secs(30)))
         .build();
 
     // Acquired, then contended; the holder's guard counts as held.

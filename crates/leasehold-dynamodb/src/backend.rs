@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::Client;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, extend_each, wait_for_lock,
+    ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe, extend_each, wait_for_lock,
 };
 
 use crate::config::DynamoDbConfig;
@@ -160,7 +160,7 @@ impl LockBackend for DynamoDbBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }

@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use leasehold_core::{
-    Attempts, Drift, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy,
-    SharedClock,
+    Attempts, Drift, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, SharedClock,
+    WaitPolicy,
 };
 use tokio::time::Instant;
 
@@ -256,7 +256,7 @@ impl Leases {
                 ttl,
                 this.drift,
             );
-            let policy = RetryPolicy::new(ttl)
+            let policy = WaitPolicy::new(ttl)
                 .with_delays(Duration::from_millis(100), Duration::from_secs(1));
             let mut attempts = Attempts::new(&policy);
             loop {

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use leasehold_core::config::Secret;
-use leasehold_core::{Attempts, Key, LockError, RetryPolicy, with_timeout};
+use leasehold_core::{Attempts, Key, LockError, WaitPolicy, with_timeout};
 
 use crate::config::DynamoDbConfig;
 use crate::error::{self, NAME, is_missing_table, is_table_in_use};
@@ -148,7 +148,7 @@ impl Store {
             Err(err) => return Err(error::map(table, err)),
         }
         let poll = Duration::from_millis(200);
-        let policy = RetryPolicy::new(self.timeout.saturating_mul(60)).with_delays(poll, poll);
+        let policy = WaitPolicy::new(self.timeout.saturating_mul(60)).with_delays(poll, poll);
         let mut attempts = Attempts::new(&policy);
         loop {
             let described = self

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::{OP_TIMEOUT, assert_backend_error_naming, start, table};
 use leasehold_conformance::Store;
 use leasehold_core::{
-    Key, LockBackend, LockError, Locker, OwnerToken, RetryPolicy, TestClock, TtlPolicy,
+    Key, LockBackend, LockError, Locker, OwnerToken, TestClock, TtlPolicy, WaitPolicy,
 };
 use leasehold_dynamodb::{DynamoDbBackend, DynamoDbConfig};
 use tokio::time::Instant;
@@ -138,8 +138,8 @@ async fn the_poll_option_makes_a_waiter_recheck_at_least_that_often() {
     let ttl = Duration::from_secs(60);
     let lease = holder.try_acquire(&k, ttl).await.expect("acquire");
     // Pauses of 30 s against a 20 s deadline: uncapped, the first pause would
-    // outlast the deadline and the wait would end in Timeout.
-    let wait = RetryPolicy::default()
+    // outlast the deadline and the wait would end in WaitTimedOut.
+    let wait = WaitPolicy::default()
         .with_delays(Duration::from_secs(30), Duration::from_secs(30))
         .with_deadline(Duration::from_secs(20));
     let started = Instant::now();
@@ -325,7 +325,7 @@ async fn a_killed_holder_frees_the_lock_after_one_observed_lease() {
     holder_runtime.shutdown_background();
 
     let lease = waiter
-        .acquire(&k, ttl, &RetryPolicy::default().with_deadline(ttl * 10))
+        .acquire(&k, ttl, &WaitPolicy::default().with_deadline(ttl * 10))
         .await
         .expect("the dead holder's lock is freed within a bounded wait");
     // The holder last rewrote its RVN at most a third of a lease before it

@@ -11,7 +11,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, RetryPolicy, Waiting, with_timeout,
+    ReleaseListener, WaitPolicy, Waiting, with_timeout,
 };
 
 use crate::NAME;
@@ -184,7 +184,7 @@ impl LockBackend for EtcdBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.store.lock(key, ttl, wait).await
     }

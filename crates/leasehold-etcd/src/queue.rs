@@ -12,7 +12,7 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use leasehold_core::{
-    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy, instant_after,
+    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, WaitPolicy, instant_after,
 };
 use tokio::time::Instant;
 
@@ -135,21 +135,21 @@ impl Store {
 
     /// Queues and waits (watch on the predecessor) until the lock is ours or
     /// `wait.deadline` passes; one attempt always happens, and a zero wait is
-    /// `try_acquire` reported as `Timeout` when the key is held. Cancel safe:
+    /// `try_acquire` reported as `WaitTimedOut` when the key is held. Cancel safe:
     /// a dropped waiter's entry is deleted from a background task, so the key
     /// frees as soon as the holder releases (not when the TTL runs out).
     pub(crate) async fn lock(
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         let secs = self.ttl_secs(ttl)?;
         if wait.deadline.is_zero() {
             // One attempt and no waiting: the same as `try_acquire` (no write
             // when the key is held), reported as the timeout it is.
             return match self.try_lock(key, ttl).await {
-                Err(LockError::Contended { key, .. }) => Err(LockError::Timeout {
+                Err(LockError::Contended { key, .. }) => Err(LockError::WaitTimedOut {
                     backend: NAME,
                     key,
                     waited: Duration::ZERO,
@@ -333,7 +333,7 @@ impl Store {
         &self,
         key: &Key,
         secs: u64,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         let keys = LockKeys::new(&self.namespace, key);
         let mut attempts = Attempts::new(wait);
@@ -524,7 +524,7 @@ async fn pause(attempts: &mut Attempts) {
     }
 }
 
-/// The `Timeout` of a waiter that gave up.
+/// The `WaitTimedOut` of a waiter that gave up.
 fn timed_out(key: &Key, attempts: &Attempts) -> LockError {
     attempts.give_up(LockError::contended(NAME, key.as_str(), None))
 }

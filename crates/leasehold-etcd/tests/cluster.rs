@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use common::key;
 use leasehold_conformance::fixtures::{self, ContainerSpec, Network};
-use leasehold_core::{LockBackend, LockError, RetryPolicy};
+use leasehold_core::{LockBackend, LockError, WaitPolicy};
 use leasehold_etcd::{EtcdBackend, EtcdConfig};
 
 /// A node of the cluster: its client port published on 127.0.0.1:`host_port`
@@ -143,7 +143,7 @@ async fn stopping_the_leader_never_yields_two_valid_holders() {
                     .acquire(
                         &k,
                         Duration::from_secs(3),
-                        &RetryPolicy::new(Duration::from_secs(5)),
+                        &WaitPolicy::new(Duration::from_secs(5)),
                     )
                     .await
                 {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Store, key, options, queue_len};
 use leasehold_conformance::fixtures::{self, eventually};
-use leasehold_core::{LockBackend, LockError, Locker, OwnerToken, RetryPolicy};
+use leasehold_core::{LockBackend, LockError, Locker, OwnerToken, WaitPolicy};
 use leasehold_etcd::EtcdConfig;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -19,12 +19,12 @@ async fn a_zero_wait_acquire_takes_a_free_key() {
     let backend = store.backend(options()).await;
     let k = key("zero-wait");
     let lease = backend
-        .acquire(&k, TTL, &RetryPolicy::no_wait())
+        .acquire(&k, TTL, &WaitPolicy::no_wait())
         .await
-        .expect("acquire with RetryPolicy::no_wait() on a free key should take it");
-    match backend.acquire(&k, TTL, &RetryPolicy::no_wait()).await {
-        Err(LockError::Timeout { .. }) => {}
-        other => panic!("a zero wait on a held key should be Timeout, got {other:?}"),
+        .expect("acquire with WaitPolicy::no_wait() on a free key should take it");
+    match backend.acquire(&k, TTL, &WaitPolicy::no_wait()).await {
+        Err(LockError::WaitTimedOut { .. }) => {}
+        other => panic!("a zero wait on a held key should be WaitTimedOut, got {other:?}"),
     }
     assert_eq!(
         queue_len(&backend, "zero-wait").await,
@@ -108,7 +108,7 @@ async fn waiters_that_time_out_leave_no_retirement_markers_behind() {
             let k = k.clone();
             tokio::spawn(async move {
                 backend
-                    .acquire(&k, TTL, &RetryPolicy::new(Duration::from_millis(300)))
+                    .acquire(&k, TTL, &WaitPolicy::new(Duration::from_millis(300)))
                     .await
             })
         })
@@ -116,7 +116,7 @@ async fn waiters_that_time_out_leave_no_retirement_markers_behind() {
     let mut timed_out = 0;
     for waiter in waiters {
         match waiter.await.unwrap() {
-            Err(LockError::Timeout { .. }) => timed_out += 1,
+            Err(LockError::WaitTimedOut { .. }) => timed_out += 1,
             other => panic!("a waiter behind a holder should time out, got {other:?}"),
         }
     }
@@ -158,7 +158,7 @@ async fn an_acquire_dropped_while_queued_leaves_no_entry() {
         let k = k.clone();
         tokio::spawn(async move {
             backend
-                .acquire(&k, ttl, &RetryPolicy::new(Duration::from_secs(60)))
+                .acquire(&k, ttl, &WaitPolicy::new(Duration::from_secs(60)))
                 .await
         })
     };

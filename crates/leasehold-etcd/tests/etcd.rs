@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use common::{Store, key, options, queue_len};
 use leasehold_conformance::Store as _;
 use leasehold_conformance::fixtures::eventually;
-use leasehold_core::{Fairness, Fencing, LockBackend, LockError, Locker, RetryPolicy, Waiting};
+use leasehold_core::{Fairness, Fencing, LockBackend, LockError, Locker, WaitPolicy, Waiting};
 use leasehold_etcd::{EtcdBackend, EtcdConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn wait(deadline: Duration) -> RetryPolicy {
-    RetryPolicy::new(deadline)
+fn wait(deadline: Duration) -> WaitPolicy {
+    WaitPolicy::new(deadline)
 }
 
 /// Starts `acquire` on `name` in a task and returns once its queue entry is
@@ -324,7 +324,7 @@ async fn a_dropped_or_timed_out_waiter_leaves_no_queue_entry() {
         .try_acquire(&k, Duration::from_secs(10))
         .await
         .unwrap();
-    // Timed out: Timeout, and its entry is gone.
+    // Timed out: WaitTimedOut, and its entry is gone.
     let started = Instant::now();
     match backend
         .acquire(
@@ -334,8 +334,10 @@ async fn a_dropped_or_timed_out_waiter_leaves_no_queue_entry() {
         )
         .await
     {
-        Err(LockError::Timeout { waited, .. }) => assert!(waited >= Duration::from_millis(300)),
-        other => panic!("expected Timeout, got {other:?}"),
+        Err(LockError::WaitTimedOut { waited, .. }) => {
+            assert!(waited >= Duration::from_millis(300))
+        }
+        other => panic!("expected WaitTimedOut, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(queue_len(&backend, "cancel").await, 1);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseFeed, ReleaseListener, RetryPolicy, Waiting, async_trait, cancel_safe, extend_each,
+    ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe, extend_each,
     wait_for_lock,
 };
 use sqlx::PgPool;
@@ -245,7 +245,7 @@ impl LockBackend for PostgresBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         wait_for_lock(self, key, ttl, &wait.polling_at(self.shared.options.poll)).await

@@ -87,7 +87,7 @@ impl FromStr for Mode {
 ///
 /// Defaults: mode advisory, namespace `""`, schema `public`, the mode's
 /// default table, channel `leasehold_release`, `timeout` 5 s per call, no
-/// `poll` cap (the retry policy's own delays), `holder` this process's host
+/// `poll` cap (the wait policy's own delays), `holder` this process's host
 /// and pid, drift [`Drift::default`], a lazily filled pool of at most 50
 /// connections in advisory mode (one per held lock) and 10 in table mode,
 /// migrations on.

@@ -115,7 +115,7 @@
 //!   `leasehold_release`); one shared LISTEN per backend, on its own
 //!   connection and owned by core's [`ReleaseFeed`](leasehold_core::ReleaseFeed),
 //!   wakes waiters (`Waiting::Notified`), and wakes all of them after a
-//!   reconnect. Polling with the retry policy's backoff remains the
+//!   reconnect. Polling with the wait policy's backoff remains the
 //!   fallback: a lost signal costs latency, never a hang. Try-then-wait was
 //!   chosen over a blocking `pg_advisory_lock` with `lock_timeout` because a
 //!   blocked statement cannot be bounded by the per-call timeout without

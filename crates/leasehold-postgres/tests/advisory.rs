@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, advisory_holder_pid, key, options};
 use leasehold_conformance::fixtures::eventually;
-use leasehold_core::{LockBackend, LockError, Locker, RetryPolicy, TtlPolicy};
+use leasehold_core::{LockBackend, LockError, Locker, TtlPolicy, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
 use sqlx::postgres::PgPoolOptions;
 
@@ -150,7 +150,7 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
         let a = a.clone();
         let k = k.clone();
         async move {
-            a.acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+            a.acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(20)))
                 .await
         }
     });
@@ -184,7 +184,7 @@ async fn killing_the_holders_connection_frees_the_lock_and_the_holder_learns_it_
     assert!(killed);
 
     let next = other
-        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(20)))
         .await
         .expect("the lock is free once its session is gone");
     assert!(next.fencing_token() > lease.fencing_token());
@@ -232,7 +232,7 @@ async fn a_holder_that_stops_extending_loses_the_lock_after_its_ttl() {
         Err(LockError::Contended { .. })
     ));
     let next = other
-        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(20)))
         .await
         .expect("the server ends the idle session after the TTL");
     assert!(next.fencing_token() > lease.fencing_token());

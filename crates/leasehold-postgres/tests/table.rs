@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Server, key, options};
-use leasehold_core::{LockBackend, LockError, RetryPolicy};
+use leasehold_core::{LockBackend, LockError, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig, migration_sql};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -163,7 +163,7 @@ async fn a_dead_holders_row_frees_after_its_ttl_by_the_database_clock() {
         Err(LockError::Contended { .. })
     ));
     let next = other
-        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(20)))
+        .acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(20)))
         .await
         .expect("the row frees once its TTL passed");
     assert!(next.fencing_token() > lease.fencing_token());

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseFeed,
-    ReleaseListener, RetryPolicy, Waiting, cancel_safe, wait_for_lock,
+    ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 
 use crate::NAME;
@@ -187,7 +187,7 @@ impl LockBackend for RedisBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }

@@ -198,7 +198,7 @@ impl fmt::Debug for RedisConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leasehold_core::RetryPolicy;
+    use leasehold_core::WaitPolicy;
 
     #[test]
     fn the_url_sets_shared_and_own_options_and_passes_the_clients_on() {
@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn poll_caps_both_delays() {
-        let wait = RetryPolicy::default();
+        let wait = WaitPolicy::default();
         assert_eq!(wait.polling_at(None), wait);
         let capped = wait.polling_at(Some(Duration::from_millis(5)));
         assert_eq!(capped.min_delay, Duration::from_millis(5));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leasehold_conformance::Store;
 use leasehold_core::{
-    Drift, FencingToken, Key, Lease, LockBackend, LockError, OwnerToken, RetryPolicy, Wake,
+    Drift, FencingToken, Key, Lease, LockBackend, LockError, OwnerToken, WaitPolicy, Wake,
 };
 use leasehold_redis::{NAME, RedisBackend};
 use support::config;
@@ -319,7 +319,7 @@ async fn a_waiter_is_handed_the_lock_by_notification_not_polling() {
     let lease = backend.try_acquire(&k, TTL).await.unwrap();
     // Polls at most once a minute: within the 30 s deadline only a release
     // notification can wake it after its first attempt.
-    let policy = RetryPolicy::new(Duration::from_secs(30))
+    let policy = WaitPolicy::new(Duration::from_secs(30))
         .with_delays(Duration::from_secs(60), Duration::from_secs(60));
     let before = evalsha_calls(&backend).await;
     let waiter = {
@@ -347,7 +347,7 @@ async fn a_waiter_is_handed_the_lock_by_notification_not_polling() {
 }
 
 /// The shared `poll` option caps a waiter's pauses: with notifications off
-/// and a retry policy that would sleep a minute (past its 30 s deadline), a
+/// and a wait policy that would sleep a minute (past its 30 s deadline), a
 /// waiter still takes the lock after its release, by polling.
 #[tokio::test]
 async fn poll_caps_a_waiters_pauses_when_no_notification_comes() {
@@ -364,7 +364,7 @@ async fn poll_caps_a_waiters_pauses_when_no_notification_comes() {
     .unwrap();
     let k = key("polled");
     let lease = backend.try_acquire(&k, TTL).await.unwrap();
-    let policy = RetryPolicy::new(Duration::from_secs(30))
+    let policy = WaitPolicy::new(Duration::from_secs(30))
         .with_delays(Duration::from_secs(60), Duration::from_secs(60));
     let before = evalsha_calls(&backend).await;
     let waiter = {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseListener,
-    RetryPolicy, Waiting, cancel_safe, wait_for_lock,
+    WaitPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 use leasehold_redis::{KeyLayout, RedisNode};
 
@@ -155,7 +155,7 @@ impl LockBackend for RedlockBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.inner.poll)).await
     }

@@ -27,7 +27,7 @@
 //! - **errors** list every server's answer ([`QuorumReport`]): a key taken on
 //!   a majority is [`LockError::Contended`](leasehold_core::LockError::Contended) (the report is the holder's
 //!   `metadata`); too few servers reachable is [`LockError::Unavailable`](leasehold_core::LockError::Unavailable)
-//!   (the report is its source). Neither is [`LockError::Timeout`](leasehold_core::LockError::Timeout), which only
+//!   (the report is its source). Neither is [`LockError::WaitTimedOut`](leasehold_core::LockError::WaitTimedOut), which only
 //!   `acquire` gives when its wait runs out.
 //!
 //! ```no_run
@@ -74,7 +74,7 @@
 //!   use a single Redis with `appendonly yes` + `appendfsync always`
 //!   (`leasehold-redis`, `Strict`), or etcd, ZooKeeper or Postgres.
 //! - **Waiting is [`Waiting::Polled`](leasehold_core::Waiting::Polled)**: `acquire` retries with the caller's
-//!   [`RetryPolicy`](leasehold_core::RetryPolicy), whose full jitter spreads
+//!   [`WaitPolicy`](leasehold_core::WaitPolicy), whose full jitter spreads
 //!   competing clients so they do not split the vote forever; a failed attempt
 //!   gives its partial keys back at once, so the next attempt finds them free.
 //!   (Release notifications would need a subscription per server and a

@@ -11,7 +11,7 @@ use leasehold_conformance::fixtures;
 use leasehold_conformance::history::{History, Holding};
 use leasehold_conformance::proxy::Proxy;
 use leasehold_core::config::BackendConfig;
-use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, RetryPolicy, TtlPolicy};
+use leasehold_core::{Key, LockBackend, LockError, LockInfo, Locker, TtlPolicy, WaitPolicy};
 use leasehold_redis::{KeyLayout, RedisNode};
 use leasehold_redlock::{NodeOutcome, QuorumReport, RedlockBackend, RedlockConfig};
 use tokio::time::Instant;
@@ -148,8 +148,8 @@ async fn majority_down_fails_in_bounded_time_and_leaves_nothing_locked() {
         "the failed attempt left the key locked on the live server"
     );
 
-    // Waiting does not turn it into a hang or a Timeout either.
-    let wait = RetryPolicy::new(Duration::from_millis(800));
+    // Waiting does not turn it into a hang or a WaitTimedOut either.
+    let wait = WaitPolicy::new(Duration::from_millis(800));
     let started = Instant::now();
     match backend.acquire(&k, ttl, &wait).await {
         Err(LockError::Unavailable { .. }) => {}
@@ -326,8 +326,8 @@ async fn racing_clients_under_a_minority_partition_never_both_hold() {
     for (c, client) in clients.iter().enumerate() {
         let locker = Locker::builder(client.clone())
             .ttl(TtlPolicy::Fixed(ttl))
-            .retry(
-                RetryPolicy::new(Duration::from_secs(60))
+            .wait(
+                WaitPolicy::new(Duration::from_secs(60))
                     .with_delays(Duration::from_millis(2), Duration::from_millis(50)),
             )
             .build();

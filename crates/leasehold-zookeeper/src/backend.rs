@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Drift, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, OwnerToken, ReleaseListener, RetryPolicy, Waiting, extend_each,
+    LockError, LockInfo, OwnerToken, ReleaseListener, WaitPolicy, Waiting, extend_each,
     with_timeout,
 };
 use tokio::time::Instant;
@@ -264,7 +264,7 @@ impl LockBackend for ZkBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.lock(key, ttl, wait).await
     }

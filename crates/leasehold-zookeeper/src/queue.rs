@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use leasehold_core::{
-    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, RetryPolicy,
+    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, WaitPolicy,
 };
 use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
@@ -308,7 +308,7 @@ impl ZkBackend {
         &self,
         key: &Key,
         ttl: Duration,
-        wait: &RetryPolicy,
+        wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.valid_ttl(ttl)?;
         let mut attempts = Attempts::new(wait);
@@ -340,7 +340,7 @@ impl ZkBackend {
     pub(crate) async fn delete_node(&self, lease: &Lease, held: &Held) -> Result<(), LockError> {
         const RETRY: Duration = Duration::from_millis(50);
         let client = &held.session.client;
-        let mut attempts = Attempts::new(&RetryPolicy::new(self.timeout).with_delays(RETRY, RETRY));
+        let mut attempts = Attempts::new(&WaitPolicy::new(self.timeout).with_delays(RETRY, RETRY));
         let mut retried = false;
         loop {
             let answer =

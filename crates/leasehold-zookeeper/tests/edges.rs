@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::children;
 use leasehold_conformance::fixtures::eventually;
 use leasehold_conformance::proxy::Proxy;
-use leasehold_core::{Key, LockBackend, LockError, RetryPolicy};
+use leasehold_core::{Key, LockBackend, LockError, WaitPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
 
@@ -80,7 +80,7 @@ async fn a_cut_off_holder_frees_its_key_within_its_ttl_not_the_backend_session_t
     let cut = Instant::now();
     let bound = ttl + Duration::from_secs(4);
     let taken = other
-        .acquire(&k, ttl, &RetryPolicy::new(bound))
+        .acquire(&k, ttl, &WaitPolicy::new(bound))
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -119,7 +119,7 @@ async fn an_abandoned_contender_is_removed_even_when_the_first_delete_is_lost() 
         let (waiter, k) = (waiter.clone(), k.clone());
         tokio::spawn(async move {
             waiter
-                .acquire(&k, ttl, &RetryPolicy::new(Duration::from_secs(60)))
+                .acquire(&k, ttl, &WaitPolicy::new(Duration::from_secs(60)))
                 .await
         })
     };
@@ -167,7 +167,7 @@ async fn an_acquire_dropped_while_queued_leaves_no_contender_node() {
         let (waiter, k) = (waiter.clone(), k.clone());
         tokio::spawn(async move {
             waiter
-                .acquire(&k, ttl, &RetryPolicy::new(Duration::from_secs(60)))
+                .acquire(&k, ttl, &WaitPolicy::new(Duration::from_secs(60)))
                 .await
         })
     };

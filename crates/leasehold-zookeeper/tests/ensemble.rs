@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_conformance::fixtures::{self, Container, Network};
-use leasehold_core::{FencingToken, Key, LockBackend, RetryPolicy};
+use leasehold_core::{FencingToken, Key, LockBackend, WaitPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
 
@@ -114,7 +114,7 @@ async fn killing_the_leader_never_lets_two_holders_overlap_and_locks_recover() {
             );
             workers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    let wait = RetryPolicy::new(Duration::from_secs(10));
+                    let wait = WaitPolicy::new(Duration::from_secs(10));
                     let lease = match backend.acquire(&key, Duration::from_secs(4), &wait).await {
                         Ok(lease) => lease,
                         Err(error) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{SESSION, children};
 use leasehold_conformance::fixtures::eventually;
 use leasehold_conformance::proxy::Proxy;
-use leasehold_core::{Key, LockBackend, LockError, RetryPolicy};
+use leasehold_core::{Key, LockBackend, LockError, WaitPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
 
@@ -34,7 +34,7 @@ async fn waiters_acquire_in_the_order_they_queued() {
         let (k, order) = (k.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             let lease = backend
-                .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(60)))
+                .acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(60)))
                 .await
                 .unwrap();
             order.lock().unwrap().push(i);
@@ -88,7 +88,7 @@ async fn handoff_is_woken_by_the_watch_and_costs_a_few_round_trips() {
             let (waiter, k) = (waiter.clone(), k.clone());
             tokio::spawn(async move {
                 let lease = waiter
-                    .acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(30)))
+                    .acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(30)))
                     .await
                     .unwrap();
                 (Instant::now(), lease)
@@ -269,18 +269,18 @@ async fn abandoned_waiters_remove_their_nodes() {
     // Timed out by the policy: the node is gone when acquire returns.
     let started = Instant::now();
     let result = waiter
-        .acquire(&k, TTL, &RetryPolicy::new(Duration::from_millis(300)))
+        .acquire(&k, TTL, &WaitPolicy::new(Duration::from_millis(300)))
         .await;
     match result {
-        Err(LockError::Timeout { waited, .. }) => assert!(waited <= started.elapsed()),
-        other => panic!("expected Timeout, got {other:?}"),
+        Err(LockError::WaitTimedOut { waited, .. }) => assert!(waited <= started.elapsed()),
+        other => panic!("expected WaitTimedOut, got {other:?}"),
     }
     assert_eq!(children(&holder, &path).await, 1);
 
     // Future dropped by the caller: the drop guard removes the node.
     let dropped = tokio::time::timeout(
         Duration::from_millis(300),
-        waiter.acquire(&k, TTL, &RetryPolicy::new(Duration::from_secs(60))),
+        waiter.acquire(&k, TTL, &WaitPolicy::new(Duration::from_secs(60))),
     )
     .await;
     assert!(dropped.is_err(), "the waiter cannot have acquired");
@@ -320,7 +320,7 @@ async fn a_killed_holder_frees_the_lock_when_its_session_expires() {
         "the lock stays held until the crashed session expires"
     );
     let next = other
-        .acquire(&k, TTL, &RetryPolicy::new(SESSION * 5))
+        .acquire(&k, TTL, &WaitPolicy::new(SESSION * 5))
         .await
         .expect("the lock frees after the session timeout");
     assert!(next.fencing_token() > crashed_token);
@@ -349,7 +349,7 @@ async fn session_expiry_signals_loss_and_the_backend_opens_a_new_session() {
     link.set_cut(true);
     let other = zk.backend().await;
     let taken = other
-        .acquire(&k, TTL, &RetryPolicy::new(SESSION * 5))
+        .acquire(&k, TTL, &WaitPolicy::new(SESSION * 5))
         .await
         .expect("the server expires the cut-off session and frees the lock");
     assert!(taken.fencing_token() > lease.fencing_token());

@@ -101,7 +101,7 @@ pub async fn connect_with(url: &str, options: Options) -> Result<Locker, LockErr
     let (backend, options) = open(url, options).await?;
     Ok(Locker::builder_from_arc(backend)
         .ttl(options.ttl_value().clone())
-        .retry(options.retry_value().clone())
+        .wait(options.wait_value().clone())
         .auto_extend(options.auto_extend_value())
         .build())
 }
@@ -290,7 +290,7 @@ mod tests {
     async fn query_options_reach_the_locker() {
         let locker = connect("memory://opts?ttl=7s&wait=250ms").await.unwrap();
         assert_eq!(
-            locker.retry_policy().deadline,
+            locker.wait_policy().deadline,
             std::time::Duration::from_millis(250)
         );
         assert!(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use leasehold_core::config::{self, SharedConfig, duration, positive};
-use leasehold_core::{Drift, LockError, RetryPolicy, TtlPolicy};
+use leasehold_core::{Drift, LockError, TtlPolicy, WaitPolicy};
 
 /// Options for [`connect_with`](crate::connect_with). Every option has a URL
 /// query parameter of the same name; a parameter in the URL overrides the
@@ -38,7 +38,7 @@ use leasehold_core::{Drift, LockError, RetryPolicy, TtlPolicy};
 #[derive(Clone, Debug)]
 pub struct Options {
     ttl: TtlPolicy,
-    retry: RetryPolicy,
+    wait: WaitPolicy,
     auto_extend: bool,
     shared: SharedConfig,
 }
@@ -47,7 +47,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             ttl: TtlPolicy::default(),
-            retry: RetryPolicy::default(),
+            wait: WaitPolicy::default(),
             auto_extend: true,
             shared: SharedConfig::default(),
         }
@@ -65,9 +65,9 @@ impl Options {
         self.ttl = ttl;
         self
     }
-    /// The retry policy (its deadline is how long `lock` waits).
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+    /// How `lock` waits: its deadline and the backoff between attempts.
+    pub fn wait(mut self, wait: WaitPolicy) -> Self {
+        self.wait = wait;
         self
     }
     /// Whether guards extend themselves (default true).
@@ -105,9 +105,9 @@ impl Options {
     pub fn ttl_value(&self) -> &TtlPolicy {
         &self.ttl
     }
-    /// The retry policy set (its deadline is how long `lock` waits).
-    pub fn retry_value(&self) -> &RetryPolicy {
-        &self.retry
+    /// The wait policy set (its deadline is how long `lock` waits).
+    pub fn wait_value(&self) -> &WaitPolicy {
+        &self.wait
     }
     /// Whether guards extend themselves.
     pub fn auto_extend_value(&self) -> bool {
@@ -136,19 +136,19 @@ impl Options {
         match name {
             "ttl" if value == "adaptive" => self.ttl = TtlPolicy::adaptive(),
             "ttl" => self.ttl = TtlPolicy::Fixed(positive(name, value)?),
-            "wait" if value == "forever" => self.retry.deadline = Duration::MAX,
-            "wait" => self.retry.deadline = duration(name, value)?,
+            "wait" if value == "forever" => self.wait.deadline = Duration::MAX,
+            "wait" => self.wait.deadline = duration(name, value)?,
             "retry_min" => {
-                self.retry = self
-                    .retry
+                self.wait = self
+                    .wait
                     .clone()
-                    .with_delays(duration(name, value)?, self.retry.max_delay)
+                    .with_delays(duration(name, value)?, self.wait.max_delay)
             }
             "retry_max" => {
-                self.retry = self
-                    .retry
+                self.wait = self
+                    .wait
                     .clone()
-                    .with_delays(self.retry.min_delay, duration(name, value)?)
+                    .with_delays(self.wait.min_delay, duration(name, value)?)
             }
             "auto_extend" => self.auto_extend = config::boolean(name, value)?,
             _ => {}
@@ -179,7 +179,7 @@ mod tests {
         options.apply_locker("namespace", "app").unwrap();
         options.apply_locker("mode", "table").unwrap();
         assert!(matches!(options.ttl, TtlPolicy::Fixed(d) if d == Duration::from_secs(5)));
-        assert_eq!(options.retry.deadline, Duration::from_secs(1));
+        assert_eq!(options.wait.deadline, Duration::from_secs(1));
         assert_eq!(options.namespace_value(), None);
         assert!(options.apply_locker("ttl", "0s").is_err());
         assert!(options.apply_locker("ttl", "5").is_err());

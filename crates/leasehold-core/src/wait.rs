@@ -1,5 +1,15 @@
-//! When to try again and how long to wait in between: a policy object, apart
-//! from the loops that use it (tower's retry split).
+//! How long to wait for a held key and how to pace the attempts: a policy
+//! object, apart from the loops that use it (tower's retry split).
+//!
+//! Named for what it governs — waiting for a key someone else holds — so it
+//! is not mistaken for the per-call store timeout. Two different clocks:
+//! - the policy's `deadline` bounds the whole wait; when it passes with the
+//!   key still held, the caller gets [`LockError::WaitTimedOut`];
+//! - the backend's `timeout` bounds each store call; a call that runs past it
+//!   is [`LockError::Unavailable`]. A waiting loop tries again after an
+//!   `Unavailable` within the deadline, and if the deadline passes while the
+//!   store is still failing the caller gets that `Unavailable`, never a
+//!   `WaitTimedOut` that would blame another holder.
 
 use std::time::Duration;
 
@@ -12,23 +22,24 @@ use crate::error::LockError;
 
 /// Exponential backoff with full jitter between `min_delay` and `max_delay`,
 /// bounded by an overall `deadline` (how long `acquire` waits in all).
+/// Was `RetryPolicy` before 0.2 (the alias is deprecated).
 ///
-/// Each operation takes a fresh [`RetryPolicy::schedule`]. The n-th delay is
+/// Each operation takes a fresh [`WaitPolicy::schedule`]. The n-th delay is
 /// drawn uniformly from `[min_delay, min(max_delay, min_delay * 2^n)]`
 /// ("full jitter"), so competing clients spread out instead of retrying in
 /// lock step.
 ///
 /// ```
-/// use leasehold_core::RetryPolicy;
+/// use leasehold_core::WaitPolicy;
 /// use std::time::Duration;
-/// let policy = RetryPolicy::new(Duration::from_secs(5))
+/// let policy = WaitPolicy::new(Duration::from_secs(5))
 ///     .with_delays(Duration::from_millis(5), Duration::from_millis(200));
 /// for delay in policy.schedule().take(20) {
 ///     assert!(delay >= Duration::from_millis(5) && delay <= Duration::from_millis(200));
 /// }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct WaitPolicy {
     /// The smallest delay between attempts.
     pub min_delay: Duration,
     /// The largest delay between attempts.
@@ -37,10 +48,17 @@ pub struct RetryPolicy {
     pub deadline: Duration,
 }
 
-impl Default for RetryPolicy {
+/// The old name of [`WaitPolicy`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `WaitPolicy`: it sets how long and how to wait"
+)]
+pub type RetryPolicy = WaitPolicy;
+
+impl Default for WaitPolicy {
     /// 10 ms to 500 ms between attempts, 30 s overall.
     fn default() -> Self {
-        RetryPolicy {
+        WaitPolicy {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(500),
             deadline: Duration::from_secs(30),
@@ -48,10 +66,10 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl WaitPolicy {
     /// The default delays with the given overall deadline.
     pub fn new(deadline: Duration) -> Self {
-        RetryPolicy {
+        WaitPolicy {
             deadline,
             ..Self::default()
         }
@@ -80,11 +98,11 @@ impl RetryPolicy {
     /// notification comes; `None` leaves it as it is.
     ///
     /// ```
-    /// use leasehold_core::RetryPolicy;
+    /// use leasehold_core::WaitPolicy;
     /// use std::time::Duration;
-    /// let capped = RetryPolicy::default().polling_at(Some(Duration::from_millis(50)));
+    /// let capped = WaitPolicy::default().polling_at(Some(Duration::from_millis(50)));
     /// assert_eq!(capped.max_delay, Duration::from_millis(50));
-    /// assert_eq!(RetryPolicy::default().polling_at(None), RetryPolicy::default());
+    /// assert_eq!(WaitPolicy::default().polling_at(None), WaitPolicy::default());
     /// ```
     pub fn polling_at(&self, poll: Option<Duration>) -> Self {
         match poll {
@@ -117,10 +135,10 @@ impl RetryPolicy {
 /// place.
 ///
 /// ```
-/// use leasehold_core::{Attempts, RetryPolicy};
+/// use leasehold_core::{Attempts, WaitPolicy};
 /// use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let mut attempts = Attempts::new(&RetryPolicy::new(Duration::from_millis(50)));
+/// let mut attempts = Attempts::new(&WaitPolicy::new(Duration::from_millis(50)));
 /// let mut tries = 1;
 /// while let Some(delay) = attempts.next_delay(None) {
 ///     tokio::time::sleep(delay).await;
@@ -139,7 +157,7 @@ pub struct Attempts {
 
 impl Attempts {
     /// Starts the clock now. A deadline of `Duration::MAX` waits for ever.
-    pub fn new(policy: &RetryPolicy) -> Self {
+    pub fn new(policy: &WaitPolicy) -> Self {
         let started = Instant::now();
         Attempts {
             started,
@@ -178,11 +196,11 @@ impl Attempts {
     }
 
     /// The error to return once the deadline has passed: contention becomes
-    /// [`LockError::Timeout`] saying how long we waited; any other error is
+    /// [`LockError::WaitTimedOut`] saying how long we waited; any other error is
     /// returned as it is.
     pub fn give_up(&self, last: LockError) -> LockError {
         match last {
-            LockError::Contended { backend, key, .. } => LockError::Timeout {
+            LockError::Contended { backend, key, .. } => LockError::WaitTimedOut {
                 backend,
                 key,
                 waited: self.waited(),
@@ -192,7 +210,7 @@ impl Attempts {
     }
 }
 
-/// The delays of one operation; see [`RetryPolicy`].
+/// The delays of one operation; see [`WaitPolicy`].
 #[derive(Debug)]
 pub struct Schedule {
     exponential: backon::ExponentialBackoff,
@@ -213,7 +231,7 @@ mod tests {
 
     #[test]
     fn jittered_delays_stay_within_bounds_and_grow_towards_the_cap() {
-        let policy = RetryPolicy::new(Duration::from_secs(1))
+        let policy = WaitPolicy::new(Duration::from_secs(1))
             .with_delays(Duration::from_millis(1), Duration::from_millis(64));
         let delays: Vec<Duration> = policy.schedule().take(2000).collect();
         assert!(
@@ -236,7 +254,7 @@ mod tests {
 
     #[test]
     fn jitter_spreads_delays_rather_than_repeating_one_value() {
-        let policy = RetryPolicy::new(Duration::from_secs(1))
+        let policy = WaitPolicy::new(Duration::from_secs(1))
             .with_delays(Duration::from_millis(1), Duration::from_millis(100));
         let late: std::collections::HashSet<Duration> =
             policy.schedule().skip(10).take(50).collect();
@@ -249,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_fresh_schedule_starts_small_again() {
-        let policy = RetryPolicy::default();
+        let policy = WaitPolicy::default();
         let mut first = policy.schedule();
         for _ in 0..20 {
             first.next();
@@ -264,7 +282,7 @@ mod tests {
     #[test]
     fn max_below_min_is_raised_to_min() {
         let policy =
-            RetryPolicy::default().with_delays(Duration::from_millis(50), Duration::from_millis(1));
+            WaitPolicy::default().with_delays(Duration::from_millis(50), Duration::from_millis(1));
         assert_eq!(policy.max_delay, Duration::from_millis(50));
         assert!(
             policy
