@@ -8,6 +8,7 @@
 
 use crate::case::Case;
 
+mod admin;
 mod exclusion;
 mod expiry;
 mod faults;
@@ -18,7 +19,7 @@ mod ownership;
 mod waiting;
 
 /// Every case, family by family: exclusion, ownership, expiry, fencing,
-/// waiting, the guard, keys, faults.
+/// waiting, the guard, keys, faults, admin.
 pub fn all_cases() -> Vec<Case> {
     [
         exclusion::cases(),
@@ -29,6 +30,7 @@ pub fn all_cases() -> Vec<Case> {
         guard::cases(),
         keys::cases(),
         faults::cases(),
+        admin::cases(),
     ]
     .into_iter()
     .flatten()

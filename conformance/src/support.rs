@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Key, Lease, LockBackend, LockError, LockInfo, OwnerToken, ReleaseListener,
-    WaitPolicy, async_trait, wait_for_lock,
+    Capabilities, Key, Lease, ListPage, ListQuery, LockBackend, LockError, LockInfo, OwnerToken,
+    ReleaseListener, WaitPolicy, async_trait, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -92,6 +92,24 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `check` (a store read, not a sleep) every 20 ms until it is
+/// `Ok(true)`; a failed check or `within` passing is `Err` naming `what`.
+/// The case-side twin of [`eventually`].
+pub async fn eventually_ok<F, Fut>(within: Duration, what: &str, mut check: F) -> Result<(), Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Failed>>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await? {
+        if Instant::now() >= deadline {
+            return Err(Failed(format!("{what}: not true within {within:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Key names that break naive key encodings: separators and their URL
@@ -281,6 +299,12 @@ impl LockBackend for LateAnswer {
     }
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.inner.inspect(key).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.inner.list(query).await
+    }
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.inner.force_release(key, reason).await
     }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         self.inner.release_listener(key)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::admin::{ListPage, ListQuery};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
@@ -84,6 +85,23 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// The current holder of `key`, if any, for tooling; needs no lock.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError>;
 
+    /// One page of the held keys under the namespace whose name starts with
+    /// `query.prefix`, with what the store knows of each holder (as
+    /// [`inspect`](LockBackend::inspect) tells it). Expired entries are never
+    /// shown. Reads the store in pages (never a blocking full scan); a key
+    /// changing hands during a listing may be missed or shown twice. Tools
+    /// page through it with [`Admin::list`](crate::Admin::list).
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError>;
+
+    /// Frees `key` whoever holds it and advances its fencing token, so the
+    /// evicted holder's next `extend` is [`LockError::Lost`], the next
+    /// grant's token exceeds the evicted one, and a holder that wakes up
+    /// after it never gets the key back. Returns the evicted holder (`None`
+    /// when the key was free). `reason` may be recorded in the store. For
+    /// operators: call it through [`Admin::force_release`](crate::Admin),
+    /// which audits it.
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError>;
+
     /// A listener that fires when the store signals `key` may have been
     /// released. Created *before* an attempt so no signal is missed in
     /// between. A store without release signals returns `None` (waiters
@@ -146,6 +164,16 @@ macro_rules! forward_backend {
             }
             async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
                 (**self).inspect(key).await
+            }
+            async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+                (**self).list(query).await
+            }
+            async fn force_release(
+                &self,
+                key: &Key,
+                reason: &str,
+            ) -> Result<Option<LockInfo>, LockError> {
+                (**self).force_release(key, reason).await
             }
             fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
                 (**self).release_listener(key)

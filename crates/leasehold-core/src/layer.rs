@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
+use crate::admin::{ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseListener, with_timeout};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
@@ -103,6 +104,17 @@ impl LockBackend for Timeout {
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         with_timeout(self.name(), self.timeout, self.inner.inspect(key)).await
     }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        with_timeout(self.name(), self.timeout, self.inner.list(query)).await
+    }
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        with_timeout(
+            self.name(),
+            self.timeout,
+            self.inner.force_release(key, reason),
+        )
+        .await
+    }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         self.inner.release_listener(key)
     }
@@ -129,7 +141,7 @@ impl Traced {
     async fn traced<T>(
         &self,
         operation: &'static str,
-        key: &Key,
+        key: &str,
         call: impl std::future::Future<Output = Result<T, LockError>>,
     ) -> Result<T, LockError> {
         let span = tracing::info_span!("leasehold", operation, backend = self.inner.name(), key = %key, outcome = tracing::field::Empty);
@@ -152,8 +164,12 @@ impl LockBackend for Traced {
         self.inner.capabilities()
     }
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        self.traced("try_acquire", key, self.inner.try_acquire(key, ttl))
-            .await
+        self.traced(
+            "try_acquire",
+            key.as_str(),
+            self.inner.try_acquire(key, ttl),
+        )
+        .await
     }
     async fn acquire(
         &self,
@@ -161,12 +177,16 @@ impl LockBackend for Traced {
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
-        self.traced("acquire", key, self.inner.acquire(key, ttl, wait))
+        self.traced("acquire", key.as_str(), self.inner.acquire(key, ttl, wait))
             .await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
-        self.traced("extend", lease.key(), self.inner.extend(lease, ttl))
-            .await
+        self.traced(
+            "extend",
+            lease.key().as_str(),
+            self.inner.extend(lease, ttl),
+        )
+        .await
     }
     async fn extend_many(
         &self,
@@ -191,11 +211,24 @@ impl LockBackend for Traced {
         result
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.traced("release", lease.key(), self.inner.release(lease))
+        self.traced("release", lease.key().as_str(), self.inner.release(lease))
             .await
     }
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        self.traced("inspect", key, self.inner.inspect(key)).await
+        self.traced("inspect", key.as_str(), self.inner.inspect(key))
+            .await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.traced("list", &query.prefix, self.inner.list(query))
+            .await
+    }
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.traced(
+            "force_release",
+            key.as_str(),
+            self.inner.force_release(key, reason),
+        )
+        .await
     }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         self.inner.release_listener(key)

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -183,8 +183,15 @@ pub struct LockInfo {
     pub remaining: Option<Duration>,
     /// The first 8 hex digits of the holder's owner token.
     pub owner_hint: Option<String>,
-    /// Free-form holder metadata (host, process), untrusted.
+    /// The holder label stored with the lease (the backend's `holder`
+    /// option: `"<host> pid <pid>"` by default, or an application's own
+    /// label), untrusted. Never the owner token.
     pub metadata: Option<String>,
+    /// When the holder took the key, by the store's clock where it has one.
+    pub acquired_at: Option<SystemTime>,
+    /// How many clients wait for the key, where the store can tell (queue
+    /// stores: etcd, ZooKeeper).
+    pub waiters: Option<u32>,
 }
 
 impl LockInfo {
@@ -195,6 +202,8 @@ impl LockInfo {
             remaining,
             owner_hint: None,
             metadata: None,
+            acquired_at: None,
+            waiters: None,
         }
     }
 
@@ -204,9 +213,21 @@ impl LockInfo {
         self
     }
 
-    /// Sets metadata.
+    /// Sets the holder label.
     pub fn with_metadata(mut self, metadata: Option<String>) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Sets when the holder took the key.
+    pub fn with_acquired_at(mut self, acquired_at: Option<SystemTime>) -> Self {
+        self.acquired_at = acquired_at;
+        self
+    }
+
+    /// Sets how many clients wait for the key.
+    pub fn with_waiters(mut self, waiters: Option<u32>) -> Self {
+        self.waiters = waiters;
         self
     }
 }

@@ -34,6 +34,7 @@
 //!   `leasehold_release_total{outcome}` and `leasehold_waiters`.
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
 mod capabilities;
 mod clock;
@@ -54,6 +55,7 @@ mod ttl;
 mod wait;
 mod watchdog;
 
+pub use admin::{Admin, Evicted, HeldLock, ListPage, ListQuery};
 pub use async_trait::async_trait;
 pub use backend::{
     LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,

@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::admin::{HeldLock, ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseHub, ReleaseListener, extend_each, wait_for_lock};
 use crate::capabilities::{Capabilities, Fairness, Fencing, Waiting};
 use crate::clock::{Drift, SharedClock, system_clock};
+use crate::config::default_holder;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
@@ -26,6 +28,7 @@ struct Holder {
     owner: OwnerToken,
     fencing_token: FencingToken,
     expires_at: Instant,
+    acquired_at: SystemTime,
 }
 
 /// Locks in this process's memory.
@@ -51,6 +54,7 @@ pub struct MemoryBackend {
     releases: ReleaseHub,
     clock: SharedClock,
     drift: Drift,
+    holder: String,
 }
 
 impl Default for MemoryBackend {
@@ -76,7 +80,15 @@ impl MemoryBackend {
                 factor: 0.0,
                 fixed: Duration::ZERO,
             },
+            holder: default_holder(),
         }
+    }
+
+    /// Sets the holder label shown with every lease of this backend
+    /// (default `"<host> pid <pid>"`).
+    pub fn holder(mut self, label: impl Into<String>) -> Self {
+        self.holder = label.into();
+        self
     }
 
     fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Holder>> {
@@ -87,12 +99,14 @@ impl MemoryBackend {
         self.capabilities().check_ttl(NAME, ttl)
     }
 
-    fn info(holder: &Holder, now: Instant) -> LockInfo {
+    fn info(&self, holder: &Holder, now: Instant) -> LockInfo {
         LockInfo::new(
             Some(holder.fencing_token),
             Some(holder.expires_at.saturating_duration_since(now)),
         )
         .with_owner(&holder.owner)
+        .with_metadata(Some(self.holder.clone()))
+        .with_acquired_at(Some(holder.acquired_at))
     }
 }
 
@@ -118,7 +132,7 @@ impl LockBackend for MemoryBackend {
             return Err(LockError::contended(
                 NAME,
                 key.as_str(),
-                Some(Self::info(holder, now)),
+                Some(self.info(holder, now)),
             ));
         }
         let owner = OwnerToken::generate();
@@ -129,6 +143,7 @@ impl LockBackend for MemoryBackend {
                 owner,
                 fencing_token,
                 expires_at: now + ttl,
+                acquired_at: SystemTime::now(),
             },
         );
         Ok(Lease::new(
@@ -203,7 +218,49 @@ impl LockBackend for MemoryBackend {
             .holders()
             .get(key)
             .filter(|h| h.expires_at > now)
-            .map(|h| Self::info(h, now)))
+            .map(|h| self.info(h, now)))
+    }
+
+    /// Keys in order, the cursor being the last key shown.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        let now = self.clock.now();
+        let holders = self.holders();
+        let mut held: Vec<(&Key, &Holder)> = holders
+            .iter()
+            .filter(|(key, holder)| {
+                holder.expires_at > now
+                    && key.as_str().starts_with(&query.prefix)
+                    && query
+                        .cursor
+                        .as_deref()
+                        .is_none_or(|after| key.as_str() > after)
+            })
+            .collect();
+        held.sort_unstable_by_key(|(key, _)| *key);
+        let more = held.len() > query.limit;
+        let locks: Vec<HeldLock> = held
+            .into_iter()
+            .take(query.limit)
+            .map(|(key, holder)| HeldLock {
+                key: key.as_str().to_owned(),
+                info: self.info(holder, now),
+            })
+            .collect();
+        let next = more.then(|| locks.last().map(|l| l.key.clone())).flatten();
+        Ok(ListPage { locks, next })
+    }
+
+    /// The next grant's token comes from the one counter, so it exceeds the
+    /// evicted one without more work.
+    async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let now = self.clock.now();
+        let evicted = self
+            .holders()
+            .remove(key)
+            .filter(|h| h.expires_at > now)
+            .map(|h| self.info(&h, now));
+        self.releases.notify(key.as_str());
+        Ok(evicted)
     }
 
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {

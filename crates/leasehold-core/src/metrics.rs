@@ -2,7 +2,8 @@
 //! written once: `leasehold_acquire_total{backend,outcome}`,
 //! `leasehold_acquire_seconds`, `leasehold_hold_seconds`, `leasehold_held`,
 //! `leasehold_extend_total{outcome}`, `leasehold_lost_total{reason}`,
-//! `leasehold_release_total{outcome}` and `leasehold_waiters`.
+//! `leasehold_release_total{outcome}`, `leasehold_waiters` and
+//! `leasehold_force_release_total{evicted}`.
 
 use std::time::Duration;
 
@@ -41,6 +42,13 @@ pub(crate) fn extended(backend: &'static str, outcome: &'static str) {
 /// A guard's lease was lost.
 pub(crate) fn lost(backend: &'static str, reason: LostReason) {
     metrics::counter!("leasehold_lost_total", "backend" => backend, "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// An operator forced a key free; `evicted` says whether someone held it.
+pub(crate) fn force_released(backend: &'static str, evicted: bool) {
+    let evicted = if evicted { "true" } else { "false" };
+    metrics::counter!("leasehold_force_release_total", "backend" => backend, "evicted" => evicted)
         .increment(1);
 }
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::admin::{ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseListener};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
@@ -100,6 +101,23 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<LockInfo>, LockError> {
         inner.inspect(key).await
     }
+    /// A page of a listing.
+    async fn list(
+        &self,
+        inner: &dyn LockBackend,
+        query: &ListQuery,
+    ) -> Result<ListPage, LockError> {
+        inner.list(query).await
+    }
+    /// A force release.
+    async fn force_release(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        reason: &str,
+    ) -> Result<Option<LockInfo>, LockError> {
+        inner.force_release(key, reason).await
+    }
     /// A release listener.
     fn release_listener(&self, inner: &dyn LockBackend, key: &Key) -> Option<ReleaseListener> {
         inner.release_listener(key)
@@ -164,6 +182,12 @@ impl<H: Hooks> LockBackend for Spy<H> {
     }
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.hooks.inspect(&*self.inner, key).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.hooks.list(&*self.inner, query).await
+    }
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.hooks.force_release(&*self.inner, key, reason).await
     }
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         self.hooks.release_listener(&*self.inner, key)
