@@ -25,7 +25,13 @@ pub(crate) fn cases() -> Vec<Case> {
             select::ttl_expiry
         ),
         case!(guard_auto_extends_past_several_ttls, select::always),
-        case!(ending_the_holders_session_fires_lost, select::session_ender),
+        // Exclusive: an ender may cut links or take sessions over, which
+        // other cases running beside it must not see.
+        case!(
+            ending_the_holders_session_fires_lost,
+            select::session_ender,
+            exclusive
+        ),
     ]
 }
 

@@ -3,16 +3,20 @@
 //! the lease before claiming the lock (etcd's `concurrency/mutex.go`, with a
 //! session per TTL class and retirement of entries whose txn went
 //! unanswered).
+//!
+//! Waiting for one's turn once queued (the watch, the polls, the keep-alives
+//! and the re-reads) is in `queue/wait.rs`.
+
+mod wait;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use leasehold_core::{
-    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, WaitPolicy, instant_after,
+    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, WaitPolicy,
 };
 use tokio::time::Instant;
 
@@ -21,7 +25,7 @@ use crate::error::{lease_not_found, map};
 use crate::keys::LockKeys;
 use crate::reaper::Reaper;
 use crate::session::{Renewal, Session};
-use crate::store::{Store, has_delete};
+use crate::store::Store;
 
 /// What [`Lease::handle`] holds for an etcd lease.
 #[derive(Debug)]
@@ -43,16 +47,6 @@ pub(crate) fn first_kv(response: Option<&TxnOpResponse>) -> Option<KeyValue> {
         TxnOpResponse::Get(get) => get.kvs().first().cloned(),
         _ => None,
     }
-}
-
-/// The result of reading the queue around our own entry.
-struct Position {
-    /// Our entry exists (attached to our session).
-    present: bool,
-    /// The entry just before ours, if any.
-    predecessor: Option<Vec<u8>>,
-    /// The revision the read was served at.
-    revision: i64,
 }
 
 /// The queue algorithm, run against the store.
@@ -160,65 +154,38 @@ impl Store {
         self.queue_and_wait(key, secs, wait).await
     }
 
-    /// The lease for `held`, valid from `renewed_at` for its session's TTL.
-    pub(crate) fn lease_from(
+    /// Queues, waits for the predecessors to go, re-checks, and returns the
+    /// lease; the queue entry is removed on every way out but success.
+    pub(crate) async fn queue_and_wait(
         &self,
         key: &Key,
-        owner: OwnerToken,
-        held: Held,
-        renewed_at: Instant,
-    ) -> Lease {
-        let (ttl, ended) = (held.session.ttl, held.session.ended.clone());
-        Lease::new(
-            NAME,
-            key.clone(),
-            owner,
-            FencingToken(held.create_revision as u64),
-            renewed_at,
-            ttl,
-            self.drift,
-        )
-        .with_handle(Arc::new(held))
-        .with_loss_signal(ended)
-    }
-
-    /// What the store knows about the holder entry `holder` (best effort: the
-    /// remaining TTL needs one more call).
-    pub(crate) async fn holder_info(&self, keys: &LockKeys, holder: &KeyValue) -> LockInfo {
-        let mut info = LockInfo::new(Some(FencingToken(holder.create_revision() as u64)), None);
-        if let Some(owner) = keys.owner_of(holder.key()) {
-            info = info.with_owner(&owner);
+        secs: u64,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        let keys = LockKeys::new(&self.namespace, key);
+        let mut attempts = Attempts::new(wait);
+        let mut first = true;
+        loop {
+            // One attempt always happens, however short the wait.
+            if !first && attempts.remaining().is_zero() {
+                return Err(timed_out(key, &attempts));
+            }
+            first = false;
+            let Some(mut queued) = self.enqueue(&keys, secs, &mut attempts).await? else {
+                continue;
+            };
+            if queued.predecessor.is_none() {
+                let renewed_at = queued.session.renewed_at();
+                return Ok(queued.into_lease(self, key, renewed_at));
+            }
+            match self
+                .wait_turn(key, &keys, &mut queued, &mut attempts)
+                .await?
+            {
+                Some(renewed_at) => return Ok(queued.into_lease(self, key, renewed_at)),
+                None => continue,
+            }
         }
-        info.remaining = self.remaining(holder.lease()).await;
-        info
-    }
-
-    /// Reads our entry and its predecessor in one round trip.
-    async fn position(
-        &self,
-        keys: &LockKeys,
-        entry: &[u8],
-        session: &Session,
-        my_revision: i64,
-    ) -> Result<Position, LockError> {
-        let response = self
-            .txn(Txn::new().and_then([
-                TxnOp::get(entry.to_vec(), Some(GetOptions::new().with_keys_only())),
-                TxnOp::get(
-                    keys.prefix.clone(),
-                    Some(keys.newest(Some(my_revision - 1))),
-                ),
-            ]))
-            .await
-            .map_err(map)?;
-        let responses = response.op_responses();
-        let own = first_kv(responses.first());
-        Ok(Position {
-            present: own
-                .is_some_and(|kv| kv.create_revision() == my_revision && kv.lease() == session.id),
-            predecessor: first_kv(responses.get(1)).map(|kv| kv.key().to_vec()),
-            revision: revision(&response),
-        })
     }
 
     /// Writes a fresh queue entry (one transaction, retried idempotently
@@ -327,164 +294,37 @@ impl Store {
         }))
     }
 
-    /// Queues, waits for the predecessors to go, re-checks, and returns the
-    /// lease; the queue entry is removed on every way out but success.
-    pub(crate) async fn queue_and_wait(
+    /// The lease for `held`, valid from `renewed_at` for its session's TTL.
+    pub(crate) fn lease_from(
         &self,
         key: &Key,
-        secs: u64,
-        wait: &WaitPolicy,
-    ) -> Result<Lease, LockError> {
-        let keys = LockKeys::new(&self.namespace, key);
-        let mut attempts = Attempts::new(wait);
-        let mut first = true;
-        loop {
-            // One attempt always happens, however short the wait.
-            if !first && attempts.remaining().is_zero() {
-                return Err(timed_out(key, &attempts));
-            }
-            first = false;
-            let Some(mut queued) = self.enqueue(&keys, secs, &mut attempts).await? else {
-                continue;
-            };
-            if queued.predecessor.is_none() {
-                let renewed_at = queued.session.renewed_at();
-                return Ok(queued.into_lease(self, key, renewed_at));
-            }
-            match self
-                .wait_turn(key, &keys, &mut queued, &mut attempts)
-                .await?
-            {
-                Some(renewed_at) => return Ok(queued.into_lease(self, key, renewed_at)),
-                None => continue,
-            }
-        }
+        owner: OwnerToken,
+        held: Held,
+        renewed_at: Instant,
+    ) -> Lease {
+        let (ttl, ended) = (held.session.ttl, held.session.ended.clone());
+        Lease::new(
+            NAME,
+            key.clone(),
+            owner,
+            FencingToken(held.create_revision as u64),
+            renewed_at,
+            ttl,
+            self.drift,
+        )
+        .with_handle(Arc::new(held))
+        .with_loss_signal(ended)
     }
 
-    /// Waits until `queued` heads the queue. `Some(renewed_at)`: it does and
-    /// its lease is confirmed alive; `None`: its entry or session is gone,
-    /// start over.
-    async fn wait_turn(
-        &self,
-        key: &Key,
-        keys: &LockKeys,
-        queued: &mut Queued,
-        attempts: &mut Attempts,
-    ) -> Result<Option<Instant>, LockError> {
-        let deadline = attempts.deadline();
-        let session = queued.session.clone();
-        let mut watch: Option<etcd_client::WatchStream> = None;
-        let mut watching: Option<Vec<u8>> = None;
-        loop {
-            if attempts.remaining().is_zero() {
-                let reaper = std::mem::replace(
-                    &mut queued.reaper,
-                    Reaper::none(&self.client, &self.markers),
-                );
-                reaper.delete_now().await;
-                return Err(timed_out(key, attempts));
-            }
-            let cause = match queued.predecessor.clone() {
-                // Confirm again (an unknown predecessor, or a failed read).
-                None => {
-                    pause(attempts).await;
-                    Wake::Recheck
-                }
-                Some(pred) if pred.is_empty() => Wake::Recheck,
-                Some(pred) => {
-                    let mut created_late = false;
-                    if watch.is_none() || watching.as_ref() != Some(&pred) {
-                        watch = None;
-                        watching = None;
-                        match self.watch_deletion(&pred, queued.read_at).await {
-                            Ok(Some((stream, late))) => {
-                                watch = Some(stream);
-                                watching = Some(pred.clone());
-                                created_late = late;
-                            }
-                            Ok(None) => {}
-                            Err(error) if error.is_retryable() => {
-                                tracing::debug!(%error, "creating the predecessor watch failed");
-                                pause(attempts).await;
-                            }
-                            Err(error) => return Err(error),
-                        }
-                    }
-                    match watch.as_mut() {
-                        Some(stream) if !created_late => {
-                            let keep_alive_at = instant_after(
-                                Instant::now(),
-                                instant_after(session.renewed_at(), session.ttl / 3)
-                                    .saturating_duration_since(self.now()),
-                            );
-                            tokio::select! {
-                                message = stream.message() => match message {
-                                    Ok(Some(response)) if has_delete(&response) => Wake::Watch,
-                                    Ok(Some(response)) if !response.canceled() => Wake::Nothing,
-                                    _ => {
-                                        watch = None; // Cancelled (compaction) or broken.
-                                        Wake::Recheck
-                                    }
-                                },
-                                () = tokio::time::sleep(jitter(self.poll)) => Wake::Poll,
-                                () = tokio::time::sleep_until(keep_alive_at) => Wake::KeepAlive,
-                                () = tokio::time::sleep_until(deadline) => continue,
-                                () = session.ended.cancelled() => return Ok(None),
-                            }
-                        }
-                        _ => Wake::Recheck,
-                    }
-                }
-            };
-            let counter = match cause {
-                Wake::Nothing => continue,
-                Wake::KeepAlive => {
-                    match self.renew_if(&session, true).await {
-                        Ok(Renewal::Gone) => return Ok(None),
-                        Ok(Renewal::Alive(_)) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "keep-alive while queued failed");
-                            pause(attempts).await;
-                        }
-                    }
-                    continue;
-                }
-                Wake::Watch => &self.wakes.watch,
-                Wake::Poll => &self.wakes.poll,
-                Wake::Recheck => &self.wakes.recheck,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            // Re-read our entry and predecessor, and confirm the lease lives
-            // (etcd#9921, etcd#11456: never report a lock whose lease expired
-            // while its owner waited).
-            let (position, renewal) = tokio::join!(
-                self.position(keys, &queued.entry, &session, queued.my_revision),
-                self.renew_if(&session, true)
-            );
-            let position = match position {
-                Ok(position) => position,
-                Err(error) if error.is_retryable() => {
-                    tracing::debug!(%error, "re-reading the queue failed");
-                    watch = None;
-                    queued.predecessor = None;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            if matches!(renewal, Ok(Renewal::Gone)) || !position.present {
-                return Ok(None);
-            }
-            queued.read_at = position.revision;
-            match (position.predecessor, renewal) {
-                (Some(pred), _) => queued.predecessor = Some(pred),
-                (None, Ok(Renewal::Alive(renewed_at))) => return Ok(Some(renewed_at)),
-                (None, Ok(Renewal::Gone)) => return Ok(None),
-                (None, Err(error)) => {
-                    tracing::debug!(%error, "confirming the session at the queue head failed");
-                    queued.predecessor = None;
-                }
-            }
+    /// What the store knows about the holder entry `holder` (best effort: the
+    /// remaining TTL needs one more call).
+    pub(crate) async fn holder_info(&self, keys: &LockKeys, holder: &KeyValue) -> LockInfo {
+        let mut info = LockInfo::new(Some(FencingToken(holder.create_revision() as u64)), None);
+        if let Some(owner) = keys.owner_of(holder.key()) {
+            info = info.with_owner(&owner);
         }
+        info.remaining = self.remaining(holder.lease()).await;
+        info
     }
 }
 
@@ -527,21 +367,4 @@ async fn pause(attempts: &mut Attempts) {
 /// The `WaitTimedOut` of a waiter that gave up.
 fn timed_out(key: &Key, attempts: &Attempts) -> LockError {
     attempts.give_up(LockError::contended(NAME, key.as_str(), None))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wake {
-    Watch,
-    Poll,
-    Recheck,
-    KeepAlive,
-    Nothing,
-}
-
-/// `interval` ± 20 %.
-fn jitter(interval: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    interval.mul_f64(0.8 + f64::from(nanos % 1000) / 2500.0)
 }

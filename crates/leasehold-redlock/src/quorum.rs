@@ -312,14 +312,18 @@ impl Quorum {
         ))
     }
 
-    /// Compare-and-delete on every server: `Ok` when a majority confirms,
-    /// `NotHeld` when none held it, `Lost` when only a minority still did.
+    /// Compare-and-delete on every server: `Ok` as soon as a majority
+    /// confirms, `NotHeld` when none held it, `Lost` when only a minority
+    /// still did. Each server gets the whole per-call timeout, not the
+    /// acquisition's TTL-sized share: a release has no validity to protect,
+    /// and a loaded server that answers in 30 ms must not turn a release into
+    /// `Unavailable`. Returning on a majority keeps one slow or paused server
+    /// from slowing every release down to that timeout.
     pub(crate) async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let nodes = &self.nodes;
-        let per_node = self.node_timeout(lease.ttl());
-        let (key, owner) = (lease.key(), lease.owner());
-        let outcomes = nodes.release_on(&nodes.all(), key, owner, per_node).await;
         let quorum = nodes.quorum();
+        let (key, owner) = (lease.key(), lease.owner());
+        let outcomes = nodes.release_until(key, owner, self.timeout, quorum).await;
         let ours = outcomes.iter().filter(|o| **o == NodeOutcome::Ours).count();
         let unknown = outcomes.iter().filter(|o| o.is_unknown()).count();
         let not_ours = outcomes.len() - ours - unknown;

@@ -40,6 +40,34 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Runs `op` on this server within `per_node`; no answer in time (or no
+    /// connection) is `Unavailable`.
+    pub(crate) async fn call<T, F, Fut>(
+        self: &Arc<Self>,
+        per_node: Duration,
+        op: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnOnce(RedisNode) -> Fut,
+        Fut: Future<Output = Result<T, LockError>>,
+    {
+        let call = async { op(self.get().await?).await };
+        match tokio::time::timeout(per_node, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                let state = if self.node().is_some() {
+                    ""
+                } else {
+                    " (not connected)"
+                };
+                Err(LockError::unavailable(
+                    NAME,
+                    format!("no answer within {per_node:?}{state}"),
+                ))
+            }
+        }
+    }
+
     pub(crate) fn new(client: redis::Client, layout: KeyLayout, timeout: Duration) -> Arc<Self> {
         let addr = client.get_connection_info().addr().to_string();
         Arc::new(Slot {
@@ -272,27 +300,7 @@ impl Nodes {
         Fut: Future<Output = Result<T, LockError>>,
     {
         let op = &op;
-        join_all(which.iter().map(|&i| {
-            let slot = &self.slots[i];
-            async move {
-                let call = async move { op(slot.get().await?).await };
-                match tokio::time::timeout(per_node, call).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        let state = if slot.node().is_some() {
-                            ""
-                        } else {
-                            " (not connected)"
-                        };
-                        Err(LockError::unavailable(
-                            NAME,
-                            format!("no answer within {per_node:?}{state}"),
-                        ))
-                    }
-                }
-            }
-        }))
-        .await
+        join_all(which.iter().map(|&i| self.slots[i].call(per_node, op))).await
     }
 
     /// Compare-and-deletes `owner`'s key on the servers `which`, in parallel.
@@ -310,6 +318,51 @@ impl Nodes {
         .into_iter()
         .map(NodeOutcome::from_ownership)
         .collect()
+    }
+
+    /// Compare-and-deletes `owner`'s key on every server, each within
+    /// `per_node`, and returns as soon as `enough` of them confirmed it (or
+    /// every server answered). Each server's call runs in its own task, so a
+    /// slow server's release still lands after we return (or after the
+    /// caller is dropped) instead of leaving our key there until it expires;
+    /// servers still answering are reported `Unreachable`.
+    pub(crate) async fn release_until(
+        &self,
+        key: &Key,
+        owner: &OwnerToken,
+        per_node: Duration,
+        enough: usize,
+    ) -> Vec<NodeOutcome> {
+        let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (slot, key, owner, sender) = (slot.clone(), key.clone(), *owner, sender.clone());
+            tokio::spawn(async move {
+                let released = slot
+                    .call(per_node, |node| async move {
+                        node.release_raw(&key, &owner).await
+                    })
+                    .await;
+                let _ = sender.send((i, NodeOutcome::from_ownership(released)));
+            });
+        }
+        drop(sender);
+        let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; self.slots.len()];
+        let mut ours = 0;
+        while let Some((i, outcome)) = answers.recv().await {
+            ours += usize::from(outcome == NodeOutcome::Ours);
+            outcomes[i] = Some(outcome);
+            if ours >= enough {
+                break;
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    NodeOutcome::Unreachable("still answering when enough had released".into())
+                })
+            })
+            .collect()
     }
 
     /// The report of one step: every server's outcome, in configuration

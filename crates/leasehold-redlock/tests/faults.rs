@@ -531,3 +531,51 @@ async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
     }
     backend.release(&lease).await.expect("release");
 }
+
+/// A release on links slower than the acquisition's per-node share (a 1 s
+/// TTL gives each server 50 ms) still succeeds: a release has no validity to
+/// protect, so each server gets the whole per-call timeout. Before, the
+/// release used the TTL-sized share and a loaded server answering in 30 ms
+/// turned it into `Unavailable` (seen in the conformance suite under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_slow_links_succeeds_within_the_call_timeout() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let mut links = Vec::new();
+    for container in &cluster.containers {
+        links.push(Proxy::start(container.port).await.expect("start a proxy"));
+    }
+    let hosts: Vec<String> = links.iter().map(Proxy::addr).collect();
+    let backend = connect(&format!("redlock://{}?timeout=1s", hosts.join(","))).await;
+    let k = key("slow-release");
+    let lease = backend
+        .try_acquire(&k, Duration::from_secs(1))
+        .await
+        .expect("acquire on fast links");
+    for link in &links {
+        link.set_delay(Duration::from_millis(150));
+    }
+    backend
+        .release(&lease)
+        .await
+        .expect("release on links slower than the TTL's per-node share");
+    for link in &links {
+        link.set_delay(Duration::ZERO);
+    }
+    // The release returned once a majority confirmed; the last server's
+    // release lands in the background.
+    for i in 0..3 {
+        let url = cluster.node_url(i);
+        fixtures::eventually(
+            Duration::from_secs(5),
+            "the key is gone from every server",
+            || {
+                let url = url.clone();
+                let k = k.clone();
+                async move { on_server(&url, &k).await.is_none() }
+            },
+        )
+        .await;
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_core::{CancellationToken, LockError};
+use tokio::time::Instant;
 use zookeeper_client::{Client, SessionState};
 
 use crate::NAME;
@@ -40,20 +41,42 @@ impl Session {
         let mut states = session.client.state_watcher();
         let ended = session.ended.clone();
         let shutdown = shutdown.clone();
-        let id = session.id;
+        let (id, timeout) = (session.id, session.timeout);
         tokio::spawn(async move {
+            // When the connection dropped, if it has not come back since.
+            let mut suspended_at: Option<Instant> = None;
             loop {
+                let given_up = async {
+                    match suspended_at {
+                        Some(at) => tokio::time::sleep_until(at + timeout).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let state = tokio::select! {
                     state = states.changed() => state,
+                    () = given_up => {
+                        // Curator's rule: the server has not heard from us
+                        // for a whole session timeout, so it has expired the
+                        // session (or will before we could reconnect). Without
+                        // it the loss would wait for the client's reconnect
+                        // backoff, which can run far past the TTL.
+                        tracing::warn!(session = format_args!("{id:#x}"), ?timeout, "zookeeper connection lost for the whole session timeout: its leases are lost");
+                        ended.cancel();
+                        return;
+                    }
                     () = shutdown.cancelled() => return,
                     () = ended.cancelled() => return,
                 };
                 match state {
-                    SessionState::Disconnected => tracing::warn!(
-                        session = format_args!("{id:#x}"),
-                        "zookeeper connection suspended: leases stay valid only until their validity ends unless the session reconnects"
-                    ),
+                    SessionState::Disconnected => {
+                        suspended_at.get_or_insert_with(Instant::now);
+                        tracing::warn!(
+                            session = format_args!("{id:#x}"),
+                            "zookeeper connection suspended: leases stay valid only until their validity ends unless the session reconnects"
+                        );
+                    }
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        suspended_at = None;
                         tracing::info!(session = format_args!("{id:#x}"), %state, "zookeeper session reconnected");
                     }
                     SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {

@@ -100,6 +100,38 @@ async fn a_cut_off_holder_frees_its_key_within_its_ttl_not_the_backend_session_t
         .expect("the holder's loss signal fires once it learns its session expired");
 }
 
+/// A holder whose connection stays down for its whole session timeout
+/// hears of the loss while still cut off: the server has expired the
+/// session by then, so the lease must not be reported held until the client
+/// manages to reconnect (its reconnects hang on a partitioned link). The
+/// backend fires at the session timeout itself (2.0 s here); the client
+/// library alone also gave up, later (2.8 s), so this guards the promise
+/// rather than a defect seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_for_a_whole_session_timeout_loses_its_lease_while_cut() {
+    let zk = common::start().await;
+    let link = Proxy::start(zk.port).await.unwrap();
+    let holder = ZkBackend::connect_with(common::test_options(&link.addr()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(2);
+    let lease = holder.try_acquire(&key("cut-for-long"), ttl).await.unwrap();
+    let signal = lease.loss_signal().expect("a loss signal").clone();
+    link.set_cut(true);
+    let cut = Instant::now();
+    let bound = holder.session_class(ttl) + Duration::from_secs(3);
+    let fired = tokio::time::timeout(bound, signal.cancelled()).await;
+    println!(
+        "loss signal after {:?} of a cut (session {:?})",
+        cut.elapsed(),
+        holder.session_class(ttl)
+    );
+    link.set_cut(false);
+    fired.unwrap_or_else(|_| {
+        panic!("the loss signal did not fire within {bound:?} of a cut that outlasted the session")
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_contender_is_removed_even_when_the_first_delete_is_lost() {
     let zk = common::start().await;
