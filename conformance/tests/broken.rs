@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
+use leasehold_core::config::default_holder;
 use leasehold_core::{
-    CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener, WaitPolicy, async_trait,
-    cancel_safe, extend_each, wait_for_lock,
+    CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, HeldLock, Key, Lease,
+    ListPage, ListQuery, LockBackend, LockError, LockInfo, MemoryBackend, OwnerToken,
+    ReleaseListener, WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -73,10 +74,14 @@ enum Bug {
     /// caller that drops the acquisition meanwhile strands the lock until
     /// its TTL ends (a request on the wire, no `cancel_safe`).
     StrandsDroppedGrants,
+    /// `list` shows entries whose TTL ran out.
+    ListShowsExpired,
+    /// `force_release` reports the holder but leaves the key held.
+    ForceReleaseOnlyReports,
 }
 
 impl Bug {
-    const ALL: [Bug; 14] = [
+    const ALL: [Bug; 16] = [
         Bug::NoExclusion,
         Bug::ReleaseByAnyOwner,
         Bug::ExtendByAnyOwner,
@@ -91,6 +96,8 @@ impl Bug {
         Bug::ValidityFromReply,
         Bug::ExtendRevives,
         Bug::StrandsDroppedGrants,
+        Bug::ListShowsExpired,
+        Bug::ForceReleaseOnlyReports,
     ];
 
     /// The case written to catch this bug (others may catch it too).
@@ -111,6 +118,10 @@ impl Bug {
             Bug::ValidityFromReply => "valid_until_is_never_later_than_call_start_plus_ttl",
             Bug::ExtendRevives => "extend_after_take_and_release_is_lost",
             Bug::StrandsDroppedGrants => "dropped_acquisition_leaves_the_key_free",
+            Bug::ListShowsExpired => "listing_hides_expired_entries",
+            Bug::ForceReleaseOnlyReports => {
+                "force_release_evicts_the_holder_and_advances_the_token"
+            }
         }
     }
 }
@@ -175,6 +186,15 @@ impl Toy {
 
     fn live(&self, held: &Held, now: Instant) -> bool {
         self.has(Bug::TtlIgnored) || held.expires > now
+    }
+
+    fn info(held: &Held, now: Instant) -> LockInfo {
+        LockInfo::new(
+            Some(FencingToken(held.token)),
+            Some(held.expires.saturating_duration_since(now)),
+        )
+        .with_owner(&held.owner)
+        .with_metadata(Some(default_holder()))
     }
 
     /// The instant a lease's validity counts from, given when the store
@@ -339,13 +359,33 @@ impl LockBackend for Toy {
             .holders
             .get(&name)
             .filter(|h| self.live(h, now))
-            .map(|h| {
-                LockInfo::new(
-                    Some(FencingToken(h.token)),
-                    Some(h.expires.saturating_duration_since(now)),
-                )
-                .with_owner(&h.owner)
-            }))
+            .map(|h| Self::info(h, now)))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        let state = self.state();
+        let now = Instant::now();
+        let held = state
+            .holders
+            .iter()
+            .filter(|(_, h)| self.live(h, now) || self.has(Bug::ListShowsExpired))
+            .map(|(name, h)| (name.clone(), Self::info(h, now)));
+        Ok(page_of(held, query))
+    }
+
+    async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let name = self.encode(key);
+        let mut state = self.state();
+        let now = Instant::now();
+        let evicted = state
+            .holders
+            .get(&name)
+            .filter(|h| self.live(h, now))
+            .map(|h| Self::info(h, now));
+        if !self.has(Bug::ForceReleaseOnlyReports) {
+            state.holders.remove(&name);
+        }
+        Ok(evicted)
     }
 
     async fn extend_many(
@@ -411,6 +451,14 @@ impl LockBackend for SlowButCancelSafe {
 
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.inner.inspect(key).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.inner.list(query).await
+    }
+
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.inner.force_release(key, reason).await
     }
 
     async fn acquire(
@@ -567,9 +615,20 @@ impl LockBackend for SessionToy {
 
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let holders = self.session.store.holders();
-        Ok(holders.get(key.as_str()).map(|(_, owner, token)| {
-            LockInfo::new(Some(FencingToken(*token)), None).with_owner(owner)
-        }))
+        Ok(holders.get(key.as_str()).map(session_info))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        let holders = self.session.store.holders();
+        let held = holders
+            .iter()
+            .map(|(name, held)| (name.clone(), session_info(held)));
+        Ok(page_of(held, query))
+    }
+
+    async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
+        let mut holders = self.session.store.holders();
+        Ok(holders.remove(key.as_str()).as_ref().map(session_info))
     }
 
     async fn acquire(
@@ -591,6 +650,40 @@ impl LockBackend for SessionToy {
     fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
         None
     }
+}
+
+/// What a [`SessionToy`] tells of a holder.
+fn session_info((_, owner, token): &(u64, OwnerToken, u64)) -> LockInfo {
+    LockInfo::new(Some(FencingToken(*token)), None)
+        .with_owner(owner)
+        .with_metadata(Some(default_holder()))
+}
+
+/// One page of `held` (key, holder) for `query`: keys in order, the cursor
+/// being the last key shown.
+fn page_of(held: impl Iterator<Item = (String, LockInfo)>, query: &ListQuery) -> ListPage {
+    let mut held: Vec<_> = held
+        .filter(|(key, _)| {
+            key.starts_with(&query.prefix)
+                && query
+                    .cursor
+                    .as_deref()
+                    .is_none_or(|after| key.as_str() > after)
+        })
+        .collect();
+    held.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = held.len() > query.limit;
+    let locks: Vec<HeldLock> = held
+        .into_iter()
+        .take(query.limit)
+        .map(|(key, info)| HeldLock { key, info })
+        .collect();
+    let next = if more {
+        locks.last().map(|l| l.key.clone())
+    } else {
+        None
+    };
+    ListPage { locks, next }
 }
 
 /// A suite over [`SessionToy`] clients of one store, with its session ender.
