@@ -1,0 +1,190 @@
+//! The `leasehold` binary end to end: usage errors and exit codes on the
+//! in-memory store, and the on-call flows (list, inspect, force release,
+//! health, a paused store) against real stores in containers, with the lock
+//! held by this test process and the binary run as a separate process.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// What one run of the binary printed, and how it ended.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `leasehold args...` with `LEASEHOLD_URL` set to `url` (or unset),
+/// stdin closed, and gives it 60 s to end (a hang fails the test).
+async fn leasehold(url: Option<&str>, args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    command.env_remove("LEASEHOLD_URL").args(args).stdin(Stdio::null());
+    if let Some(url) = url {
+        command.env("LEASEHOLD_URL", url);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("leasehold {args:?} did not end within 60 s"))
+        .expect("run the leasehold binary");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Checks the exit code and that stderr is one `leasehold: error:` line.
+fn assert_fails(run: &Run, code: i32, mentions: &str) {
+    assert_eq!(run.code, Some(code), "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("leasehold: error: ") && lines[0].contains(mentions),
+        "{:?} should mention {mentions:?}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn usage_and_configuration_errors_exit_2_with_one_line() {
+    assert_fails(&leasehold(None, &["list"]).await, 2, "LEASEHOLD_URL");
+    let memory = Some("memory://cli");
+    assert_fails(&leasehold(memory, &["release", "k", "--reason", "x"]).await, 2, "--force");
+    assert_fails(&leasehold(memory, &["release", "--force", "k"]).await, 2, "--reason");
+    assert_fails(
+        &leasehold(memory, &["release", "--force", "k", "--reason", "  "]).await,
+        2,
+        "--reason",
+    );
+    assert_fails(&leasehold(Some("nope://h"), &["list"]).await, 2, "nope");
+    assert_fails(&leasehold(Some("memory://x?tll=5s"), &["list"]).await, 2, "ttl");
+    // A bare number is not a duration (clap reports it: exit 2).
+    let run = leasehold(memory, &["--timeout", "5", "list"]).await;
+    assert_eq!(run.code, Some(2), "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("unit"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn the_url_password_never_appears_in_output() {
+    let url = "redis://user:hunter2@127.0.0.1:1?timeout=250ms";
+    let run = leasehold(Some(url), &["--timeout", "2s", "list"]).await;
+    assert!(!run.stderr.contains("hunter2") && !run.stdout.contains("hunter2"));
+    let help = leasehold(Some(url), &["--help"]).await;
+    assert!(!help.stdout.contains("hunter2"), "{}", help.stdout);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_force_release_exits_4() {
+    let run = leasehold(
+        Some("memory://cli"),
+        &["release", "--force", "k", "--reason", "test"],
+    )
+    .await;
+    assert_eq!(run.code, Some(4), "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn memory_is_healthy_and_free_keys_inspect_as_free() {
+    let run = leasehold(Some("memory://cli"), &["health", "--json"]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["status"], "healthy");
+    assert_eq!(report["backend"], "memory");
+    let run = leasehold(Some("memory://cli"), &["inspect", "k", "--json"]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let line: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(line["held"], false);
+}
+
+/// The on-call flow against a real store at `url` (this process holds the
+/// lock through a `Locker`; the binary is another process): list shows it
+/// with its holder, inspect agrees, a force release evicts it and the
+/// holder's guard reports the loss, health passes, and a paused store makes
+/// health fail with exit 3 within the timeout.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn on_call_flow(url: &str, store: &leasehold_conformance::fixtures::Container) {
+    use leasehold::config::default_holder;
+    use leasehold_conformance::Store;
+
+    let locker = leasehold::connect(&format!("{url}&ttl=3s")).await.unwrap();
+    let key = format!("cli:{}:order-7", leasehold::OwnerToken::generate().short());
+    let prefix = key.trim_end_matches("order-7");
+    let guard = locker.try_lock(key.as_str()).await.unwrap();
+
+    let run = leasehold(Some(url), &["list", "--json", "--prefix", prefix]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let listed: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{}", run.stdout);
+    assert_eq!(listed[0]["key"], key.as_str());
+    assert_eq!(listed[0]["fencing_token"], guard.fencing_token().get());
+    let holder = listed[0]["holder"].as_str().unwrap_or_default();
+    assert!(holder.contains(&default_holder()), "holder {holder:?}");
+
+    let run = leasehold(Some(url), &["inspect", &key]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert!(run.stdout.contains("held") && run.stdout.contains(&guard.fencing_token().to_string()));
+    println!("$ leasehold inspect {key}\n{}", run.stdout);
+
+    let run = leasehold(
+        Some(url),
+        &["release", "--force", &key, "--reason", "cli e2e test", "--yes"],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    println!("$ leasehold release --force {key} ...\n{}", run.stdout);
+    tokio::time::timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("the evicted holder's guard reports the loss");
+    let run = leasehold(Some(url), &["list", "--count", "--prefix", prefix]).await;
+    assert_eq!(run.stdout.trim(), "0", "stderr: {}", run.stderr);
+
+    let run = leasehold(Some(url), &["health"]).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    println!("$ leasehold health\n{}", run.stdout);
+
+    store.pause().await.unwrap();
+    let run = leasehold(Some(url), &["--timeout", "2s", "health", "--json"]).await;
+    store.unpause().await.unwrap();
+    assert_eq!(run.code, Some(3), "{}{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["status"], "unhealthy");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_redis() {
+    let spec = leasehold_conformance::fixtures::redis_spec(false);
+    let store = leasehold_conformance::fixtures::start(&spec)
+        .await
+        .expect("a redis container");
+    on_call_flow(&format!("redis://127.0.0.1:{}/?timeout=2s", store.port), &store).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_postgres() {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&fixtures::postgres_spec())
+        .await
+        .expect("a postgres container");
+    let base = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres",
+        fixtures::POSTGRES_PASSWORD,
+        store.port
+    );
+    // The server accepts connections a moment after the port opens.
+    fixtures::eventually(Duration::from_secs(60), "postgres answers", || {
+        let url = base.clone();
+        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
+    })
+    .await;
+    for mode in ["advisory", "table"] {
+        on_call_flow(&format!("{base}?mode={mode}"), &store).await;
+    }
+}
