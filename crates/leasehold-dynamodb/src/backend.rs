@@ -7,8 +7,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
-    Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe, extend_each, wait_for_lock,
+    Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
+    LockError, LockInfo, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe,
+    extend_each, wait_for_lock,
 };
 
 use crate::config::DynamoDbConfig;
@@ -190,6 +191,20 @@ impl LockBackend for DynamoDbBackend {
     /// Read-only; cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.leases.inspect(key).await
+    }
+
+    /// A page of a strongly consistent `Scan` of the namespace's held
+    /// items (the table has no sort key to query a prefix by), skipping
+    /// those this backend has seen unrenewed for a whole lease.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.leases.list(query).await
+    }
+
+    /// One conditional `UpdateItem` that removes the holder and bumps the
+    /// fencing counter. Cancel safety: a dropped call may or may not have
+    /// evicted (inspect before retrying: a retry evicts a new holder).
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.leases.force_release(key, reason).await
     }
 
     /// DynamoDB signals no releases: waiters poll.

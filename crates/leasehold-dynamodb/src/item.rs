@@ -1,7 +1,7 @@
 //! The lock item: its attribute names and a decoder that never panics.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use leasehold_core::{FencingToken, LockError, LockInfo, OwnerToken};
@@ -18,6 +18,11 @@ pub(crate) const RVN: &str = "rvn";
 pub(crate) const FENCE: &str = "fence";
 /// Untrusted holder metadata (pid, host); absent while free.
 pub(crate) const HOLDER: &str = "holder";
+/// When the holder took the key, in milliseconds since the epoch by the
+/// *holder's* wall clock (DynamoDB has no clock of its own to ask): shown,
+/// never used to decide anything. Absent while free, and on items written
+/// before it existed.
+pub(crate) const ACQUIRED_MS: &str = "acquired_ms";
 
 /// A decoded lock item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +32,7 @@ pub(crate) struct LockItem {
     pub(crate) rvn: String,
     pub(crate) fence: u64,
     pub(crate) holder: Option<String>,
+    pub(crate) acquired_at: Option<SystemTime>,
 }
 
 impl LockItem {
@@ -39,6 +45,8 @@ impl LockItem {
         let rvn = string(item, RVN, what)?.ok_or_else(|| missing(RVN, what))?;
         let fence = number(item, FENCE, what)?.ok_or_else(|| missing(FENCE, what))?;
         let holder = string(item, HOLDER, what)?;
+        let acquired_at = number(item, ACQUIRED_MS, what)?
+            .and_then(|ms| SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
         let held = match string(item, OWNER, what)? {
             None => None,
             Some(owner) => {
@@ -61,6 +69,7 @@ impl LockItem {
             rvn,
             fence,
             holder,
+            acquired_at,
         })
     }
 
@@ -71,7 +80,8 @@ impl LockItem {
         Some(
             LockInfo::new(Some(FencingToken(self.fence)), remaining)
                 .with_owner(owner)
-                .with_metadata(self.holder.clone()),
+                .with_metadata(self.holder.clone())
+                .with_acquired_at(self.acquired_at),
         )
     }
 }
@@ -168,6 +178,7 @@ mod tests {
             (RVN.into(), s("abc")),
             (FENCE.into(), n("7")),
             (HOLDER.into(), s("pid=1")),
+            (ACQUIRED_MS.into(), n("1700000000000")),
         ])
     }
 
@@ -176,6 +187,10 @@ mod tests {
         let item = LockItem::decode(&held_item(), "k").expect("decodes");
         assert_eq!(item.fence, 7);
         assert_eq!(item.held.unwrap().1, Duration::from_millis(1500));
+        assert_eq!(
+            item.acquired_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
     }
 
     #[test]
@@ -206,6 +221,7 @@ mod tests {
             (LEASE_MS, None, "`lease_ms` is missing"),
             (LEASE_MS, Some(n("0")), "`lease_ms` is zero"),
             (HOLDER, Some(n("3")), "`holder` has type N"),
+            (ACQUIRED_MS, Some(s("x")), "`acquired_ms` has type S"),
         ];
         for (name, value, expected) in cases {
             let mut map = held_item();

@@ -5,6 +5,7 @@
 //! What this client has seen of other holders' RVNs is kept in
 //! `lease/observations.rs`.
 
+mod admin;
 mod observations;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::DynamoDbConfig;
 use crate::error::{self, NAME, is_condition_failed, is_validation, outcome_unknown};
-use crate::item::{FENCE, HOLDER, LEASE_MS, LockItem, OWNER, RVN, returned_fence};
+use crate::item::{ACQUIRED_MS, FENCE, HOLDER, LEASE_MS, LockItem, OWNER, RVN, returned_fence};
 use crate::store::Store;
 use observations::{Observations, Verdict};
 
@@ -125,8 +126,12 @@ impl Leases {
     pub(crate) async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         let key = lease.key();
         let request = self
-            .owned_update(lease, "SET #rvn = :rvn REMOVE #owner, #lease, #holder")
-            .expression_attribute_names("#holder", HOLDER);
+            .owned_update(
+                lease,
+                "SET #rvn = :rvn REMOVE #owner, #lease, #holder, #acquired",
+            )
+            .expression_attribute_names("#holder", HOLDER)
+            .expression_attribute_names("#acquired", ACQUIRED_MS);
         match self.store.bounded(request.send()).await? {
             Ok(_) => {
                 tracing::debug!(key = key.as_str(), owner = %lease.owner(), "released");
@@ -139,17 +144,22 @@ impl Leases {
 
     /// The holder of `key`, with the time left as this client estimates it.
     pub(crate) async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        let pk = self.store.partition_key_for(key);
         let Some(item) = self.store.read(key).await? else {
             return Ok(None);
         };
+        Ok(self.estimate(&self.store.partition_key_for(key), &item))
+    }
+
+    /// What `inspect` tells of `item` (the item `pk`): the time left by this
+    /// client's observation of its RVN, else its whole lease.
+    fn estimate(&self, pk: &str, item: &LockItem) -> Option<LockInfo> {
         let now = self.clock.now();
         let remaining = item.held.as_ref().map(|(_, lease)| {
             self.observations
-                .remaining(&pk, &item.rvn, now)
+                .remaining(pk, &item.rvn, now)
                 .unwrap_or(*lease)
         });
-        Ok(item.info(remaining))
+        item.info(remaining)
     }
 
     /// An update of `lease`'s item that applies only while `lease` still
@@ -183,17 +193,19 @@ impl Leases {
             .update(pk)
             .update_expression(
                 "SET #owner = :owner, #lease = :lease, #rvn = :rvn, #holder = :holder, \
-                 #fence = if_not_exists(#fence, :zero) + :one",
+                 #acquired = :acquired, #fence = if_not_exists(#fence, :zero) + :one",
             )
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_names("#lease", LEASE_MS)
             .expression_attribute_names("#rvn", RVN)
             .expression_attribute_names("#holder", HOLDER)
             .expression_attribute_names("#fence", FENCE)
+            .expression_attribute_names("#acquired", ACQUIRED_MS)
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_hex()))
             .expression_attribute_values(":lease", AttributeValue::N(lease_ms.to_string()))
             .expression_attribute_values(":rvn", AttributeValue::S(new_rvn()))
             .expression_attribute_values(":holder", AttributeValue::S(self.holder.clone()))
+            .expression_attribute_values(":acquired", AttributeValue::N(now_ms().to_string()))
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .return_values(ReturnValue::UpdatedNew)
@@ -354,6 +366,14 @@ impl Leases {
             }
         }
     }
+}
+
+/// This client's wall clock in milliseconds since the epoch, for
+/// [`ACQUIRED_MS`] only (shown, never trusted).
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
 }
 
 fn new_rvn() -> String {

@@ -24,9 +24,36 @@
 //! `owner` (the holder's owner token), `lease_ms` (its lease duration),
 //! `rvn` (record version number: 128 random bits, new on every write),
 //! `fence` (the fencing counter) and `holder` (the shared `holder` option,
-//! default `"<host> pid <pid>"`: shown by `inspect`, never trusted). Release
-//! removes `owner`, `lease_ms` and `holder` but keeps the item, so `fence`
-//! never resets: fencing is `Strict`, and durable as DynamoDB's data is.
+//! default `"<host> pid <pid>"`: shown by `inspect` and `list`, never
+//! trusted). Release removes `owner`, `lease_ms`, `holder` and
+//! `acquired_ms` but keeps the item, so `fence` never resets: fencing is
+//! `Strict`, and durable as DynamoDB's data is.
+//!
+//! `acquired_ms` holds when the holder took the key by *its own* wall clock
+//! (DynamoDB has no clock to ask): shown as `acquired_at`, never used.
+//!
+//! ## Operations
+//! - `list`: the table's only key is the partition key, so a prefix cannot
+//!   be queried: a listing is a strongly consistent `Scan`, one page per
+//!   call (`Limit` = the page size, counted in items *read*, so pages may be
+//!   short or empty), filtered to the namespace's held items under the
+//!   prefix; the cursor is the partition key the page stopped after. Its
+//!   cost grows with the whole table (free keys and other namespaces
+//!   included). Each lock is shown with its token, owner hint, `holder`
+//!   label, `acquired_at` and the time left as this backend estimates it.
+//!   An item counts as expired, and is hidden, only once this backend has
+//!   seen its record version unchanged for a whole lease (the listing is
+//!   such an observation, as a waiter's attempt is): a dead holder's key is
+//!   shown by a process's first listing, and hidden by one a lease
+//!   duration later. An unreadable item is skipped with a warning.
+//! - `force_release`: one conditional `UpdateItem` (on the item being held)
+//!   that removes the holder, bumps `fence` and writes a new RVN, returning
+//!   the old item (`ALL_OLD`): the holder's next `extend` is `Lost` (its
+//!   guard learns it at that renewal) and the next grant's token is two
+//!   above the evicted one. No waiter is woken (DynamoDB signals nothing;
+//!   waiters poll). The reason is only logged (at `DEBUG`). A call that
+//!   timed out may or may not have evicted: inspect before retrying, since a
+//!   retry evicts whoever holds the key then.
 //!
 //! ## Expiry without trusting clocks
 //! No client's wall clock decides anything. A client that finds a key held
@@ -77,7 +104,8 @@
 //! ## Layout
 //! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the thin
 //! [`LockBackend`](leasehold_core::LockBackend) impl), `lease.rs` (the
-//! conditional-update algorithm and RVN observation), `item.rs` (the item's
+//! conditional-update algorithm and RVN observation; `lease/admin.rs` the
+//! listing and the forced release), `item.rs` (the item's
 //! attributes), `store.rs` (the SDK client, the table), `error.rs` (SDK
 //! errors to [`LockError`](leasehold_core::LockError)).
 #![warn(missing_docs)]

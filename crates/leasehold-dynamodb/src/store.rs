@@ -21,7 +21,7 @@ use leasehold_core::{Attempts, Key, LockError, WaitPolicy, with_timeout};
 
 use crate::config::DynamoDbConfig;
 use crate::error::{self, NAME, is_missing_table, is_table_in_use};
-use crate::item::LockItem;
+use crate::item::{LockItem, OWNER};
 
 /// The SDK client and the table it works on.
 #[derive(Debug)]
@@ -102,6 +102,57 @@ impl Store {
     /// The item's partition key value for `key`: `namespace#key`.
     pub(crate) fn partition_key_for(&self, key: &Key) -> String {
         format!("{}#{}", self.namespace, key.as_str())
+    }
+
+    /// One page of a strongly consistent `Scan` for the held items whose
+    /// partition key starts with `prefix`: at most `limit` items *read*
+    /// (DynamoDB applies the filter after the limit, so a page may hold
+    /// fewer, even none), from after the partition key `after`. Returns the
+    /// items and the partition key to continue after, if the scan is not
+    /// over.
+    pub(crate) async fn scan_held(
+        &self,
+        prefix: &str,
+        limit: i32,
+        after: Option<&str>,
+    ) -> Result<(Vec<HashMap<String, AttributeValue>>, Option<String>), LockError> {
+        let pk = &self.partition_key;
+        let mut request = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .limit(limit)
+            .filter_expression("begins_with(#pk, :prefix) AND attribute_exists(#owner)")
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()));
+        if let Some(after) = after {
+            request = request.exclusive_start_key(pk, AttributeValue::S(after.to_owned()));
+        }
+        let output = match self.bounded(request.send()).await? {
+            Ok(output) => output,
+            Err(err) => return Err(self.fail(err).await),
+        };
+        let next = match output.last_evaluated_key().map(|last| last.get(pk)) {
+            None => None,
+            Some(Some(AttributeValue::S(last))) => Some(last.clone()),
+            Some(_) => {
+                return Err(LockError::backend(
+                    NAME,
+                    format!(
+                        "table {}: a scan stopped at a key without a string `{pk}`",
+                        self.table
+                    ),
+                ));
+            }
+        };
+        Ok((output.items.unwrap_or_default(), next))
+    }
+
+    /// The partition key attribute's name.
+    pub(crate) fn partition_key(&self) -> &str {
+        &self.partition_key
     }
 
     /// Which item an error is about.
