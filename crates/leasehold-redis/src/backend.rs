@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
-    Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseFeed,
-    ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
+    Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
+    LockInfo, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 
 use crate::NAME;
@@ -26,7 +26,6 @@ pub struct RedisBackend {
     leases: Leases,
     feed: Option<Arc<ReleaseFeed>>,
     poll: Option<Duration>,
-    holder: Arc<str>,
     persistence: Persistence,
 }
 
@@ -53,7 +52,9 @@ impl RedisBackend {
         }
         let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
         let client = config.client.clone();
-        let node = RedisNode::connect(client.clone(), layout.clone(), timeout).await?;
+        let node = RedisNode::connect(client.clone(), layout.clone(), timeout)
+            .await?
+            .with_holder(&shared.holder_or_default());
         let persistence = node.persistence().await;
         persistence.log_findings(&client.get_connection_info().addr().to_string());
         let feed = config.notifications.then(|| {
@@ -67,7 +68,6 @@ impl RedisBackend {
             leases: Leases::new(node, config.clock.clone(), shared.drift.unwrap_or_default()),
             feed,
             poll: shared.poll,
-            holder: shared.holder_or_default().into(),
             persistence,
         })
     }
@@ -78,9 +78,9 @@ impl RedisBackend {
     }
 
     /// Who holds the locks taken through this backend (the `holder`
-    /// option). Not stored with each lease yet (see [`RedisConfig`]).
+    /// option), stored with each lease and shown by `inspect` and `list`.
     pub fn holder(&self) -> &str {
-        &self.holder
+        self.node().holder()
     }
 
     /// What `CONFIG GET` said about persistence and eviction at connect.
@@ -217,6 +217,23 @@ impl LockBackend for RedisBackend {
     /// Read-only; cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.node().inspect_raw(key).await
+    }
+
+    /// `SCAN` over this namespace's lock keys under the prefix (`COUNT` the
+    /// page size, at most [`MAX_SCAN_COUNT`](crate::MAX_SCAN_COUNT)), then
+    /// the holders found read in one script call; the cursor is the `SCAN`
+    /// cursor (see [`ScanCursor`](crate::ScanCursor)). Read-only; cancel
+    /// safe.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        crate::admin::list(self.node(), query).await
+    }
+
+    /// One script: deletes the lock, advances the fencing counter past the
+    /// evicted token, publishes the release (waiters wake) and logs `reason`
+    /// in the server's log. The evicted holder's next renewal is `Lost`.
+    /// Cancel safety: dropped, it may or may not have run.
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.node().force_release_raw(key, reason).await
     }
 
     /// From the release feed (pub/sub on the namespace's channel); `None`

@@ -27,9 +27,8 @@ const ALIASES: &[&str] = &["unix", "valkey", "valkeys", "valkey+unix"];
 /// and Redis's own (`notifications`, and the client's `protocol`; for
 /// `redis+unix://` also the client's `db`, `user` and `pass`).
 ///
-/// `holder` is kept here (and by the backend, [`RedisBackend::holder`]) but
-/// not yet stored with each lease: the lock key's value is the owner token
-/// alone; the admin work stores it beside the key.
+/// `holder` is stored in every lock key's value beside the owner token
+/// ([`RedisBackend::holder`]) and shown by `inspect` and `list`.
 ///
 /// ```
 /// use leasehold_core::config::BackendConfig;

@@ -8,7 +8,8 @@ use leasehold_core::{Key, LockError};
 /// counter key that share a cluster hash slot, and one release channel.
 ///
 /// Layout, for namespace `ns` and key `k`:
-/// - lock: `{ns:k}:lock` (value: the holder's owner token, PX TTL)
+/// - lock: `{ns:k}:lock` (value: `<owner token> <acquired ms> <holder
+///   label>`, PX TTL; see [`scripts`](crate::scripts))
 /// - fencing counter: `{ns:k}:fence` (an integer, never deleted, no TTL)
 /// - release channel: `ns:released` (payload: the released lock key's name)
 ///
@@ -62,7 +63,7 @@ impl KeyLayout {
         tag.push('{');
         tag.push_str(&self.encoded_namespace);
         tag.push(':');
-        tag.push_str(&encode(key.as_str(), &['%', '{', '}']));
+        tag.push_str(&encode(key.as_str(), KEY_SPECIAL));
         tag.push('}');
         tag
     }
@@ -77,11 +78,69 @@ impl KeyLayout {
         self.tag(key) + ":fence"
     }
 
+    /// The `SCAN MATCH` pattern of the lock keys of this namespace whose key
+    /// starts with `prefix` (byte-wise: the encoding keeps prefixes). Glob
+    /// metacharacters of the namespace and prefix are escaped, so they match
+    /// only themselves.
+    ///
+    /// ```
+    /// use leasehold_redis::KeyLayout;
+    /// let layout = KeyLayout::new("app*").unwrap();
+    /// assert_eq!(layout.scan_pattern("jobs:[a]"), r"{app\*:jobs:\[a\]*}:lock");
+    /// ```
+    pub fn scan_pattern(&self, prefix: &str) -> String {
+        let mut literal = String::with_capacity(self.encoded_namespace.len() + prefix.len() + 2);
+        literal.push('{');
+        literal.push_str(&self.encoded_namespace);
+        literal.push(':');
+        literal.push_str(&encode(prefix, KEY_SPECIAL));
+        let mut pattern = String::with_capacity(literal.len() + 8);
+        for c in literal.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("*}:lock");
+        pattern
+    }
+
+    /// The key whose lock key (in this namespace) is `name`, or `None` for
+    /// any other Redis name (a counter, another namespace, a foreign key).
+    pub fn key_of(&self, name: &[u8]) -> Option<Key> {
+        let head = format!("{{{}:", self.encoded_namespace);
+        let encoded = name
+            .strip_prefix(head.as_bytes())?
+            .strip_suffix(b"}:lock")?;
+        let key = Key::new(String::from_utf8(decode(encoded)?).ok()?).ok()?;
+        // Only the one encoding of a key is its lock (`%7b` is not `%7B`).
+        (self.lock_key(&key).as_bytes() == name).then_some(key)
+    }
+
     /// The channel the release script publishes on; the payload is the
     /// released lock key's name ([`KeyLayout::lock_key`]).
     pub fn channel(&self) -> String {
         format!("{}:released", self.encoded_namespace)
     }
+}
+
+/// The characters percent-encoded in a key.
+const KEY_SPECIAL: &[char] = &['%', '{', '}'];
+
+/// Undoes [`encode`]: `%XX` becomes the byte `XX`; `None` for a malformed
+/// escape.
+fn decode(encoded: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut bytes = encoded.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let hex = [*bytes.next()?, *bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    Some(out)
 }
 
 /// Percent-encodes the characters in `special` (all ASCII), leaving the rest.
@@ -127,6 +186,21 @@ mod tests {
         let a = KeyLayout::new("a:b").unwrap().lock_key(&key("c"));
         let b = KeyLayout::new("a").unwrap().lock_key(&key("b:c"));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn lock_names_decode_back_to_their_key_and_nothing_else_does() {
+        let layout = KeyLayout::new("n{s}:%").unwrap();
+        for name in ["a", "a}b", "%7B", "sp ace", "é🔒", "x:*?[]\\"] {
+            let k = key(name);
+            assert_eq!(layout.key_of(layout.lock_key(&k).as_bytes()), Some(k));
+        }
+        let k = key("a");
+        assert_eq!(layout.key_of(layout.fence_key(&k).as_bytes()), None);
+        let other = KeyLayout::new("n").unwrap();
+        assert_eq!(other.key_of(layout.lock_key(&k).as_bytes()), None);
+        assert_eq!(layout.key_of(b"{n%7Bs%7D%3A%25:a%7b}:lock"), None);
+        assert_eq!(layout.key_of(b"{n%7Bs%7D%3A%25:a%7}:lock"), None);
     }
 
     #[test]

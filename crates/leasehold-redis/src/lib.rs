@@ -31,6 +31,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Operations
+//! - **list** ([`LockBackend::list`](leasehold_core::LockBackend::list)):
+//!   one `SCAN` step per page (`MATCH` over the namespace's lock keys under
+//!   the prefix, glob characters escaped; `COUNT` the page size, at most
+//!   [`MAX_SCAN_COUNT`]), never `KEYS`; the holders found are read in one
+//!   script call, and expired ones left out. The page cursor is the `SCAN`
+//!   cursor ([`ScanCursor`]); `SCAN` may show a key twice.
+//! - **force release** ([`LockBackend::force_release`](leasehold_core::LockBackend::force_release)):
+//!   one script deletes the lock whoever holds it, `INCR`s the fencing
+//!   counter past the evicted token, publishes the release (waiters wake)
+//!   and writes the reason to the server's log. The evicted holder's next
+//!   renewal is `Lost`; its owner token can never match again.
+//! - **holder**: the lock key's value is `<owner token> <grant time in ms,
+//!   server clock> <holder label>` (the `holder` option), so `inspect` and
+//!   `list` show the label and the grant time; only the first 8 hex digits
+//!   of the owner token are ever shown. Ownership checks compare the owner
+//!   token alone, and a bare owner token (an older version's lock) still
+//!   counts as its owner's.
+//! - Not possible: counting waiters (they poll or listen on pub/sub, the
+//!   server does not know them), and a listing that is a snapshot (a key
+//!   taken or released during it may be missed or shown once more).
+//!
 //! ## Guarantees and their limits
 //! - Mutual exclusion holds while the one Redis server keeps its data and the
 //!   holder acts before [`Lease::valid_until`](leasehold_core::Lease::valid_until), which counts from the instant
@@ -71,6 +93,7 @@
 //!   hand-off.
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
 pub mod config;
 mod error;
@@ -81,6 +104,7 @@ mod safety;
 pub mod scripts;
 mod store;
 
+pub use admin::{MAX_SCAN_COUNT, ScanCursor, ScanState};
 pub use backend::RedisBackend;
 pub use config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig};
 pub use error::map as map_error;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::config::default_holder;
 use leasehold_core::{FencingToken, Key, LockError, LockInfo, OwnerToken, with_timeout};
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -69,6 +70,7 @@ pub struct RedisNode {
     layout: Arc<KeyLayout>,
     timeout: Duration,
     backend: &'static str,
+    holder: Arc<str>,
 }
 
 impl std::fmt::Debug for RedisNode {
@@ -78,6 +80,7 @@ impl std::fmt::Debug for RedisNode {
             .field("addr", addr)
             .field("namespace", &self.layout.namespace())
             .field("timeout", &self.timeout)
+            .field("holder", &self.holder)
             .finish()
     }
 }
@@ -139,7 +142,21 @@ impl RedisNode {
             layout: Arc::new(layout),
             timeout,
             backend,
+            holder: default_holder().into(),
         }
+    }
+
+    /// Stores `holder` as the label of every lease this node grants (shown
+    /// by `inspect` and `list` as [`LockInfo::metadata`]); the default is
+    /// [`default_holder`], `"<host> pid <pid>"`.
+    pub fn with_holder(mut self, holder: &str) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    /// The label stored with every lease this node grants.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The key layout (namespace) of this node.
@@ -163,7 +180,7 @@ impl RedisNode {
     }
 
     /// Runs `call` under the node's timeout with a fresh connection handle.
-    async fn call<T, F, Fut>(&self, call: F) -> Result<T, LockError>
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, LockError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -176,8 +193,10 @@ impl RedisNode {
         .await
     }
 
-    /// One acquire script: `SET NX PX` of `owner` plus the fencing counter's
-    /// `INCR`. Records nothing about time: take the sent instant before.
+    /// One acquire script: `SET NX PX` of `owner` (with the server's time
+    /// and the node's [holder label](RedisNode::with_holder)) plus the
+    /// fencing counter's `INCR`. Records nothing about time: take the sent
+    /// instant before.
     ///
     /// Not cancel safe on its own: dropped (or timed out) after the script
     /// was sent, the key may be taken for `owner` until its TTL. Callers that
@@ -192,7 +211,7 @@ impl RedisNode {
     ) -> Result<AcquireOutcome, LockError> {
         let ttl_ms = ttl_millis(self.backend, ttl)?;
         let (lock, fence) = (self.layout.lock_key(key), self.layout.fence_key(key));
-        let owner = owner.to_hex();
+        let (owner, holder) = (owner.to_hex(), self.holder.clone());
         let (won, counter, pttl, prefix): (i64, i64, i64, String) = self
             .call(|mut conn| async move {
                 scripts::acquire()
@@ -200,6 +219,7 @@ impl RedisNode {
                     .key(fence)
                     .arg(owner)
                     .arg(ttl_ms)
+                    .arg(&*holder)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -295,22 +315,6 @@ impl RedisNode {
         Ok(results)
     }
 
-    /// The holder of `key`: owner prefix, remaining TTL, fencing token.
-    /// Read-only; cancel safe.
-    pub async fn inspect_raw(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        let (lock, fence) = (self.layout.lock_key(key), self.layout.fence_key(key));
-        let reply: Option<(String, i64, i64)> = self
-            .call(|mut conn| async move {
-                scripts::inspect()
-                    .key(lock)
-                    .key(fence)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(reply.map(|(prefix, pttl, counter)| holder_info(prefix, pttl, counter)))
-    }
-
     /// Raises `key`'s fencing counter to at least `token`, never lowering it
     /// ([`scripts::RAISE_SRC`]); `true` if it was raised. Cancel safety:
     /// dropped, it may or may not have run; running it again is harmless.
@@ -369,7 +373,9 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(1))
 }
 
-fn holder_info(prefix: String, pttl: i64, counter: i64) -> LockInfo {
+/// What the scripts tell of a holder: its owner prefix, remaining TTL and
+/// fencing token.
+pub(crate) fn holder_info(prefix: String, pttl: i64, counter: i64) -> LockInfo {
     let mut info = LockInfo::new(
         (counter > 0).then_some(FencingToken(counter as u64)),
         (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),

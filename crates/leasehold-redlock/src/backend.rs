@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
-    Capabilities, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo, ReleaseListener,
-    WaitPolicy, Waiting, cancel_safe, wait_for_lock,
+    Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
+    LockInfo, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 use leasehold_redis::{KeyLayout, RedisNode};
 
@@ -61,7 +61,9 @@ impl RedlockBackend {
             )));
         }
         let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
-        let (nodes, durable) = Nodes::connect(config.servers.clone(), layout, timeout).await?;
+        let holder = shared.holder_or_default();
+        let (nodes, durable) =
+            Nodes::connect(config.servers.clone(), layout, timeout, &holder).await?;
         let quorum = Quorum::new(
             nodes,
             timeout,
@@ -75,7 +77,7 @@ impl RedlockBackend {
                 quorum,
                 durable,
                 poll: shared.poll,
-                holder: shared.holder_or_default(),
+                holder,
             }),
         })
     }
@@ -97,7 +99,8 @@ impl RedlockBackend {
     }
 
     /// Who holds the locks taken through this backend (the `holder`
-    /// option). Not stored with each lease yet (see [`RedlockConfig`]).
+    /// option), stored with each lease on every server and shown by
+    /// `inspect` and `list`.
     pub fn holder(&self) -> &str {
         &self.inner.holder
     }
@@ -189,6 +192,23 @@ impl LockBackend for RedlockBackend {
     /// Read-only; cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         self.inner.quorum.inspect(key).await
+    }
+
+    /// One `SCAN` step on every server at once, then the keys found read on
+    /// every server (one script call each); a key is listed when a majority
+    /// of servers agree on its owner, as [`LockBackend::inspect`] tells it.
+    /// The cursor holds every server's `SCAN` cursor. Read-only; cancel safe.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.inner.quorum.list(query).await
+    }
+
+    /// The force-release script on every server at once (each deletes the
+    /// key and advances its counter), then the servers whose counter lags
+    /// the highest evicted token are raised to it. `Ok` when a majority
+    /// answered; the evicted token is the highest reported. Cancel safety:
+    /// dropped, some servers may have run it and others not.
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.inner.quorum.force_release(key, reason).await
     }
 
     /// No release signal: a subscription per server and a quorum of them

@@ -31,10 +31,8 @@ pub const DEFAULT_NAMESPACE: &str = leasehold_redis::DEFAULT_NAMESPACE;
 /// default 1 % + 2 ms) and Redlock's own (`node_timeout_factor`,
 /// `min_node_timeout`, `tls`).
 ///
-/// `holder` is kept here (and by the backend,
-/// [`RedlockBackend::holder`]) but not yet stored with each lease: each
-/// server's lock key holds the owner token alone; the admin work stores it
-/// beside the key.
+/// `holder` is stored in every server's lock key beside the owner token
+/// ([`RedlockBackend::holder`]) and shown by `inspect` and `list`.
 ///
 /// ```
 /// use leasehold_core::config::BackendConfig;

@@ -100,10 +100,10 @@ impl fmt::Display for NodeOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuorumReport {
     /// The step: `connect`, `acquire`, `extend`, `extend_many`, `release`,
-    /// `inspect`.
+    /// `inspect`, `list`, `force_release`.
     pub step: &'static str,
     /// The lock key (empty for a step over no one key: `connect`, a batch
-    /// renewal).
+    /// renewal; the prefix for `list`).
     pub key: String,
     /// How many servers must agree.
     pub quorum: usize,

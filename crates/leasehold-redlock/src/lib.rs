@@ -45,6 +45,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Operations
+//! - **list** ([`LockBackend::list`](leasehold_core::LockBackend::list)):
+//!   each page runs one `SCAN` step on every server at once (never `KEYS`),
+//!   then reads the keys found on every server (one script call each). A key
+//!   is listed when a majority of servers agree on its owner, as `inspect`
+//!   decides, with the highest token and the least time left among them; a
+//!   key held on several servers is shown once, by the lowest-numbered
+//!   server's scan. The cursor holds every server's `SCAN` cursor
+//!   ([`ScanCursor`](leasehold_redis::ScanCursor)). A server that fails
+//!   during a listing is left out for the rest of it (its keys are found
+//!   on the others); when more than N − quorum have failed, the page is
+//!   [`LockError::Unavailable`](leasehold_core::LockError::Unavailable). A
+//!   key held on too few reachable servers to tell is left out.
+//! - **force release** ([`LockBackend::force_release`](leasehold_core::LockBackend::force_release)):
+//!   the single-server script on every server at once (delete, counter
+//!   `INCR`, release published, reason in each server's log), then every
+//!   server whose counter lags the highest evicted token is raised to it.
+//!   `Ok` when a majority answered; the evicted holder is the owner most
+//!   servers named, with the highest token reported.
+//! - **holder**: stored in each server's lock value beside the owner token
+//!   (see [`leasehold_redis::scripts`]), with each server's grant time.
+//! - Not possible: counting waiters (they poll), and a listing that is a
+//!   snapshot (a key taken or released during it may be missed or shown
+//!   once more; so may one whose servers fail mid-listing).
+//!
 //! ## Guarantees and their limits
 //! - Mutual exclusion holds while a majority of servers keep their data and
 //!   the holder acts before [`Lease::valid_until`](leasehold_core::Lease::valid_until). A server that restarts
@@ -96,6 +121,7 @@
 //!   than a quorum answer.
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
 pub mod config;
 mod error;

@@ -2,15 +2,15 @@
 //! goes to all N servers at once, and a quorum (N/2+1) of their answers
 //! decides. Validity counts from the instant the requests were sent.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Drift, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, SharedClock,
+    Capabilities, Drift, FencingToken, Key, Lease, LockError, OwnerToken, SharedClock,
 };
 use leasehold_redis::Ownership;
 use tokio::time::Instant;
 
+use crate::admin::holder_of;
 use crate::error::{NodeOutcome, QuorumReport};
 use crate::store::Nodes;
 use crate::{MIN_TTL, NAME};
@@ -19,8 +19,9 @@ use crate::{MIN_TTL, NAME};
 #[derive(Debug)]
 pub(crate) struct Quorum {
     pub(crate) nodes: Nodes,
-    /// The per-call timeout: `inspect`, and the ceiling of the per-node one.
-    timeout: Duration,
+    /// The per-call timeout: `inspect`, the admin steps, and the ceiling of
+    /// the per-node one.
+    pub(crate) timeout: Duration,
     node_timeout_factor: f64,
     min_node_timeout: Duration,
     drift: Drift,
@@ -95,7 +96,12 @@ impl Quorum {
             .unwrap_or(FencingToken(0));
         let mut note = None;
         if acquired >= quorum {
-            self.raise_counters(key, token, &outcomes, per_node).await;
+            let lagging = indices(&outcomes, |outcome| match outcome {
+                NodeOutcome::Acquired(counter) => *counter < token,
+                NodeOutcome::Held(info) => info.fencing_token.is_some_and(|c| c < token),
+                _ => false,
+            });
+            self.raise_counters(key, token, &lagging, per_node).await;
             let lease = Lease::new(NAME, key.clone(), owner, token, sent_at, ttl, self.drift);
             let now = self.clock.now();
             if lease.valid_until() > now {
@@ -149,26 +155,22 @@ impl Quorum {
         Err(LockError::contended(NAME, key.as_str(), Some(holder)))
     }
 
-    /// Raises the counters of the servers that answered below `token` (so a
-    /// later, different quorum counts past it). Best effort within `per_node`.
-    async fn raise_counters(
+    /// Raises the counters of the servers `lagging` (indices), which are
+    /// below `token`, to it (so a later, different quorum counts past it).
+    /// Best effort within `per_node`.
+    pub(crate) async fn raise_counters(
         &self,
         key: &Key,
         token: FencingToken,
-        outcomes: &[NodeOutcome],
+        lagging: &[usize],
         per_node: Duration,
     ) {
-        let lagging: Vec<usize> = indices(outcomes, |outcome| match outcome {
-            NodeOutcome::Acquired(counter) => *counter < token,
-            NodeOutcome::Held(info) => info.fencing_token.is_some_and(|c| c < token),
-            _ => false,
-        });
         if lagging.is_empty() {
             return;
         }
         let nodes = &self.nodes;
         let results = nodes
-            .fan_out(&lagging, per_node, |node| async move {
+            .fan_out(lagging, per_node, |node| async move {
                 node.raise_raw(key, token).await
             })
             .await;
@@ -348,53 +350,7 @@ impl Quorum {
         ))
     }
 
-    /// The holder a majority of servers agree on; `None` when no owner can
-    /// have a majority; `Unavailable` when too few answered to tell.
-    pub(crate) async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
-        let nodes = &self.nodes;
-        let answers = nodes
-            .fan_out(&nodes.all(), self.timeout, |node| async move {
-                node.inspect_raw(key).await
-            })
-            .await;
-        let outcomes: Vec<NodeOutcome> = answers
-            .into_iter()
-            .map(|answer| match answer {
-                Ok(Some(info)) => NodeOutcome::Held(info),
-                Ok(None) => NodeOutcome::Free,
-                Err(error) => NodeOutcome::from_error(error),
-            })
-            .collect();
-        let holder = holder_of(&outcomes);
-        let top = holder.owner_hint.as_deref().map_or(0, |owner| {
-            outcomes
-                .iter()
-                .filter(
-                    |o| matches!(o, NodeOutcome::Held(i) if i.owner_hint.as_deref() == Some(owner)),
-                )
-                .count()
-        });
-        let unknown = outcomes.iter().filter(|o| o.is_unknown()).count();
-        let quorum = nodes.quorum();
-        if top >= quorum {
-            // Report only the majority holder's servers.
-            let owner = holder.owner_hint.clone();
-            let theirs: Vec<NodeOutcome> = outcomes
-                .into_iter()
-                .filter(|o| matches!(o, NodeOutcome::Held(i) if i.owner_hint == owner))
-                .collect();
-            return Ok(Some(holder_of(&theirs)));
-        }
-        if top + unknown < quorum {
-            return Ok(None);
-        }
-        Err(LockError::unavailable(
-            NAME,
-            self.report("inspect", key, outcomes, None),
-        ))
-    }
-
-    fn report(
+    pub(crate) fn report(
         &self,
         step: &'static str,
         key: &Key,
@@ -405,51 +361,7 @@ impl Quorum {
     }
 }
 
-/// The positions of the outcomes that match `pred`.
-fn indices(outcomes: &[NodeOutcome], pred: impl Fn(&NodeOutcome) -> bool) -> Vec<usize> {
-    (0..outcomes.len())
-        .filter(|&i| pred(&outcomes[i]))
-        .collect()
-}
-
-/// What the holders that answered `Held` have in common, for `Contended`.
-fn holder_of(outcomes: &[NodeOutcome]) -> LockInfo {
-    let mut owners: HashMap<&str, usize> = HashMap::new();
-    let mut info = LockInfo::default();
-    for outcome in outcomes {
-        if let NodeOutcome::Held(held) = outcome {
-            if let Some(owner) = &held.owner_hint {
-                *owners.entry(owner).or_default() += 1;
-            }
-            info.fencing_token = info.fencing_token.max(held.fencing_token);
-            info.remaining = match (info.remaining, held.remaining) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-    }
-    info.owner_hint = owners
-        .into_iter()
-        .max_by_key(|(_, count)| *count)
-        .map(|(owner, _)| owner.to_owned());
-    info
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::tests::held;
-
-    #[test]
-    fn the_majority_holder_is_reported_with_its_highest_token_and_least_time() {
-        let info = holder_of(&[
-            held("aaaa", 3, 900),
-            NodeOutcome::Unreachable("x".into()),
-            held("aaaa", 5, 700),
-            held("bbbb", 9, 100),
-        ]);
-        assert_eq!(info.owner_hint.as_deref(), Some("aaaa"));
-        assert_eq!(info.fencing_token, Some(FencingToken(9)));
-        assert_eq!(info.remaining, Some(Duration::from_millis(100)));
-    }
+/// The positions of the items (outcomes, scans) that match `pred`.
+pub(crate) fn indices<T>(items: &[T], pred: impl Fn(&T) -> bool) -> Vec<usize> {
+    (0..items.len()).filter(|&i| pred(&items[i])).collect()
 }

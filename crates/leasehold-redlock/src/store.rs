@@ -36,6 +36,8 @@ pub(crate) struct Slot {
     client: redis::Client,
     layout: KeyLayout,
     timeout: Duration,
+    /// The label stored with every lease granted on this server.
+    holder: Arc<str>,
     state: watch::Sender<State>,
 }
 
@@ -68,13 +70,19 @@ impl Slot {
         }
     }
 
-    pub(crate) fn new(client: redis::Client, layout: KeyLayout, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        client: redis::Client,
+        layout: KeyLayout,
+        timeout: Duration,
+        holder: Arc<str>,
+    ) -> Arc<Self> {
         let addr = client.get_connection_info().addr().to_string();
         Arc::new(Slot {
             addr,
             client,
             layout,
             timeout,
+            holder,
             state: watch::Sender::new(State::default()),
         })
     }
@@ -131,7 +139,8 @@ impl Slot {
                     slot.timeout,
                     NAME,
                 )
-                .await;
+                .await
+                .map(|node| node.with_holder(&slot.holder));
                 slot.state.send_modify(|s| {
                     s.connecting = false;
                     match result {
@@ -175,10 +184,12 @@ impl Nodes {
     /// fsync always). Each connected server's eviction policy is checked and
     /// logged. Fewer than a quorum within `timeout` is
     /// [`LockError::Unavailable`]; a server listed twice is a config error.
+    /// Every lease granted stores the label `holder`.
     pub(crate) async fn connect(
         clients: Vec<redis::Client>,
         layout: KeyLayout,
         timeout: Duration,
+        holder: &str,
     ) -> Result<(Self, bool), LockError> {
         if clients.is_empty() {
             return Err(LockError::Config(
@@ -187,7 +198,7 @@ impl Nodes {
         }
         let slots: Vec<Arc<Slot>> = clients
             .into_iter()
-            .map(|client| Slot::new(client, layout.clone(), timeout))
+            .map(|client| Slot::new(client, layout.clone(), timeout, holder.into()))
             .collect();
         let mut seen = std::collections::HashSet::new();
         for slot in &slots {
@@ -282,6 +293,11 @@ impl Nodes {
         self.slots.iter().map(|s| s.node()).collect()
     }
 
+    /// How many servers there are.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Every server's index.
     pub(crate) fn all(&self) -> Vec<usize> {
         (0..self.slots.len()).collect()
@@ -299,8 +315,28 @@ impl Nodes {
         F: Fn(RedisNode) -> Fut,
         Fut: Future<Output = Result<T, LockError>>,
     {
+        self.fan_out_each(which, per_node, |_, node| op(node)).await
+    }
+
+    /// [`Nodes::fan_out`], with each server's index passed to `op` (for a
+    /// step whose arguments differ per server).
+    pub(crate) async fn fan_out_each<T, F, Fut>(
+        &self,
+        which: &[usize],
+        per_node: Duration,
+        op: F,
+    ) -> Vec<Result<T, LockError>>
+    where
+        F: Fn(usize, RedisNode) -> Fut,
+        Fut: Future<Output = Result<T, LockError>>,
+    {
         let op = &op;
-        join_all(which.iter().map(|&i| self.slots[i].call(per_node, op))).await
+        join_all(
+            which
+                .iter()
+                .map(|&i| self.slots[i].call(per_node, move |node| op(i, node))),
+        )
+        .await
     }
 
     /// Compare-and-deletes `owner`'s key on the servers `which`, in parallel.
