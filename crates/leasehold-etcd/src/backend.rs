@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
-    Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseListener, WaitPolicy, Waiting, with_timeout,
+    Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
+    LockError, LockInfo, ReleaseListener, WaitPolicy, Waiting,
 };
 
 use crate::NAME;
@@ -339,20 +339,25 @@ impl LockBackend for EtcdBackend {
         }
     }
 
-    /// Reads the queue head. Writes nothing: cancel safe.
+    /// Reads the queue head (with the holder label) and the queue's length.
+    /// Writes nothing: cancel safe.
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let keys = LockKeys::new(&self.store.namespace, key);
-        let mut kv = self.store.client.kv_client();
-        let prefix = keys.prefix.clone();
-        let options = keys.head();
-        let response = with_timeout(NAME, self.store.timeout, async move {
-            kv.get(prefix, Some(options)).await.map_err(map)
-        })
-        .await?;
-        match response.kvs().first() {
-            Some(holder) => Ok(Some(self.store.holder_info(&keys, holder).await)),
-            None => Ok(None),
-        }
+        let head = self.store.heads(&[keys]).await?.pop().flatten();
+        Ok(head.map(|head| head.info))
+    }
+
+    /// A range read of queue entries under the prefix, then each listed
+    /// lock's head (see `admin.rs`). Writes nothing: cancel safe.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.store.list(query).await
+    }
+
+    /// Deletes (and retires) the head entry if it is still the head (see
+    /// `admin.rs`). The next entry's owner, woken by its watch, holds the
+    /// lock with a higher token. One txn: cancel safe.
+    async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.store.force_release(key).await
     }
 
     /// None: waiters watch their predecessor's deletion themselves.

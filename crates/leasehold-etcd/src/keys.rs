@@ -24,25 +24,26 @@ impl LockKeys {
     pub fn new(namespace: &str, key: &Key) -> Self {
         let mut prefix = Vec::with_capacity(namespace.len() + key.as_str().len() + 8);
         prefix.extend_from_slice(namespace.as_bytes());
-        for byte in key.as_bytes() {
-            match byte {
-                b'%' => prefix.extend_from_slice(b"%25"),
-                b'/' => prefix.extend_from_slice(b"%2F"),
-                other => prefix.push(*other),
-            }
-        }
+        encode(&mut prefix, key.as_bytes());
         prefix.push(b'/');
         LockKeys { prefix }
     }
 
-    /// The end of the prefix range (exclusive): the prefix with its last byte
-    /// (`/`) incremented.
+    /// The lock whose queue `entry` (a whole etcd key) is an entry of, or
+    /// `None` for any other key under the namespace (a retirement marker, a
+    /// session key, a foreign key).
+    pub fn of_entry(namespace: &str, entry: &[u8]) -> Option<(Key, LockKeys)> {
+        let rest = entry.strip_prefix(namespace.as_bytes())?;
+        let slash = rest.iter().position(|&b| b == b'/')?;
+        let key = Key::new(decode(&rest[..slash])?).ok()?;
+        let keys = LockKeys::new(namespace, &key);
+        // Re-encoding proves the name canonical and the owner part a token.
+        keys.owner_of(entry).map(|_| (key, keys))
+    }
+
+    /// The end of the prefix range (exclusive).
     pub fn range_end(&self) -> Vec<u8> {
-        let mut end = self.prefix.clone();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        end
+        prefix_end(&self.prefix)
     }
 
     /// The queue entry of one acquisition.
@@ -74,6 +75,21 @@ impl LockKeys {
             .with_limit(1)
     }
 
+    /// The queue head with its value (the holder label), for reports.
+    pub fn holder(&self) -> GetOptions {
+        GetOptions::new()
+            .with_range(self.range_end())
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1)
+    }
+
+    /// The number of entries in the queue (the holder and its waiters).
+    pub fn count(&self) -> GetOptions {
+        GetOptions::new()
+            .with_range(self.range_end())
+            .with_count_only()
+    }
+
     /// The newest entry created at or before `max_revision` (the predecessor
     /// of an entry created at `max_revision + 1`).
     pub fn newest(&self, max_revision: Option<i64>) -> GetOptions {
@@ -92,6 +108,58 @@ impl LockKeys {
         let hex = entry.strip_prefix(self.prefix.as_slice())?;
         OwnerToken::from_hex(std::str::from_utf8(hex).ok()?)
     }
+}
+
+/// Appends `bytes` with `%` and `/` percent-encoded. The code is prefix
+/// free, so a key starts with a prefix exactly when its encoding starts with
+/// the prefix's encoding (listings by prefix are range reads).
+pub(crate) fn encode(out: &mut Vec<u8>, bytes: &[u8]) {
+    for byte in bytes {
+        match byte {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'/' => out.extend_from_slice(b"%2F"),
+            other => out.push(*other),
+        }
+    }
+}
+
+/// The name [`encode`] made `encoded` from, or `None` if it made no such
+/// bytes.
+fn decode(encoded: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = match (byte, tail) {
+            (b'%', [b'2', b'5', tail @ ..]) => {
+                out.push(b'%');
+                tail
+            }
+            (b'%', [b'2', b'F', tail @ ..]) => {
+                out.push(b'/');
+                tail
+            }
+            (b'%' | b'/', _) => return None,
+            (other, tail) => {
+                out.push(other);
+                tail
+            }
+        };
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The end (exclusive) of the range of every key starting with `prefix`:
+/// its last byte below 0xff incremented, the 0xff bytes after it dropped
+/// (`[0]`, etcd's "to the end", when there is none).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// The key that retires a queue entry for good: the entry with its
@@ -176,6 +244,44 @@ mod tests {
             retirement_marker(&keys("a").entry(&owner)),
             retirement_marker(&keys("a").entry(&OwnerToken::generate()))
         );
+    }
+
+    #[test]
+    fn entries_name_their_lock_and_nothing_else_does() {
+        let owner = OwnerToken::generate();
+        for name in ["a", "a/b", "a%2Fb", "100%", "emoji 🔒", "x%"] {
+            let k = keys(name);
+            let (key, found) = LockKeys::of_entry("ns/", &k.entry(&owner)).unwrap();
+            assert_eq!((key.as_str(), &found), (name, &k));
+            assert_eq!(
+                LockKeys::of_entry("ns/", &retirement_marker(&k.entry(&owner))),
+                None
+            );
+            assert_eq!(LockKeys::of_entry("other/", &k.entry(&owner)), None);
+        }
+        for foreign in [
+            &b"ns/a/short"[..],
+            b"ns/a%2/0123",
+            b"ns/\0session/0001",
+            b"ns/a",
+        ] {
+            assert_eq!(LockKeys::of_entry("ns/", foreign), None, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_ranges_hold_exactly_the_keys_under_the_prefix() {
+        assert_eq!(prefix_end(b"ns/a"), b"ns/b");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+        assert_eq!(keys("a").range_end(), b"ns/a0");
+        let mut encoded = b"ns/".to_vec();
+        encode(&mut encoded, b"a/");
+        for (name, inside) in [("a/b", true), ("a/", true), ("a", false), ("a%2F", false)] {
+            let prefix = keys(name).prefix;
+            let within = prefix >= encoded && prefix < prefix_end(&encoded);
+            assert_eq!(within, inside, "{name:?}");
+        }
     }
 
     #[test]

@@ -108,6 +108,36 @@
 //!   lock of the same TTL keeps both; a killed or partitioned process loses
 //!   all of them one TTL after its last keep-alive.
 //!
+//! ## Operations
+//! - Every queue entry's value is the backend's holder label (the `holder`
+//!   option, by default `"<host> pid <pid>"`): `inspect`, contention errors
+//!   and listings show the head entry's label as
+//!   [`LockInfo::metadata`](leasehold_core::LockInfo::metadata), with its
+//!   create revision (the token), owner hint, the session lease's remaining
+//!   TTL and the number of entries queued behind it as `waiters`. The owner
+//!   token stays in the entry's name, as before; etcd keeps no time of
+//!   creation, so `acquired_at` is unknown.
+//! - `list` is a keys-only range read of at most `limit` queue entries under
+//!   the namespace and the encoded prefix (the encoding is prefix free, so the
+//!   prefix is a range), grouped by lock, then one txn per 64 locks reading
+//!   each one's head and queue length. The cursor is the etcd key to go on
+//!   from (hex), past the last lock's whole queue; retirement markers and
+//!   session keys in the range only make a page shorter. Locks come in the
+//!   order of their encoded names, not of the keys' bytes.
+//! - `force_release` deletes the head entry in a txn that checks its create
+//!   revision (an entry that still exists is still first) and writes its
+//!   retirement marker, so a late copy of the txn that queued it cannot
+//!   revive it. The next entry in the queue holds the lock at once (its
+//!   watch fires) with its own, higher create revision; with nobody queued,
+//!   the next acquisition writes a newer entry. The evicted holder's next
+//!   extend finds its entry gone and is `Lost`, so its guard's `lost()`
+//!   fires at its next renewal; the lease's loss signal (its session's) does
+//!   not fire, as the session lives on for its other locks. Not possible:
+//!   evicting a holder it did not read (if the head leaves by itself first,
+//!   the call evicts nobody and says `None`), and knowing whether a force
+//!   release whose answer was lost was applied (call `inspect` before
+//!   another).
+//!
 //! ## Guarantees and limits
 //! - Mutual exclusion holds while a holder acts before its lease's
 //!   `valid_until` (from the *send* time of the last grant or keep-alive, minus
@@ -127,6 +157,7 @@
 //! (`etcds://`) needs this crate's `tls` feature.
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
 mod config;
 mod error;

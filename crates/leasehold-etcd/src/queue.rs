@@ -71,10 +71,10 @@ impl Store {
                 ])
                 .and_then([TxnOp::put(
                     entry.clone(),
-                    "",
+                    self.holder.as_str(),
                     Some(PutOptions::new().with_lease(session.id)),
                 )])
-                .or_else([TxnOp::get(keys.prefix.clone(), Some(keys.head()))]);
+                .or_else([TxnOp::get(keys.prefix.clone(), Some(keys.holder()))]);
             let mut reaper = Reaper::arm(
                 &self.client,
                 self.timeout,
@@ -215,7 +215,7 @@ impl Store {
         );
         let put = TxnOp::put(
             entry.clone(),
-            "",
+            self.holder.as_str(),
             Some(PutOptions::new().with_lease(session.id)),
         );
         // Then: the head and the newest entry *before* our put, then the put.
@@ -319,13 +319,28 @@ impl Store {
     /// What the store knows about the holder entry `holder` (best effort: the
     /// remaining TTL needs one more call).
     pub(crate) async fn holder_info(&self, keys: &LockKeys, holder: &KeyValue) -> LockInfo {
-        let mut info = LockInfo::new(Some(FencingToken(holder.create_revision() as u64)), None);
-        if let Some(owner) = keys.owner_of(holder.key()) {
-            info = info.with_owner(&owner);
-        }
-        info.remaining = self.remaining(holder.lease()).await;
-        info
+        describe(keys, holder, self.remaining(holder.lease()).await)
     }
+}
+
+/// The holder entry `holder` (read with its value) as a [`LockInfo`]: its
+/// create revision as token, its owner's hint, its value as the holder label
+/// (none for an entry written before labels were stored), and `remaining`.
+pub(crate) fn describe(
+    keys: &LockKeys,
+    holder: &KeyValue,
+    remaining: Option<Duration>,
+) -> LockInfo {
+    let mut info = LockInfo::new(
+        Some(FencingToken(holder.create_revision() as u64)),
+        remaining,
+    );
+    if let Some(owner) = keys.owner_of(holder.key()) {
+        info = info.with_owner(&owner);
+    }
+    let label =
+        (!holder.value().is_empty()).then(|| String::from_utf8_lossy(holder.value()).into_owned());
+    info.with_metadata(label)
 }
 
 /// An entry in a lock's queue, not yet at its head.

@@ -66,7 +66,7 @@ impl MarkerLease {
     }
 
     /// Drops `id` (etcd no longer knows it).
-    fn forget(&self, id: i64) {
+    pub(crate) fn forget(&self, id: i64) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.is_some_and(|(current, _)| current == id) {
             *current = None;

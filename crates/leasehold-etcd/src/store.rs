@@ -20,8 +20,10 @@ use crate::session::{Renewal, Session};
 /// A connected etcd client and this backend's sessions.
 pub(crate) struct Store {
     pub(crate) client: Client,
-    /// The configuration it was made from (for the holder label).
+    /// The configuration it was made from.
     pub(crate) config: EtcdConfig,
+    /// The holder label, the value of every queue entry this backend writes.
+    pub(crate) holder: String,
     /// The namespace, ending with `/` (see [`EtcdConfig::namespace`]).
     pub(crate) namespace: String,
     /// The bound on each store call.
@@ -85,6 +87,7 @@ impl Store {
             poll: config.poll_value(),
             drift: config.drift_value(),
             clock: config.clock.clone(),
+            holder: config.shared.holder_or_default(),
             config,
             min_ttl_secs,
             sessions: Mutex::new(HashMap::new()),
