@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
-    Capabilities, Drift, Expiry, Fairness, Fencing, FencingToken, Key, Lease, LockBackend,
-    LockError, LockInfo, OwnerToken, ReleaseListener, WaitPolicy, Waiting, extend_each,
-    with_timeout,
+    Capabilities, Drift, Expiry, Fairness, Fencing, FencingToken, Key, Lease, ListPage, ListQuery,
+    LockBackend, LockError, LockInfo, OwnerToken, ReleaseListener, WaitPolicy, Waiting,
+    extend_each, with_timeout,
 };
 use tokio::time::Instant;
 use zookeeper_client::{Client, Error as ZkError, MultiReadResult};
@@ -36,6 +36,8 @@ pub struct ZkBackend {
     /// The re-check interval of queued waiters.
     pub(crate) poll: Duration,
     pub(crate) drift: Drift,
+    /// The holder label, the data of every contender node this backend makes.
+    pub(crate) holder: String,
     pub(crate) wakes: WakeCounters,
 }
 
@@ -86,6 +88,7 @@ impl ZkBackend {
             timeout: config.timeout_value(),
             poll: config.poll_value(),
             drift: config.drift_value(),
+            holder: config.shared.holder_or_default(),
             config,
             wakes: WakeCounters::default(),
         }
@@ -378,10 +381,10 @@ impl LockBackend for ZkBackend {
         // The head may go between the listing and the stat: look again.
         for _ in 0..3 {
             let queue = self.contenders(&session.client, &key_path).await?;
-            let Some(head) = queue.first() else {
+            if queue.is_empty() {
                 return Ok(None);
-            };
-            if let Some(info) = self.holder_info(&session.client, &key_path, head).await {
+            }
+            if let Some(info) = self.holder_info(&session.client, &key_path, &queue).await {
                 return Ok(Some(info));
             }
         }
@@ -389,6 +392,20 @@ impl LockBackend for ZkBackend {
             NAME,
             "the holder changed on every look",
         ))
+    }
+
+    /// One listing of the namespace's key nodes, then two multi-reads: the
+    /// queues of the page's keys, and their heads (see `admin.rs`). Writes
+    /// nothing: cancel safe.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        self.list_page(query).await
+    }
+
+    /// A version-checked delete of the head node (see `admin.rs`): the next
+    /// contender's watch fires and it holds the lock with a higher czxid.
+    /// One delete: cancel safe.
+    async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
+        self.evict(key).await
     }
 
     /// None: waiters watch their predecessor's node themselves.

@@ -45,8 +45,8 @@ pub struct ZkConfig {
     /// The shared settings: `namespace` (an absolute path under which all
     /// lock nodes live, created on demand, default `/leasehold`), `timeout`
     /// (each store call, default 5 s), `poll` (a queued waiter re-checks the
-    /// queue this often without a watch event, default 2 s), `holder` (kept
-    /// for the admin operations; ZooKeeper nodes do not carry it yet) and the
+    /// queue this often without a watch event, default 2 s), `holder` (the
+    /// data of every contender node, shown by `inspect` and listings) and the
     /// drift allowance.
     pub shared: SharedConfig,
 }

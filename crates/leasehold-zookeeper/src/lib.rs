@@ -115,6 +115,33 @@
 //! [`session_of`] and [`node_path`] expose a lease's session and node for
 //! tooling and tests (the conformance suite's session ender).
 //!
+//! ## Operations
+//! - Every contender node's data is the backend's holder label (the `holder`
+//!   option, by default `"<host> pid <pid>"`): `inspect`, contention errors
+//!   and listings show the head's label as
+//!   [`LockInfo::metadata`](leasehold_core::LockInfo::metadata), with its
+//!   czxid (the token), owner hint, `ctime` (the server's clock) as
+//!   `acquired_at`, and the contenders behind it as `waiters`. The remaining
+//!   validity is the holder's session's, which only the holder knows.
+//! - `list` lists the namespace's key nodes, decodes their names (keys are
+//!   escaped, never hashed, so every name gives its key back), keeps those
+//!   under the prefix and after the cursor (the last key of the previous page)
+//!   in key order, `limit` of them, and reads their queues and then their
+//!   heads in one multi-read each. ZooKeeper cannot page a node's children:
+//!   the namespace's listing is one answer, bounded by the server's
+//!   `jute.maxbuffer` (1 MB by default, some 10,000 keys of 100 bytes); past
+//!   that, split locks over several namespaces.
+//! - `force_release` deletes the head contender, checked against the version
+//!   read with it, from a session of its own (any session may delete
+//!   another's ephemeral node). The next contender's watch fires and it holds
+//!   the lock with its own, higher czxid; with nobody queued, the next
+//!   acquisition's node has a newer one. The evicted holder's next extend
+//!   finds its node gone and is `Lost`, so its guard's `lost()` fires at its
+//!   next renewal; the lease's loss signal (its session's) does not fire, as
+//!   the session lives on for its other locks and the backend watches
+//!   sessions, not its own nodes. If the head leaves by itself before the
+//!   delete, the call evicts nobody and says `None`.
+//!
 //! ## Limits
 //! - Every store call is bounded by the `timeout` option; a paused
 //!   or unreachable ensemble gives `Unavailable`, never a hang.
@@ -133,6 +160,7 @@
 //! [`Lease::loss_signal`]: leasehold_core::Lease::loss_signal
 #![warn(missing_docs)]
 
+mod admin;
 mod backend;
 mod config;
 mod error;

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use leasehold_core::{
-    Attempts, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, WaitPolicy,
-};
+use leasehold_core::{Attempts, Key, Lease, LockError, OwnerToken, WaitPolicy};
 use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
@@ -45,7 +43,8 @@ impl ZkBackend {
         let prefix = format!("{key_path}/{}", contender_prefix(owner));
         let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
         for _ in 0..5 {
-            let created = client.create(&prefix, &[], &options);
+            // The node's data is the holder label, for inspect and listings.
+            let created = client.create(&prefix, self.holder.as_bytes(), &options);
             // The client orders requests when they are made, not when polled,
             // and the server answers a session's requests in order: this list
             // already shows our node, and the uncontended case costs one
@@ -139,22 +138,6 @@ impl ZkBackend {
             Err(ZkError::NoNode) => Ok(Vec::new()),
             Err(error) => Err(map(error)),
         }
-    }
-
-    pub(crate) async fn holder_info(
-        &self,
-        client: &Client,
-        key_path: &str,
-        head: &Contender,
-    ) -> Option<LockInfo> {
-        let stat = self
-            .call(client.check_stat(&format!("{key_path}/{}", head.name)))
-            .await
-            .ok()?
-            .ok()??;
-        let mut info = LockInfo::new(Some(FencingToken(stat.czxid as u64)), None);
-        info.owner_hint = Some(head.owner_hint());
-        Some(info)
     }
 
     /// Deletes our node and waits for the answer (gone already is fine).
@@ -289,12 +272,10 @@ impl ZkBackend {
                 cleanup.disarm();
                 Ok(self.lease(key, owner, (path, czxid), sent_at, validity, &session))
             }
-            head => {
+            _ => {
                 self.withdraw(client, &path, &mut cleanup).await?;
-                let holder = match head {
-                    Some(head) => self.holder_info(client, &key_path, head).await,
-                    None => None,
-                };
+                let others: Vec<Contender> = queue.into_iter().filter(|c| c.name != name).collect();
+                let holder = self.holder_info(client, &key_path, &others).await;
                 Err(LockError::contended(NAME, key.as_str(), holder))
             }
         }

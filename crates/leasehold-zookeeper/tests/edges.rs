@@ -8,16 +8,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::children;
+use common::{children, key};
 use leasehold_conformance::fixtures::eventually;
 use leasehold_conformance::proxy::Proxy;
-use leasehold_core::{Key, LockBackend, LockError, WaitPolicy};
+use leasehold_core::{LockBackend, LockError, WaitPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
-
-fn key(name: &str) -> Key {
-    Key::new(name).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_ttl_is_the_servers_minimum_session_timeout() {

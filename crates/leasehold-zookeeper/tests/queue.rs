@@ -5,18 +5,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{SESSION, children};
+use common::{SESSION, children, key};
 use leasehold_conformance::fixtures::eventually;
 use leasehold_conformance::proxy::Proxy;
-use leasehold_core::{Key, LockBackend, LockError, WaitPolicy};
+use leasehold_core::{LockBackend, LockError, WaitPolicy};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(4);
-
-fn key(name: &str) -> Key {
-    Key::new(name).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_acquire_in_the_order_they_queued() {

@@ -7,11 +7,17 @@
 use std::time::Duration;
 
 use leasehold_conformance::fixtures::{self, Container, ContainerSpec};
+use leasehold_core::Key;
 use leasehold_zookeeper::{ZkBackend, ZkConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 pub const SESSION: Duration = Duration::from_secs(4);
+
+/// A test key (the names used are valid).
+pub fn key(name: &str) -> Key {
+    Key::new(name).unwrap()
+}
 
 /// One ZooKeeper server in a container.
 pub struct Zk {
