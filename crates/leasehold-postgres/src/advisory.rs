@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, with_timeout};
+use leasehold_core::{
+    FencingToken, HeldLock, Key, Lease, ListPage, ListQuery, LockError, LockInfo, OwnerToken,
+    with_timeout,
+};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us, not_permitted};
 use crate::config::{ADVISORY, Settings};
 use crate::error::{map, session_ended};
-use crate::keys::advisory_lock_id;
-use crate::keys::halves;
+use crate::keys::{advisory_lock_id, halves, signal_name};
 use crate::store::{Pinned, Shared, Sql, idle_timeout};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
@@ -44,10 +47,11 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 fn acquire_sql(table: &str) -> String {
     format!(
         "WITH l AS (SELECT pg_try_advisory_lock($1) AS got), \
-         b AS (INSERT INTO {table} AS f (namespace, key, counter, holder, acquired_at) \
-               SELECT $2, $3, 1, $4, clock_timestamp() FROM l WHERE l.got \
+         b AS (INSERT INTO {table} AS f (namespace, key, counter, holder, acquired_at, lock_id) \
+               SELECT $2, $3, 1, $4, clock_timestamp(), $1 FROM l WHERE l.got \
                ON CONFLICT (namespace, key) DO UPDATE \
-               SET counter = f.counter + 1, holder = EXCLUDED.holder, acquired_at = EXCLUDED.acquired_at \
+               SET counter = f.counter + 1, holder = EXCLUDED.holder, \
+                   acquired_at = EXCLUDED.acquired_at, lock_id = EXCLUDED.lock_id \
                RETURNING f.counter), \
          t AS (SELECT set_config('idle_session_timeout', $5, false) FROM l WHERE l.got) \
          SELECT (SELECT counter FROM b), \
@@ -57,15 +61,72 @@ fn acquire_sql(table: &str) -> String {
     )
 }
 
+/// The granted single-`bigint` advisory locks of this database, as
+/// `pg_locks` (aliased `l`) shows them.
+const GRANTED: &str = "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+     AND l.mode = 'ExclusiveLock' \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
 fn inspect_sql(table: &str) -> String {
+    let acquired = acquired_us("f");
     format!(
-        "SELECT l.pid, f.counter, f.holder FROM pg_locks l \
+        "SELECT l.pid, f.counter, f.holder, {acquired} FROM pg_locks l \
          LEFT JOIN {table} f ON f.namespace = $3 AND f.key = $4 \
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-         AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
-         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         WHERE {GRANTED} AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
          LIMIT 1"
     )
+}
+
+/// A page of the granted locks whose counter row is in the namespace (the
+/// row's `lock_id` rebuilt from `pg_locks`' two halves), by key.
+fn list_sql(table: &str) -> String {
+    let acquired = acquired_us("f");
+    format!(
+        "SELECT f.key, l.pid, f.counter, f.holder, {acquired} FROM pg_locks l \
+         JOIN {table} f ON f.lock_id = ((l.classid::int8 << 32) | l.objid::int8) \
+         WHERE {GRANTED} AND {PAGE_KEYS} \
+         ORDER BY f.key LIMIT $4"
+    )
+}
+
+/// Ends the session holding the lock (waiting up to `$5` ms for it to exit,
+/// which frees the lock), *then* bumps the key's counter (the bump reads the
+/// row after the holder is gone, so it reports the holder's own token), and
+/// wakes waiters at commit. One statement: the pid terminated is the one
+/// `pg_locks` showed holding the lock in the same statement. No row when
+/// nobody held it.
+fn force_release_sql(table: &str) -> String {
+    let acquired = acquired_us("f");
+    format!(
+        "WITH h AS MATERIALIZED (SELECT l.pid FROM pg_locks l \
+               WHERE {GRANTED} AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
+               AND l.pid <> pg_backend_pid() LIMIT 1), \
+         k AS MATERIALIZED (SELECT h.pid, pg_terminate_backend(h.pid, $5) AS gone FROM h), \
+         b AS (UPDATE {table} AS f SET counter = f.counter + 1 \
+               WHERE f.namespace = $3 AND f.key = $4 AND EXISTS (SELECT 1 FROM k) \
+               RETURNING f.counter - 1 AS counter, f.holder, {acquired} AS acquired) \
+         SELECT k.pid, k.gone, b.counter, b.holder, b.acquired, pg_notify($6, $7)::text \
+         FROM k LEFT JOIN b ON true"
+    )
+}
+
+/// A holder's server pid, counter, label and acquisition time.
+type HolderRow = (i32, Option<i64>, Option<String>, Option<i64>);
+
+/// A listed key and its [`HolderRow`].
+type ListedRow = (String, i32, Option<i64>, Option<String>, Option<i64>);
+
+/// What the store tells of an advisory holder: its token, its server pid
+/// with the label it stored, and when it took the key. No owner hint or
+/// remaining time: the lock lasts as long as its session.
+fn holder_info((pid, counter, holder, acquired): HolderRow) -> LockInfo {
+    let metadata = match holder {
+        Some(holder) => format!("backend pid {pid}; {holder}"),
+        None => format!("backend pid {pid}"),
+    };
+    LockInfo::new(counter.map(|c| FencingToken(c as u64)), None)
+        .with_metadata(Some(metadata))
+        .with_acquired_at(acquired_at(acquired))
 }
 
 /// Our fencing token (when we got the lock), else the last holder's; the
@@ -187,7 +248,7 @@ pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInf
     let id = advisory_lock_id(&options.namespace, key.as_str());
     let (hi, lo) = halves(id);
     with_timeout(ADVISORY, options.timeout, async {
-        let row: Option<(i32, Option<i64>, Option<String>)> = sqlx::query_as(&shared.sql.inspect)
+        let row: Option<HolderRow> = sqlx::query_as(&shared.sql.inspect)
             .bind(hi)
             .bind(lo)
             .bind(&options.namespace)
@@ -195,17 +256,81 @@ pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInf
             .fetch_optional(&shared.pool)
             .await
             .map_err(|e| map(ADVISORY, e))?;
-        Ok(row.map(|(pid, counter, holder)| {
-            let metadata = match holder {
-                Some(holder) => format!("backend pid {pid}; {holder}"),
-                None => format!("backend pid {pid}"),
-            };
-            LockInfo::new(counter.map(|c| FencingToken(c as u64)), None)
-                .with_metadata(Some(metadata))
-        }))
+        Ok(row.map(holder_info))
     })
     .await
 }
+
+/// A page of the held keys: the granted advisory locks (`pg_locks`, the
+/// server's lock table in memory) whose ids belong to the namespace's keys.
+pub(crate) async fn list(shared: &Shared, query: &ListQuery) -> Result<ListPage, LockError> {
+    admin::list(
+        ADVISORY,
+        shared,
+        query,
+        |(key, pid, counter, holder, acquired): ListedRow| HeldLock {
+            key,
+            info: holder_info((pid, counter, holder, acquired)),
+        },
+    )
+    .await
+}
+
+/// Ends the holder's session (`pg_terminate_backend`, which frees the lock
+/// and fires the holder's loss signal) and bumps the key's counter, in one
+/// statement ([`force_release_sql`]).
+pub(crate) async fn force_release(
+    shared: &Shared,
+    key: &Key,
+    reason: &str,
+) -> Result<Option<LockInfo>, LockError> {
+    let options = &shared.options;
+    let id = advisory_lock_id(&options.namespace, key.as_str());
+    let (hi, lo) = halves(id);
+    // Half the call's time to wait for the session to exit, so the answer
+    // normally comes after the lock is free.
+    let exit_wait = i64::try_from((options.timeout / 2).as_millis().max(1)).unwrap_or(i64::MAX);
+    let row: Option<ForcedRow> = with_timeout(ADVISORY, options.timeout, async {
+        sqlx::query_as(&shared.sql.force_release)
+            .bind(hi)
+            .bind(lo)
+            .bind(&options.namespace)
+            .bind(key.as_str())
+            .bind(exit_wait)
+            .bind(&options.channel)
+            .bind(signal_name(id))
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                    not_permitted(ADVISORY, key.as_str(), error)
+                }
+                _ => map(ADVISORY, error),
+            })
+    })
+    .await?;
+    Ok(row.map(|(pid, gone, counter, holder, acquired, _)| {
+        tracing::debug!(
+            key = key.as_str(),
+            pid,
+            exited = gone,
+            reason,
+            "ended the session holding the advisory lock"
+        );
+        holder_info((pid, counter, holder, acquired))
+    }))
+}
+
+/// The terminated pid, whether it exited in time, the evicted counter,
+/// label and acquisition time, and the NOTIFY's (empty) result.
+type ForcedRow = (
+    i32,
+    bool,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
 
 /// The mode's statements, built once per backend.
 pub(crate) fn sql(options: &Settings) -> Sql {
@@ -213,6 +338,8 @@ pub(crate) fn sql(options: &Settings) -> Sql {
     Sql {
         acquire: acquire_sql(&table),
         inspect: inspect_sql(&table),
+        list: list_sql(&table),
+        force_release: force_release_sql(&table),
         ..Sql::default()
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Expiry, Fairness, Fencing, Key, Lease, LockBackend, LockError, LockInfo,
-    ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe, extend_each,
-    wait_for_lock,
+    Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
+    LockError, LockInfo, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
+    cancel_safe, extend_each, wait_for_lock,
 };
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -306,6 +306,27 @@ impl LockBackend for PostgresBackend {
         match self.shared.options.mode {
             Mode::Advisory => advisory::inspect(&self.shared, key).await,
             Mode::Table => table::inspect(&self.shared, key).await,
+        }
+    }
+
+    /// Advisory mode: the granted advisory locks in `pg_locks` joined to the
+    /// namespace's counter rows; table mode: the live rows. Both by key, a
+    /// page per statement, the cursor being the last key shown.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
+        match self.shared.options.mode {
+            Mode::Advisory => advisory::list(&self.shared, query).await,
+            Mode::Table => table::list(&self.shared, query).await,
+        }
+    }
+
+    /// Advisory mode: ends the holder's session (`pg_terminate_backend`,
+    /// needing the holder's role or `pg_signal_backend`) and bumps the
+    /// counter; table mode: clears the owner and bumps the counter. Both wake
+    /// waiters. Cancel safety: a dropped call may or may not have evicted.
+    async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
+        match self.shared.options.mode {
+            Mode::Advisory => advisory::force_release(&self.shared, key, reason).await,
+            Mode::Table => table::force_release(&self.shared, key, reason).await,
         }
     }
 

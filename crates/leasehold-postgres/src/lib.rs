@@ -154,9 +154,47 @@
 //!   code ([`PostgresBackend::connect_with`]) or from your own `PgPool`
 //!   ([`PostgresBackend::from_pool`]); a namespace keeps applications apart.
 //!   The `holder` option is stored with each lease (its `holder` column) and
-//!   shown by `inspect`.
+//!   shown by `inspect` and `list`.
+//!
+//! ## Operations
+//! - `list` pages by key (the cursor is the last key shown), one statement
+//!   per page, each lock shown with its fencing token, `holder` label and
+//!   `acquired_at` by the database clock. Table mode: the namespace's rows
+//!   under the prefix whose lease is live by the database clock (owner hint
+//!   and time left too), read along the primary key. Advisory mode: the
+//!   granted advisory locks in `pg_locks` (the server's lock table, in
+//!   memory) joined to the namespace's counter rows by their `lock_id`
+//!   column; the label reads `backend pid <pid>; <holder>`, with no owner
+//!   hint or time left (the lock lasts as long as its session). The
+//!   migration adds `lock_id` (indexed) to a fencing table made by an older
+//!   version and fills it once from the same hash as [`advisory_lock_id`];
+//!   on a large table run [`migration_sql`] by hand in a quiet moment, and
+//!   with `migrate=false` apply it before this version connects. During a
+//!   rolling upgrade, a key that an older version locks for the first time
+//!   after the migration has no `lock_id` and is not listed until a newer
+//!   version locks it.
+//! - `force_release` is one statement. Table mode: clears the row's owner
+//!   and bumps its counter (the row is kept, the commit is durable), so the
+//!   holder's next renewal is `Lost` and the next grant's token is two
+//!   above the evicted one; waiters get a NOTIFY. Advisory mode:
+//!   `pg_terminate_backend` of the session `pg_locks` shows holding the lock
+//!   (waiting up to half the operation timeout for it to exit, which frees
+//!   the lock and fires the holder's loss signal at once), then bumps the
+//!   counter and NOTIFYs. Ending another session needs the holder's role,
+//!   membership in it or in `pg_signal_backend` (a superuser's session only a
+//!   superuser may end); without it the call is a `Backend` error saying so
+//!   and nothing changes. Whatever else that session held (only this lock,
+//!   for a leasehold session) goes with it. The reason is only logged (at
+//!   `DEBUG`); [`Admin`](leasehold_core::Admin) audits.
+//! - Not possible: a listing is not a snapshot (a key changing hands while
+//!   it runs may be missed or shown twice); in advisory mode a key whose id
+//!   collides with another advisory lock of the database (another
+//!   application's, or a 64-bit hash collision) is shown as held while that
+//!   lock is, and a force release ends that lock's session. A force release
+//!   that timed out may or may not have evicted: inspect before retrying.
 #![warn(missing_docs)]
 
+mod admin;
 mod advisory;
 mod backend;
 mod config;

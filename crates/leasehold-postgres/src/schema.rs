@@ -75,5 +75,53 @@ pub(crate) fn ddl(settings: &Settings) -> String {
          );\n",
         settings.qualified_table()
     ));
+    if settings.mode == Mode::Advisory {
+        sql.push_str(&lock_id_column(settings));
+    }
     sql
+}
+
+/// Advisory mode's `lock_id` column (the key's advisory lock id, so a
+/// listing joins `pg_locks` to the keys), indexed. Tables created before it
+/// existed get it once: added, filled from the same hash as
+/// [`advisory_lock_id`](crate::advisory_lock_id) (SHA-256 in SQL), indexed.
+/// Guarded by a catalog check rather than `ADD COLUMN IF NOT EXISTS`, which
+/// would take an exclusive lock on the table at every connect.
+fn lock_id_column(settings: &Settings) -> String {
+    let table = settings.qualified_table();
+    let body = format!(
+        "BEGIN\n\
+         \x20   IF NOT EXISTS (SELECT 1 FROM information_schema.columns \
+         WHERE table_schema = {schema} AND table_name = {name} AND column_name = 'lock_id') THEN\n\
+         \x20       ALTER TABLE {table} ADD COLUMN lock_id bigint;\n\
+         \x20       UPDATE {table} SET lock_id = {LOCK_ID_SQL};\n\
+         \x20       CREATE INDEX ON {table} (lock_id);\n\
+         \x20   END IF;\n\
+         END\n",
+        schema = quote_literal(&settings.schema),
+        name = quote_literal(&settings.table),
+    );
+    format!("DO {};\n", dollar_quote(&body))
+}
+
+/// [`advisory_lock_id`](crate::advisory_lock_id) of a row's `namespace` and
+/// `key`, in SQL: the first 8 bytes of
+/// `SHA-256("leasehold\0" || u32_be(len(namespace)) || namespace || key)`
+/// as a signed big-endian `bigint`.
+const LOCK_ID_SQL: &str = "('x' || left(encode(sha256('\\x6c65617365686f6c6400'::bytea \
+     || int4send(octet_length(convert_to(namespace, 'UTF8'))) \
+     || convert_to(namespace, 'UTF8') || convert_to(key, 'UTF8')), 'hex'), 16))::bit(64)::int8";
+
+/// A string literal (standard conforming strings: only quotes are doubled).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `body` dollar-quoted with a tag it does not contain.
+fn dollar_quote(body: &str) -> String {
+    let mut tag = String::from("$leasehold$");
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!("{tag}\n{body}{tag}")
 }

@@ -48,6 +48,8 @@ pub(crate) struct Sql {
     pub(crate) extend_many: String,
     pub(crate) release: String,
     pub(crate) inspect: String,
+    pub(crate) list: String,
+    pub(crate) force_release: String,
 }
 
 /// What every call of one backend shares: the pool, the settings, the

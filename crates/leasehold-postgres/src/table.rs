@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
-use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, with_timeout};
+use leasehold_core::{
+    FencingToken, HeldLock, Key, Lease, ListPage, ListQuery, LockError, LockInfo, OwnerToken,
+    with_timeout,
+};
 
+use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us};
 use crate::config::{Settings, TABLE};
 use crate::error::map;
 use crate::keys::{advisory_lock_id, signal_name};
@@ -13,7 +17,11 @@ use crate::store::{Shared, Sql};
 /// parameter; only the (quoted) table name is spliced in.
 pub(crate) fn sql(options: &Settings) -> Sql {
     let t = options.qualified_table();
-    let remaining = "(extract(epoch FROM cur.expires_at - clock_timestamp()) * 1000000)::int8";
+    // Microseconds left on the lease of the row aliased `row`.
+    let remaining = |row: &str| {
+        format!("(extract(epoch FROM {row}.expires_at - clock_timestamp()) * 1000000)::int8")
+    };
+    let (left, acquired) = (remaining("cur"), acquired_us("f"));
     Sql {
         // One statement: take the row if it is free or expired (by the
         // database clock), bumping the counter; otherwise read the holder from
@@ -27,7 +35,7 @@ pub(crate) fn sql(options: &Settings) -> Sql {
                    holder = EXCLUDED.holder, acquired_at = EXCLUDED.acquired_at \
                WHERE l.owner IS NULL OR l.expires_at <= clock_timestamp() \
                RETURNING l.counter) \
-             SELECT got.counter, cur.counter, left(cur.owner, 8), cur.holder, {remaining} \
+             SELECT got.counter, cur.counter, left(cur.owner, 8), cur.holder, {left} \
              FROM (SELECT 1) AS one \
              LEFT JOIN got ON true \
              LEFT JOIN {t} AS cur ON got.counter IS NULL AND cur.namespace = $1 AND cur.key = $2 \
@@ -57,9 +65,29 @@ pub(crate) fn sql(options: &Settings) -> Sql {
              RETURNING counter, pg_notify($4, $5)::text, set_config('synchronous_commit', 'off', true)"
         ),
         inspect: format!(
-            "SELECT cur.counter, left(cur.owner, 8), cur.holder, {remaining} FROM {t} AS cur \
+            "SELECT cur.counter, left(cur.owner, 8), cur.holder, {left}, {} FROM {t} AS cur \
              WHERE cur.namespace = $1 AND cur.key = $2 AND cur.owner IS NOT NULL \
-               AND cur.expires_at > clock_timestamp()"
+               AND cur.expires_at > clock_timestamp()",
+            acquired_us("cur")
+        ),
+        list: format!(
+            "SELECT f.key, f.counter, left(f.owner, 8), f.holder, {}, {acquired} FROM {t} AS f \
+             WHERE {PAGE_KEYS} AND f.owner IS NOT NULL AND f.expires_at > clock_timestamp() \
+             ORDER BY f.key LIMIT $4",
+            remaining("f")
+        ),
+        // Clears the owner and bumps the counter of a live lease in one
+        // statement, keeping the row; the locked self-join (`cur`) returns
+        // the evicted owner and expiry the update clears. Durable, unlike
+        // release: a lost eviction would give the key back to its holder.
+        force_release: format!(
+            "UPDATE {t} AS f SET owner = NULL, expires_at = NULL, counter = f.counter + 1 \
+             FROM (SELECT namespace, key, owner, expires_at FROM {t} \
+                   WHERE namespace = $1 AND key = $2 FOR UPDATE) AS cur \
+             WHERE f.namespace = cur.namespace AND f.key = cur.key \
+               AND f.owner IS NOT NULL AND f.expires_at > clock_timestamp() \
+             RETURNING f.counter - 1, left(cur.owner, 8), f.holder, {left}, {acquired}, \
+                 pg_notify($3, $4)::text"
         ),
     }
 }
@@ -73,8 +101,34 @@ type AcquireRow = (
     Option<String>,
     Option<i64>,
 );
-/// A holder's counter, owner hint, metadata and remaining microseconds.
-type HolderRow = (i64, Option<String>, Option<String>, Option<i64>);
+/// A holder's counter, owner hint, metadata, remaining microseconds and
+/// acquisition time (microseconds since the epoch).
+type HolderRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A listed key and its [`HolderRow`].
+type ListedRow = (
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+/// The evicted holder's [`HolderRow`] and the NOTIFY's (empty) result.
+type ForcedRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 
 fn micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
@@ -88,6 +142,10 @@ fn info(counter: i64, hint: Option<String>, holder: Option<String>, left_us: i64
     .with_metadata(holder);
     info.owner_hint = hint;
     info
+}
+
+fn holder_info((counter, hint, holder, left, acquired): HolderRow) -> LockInfo {
+    info(counter, hint, holder, left.unwrap_or(0)).with_acquired_at(acquired_at(acquired))
 }
 
 pub(crate) async fn try_acquire(
@@ -249,5 +307,53 @@ pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInf
             .map_err(|e| map(TABLE, e))
     })
     .await?;
-    Ok(row.map(|(counter, hint, holder, left)| info(counter, hint, holder, left.unwrap_or(0))))
+    Ok(row.map(holder_info))
+}
+
+/// A page of the namespace's live leases, by key (the primary key's order).
+pub(crate) async fn list(shared: &Shared, query: &ListQuery) -> Result<ListPage, LockError> {
+    admin::list(
+        TABLE,
+        shared,
+        query,
+        |(key, counter, hint, holder, left, acquired): ListedRow| HeldLock {
+            key,
+            info: holder_info((counter, hint, holder, left, acquired)),
+        },
+    )
+    .await
+}
+
+/// Clears a live lease's owner and bumps its counter in one statement, so
+/// the holder's next renewal finds another owner (`Lost`) and the next grant
+/// gets a higher token; wakes waiters. The reason is only logged.
+pub(crate) async fn force_release(
+    shared: &Shared,
+    key: &Key,
+    reason: &str,
+) -> Result<Option<LockInfo>, LockError> {
+    let options = &shared.options;
+    let row: Option<ForcedRow> = with_timeout(TABLE, options.timeout, async {
+        sqlx::query_as(&shared.sql.force_release)
+            .bind(&options.namespace)
+            .bind(key.as_str())
+            .bind(&options.channel)
+            .bind(signal_name(advisory_lock_id(
+                &options.namespace,
+                key.as_str(),
+            )))
+            .fetch_optional(&shared.pool)
+            .await
+            .map_err(|e| map(TABLE, e))
+    })
+    .await?;
+    Ok(row.map(|(counter, hint, holder, left, acquired, _)| {
+        tracing::debug!(
+            key = key.as_str(),
+            counter,
+            reason,
+            "cleared a lease by force"
+        );
+        holder_info((counter, hint, holder, left, acquired))
+    }))
 }
