@@ -35,15 +35,18 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod breaker;
 mod capabilities;
 mod clock;
 pub mod config;
 mod error;
 mod feed;
 mod guard;
+mod held;
 mod key;
 mod layer;
 mod lease;
+mod lock_options;
 mod locker;
 mod memory;
 mod metrics;
@@ -59,6 +62,7 @@ pub use backend::{
     LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,
     with_timeout,
 };
+pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
 pub use error::{BoxError, LockError};
@@ -68,6 +72,7 @@ pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
+pub use lock_options::LockOptions;
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
 pub use token::{FencingToken, OwnerToken};
