@@ -15,10 +15,11 @@ mod fencing;
 mod guard;
 mod keys;
 mod ownership;
+mod schedule;
 mod waiting;
 
 /// Every case, family by family: exclusion, ownership, expiry, fencing,
-/// waiting, the guard, keys, faults.
+/// waiting, the guard, keys, faults, scheduling.
 pub fn all_cases() -> Vec<Case> {
     [
         exclusion::cases(),
@@ -29,6 +30,7 @@ pub fn all_cases() -> Vec<Case> {
         guard::cases(),
         keys::cases(),
         faults::cases(),
+        schedule::cases(),
     ]
     .into_iter()
     .flatten()

@@ -50,6 +50,7 @@ mod lock_options;
 mod locker;
 mod memory;
 mod metrics;
+mod schedule;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod token;
@@ -75,6 +76,7 @@ pub use lease::{Lease, LockInfo, LostReason};
 pub use lock_options::LockOptions;
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
+pub use schedule::Ran;
 pub use token::{FencingToken, OwnerToken};
 pub use tokio_util::sync::CancellationToken;
 pub use ttl::{AdaptiveConfig, AdaptiveTtl, BUCKETS, TtlPolicy};
