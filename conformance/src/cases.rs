@@ -8,6 +8,7 @@
 
 use crate::case::Case;
 
+mod election;
 mod exclusion;
 mod expiry;
 mod faults;
@@ -19,7 +20,7 @@ mod schedule;
 mod waiting;
 
 /// Every case, family by family: exclusion, ownership, expiry, fencing,
-/// waiting, the guard, keys, faults, scheduling.
+/// waiting, the guard, keys, faults, scheduling, election.
 pub fn all_cases() -> Vec<Case> {
     [
         exclusion::cases(),
@@ -31,6 +32,7 @@ pub fn all_cases() -> Vec<Case> {
         keys::cases(),
         faults::cases(),
         schedule::cases(),
+        election::cases(),
     ]
     .into_iter()
     .flatten()

@@ -39,6 +39,7 @@ mod breaker;
 mod capabilities;
 mod clock;
 pub mod config;
+mod election;
 mod error;
 mod feed;
 mod guard;
@@ -66,6 +67,7 @@ pub use backend::{
 pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
+pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, LockError};
 pub use feed::{ReleaseFeed, ReleaseSource, ReleaseStream};
 pub use guard::{LockGuard, MultiGuard};
