@@ -9,6 +9,7 @@
 use crate::case::Case;
 
 mod admin;
+mod election;
 mod exclusion;
 mod expiry;
 mod faults;
@@ -16,10 +17,11 @@ mod fencing;
 mod guard;
 mod keys;
 mod ownership;
+mod schedule;
 mod waiting;
 
 /// Every case, family by family: exclusion, ownership, expiry, fencing,
-/// waiting, the guard, keys, faults, admin.
+/// waiting, the guard, keys, faults, admin, scheduling, election.
 pub fn all_cases() -> Vec<Case> {
     [
         exclusion::cases(),
@@ -31,6 +33,8 @@ pub fn all_cases() -> Vec<Case> {
         keys::cases(),
         faults::cases(),
         admin::cases(),
+        schedule::cases(),
+        election::cases(),
     ]
     .into_iter()
     .flatten()

@@ -1,8 +1,10 @@
-//! A job that runs at most once per interval across several instances
-//! (ShedLock's use case): each instance ticks often and runs the job only if
-//! it takes the job's lock; the lock is not released after the run but left
-//! to expire one interval later, so no other instance runs it again within
-//! the interval.
+//! A job that runs at most once per scheduled run across several instances
+//! (ShedLock's use case), with `Locker::run_at_most_once`: every instance
+//! fires the same schedule, its clock a little off; one instance runs each
+//! run. The lock is held at least `AT_LEAST` (longer than the clocks'
+//! skew, so a late instance does not run the same run again) and at most
+//! `AT_MOST` (a hung job's lock ends). Nothing is kept around between runs:
+//! the same program works on TTL stores and session stores alike.
 //!
 //! Run: `cargo run --example scheduler` (or set `LEASEHOLD_URL`).
 
@@ -11,63 +13,60 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use leasehold::{LockError, Locker, Options, TtlPolicy};
+use leasehold::Ran;
 
-const INTERVAL: Duration = Duration::from_millis(500);
-const RUN_FOR: Duration = Duration::from_millis(2600);
-const INSTANCES: usize = 4;
+const PERIOD: Duration = Duration::from_millis(600);
+const RUNS: u32 = 5;
+const INSTANCES: u32 = 4;
+/// How late the slowest instance's clock fires.
+const SKEW: Duration = Duration::from_millis(120);
+const AT_LEAST: Duration = Duration::from_millis(300);
+const AT_MOST: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let url = std::env::var("LEASEHOLD_URL").unwrap_or_else(|_| "memory://scheduler".to_owned());
-    let options = Options::new()
-        .ttl(TtlPolicy::Fixed(INTERVAL))
-        .auto_extend(false);
-    let runs = Arc::new(AtomicU32::new(0));
+    let executed: Arc<Vec<AtomicU32>> = Arc::new((0..RUNS).map(|_| AtomicU32::new(0)).collect());
     let started = tokio::time::Instant::now();
     let mut instances = Vec::new();
     for instance in 0..INSTANCES {
-        let locker: Locker = match leasehold::connect_with(&url, options.clone()).await {
+        let locker = match leasehold::connect(&url).await {
             Ok(locker) => locker,
             Err(e) => {
                 eprintln!("connect {url}: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let runs = runs.clone();
+        let executed = executed.clone();
+        let skew = SKEW * instance / (INSTANCES - 1);
         instances.push(tokio::spawn(async move {
-            let mut held = Vec::new();
-            while started.elapsed() < RUN_FOR {
-                match locker.try_lock("job:nightly-report").await {
-                    Ok(guard) => {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        println!(
-                            "{:>5} ms: instance {instance} runs the job (token {})",
-                            started.elapsed().as_millis(),
-                            guard.fencing_token()
-                        );
-                        held.push(guard); // kept until it expires: at most once per interval
-                    }
-                    Err(LockError::Contended { .. }) => {}
-                    Err(e) => eprintln!("instance {instance}: {e}"),
+            for run in 0..RUNS {
+                tokio::time::sleep_until(started + PERIOD * run + skew).await;
+                let executed = &executed;
+                let job = |token| async move {
+                    executed[run as usize].fetch_add(1, Ordering::SeqCst);
+                    println!(
+                        "{:>5} ms: instance {instance} runs run {run} (token {token})",
+                        started.elapsed().as_millis()
+                    );
+                };
+                match locker
+                    .run_at_most_once("job:nightly-report", AT_MOST, AT_LEAST, job)
+                    .await
+                {
+                    Ok(Ran::Ran(..)) | Ok(Ran::Skipped) => {}
+                    Err(e) => eprintln!("instance {instance}, run {run}: {e}"),
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // Dropping releases in the background; the leases have expired, so
-            // that release is refused (NotHeld) and can never free someone else's.
-            drop(held);
         }));
     }
     for instance in instances {
         instance.await.expect("instance task");
     }
-    let runs = runs.load(Ordering::SeqCst);
-    let most = (RUN_FOR.as_millis() / INTERVAL.as_millis()) as u32 + 1;
-    println!(
-        "{INSTANCES} instances over {RUN_FOR:?} with a {INTERVAL:?} interval ran the job {runs} times (at most {most} allowed)"
-    );
-    if runs >= 1 && runs <= most {
-        println!("OK: at most once per interval");
+    let counts: Vec<u32> = executed.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    println!("{INSTANCES} instances, {RUNS} runs: executions per run {counts:?}");
+    if counts.iter().all(|&c| c == 1) {
+        println!("OK: every run executed exactly once");
         ExitCode::SUCCESS
     } else {
         println!("FAILED");

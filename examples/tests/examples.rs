@@ -91,9 +91,9 @@ fn transfer_finishes_without_deadlock_and_conserves_money() {
 }
 
 #[test]
-fn scheduler_runs_the_job_at_most_once_per_interval() {
+fn scheduler_runs_each_run_exactly_once() {
     let out = run("scheduler", None);
-    assert!(out.contains("OK: at most once per interval"), "{out}");
+    assert!(out.contains("OK: every run executed exactly once"), "{out}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //!   across several TTLs.
 //! - `ending_the_holders_session_fires_lost`: an ended store session fires
 //!   `lost()` promptly, before any renewal would notice.
+//! - `asking_again_for_a_held_key_is_already_held`: not re-entrant, and says
+//!   so at once, while another holder still waits its turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub(crate) fn cases() -> Vec<Case> {
             select::ttl_expiry
         ),
         case!(guard_auto_extends_past_several_ttls, select::always),
+        case!(asking_again_for_a_held_key_is_already_held, select::always),
         // Exclusive: an ender may cut links or take sessions over, which
         // other cases running beside it must not see.
         case!(
@@ -67,6 +70,33 @@ pub async fn lost_fires_when_the_lease_expires_and_is_taken(ctx: Arc<Ctx>) -> Ou
         "releasing a lost guard succeeded"
     );
     other.release(&theirs).await?;
+    Ok(())
+}
+
+/// A task that asks its locker again for a key it holds gets `AlreadyHeld`
+/// at once (not a wait out to its deadline), on every store; another client
+/// asking is refused as contended, and the key is free after the release.
+pub async fn asking_again_for_a_held_key_is_already_held(ctx: Arc<Ctx>) -> Outcome {
+    let key = ctx.key("reentry");
+    let ttl = ctx.ttl(Duration::from_secs(5));
+    let locker = ctx.locker(ctx.backend.clone(), ttl, Duration::from_secs(30));
+    let guard = locker.lock(&key).await?;
+    let started = Instant::now();
+    crate::expect_err!(
+        locker.lock(&key).await,
+        leasehold_core::LockError::AlreadyHeld { .. },
+        "a second lock of a key this task holds",
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "AlreadyHeld came only after {:?}: it must not wait",
+        started.elapsed()
+    );
+    let other = ctx.client().await?;
+    expect_contended(&*other, &key, ttl, "while this task holds it").await?;
+    guard.release().await?;
+    let again = locker.try_lock(&key).await?;
+    again.release().await?;
     Ok(())
 }
 

@@ -19,7 +19,10 @@ struct Run {
 /// stdin closed, and gives it 60 s to end (a hang fails the test).
 async fn leasehold(url: Option<&str>, args: &[&str]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    command.env_remove("LEASEHOLD_URL").args(args).stdin(Stdio::null());
+    command
+        .env_remove("LEASEHOLD_URL")
+        .args(args)
+        .stdin(Stdio::null());
     if let Some(url) = url {
         command.env("LEASEHOLD_URL", url);
     }
@@ -50,15 +53,27 @@ fn assert_fails(run: &Run, code: i32, mentions: &str) {
 async fn usage_and_configuration_errors_exit_2_with_one_line() {
     assert_fails(&leasehold(None, &["list"]).await, 2, "LEASEHOLD_URL");
     let memory = Some("memory://cli");
-    assert_fails(&leasehold(memory, &["release", "k", "--reason", "x"]).await, 2, "--force");
-    assert_fails(&leasehold(memory, &["release", "--force", "k"]).await, 2, "--reason");
+    assert_fails(
+        &leasehold(memory, &["release", "k", "--reason", "x"]).await,
+        2,
+        "--force",
+    );
+    assert_fails(
+        &leasehold(memory, &["release", "--force", "k"]).await,
+        2,
+        "--reason",
+    );
     assert_fails(
         &leasehold(memory, &["release", "--force", "k", "--reason", "  "]).await,
         2,
         "--reason",
     );
     assert_fails(&leasehold(Some("nope://h"), &["list"]).await, 2, "nope");
-    assert_fails(&leasehold(Some("memory://x?tll=5s"), &["list"]).await, 2, "ttl");
+    assert_fails(
+        &leasehold(Some("memory://x?tll=5s"), &["list"]).await,
+        2,
+        "ttl",
+    );
     // A bare number is not a duration (clap reports it: exit 2).
     let run = leasehold(memory, &["--timeout", "5", "list"]).await;
     assert_eq!(run.code, Some(2), "stderr: {}", run.stderr);
@@ -133,7 +148,14 @@ async fn on_call_flow(url: &str, store: &leasehold_conformance::fixtures::Contai
 
     let run = leasehold(
         Some(url),
-        &["release", "--force", &key, "--reason", "cli e2e test", "--yes"],
+        &[
+            "release",
+            "--force",
+            &key,
+            "--reason",
+            "cli e2e test",
+            "--yes",
+        ],
     )
     .await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
@@ -163,7 +185,11 @@ async fn on_call_flow_against_redis() {
     let store = leasehold_conformance::fixtures::start(&spec)
         .await
         .expect("a redis container");
-    on_call_flow(&format!("redis://127.0.0.1:{}/?timeout=2s", store.port), &store).await;
+    on_call_flow(
+        &format!("redis://127.0.0.1:{}/?timeout=2s", store.port),
+        &store,
+    )
+    .await;
 }
 
 #[cfg(feature = "postgres")]

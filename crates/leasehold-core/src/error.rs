@@ -60,6 +60,18 @@ pub enum LockError {
         /// The key.
         key: String,
     },
+    /// This [`Locker`](crate::Locker) already holds the key through one of
+    /// its live guards. Locks are not re-entrant: asking again would only
+    /// wait out the deadline behind itself, so it fails at once.
+    #[error(
+        "{backend}: lock {key:?} is already held by a live guard of this locker (locks are not re-entrant)"
+    )]
+    AlreadyHeld {
+        /// Backend name.
+        backend: &'static str,
+        /// The key.
+        key: String,
+    },
     /// The key broke one of the key rules.
     #[error("invalid lock key: {0}")]
     InvalidKey(#[from] KeyRule),
@@ -163,6 +175,7 @@ impl LockError {
             LockError::WaitTimedOut { .. } => "wait_timed_out",
             LockError::Lost { .. } => "lost",
             LockError::NotHeld { .. } => "not_held",
+            LockError::AlreadyHeld { .. } => "already_held",
             LockError::InvalidKey(_) => "invalid_key",
             LockError::InvalidTtl { .. } => "invalid_ttl",
             LockError::Config(_) => "config",

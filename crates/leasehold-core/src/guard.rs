@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::backend::LockBackend;
 use crate::error::LockError;
+use crate::held::Holding;
 use crate::key::Key;
 use crate::lease::{Lease, LostReason};
 use crate::metrics;
@@ -36,10 +37,17 @@ pub struct LockGuard {
     watch: Watch,
     acquired_at: Instant,
     released: bool,
+    /// The key's place in its locker's held keys, given up with the guard.
+    _holding: Holding,
 }
 
 impl LockGuard {
-    pub(crate) fn new(backend: Arc<dyn LockBackend>, ttl_policy: TtlPolicy, watch: Watch) -> Self {
+    pub(crate) fn new(
+        backend: Arc<dyn LockBackend>,
+        ttl_policy: TtlPolicy,
+        watch: Watch,
+        holding: Holding,
+    ) -> Self {
         metrics::guard_opened(backend.name());
         LockGuard {
             backend,
@@ -47,6 +55,7 @@ impl LockGuard {
             watch,
             acquired_at: Instant::now(),
             released: false,
+            _holding: holding,
         }
     }
 
@@ -97,6 +106,27 @@ impl LockGuard {
     /// loss token: no task is spawned per call.
     pub fn lost_token(&self) -> CancellationToken {
         self.watch.lost_token()
+    }
+
+    /// Renews the lease for `ttl` from now, for holders that turned
+    /// auto-extension off (with it on, the watchdog does this). A refusal
+    /// (`Lost`, `NotHeld`) marks the guard lost; a transient error
+    /// (`Unavailable`) leaves its validity as it was.
+    ///
+    /// ```
+    /// use leasehold_core::{LockOptions, Locker, MemoryBackend};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// let manual = LockOptions::new().ttl(Duration::from_secs(10)).auto_extend(false);
+    /// let guard = locker.try_lock_with("batch:7", &manual).await?;
+    /// let before = guard.valid_until();
+    /// guard.extend(Duration::from_secs(60)).await?;
+    /// assert!(guard.valid_until() > before);
+    /// # guard.release().await }
+    /// ```
+    pub async fn extend(&self, ttl: std::time::Duration) -> Result<(), LockError> {
+        self.watch.extend(&self.backend, ttl).await
     }
 
     pub(crate) fn backend_name(&self) -> &'static str {

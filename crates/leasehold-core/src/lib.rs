@@ -36,18 +36,23 @@
 
 mod admin;
 mod backend;
+mod breaker;
 mod capabilities;
 mod clock;
 pub mod config;
+mod election;
 mod error;
 mod feed;
 mod guard;
+mod held;
 mod key;
 mod layer;
 mod lease;
+mod lock_options;
 mod locker;
 mod memory;
 mod metrics;
+mod schedule;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod token;
@@ -61,8 +66,10 @@ pub use backend::{
     LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,
     with_timeout,
 };
+pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
 pub use clock::{Clock, Drift, SharedClock, SystemClock, TestClock, instant_after, system_clock};
+pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, LockError};
 pub use feed::{ReleaseFeed, ReleaseSource, ReleaseStream};
 pub use guard::{LockGuard, MultiGuard};
@@ -70,8 +77,10 @@ pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
+pub use lock_options::LockOptions;
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
+pub use schedule::Ran;
 pub use token::{FencingToken, OwnerToken};
 pub use tokio_util::sync::CancellationToken;
 pub use ttl::{AdaptiveConfig, AdaptiveTtl, BUCKETS, TtlPolicy};

@@ -12,8 +12,10 @@ use crate::backend::LockBackend;
 use crate::config;
 use crate::error::LockError;
 use crate::guard::{LockGuard, MultiGuard};
+use crate::held::HeldKeys;
 use crate::key::{IntoKey, Key};
 use crate::lease::Lease;
+use crate::lock_options::LockOptions;
 use crate::metrics;
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
@@ -52,6 +54,7 @@ struct LockerInner {
     wait: WaitPolicy,
     auto_extend: bool,
     watchdogs: Watchdogs,
+    held: Arc<HeldKeys>,
 }
 
 /// Builds a [`Locker`].
@@ -69,7 +72,8 @@ impl LockerBuilder {
         self.ttl = ttl;
         self
     }
-    /// How `lock` waits for a held key: its deadline (default 30 s) and the
+    /// How `lock` waits for a held key: its deadline (default 60 s, twice the
+    /// default TTL, so a crashed holder's key frees within the wait) and the
     /// backoff between attempts. Running out gives
     /// [`LockError::WaitTimedOut`](crate::LockError::WaitTimedOut); a store
     /// call that runs past the backend's `timeout` gives `Unavailable`.
@@ -101,6 +105,7 @@ impl LockerBuilder {
                 wait: self.wait,
                 auto_extend: self.auto_extend,
                 watchdogs: Watchdogs::default(),
+                held: Arc::default(),
             }),
         }
     }
@@ -154,22 +159,35 @@ impl Locker {
         self.inner.watchdogs.scheduled(&self.inner.backend).await
     }
 
-    /// One attempt; a held key gives [`LockError::Contended`].
+    /// One attempt; a held key gives [`LockError::Contended`]. A key that
+    /// this task already holds through this locker gives
+    /// [`LockError::AlreadyHeld`] at once, from every way of locking: locks
+    /// are not re-entrant, and waiting would only wait out the deadline
+    /// behind itself. Other tasks sharing the locker wait for each other as
+    /// usual.
     ///
     /// Every way of locking checks the lease when the store's answer arrives:
     /// an answer that came after the lease's validity ended (this process or
     /// the network stalled during acquisition) gives [`LockError::Lost`], never
     /// a guard, and the lease is released in the background.
     pub async fn try_lock(&self, key: impl IntoKey) -> Result<LockGuard, LockError> {
+        self.try_lock_with(key, &LockOptions::new()).await
+    }
+
+    /// [`Locker::try_lock`] with this call's own options (`wait` is ignored).
+    pub async fn try_lock_with(
+        &self,
+        key: impl IntoKey,
+        options: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
-        self.acquire_guard(key, None).await
+        self.acquire_guard(key, None, options).await
     }
 
     /// Waits up to the wait policy's deadline; gives [`LockError::WaitTimedOut`]
     /// after it.
     pub async fn lock(&self, key: impl IntoKey) -> Result<LockGuard, LockError> {
-        let key = key.into_key()?;
-        self.acquire_guard(key, Some(self.inner.wait.clone())).await
+        self.lock_with(key, &LockOptions::new()).await
     }
 
     /// Waits up to `wait`.
@@ -178,9 +196,26 @@ impl Locker {
         key: impl IntoKey,
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
+        self.lock_with(key, &LockOptions::new().wait(wait)).await
+    }
+
+    /// [`Locker::lock`] with this call's own TTL, wait and auto-extension.
+    pub async fn lock_with(
+        &self,
+        key: impl IntoKey,
+        options: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
-        self.acquire_guard(key, Some(self.inner.wait.clone().with_deadline(wait)))
-            .await
+        let wait = self.wait_for(options);
+        self.acquire_guard(key, Some(wait), options).await
+    }
+
+    /// The wait policy of a call: the locker's, with the call's deadline.
+    fn wait_for(&self, options: &LockOptions) -> WaitPolicy {
+        match options.wait {
+            Some(deadline) => self.inner.wait.clone().with_deadline(deadline),
+            None => self.inner.wait.clone(),
+        }
     }
 
     /// Takes every key or none: sorts them in one canonical order (the bytes of
@@ -193,18 +228,33 @@ impl Locker {
         I: IntoIterator,
         I::Item: IntoKey,
     {
+        self.lock_all_with(keys, &LockOptions::new()).await
+    }
+
+    /// [`Locker::lock_all`] with this call's own options (one deadline for
+    /// all the keys together).
+    pub async fn lock_all_with<I>(
+        &self,
+        keys: I,
+        options: &LockOptions,
+    ) -> Result<MultiGuard, LockError>
+    where
+        I: IntoIterator,
+        I::Item: IntoKey,
+    {
         let mut keys = keys
             .into_iter()
             .map(IntoKey::into_key)
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         keys.dedup();
+        let wait = self.wait_for(options);
         // One deadline for all the keys together.
-        let attempts = Attempts::new(&self.inner.wait);
+        let attempts = Attempts::new(&wait);
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
-            let wait = self.inner.wait.clone().with_deadline(attempts.remaining());
-            match self.acquire_guard(key, Some(wait)).await {
+            let wait = wait.clone().with_deadline(attempts.remaining());
+            match self.acquire_guard(key, Some(wait), options).await {
                 Ok(guard) => guards.push(guard),
                 Err(error) => {
                     release_in_reverse(guards).await;
@@ -219,6 +269,11 @@ impl Locker {
     /// lease is lost while `work` runs, `work` is dropped (cancelled at its
     /// next `.await`) and the result is [`LockError::Lost`]: work protected by a
     /// lock never goes on knowingly without it.
+    ///
+    /// Once `work` has finished, its result is returned even if the release
+    /// then fails (the failure is logged and counted in
+    /// `leasehold_release_total`, and the lease runs out on its own): an
+    /// error there would invite a retry that runs the work twice.
     pub async fn with_lock<F, Fut, T>(&self, key: impl IntoKey, work: F) -> Result<T, LockError>
     where
         F: FnOnce(FencingToken) -> Fut,
@@ -231,7 +286,10 @@ impl Locker {
                 return Err(LockError::lost(guard.backend_name(), guard.key().as_str(), "lost while the work ran"));
             }
         };
-        guard.release().await?;
+        let key = guard.key();
+        if let Err(error) = guard.release().await {
+            tracing::warn!(%error, %key, "the work finished but releasing its lock failed; the lease will run out");
+        }
         Ok(output)
     }
 
@@ -239,10 +297,18 @@ impl Locker {
         &self,
         key: Key,
         wait: Option<WaitPolicy>,
+        options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
         let backend = &self.inner.backend;
         let name = backend.name();
-        let ttl = self.inner.ttl.ttl_for(&key);
+        if self.inner.held.held_by_this_task(&key) {
+            return Err(LockError::AlreadyHeld {
+                backend: name,
+                key: key.as_str().to_owned(),
+            });
+        }
+        let ttl = options.ttl.unwrap_or_else(|| self.inner.ttl.ttl_for(&key));
+        let auto_extend = options.auto_extend.unwrap_or(self.inner.auto_extend);
         let started = Instant::now();
         let span = tracing::debug_span!("leasehold.acquire", backend = name, key = %key, outcome = tracing::field::Empty);
         let result = async {
@@ -287,16 +353,15 @@ impl Locker {
         span.record("outcome", outcome);
         metrics::acquired(name, outcome, started.elapsed());
         let lease = result?;
-        Ok(self.watch(lease, ttl))
+        Ok(self.watch(lease, ttl, auto_extend))
     }
 
-    fn watch(&self, lease: Lease, ttl: Duration) -> LockGuard {
+    fn watch(&self, lease: Lease, ttl: Duration, auto_extend: bool) -> LockGuard {
         let backend = &self.inner.backend;
-        let watch = self
-            .inner
-            .watchdogs
-            .watch(backend, lease, ttl, self.inner.auto_extend);
-        LockGuard::new(backend.clone(), self.inner.ttl.clone(), watch)
+        let key = lease.key().clone();
+        let watch = self.inner.watchdogs.watch(backend, lease, ttl, auto_extend);
+        let holding = self.inner.held.register(key, watch.lost_token());
+        LockGuard::new(backend.clone(), self.inner.ttl.clone(), watch, holding)
     }
 }
 

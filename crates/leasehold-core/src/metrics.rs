@@ -52,6 +52,15 @@ pub(crate) fn force_released(backend: &'static str, evicted: bool) {
         .increment(1);
 }
 
+/// A circuit breaker opened (`true`) or closed.
+pub(crate) fn circuit(backend: &'static str, open: bool) {
+    metrics::gauge!("leasehold_circuit_open", "backend" => backend).set(if open {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// Counts a waiter in `leasehold_waiters` for as long as it lives.
 pub(crate) struct Waiting(&'static str);
 

@@ -77,6 +77,22 @@ impl fmt::Display for OwnerToken {
 /// key, across releases, expiries and client crashes. A resource that keeps the
 /// highest token it accepted and rejects lower ones stays safe when a paused
 /// holder wakes up after losing its lease.
+///
+/// Tokens are per key and per store: two keys' tokens are not comparable,
+/// and moving a resource to another store (or another namespace) starts a
+/// new sequence, so reset the resource's high-water mark when you switch.
+///
+/// Applying it, in SQL (the write lands only if no newer holder wrote; zero
+/// rows updated means this holder is stale and must stop):
+///
+/// ```sql
+/// UPDATE accounts SET balance = $1, fence = $2
+///  WHERE id = $3 AND fence <= $2
+/// ```
+///
+/// and over HTTP, as a header the service compares with the highest it saw
+/// for the resource (`Fencing-Token: 42`; answer `409 Conflict` when lower).
+/// `examples/fenced_postgres.rs` runs the SQL version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FencingToken(pub u64);
 
@@ -84,6 +100,19 @@ impl FencingToken {
     /// The number.
     pub const fn get(self) -> u64 {
         self.0
+    }
+
+    /// The number as an `i64` (SQL `BIGINT`), or `None` above `i64::MAX`
+    /// (no store here comes near it: a counter bumped a million times a
+    /// second takes 292,000 years).
+    ///
+    /// ```
+    /// use leasehold_core::FencingToken;
+    /// assert_eq!(FencingToken(42).as_i64(), Some(42));
+    /// assert_eq!(FencingToken(u64::MAX).as_i64(), None);
+    /// ```
+    pub fn as_i64(self) -> Option<i64> {
+        i64::try_from(self.0).ok()
     }
 }
 

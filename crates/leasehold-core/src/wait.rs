@@ -56,12 +56,15 @@ pub struct WaitPolicy {
 pub type RetryPolicy = WaitPolicy;
 
 impl Default for WaitPolicy {
-    /// 10 ms to 500 ms between attempts, 30 s overall.
+    /// 10 ms to 500 ms between attempts, 60 s overall: twice the default
+    /// 30 s TTL, so a waiter behind a holder that crashed just after taking
+    /// the key still gets it when the TTL frees it (with a 30 s wait it gave
+    /// up at the very moment the key came free).
     fn default() -> Self {
         WaitPolicy {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(500),
-            deadline: Duration::from_secs(30),
+            deadline: Duration::from_secs(60),
         }
     }
 }

@@ -72,10 +72,12 @@ async fn locker_emits_the_documented_metrics() {
         .wait(WaitPolicy::new(Duration::from_secs(30)))
         .build();
 
-    // Acquired, then contended; the holder's guard counts as held.
+    // Acquired, then contended (for another holder: this task asking again
+    // would be AlreadyHeld); the holder's guard counts as held.
     let guard = locker.lock("a").await.unwrap();
+    let other = Locker::from_arc(backend.clone());
     assert!(matches!(
-        locker.try_lock("a").await,
+        other.try_lock("a").await,
         Err(LockError::Contended { .. })
     ));
     assert_eq!(

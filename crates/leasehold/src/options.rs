@@ -55,7 +55,7 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults: fixed 30 s TTL, 30 s wait, each backend's own namespace,
+    /// The defaults: fixed 30 s TTL, 60 s wait (outlasting a crashed holder's TTL), each backend's own namespace,
     /// timeout, poll interval, holder label and drift.
     pub fn new() -> Self {
         Self::default()

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::LockBackend;
+use crate::error::LockError;
 use crate::lease::{Lease, LostReason};
 use crate::metrics;
 use renew::next_renewal;
@@ -137,6 +138,44 @@ impl Watch {
     }
 
     /// The guard is releasing: stop renewing now.
+    /// A renewal asked for by the holder ([`LockGuard::extend`](crate::LockGuard::extend)):
+    /// a renewed lease replaces the watched one and is rescheduled; a refusal
+    /// is a loss; a transient error changes nothing.
+    pub(crate) async fn extend(
+        &self,
+        backend: &Arc<dyn LockBackend>,
+        ttl: Duration,
+    ) -> Result<(), LockError> {
+        let lease = self.entry.lease();
+        if self.is_lost() {
+            return Err(LockError::lost(
+                self.entry.backend,
+                lease.key().as_str(),
+                "the guard's lease is already lost",
+            ));
+        }
+        match backend.extend(&lease, ttl).await {
+            Ok(renewed) => {
+                if !self.entry.is_done() {
+                    *self.entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
+                    let _ = self
+                        .sender
+                        .send(Command::Due(self.entry.clone(), self.entry.first_due()));
+                }
+                metrics::extended(self.entry.backend, "extended");
+                Ok(())
+            }
+            Err(error) => {
+                if !error.is_retryable() {
+                    self.entry
+                        .mark_lost(LostReason::TakenOver, &error.to_string());
+                }
+                metrics::extended(self.entry.backend, error.kind());
+                Err(error)
+            }
+        }
+    }
+
     pub(crate) fn finish(&self) {
         self.entry.finished.cancel();
         let _ = self.sender.send(Command::Forget(self.entry.id));
