@@ -11,10 +11,9 @@ use leasehold::{LockError, TtlPolicy};
 
 #[tokio::main]
 async fn main() -> Result<(), LockError> {
-    let locker = match std::env::var_os(leasehold::URL_ENV) {
-        Some(_) => leasehold::connect_from_env().await?,
-        None => leasehold::connect("memory://?ttl=300ms").await?,
-    };
+    let url = std::env::var(leasehold::URL_ENV)
+        .unwrap_or_else(|_| "memory://quickstart?ttl=300ms".to_owned());
+    let locker = leasehold::connect(&url).await?;
     let ttl = match locker.ttl_policy() {
         TtlPolicy::Fixed(ttl) => *ttl,
         TtlPolicy::Adaptive(_) => Duration::from_secs(30),
@@ -31,7 +30,16 @@ async fn main() -> Result<(), LockError> {
         () = tokio::time::sleep(ttl * 3) => println!("still held after {:?} (3 x TTL): auto-extended", ttl * 3),
         () = guard.lost() => println!("lost the lock; stopping work"),
     }
+    // Not re-entrant: this task asking again is told so at once.
     match locker.try_lock("orders:42").await {
+        Err(LockError::AlreadyHeld { .. }) => {
+            println!("asking again from the same task: AlreadyHeld (not re-entrant)")
+        }
+        other => println!("unexpected: {other:?}"),
+    }
+    // Another client (another process, in real life) is refused.
+    let other = leasehold::connect(&url).await?;
+    match other.try_lock("orders:42").await {
         Err(LockError::Contended { holder, .. }) => {
             let token = holder
                 .and_then(|h| h.fencing_token)

@@ -56,6 +56,7 @@ fn run(name: &str, url: Option<&str>) -> String {
 fn quickstart_auto_extends_and_fences() {
     let out = run("quickstart", None);
     assert!(out.contains("auto-extended"), "{out}");
+    assert!(out.contains("AlreadyHeld (not re-entrant)"), "{out}");
     assert!(out.contains("a second try_lock is refused"), "{out}");
     assert!(
         out.contains("re-acquired with a higher fencing token"),
@@ -94,6 +95,13 @@ fn transfer_finishes_without_deadlock_and_conserves_money() {
 fn scheduler_runs_each_run_exactly_once() {
     let out = run("scheduler", None);
     assert!(out.contains("OK: every run executed exactly once"), "{out}");
+}
+
+#[test]
+fn election_takes_turns_with_increasing_tokens() {
+    let out = run("election", None);
+    assert!(out.contains("OK: one leader at a time, tokens increasing"), "{out}");
+    assert!(out.contains("observer: leader is now token"), "{out}");
 }
 
 #[test]
@@ -246,4 +254,48 @@ async fn swap_redlock() {
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect();
     run_swap(&format!("redlock://{}", hosts.join(",")), "redlock").await;
+}
+
+/// The examples users start from run against real stores too, not only the
+/// in-memory one: quickstart, the scheduler and the election on Redis and on
+/// Postgres (both modes), and the fenced Postgres write.
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_facing_examples_run_on_real_stores() {
+    let redis = fixtures::start(&fixtures::redis_spec(false))
+        .await
+        .expect("a redis container");
+    let postgres = fixtures::start(&fixtures::postgres_spec())
+        .await
+        .expect("a postgres container");
+    let pg = |mode: &str| {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres?mode={mode}",
+            fixtures::POSTGRES_PASSWORD,
+            postgres.port
+        )
+    };
+    // Postgres accepts connections a moment after its port opens.
+    run_swap(&pg("table"), "postgres").await;
+    let urls = [
+        format!("redis://127.0.0.1:{}", redis.port),
+        pg("advisory"),
+        pg("table"),
+    ];
+    for url in &urls {
+        // A 1 s TTL: quickstart holds its lock for three TTLs.
+        let short = format!("{url}{}ttl=1s", if url.contains('?') { '&' } else { '?' });
+        let out = run("quickstart", Some(&short));
+        assert!(out.contains("auto-extended"), "{url}: {out}");
+        assert!(out.contains("a second try_lock is refused"), "{url}: {out}");
+        let out = run("scheduler", Some(url));
+        assert!(out.contains("OK: every run executed exactly once"), "{url}: {out}");
+        let out = run("election", Some(url));
+        assert!(out.contains("OK: one leader at a time"), "{url}: {out}");
+    }
+    for mode in ["advisory", "table"] {
+        let out = run("fenced_postgres", Some(&pg(mode)));
+        assert!(out.contains("REJECTED (stale token)"), "{mode}: {out}");
+        assert!(out.contains("OK: the stale holder's write was rejected"), "{mode}: {out}");
+    }
 }
