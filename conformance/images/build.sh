@@ -4,8 +4,8 @@
 #
 #   conformance/images/build.sh [--force] [--smoke] [--rebuild-base] [STORE...]
 #
-# STORE is any of: redis postgres etcd zookeeper dynamodb (default: all five).
-# Aliases: pg, zk, moto.
+# STORE is any of: redis postgres etcd zookeeper dynamodb mariadb (default: all
+# six). Aliases: pg, zk, moto, mysql.
 #
 # How: debootstrap a minimal Debian bookworm rootfs once (cached as a tarball
 # in $LEASEHOLD_IMAGE_CACHE, default ~/.cache/leasehold-images), then per
@@ -24,8 +24,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${LEASEHOLD_IMAGE_CACHE:-${HOME:-/root}/.cache/leasehold-images}
-# The images must carry Redis 7.0, PostgreSQL 15, etcd 3.4 and ZooKeeper 3.8:
-# those are the versions Debian 12 "bookworm" ships.
+# The images must carry Redis 7.0, PostgreSQL 15, etcd 3.4, ZooKeeper 3.8 and
+# MariaDB 10.11: those are the versions Debian 12 "bookworm" ships.
 SUITE=bookworm
 BASE_RECIPE=1 # bump when the base rootfs recipe below changes
 MOTO_VERSION=${LEASEHOLD_MOTO_VERSION:-5.2.5}
@@ -33,7 +33,7 @@ MOTO_VERSION=${LEASEHOLD_MOTO_VERSION:-5.2.5}
 # networkx: ~160 MB) that the DynamoDB API never loads; the server itself only
 # needs flask and flask-cors beside the "dynamodb" extra.
 MOTO_EXTRAS=${LEASEHOLD_MOTO_EXTRAS:-dynamodb}
-ALL_STORES=(redis postgres etcd zookeeper dynamodb)
+ALL_STORES=(redis postgres etcd zookeeper dynamodb mariadb)
 
 declare -A TAG=(
     [redis]=leasehold-standin/redis:7.0
@@ -41,6 +41,7 @@ declare -A TAG=(
     [etcd]=leasehold-standin/etcd:v3.4
     [zookeeper]=leasehold-standin/zookeeper:3.8
     [dynamodb]=leasehold-standin/dynamodb-local:latest
+    [mariadb]=leasehold-standin/mariadb:10.11
 )
 
 log() { printf '[images] %s\n' "$*" >&2; }
@@ -61,7 +62,8 @@ for arg in "$@"; do
     pg | postgresql) STORES+=(postgres) ;;
     zk) STORES+=(zookeeper) ;;
     moto | dynamo) STORES+=(dynamodb) ;;
-    redis | postgres | etcd | zookeeper | dynamodb) STORES+=("$arg") ;;
+    mysql) STORES+=(mariadb) ;;
+    redis | postgres | etcd | zookeeper | dynamodb | mariadb) STORES+=("$arg") ;;
     *) die "unknown argument '$arg' (try --help)" ;;
     esac
 done
@@ -398,6 +400,31 @@ prepare_dynamodb() {
         "ENV MOTO_VERSION=$MOTO_VERSION PYTHONUNBUFFERED=1"
         'WORKDIR /home/dynamodblocal'
         'EXPOSE 8000'
+    )
+}
+
+prepare_mariadb() {
+    local root=$1
+    apt_install "$root" mariadb-server
+    # Like the official image: listen on every interface, no DNS lookups of
+    # clients, errors on stderr (Debian's config binds 127.0.0.1).
+    cat >"$root/etc/mysql/mariadb.conf.d/99-leasehold.cnf" <<'CNF'
+[mariadbd]
+bind-address = 0.0.0.0
+skip-name-resolve
+skip-host-cache
+CNF
+    sed -ri 's!^(\s*log_error\s*=.*)!#\1!' "$root/etc/mysql/mariadb.conf.d/"*.cnf
+    install_entrypoint "$root" "$HERE/mariadb/docker-entrypoint.sh"
+    # No data directory from the package: the entrypoint initialises it.
+    rm -rf "$root/var/lib/mysql" "$root/docker-entrypoint-initdb.d"
+    mkdir -p "$root/var/lib/mysql" "$root/run/mysqld" "$root/docker-entrypoint-initdb.d"
+    in_chroot "$root" chown -R mysql:mysql /var/lib/mysql /run/mysqld
+    CHANGES=(
+        'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]'
+        'CMD ["mariadbd"]'
+        'ENV LANG=C.UTF-8'
+        'EXPOSE 3306'
     )
 }
 

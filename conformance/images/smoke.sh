@@ -4,7 +4,7 @@
 # for it to be healthy within a bounded time, check a few things that the
 # fixtures rely on, and print PASS or FAIL per image.
 #
-#   conformance/images/smoke.sh [STORE...]     (default: all five)
+#   conformance/images/smoke.sh [STORE...]     (default: all six)
 #
 # Containers carry the label leasehold.test=<pid>-smoke and sit on a private
 # --internal network; all of them, and the network, are removed on exit.
@@ -13,16 +13,17 @@
 set -euo pipefail
 
 TIMEOUT=${LEASEHOLD_SMOKE_TIMEOUT:-90}
-ALL_STORES=(redis postgres etcd zookeeper dynamodb)
+ALL_STORES=(redis postgres etcd zookeeper dynamodb mariadb)
 declare -A TAG=(
     [redis]=leasehold-standin/redis:7.0
     [postgres]=leasehold-standin/postgres:15
     [etcd]=leasehold-standin/etcd:v3.4
     [zookeeper]=leasehold-standin/zookeeper:3.8
     [dynamodb]=leasehold-standin/dynamodb-local:latest
+    [mariadb]=leasehold-standin/mariadb:10.11
 )
 # Container-name prefix per store (for logs on failure).
-declare -A PREFIX=([redis]=redis [postgres]=postgres [etcd]=etcd [zookeeper]=zk [dynamodb]=dynamodb)
+declare -A PREFIX=([redis]=redis [postgres]=postgres [etcd]=etcd [zookeeper]=zk [dynamodb]=dynamodb [mariadb]=mariadb)
 
 STORES=()
 for arg in "$@"; do
@@ -30,7 +31,8 @@ for arg in "$@"; do
     pg | postgresql) STORES+=(postgres) ;;
     zk) STORES+=(zookeeper) ;;
     moto | dynamo) STORES+=(dynamodb) ;;
-    redis | postgres | etcd | zookeeper | dynamodb) STORES+=("$arg") ;;
+    mysql) STORES+=(mariadb) ;;
+    redis | postgres | etcd | zookeeper | dynamodb | mariadb) STORES+=("$arg") ;;
     -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "smoke: unknown store '$arg'" >&2; exit 2 ;;
     esac
@@ -279,6 +281,39 @@ check_dynamodb() {
     expect_has "log" "$logs" "Initializing DynamoDB Local with the following configuration" || return
     expect_has "log" "$logs" "DynamoDB API ready on http://0.0.0.0:8000" || return
     DETAIL=$(printf '%s\n' "$logs" | sed -n 's/^leasehold stand-in: \(moto [^ ]*\).*/\1/p')
+}
+
+# ---------------------------------------------------------------- mariadb
+MARIADB_PASS="smoke-Secret-1'\\"
+start_mariadb() {
+    start mariadb "${TAG[mariadb]}" \
+        -e MARIADB_ROOT_PASSWORD="$MARIADB_PASS" -e MARIADB_DATABASE=leasehold_smoke \
+        -e MARIADB_USER=leasehold -e MARIADB_PASSWORD="$MARIADB_PASS" \
+        -- mariadbd --max-connections=42
+}
+mariadb_ready() {
+    docker logs "$RUN-mariadb" 2>&1 >/dev/null | grep -q 'port: 3306'
+}
+mariadb_q() { # USER PASSWORD SQL
+    x mariadb mariadb -h "$(ip_of mariadb)" -u"$1" -p"$2" -N -B leasehold_smoke -e "$3"
+}
+check_mariadb() {
+    local dl=$1 out
+    until_ok "$dl" mariadb_ready || fail "the final server's ready line (port: 3306) never seen on stderr" || return
+    # Over the container's network address: the '%' accounts, as a client sees them.
+    out=$(first_answer mariadb_q leasehold "$MARIADB_PASS" 'select 1')
+    expect_eq "select 1 as the app user" "$out" 1 || return
+    out=$(first_answer mariadb_q root "$MARIADB_PASS" 'select @@max_connections')
+    expect_eq "mariadbd --max-connections" "$out" 42 || return
+    out=$(first_answer mariadb_q root "$MARIADB_PASS" "select get_lock('smoke', 0), release_lock('smoke')")
+    expect_eq "get_lock / release_lock" "$out" "$(printf '1\t1')" || return
+    if mariadb_q root wrong 'select 1' >/dev/null 2>&1; then
+        fail "a wrong password was accepted"
+        return
+    fi
+    out=$(first_answer mariadb_q root "$MARIADB_PASS" 'select version()')
+    expect_has "version" "$out" "10.11." || return
+    DETAIL="MariaDB ${out%%-*}"
 }
 
 # ---------------------------------------------------------------- main
