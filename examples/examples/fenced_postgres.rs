@@ -71,7 +71,10 @@ async fn run(url: &str) -> Result<bool, Box<dyn std::error::Error>> {
         .await?;
 
     // Two workers, each with its own client of the lock store.
-    let (slow, fast) = (leasehold::connect(url).await?, leasehold::connect(url).await?);
+    let (slow, fast) = (
+        leasehold::connect(url).await?,
+        leasehold::connect(url).await?,
+    );
     let short = LockOptions::new()
         .ttl(Duration::from_secs(2))
         .auto_extend(false);
@@ -81,7 +84,9 @@ async fn run(url: &str) -> Result<bool, Box<dyn std::error::Error>> {
     stalled.lost().await;
     println!("worker A's lease ran out while it stalled");
 
-    let guard = fast.lock_within("account:1", Duration::from_secs(30)).await?;
+    let guard = fast
+        .lock_within("account:1", Duration::from_secs(30))
+        .await?;
     let accepted = fenced_deposit(&db, guard.fencing_token(), 10).await?;
     println!(
         "worker B holds it with token {} and deposits 10: {}",
@@ -94,7 +99,11 @@ async fn run(url: &str) -> Result<bool, Box<dyn std::error::Error>> {
     let stale_accepted = fenced_deposit(&db, stale_token, 1_000).await?;
     println!(
         "worker A wakes and deposits 1000 with token {stale_token}: {}",
-        if stale_accepted { "written" } else { "REJECTED (stale token): A stops" }
+        if stale_accepted {
+            "written"
+        } else {
+            "REJECTED (stale token): A stops"
+        }
     );
     let (balance, fence): (i64, i64) =
         sqlx::query_as("SELECT balance, fence FROM fenced_accounts WHERE id = 1")

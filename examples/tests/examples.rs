@@ -100,7 +100,10 @@ fn scheduler_runs_each_run_exactly_once() {
 #[test]
 fn election_takes_turns_with_increasing_tokens() {
     let out = run("election", None);
-    assert!(out.contains("OK: one leader at a time, tokens increasing"), "{out}");
+    assert!(
+        out.contains("OK: one leader at a time, tokens increasing"),
+        "{out}"
+    );
     assert!(out.contains("observer: leader is now token"), "{out}");
 }
 
@@ -213,6 +216,10 @@ async fn swap_backends_runs_unchanged_on_every_store() {
         .await;
     }
     swap_redlock().await;
+    let dir = std::env::temp_dir().join(format!("leasehold-swap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    run_swap(&format!("file://{}", dir.display()), "file").await;
+    let _ = std::fs::remove_dir_all(&dir);
     swap_on(
         fixtures::zookeeper_spec(),
         |port| format!("zk://127.0.0.1:{port}/swap?session_timeout=3s"),
@@ -289,13 +296,19 @@ async fn the_user_facing_examples_run_on_real_stores() {
         assert!(out.contains("auto-extended"), "{url}: {out}");
         assert!(out.contains("a second try_lock is refused"), "{url}: {out}");
         let out = run("scheduler", Some(url));
-        assert!(out.contains("OK: every run executed exactly once"), "{url}: {out}");
+        assert!(
+            out.contains("OK: every run executed exactly once"),
+            "{url}: {out}"
+        );
         let out = run("election", Some(url));
         assert!(out.contains("OK: one leader at a time"), "{url}: {out}");
     }
     for mode in ["advisory", "table"] {
         let out = run("fenced_postgres", Some(&pg(mode)));
         assert!(out.contains("REJECTED (stale token)"), "{mode}: {out}");
-        assert!(out.contains("OK: the stale holder's write was rejected"), "{mode}: {out}");
+        assert!(
+            out.contains("OK: the stale holder's write was rejected"),
+            "{mode}: {out}"
+        );
     }
 }

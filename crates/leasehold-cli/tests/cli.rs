@@ -116,10 +116,10 @@ async fn memory_is_healthy_and_free_keys_inspect_as_free() {
 /// The on-call flow against a real store at `url` (this process holds the
 /// lock through a `Locker`; the binary is another process): list shows it
 /// with its holder, inspect agrees, a force release evicts it and the
-/// holder's guard reports the loss, health passes, and a paused store makes
-/// health fail with exit 3 within the timeout.
-#[cfg(any(feature = "redis", feature = "postgres"))]
-async fn on_call_flow(url: &str, store: &leasehold_conformance::fixtures::Container) {
+/// holder's guard reports the loss, health passes, and with `stores` paused
+/// health fails with exit 3 within the timeout.
+#[cfg(feature = "full")]
+async fn on_call_flow(url: &str, stores: &[&leasehold_conformance::fixtures::Container]) {
     use leasehold::config::default_holder;
     use leasehold_conformance::Store;
 
@@ -170,15 +170,22 @@ async fn on_call_flow(url: &str, store: &leasehold_conformance::fixtures::Contai
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     println!("$ leasehold health\n{}", run.stdout);
 
-    store.pause().await.unwrap();
+    if stores.is_empty() {
+        return; // nothing to pause: a store without a server
+    }
+    for store in stores {
+        store.pause().await.unwrap();
+    }
     let run = leasehold(Some(url), &["--timeout", "2s", "health", "--json"]).await;
-    store.unpause().await.unwrap();
+    for store in stores {
+        store.unpause().await.unwrap();
+    }
     assert_eq!(run.code, Some(3), "{}{}", run.stdout, run.stderr);
     let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(report["status"], "unhealthy");
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "full")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_call_flow_against_redis() {
     let spec = leasehold_conformance::fixtures::redis_spec(false);
@@ -187,12 +194,12 @@ async fn on_call_flow_against_redis() {
         .expect("a redis container");
     on_call_flow(
         &format!("redis://127.0.0.1:{}/?timeout=2s", store.port),
-        &store,
+        &[&store],
     )
     .await;
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(feature = "full")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_call_flow_against_postgres() {
     use leasehold_conformance::fixtures;
@@ -211,6 +218,90 @@ async fn on_call_flow_against_postgres() {
     })
     .await;
     for mode in ["advisory", "table"] {
-        on_call_flow(&format!("{base}?mode={mode}"), &store).await;
+        on_call_flow(&format!("{base}?mode={mode}"), &[&store]).await;
     }
+}
+
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_redlock() {
+    use leasehold_conformance::fixtures;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            fixtures::start(&fixtures::redis_spec(false))
+                .await
+                .expect("a redis container"),
+        );
+    }
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = format!("redlock://{}?timeout=1s", hosts.join(","));
+    on_call_flow(&url, &nodes.iter().collect::<Vec<_>>()).await;
+}
+
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_etcd() {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&fixtures::etcd_spec())
+        .await
+        .expect("an etcd container");
+    on_call_flow(
+        &format!("etcd://127.0.0.1:{}?timeout=2s", store.port),
+        &[&store],
+    )
+    .await;
+}
+
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_zookeeper() {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&fixtures::zookeeper_spec())
+        .await
+        .expect("a zookeeper container");
+    let url = format!(
+        "zk://127.0.0.1:{}/cli?session_timeout=3s&timeout=2s",
+        store.port
+    );
+    fixtures::eventually(Duration::from_secs(60), "zookeeper answers", || {
+        let url = url.clone();
+        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
+    })
+    .await;
+    on_call_flow(&url, &[&store]).await;
+}
+
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_dynamodb() {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&fixtures::dynamodb_spec())
+        .await
+        .expect("a dynamodb stand-in container");
+    let url = format!(
+        "dynamodb://test:test@cli?region=us-east-1&endpoint=http://127.0.0.1:{}&create_table=true&durable=false&timeout=2s",
+        store.port
+    );
+    fixtures::eventually(Duration::from_secs(60), "dynamodb answers", || {
+        let url = url.clone();
+        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
+    })
+    .await;
+    on_call_flow(&url, &[&store]).await;
+}
+
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_flow_against_the_file_store() {
+    let dir = std::env::temp_dir().join(format!(
+        "leasehold-cli-{}",
+        leasehold::OwnerToken::generate().short()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    on_call_flow(&format!("file://{}?timeout=2s", dir.display()), &[]).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,7 +87,11 @@ async fn one_server_of_three_down_or_paused_still_locks_and_releases() {
     b.release(&theirs).await.expect("b releases");
 
     // Back up, and another server paused instead (a server that hangs).
+    // Once a's connection to the restarted server answers: with it still
+    // reconnecting and another server paused, only one server could grant
+    // (seen failing under load).
     cluster.start(0).await;
+    answers(&a, 0, &k).await;
     cluster.pause(1).await;
     let started = Instant::now();
     let lease = a

@@ -24,6 +24,7 @@
 //! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
 //! | `dynamodb://table?region=..&endpoint=..` | `dynamodb` | DynamoDB table (conditional writes) |
+//! | `file:///var/lock/app` | `file` | the processes of one host, no server: flock + fsync'd counter files (local file systems only, not NFS) |
 //!
 //! Shared options (TTL, wait, namespace, timeouts, drift) come from query
 //! parameters or [`Options`]; see [`Options`] for their names. A scheme whose
@@ -47,7 +48,8 @@ use std::sync::{Arc, Mutex, OnceLock};
     feature = "etcd",
     feature = "zookeeper",
     feature = "postgres",
-    feature = "dynamodb"
+    feature = "dynamodb",
+    feature = "file"
 ))]
 use leasehold_core::config::BackendConfig;
 
@@ -58,6 +60,8 @@ pub use options::Options;
 pub use leasehold_dynamodb as dynamodb;
 #[cfg(feature = "etcd")]
 pub use leasehold_etcd as etcd;
+#[cfg(feature = "file")]
+pub use leasehold_file as file;
 #[cfg(feature = "postgres")]
 pub use leasehold_postgres as postgres;
 #[cfg(feature = "redis")]
@@ -175,6 +179,10 @@ pub async fn open(
         s if dynamodb::DynamoDbConfig::SCHEMES.contains(&s) => {
             connect_config::<dynamodb::DynamoDbConfig>(url, &options).await?
         }
+        #[cfg(feature = "file")]
+        s if file::FileConfig::SCHEMES.contains(&s) => {
+            connect_config::<file::FileConfig>(url, &options).await?
+        }
         other => return Err(unavailable_scheme(other)),
     };
     Ok((backend, options))
@@ -189,7 +197,8 @@ pub async fn open(
     feature = "etcd",
     feature = "zookeeper",
     feature = "postgres",
-    feature = "dynamodb"
+    feature = "dynamodb",
+    feature = "file"
 ))]
 async fn connect_config<C: config::BackendConfig>(
     url: &str,
@@ -222,6 +231,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
         "zk" | "zookeeper" => Some("zookeeper"),
         "postgres" | "postgresql" => Some("postgres"),
         "dynamodb" => Some("dynamodb"),
+        "file" => Some("file"),
         _ => None,
     };
     match feature {
@@ -229,7 +239,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
             "the {scheme}:// scheme needs leasehold's cargo feature `{feature}`, which is off in this build"
         )),
         None => LockError::Config(format!(
-            "unknown scheme {scheme}://; leasehold knows memory, redis, rediss, redlock, etcd, zk, postgres, dynamodb"
+            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redlock, etcd, zk, postgres, dynamodb"
         )),
     }
 }
