@@ -118,6 +118,18 @@ async fn memory_is_healthy_and_free_keys_inspect_as_free() {
 /// with its holder, inspect agrees, a force release evicts it and the
 /// holder's guard reports the loss, health passes, and with `stores` paused
 /// health fails with exit 3 within the timeout.
+/// Waits (up to a minute) until `leasehold health` passes on `url`: a
+/// store in a fresh container answers a moment after its port opens.
+#[cfg(feature = "full")]
+async fn until_healthy(url: &str) {
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(60),
+        "the store answers",
+        || async { leasehold(Some(url), &["health"]).await.code == Some(0) },
+    )
+    .await;
+}
+
 #[cfg(feature = "full")]
 async fn on_call_flow(url: &str, stores: &[&leasehold_conformance::fixtures::Container]) {
     use leasehold::config::default_holder;
@@ -212,11 +224,7 @@ async fn on_call_flow_against_postgres() {
         store.port
     );
     // The server accepts connections a moment after the port opens.
-    fixtures::eventually(Duration::from_secs(60), "postgres answers", || {
-        let url = base.clone();
-        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
-    })
-    .await;
+    until_healthy(&base).await;
     for mode in ["advisory", "table"] {
         on_call_flow(&format!("{base}?mode={mode}"), &[&store]).await;
     }
@@ -267,11 +275,7 @@ async fn on_call_flow_against_zookeeper() {
         "zk://127.0.0.1:{}/cli?session_timeout=3s&timeout=2s",
         store.port
     );
-    fixtures::eventually(Duration::from_secs(60), "zookeeper answers", || {
-        let url = url.clone();
-        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
-    })
-    .await;
+    until_healthy(&url).await;
     on_call_flow(&url, &[&store]).await;
 }
 
@@ -286,11 +290,7 @@ async fn on_call_flow_against_dynamodb() {
         "dynamodb://test:test@cli?region=us-east-1&endpoint=http://127.0.0.1:{}&create_table=true&durable=false&timeout=2s",
         store.port
     );
-    fixtures::eventually(Duration::from_secs(60), "dynamodb answers", || {
-        let url = url.clone();
-        async move { leasehold(Some(&url), &["health"]).await.code == Some(0) }
-    })
-    .await;
+    until_healthy(&url).await;
     on_call_flow(&url, &[&store]).await;
 }
 
