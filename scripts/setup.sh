@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and is not there yet: Debian
-# packages (protoc for etcd-client, debootstrap for the stand-in images) and
+# packages (protoc for etcd-client, debootstrap for the stand-in images,
+# prometheus for promtool and the server ops/check.sh runs) and
 # the stand-in store images (built locally, no registry needed). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # finds in /usr/include only with libprotobuf-dev (a Recommends, skipped below).
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   sudo_cmd=()

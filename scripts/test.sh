@@ -15,3 +15,4 @@ if docker info >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --all-features "$@"
+bash ops/check.sh # alert rules (promtool) and dashboard queries against a real Prometheus

@@ -113,6 +113,7 @@ pub struct Admin {
 impl Admin {
     /// Admin over `backend`.
     pub fn new(backend: Arc<dyn LockBackend>) -> Self {
+        metrics::describe();
         Admin { backend }
     }
 

@@ -88,6 +88,7 @@ impl CircuitBreakerLayer {
 
 impl Layer for CircuitBreakerLayer {
     fn layer(&self, inner: Arc<dyn LockBackend>) -> Arc<dyn LockBackend> {
+        metrics::describe();
         Arc::new(CircuitBreaker {
             inner,
             config: *self,

@@ -32,6 +32,7 @@ use crate::watchdog::Watch;
 #[must_use = "dropping a guard releases the lock at once (in the background)"]
 pub struct LockGuard {
     backend: Arc<dyn LockBackend>,
+    meter: metrics::Meter,
     /// Learns hold times (adaptive TTL).
     ttl_policy: TtlPolicy,
     watch: Watch,
@@ -44,13 +45,15 @@ pub struct LockGuard {
 impl LockGuard {
     pub(crate) fn new(
         backend: Arc<dyn LockBackend>,
+        meter: metrics::Meter,
         ttl_policy: TtlPolicy,
         watch: Watch,
         holding: Holding,
     ) -> Self {
-        metrics::guard_opened(backend.name());
+        meter.guard_opened();
         LockGuard {
             backend,
+            meter,
             ttl_policy,
             watch,
             acquired_at: Instant::now(),
@@ -151,14 +154,14 @@ impl LockGuard {
             Ok(()) => "released",
             Err(error) => error.kind(),
         };
-        metrics::released(name, outcome);
+        self.meter.released(outcome);
         self.close(&lease);
         result
     }
 
     fn close(&self, lease: &Lease) {
         let held = self.acquired_at.elapsed();
-        metrics::guard_closed(self.backend_name(), held);
+        self.meter.guard_closed(held);
         self.ttl_policy.record(lease.key(), held);
     }
 }
@@ -169,7 +172,7 @@ impl Drop for LockGuard {
             return;
         }
         let lease = self.watch.lease();
-        metrics::released(self.backend_name(), "dropped");
+        self.meter.released("dropped");
         self.close(&lease);
         // Never blocks: the watchdog releases it in the background.
         self.watch.finish_and_release(&self.backend);

@@ -55,6 +55,8 @@ struct LockerInner {
     auto_extend: bool,
     watchdogs: Watchdogs,
     held: Arc<HeldKeys>,
+    /// The `backend` and `locker` labels of this locker's metrics.
+    meter: metrics::Meter,
 }
 
 /// Builds a [`Locker`].
@@ -64,9 +66,18 @@ pub struct LockerBuilder {
     ttl: TtlPolicy,
     wait: WaitPolicy,
     auto_extend: bool,
+    name: Arc<str>,
 }
 
 impl LockerBuilder {
+    /// The name in the `locker` label of this locker's metrics (default
+    /// `"default"`), so two applications sharing one process and one
+    /// metrics exporter are told apart. Keep it to a handful of fixed names
+    /// per process: every name is a set of time series.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Arc::from(name.into());
+        self
+    }
     /// The TTL policy (default: fixed 30 s).
     pub fn ttl(mut self, ttl: TtlPolicy) -> Self {
         self.ttl = ttl;
@@ -98,8 +109,11 @@ impl LockerBuilder {
     }
     /// The locker.
     pub fn build(self) -> Locker {
+        metrics::describe();
+        let meter = metrics::Meter::new(self.backend.name(), self.name);
         Locker {
             inner: Arc::new(LockerInner {
+                meter,
                 backend: self.backend,
                 ttl: self.ttl,
                 wait: self.wait,
@@ -134,6 +148,7 @@ impl Locker {
             ttl: TtlPolicy::default(),
             wait: WaitPolicy::default(),
             auto_extend: true,
+            name: Arc::from("default"),
         }
     }
 
@@ -324,7 +339,7 @@ impl Locker {
             let lease = match &wait {
                 None => backend.try_acquire(&key, ttl).await,
                 Some(wait) => {
-                    let _waiting = metrics::Waiting::start(name);
+                    let _waiting = metrics::Waiting::start(&self.inner.meter);
                     backend.acquire(&key, ttl, wait).await
                 }
             }?;
@@ -351,7 +366,7 @@ impl Locker {
             Err(error) => error.kind(),
         };
         span.record("outcome", outcome);
-        metrics::acquired(name, outcome, started.elapsed());
+        self.inner.meter.acquired(outcome, started.elapsed());
         let lease = result?;
         Ok(self.watch(lease, ttl, auto_extend))
     }
@@ -359,9 +374,19 @@ impl Locker {
     fn watch(&self, lease: Lease, ttl: Duration, auto_extend: bool) -> LockGuard {
         let backend = &self.inner.backend;
         let key = lease.key().clone();
-        let watch = self.inner.watchdogs.watch(backend, lease, ttl, auto_extend);
+        let meter = &self.inner.meter;
+        let watch = self
+            .inner
+            .watchdogs
+            .watch(backend, meter, lease, ttl, auto_extend);
         let holding = self.inner.held.register(key, watch.lost_token());
-        LockGuard::new(backend.clone(), self.inner.ttl.clone(), watch, holding)
+        LockGuard::new(
+            backend.clone(),
+            meter.clone(),
+            self.inner.ttl.clone(),
+            watch,
+            holding,
+        )
     }
 }
 

@@ -1,14 +1,18 @@
-//! The metric names of DESIGN §2 are the ones dashboards and alerts are built
-//! on: this test drives a `Locker` through every outcome and reads them back
-//! from a recorder. Its own test binary, because it installs the process-wide
-//! recorder.
+//! The metric names and labels of DESIGN §2 and §7 are the ones the shipped
+//! alert rules and dashboard (`ops/`) are built on: this test drives a
+//! `Locker` through every outcome, an `Admin` through a force release and a
+//! breaker through an outage, and reads every metric back from a recorder,
+//! with its labels and its HELP text. Its own test binary, because it
+//! installs the process-wide recorder.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::testing::{Hooks, Spy};
 use leasehold_core::{
-    Key, LockBackend, LockError, Locker, MemoryBackend, TestClock, TtlPolicy, WaitPolicy,
+    Admin, CircuitBreakerLayer, Key, Layer, Lease, LockBackend, LockError, Locker, MemoryBackend,
+    TestClock, TtlPolicy, WaitPolicy,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
@@ -18,14 +22,20 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 struct Readings {
     snapshotter: Snapshotter,
     totals: HashMap<(String, Vec<(String, String)>), f64>,
+    /// Each metric's HELP text, as described to the recorder.
+    help: HashMap<String, String>,
 }
 
 impl Readings {
     /// The value of `name` summed over the series whose labels include every
     /// pair of `labels` (a histogram's value is its sample count).
     fn value(&mut self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+        for (key, _, help, value) in self.snapshotter.snapshot().into_vec() {
             let key = key.key();
+            if let Some(help) = help {
+                self.help
+                    .insert(key.name().to_owned(), help.as_ref().to_owned());
+            }
             let series = (
                 key.name().to_owned(),
                 key.labels()
@@ -49,6 +59,40 @@ impl Readings {
             .map(|(_, total)| total)
             .sum()
     }
+
+    /// Every series of `name` has exactly the label names `expected`.
+    fn assert_labels(&mut self, name: &str, expected: &[&str]) {
+        self.value(name, &[]);
+        let mut expected = expected.to_vec();
+        expected.sort_unstable();
+        let mut seen = 0;
+        for (series, labels) in self.totals.keys() {
+            if series != name {
+                continue;
+            }
+            seen += 1;
+            let mut names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            names.sort_unstable();
+            assert_eq!(names, expected, "the labels of {name}");
+        }
+        assert!(seen > 0, "{name} was never emitted");
+    }
+}
+
+/// Every store call answers `Unavailable`, like a store that is down.
+#[derive(Debug)]
+struct Down;
+
+#[leasehold_core::async_trait]
+impl Hooks for Down {
+    async fn try_acquire(
+        &self,
+        inner: &dyn LockBackend,
+        _key: &Key,
+        _ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        Err(LockError::unavailable(inner.name(), "the store is down"))
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -57,17 +101,26 @@ async fn locker_emits_the_documented_metrics() {
     let mut readings = Readings {
         snapshotter: recorder.snapshotter(),
         totals: HashMap::new(),
+        help: HashMap::new(),
     };
     recorder
         .install()
         .expect("no other recorder in this binary");
-    let memory = &[("backend", "memory")];
-    let with = |outcome: &'static str| [("backend", "memory"), ("outcome", outcome)];
+    // The locker under test is named; `other` (unnamed) is "default".
+    let memory = &[("backend", "memory"), ("locker", "checkout")];
+    let with = |outcome: &'static str| {
+        [
+            ("backend", "memory"),
+            ("locker", "checkout"),
+            ("outcome", outcome),
+        ]
+    };
 
     let clock = Arc::new(TestClock::new());
     let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::with_clock(clock.clone()));
     let ttl = Duration::from_secs(3);
     let locker = Locker::builder_from_arc(backend.clone())
+        .name("checkout")
         .ttl(TtlPolicy::Fixed(ttl))
         .wait(WaitPolicy::new(Duration::from_secs(30)))
         .build();
@@ -86,9 +139,27 @@ async fn locker_emits_the_documented_metrics() {
     );
     assert_eq!(
         readings.value("leasehold_acquire_total", &with("contended")),
+        0.0,
+        "the other locker's contention was counted under this locker's name"
+    );
+    assert_eq!(
+        readings.value(
+            "leasehold_acquire_total",
+            &[("locker", "default"), ("outcome", "contended")]
+        ),
         1.0
     );
-    assert_eq!(readings.value("leasehold_acquire_seconds", memory), 2.0);
+    assert_eq!(
+        readings.value("leasehold_acquire_seconds", &with("acquired")),
+        1.0
+    );
+    assert_eq!(
+        readings.value(
+            "leasehold_acquire_seconds",
+            &[("locker", "default"), ("outcome", "contended")]
+        ),
+        1.0
+    );
     assert_eq!(readings.value("leasehold_held", memory), 1.0);
 
     // A waiter shows in the gauge while it waits, and no longer once it holds.
@@ -102,7 +173,18 @@ async fn locker_emits_the_documented_metrics() {
 
     // Auto-extension renews the holder's lease.
     tokio::time::sleep(ttl * 2).await;
-    assert!(readings.value("leasehold_extend_total", &with("extended")) >= 2.0);
+    let renewals = readings.value("leasehold_extend_total", &with("extended"));
+    assert!(renewals >= 2.0, "{renewals} renewals in two TTLs");
+    assert_eq!(
+        readings.value("leasehold_extend_seconds", &with("extended")),
+        renewals,
+        "one latency sample per renewal"
+    );
+    assert_eq!(
+        readings.value("leasehold_renewal_margin_seconds", memory),
+        renewals,
+        "one margin sample per successful renewal"
+    );
 
     // Release: counted, the hold time recorded, the waiter gets the key.
     guard.release().await.unwrap();
@@ -126,13 +208,65 @@ async fn locker_emits_the_documented_metrics() {
     // A lease taken over while its holder was paused is counted as lost.
     let paused = locker.lock("b").await.unwrap();
     clock.jump(ttl * 4);
-    let thief = backend
+    let _thief = backend
         .try_acquire(&Key::new("b").unwrap(), ttl)
         .await
         .unwrap();
     tokio::time::timeout(ttl * 2, paused.lost())
         .await
         .expect("lost() fires");
-    assert_eq!(readings.value("leasehold_lost_total", memory), 1.0);
-    backend.release(&thief).await.unwrap();
+    let lost = [
+        ("backend", "memory"),
+        ("locker", "checkout"),
+        ("reason", "taken_over"),
+    ];
+    assert_eq!(readings.value("leasehold_lost_total", &lost), 1.0);
+    drop(paused);
+
+    // An operator forces the thief's key free: counted, with whether it
+    // evicted someone.
+    Admin::new(backend.clone())
+        .force_release(&Key::new("b").unwrap(), "INC-1: stuck holder")
+        .await
+        .unwrap();
+    assert_eq!(
+        readings.value(
+            "leasehold_force_release_total",
+            &[("backend", "memory"), ("evicted", "true")]
+        ),
+        1.0
+    );
+
+    // A store that is down opens the circuit.
+    let down: Arc<dyn LockBackend> = Arc::new(Spy::new(backend.clone(), Down));
+    let breaker = CircuitBreakerLayer::new().failures(1).layer(down);
+    assert!(Locker::from_arc(breaker).try_lock("c").await.is_err());
+    assert_eq!(
+        readings.value("leasehold_circuit_open", &[("backend", "memory")]),
+        1.0
+    );
+
+    // Every metric has the labels the alert rules and dashboard use, and
+    // HELP text.
+    let locker_labels = ["backend", "locker"];
+    let with_outcome = ["backend", "locker", "outcome"];
+    let metrics: [(&str, &[&str]); 12] = [
+        ("leasehold_acquire_total", &with_outcome),
+        ("leasehold_acquire_seconds", &with_outcome),
+        ("leasehold_held", &locker_labels),
+        ("leasehold_hold_seconds", &locker_labels),
+        ("leasehold_waiters", &locker_labels),
+        ("leasehold_extend_total", &with_outcome),
+        ("leasehold_extend_seconds", &with_outcome),
+        ("leasehold_renewal_margin_seconds", &locker_labels),
+        ("leasehold_lost_total", &["backend", "locker", "reason"]),
+        ("leasehold_release_total", &with_outcome),
+        ("leasehold_force_release_total", &["backend", "evicted"]),
+        ("leasehold_circuit_open", &["backend"]),
+    ];
+    for (name, labels) in metrics {
+        readings.assert_labels(name, labels);
+        let help = readings.help.get(name).map(String::as_str).unwrap_or("");
+        assert!(help.len() > 20, "{name} has no HELP text: {help:?}");
+    }
 }

@@ -46,13 +46,14 @@ impl Watchdogs {
     pub(crate) fn watch(
         &self,
         backend: &Arc<dyn LockBackend>,
+        meter: &metrics::Meter,
         lease: Lease,
         ttl: Duration,
         auto_extend: bool,
     ) -> Watch {
         let entry = Arc::new(Watched {
             id: NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed),
-            backend: backend.name(),
+            meter: meter.clone(),
             lease: Mutex::new(lease),
             ttl,
             lost: CancellationToken::new(),
@@ -149,12 +150,16 @@ impl Watch {
         let lease = self.entry.lease();
         if self.is_lost() {
             return Err(LockError::lost(
-                self.entry.backend,
+                self.entry.meter.backend(),
                 lease.key().as_str(),
                 "the guard's lease is already lost",
             ));
         }
-        match backend.extend(&lease, ttl).await {
+        let sent_at = Instant::now();
+        let result = backend.extend(&lease, ttl).await;
+        let landed = Instant::now();
+        let latency = landed.saturating_duration_since(sent_at);
+        match result {
             Ok(renewed) => {
                 if !self.entry.is_done() {
                     *self.entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
@@ -162,7 +167,8 @@ impl Watch {
                         .sender
                         .send(Command::Due(self.entry.clone(), self.entry.first_due()));
                 }
-                metrics::extended(self.entry.backend, "extended");
+                let margin = lease.valid_until().saturating_duration_since(landed);
+                self.entry.meter.extended("extended", latency, Some(margin));
                 Ok(())
             }
             Err(error) => {
@@ -170,7 +176,7 @@ impl Watch {
                     self.entry
                         .mark_lost(LostReason::TakenOver, &error.to_string());
                 }
-                metrics::extended(self.entry.backend, error.kind());
+                self.entry.meter.extended(error.kind(), latency, None);
                 Err(error)
             }
         }
@@ -200,7 +206,8 @@ impl Watch {
 #[derive(Debug)]
 pub(crate) struct Watched {
     id: u64,
-    backend: &'static str,
+    /// The labels of the locker's metrics (`backend`, `locker`).
+    meter: metrics::Meter,
     lease: Mutex<Lease>,
     ttl: Duration,
     /// Cancelled once, when the lease is declared lost.
@@ -224,8 +231,8 @@ impl Watched {
         if self.is_done() || self.reason.set(reason).is_err() {
             return;
         }
-        tracing::warn!(backend = self.backend, key = %self.lease().key(), reason = reason.as_str(), why, "lease lost");
-        metrics::lost(self.backend, reason);
+        tracing::warn!(backend = self.meter.backend(), key = %self.lease().key(), reason = reason.as_str(), why, "lease lost");
+        self.meter.lost(reason);
         self.lost.cancel();
     }
 

@@ -15,7 +15,6 @@ use crate::backend::LockBackend;
 use crate::clock::instant_after;
 use crate::error::LockError;
 use crate::lease::{Lease, LostReason};
-use crate::metrics;
 use crate::watchdog::{Command, Watched, sleep_until_or_forever};
 
 /// Leases taken off the agenda for one renewal round. Until the round has
@@ -158,8 +157,10 @@ fn settle(
         if entry.is_done() {
             continue;
         }
+        let mut margin = None;
         let outcome = match result {
             Ok(lease) => {
+                margin = Some(entry.lease().valid_until().saturating_duration_since(now));
                 let next = next_renewal(&lease, now, latency);
                 *entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
                 let _ = sender.send(Command::Due(entry.clone(), next));
@@ -185,7 +186,7 @@ fn settle(
                 error.kind()
             }
         };
-        metrics::extended(name, outcome);
+        entry.meter.extended(outcome, latency, margin);
     }
 }
 
