@@ -23,7 +23,8 @@ done
 promtool check rules ops/prometheus/leasehold-alerts.yml
 (cd ops/prometheus && promtool test rules leasehold-alerts.test.yml)
 
-cargo build -q -p leasehold-examples --example metrics_exporter
+# All features: the test run built them already, so nothing recompiles.
+cargo build -q -p leasehold-examples --all-features --example metrics_exporter
 exporter_bin="${CARGO_TARGET_DIR:-target}/debug/examples/metrics_exporter"
 
 tmp=$(mktemp -d)
