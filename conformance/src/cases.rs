@@ -12,7 +12,7 @@ mod admin;
 mod election;
 mod exclusion;
 mod expiry;
-mod faults;
+pub(crate) mod faults;
 mod fencing;
 mod guard;
 mod keys;

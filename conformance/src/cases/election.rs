@@ -5,6 +5,9 @@
 //!   history checker finds no two leaders at once, and tokens increase.
 //! - `observers_see_each_leader_in_order`: an observer sees every one of
 //!   three successive leaders, in order, and then no leader.
+//! - `a_killed_leaders_successor_leads_within_the_ttl`: the leader, in
+//!   another process, is SIGKILLed; the waiting candidate leads within the
+//!   TTL and the slack of the killed-holder case, with a higher token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,10 @@ pub(crate) fn cases() -> Vec<Case> {
             select::always
         ),
         case!(observers_see_each_leader_in_order, select::always),
+        case!(
+            a_killed_leaders_successor_leads_within_the_ttl,
+            select::child_holders
+        ),
     ]
 }
 
@@ -127,5 +134,44 @@ pub async fn observers_see_each_leader_in_order(ctx: Arc<Ctx>) -> Outcome {
         tokens.first() == Some(&None) && tokens.last() == Some(&None),
         "the observer should report nobody before and after: {tokens:?}"
     );
+    Ok(())
+}
+
+/// The leader runs in another process (a child holder of the election's
+/// key) and is SIGKILLed while a candidate campaigns: the candidate leads
+/// within the TTL + the killed-holder slack, with a higher token.
+pub async fn a_killed_leaders_successor_leads_within_the_ttl(ctx: Arc<Ctx>) -> Outcome {
+    let name = ctx.key("killed-leader");
+    let ttl = ctx.ttl(Duration::from_millis(800));
+    let bound = ttl + crate::cases::faults::KILLED_HOLDER_SLACK;
+    let mut leader = ctx.child()?;
+    let killed_token = leader.acquire(&name, ttl).await?;
+    let election = Election::new(
+        ctx.locker(ctx.backend.clone(), ttl, Duration::from_secs(60)),
+        &name,
+    )?;
+    let candidate = tokio::spawn(async move {
+        let leadership = election.campaign(Duration::from_secs(60)).await?;
+        Ok::<_, leasehold_core::LockError>((Instant::now(), leadership))
+    });
+    let killed_at = Instant::now();
+    leader.kill().await?;
+    let (led_at, leadership) = tokio::time::timeout(bound + Duration::from_secs(5), candidate)
+        .await
+        .map_err(|_| Failed(format!("no successor led within {bound:?} of the kill")))?
+        .map_err(|e| Failed(format!("the candidate's task failed: {e}")))??;
+    let after = led_at.duration_since(killed_at);
+    ensure!(
+        after <= bound,
+        "the successor led only {after:?} after the leader was killed (bound {bound:?})"
+    );
+    if ctx.caps.fencing == Fencing::Strict {
+        ensure!(
+            leadership.fencing_token().get() > killed_token,
+            "the successor's token {} is not above the killed leader's {killed_token}",
+            leadership.fencing_token()
+        );
+    }
+    leadership.resign().await?;
     Ok(())
 }

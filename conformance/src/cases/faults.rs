@@ -37,7 +37,7 @@ pub(crate) fn cases() -> Vec<Case> {
 /// How long past its TTL a killed holder's key may stay held: the time for
 /// the store to notice (a TTL check, a closed connection, a session timeout
 /// that follows the TTL asked for) on a loaded 2-core machine.
-const KILLED_HOLDER_SLACK: Duration = Duration::from_secs(5);
+pub(crate) const KILLED_HOLDER_SLACK: Duration = Duration::from_secs(5);
 
 /// A holder process killed (SIGKILL) without releasing frees the key within
 /// its TTL + 5 s of slack (`KILLED_HOLDER_SLACK`: the time for the store to
