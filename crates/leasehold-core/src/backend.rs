@@ -9,11 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::admin::{ListPage, ListQuery};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
+use crate::listing::{ListPage, ListQuery};
 use crate::wait::{Attempts, WaitPolicy};
 
 /// The backend-agnostic lock contract, used as `Arc<dyn LockBackend>`.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::admin::{ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseListener};
 use crate::capabilities::Capabilities;
 use crate::clock::instant_after;
@@ -17,6 +16,7 @@ use crate::error::LockError;
 use crate::key::Key;
 use crate::layer::Layer;
 use crate::lease::{Lease, LockInfo};
+use crate::listing::{ListPage, ListQuery};
 use crate::metrics;
 use crate::wait::WaitPolicy;
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-use crate::admin::{ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseListener, with_timeout};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
+use crate::listing::{ListPage, ListQuery};
 use crate::wait::WaitPolicy;
 
 /// Turns one backend into another.

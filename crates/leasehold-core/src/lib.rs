@@ -48,6 +48,7 @@ mod held;
 mod key;
 mod layer;
 mod lease;
+mod listing;
 mod lock_options;
 mod locker;
 mod memory;
@@ -60,7 +61,7 @@ mod ttl;
 mod wait;
 mod watchdog;
 
-pub use admin::{Admin, Evicted, HeldLock, ListPage, ListQuery};
+pub use admin::{Admin, Evicted};
 pub use async_trait::async_trait;
 pub use backend::{
     LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,
@@ -77,6 +78,7 @@ pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
+pub use listing::{HeldLock, ListPage, ListQuery};
 pub use lock_options::LockOptions;
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;

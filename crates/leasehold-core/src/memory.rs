@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::admin::{HeldLock, ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseHub, ReleaseListener, extend_each, wait_for_lock};
 use crate::capabilities::{Capabilities, Fairness, Fencing, Waiting};
 use crate::clock::{Drift, SharedClock, system_clock};
@@ -18,6 +17,7 @@ use crate::config::default_holder;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
+use crate::listing::{HeldLock, ListPage, ListQuery};
 use crate::token::{FencingToken, OwnerToken};
 use crate::wait::WaitPolicy;
 

@@ -33,12 +33,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::admin::{ListPage, ListQuery};
 use crate::backend::{LockBackend, ReleaseListener};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
+use crate::listing::{ListPage, ListQuery};
 use crate::wait::WaitPolicy;
 
 /// What a [`Spy`] does on each call; every method forwards to `inner` unless
