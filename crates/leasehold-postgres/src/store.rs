@@ -176,7 +176,14 @@ impl Sessions {
     /// new connection. `true` when reused (it may have died while idle: the
     /// caller retries once it fails with a session error). A checkout that
     /// waits for a pool slot also takes a session kept in the meantime.
-    pub(crate) async fn checkout(&self) -> Result<(PgListener, bool), sqlx::Error> {
+    ///
+    /// A new connection is opened on its own task: if the caller is dropped
+    /// while it connects (a cancelled acquisition), the finished session
+    /// holds no lock and is kept for the next checkout instead of being
+    /// thrown away half-open. Under cancellations a connect storm (one new
+    /// server process per cancelled attempt) is what ended in refused or
+    /// reset connections.
+    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<(PgListener, bool), sqlx::Error> {
         loop {
             if let Some(session) = self.pop_alive().await {
                 return Ok((session, true));
@@ -189,15 +196,27 @@ impl Sessions {
             if let Some(session) = self.pop_alive().await {
                 return Ok((session, true));
             }
-            tokio::select! {
-                // Cancel-safe: a pool checkout or connect dropped here gives
-                // its slot back.
-                opened = PgListener::connect_with(&self.pool) => {
-                    let mut session = opened?;
-                    session.eager_reconnect(false);
-                    session.ignore_pool_close_event(true);
-                    return Ok((session, false));
+            let (answer, opened) = tokio::sync::oneshot::channel();
+            let sessions = self.clone();
+            tokio::spawn(async move {
+                let session = PgListener::connect_with(&sessions.pool)
+                    .await
+                    .map(|mut session| {
+                        session.eager_reconnect(false);
+                        session.ignore_pool_close_event(true);
+                        session
+                    });
+                if let Err(Ok(session)) = answer.send(session) {
+                    // The caller left: a fresh session holds no lock.
+                    sessions.checkin(session);
                 }
+            });
+            tokio::select! {
+                opened = opened => match opened {
+                    Ok(opened) => return opened.map(|session| (session, false)),
+                    // The connecting task panicked or its runtime is ending.
+                    Err(_) => return Err(sqlx::Error::PoolClosed),
+                },
                 () = &mut kept => {}
             }
         }
