@@ -283,7 +283,7 @@ fn first_grant_after(records: &Mutex<Vec<Record>>, killed_at: Instant) -> Option
         .min()
 }
 
-/// Takes `key` again and again, holding it 0.2–5 s (or until `lost()`),
+/// Takes `key` again and again, holding it 0.2–8 s (or until `lost()`),
 /// recording each holding. A holding counts until the earlier of the
 /// release being sent, `lost()` and the end of its validity.
 async fn worker(
@@ -308,7 +308,7 @@ async fn worker(
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let hold = Duration::from_millis(200 + seed % 4800);
+        let hold = Duration::from_millis(200 + seed % 7800);
         let lost = tokio::select! {
             _ = tokio::time::sleep(hold) => false,
             _ = guard.lost() => true,
