@@ -34,26 +34,33 @@ impl RedisNode {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = scripts::inspect().prepare_invoke();
-        for key in keys {
-            invocation
-                .key(self.layout().lock_key(key))
-                .key(self.layout().fence_key(key));
+        let names: Vec<String> = keys.iter().map(|key| self.layout().lock_key(key)).collect();
+        let mut found = vec![None; keys.len()];
+        for group in self.slot_groups(&names) {
+            let mut invocation = scripts::inspect().prepare_invoke();
+            for &i in &group {
+                invocation
+                    .key(names[i].as_str())
+                    .key(self.layout().fence_key(&keys[i]));
+            }
+            let replies: Vec<Option<HolderReply>> = self
+                .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
+            if replies.len() != group.len() {
+                return Err(LockError::backend(
+                    crate::NAME,
+                    format!(
+                        "inspect script answered {} holders for {} keys",
+                        replies.len(),
+                        group.len()
+                    ),
+                ));
+            }
+            for (&i, reply) in group.iter().zip(replies) {
+                found[i] = reply.map(held);
+            }
         }
-        let replies: Vec<Option<HolderReply>> = self
-            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
-        if replies.len() != keys.len() {
-            return Err(LockError::backend(
-                crate::NAME,
-                format!(
-                    "inspect script answered {} holders for {} keys",
-                    replies.len(),
-                    keys.len()
-                ),
-            ));
-        }
-        Ok(replies.into_iter().map(|reply| reply.map(held)).collect())
+        Ok(found)
     }
 
     /// One `SCAN cursor MATCH <this namespace's locks under prefix> COUNT
@@ -67,19 +74,9 @@ impl RedisNode {
         prefix: &str,
         count: usize,
     ) -> Result<(u64, Vec<Key>), LockError> {
-        let pattern = self.layout().scan_pattern(prefix);
-        let count = count.clamp(1, MAX_SCAN_COUNT);
+        let scan = scan_cmd(self.layout(), cursor, prefix, count);
         let (next, names): (u64, Vec<Vec<u8>>) = self
-            .call(|mut conn| async move {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn)
-                    .await
-            })
+            .call(|mut conn| async move { scan.query_async(&mut conn).await })
             .await?;
         let keys = names
             .iter()
@@ -116,6 +113,23 @@ impl RedisNode {
     }
 }
 
+/// `SCAN cursor MATCH <the namespace's locks under prefix> COUNT count`
+/// (count capped at [`MAX_SCAN_COUNT`]).
+pub(crate) fn scan_cmd(
+    layout: &crate::KeyLayout,
+    cursor: u64,
+    prefix: &str,
+    count: usize,
+) -> redis::Cmd {
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor)
+        .arg("MATCH")
+        .arg(layout.scan_pattern(prefix))
+        .arg("COUNT")
+        .arg(count.clamp(1, MAX_SCAN_COUNT));
+    scan
+}
+
 /// The holder of one script reply: an empty label or an unknown grant time
 /// (a lock written by an older version) is left out.
 fn held((prefix, acquired_ms, label, pttl, counter): HolderReply) -> LockInfo {
@@ -133,12 +147,20 @@ fn held((prefix, acquired_ms, label, pttl, counter): HolderReply) -> LockInfo {
 /// call; expired ones are left out.
 pub(crate) async fn list(node: &RedisNode, query: &ListQuery) -> Result<ListPage, LockError> {
     let limit = query.limit.max(1);
-    let mut cursor = ScanCursor::parse(query.cursor.as_deref(), 1)?;
+    // One server, or every master of a cluster (sorted, so a cursor's
+    // positions keep their meaning while the cluster's masters do).
+    let masters = node.masters().await?;
+    let mut cursor = ScanCursor::parse(query.cursor.as_deref(), masters.len())?;
     let mut found = cursor.take_pending(limit);
-    if let Some(at) = cursor.scan_at(0) {
-        let (next, keys) = node.scan_raw(at, &query.prefix, limit).await?;
-        cursor.advance(0, next);
-        found.extend(keys.into_iter().map(|key| (0, key)));
+    for (server, addr) in masters.iter().enumerate() {
+        if found.len() >= limit {
+            break;
+        }
+        if let Some(at) = cursor.scan_at(server) {
+            let (next, keys) = node.scan_on(addr, at, &query.prefix, limit).await?;
+            cursor.advance(server, next);
+            found.extend(keys.into_iter().map(|key| (server, key)));
+        }
     }
     let keys: Vec<Key> = found.iter().map(|(_, key)| key.clone()).collect();
     let holders = node.inspect_many_raw(&keys).await?;

@@ -12,7 +12,7 @@ use leasehold_core::{
 };
 
 use crate::NAME;
-use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig};
+use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig, Target};
 use crate::keys::KeyLayout;
 use crate::lease::Leases;
 use crate::notify::PubSub;
@@ -27,6 +27,23 @@ pub struct RedisBackend {
     feed: Option<Arc<ReleaseFeed>>,
     poll: Option<Duration>,
     persistence: Persistence,
+    topology: Topology,
+}
+
+/// What the backend knows of the server's topology at connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server at a fixed address (`redis://`, `rediss://`,
+    /// `redis+unix://`); nothing follows a failover.
+    Direct,
+    /// The master a set of sentinels names, followed across failovers.
+    Sentinel {
+        /// Replicas the master reported (`connected_slaves`) at connect.
+        replicas: u32,
+    },
+    /// A Redis Cluster: each key on the master of its slot; the cluster
+    /// fails a shard over to an asynchronous replica by itself.
+    Cluster,
 }
 
 impl RedisBackend {
@@ -51,15 +68,39 @@ impl RedisBackend {
             ));
         }
         let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
-        let client = config.client.clone();
-        let node = RedisNode::connect(client.clone(), layout.clone(), timeout)
-            .await?
-            .with_holder(&shared.holder_or_default());
+        if let Some(rule) = config.replicas
+            && rule.timeout >= timeout
+        {
+            return Err(LockError::Config(format!(
+                "redis replica_timeout ({:?}) must be below the per-call timeout ({timeout:?})",
+                rule.timeout
+            )));
+        }
+        let node = match &config.target {
+            Target::Direct(client) => {
+                RedisNode::connect(client.clone(), layout.clone(), timeout).await?
+            }
+            Target::Sentinel(target) => {
+                RedisNode::via_sentinels(target.client()?, layout.clone(), timeout, NAME).await?
+            }
+            Target::Cluster(target) => {
+                RedisNode::via_cluster(target, layout.clone(), timeout, NAME).await?
+            }
+        }
+        .with_holder(&shared.holder_or_default())
+        .with_replica_rule(config.replicas);
+        let topology = match config.target {
+            Target::Direct(_) => Topology::Direct,
+            Target::Sentinel(_) => Topology::Sentinel {
+                replicas: node.connected_replicas().await?,
+            },
+            Target::Cluster(_) => Topology::Cluster,
+        };
         let persistence = node.persistence().await;
-        persistence.log_findings(&client.get_connection_info().addr().to_string());
+        persistence.log_findings(&node.addr());
         let feed = config.notifications.then(|| {
             Arc::new(ReleaseFeed::new(PubSub::new(
-                client,
+                node.clone(),
                 layout.channel(),
                 timeout,
             )))
@@ -69,7 +110,34 @@ impl RedisBackend {
             feed,
             poll: shared.poll,
             persistence,
+            topology,
         })
+    }
+
+    /// What the backend knew of the topology at connect.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The fencing promise of this topology and replica rule: `Strict` for
+    /// one server (while it keeps its data). Under Sentinel a failover
+    /// promotes an asynchronous replica, which may lack the latest grants
+    /// and counter increments (a lock vanishes, a token repeats), so it is
+    /// `BestEffort`, unless `min_replicas` is at least the number of
+    /// replicas the master had at connect: then every grant and renewal was
+    /// on every replica before it counted, and whichever is promoted has
+    /// it (while no replica is added later and none restarts without its
+    /// data). A cluster is `BestEffort` for the same reason as Sentinel
+    /// without the rule (its shards fail over to asynchronous replicas).
+    pub fn fencing(&self) -> Fencing {
+        match self.topology {
+            Topology::Direct => Fencing::Strict,
+            Topology::Cluster => Fencing::BestEffort,
+            Topology::Sentinel { replicas } => match self.node().replica_rule() {
+                Some(rule) if rule.min_replicas >= replicas => Fencing::Strict,
+                _ => Fencing::BestEffort,
+            },
+        }
     }
 
     /// The server node (scripts, raw calls, the connection).
@@ -152,7 +220,7 @@ impl LockBackend for RedisBackend {
             Waiting::Polled
         };
         Capabilities::new()
-            .fencing(Fencing::Strict)
+            .fencing(self.fencing())
             .durable_fencing(self.persistence.durable_fencing())
             .waiting(waiting)
             .fairness(Fairness::None)

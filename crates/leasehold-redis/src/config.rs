@@ -4,10 +4,16 @@
 use std::fmt;
 use std::time::Duration;
 
-use leasehold_core::config::{BackendConfig, SharedConfig, apply_query, boolean, redact_url};
+use leasehold_core::config::{
+    BackendConfig, SharedConfig, apply_query, boolean, duration, invalid, redact_url,
+};
 use leasehold_core::{LockError, SharedClock, system_clock};
 
 use crate::RedisBackend;
+use crate::cluster::ClusterTarget;
+use crate::replication::ReplicaRule;
+use crate::sentinel::SentinelTarget;
+use crate::tls::TlsFiles;
 
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,10 +47,23 @@ const ALIASES: &[&str] = &["unix", "valkey", "valkeys", "valkey+unix"];
 /// ```
 #[derive(Clone)]
 pub struct RedisConfig {
-    pub(crate) client: redis::Client,
+    pub(crate) target: Target,
     pub(crate) shared: SharedConfig,
     pub(crate) notifications: bool,
     pub(crate) clock: SharedClock,
+    pub(crate) tls: TlsFiles,
+    pub(crate) replicas: Option<ReplicaRule>,
+}
+
+/// Where the server is.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// One address.
+    Direct(redis::Client),
+    /// The master a set of sentinels names.
+    Sentinel(SentinelTarget),
+    /// A Redis Cluster.
+    Cluster(ClusterTarget),
 }
 
 impl RedisConfig {
@@ -53,10 +72,12 @@ impl RedisConfig {
     /// with every other option at its default.
     pub fn from_client(client: redis::Client) -> Self {
         RedisConfig {
-            client,
+            target: Target::Direct(client),
             shared: SharedConfig::default(),
             notifications: true,
             clock: system_clock(),
+            tls: TlsFiles::default(),
+            replicas: None,
         }
     }
 
@@ -65,6 +86,12 @@ impl RedisConfig {
     pub const UNIX_OPTIONS: &'static [&'static str] =
         &["notifications", "protocol", "db", "user", "pass"];
 
+    /// The TLS files (`ca`, `cert`, `key`) a `rediss://` URL was given
+    /// (empty: the built-in web roots, no client certificate).
+    pub fn tls_files(&self) -> &TlsFiles {
+        &self.tls
+    }
+
     leasehold_core::shared_setters!();
 
     /// Whether waiters are woken by pub/sub release messages (default on;
@@ -72,6 +99,17 @@ impl RedisConfig {
     /// connection is made.
     pub fn notifications(mut self, enabled: bool) -> Self {
         self.notifications = enabled;
+        self
+    }
+
+    /// Requires `rule` for every grant and renewal (options `min_replicas`
+    /// and `replica_timeout`, default 500 ms): after the script, `WAIT`
+    /// must report `min_replicas` replicas within `replica_timeout`, else a
+    /// grant is undone and the call is [`LockError::Unavailable`] (a
+    /// renewal is not counted). `None` (the default): a write counts when
+    /// the master has it.
+    pub fn replica_rule(mut self, rule: Option<ReplicaRule>) -> Self {
+        self.replicas = rule;
         self
     }
 
@@ -85,13 +123,45 @@ impl RedisConfig {
 impl BackendConfig for RedisConfig {
     type Backend = RedisBackend;
 
-    const SCHEMES: &'static [&'static str] = &["redis", "rediss", "redis+unix"];
+    const SCHEMES: &'static [&'static str] = &[
+        "redis",
+        "rediss",
+        "redis+unix",
+        "redis+sentinel",
+        "redis+cluster",
+    ];
 
-    const OPTIONS: &'static [&'static str] = &["notifications", "protocol"];
+    const OPTIONS: &'static [&'static str] = &[
+        "notifications",
+        "protocol",
+        "ca",
+        "cert",
+        "key",
+        "min_replicas",
+        "replica_timeout",
+    ];
 
     /// Parses `redis://[user][:password@]host[:port][/db][?options]`,
     /// `rediss://` for TLS (`#insecure` accepts any certificate), or
-    /// `redis+unix:///path/to/socket?db=1`. Durations take a unit (`2s`,
+    /// `redis+unix:///path/to/socket?db=1`. `rediss://` takes `ca` (a PEM
+    /// file of the CA certificates to trust instead of the web roots), and
+    /// `cert` with `key` (PEM files of a client certificate and its key, for
+    /// mutual TLS); the files are read here, and a missing or unreadable one
+    /// is a [`LockError::Config`] naming the option ([`TlsFiles`]). These
+    /// options on a plain `redis://` URL are a `Config` error too: asking
+    /// for certificates never yields plaintext.
+    ///
+    /// `redis+sentinel://[user[:password]@]s1:26379,s2,s3/master[/db]`
+    /// finds the master named `master` through the sentinels (port 26379
+    /// when left out) and follows it across failovers; the credentials and
+    /// database are the master's (the sentinels are reached without them,
+    /// and without TLS). Every scheme but `redis+unix` takes `min_replicas`
+    /// (a count, at least 1) and `replica_timeout` (see
+    /// [`RedisConfig::replica_rule`]).
+    ///
+    /// `redis+cluster://[user[:password]@]n1:p1,n2:p2,n3:p3` connects to a
+    /// Redis Cluster through those seed nodes (database 0 only; no TLS
+    /// files and no replica rule yet: both are `Config` errors). Durations take a unit (`2s`,
     /// `500ms`: a bare number is an error). An unknown option is a
     /// [`LockError::Config`] naming the closest known one: a typo never
     /// falls back to a default (`?namspace=billing` would share the default
@@ -127,6 +197,8 @@ impl BackendConfig for RedisConfig {
         let mut shared = SharedConfig::default();
         let mut notifications = true;
         let mut passed = Vec::new();
+        let mut tls = TlsFiles::default();
+        let (mut min_replicas, mut replica_timeout) = (None, None);
         apply_query(
             &scheme,
             pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -135,6 +207,9 @@ impl BackendConfig for RedisConfig {
             |name, value| {
                 match name {
                     "notifications" => notifications = boolean(name, value)?,
+                    _ if !unix && tls.set(name, value)? => {}
+                    "min_replicas" if !unix => min_replicas = Some(count(name, value)?),
+                    "replica_timeout" if !unix => replica_timeout = Some(duration(name, value)?),
                     "protocol" => passed.push((name.to_owned(), value.to_owned())),
                     "db" | "user" | "pass" if unix => {
                         passed.push((name.to_owned(), value.to_owned()))
@@ -144,25 +219,57 @@ impl BackendConfig for RedisConfig {
                 Ok(true)
             },
         )?;
-        let mut client_url = base.to_owned();
-        if !passed.is_empty() {
-            client_url.push('?');
-            client_url.push_str(
-                &url::form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(passed)
-                    .finish(),
-            );
-        }
-        if let Some(fragment) = fragment {
-            client_url.push('#');
-            client_url.push_str(fragment);
-        }
-        let client = redis::Client::open(client_url.as_str())
-            .map_err(|e| LockError::Config(format!("redis url {:?}: {e}", shown())))?;
+        let replicas = match (min_replicas, replica_timeout) {
+            (Some(min_replicas), timeout) => Some(ReplicaRule {
+                min_replicas,
+                timeout: timeout.unwrap_or(ReplicaRule::DEFAULT_TIMEOUT),
+            }),
+            (None, Some(_)) => {
+                return Err(LockError::Config(
+                    "redis option `replica_timeout` needs `min_replicas`".into(),
+                ));
+            }
+            (None, None) => None,
+        };
+        let target = if scheme == "redis+cluster" {
+            if !tls.is_empty() || replicas.is_some() || !passed.is_empty() {
+                return Err(LockError::Config(format!(
+                    "redis url {:?}: redis+cluster takes no TLS files, replica rule or protocol yet",
+                    shown()
+                )));
+            }
+            Target::Cluster(ClusterTarget::parse(base, &shown())?)
+        } else if scheme == "redis+sentinel" {
+            if !tls.is_empty() {
+                return Err(LockError::Config(format!(
+                    "redis url {:?}: redis+sentinel takes no TLS files (TLS to sentinels is not supported)",
+                    shown()
+                )));
+            }
+            Target::Sentinel(SentinelTarget::parse(base, &shown(), &passed)?)
+        } else {
+            let mut client_url = base.to_owned();
+            if !passed.is_empty() {
+                client_url.push('?');
+                client_url.push_str(
+                    &url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(passed)
+                        .finish(),
+                );
+            }
+            if let Some(fragment) = fragment {
+                client_url.push('#');
+                client_url.push_str(fragment);
+            }
+            Target::Direct(tls.client(&client_url, &shown())?)
+        };
         Ok(RedisConfig {
+            target,
             shared,
             notifications,
-            ..Self::from_client(client)
+            tls,
+            replicas,
+            clock: system_clock(),
         })
     }
 
@@ -180,17 +287,39 @@ impl BackendConfig for RedisConfig {
     }
 }
 
+/// Shows the address or the sentinels, never a password.
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Direct(client) => write!(f, "{}", client.get_connection_info().addr()),
+            Target::Sentinel(target) => target.fmt(f),
+            Target::Cluster(target) => target.fmt(f),
+        }
+    }
+}
+
 /// Shows the server's address, never its password.
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field(
-                "server",
-                &self.client.get_connection_info().addr().to_string(),
-            )
+            .field("server", &self.target)
             .field("shared", &self.shared)
             .field("notifications", &self.notifications)
+            .field("tls", &self.tls)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
+    }
+}
+
+/// A replica count: a whole number, at least 1.
+fn count(name: &str, value: &str) -> Result<u32, LockError> {
+    match value.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(invalid(
+            name,
+            value,
+            "expected a whole number of replicas, at least 1",
+        )),
     }
 }
 
@@ -214,7 +343,10 @@ mod tests {
         let drift = config.shared.drift.unwrap();
         assert_eq!(drift.fixed, Duration::from_millis(3));
         assert!(!config.notifications);
-        let info = config.client.get_connection_info();
+        let Target::Direct(client) = &config.target else {
+            panic!("a direct target")
+        };
+        let info = client.get_connection_info();
         assert_eq!(info.redis_settings().db(), 2);
         assert_eq!(
             info.redis_settings().protocol(),
@@ -233,7 +365,10 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown option `db`"), "{err}");
         let unix = RedisConfig::from_url("redis+unix:///run/redis.sock?db=3&pass=pw").unwrap();
-        assert_eq!(unix.client.get_connection_info().redis_settings().db(), 3);
+        let Target::Direct(client) = &unix.target else {
+            panic!("a direct target")
+        };
+        assert_eq!(client.get_connection_info().redis_settings().db(), 3);
         assert!(!format!("{unix:?}").contains("pw"));
     }
 

@@ -1,7 +1,8 @@
 //! # leasehold-redis
 //!
-//! A single-instance Redis backend for [leasehold](leasehold_core): leases are
-//! Redis keys with a `PX` TTL, taken and given back by Lua scripts.
+//! The Redis backend for [leasehold](leasehold_core): leases are Redis keys
+//! with a `PX` TTL, taken and given back by Lua scripts, on one server, on
+//! the master a set of Redis Sentinels names, or on a Redis Cluster.
 //!
 //! - **acquire**: one script does `SET lock owner NX PX ttl` and, only if that
 //!   succeeded, `INCR` of the key's fencing counter; the counter key is never
@@ -30,6 +31,60 @@
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Modes and what each promises
+//! | URL | server | fencing ([`Capabilities::fencing`](leasehold_core::Capabilities::fencing)) |
+//! |---|---|---|
+//! | `redis://`, `rediss://`, `redis+unix://` | one server at a fixed address | `Strict` while the server keeps its data (durable across restarts only with AOF `appendfsync always`) |
+//! | `redis+sentinel://s1,s2,s3/master` | the master the sentinels name, followed across failovers | `BestEffort`: a failover promotes an asynchronous replica, which may lack the latest grants (a held lock vanishes, a token is issued twice) |
+//! | the same with `min_replicas=N` | as above; each grant and renewal counts only once `WAIT` saw N replicas take it | `Strict` when N is at least the number of replicas the master had at connect (every replica, so whichever is promoted, has every grant), else `BestEffort` |
+//! | `redis+cluster://n1:p1,n2:p2,n3:p3` | a Redis Cluster: each lock on the master of its key's hash slot | `BestEffort`: a shard fails over to an asynchronous replica, as under Sentinel (no replica rule yet) |
+//!
+//! **Cluster** ([`ClusterTarget`]): the client's cluster connection routes
+//! every script to the master of its key's slot and follows `MOVED`/`ASK`
+//! and the cluster's own failovers. A lock's keys share one hash tag, so
+//! every script touches one slot; batched calls (`extend_many`, the holder
+//! reads of `inspect` and `list`) are split per slot; `list` runs `SCAN` on
+//! every master ([`RedisNode::masters`], one cursor per master).
+//! Release notifications are classic pub/sub (`PUBLISH` from the release
+//! script, which a cluster forwards to every node; the backend subscribes
+//! on the first seed node): correct, but every release crosses the cluster
+//! bus. Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE` per key's channel) needs a
+//! subscription per waited-for key, which the core's release feed does not
+//! offer yet. Not yet either: TLS and the replica rule on a cluster.
+//!
+//! **Sentinel** ([`SentinelTarget`]): the sentinels are asked for the master
+//! at connect; a call that fails as a failover would (no connection, a
+//! timeout, `READONLY` from a demoted master) makes the backend ask them
+//! again in the background, and later calls go to the new master
+//! ([`RedisNode::master_switches`]). Calls during the failover are
+//! [`LockError::Unavailable`](leasehold_core::LockError::Unavailable); held
+//! leases survive it when their TTL outlasts it and the promoted replica
+//! has them. A lease the promoted replica lacks is reported to its holder
+//! at its next renewal (`Lost`, and the guard's `lost()` fires) or release
+//! (`NotHeld`), never kept silently. Measured in `tests/failover.rs`.
+//!
+//! **Replica rule** (`min_replicas=N&replica_timeout=500ms`, any scheme but
+//! `redis+unix`; [`ReplicaRule`]): the script and a `WAIT N timeout` go in
+//! one pipeline on one connection; fewer than N confirmations undo a grant
+//! (compare-and-delete) and fail it with `Unavailable`, and fail a renewal
+//! the same way (the lease is not extended). The price: every grant waits
+//! for a replica round trip, and with N equal to all replicas a single
+//! replica down stops all grants (after a failover that kills the old
+//! master, until it rejoins as a replica). Asynchronous replication still
+//! loses a grant that a replica took in memory and then lost in a restart
+//! without persistence.
+//!
+//! ## TLS
+//! `rediss://host:port?ca=/etc/redis/ca.pem` trusts a private CA instead of
+//! the built-in web roots; `&cert=client.pem&key=client.key` adds a client
+//! certificate for servers that require one (`tls-auth-clients yes`). The
+//! files are PEM, read when the URL is parsed ([`TlsFiles`]); a missing or
+//! unreadable one, a certificate without its key, or these options on a
+//! plain `redis://` URL is a [`LockError::Config`](leasehold_core::LockError::Config) naming the option. The
+//! server's name is checked against its certificate (`#insecure` turns that
+//! off, for tests only). Errors and `Debug` show the files' paths, never
+//! their contents or the password. rustls, no OpenSSL.
 //!
 //! ## Operations
 //! - **list** ([`LockBackend::list`](leasehold_core::LockBackend::list)):
@@ -89,28 +144,39 @@
 //!   it expire).
 //! - Keys: every legal [`Key`](leasehold_core::Key) works and two keys never share a lock (see
 //!   [`KeyLayout`]). Both Redis keys of a lock share a cluster hash slot.
-//! - Not provided here: Sentinel and Cluster connections, and fair (FIFO)
-//!   hand-off.
+//! - Not provided here: TLS to sentinels and to a cluster, the replica
+//!   rule on a cluster, sharded pub/sub, and fair (FIFO) hand-off.
 #![warn(missing_docs)]
 
 mod admin;
 mod backend;
+mod cluster;
 pub mod config;
+mod conn;
 mod error;
 mod keys;
 mod lease;
+mod link;
 mod notify;
+mod replication;
 mod safety;
 pub mod scripts;
+mod sentinel;
 mod store;
+mod tls;
 
 pub use admin::{MAX_SCAN_COUNT, ScanCursor, ScanState};
-pub use backend::RedisBackend;
+pub use backend::{RedisBackend, Topology};
+pub use cluster::ClusterTarget;
 pub use config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig};
+pub use conn::NodeConnection;
 pub use error::map as map_error;
 pub use keys::KeyLayout;
+pub use replication::ReplicaRule;
 pub use safety::{Persistence, SafetyFinding};
+pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelTarget};
 pub use store::{AcquireOutcome, MAX_TTL_MS, Ownership, RedisNode, ttl_millis};
+pub use tls::{TLS_OPTIONS, TlsFiles};
 
 /// The backend's name in errors, spans and metrics.
 pub const NAME: &str = "redis";

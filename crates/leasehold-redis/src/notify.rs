@@ -12,25 +12,28 @@ use leasehold_core::{LockError, ReleaseSource, ReleaseStream, async_trait, with_
 
 use crate::NAME;
 use crate::error::map;
+use crate::store::RedisNode;
 
 /// How often an idle subscription is pinged, so a silently dead connection is
 /// noticed and replaced (missed releases then cost a poll, never a hang).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// One pub/sub connection subscribed to a namespace's release channel.
+/// One pub/sub connection subscribed to a namespace's release channel, on
+/// the server the node's calls go to when it (re)subscribes (after a
+/// Sentinel failover: the new master).
 #[derive(Debug)]
 pub(crate) struct PubSub {
-    client: redis::Client,
+    node: RedisNode,
     channel: String,
     timeout: Duration,
 }
 
 impl PubSub {
-    /// The release channel `channel` of the server behind `client`; every
+    /// The release channel `channel` of the server behind `node`; every
     /// step (connect, `SUBSCRIBE`, each heartbeat `PING`) within `timeout`.
-    pub(crate) fn new(client: redis::Client, channel: String, timeout: Duration) -> Self {
+    pub(crate) fn new(node: RedisNode, channel: String, timeout: Duration) -> Self {
         PubSub {
-            client,
+            node,
             channel,
             timeout,
         }
@@ -42,7 +45,8 @@ impl ReleaseSource for PubSub {
     async fn subscribe(&self) -> Result<ReleaseStream, LockError> {
         let timeout = self.timeout;
         let pubsub = with_timeout(NAME, timeout, async {
-            self.client
+            self.node
+                .client()
                 .get_async_pubsub()
                 .await
                 .map_err(|e| map(NAME, e))

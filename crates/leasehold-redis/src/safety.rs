@@ -2,6 +2,12 @@
 //! (are fencing counters durable?) and eviction (can a held lock key be
 //! evicted?), read with `CONFIG GET` at connect.
 
+use std::collections::HashMap;
+
+use leasehold_core::LockError;
+
+use crate::store::RedisNode;
+
 /// What `CONFIG GET` said about the server's persistence and eviction
 /// (`None`: refused or unknown).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,6 +124,38 @@ impl Persistence {
             match finding {
                 SafetyFinding::Unverified => tracing::info!(%server, "{finding}"),
                 _ => tracing::warn!(%server, "{finding}"),
+            }
+        }
+    }
+}
+
+impl RedisNode {
+    /// Asks the server about persistence and eviction with `CONFIG GET`. A
+    /// refused or failed `CONFIG` yields unknown fields (so: not durable, and
+    /// [`SafetyFinding::Unverified`](crate::SafetyFinding::Unverified)), never an error. Read-only; cancel safe.
+    pub async fn persistence(&self) -> Persistence {
+        let config: Result<HashMap<String, String>, LockError> = self
+            .call(|mut conn| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .arg("appendfsync")
+                    .arg("maxmemory-policy")
+                    .arg("maxmemory")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        match config {
+            Ok(config) => Persistence {
+                appendonly: config.get("appendonly").map(|v| v == "yes"),
+                appendfsync: config.get("appendfsync").cloned(),
+                maxmemory_policy: config.get("maxmemory-policy").cloned(),
+                maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
+            },
+            Err(error) => {
+                tracing::debug!(%error, "CONFIG GET refused; fencing counted as not durable");
+                Persistence::default()
             }
         }
     }

@@ -2,7 +2,6 @@
 //! connection, spoken to through the [`scripts`]. The seam a multi-node
 //! algorithm (Redlock) reuses.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +9,13 @@ use std::time::Duration;
 use leasehold_core::config::default_holder;
 use leasehold_core::{FencingToken, Key, LockError, LockInfo, OwnerToken, with_timeout};
 use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
+use crate::conn::NodeConnection;
 use crate::error::map;
 use crate::keys::KeyLayout;
-use crate::safety::Persistence;
+use crate::link::{Link, SentinelLink, manager_config};
+use crate::replication::{Confirmation, ReplicaRule};
 use crate::scripts;
 
 /// The longest TTL accepted, in milliseconds: one year
@@ -63,21 +64,29 @@ impl Ownership {
 /// [`LockError::Backend`] (anything else the server said). It measures no
 /// validity: callers record the instant they send and build leases themselves
 /// (a single-server backend from one node, Redlock from a quorum of nodes).
+///
+/// The server is one address, or the master a set of sentinels names
+/// ([`RedisNode::via_sentinels`]): then a call that fails as a failover
+/// would (no connection, a timeout, `READONLY`) makes the node ask the
+/// sentinels again, and later calls go to the new master.
 #[derive(Clone)]
 pub struct RedisNode {
-    conn: ConnectionManager,
-    client: redis::Client,
+    link: Link,
     layout: Arc<KeyLayout>,
     timeout: Duration,
-    backend: &'static str,
+    pub(crate) backend: &'static str,
     holder: Arc<str>,
+    pub(crate) replicas: Option<ReplicaRule>,
 }
 
 impl std::fmt::Debug for RedisNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addr = &self.client.get_connection_info().addr();
+        let addr = self.link.addr();
+        let sentinel = matches!(self.link, Link::Sentinel(_));
         f.debug_struct("RedisNode")
-            .field("addr", addr)
+            .field("addr", &addr)
+            .field("sentinel", &sentinel)
+            .field("replicas", &self.replicas)
             .field("namespace", &self.layout.namespace())
             .field("timeout", &self.timeout)
             .field("holder", &self.holder)
@@ -111,7 +120,30 @@ impl RedisNode {
                 .map_err(|e| map(backend, e))
         })
         .await?;
-        Ok(Self::from_parts(conn, client, layout, timeout, backend))
+        Ok(Self::from_link(
+            Link::direct(conn, client),
+            layout,
+            timeout,
+            backend,
+        ))
+    }
+
+    /// A node on the master that `sentinels` name, found now (each
+    /// sentinel in turn; an unreachable set is [`LockError::Unavailable`]
+    /// after `timeout`) and followed across failovers.
+    pub async fn via_sentinels(
+        sentinels: redis::sentinel::SentinelClient,
+        layout: KeyLayout,
+        timeout: Duration,
+        backend: &'static str,
+    ) -> Result<Self, LockError> {
+        let link = SentinelLink::connect(sentinels, timeout, backend).await?;
+        Ok(Self::from_link(
+            Link::Sentinel(link),
+            layout,
+            timeout,
+            backend,
+        ))
     }
 
     /// A node that connects on its first call instead of now, so a server
@@ -126,23 +158,27 @@ impl RedisNode {
     ) -> Result<Self, LockError> {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
             .map_err(|e| map(backend, e))?;
-        Ok(Self::from_parts(conn, client, layout, timeout, backend))
+        Ok(Self::from_link(
+            Link::direct(conn, client),
+            layout,
+            timeout,
+            backend,
+        ))
     }
 
-    fn from_parts(
-        conn: ConnectionManager,
-        client: redis::Client,
+    pub(crate) fn from_link(
+        link: Link,
         layout: KeyLayout,
         timeout: Duration,
         backend: &'static str,
     ) -> Self {
         RedisNode {
-            conn,
-            client,
+            link,
             layout: Arc::new(layout),
             timeout,
             backend,
             holder: default_holder().into(),
+            replicas: None,
         }
     }
 
@@ -169,28 +205,59 @@ impl RedisNode {
         self.timeout
     }
 
-    /// The client it was made from (for extra connections, e.g. pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The client of the server calls go to now (for extra connections,
+    /// e.g. pub/sub): the one it was made from, or the master the sentinels
+    /// named last.
+    pub fn client(&self) -> redis::Client {
+        self.link.client()
     }
 
-    /// The multiplexed connection, for commands of your own.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The address calls go to now (`host:port`).
+    pub fn addr(&self) -> String {
+        self.link.addr()
+    }
+
+    /// The multiplexed connection calls go through now, for commands of
+    /// your own.
+    pub fn connection(&self) -> NodeConnection {
+        self.link.conn()
+    }
+
+    /// How many times a Sentinel node moved to another master (0 for a
+    /// direct node).
+    pub fn master_switches(&self) -> u64 {
+        match &self.link {
+            Link::Direct { .. } | Link::Cluster { .. } => 0,
+            Link::Sentinel(link) => link.switches(),
+        }
+    }
+
+    /// Asks the sentinels where the master is now and moves there if it
+    /// moved (`true`); a direct node answers `false`. Calls do this by
+    /// themselves after a failure; for tooling and tests.
+    pub async fn find_master(&self) -> Result<bool, LockError> {
+        match &self.link {
+            Link::Direct { .. } | Link::Cluster { .. } => Ok(false),
+            Link::Sentinel(link) => link.refresh().await,
+        }
     }
 
     /// Runs `call` under the node's timeout with a fresh connection handle.
     pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, LockError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(NodeConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let backend = self.backend;
-        let conn = self.conn.clone();
-        with_timeout(backend, self.timeout, async move {
+        let conn = self.link.conn();
+        let result = with_timeout(backend, self.timeout, async move {
             call(conn).await.map_err(|e| map(backend, e))
         })
-        .await
+        .await;
+        if let Err(error) = &result {
+            self.link.failed(error);
+        }
+        result
     }
 
     /// One acquire script: `SET NX PX` of `owner` (with the server's time
@@ -210,26 +277,26 @@ impl RedisNode {
         ttl: Duration,
     ) -> Result<AcquireOutcome, LockError> {
         let ttl_ms = ttl_millis(self.backend, ttl)?;
-        let (lock, fence) = (self.layout.lock_key(key), self.layout.fence_key(key));
-        let (owner, holder) = (owner.to_hex(), self.holder.clone());
-        let (won, counter, pttl, prefix): (i64, i64, i64, String) = self
-            .call(|mut conn| async move {
-                scripts::acquire()
-                    .key(lock)
-                    .key(fence)
-                    .arg(owner)
-                    .arg(ttl_ms)
-                    .arg(&*holder)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut invocation = scripts::acquire().prepare_invoke();
+        invocation
+            .key(self.layout.lock_key(key))
+            .key(self.layout.fence_key(key))
+            .arg(owner.to_hex())
+            .arg(ttl_ms)
+            .arg(&*self.holder);
+        let ((won, counter, pttl, prefix), confirmed): ((i64, i64, i64, String), _) =
+            self.invoke(invocation).await?;
         let token = FencingToken(counter.max(0) as u64);
-        Ok(if won == 1 {
-            AcquireOutcome::Acquired(token)
-        } else {
-            AcquireOutcome::Held(holder_info(prefix, pttl, counter))
-        })
+        if won != 1 {
+            return Ok(AcquireOutcome::Held(holder_info(prefix, pttl, counter)));
+        }
+        if let Confirmation::Short(acked) = confirmed {
+            // Too few replicas have it: a failover could lose it. Undo it
+            // (the counter stays raised; tokens only move forward).
+            let _ = self.release_raw(key, owner).await;
+            return Err(self.short_of_replicas("the grant", acked));
+        }
+        Ok(AcquireOutcome::Acquired(token))
     }
 
     /// Compare-and-delete plus `PUBLISH` on the namespace's release channel.
@@ -260,18 +327,15 @@ impl RedisNode {
         ttl: Duration,
     ) -> Result<Ownership, LockError> {
         let ttl_ms = ttl_millis(self.backend, ttl)?;
-        let lock = self.layout.lock_key(key);
-        let owner = owner.to_hex();
-        let reply: i64 = self
-            .call(|mut conn| async move {
-                scripts::extend()
-                    .key(lock)
-                    .arg(owner)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut invocation = scripts::extend().prepare_invoke();
+        invocation
+            .key(self.layout.lock_key(key))
+            .arg(owner.to_hex())
+            .arg(ttl_ms);
+        let (reply, confirmed): (i64, _) = self.invoke(invocation).await?;
+        if let Confirmation::Short(acked) = confirmed {
+            return Err(self.short_of_replicas("the renewal", acked));
+        }
         Ok(Ownership::from_reply(reply))
     }
 
@@ -288,29 +352,41 @@ impl RedisNode {
             .iter()
             .map(|(_, _, ttl)| ttl_millis(self.backend, *ttl))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut results = Vec::with_capacity(renewals.len());
-        for (batch, ttls) in renewals.chunks(EXTEND_BATCH).zip(ttls.chunks(EXTEND_BATCH)) {
-            let mut invocation = scripts::extend_many().prepare_invoke();
-            for ((key, owner, _), ttl_ms) in batch.iter().zip(ttls) {
-                invocation
-                    .key(self.layout.lock_key(key))
-                    .arg(owner.to_hex())
-                    .arg(*ttl_ms);
+        // One script call touches one hash slot (in a cluster); outside a
+        // cluster every renewal is in the one group.
+        let names: Vec<String> = renewals
+            .iter()
+            .map(|(key, _, _)| self.layout.lock_key(key))
+            .collect();
+        let mut results = vec![Ownership::Free; renewals.len()];
+        for group in self.slot_groups(&names) {
+            for batch in group.chunks(EXTEND_BATCH) {
+                let mut invocation = scripts::extend_many().prepare_invoke();
+                for &i in batch {
+                    let (_, owner, _) = renewals[i];
+                    invocation
+                        .key(names[i].as_str())
+                        .arg(owner.to_hex())
+                        .arg(ttls[i]);
+                }
+                let (replies, confirmed): (Vec<i64>, _) = self.invoke(invocation).await?;
+                if let Confirmation::Short(acked) = confirmed {
+                    return Err(self.short_of_replicas("the renewals", acked));
+                }
+                if replies.len() != batch.len() {
+                    return Err(LockError::backend(
+                        self.backend,
+                        format!(
+                            "extend script answered {} results for {} leases",
+                            replies.len(),
+                            batch.len()
+                        ),
+                    ));
+                }
+                for (&i, reply) in batch.iter().zip(replies) {
+                    results[i] = Ownership::from_reply(reply);
+                }
             }
-            let replies: Vec<i64> = self
-                .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-                .await?;
-            if replies.len() != batch.len() {
-                return Err(LockError::backend(
-                    self.backend,
-                    format!(
-                        "extend script answered {} results for {} leases",
-                        replies.len(),
-                        batch.len()
-                    ),
-                ));
-            }
-            results.extend(replies.into_iter().map(Ownership::from_reply));
         }
         Ok(results)
     }
@@ -331,46 +407,6 @@ impl RedisNode {
             .await?;
         Ok(raised == 1)
     }
-
-    /// Asks the server about persistence and eviction with `CONFIG GET`. A
-    /// refused or failed `CONFIG` yields unknown fields (so: not durable, and
-    /// [`SafetyFinding::Unverified`](crate::SafetyFinding::Unverified)), never an error. Read-only; cancel safe.
-    pub async fn persistence(&self) -> Persistence {
-        let config: Result<HashMap<String, String>, LockError> = self
-            .call(|mut conn| async move {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("appendonly")
-                    .arg("appendfsync")
-                    .arg("maxmemory-policy")
-                    .arg("maxmemory")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await;
-        match config {
-            Ok(config) => Persistence {
-                appendonly: config.get("appendonly").map(|v| v == "yes"),
-                appendfsync: config.get("appendfsync").cloned(),
-                maxmemory_policy: config.get("maxmemory-policy").cloned(),
-                maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
-            },
-            Err(error) => {
-                tracing::debug!(%error, "CONFIG GET refused; fencing counted as not durable");
-                Persistence::default()
-            }
-        }
-    }
-}
-
-/// The connection's own timeouts match the per-call one; reconnects back off
-/// up to 1 s and are retried on every later call.
-fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1))
 }
 
 /// What the scripts tell of a holder: its owner prefix, remaining TTL and

@@ -9,6 +9,8 @@ use leasehold_core::config::{
 };
 use leasehold_core::{LockError, SharedClock, system_clock};
 
+use leasehold_redis::TlsFiles;
+
 use crate::RedlockBackend;
 
 /// The default per-call timeout (connects, `inspect`, and the ceiling of the
@@ -29,7 +31,8 @@ pub const DEFAULT_NAMESPACE: &str = leasehold_redis::DEFAULT_NAMESPACE;
 /// shared options ([`SharedConfig`]: `namespace` default `"leasehold"`,
 /// `timeout` default 2 s, `poll`, `holder`, `drift_factor`/`drift_fixed`
 /// default 1 % + 2 ms) and Redlock's own (`node_timeout_factor`,
-/// `min_node_timeout`, `tls`).
+/// `min_node_timeout`, `tls`, and with `tls=true` the TLS files `ca`,
+/// `cert`, `key` that every server is reached with).
 ///
 /// `holder` is stored in every server's lock key beside the owner token
 /// ([`RedlockBackend::holder`]) and shown by `inspect` and `list`.
@@ -50,6 +53,7 @@ pub struct RedlockConfig {
     pub(crate) node_timeout_factor: f64,
     pub(crate) min_node_timeout: Duration,
     pub(crate) clock: SharedClock,
+    pub(crate) tls: TlsFiles,
 }
 
 impl RedlockConfig {
@@ -62,20 +66,47 @@ impl RedlockConfig {
             node_timeout_factor: DEFAULT_NODE_TIMEOUT_FACTOR,
             min_node_timeout: DEFAULT_MIN_NODE_TIMEOUT,
             clock: system_clock(),
+            tls: TlsFiles::default(),
         }
     }
 
     /// One server per `redis://` / `rediss://` URL (each with its own
     /// credentials and database), every other option at its default.
-    /// Nothing is contacted.
+    /// All servers must use TLS or none ([`LockError::Config`] otherwise):
+    /// a quorum half in plaintext is as exposed as all of it. Nothing is
+    /// contacted.
     pub fn from_node_urls(
         urls: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<Self, LockError> {
+        Self::from_node_urls_with_tls(urls, TlsFiles::default())
+    }
+
+    /// [`RedlockConfig::from_node_urls`], every server reached with the
+    /// same TLS files (one CA, one client certificate); they need
+    /// `rediss://` URLs. The files are read here.
+    pub fn from_node_urls_with_tls(
+        urls: impl IntoIterator<Item = impl AsRef<str>>,
+        tls: TlsFiles,
+    ) -> Result<Self, LockError> {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        let secure = urls
+            .iter()
+            .filter(|url| url.to_ascii_lowercase().starts_with("rediss://"))
+            .count();
+        if secure != 0 && secure != urls.len() {
+            return Err(LockError::Config(format!(
+                "redlock: {secure} of {} servers use TLS; use TLS on all of them or none",
+                urls.len()
+            )));
+        }
         let servers = urls
-            .into_iter()
-            .map(|url| open(url.as_ref()))
+            .iter()
+            .map(|url| tls.client(url, &redact_url(url)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::from_clients(servers))
+        Ok(RedlockConfig {
+            tls,
+            ..Self::from_clients(servers)
+        })
     }
 
     leasehold_core::shared_setters!();
@@ -108,33 +139,55 @@ impl BackendConfig for RedlockConfig {
 
     const SCHEMES: &'static [&'static str] = &["redlock"];
 
-    const OPTIONS: &'static [&'static str] = &["node_timeout_factor", "min_node_timeout", "tls"];
+    const OPTIONS: &'static [&'static str] = &[
+        "node_timeout_factor",
+        "min_node_timeout",
+        "tls",
+        "ca",
+        "cert",
+        "key",
+    ];
 
     /// Parses `redlock://[user][:password@]h1:p1,h2:p2,h3:p3[/db][?options]`.
     /// The credentials and database apply to every server; `tls=true` makes
-    /// every server `rediss://`. Durations take a unit (`250ms`, `2s`: a
+    /// every server `rediss://`, and then `ca`, `cert` and `key` (PEM files:
+    /// one private CA and one client certificate for every server, see
+    /// [`TlsFiles`]) apply to all of them; without `tls=true` they are a
+    /// [`LockError::Config`]. Durations take a unit (`250ms`, `2s`: a
     /// bare number is an error). An unknown option is a
     /// [`LockError::Config`] naming the closest known one: a typo never falls
     /// back to a default (`?namspace=billing` would share the default
     /// namespace). Errors never show the password. Nothing is contacted.
     fn from_url(url: &str) -> Result<Self, LockError> {
         let parsed = parse(url)?;
-        let mut config = Self::from_node_urls(&parsed.nodes)?;
-        let (mut factor, mut floor) = (config.node_timeout_factor, config.min_node_timeout);
+        let (mut factor, mut floor) = (DEFAULT_NODE_TIMEOUT_FACTOR, DEFAULT_MIN_NODE_TIMEOUT);
+        let mut shared = SharedConfig::default();
+        let mut tls = TlsFiles::default();
         apply_query(
             "redlock",
             parsed.options.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            &mut config.shared,
+            &mut shared,
             Self::OPTIONS,
             |name, value| {
                 match name {
                     "node_timeout_factor" => factor = fraction(name, value)?,
                     "min_node_timeout" => floor = duration(name, value)?,
+                    _ if tls.set(name, value)? => {}
                     _ => return Ok(false),
                 }
                 Ok(true)
             },
         )?;
+        if !tls.is_empty() && !parsed.tls {
+            return Err(LockError::Config(format!(
+                "redlock url {:?}: the options ca, cert and key need tls=true",
+                redact_url(url)
+            )));
+        }
+        let config = RedlockConfig {
+            shared,
+            ..Self::from_node_urls_with_tls(&parsed.nodes, tls)?
+        };
         Ok(config.node_timeout_factor(factor).min_node_timeout(floor))
     }
 
@@ -165,14 +218,9 @@ impl fmt::Debug for RedlockConfig {
             .field("shared", &self.shared)
             .field("node_timeout_factor", &self.node_timeout_factor)
             .field("min_node_timeout", &self.min_node_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
-}
-
-/// The client of one server's URL; its error shows the URL redacted.
-fn open(url: &str) -> Result<redis::Client, LockError> {
-    redis::Client::open(url)
-        .map_err(|e| LockError::Config(format!("redis url {:?}: {e}", redact_url(url))))
 }
 
 /// A parsed Redlock URL: one `redis://` (or `rediss://`) URL per server and
@@ -181,6 +229,7 @@ fn open(url: &str) -> Result<redis::Client, LockError> {
 struct ParsedUrl {
     nodes: Vec<String>,
     options: Vec<(String, String)>,
+    tls: bool,
 }
 
 /// Splits a Redlock URL into per-server Redis URLs. The credentials and the
@@ -241,7 +290,11 @@ fn parse(url: &str) -> Result<ParsedUrl, LockError> {
         }
         nodes.push(node);
     }
-    Ok(ParsedUrl { nodes, options })
+    Ok(ParsedUrl {
+        nodes,
+        options,
+        tls: scheme == "rediss",
+    })
 }
 
 /// A fraction option (`0.05`), at least 0 and below 1.
@@ -257,157 +310,4 @@ fn fraction(name: &str, value: &str) -> Result<f64, LockError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_server_gets_the_credentials_database_and_tls_of_the_url() {
-        let parsed =
-            parse("redlock://app:s%40cret@h1:6379,h2:6380,h3/2?namespace=billing&tls=true")
-                .unwrap();
-        assert_eq!(
-            parsed.nodes,
-            [
-                "rediss://app:s%40cret@h1:6379/2",
-                "rediss://app:s%40cret@h2:6380/2",
-                "rediss://app:s%40cret@h3/2"
-            ]
-        );
-        assert_eq!(parsed.options, [("namespace".into(), "billing".into())]);
-    }
-
-    #[test]
-    fn plain_hosts_without_options_parse() {
-        let parsed = parse("redlock://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3").unwrap();
-        assert_eq!(parsed.nodes.len(), 3);
-        assert_eq!(parsed.nodes[0], "redis://127.0.0.1:1");
-        assert!(parsed.options.is_empty());
-    }
-
-    #[test]
-    fn malformed_urls_are_config_errors_that_hide_the_password() {
-        for url in [
-            "redis://h1:1",
-            "redlock://",
-            "redlock://h1:1,,h2:2",
-            "redlock://h1:1/notadb",
-            "redlock://h1:1?tls=maybe",
-            "redlock:/u:pw@h1:1",
-        ] {
-            assert!(
-                matches!(parse(url), Err(LockError::Config(_))),
-                "{url} parsed"
-            );
-        }
-        let error = parse("redlock://u:hunter2@h1:1/x").unwrap_err().to_string();
-        assert!(!error.contains("hunter2"), "{error}");
-    }
-
-    #[test]
-    fn query_values_are_form_decoded() {
-        let parsed = parse("redlock://h1:1?namespace=a%2Fb+c&tls=false").unwrap();
-        assert_eq!(parsed.options, [("namespace".into(), "a/b c".into())]);
-        assert_eq!(parsed.nodes, ["redis://h1:1"]);
-    }
-
-    #[test]
-    fn fractions_stay_below_one() {
-        assert!(fraction("f", "0.05").is_ok());
-        assert!(fraction("f", "1.5").is_err());
-    }
-
-    const HOSTS: &str = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
-
-    /// Issue 11: `?namspace=billing` used to be refused only by luck of the
-    /// option list; every misspelt option is refused naming the closest one,
-    /// before any server is contacted.
-    #[tokio::test]
-    async fn a_misspelt_option_is_refused_naming_the_closest_known_one() {
-        for (option, hint) in [
-            ("namspace=billing", "namespace"),
-            ("timout=1s", "timeout"),
-            ("drift_fixd=2ms", "drift_fixed"),
-            ("min_node_timeot=5ms", "min_node_timeout"),
-            ("tlss=true", "tls"),
-        ] {
-            let url = format!("redlock://{HOSTS}?{option}");
-            match RedlockBackend::connect(&url).await {
-                Err(LockError::Config(message)) => assert!(
-                    message.contains(&format!("did you mean `{hint}`")),
-                    "{url}: expected a hint for {hint}, got {message}"
-                ),
-                other => panic!("{url}: expected a Config error, got {other:?}"),
-            }
-        }
-    }
-
-    /// Durations take the one grammar: a unit is required, a year at most.
-    #[test]
-    fn durations_need_a_unit() {
-        for option in [
-            "timeout=250",
-            "min_node_timeout=10",
-            "drift_fixed=2",
-            "timeout=9000h",
-        ] {
-            let url = format!("redlock://{HOSTS}?{option}");
-            let name = option.split('=').next().unwrap();
-            match RedlockConfig::from_url(&url) {
-                Err(LockError::Config(message)) => {
-                    assert!(message.contains(name), "{url}: {message}")
-                }
-                other => panic!("{url}: expected a Config error, got {other:?}"),
-            }
-        }
-        let config = RedlockConfig::from_url(&format!(
-            "redlock://{HOSTS}?timeout=250ms&drift_fixed=3ms&drift_factor=0.02\
-             &node_timeout_factor=0.1&min_node_timeout=5ms&poll=20ms&holder=web-1&ttl=5s"
-        ))
-        .expect("well-formed options");
-        assert_eq!(config.shared.timeout, Some(Duration::from_millis(250)));
-        assert_eq!(config.shared.drift.unwrap().fixed, Duration::from_millis(3));
-        assert_eq!(config.shared.poll, Some(Duration::from_millis(20)));
-        assert_eq!(config.shared.holder.as_deref(), Some("web-1"));
-        assert_eq!(config.node_timeout_factor, 0.1);
-        assert_eq!(config.min_node_timeout, Duration::from_millis(5));
-        assert_eq!(config.servers.len(), 3);
-    }
-
-    /// Issue 11: no error and no `Debug` output made from a URL shows its
-    /// password, whether the URL is well formed or not.
-    #[tokio::test]
-    async fn no_error_or_debug_output_shows_the_password() {
-        let secret = "S3nt1nel/+@pw";
-        let encoded = "S3nt1nel%2F%2B%40pw";
-        let urls = [
-            format!("redlock://app:{encoded}@{HOSTS}?namspace=x"),
-            format!("redlock://app:{encoded}@{HOSTS}/notadb"),
-            format!("redlock://app:{secret}@{HOSTS}"),
-            format!("redlock://app:{secret}@h1:1,,h2:2"),
-            format!("redlock:/app:{secret}@{HOSTS}"),
-            format!("redlock://app:{secret}@h1:notaport,h2:2,h3:3"),
-            format!("redlock://app:{encoded}@127.0.0.1:1?timeout=10"),
-            format!("redlock://app:{encoded}@127.0.0.1:1,127.0.0.1:1"),
-        ];
-        for url in &urls {
-            let result = match RedlockConfig::from_url(url) {
-                Ok(config) => {
-                    let shown = format!("{config:?}");
-                    assert!(!shown.contains("S3nt1nel"), "{url}: {shown}");
-                    RedlockBackend::connect_with(config.timeout(Duration::from_millis(200))).await
-                }
-                Err(error) => Err(error),
-            };
-            let shown = match &result {
-                Ok(backend) => format!("{backend:?}"),
-                Err(error) => format!("{error} {error:?}"),
-            };
-            for needle in [secret, encoded, "S3nt1nel"] {
-                assert!(
-                    !shown.contains(needle),
-                    "{url} showed its password: {shown}"
-                );
-            }
-        }
-    }
-}
+mod tests;

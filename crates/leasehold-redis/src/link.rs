@@ -1,0 +1,206 @@
+//! [`Link`]: how a [`RedisNode`](crate::RedisNode) reaches its server. A
+//! direct link is one auto-reconnecting connection to one address; a
+//! Sentinel link asks the sentinels where the master is, connects there,
+//! and asks again when a call fails in a way a failover explains (no
+//! connection, a timeout, `READONLY` from a demoted master), replacing the
+//! connection once the sentinels name another master. A cluster link is
+//! the client's cluster connection, which routes by slot and follows the
+//! cluster's own failovers.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use leasehold_core::{LockError, with_timeout};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::SentinelClient;
+use tokio::time::Instant;
+
+use crate::conn::NodeConnection;
+use crate::error::map;
+
+/// The least time between two master look-ups of one Sentinel link, so a
+/// burst of failing calls asks the sentinels once.
+const REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// How a node reaches its server; cheap to clone (clones share it).
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// One server at a fixed address.
+    Direct {
+        conn: ConnectionManager,
+        client: Arc<redis::Client>,
+    },
+    /// The master a set of sentinels names.
+    Sentinel(Arc<SentinelLink>),
+    /// A Redis Cluster; `seed` is a client of its first seed node (the
+    /// release subscription: classic pub/sub reaches every node).
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+        seed: Arc<redis::Client>,
+    },
+}
+
+impl Link {
+    /// A link to one server at a fixed address.
+    pub(crate) fn direct(conn: ConnectionManager, client: redis::Client) -> Self {
+        Link::Direct {
+            conn,
+            client: Arc::new(client),
+        }
+    }
+
+    /// The connection calls go through now.
+    pub(crate) fn conn(&self) -> NodeConnection {
+        match self {
+            Link::Direct { conn, .. } => NodeConnection::Single(conn.clone()),
+            Link::Sentinel(link) => NodeConnection::Single(link.current().conn),
+            Link::Cluster { conn, .. } => NodeConnection::Cluster(conn.clone()),
+        }
+    }
+
+    /// The client of the server calls go to now (for extra connections,
+    /// e.g. pub/sub).
+    pub(crate) fn client(&self) -> redis::Client {
+        match self {
+            Link::Direct { client, .. } => redis::Client::clone(client),
+            Link::Sentinel(link) => link.current().client,
+            Link::Cluster { seed, .. } => redis::Client::clone(seed),
+        }
+    }
+
+    /// The address calls go to now (`host:port`).
+    pub(crate) fn addr(&self) -> String {
+        self.client().get_connection_info().addr().to_string()
+    }
+
+    /// Told that a call failed with `error`: a Sentinel link looks the
+    /// master up again in the background when a failover could explain it.
+    pub(crate) fn failed(&self, error: &LockError) {
+        let Link::Sentinel(link) = self else {
+            return;
+        };
+        let failover_like = match error {
+            LockError::Unavailable { .. } => true,
+            LockError::Backend { retryable, .. } => *retryable,
+            _ => false,
+        };
+        if failover_like {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let _ = link.refresh().await;
+            });
+        }
+    }
+}
+
+/// The connection's own timeouts match the per-call one; reconnects back off
+/// up to 1 s and are retried on every later call.
+pub(crate) fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// The master in use: its client and connection.
+#[derive(Clone)]
+pub(crate) struct Master {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+/// A master found through sentinels, followed across failovers.
+pub(crate) struct SentinelLink {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<Master>,
+    last_lookup: Mutex<Option<Instant>>,
+    switches: std::sync::atomic::AtomicU64,
+    timeout: Duration,
+    backend: &'static str,
+}
+
+impl SentinelLink {
+    /// Asks `sentinels` for the master (each sentinel in turn; the master
+    /// must answer `ROLE` as a master) and connects to it, within
+    /// `timeout`.
+    pub(crate) async fn connect(
+        mut sentinels: SentinelClient,
+        timeout: Duration,
+        backend: &'static str,
+    ) -> Result<Arc<Self>, LockError> {
+        let master = with_timeout(backend, timeout, async {
+            let client = sentinels
+                .async_get_client()
+                .await
+                .map_err(|e| map(backend, e))?;
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_config(timeout))
+                .await
+                .map_err(|e| map(backend, e))?;
+            Ok(Master { client, conn })
+        })
+        .await?;
+        tracing::debug!(master = %master.client.get_connection_info().addr(), "redis sentinel: master found");
+        Ok(Arc::new(SentinelLink {
+            sentinels: tokio::sync::Mutex::new(sentinels),
+            current: RwLock::new(master),
+            last_lookup: Mutex::new(None),
+            switches: std::sync::atomic::AtomicU64::new(0),
+            timeout,
+            backend,
+        }))
+    }
+
+    fn current(&self) -> Master {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many times the link moved to another master.
+    pub(crate) fn switches(&self) -> u64 {
+        self.switches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks the sentinels where the master is now (at most once per
+    /// [`REFRESH_GAP`], one look-up at a time) and moves to it if it moved;
+    /// `true` if the link switched. Bounded by the per-call timeout.
+    pub(crate) async fn refresh(&self) -> Result<bool, LockError> {
+        let Ok(mut sentinels) = self.sentinels.try_lock() else {
+            return Ok(false);
+        };
+        {
+            let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
+                return Ok(false);
+            }
+            *last = Some(Instant::now());
+        }
+        let backend = self.backend;
+        let client = with_timeout(backend, self.timeout, async {
+            sentinels
+                .async_get_client()
+                .await
+                .map_err(|e| map(backend, e))
+        })
+        .await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let old = self.current();
+        if old.client.get_connection_info().addr().to_string() == addr {
+            return Ok(false);
+        }
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(self.timeout))
+                .map_err(|e| map(backend, e))?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Master { client, conn };
+        self.switches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            from = %old.client.get_connection_info().addr(),
+            to = %addr,
+            "redis sentinel: the master moved (failover); calls go to the new master"
+        );
+        Ok(true)
+    }
+}

@@ -1,0 +1,130 @@
+//! The replica rule (`min_replicas=N&replica_timeout=…`): a grant or a
+//! renewal counts only once `WAIT` says N replicas have it, so a failover to
+//! one of them keeps it. The script and its `WAIT` go in one pipeline on one
+//! connection, so the `WAIT` covers exactly that write (a `WAIT` sent on a
+//! fresh connection after a reconnect would confirm nothing and still count
+//! the replicas).
+
+use std::time::Duration;
+
+use leasehold_core::LockError;
+use redis::{FromRedisValue, ScriptInvocation};
+
+use crate::store::RedisNode;
+
+/// How many replicas must confirm each grant and renewal, and how long to
+/// wait for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaRule {
+    /// `min_replicas`: replicas that must have the write (at least 1).
+    pub min_replicas: u32,
+    /// `replica_timeout`: how long `WAIT` waits for them (below the per-call
+    /// timeout).
+    pub timeout: Duration,
+}
+
+impl ReplicaRule {
+    /// The default `replica_timeout` when only `min_replicas` is given.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+}
+
+/// Whether the replicas confirmed a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Confirmation {
+    /// No rule: nothing was asked.
+    NotAsked,
+    /// `WAIT` answered this many replicas, at least the rule's minimum.
+    Confirmed,
+    /// `WAIT` answered this many, fewer than the rule's minimum.
+    Short(u32),
+}
+
+impl RedisNode {
+    /// The replica rule of this node (`None`: writes count as soon as the
+    /// master has them).
+    pub fn replica_rule(&self) -> Option<ReplicaRule> {
+        self.replicas
+    }
+
+    /// Requires `rule` for every later grant and renewal through this node.
+    pub fn with_replica_rule(mut self, rule: Option<ReplicaRule>) -> Self {
+        self.replicas = rule;
+        self
+    }
+
+    /// Runs `invocation`, followed under a replica rule by `WAIT` in the
+    /// same pipeline. A server that lost the script (`NOSCRIPT`) gets it
+    /// loaded and the pipeline sent again (the script had not run).
+    pub(crate) async fn invoke<T>(
+        &self,
+        invocation: ScriptInvocation<'static>,
+    ) -> Result<(T, Confirmation), LockError>
+    where
+        T: FromRedisValue + Send + 'static,
+    {
+        let Some(rule) = self.replicas else {
+            let value = self
+                .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
+            return Ok((value, Confirmation::NotAsked));
+        };
+        let (value, acked): (T, u32) = self
+            .call(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation)
+                    .cmd("WAIT")
+                    .arg(rule.min_replicas)
+                    .arg(rule.timeout.as_millis().max(1) as u64);
+                match pipe.query_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        let confirmation = if acked >= rule.min_replicas {
+            Confirmation::Confirmed
+        } else {
+            Confirmation::Short(acked)
+        };
+        Ok((value, confirmation))
+    }
+
+    /// How many replicas the server reports connected (`connected_slaves`
+    /// of `INFO replication`). Read-only; cancel safe.
+    pub async fn connected_replicas(&self) -> Result<u32, LockError> {
+        let info: String = self
+            .call(|mut conn| async move {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The error of a write that too few replicas confirmed.
+    pub(crate) fn short_of_replicas(&self, what: &str, acked: u32) -> LockError {
+        let rule = self.replicas.unwrap_or(ReplicaRule {
+            min_replicas: 0,
+            timeout: Duration::ZERO,
+        });
+        LockError::unavailable(
+            self.backend,
+            format!(
+                "{what}: {acked} of the required {} replicas confirmed it within {:?} (min_replicas)",
+                rule.min_replicas, rule.timeout
+            ),
+        )
+    }
+}
