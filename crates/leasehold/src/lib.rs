@@ -206,7 +206,9 @@ async fn connect_config<C: config::BackendConfig>(
 ) -> Result<Arc<dyn LockBackend>, LockError> {
     let mut config = C::from_url(url)?;
     options.fill_shared(config.shared_mut());
-    Ok(Arc::new(config.connect().await?))
+    // Boxed: one store client future per arm made `open`'s type too deep
+    // for the compiler once every store was in.
+    Ok(Arc::new(Box::pin(config.connect()).await?))
 }
 
 /// The process-wide memory store called `name`.
