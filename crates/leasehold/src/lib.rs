@@ -18,7 +18,9 @@
 //! | scheme | feature | backend |
 //! |---|---|---|
 //! | `memory://[name]` | (always) | [`MemoryBackend`]: one process; the same name shares one store |
-//! | `redis://`, `rediss://` | `redis` | single Redis server |
+//! | `redis://`, `rediss://?ca=..&cert=..&key=..` | `redis` | single Redis server (TLS with a private CA, mTLS) |
+//! | `redis+sentinel://s1,s2,s3/master` | `redis` | the master the sentinels name, followed across failovers (`min_replicas=N` for grants that survive one) |
+//! | `redis+cluster://n1:p1,n2:p2,n3:p3` | `redis` | Redis Cluster: each lock on its key's slot |
 //! | `redlock://h1:p1,h2:p2,h3:p3` | `redlock` | Redlock over N independent Redis servers |
 //! | `etcd://h1:p1,h2:p2` | `etcd` | etcd cluster (sessions, FIFO) |
 //! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
@@ -241,7 +243,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
             "the {scheme}:// scheme needs leasehold's cargo feature `{feature}`, which is off in this build"
         )),
         None => LockError::Config(format!(
-            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redlock, etcd, zk, postgres, dynamodb"
+            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redis+sentinel, redis+cluster, redlock, etcd, zk, postgres, dynamodb"
         )),
     }
 }
