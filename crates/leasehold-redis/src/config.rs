@@ -11,7 +11,7 @@ use leasehold_core::{LockError, SharedClock, system_clock};
 
 use crate::RedisBackend;
 use crate::cluster::ClusterTarget;
-use crate::replication::ReplicaRule;
+use crate::replicas::ReplicaRule;
 use crate::sentinel::SentinelTarget;
 use crate::tls::TlsFiles;
 

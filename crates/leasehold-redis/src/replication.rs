@@ -10,34 +10,8 @@ use std::time::Duration;
 use leasehold_core::LockError;
 use redis::{FromRedisValue, ScriptInvocation};
 
+use crate::replicas::{Confirmation, ReplicaRule};
 use crate::store::RedisNode;
-
-/// How many replicas must confirm each grant and renewal, and how long to
-/// wait for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplicaRule {
-    /// `min_replicas`: replicas that must have the write (at least 1).
-    pub min_replicas: u32,
-    /// `replica_timeout`: how long `WAIT` waits for them (below the per-call
-    /// timeout).
-    pub timeout: Duration,
-}
-
-impl ReplicaRule {
-    /// The default `replica_timeout` when only `min_replicas` is given.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
-}
-
-/// Whether the replicas confirmed a write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Confirmation {
-    /// No rule: nothing was asked.
-    NotAsked,
-    /// `WAIT` answered this many replicas, at least the rule's minimum.
-    Confirmed,
-    /// `WAIT` answered this many, fewer than the rule's minimum.
-    Short(u32),
-}
 
 impl RedisNode {
     /// The replica rule of this node (`None`: writes count as soon as the

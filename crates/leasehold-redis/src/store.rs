@@ -15,7 +15,7 @@ use crate::conn::NodeConnection;
 use crate::error::map;
 use crate::keys::KeyLayout;
 use crate::link::{Link, SentinelLink, manager_config};
-use crate::replication::{Confirmation, ReplicaRule};
+use crate::replicas::{Confirmation, ReplicaRule};
 use crate::scripts;
 
 /// The longest TTL accepted, in milliseconds: one year

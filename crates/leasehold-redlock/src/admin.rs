@@ -8,7 +8,7 @@ use leasehold_core::{Key, ListPage, ListQuery, LockError, LockInfo};
 use leasehold_redis::{ScanCursor, ScanState};
 
 use crate::NAME;
-use crate::error::NodeOutcome;
+use crate::error::{NodeOutcome, holder_of};
 use crate::quorum::{Quorum, indices};
 
 /// What every server's answer says about one key.
@@ -227,42 +227,6 @@ fn holder_outcome(answer: Result<Option<LockInfo>, LockError>) -> NodeOutcome {
         Ok(None) => NodeOutcome::Free,
         Err(error) => NodeOutcome::from_error(error),
     }
-}
-
-/// What the holders that answered `Held` have in common: the owner most
-/// servers name, with its label and earliest grant time (the servers'
-/// clocks differ), the highest token and the least time left.
-pub(crate) fn holder_of(outcomes: &[NodeOutcome]) -> LockInfo {
-    let mut owners: HashMap<&str, usize> = HashMap::new();
-    let mut info = LockInfo::default();
-    for outcome in outcomes {
-        if let NodeOutcome::Held(held) = outcome {
-            if let Some(owner) = &held.owner_hint {
-                *owners.entry(owner).or_default() += 1;
-            }
-            info.fencing_token = info.fencing_token.max(held.fencing_token);
-            info.remaining = match (info.remaining, held.remaining) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-    }
-    info.owner_hint = owners
-        .into_iter()
-        .max_by_key(|(_, count)| *count)
-        .map(|(owner, _)| owner.to_owned());
-    for outcome in outcomes {
-        if let NodeOutcome::Held(held) = outcome
-            && held.owner_hint == info.owner_hint
-        {
-            info.metadata = info.metadata.or_else(|| held.metadata.clone());
-            info.acquired_at = match (info.acquired_at, held.acquired_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-    }
-    info
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! [`leasehold_redis::map_error`] under the name `redlock`, before they
 //! become a server's outcome here.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use leasehold_core::{FencingToken, LockError, LockInfo};
@@ -141,6 +142,42 @@ impl fmt::Display for QuorumReport {
 }
 
 impl std::error::Error for QuorumReport {}
+
+/// What the holders that answered `Held` have in common: the owner most
+/// servers name, with its label and earliest grant time (the servers'
+/// clocks differ), the highest token and the least time left.
+pub(crate) fn holder_of(outcomes: &[NodeOutcome]) -> LockInfo {
+    let mut owners: HashMap<&str, usize> = HashMap::new();
+    let mut info = LockInfo::default();
+    for outcome in outcomes {
+        if let NodeOutcome::Held(held) = outcome {
+            if let Some(owner) = &held.owner_hint {
+                *owners.entry(owner).or_default() += 1;
+            }
+            info.fencing_token = info.fencing_token.max(held.fencing_token);
+            info.remaining = match (info.remaining, held.remaining) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    info.owner_hint = owners
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .map(|(owner, _)| owner.to_owned());
+    for outcome in outcomes {
+        if let NodeOutcome::Held(held) = outcome
+            && held.owner_hint == info.owner_hint
+        {
+            info.metadata = info.metadata.or_else(|| held.metadata.clone());
+            info.acquired_at = match (info.acquired_at, held.acquired_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    info
+}
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -10,8 +10,7 @@ use leasehold_core::{
 use leasehold_redis::Ownership;
 use tokio::time::Instant;
 
-use crate::admin::holder_of;
-use crate::error::{NodeOutcome, QuorumReport};
+use crate::error::{NodeOutcome, QuorumReport, holder_of};
 use crate::store::Nodes;
 use crate::{MIN_TTL, NAME};
 
