@@ -112,16 +112,19 @@ impl Out {
         if self.json {
             println!("{report}");
         } else if let Some(fields) = report.as_object() {
-            for (name, value) in fields {
+            // The verdict first, then the details in name order.
+            let status = fields.get_key_value("status");
+            let rest = fields.iter().filter(|(name, _)| *name != "status");
+            for (name, value) in status.into_iter().chain(rest) {
                 match value {
-                    Value::String(text) => println!("{name:<14} {text}"),
-                    Value::Array(items) if items.is_empty() => println!("{name:<14} none"),
+                    Value::String(text) => println!("{name:<16} {text}"),
+                    Value::Array(items) if items.is_empty() => println!("{name:<16} none"),
                     Value::Array(items) => {
                         for item in items {
-                            println!("{name:<14} {}", item.as_str().unwrap_or_default());
+                            println!("{name:<16} {}", item.as_str().unwrap_or_default());
                         }
                     }
-                    other => println!("{name:<14} {other}"),
+                    other => println!("{name:<16} {other}"),
                 }
             }
         }

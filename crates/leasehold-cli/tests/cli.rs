@@ -153,6 +153,11 @@ async fn on_call_flow(url: &str, stores: &[&leasehold_conformance::fixtures::Con
     let holder = listed[0]["holder"].as_str().unwrap_or_default();
     assert!(holder.contains(&default_holder()), "holder {holder:?}");
 
+    let run = leasehold(Some(url), &["list", "--prefix", prefix]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert!(run.stdout.contains(&key), "{}", run.stdout);
+    println!("$ leasehold list --prefix {prefix}\n{}", run.stdout);
+
     let run = leasehold(Some(url), &["inspect", &key]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     assert!(run.stdout.contains("held") && run.stdout.contains(&guard.fencing_token().to_string()));
