@@ -1,6 +1,6 @@
 //! The commands. Each opens the store with [`connect`], does one job through
 //! the backend's admin operations ([`Admin`]) and prints with
-//! [`Out`](crate::render::Out).
+//! [`Out`].
 
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
