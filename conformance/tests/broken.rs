@@ -18,9 +18,9 @@ use std::time::Duration;
 use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::config::default_holder;
 use leasehold_core::{
-    CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, HeldLock, Key, Lease,
-    ListPage, ListQuery, LockBackend, LockError, LockInfo, MemoryBackend, OwnerToken,
-    ReleaseListener, WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
+    CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, ListPage,
+    ListQuery, LockBackend, LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener,
+    WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -370,7 +370,7 @@ impl LockBackend for Toy {
             .iter()
             .filter(|(_, h)| self.live(h, now) || self.has(Bug::ListShowsExpired))
             .map(|(name, h)| (name.clone(), Self::info(h, now)));
-        Ok(page_of(held, query))
+        Ok(ListPage::from_held(held, query))
     }
 
     async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
@@ -623,7 +623,7 @@ impl LockBackend for SessionToy {
         let held = holders
             .iter()
             .map(|(name, held)| (name.clone(), session_info(held)));
-        Ok(page_of(held, query))
+        Ok(ListPage::from_held(held, query))
     }
 
     async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
@@ -657,33 +657,6 @@ fn session_info((_, owner, token): &(u64, OwnerToken, u64)) -> LockInfo {
     LockInfo::new(Some(FencingToken(*token)), None)
         .with_owner(owner)
         .with_metadata(Some(default_holder()))
-}
-
-/// One page of `held` (key, holder) for `query`: keys in order, the cursor
-/// being the last key shown.
-fn page_of(held: impl Iterator<Item = (String, LockInfo)>, query: &ListQuery) -> ListPage {
-    let mut held: Vec<_> = held
-        .filter(|(key, _)| {
-            key.starts_with(&query.prefix)
-                && query
-                    .cursor
-                    .as_deref()
-                    .is_none_or(|after| key.as_str() > after)
-        })
-        .collect();
-    held.sort_by(|a, b| a.0.cmp(&b.0));
-    let more = held.len() > query.limit;
-    let locks: Vec<HeldLock> = held
-        .into_iter()
-        .take(query.limit)
-        .map(|(key, info)| HeldLock { key, info })
-        .collect();
-    let next = if more {
-        locks.last().map(|l| l.key.clone())
-    } else {
-        None
-    };
-    ListPage { locks, next }
 }
 
 /// A suite over [`SessionToy`] clients of one store, with its session ender.

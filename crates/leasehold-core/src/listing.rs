@@ -64,3 +64,46 @@ pub struct ListPage {
     /// The cursor of the next page; `None` after the last page. Opaque.
     pub next: Option<String>,
 }
+
+impl ListPage {
+    /// The page `query` asks for out of every held key at once (a store
+    /// that can read them all, such as the in-memory one): keys under the
+    /// prefix and after the cursor, in byte order, at most `query.limit`;
+    /// the cursor of the next page is the last key shown.
+    ///
+    /// ```
+    /// use leasehold_core::{ListPage, ListQuery, LockInfo};
+    /// let held = ["jobs:b", "jobs:a", "other"].map(|k| (k.to_owned(), LockInfo::default()));
+    /// let page = ListPage::from_held(held, &ListQuery::new("jobs:").limit(1));
+    /// assert_eq!(page.locks[0].key, "jobs:a");
+    /// assert_eq!(page.next.as_deref(), Some("jobs:a"));
+    /// ```
+    pub fn from_held(
+        held: impl IntoIterator<Item = (String, LockInfo)>,
+        query: &ListQuery,
+    ) -> ListPage {
+        let mut held: Vec<(String, LockInfo)> = held
+            .into_iter()
+            .filter(|(key, _)| {
+                key.starts_with(&query.prefix)
+                    && query
+                        .cursor
+                        .as_deref()
+                        .is_none_or(|after| key.as_str() > after)
+            })
+            .collect();
+        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = held.len() > query.limit;
+        let locks: Vec<HeldLock> = held
+            .into_iter()
+            .take(query.limit)
+            .map(|(key, info)| HeldLock { key, info })
+            .collect();
+        let next = if more {
+            locks.last().map(|l| l.key.clone())
+        } else {
+            None
+        };
+        ListPage { locks, next }
+    }
+}

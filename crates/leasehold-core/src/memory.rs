@@ -17,7 +17,7 @@ use crate::config::default_holder;
 use crate::error::LockError;
 use crate::key::Key;
 use crate::lease::{Lease, LockInfo};
-use crate::listing::{HeldLock, ListPage, ListQuery};
+use crate::listing::{ListPage, ListQuery};
 use crate::token::{FencingToken, OwnerToken};
 use crate::wait::WaitPolicy;
 
@@ -225,29 +225,11 @@ impl LockBackend for MemoryBackend {
     async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
         let now = self.clock.now();
         let holders = self.holders();
-        let mut held: Vec<(&Key, &Holder)> = holders
+        let held = holders
             .iter()
-            .filter(|(key, holder)| {
-                holder.expires_at > now
-                    && key.as_str().starts_with(&query.prefix)
-                    && query
-                        .cursor
-                        .as_deref()
-                        .is_none_or(|after| key.as_str() > after)
-            })
-            .collect();
-        held.sort_unstable_by_key(|(key, _)| *key);
-        let more = held.len() > query.limit;
-        let locks: Vec<HeldLock> = held
-            .into_iter()
-            .take(query.limit)
-            .map(|(key, holder)| HeldLock {
-                key: key.as_str().to_owned(),
-                info: self.info(holder, now),
-            })
-            .collect();
-        let next = more.then(|| locks.last().map(|l| l.key.clone())).flatten();
-        Ok(ListPage { locks, next })
+            .filter(|(_, holder)| holder.expires_at > now)
+            .map(|(key, holder)| (key.as_str().to_owned(), self.info(holder, now)));
+        Ok(ListPage::from_held(held, query))
     }
 
     /// The next grant's token comes from the one counter, so it exceeds the
