@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::lease::{Lease, LockInfo};
 use crate::listing::{ListPage, ListQuery};
 use crate::wait::{Attempts, WaitPolicy};
@@ -61,6 +62,38 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError>;
 
+    /// One attempt at a grant of `kind`: the mutex, a reader or the writer of
+    /// the reader–writer lock `key`, or a permit of the semaphore `key` (see
+    /// [`LockKind`] for the semantics and the fencing order every backend
+    /// keeps). Never waits; a refused attempt leaves nothing in the store
+    /// (a single writer attempt does not hold readers back).
+    ///
+    /// The lease it returns says its kind ([`Lease::kind`]); `extend`,
+    /// `extend_many` and `release` take leases of every kind. The mutex is
+    /// `try_acquire`; a kind the backend cannot grant is
+    /// [`LockError::Unsupported`] (see [`Capabilities::check_kind`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError>;
+
+    /// Waits for a grant of `kind` until `wait.deadline`
+    /// ([`LockError::WaitTimedOut`]). A waiting *writer* keeps new readers
+    /// out (writer preference): it registers in the store before its first
+    /// refused attempt and withdraws when the wait ends, whether by a grant,
+    /// the deadline, an error or a dropped call (then at the latest when its
+    /// registration expires, within `ttl`). The mutex is `acquire`. A store
+    /// without a queue of its own waits with [`wait_for_grant`].
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError>;
+
     /// Renews a lease we hold for `ttl` from now. Fails with
     /// [`LockError::Lost`] when the lease is gone or someone else holds the
     /// key; never re-creates an expired lock unless the store proves nobody took
@@ -103,7 +136,8 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError>;
 
     /// A listener that fires when the store signals `key` may have been
-    /// released. Created *before* an attempt so no signal is missed in
+    /// released (a release of any kind on `key`: the mutex, a reader or writer,
+    /// a permit; waiters of the other kinds just try again). Created *before* an attempt so no signal is missed in
     /// between. A store without release signals returns `None` (waiters
     /// poll).
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener>;
@@ -150,6 +184,23 @@ macro_rules! forward_backend {
             ) -> Result<Lease, LockError> {
                 (**self).acquire(key, ttl, wait).await
             }
+            async fn try_acquire_kind(
+                &self,
+                key: &Key,
+                kind: LockKind,
+                ttl: Duration,
+            ) -> Result<Lease, LockError> {
+                (**self).try_acquire_kind(key, kind, ttl).await
+            }
+            async fn acquire_kind(
+                &self,
+                key: &Key,
+                kind: LockKind,
+                ttl: Duration,
+                wait: &WaitPolicy,
+            ) -> Result<Lease, LockError> {
+                (**self).acquire_kind(key, kind, ttl, wait).await
+            }
             async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
                 (**self).extend(lease, ttl).await
             }
@@ -194,10 +245,43 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     ttl: Duration,
     wait: &WaitPolicy,
 ) -> Result<Lease, LockError> {
+    wait_for_grant(backend, key, wait, || backend.try_acquire(key, ttl)).await
+}
+
+/// [`wait_for_lock`] for any attempt: calls `attempt` (one refusal-free try
+/// of any [`LockKind`], with whatever the backend registers while it waits)
+/// until it succeeds, woken early by [`LockBackend::release_listener`] of
+/// `key`.
+///
+/// ```
+/// use leasehold_core::{Key, LockBackend, LockKind, MemoryBackend, WaitPolicy, wait_for_grant};
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+/// let backend = MemoryBackend::new();
+/// let key = Key::new("pool")?;
+/// let ttl = Duration::from_secs(5);
+/// let permit = wait_for_grant(&backend, &key, &WaitPolicy::new(Duration::from_secs(1)), || {
+///     backend.try_acquire_kind(&key, LockKind::Permit { permits: 2 }, ttl)
+/// })
+/// .await?;
+/// backend.release(&permit).await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_for_grant<B, F, Fut>(
+    backend: &B,
+    key: &Key,
+    wait: &WaitPolicy,
+    mut attempt: F,
+) -> Result<Lease, LockError>
+where
+    B: LockBackend + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Lease, LockError>>,
+{
     let mut attempts = Attempts::new(wait);
     loop {
         let mut listener = backend.release_listener(key);
-        let error = match backend.try_acquire(key, ttl).await {
+        let error = match attempt().await {
             Ok(lease) => return Ok(lease),
             Err(error) if error.is_retryable() => error,
             Err(error) => return Err(error),

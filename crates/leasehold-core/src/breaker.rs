@@ -14,6 +14,7 @@ use crate::capabilities::Capabilities;
 use crate::clock::instant_after;
 use crate::error::LockError;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::layer::Layer;
 use crate::lease::{Lease, LockInfo};
 use crate::listing::{ListPage, ListQuery};
@@ -279,6 +280,25 @@ impl LockBackend for CircuitBreaker {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.gated(self.inner.acquire(key, ttl, wait)).await
+    }
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.gated(self.inner.try_acquire_kind(key, kind, ttl))
+            .await
+    }
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.gated(self.inner.acquire_kind(key, kind, ttl, wait))
+            .await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.passed(self.inner.extend(lease, ttl)).await

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::clock::MAX_DURATION;
 use crate::error::LockError;
+use crate::kind::LockKind;
 
 /// How far fencing tokens can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +84,13 @@ pub struct Capabilities {
     /// renews due leases in one batch; otherwise it calls `extend` for each
     /// lease concurrently, so one slow renewal never delays the others.
     pub batch_extend: bool,
+    /// Reader–writer locks ([`LockKind::Read`](crate::LockKind::Read),
+    /// [`LockKind::Write`](crate::LockKind::Write)); without them those
+    /// kinds give [`LockError::Unsupported`].
+    pub rw_locks: bool,
+    /// Counting semaphores ([`LockKind::Permit`](crate::LockKind::Permit));
+    /// without them that kind gives [`LockError::Unsupported`].
+    pub semaphores: bool,
 }
 
 impl Capabilities {
@@ -100,6 +108,8 @@ impl Capabilities {
             atomic_multi_key: false,
             holder_info: false,
             batch_extend: false,
+            rw_locks: false,
+            semaphores: false,
         }
     }
 
@@ -153,6 +163,49 @@ impl Capabilities {
     pub const fn batch_extend(mut self, batch: bool) -> Self {
         self.batch_extend = batch;
         self
+    }
+
+    /// Sets [`Capabilities::rw_locks`].
+    pub const fn rw_locks(mut self, rw_locks: bool) -> Self {
+        self.rw_locks = rw_locks;
+        self
+    }
+
+    /// Sets [`Capabilities::semaphores`].
+    pub const fn semaphores(mut self, semaphores: bool) -> Self {
+        self.semaphores = semaphores;
+        self
+    }
+
+    /// Checks that the backend can grant `kind`: the mutex always, the
+    /// others by [`Capabilities::rw_locks`] and
+    /// [`Capabilities::semaphores`]; otherwise [`LockError::Unsupported`].
+    ///
+    /// ```
+    /// use leasehold_core::{Capabilities, LockError, LockKind};
+    /// let caps = Capabilities::new().rw_locks(true);
+    /// assert!(caps.check_kind("demo", LockKind::Read).is_ok());
+    /// assert!(matches!(
+    ///     caps.check_kind("demo", LockKind::Permit { permits: 2 }),
+    ///     Err(LockError::Unsupported { .. })
+    /// ));
+    /// ```
+    pub fn check_kind(&self, backend: &'static str, kind: LockKind) -> Result<(), LockError> {
+        let (supported, what) = match kind {
+            LockKind::Exclusive => (true, "mutexes"),
+            LockKind::Read | LockKind::Write => (self.rw_locks, "reader-writer locks"),
+            LockKind::Permit { permits } => {
+                if permits == 0 {
+                    LockKind::permit(0)?;
+                }
+                (self.semaphores, "semaphores")
+            }
+        };
+        if supported {
+            Ok(())
+        } else {
+            Err(LockError::Unsupported { backend, what })
+        }
     }
 
     /// Checks a TTL against [`Capabilities::min_ttl`] and the library-wide

@@ -98,6 +98,16 @@ pub enum LockError {
         #[source]
         source: BoxError,
     },
+    /// The backend cannot grant this kind of lock (see
+    /// [`Capabilities::rw_locks`](crate::Capabilities::rw_locks) and
+    /// [`Capabilities::semaphores`](crate::Capabilities::semaphores)).
+    #[error("{backend}: {what} not supported by this backend")]
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// What was asked for (`"reader-writer locks"`, `"semaphores"`).
+        what: &'static str,
+    },
     /// Anything else the store reported.
     #[error("{backend}: {source}")]
     Backend {
@@ -180,6 +190,7 @@ impl LockError {
             LockError::InvalidTtl { .. } => "invalid_ttl",
             LockError::Config(_) => "config",
             LockError::Unavailable { .. } => "unavailable",
+            LockError::Unsupported { .. } => "unsupported",
             LockError::Backend { .. } => "backend",
         }
     }

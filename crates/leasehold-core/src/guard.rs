@@ -13,6 +13,7 @@ use crate::backend::LockBackend;
 use crate::error::LockError;
 use crate::held::Holding;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::lease::{Lease, LostReason};
 use crate::metrics;
 use crate::token::FencingToken;
@@ -65,6 +66,11 @@ impl LockGuard {
     /// The key.
     pub fn key(&self) -> Key {
         self.watch.lease().key().clone()
+    }
+
+    /// What it holds: the mutex, a read or write side, a permit.
+    pub fn kind(&self) -> LockKind {
+        self.watch.lease().kind()
     }
 
     /// The fencing token: pass it to the protected resource.

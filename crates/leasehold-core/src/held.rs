@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::key::Key;
+use crate::kind::LockFamily;
 
 /// One guard's entry: registration id, the task that took it, the guard's
 /// loss token.
@@ -22,30 +23,37 @@ type Entry = (u64, Option<tokio::task::Id>, CancellationToken);
 
 #[derive(Debug, Default)]
 pub(crate) struct HeldKeys {
-    held: Mutex<HashMap<Key, Entry>>,
+    held: Mutex<HashMap<(LockFamily, Key), Entry>>,
     next_id: AtomicU64,
 }
 
 impl HeldKeys {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(LockFamily, Key), Entry>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a live guard taken by the current task holds `key`. A guard
-    /// whose lease is lost no longer counts: its holder may try again while
-    /// still holding it.
-    pub(crate) fn held_by_this_task(&self, key: &Key) -> bool {
+    /// Whether a live guard taken by the current task holds `key` (in the
+    /// lock `family`: the mutex and the reader–writer lock of one key are
+    /// different locks). A guard whose lease is lost no longer counts: its
+    /// holder may try again while still holding it.
+    pub(crate) fn held_by_this_task(&self, family: LockFamily, key: &Key) -> bool {
         let task = tokio::task::try_id();
         self.held()
-            .get(key)
+            .get(&(family, key.clone()))
             .is_some_and(|(_, taker, lost)| *taker == task && !lost.is_cancelled())
     }
 
     /// Records that a guard taken by the current task holds `key` until the
     /// returned registration is dropped (with the guard).
-    pub(crate) fn register(self: &Arc<Self>, key: Key, lost: CancellationToken) -> Holding {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        family: LockFamily,
+        key: Key,
+        lost: CancellationToken,
+    ) -> Holding {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let task = tokio::task::try_id();
+        let key = (family, key);
         self.held().insert(key.clone(), (id, task, lost));
         Holding {
             keys: self.clone(),
@@ -59,7 +67,7 @@ impl HeldKeys {
 #[derive(Debug)]
 pub(crate) struct Holding {
     keys: Arc<HeldKeys>,
-    key: Key,
+    key: (LockFamily, Key),
     id: u64,
 }
 

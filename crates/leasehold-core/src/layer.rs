@@ -12,6 +12,7 @@ use crate::backend::{LockBackend, ReleaseListener, with_timeout};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::lease::{Lease, LockInfo};
 use crate::listing::{ListPage, ListQuery};
 use crate::wait::WaitPolicy;
@@ -84,6 +85,33 @@ impl LockBackend for Timeout {
             self.name(),
             wait.deadline.saturating_add(self.timeout),
             self.inner.acquire(key, ttl, wait),
+        )
+        .await
+    }
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        with_timeout(
+            self.name(),
+            self.timeout,
+            self.inner.try_acquire_kind(key, kind, ttl),
+        )
+        .await
+    }
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        with_timeout(
+            self.name(),
+            wait.deadline.saturating_add(self.timeout),
+            self.inner.acquire_kind(key, kind, ttl, wait),
         )
         .await
     }
@@ -179,6 +207,33 @@ impl LockBackend for Traced {
     ) -> Result<Lease, LockError> {
         self.traced("acquire", key.as_str(), self.inner.acquire(key, ttl, wait))
             .await
+    }
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.traced(
+            "try_acquire_kind",
+            key.as_str(),
+            self.inner.try_acquire_kind(key, kind, ttl),
+        )
+        .await
+    }
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.traced(
+            "acquire_kind",
+            key.as_str(),
+            self.inner.acquire_kind(key, kind, ttl, wait),
+        )
+        .await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.traced(

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Drift;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::token::{FencingToken, OwnerToken};
 
 /// A held lock: key, owner token, fencing token and validity.
@@ -28,6 +29,7 @@ pub struct Lease {
     fencing_token: FencingToken,
     ttl: Duration,
     valid_until: Instant,
+    kind: LockKind,
     handle: Option<Arc<dyn Any + Send + Sync>>,
     loss_signal: Option<CancellationToken>,
 }
@@ -51,9 +53,18 @@ impl Lease {
             fencing_token,
             ttl,
             valid_until: drift.valid_until(sent_at, ttl),
+            kind: LockKind::Exclusive,
             handle: None,
             loss_signal: None,
         }
+    }
+
+    /// Marks the lease as granted as `kind` (a new lease is
+    /// [`LockKind::Exclusive`]); `extend` and `release` read it back with
+    /// [`Lease::kind`].
+    pub fn with_kind(mut self, kind: LockKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Attaches backend state.
@@ -88,6 +99,10 @@ impl Lease {
     pub fn owner(&self) -> &OwnerToken {
         &self.owner
     }
+    /// What it was granted as: the mutex, a reader, the writer, a permit.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
     /// The fencing token of this acquisition.
     pub fn fencing_token(&self) -> FencingToken {
         self.fencing_token
@@ -119,6 +134,7 @@ impl fmt::Debug for Lease {
         f.debug_struct("Lease")
             .field("backend", &self.backend)
             .field("key", &self.key)
+            .field("kind", &self.kind)
             .field("owner", &self.owner)
             .field("fencing_token", &self.fencing_token)
             .field("ttl", &self.ttl)

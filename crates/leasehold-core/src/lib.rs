@@ -4,7 +4,9 @@
 //! (lease) crates: [`LockBackend`] (acquire, extend, release, inspect, with
 //! fencing tokens) and everything that does not depend on the store —
 //! [`Locker`] and its self-extending [`LockGuard`]s with loss notification,
-//! ordered multi-lock ([`Locker::lock_all`]), [`WaitPolicy`], [`TtlPolicy`]
+//! ordered multi-lock ([`Locker::lock_all`]), fenced reader–writer locks
+//! ([`Locker::rw_lock`]) and semaphores ([`Locker::semaphore`]),
+//! [`WaitPolicy`], [`TtlPolicy`]
 //! (fixed or adaptive), [`Layer`]s, and [`MemoryBackend`], a complete
 //! in-process implementation.
 //!
@@ -46,6 +48,7 @@ mod feed;
 mod guard;
 mod held;
 mod key;
+mod kind;
 mod layer;
 mod lease;
 mod listing;
@@ -53,6 +56,7 @@ mod lock_options;
 mod locker;
 mod memory;
 mod metrics;
+mod rw;
 mod schedule;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -64,8 +68,8 @@ mod watchdog;
 pub use admin::{Admin, Evicted};
 pub use async_trait::async_trait;
 pub use backend::{
-    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_lock,
-    with_timeout,
+    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_grant,
+    wait_for_lock, with_timeout,
 };
 pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
@@ -76,12 +80,14 @@ pub use feed::{ReleaseFeed, ReleaseSource, ReleaseStream};
 pub use guard::{LockGuard, MultiGuard};
 pub use key::IntoKey;
 pub use key::{Key, KeyRule, MAX_KEY_BYTES};
+pub use kind::LockKind;
 pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
 pub use listing::{HeldLock, ListPage, ListQuery};
 pub use lock_options::LockOptions;
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
+pub use rw::{RwLock, Semaphore};
 pub use schedule::Ran;
 pub use token::{FencingToken, OwnerToken};
 pub use tokio_util::sync::CancellationToken;

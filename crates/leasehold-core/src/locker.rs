@@ -14,9 +14,11 @@ use crate::error::LockError;
 use crate::guard::{LockGuard, MultiGuard};
 use crate::held::HeldKeys;
 use crate::key::{IntoKey, Key};
+use crate::kind::{LockFamily, LockKind};
 use crate::lease::Lease;
 use crate::lock_options::LockOptions;
 use crate::metrics;
+use crate::rw::{RwLock, Semaphore};
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
 use crate::wait::{Attempts, WaitPolicy};
@@ -196,7 +198,8 @@ impl Locker {
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
-        self.acquire_guard(key, None, options).await
+        self.acquire_guard(key, LockKind::Exclusive, None, options)
+            .await
     }
 
     /// Waits up to the wait policy's deadline; gives [`LockError::WaitTimedOut`]
@@ -222,11 +225,58 @@ impl Locker {
     ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
         let wait = self.wait_for(options);
-        self.acquire_guard(key, Some(wait), options).await
+        self.acquire_guard(key, LockKind::Exclusive, Some(wait), options)
+            .await
+    }
+
+    /// The reader–writer lock `key` (independent of the mutex `key`): see
+    /// [`RwLock`] and [`LockKind`] for its semantics. Checks the key now; the
+    /// store is asked nothing until a read or write.
+    ///
+    /// ```
+    /// use leasehold_core::{Locker, MemoryBackend};
+    /// use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+    /// let backend = Arc::new(MemoryBackend::new());
+    /// // Two services (a task holding a lock may not ask for it again).
+    /// let (api, worker) = (Locker::from_arc(backend.clone()), Locker::from_arc(backend));
+    /// let a = api.rw_lock("cache:prices")?.read().await?;
+    /// let b = worker.rw_lock("cache:prices")?.read().await?; // readers share
+    /// assert!(worker.rw_lock("cache:prices")?.try_write().await.is_err());
+    /// let last_read = b.fencing_token().max(a.fencing_token());
+    /// a.release().await?;
+    /// b.release().await?;
+    /// let writer = worker.rw_lock("cache:prices")?.write().await?;
+    /// assert!(writer.fencing_token() > last_read);
+    /// # writer.release().await?; Ok(()) }
+    /// ```
+    pub fn rw_lock(&self, key: impl IntoKey) -> Result<RwLock, LockError> {
+        Ok(RwLock::new(self.clone(), key.into_key()?))
+    }
+
+    /// The counting semaphore `key` of `permits` permits (independent of the
+    /// mutex `key`): see [`Semaphore`]. Zero permits is a
+    /// [`LockError::Config`].
+    ///
+    /// ```
+    /// use leasehold_core::{Locker, MemoryBackend};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// let exports = locker.semaphore("reports:export", 2)?;
+    /// let one = exports.acquire().await?;
+    /// let two = exports.acquire().await?;
+    /// assert!(exports.try_acquire().await.is_err()); // both permits taken
+    /// one.release().await?;
+    /// two.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, key: impl IntoKey, permits: u32) -> Result<Semaphore, LockError> {
+        let kind = LockKind::permit(permits)?;
+        Ok(Semaphore::new(self.clone(), key.into_key()?, kind))
     }
 
     /// The wait policy of a call: the locker's, with the call's deadline.
-    fn wait_for(&self, options: &LockOptions) -> WaitPolicy {
+    pub(crate) fn wait_for(&self, options: &LockOptions) -> WaitPolicy {
         match options.wait {
             Some(deadline) => self.inner.wait.clone().with_deadline(deadline),
             None => self.inner.wait.clone(),
@@ -269,7 +319,10 @@ impl Locker {
         let mut guards = Vec::with_capacity(keys.len());
         for key in keys {
             let wait = wait.clone().with_deadline(attempts.remaining());
-            match self.acquire_guard(key, Some(wait), options).await {
+            match self
+                .acquire_guard(key, LockKind::Exclusive, Some(wait), options)
+                .await
+            {
                 Ok(guard) => guards.push(guard),
                 Err(error) => {
                     release_in_reverse(guards).await;
@@ -308,15 +361,21 @@ impl Locker {
         Ok(output)
     }
 
-    async fn acquire_guard(
+    /// Acquires `key` as `kind`, waiting by `wait` or trying once (`None`),
+    /// and hands out a watched guard. Semaphores are not owned by a task: a
+    /// task may hold several permits of one, so only the mutex and the
+    /// reader–writer lock refuse a task that already holds them.
+    pub(crate) async fn acquire_guard(
         &self,
         key: Key,
+        kind: LockKind,
         wait: Option<WaitPolicy>,
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
         let backend = &self.inner.backend;
         let name = backend.name();
-        if self.inner.held.held_by_this_task(&key) {
+        let family = kind.family();
+        if family != LockFamily::Semaphore && self.inner.held.held_by_this_task(family, &key) {
             return Err(LockError::AlreadyHeld {
                 backend: name,
                 key: key.as_str().to_owned(),
@@ -336,11 +395,15 @@ impl Locker {
                     reason: "must be at most one year".into(),
                 });
             }
-            let lease = match &wait {
-                None => backend.try_acquire(&key, ttl).await,
-                Some(wait) => {
+            let lease = match (&wait, kind) {
+                (None, LockKind::Exclusive) => backend.try_acquire(&key, ttl).await,
+                (None, kind) => backend.try_acquire_kind(&key, kind, ttl).await,
+                (Some(wait), kind) => {
                     let _waiting = metrics::Waiting::start(&self.inner.meter);
-                    backend.acquire(&key, ttl, wait).await
+                    match kind {
+                        LockKind::Exclusive => backend.acquire(&key, ttl, wait).await,
+                        kind => backend.acquire_kind(&key, kind, ttl, wait).await,
+                    }
                 }
             }?;
             if lease.is_valid_at(Instant::now()) {
@@ -366,7 +429,7 @@ impl Locker {
             Err(error) => error.kind(),
         };
         span.record("outcome", outcome);
-        self.inner.meter.acquired(outcome, started.elapsed());
+        self.inner.meter.acquired(kind, outcome, started.elapsed());
         let lease = result?;
         Ok(self.watch(lease, ttl, auto_extend))
     }
@@ -374,12 +437,13 @@ impl Locker {
     fn watch(&self, lease: Lease, ttl: Duration, auto_extend: bool) -> LockGuard {
         let backend = &self.inner.backend;
         let key = lease.key().clone();
+        let family = lease.kind().family();
         let meter = &self.inner.meter;
         let watch = self
             .inner
             .watchdogs
             .watch(backend, meter, lease, ttl, auto_extend);
-        let holding = self.inner.held.register(key, watch.lost_token());
+        let holding = self.inner.held.register(family, key, watch.lost_token());
         LockGuard::new(
             backend.clone(),
             meter.clone(),

@@ -10,18 +10,50 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{LockBackend, ReleaseHub, ReleaseListener, extend_each, wait_for_lock};
+use crate::backend::{
+    LockBackend, ReleaseHub, ReleaseListener, extend_each, wait_for_grant, wait_for_lock,
+};
 use crate::capabilities::{Capabilities, Fairness, Fencing, Waiting};
 use crate::clock::{Drift, SharedClock, system_clock};
 use crate::config::default_holder;
 use crate::error::LockError;
 use crate::key::Key;
+use crate::kind::{LockFamily, LockKind};
 use crate::lease::{Lease, LockInfo};
 use crate::listing::{ListPage, ListQuery};
 use crate::token::{FencingToken, OwnerToken};
 use crate::wait::WaitPolicy;
 
 const NAME: &str = "memory";
+
+/// One holder of a reader–writer lock or a semaphore.
+#[derive(Debug)]
+struct Sharer {
+    kind: LockKind,
+    owner: OwnerToken,
+    expires_at: Instant,
+}
+
+/// The holders of one reader–writer lock or semaphore, and how many writers
+/// wait for it (they keep new readers out).
+#[derive(Debug, Default)]
+struct Shared {
+    sharers: Vec<Sharer>,
+    waiting_writers: usize,
+}
+
+impl Shared {
+    /// Whether `kind` may be granted now (expired holders already pruned).
+    fn admits(&self, kind: LockKind) -> bool {
+        match kind {
+            LockKind::Read => {
+                self.waiting_writers == 0 && self.sharers.iter().all(|s| s.kind == LockKind::Read)
+            }
+            LockKind::Permit { permits } => self.sharers.len() < permits as usize,
+            _ => self.sharers.is_empty(),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Holder {
@@ -35,7 +67,8 @@ struct Holder {
 ///
 /// Strict fencing (one counter for all keys, so every key's tokens strictly
 /// increase), TTL expiry on the backend's clock, waiters woken on release.
-/// Not fair. Nothing survives the process: use it where all contenders share
+/// Not fair. Reader–writer locks and semaphores too (see
+/// [`LockKind`]); `inspect`, `list` and `force_release` see mutexes only. Nothing survives the process: use it where all contenders share
 /// one process (tests, examples, a single-node deployment).
 ///
 /// ```
@@ -50,6 +83,7 @@ struct Holder {
 #[derive(Debug)]
 pub struct MemoryBackend {
     holders: Mutex<HashMap<Key, Holder>>,
+    shared: Mutex<HashMap<(LockFamily, Key), Shared>>,
     next_token: AtomicU64,
     releases: ReleaseHub,
     clock: SharedClock,
@@ -73,6 +107,7 @@ impl MemoryBackend {
     pub fn with_clock(clock: SharedClock) -> Self {
         MemoryBackend {
             holders: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             releases: ReleaseHub::new(),
             clock,
@@ -93,6 +128,105 @@ impl MemoryBackend {
 
     fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Holder>> {
         self.holders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, HashMap<(LockFamily, Key), Shared>> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One attempt at a reader, writer or permit grant.
+    fn try_share(&self, key: &Key, kind: LockKind, ttl: Duration) -> Result<Lease, LockError> {
+        self.check_ttl(ttl)?;
+        self.capabilities().check_kind(NAME, kind)?;
+        let family = kind.family();
+        let now = self.clock.now();
+        let mut shared = self.shared();
+        let state = shared.entry((family, key.clone())).or_default();
+        state.sharers.retain(|s| s.expires_at > now);
+        if !state.admits(kind) {
+            let first_to_expire = state.sharers.iter().map(|s| s.expires_at).min();
+            let info = first_to_expire.map(|end| {
+                LockInfo::new(None, Some(end.saturating_duration_since(now)))
+                    .with_metadata(Some(self.holder.clone()))
+            });
+            return Err(LockError::contended(NAME, key.as_str(), info));
+        }
+        let owner = OwnerToken::generate();
+        let fencing_token = FencingToken(self.next_token.fetch_add(1, Ordering::SeqCst));
+        state.sharers.push(Sharer {
+            kind,
+            owner,
+            expires_at: now + ttl,
+        });
+        Ok(Lease::new(
+            NAME,
+            key.clone(),
+            owner,
+            fencing_token,
+            now,
+            ttl,
+            self.drift,
+        )
+        .with_kind(kind))
+    }
+
+    /// Counts a writer waiting for `key` until the returned guard drops (the
+    /// wait ended, however it ended).
+    fn writer_waits(&self, key: &Key) -> WaitingWriter<'_> {
+        self.shared()
+            .entry((LockFamily::Rw, key.clone()))
+            .or_default()
+            .waiting_writers += 1;
+        WaitingWriter {
+            backend: self,
+            key: key.clone(),
+        }
+    }
+
+    fn extend_shared(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let family = lease.kind().family();
+        let now = self.clock.now();
+        let mut shared = self.shared();
+        let sharer = shared
+            .get_mut(&(family, lease.key().clone()))
+            .and_then(|state| state.sharers.iter_mut().find(|s| s.owner == *lease.owner()))
+            .filter(|s| s.expires_at > now);
+        match sharer {
+            Some(sharer) => {
+                sharer.expires_at = now + ttl;
+                Ok(lease.renewed(now, ttl, self.drift))
+            }
+            None => Err(LockError::lost(
+                NAME,
+                lease.key().as_str(),
+                "the grant expired or was never held",
+            )),
+        }
+    }
+
+    fn release_shared(&self, lease: &Lease) -> Result<(), LockError> {
+        let family = lease.kind().family();
+        let now = self.clock.now();
+        let released = {
+            let mut shared = self.shared();
+            let state = shared.get_mut(&(family, lease.key().clone()));
+            let released = state.is_some_and(|state| {
+                let before = state.sharers.len();
+                state
+                    .sharers
+                    .retain(|s| !(s.owner == *lease.owner() && s.expires_at > now));
+                state.sharers.len() < before
+            });
+            // Forget keys nobody holds or waits for.
+            shared.retain(|_, state| !state.sharers.is_empty() || state.waiting_writers > 0);
+            released
+        };
+        if released {
+            self.releases.notify(lease.key().as_str());
+            Ok(())
+        } else {
+            Err(LockError::not_held(NAME, lease.key().as_str()))
+        }
     }
 
     fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
@@ -122,6 +256,40 @@ impl LockBackend for MemoryBackend {
             .waiting(Waiting::Notified)
             .fairness(Fairness::None)
             .holder_info(true)
+            .rw_locks(true)
+            .semaphores(true)
+    }
+
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        match kind {
+            LockKind::Exclusive => self.try_acquire(key, ttl).await,
+            kind => self.try_share(key, kind, ttl),
+        }
+    }
+
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        match kind {
+            LockKind::Exclusive => self.acquire(key, ttl, wait).await,
+            LockKind::Write => {
+                self.capabilities().check_kind(NAME, kind)?;
+                let _waiting = self.writer_waits(key);
+                wait_for_grant(self, key, wait, || async { self.try_share(key, kind, ttl) }).await
+            }
+            kind => {
+                wait_for_grant(self, key, wait, || async { self.try_share(key, kind, ttl) }).await
+            }
+        }
     }
 
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
@@ -159,6 +327,9 @@ impl LockBackend for MemoryBackend {
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
+        if lease.kind() != LockKind::Exclusive {
+            return self.extend_shared(lease, ttl);
+        }
         let now = self.clock.now();
         let mut holders = self.holders();
         match holders.get_mut(lease.key()) {
@@ -196,6 +367,9 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        if lease.kind() != LockKind::Exclusive {
+            return self.release_shared(lease);
+        }
         let now = self.clock.now();
         let released = {
             let mut holders = self.holders();
@@ -247,5 +421,24 @@ impl LockBackend for MemoryBackend {
 
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         Some(self.releases.listen(key.as_str()))
+    }
+}
+
+/// A writer waiting for a reader–writer lock; dropping it ends the wait's
+/// hold on new readers.
+struct WaitingWriter<'a> {
+    backend: &'a MemoryBackend,
+    key: Key,
+}
+
+impl Drop for WaitingWriter<'_> {
+    fn drop(&mut self) {
+        let mut shared = self.backend.shared();
+        if let Some(state) = shared.get_mut(&(LockFamily::Rw, self.key.clone())) {
+            state.waiting_writers = state.waiting_writers.saturating_sub(1);
+        }
+        drop(shared);
+        // Readers held back by this writer may go now.
+        self.backend.releases.notify(self.key.as_str());
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! | metric | kind | labels | what |
 //! | --- | --- | --- | --- |
-//! | `leasehold_acquire_total` | counter | `outcome` | acquisition attempts (or waits) by how they ended: `acquired`, `contended`, `wait_timed_out`, ... |
-//! | `leasehold_acquire_seconds` | histogram | `outcome` | time to that end, waiting included |
+//! | `leasehold_acquire_total` | counter | `kind`, `outcome` | acquisition attempts (or waits) by lock kind (`mutex`, `read`, `write`, `permit`) and how they ended: `acquired`, `contended`, `wait_timed_out`, ... |
+//! | `leasehold_acquire_seconds` | histogram | `kind`, `outcome` | time to that end, waiting included |
 //! | `leasehold_held` | gauge | | guards alive now |
 //! | `leasehold_hold_seconds` | histogram | | how long a guard lived (released or dropped) |
 //! | `leasehold_waiters` | gauge | | callers waiting for a held key now |
@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use metrics::{SharedString, Unit};
 
+use crate::kind::LockKind;
 use crate::lease::LostReason;
 
 /// The labels every metric of one locker carries.
@@ -56,11 +57,13 @@ impl Meter {
         SharedString::from(self.locker.clone())
     }
 
-    /// One acquisition attempt (or wait) ended with `outcome` after `elapsed`.
-    pub(crate) fn acquired(&self, outcome: &'static str, elapsed: Duration) {
-        metrics::counter!("leasehold_acquire_total", "backend" => self.backend, "locker" => self.locker(), "outcome" => outcome)
+    /// One acquisition attempt (or wait) of `kind` ended with `outcome`
+    /// after `elapsed`.
+    pub(crate) fn acquired(&self, kind: LockKind, outcome: &'static str, elapsed: Duration) {
+        let kind = kind.as_str();
+        metrics::counter!("leasehold_acquire_total", "backend" => self.backend, "locker" => self.locker(), "kind" => kind, "outcome" => outcome)
             .increment(1);
-        metrics::histogram!("leasehold_acquire_seconds", "backend" => self.backend, "locker" => self.locker(), "outcome" => outcome)
+        metrics::histogram!("leasehold_acquire_seconds", "backend" => self.backend, "locker" => self.locker(), "kind" => kind, "outcome" => outcome)
             .record(elapsed);
     }
 

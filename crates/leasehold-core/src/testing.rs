@@ -37,6 +37,7 @@ use crate::backend::{LockBackend, ReleaseListener};
 use crate::capabilities::Capabilities;
 use crate::error::LockError;
 use crate::key::Key;
+use crate::kind::LockKind;
 use crate::lease::{Lease, LockInfo};
 use crate::listing::{ListPage, ListQuery};
 use crate::wait::WaitPolicy;
@@ -118,6 +119,27 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<LockInfo>, LockError> {
         inner.force_release(key, reason).await
     }
+    /// One attempt at a grant of `kind`.
+    async fn try_acquire_kind(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        inner.try_acquire_kind(key, kind, ttl).await
+    }
+    /// A waiting acquisition of `kind`.
+    async fn acquire_kind(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        inner.acquire_kind(key, kind, ttl, wait).await
+    }
     /// A release listener.
     fn release_listener(&self, inner: &dyn LockBackend, key: &Key) -> Option<ReleaseListener> {
         inner.release_listener(key)
@@ -167,6 +189,27 @@ impl<H: Hooks> LockBackend for Spy<H> {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.hooks.acquire(&*self.inner, key, ttl, wait).await
+    }
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.hooks
+            .try_acquire_kind(&*self.inner, key, kind, ttl)
+            .await
+    }
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.hooks
+            .acquire_kind(&*self.inner, key, kind, ttl, wait)
+            .await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.hooks.extend(&*self.inner, lease, ttl).await

@@ -246,13 +246,24 @@ async fn locker_emits_the_documented_metrics() {
         1.0
     );
 
+    // Acquisitions carry their lock kind.
+    let reader = locker.rw_lock("prices").unwrap().read().await.unwrap();
+    let read = [
+        ("locker", "checkout"),
+        ("kind", "read"),
+        ("outcome", "acquired"),
+    ];
+    assert_eq!(readings.value("leasehold_acquire_total", &read), 1.0);
+    reader.release().await.unwrap();
+
     // Every metric has the labels the alert rules and dashboard use, and
     // HELP text.
     let locker_labels = ["backend", "locker"];
     let with_outcome = ["backend", "locker", "outcome"];
+    let with_kind = ["backend", "kind", "locker", "outcome"];
     let metrics: [(&str, &[&str]); 12] = [
-        ("leasehold_acquire_total", &with_outcome),
-        ("leasehold_acquire_seconds", &with_outcome),
+        ("leasehold_acquire_total", &with_kind),
+        ("leasehold_acquire_seconds", &with_kind),
         ("leasehold_held", &locker_labels),
         ("leasehold_hold_seconds", &locker_labels),
         ("leasehold_waiters", &locker_labels),
