@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::Client;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
-    LockError, LockInfo, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe,
+    LockError, LockInfo, LockKind, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe,
     extend_each, wait_for_lock,
 };
 
@@ -168,6 +168,31 @@ impl LockBackend for DynamoDbBackend {
 
     /// Cancel safety: a dropped extend may still be applied; that only
     /// keeps our own lease longer, and the lease we hold is unchanged.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let lease_ms = self.check_ttl(ttl)?;
         self.leases.extend(lease, ttl, lease_ms).await

@@ -11,7 +11,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
-    LockError, LockInfo, ReleaseListener, WaitPolicy, Waiting,
+    LockError, LockInfo, LockKind, ReleaseListener, WaitPolicy, Waiting,
 };
 
 use crate::NAME;
@@ -191,6 +191,31 @@ impl LockBackend for EtcdBackend {
 
     /// A keep-alive of the lease's session and a read of its entry. Writes
     /// nothing: cancel safe.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.extend_many(&[(lease.clone(), ttl)])
             .await?

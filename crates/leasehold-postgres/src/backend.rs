@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
-    LockError, LockInfo, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
+    LockError, LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
     cancel_safe, extend_each, wait_for_lock,
 };
 use sqlx::PgPool;
@@ -259,6 +259,31 @@ impl LockBackend for PostgresBackend {
     /// Cancel safety: safe to drop. A dropped advisory renewal still runs on
     /// the session task (its answer is discarded); a dropped table renewal
     /// may or may not have moved the expiry, and either outcome is valid.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         match self.shared.options.mode {

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
-    LockInfo, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
+    LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
+    wait_for_lock,
 };
 
 use crate::NAME;
@@ -262,6 +263,31 @@ impl LockBackend for RedisBackend {
 
     /// Cancel safety: a dropped extend may still be applied; that only keeps
     /// our own key longer, and the lease we hold is unchanged.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.leases.extend(lease, ttl).await
     }

@@ -376,6 +376,8 @@ fn summarize(
             match violation {
                 Violation::Overlap { .. } => overlaps += 1,
                 Violation::TokenWentBackwards { .. } => backwards += 1,
+                // Reader–writer and semaphore rules: not in a mutex history.
+                _ => {}
             }
         }
     }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
-    LockInfo, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
+    LockInfo, LockKind, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
 };
 use leasehold_redis::{KeyLayout, RedisNode};
 
@@ -167,6 +167,31 @@ impl LockBackend for RedlockBackend {
     /// servers; that only keeps our own key longer (until the new TTL), and
     /// the lease's `valid_until` is unchanged, so nothing is promised that
     /// the servers do not keep.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.inner.quorum.extend(lease, ttl).await
     }

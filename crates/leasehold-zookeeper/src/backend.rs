@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Drift, Expiry, Fairness, Fencing, FencingToken, Key, Lease, ListPage, ListQuery,
-    LockBackend, LockError, LockInfo, OwnerToken, ReleaseListener, WaitPolicy, Waiting,
+    LockBackend, LockError, LockInfo, LockKind, OwnerToken, ReleaseListener, WaitPolicy, Waiting,
     extend_each, with_timeout,
 };
 use tokio::time::Instant;
@@ -273,6 +273,31 @@ impl LockBackend for ZkBackend {
     }
 
     /// Checks that the lease's node is still ours. Writes nothing: cancel safe.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let held = self.held(lease)?;
         if held.session.is_ended() {
