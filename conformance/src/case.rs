@@ -268,6 +268,34 @@ pub(crate) mod select {
         }
     }
 
+    /// Backends with reader–writer locks.
+    pub(crate) fn rw_locks(ctx: &Ctx) -> Result<(), &'static str> {
+        if ctx.caps.rw_locks {
+            Ok(())
+        } else {
+            Err("the backend has no reader-writer locks")
+        }
+    }
+
+    /// Backends with semaphores.
+    pub(crate) fn semaphores(ctx: &Ctx) -> Result<(), &'static str> {
+        if ctx.caps.semaphores {
+            Ok(())
+        } else {
+            Err("the backend has no semaphores")
+        }
+    }
+
+    /// Reader–writer locks, and holders in child processes.
+    pub(crate) fn rw_child(ctx: &Ctx) -> Result<(), &'static str> {
+        rw_locks(ctx).and_then(|()| child_holders(ctx))
+    }
+
+    /// Semaphores, and holders in child processes.
+    pub(crate) fn semaphore_child(ctx: &Ctx) -> Result<(), &'static str> {
+        semaphores(ctx).and_then(|()| child_holders(ctx))
+    }
+
     /// Suites that can end a holder's store session.
     pub(crate) fn session_ender(ctx: &Ctx) -> Result<(), &'static str> {
         if ctx.session_ender.is_some() {

@@ -17,11 +17,14 @@ mod fencing;
 mod guard;
 mod keys;
 mod ownership;
+pub(crate) mod rw;
 mod schedule;
+mod semaphore;
 mod waiting;
 
 /// Every case, family by family: exclusion, ownership, expiry, fencing,
-/// waiting, the guard, keys, faults, admin, scheduling, election.
+/// waiting, the guard, keys, faults, admin, scheduling, election,
+/// reader–writer locks, semaphores.
 pub fn all_cases() -> Vec<Case> {
     [
         exclusion::cases(),
@@ -35,6 +38,8 @@ pub fn all_cases() -> Vec<Case> {
         admin::cases(),
         schedule::cases(),
         election::cases(),
+        rw::cases(),
+        semaphore::cases(),
     ]
     .into_iter()
     .flatten()

@@ -3,13 +3,14 @@
 //! `LEASEHOLD_CONFORMANCE_CHILD=1` and the suite's child environment (the
 //! store's URL); it speaks a line protocol on stdin/stdout.
 //!
-//! Commands: `acquire <key> <ttl_ms>` → `acquired <token>`; `status` → `held`
+//! Commands: `acquire <key> <ttl_ms> [mutex|read|write|permit:<n>]` →
+//! `acquired <token>`; `status` → `held`
 //! or `lost`; `release` → `released`. Failures answer `error <kind> <message>`.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use leasehold_core::{Key, LockGuard, Locker, TtlPolicy, WaitPolicy};
+use leasehold_core::{Key, LockGuard, LockKind, Locker, TtlPolicy, WaitPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -29,14 +30,40 @@ pub(crate) async fn serve(factory: Factory) -> Result<(), String> {
     while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
         let words: Vec<&str> = line.split(' ').collect();
         let answer = match words.as_slice() {
-            ["acquire", key, ttl_ms] => {
+            ["acquire", key, ttl_ms, kind @ ..] => {
                 let ttl = Duration::from_millis(ttl_ms.parse().map_err(|_| "bad ttl")?);
                 let key = Key::new(unhex(key)?).map_err(|e| e.to_string())?;
                 let locker = Locker::builder_from_arc(backend.clone())
                     .ttl(TtlPolicy::Fixed(ttl))
                     .wait(WaitPolicy::new(Duration::from_secs(30)))
                     .build();
-                match locker.lock(&key).await {
+                let granted = match kind {
+                    [] | ["mutex"] => locker.lock(&key).await,
+                    ["read"] => {
+                        locker
+                            .rw_lock(&key)
+                            .map_err(|e| e.to_string())?
+                            .read()
+                            .await
+                    }
+                    ["write"] => {
+                        locker
+                            .rw_lock(&key)
+                            .map_err(|e| e.to_string())?
+                            .write()
+                            .await
+                    }
+                    [permit] => match permit.strip_prefix("permit:").map(str::parse) {
+                        Some(Ok(permits)) => {
+                            let semaphore =
+                                locker.semaphore(&key, permits).map_err(|e| e.to_string())?;
+                            semaphore.acquire().await
+                        }
+                        _ => return Err(format!("bad lock kind {permit:?}")),
+                    },
+                    _ => return Err(format!("bad command {line:?}")),
+                };
+                match granted {
                     Ok(g) => {
                         let answer = format!("acquired {}", g.fencing_token());
                         guard = Some(g);
@@ -128,9 +155,24 @@ impl ChildHolder {
 
     /// Acquires `key` in the child (with auto-extend); returns its fencing token.
     pub async fn acquire(&mut self, key: &Key, ttl: Duration) -> Result<u64, String> {
+        self.acquire_kind(key, LockKind::Exclusive, ttl).await
+    }
+
+    /// Acquires `key` as `kind` in the child (with auto-extend); returns its
+    /// fencing token.
+    pub async fn acquire_kind(
+        &mut self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<u64, String> {
+        let kind = match kind {
+            LockKind::Permit { permits } => format!("permit:{permits}"),
+            kind => kind.as_str().to_owned(),
+        };
         let answer = self
             .ask(&format!(
-                "acquire {} {}",
+                "acquire {} {} {kind}",
                 hex(key.as_str()),
                 ttl.as_millis()
             ))

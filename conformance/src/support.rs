@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Key, Lease, ListPage, ListQuery, LockBackend, LockError, LockInfo, OwnerToken,
-    ReleaseListener, WaitPolicy, async_trait, wait_for_lock,
+    Capabilities, Key, Lease, ListPage, ListQuery, LockBackend, LockError, LockInfo, LockKind,
+    OwnerToken, ReleaseListener, WaitPolicy, async_trait, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -265,8 +265,10 @@ impl LockBackend for LateAnswer {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+    /// The inner backend's, without reader–writer locks or semaphores
+    /// (this wrapper delays only the mutex).
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.inner.capabilities().rw_locks(false).semaphores(false)
     }
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let answer = self.inner.try_acquire(key, ttl).await;
@@ -285,6 +287,31 @@ impl LockBackend for LateAnswer {
     ) -> Result<Lease, LockError> {
         wait_for_lock(self, key, ttl, wait).await
     }
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.inner.extend(lease, ttl).await
     }

@@ -19,8 +19,8 @@ use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::config::default_holder;
 use leasehold_core::{
     CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, ListPage,
-    ListQuery, LockBackend, LockError, LockInfo, MemoryBackend, OwnerToken, ReleaseListener,
-    WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
+    ListQuery, LockBackend, LockError, LockInfo, LockKind, MemoryBackend, OwnerToken,
+    ReleaseListener, WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -295,6 +295,31 @@ impl LockBackend for Toy {
         wait_for_lock(self, key, ttl, wait).await
     }
 
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.capabilities().check_ttl(NAME, ttl)?;
         let name = self.encode(lease.key());
@@ -439,6 +464,31 @@ impl LockBackend for SlowButCancelSafe {
             move |lease| async move { releaser.release(&lease).await },
         )
         .await
+    }
+
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
@@ -586,6 +636,31 @@ impl LockBackend for SessionToy {
         } else {
             lease
         })
+    }
+
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
