@@ -27,16 +27,21 @@ const AT_MOST: Duration = Duration::from_secs(10);
 async fn main() -> ExitCode {
     let url = std::env::var("LEASEHOLD_URL").unwrap_or_else(|_| "memory://scheduler".to_owned());
     let executed: Arc<Vec<AtomicU32>> = Arc::new((0..RUNS).map(|_| AtomicU32::new(0)).collect());
-    let started = tokio::time::Instant::now();
-    let mut instances = Vec::new();
-    for instance in 0..INSTANCES {
-        let locker = match leasehold::connect(&url).await {
-            Ok(locker) => locker,
+    let mut lockers = Vec::new();
+    for _ in 0..INSTANCES {
+        match leasehold::connect(&url).await {
+            Ok(locker) => lockers.push(locker),
             Err(e) => {
                 eprintln!("connect {url}: {e}");
                 return ExitCode::FAILURE;
             }
-        };
+        }
+    }
+    // The schedule starts once every instance is up: a slow connection is
+    // not clock skew.
+    let started = tokio::time::Instant::now();
+    let mut instances = Vec::new();
+    for (instance, locker) in (0..INSTANCES).zip(lockers) {
         let executed = executed.clone();
         let skew = SKEW * instance / (INSTANCES - 1);
         instances.push(tokio::spawn(async move {

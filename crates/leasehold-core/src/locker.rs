@@ -593,6 +593,35 @@ mod tests {
         guard.release().await.unwrap();
     }
 
+    /// A scheduled job's lock is held `at_least_for` from when this node
+    /// learned it holds it, not from when it asked: a slow grant (a loaded
+    /// machine, a slow store) must not shorten the hold, or a node firing a
+    /// little late runs the same run again (seen in CI: the scheduler example
+    /// on Postgres advisory ran run 0 twice).
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduled_job_holds_at_least_for_from_its_grant() {
+        let (grant_delay, at_least) = (Duration::from_millis(200), Duration::from_millis(300));
+        let slow = late(grant_delay);
+        let locker = locker_on(slow.clone(), Duration::from_secs(10), Duration::ZERO);
+        let asked = Instant::now();
+        let ran = locker
+            .run_at_most_once("job", Duration::from_secs(10), at_least, |_| async {})
+            .await
+            .unwrap();
+        assert!(matches!(ran, crate::Ran::Ran(..)));
+        // Just before grant + at_least_for (past ask + at_least_for).
+        tokio::time::sleep_until(asked + grant_delay + at_least - Duration::from_millis(20)).await;
+        assert!(
+            !is_free(&slow, "job").await,
+            "the job's lock was released before at_least_for had passed since its grant"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            is_free(&slow, "job").await,
+            "the lock outlived at_least_for"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn dropping_a_guard_releases_in_the_background() {
         let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());

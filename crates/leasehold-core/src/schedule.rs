@@ -30,8 +30,9 @@ impl Locker {
     ///   extended): a hung job's lock ends then, and the job itself is
     ///   cancelled at that moment (its future is dropped) with
     ///   [`LockError::Lost`], so it never goes on unprotected.
-    /// - The lock is held for **at least** `at_least_for` from the start,
-    ///   even when the job finishes sooner, so a node whose clock (or
+    /// - The lock is held for **at least** `at_least_for` from the moment
+    ///   this node learned it holds it (so a slow grant never shortens the
+    ///   hold), even when the job finishes sooner, so a node whose clock (or
     ///   scheduler) fires a little late does not run the same run again.
     ///   The hold goes on in a background task that releases the lock at
     ///   `start + at_least_for` — on every store, session stores included,
@@ -75,7 +76,6 @@ impl Locker {
                 "run_at_most_once: at_least_for ({at_least_for:?}) exceeds at_most_for ({at_most_for:?})"
             )));
         }
-        let started = Instant::now();
         let options = LockOptions::new().ttl(at_most_for).auto_extend(false);
         let guard = match self.try_lock_with(name, &options).await {
             Ok(guard) => guard,
@@ -84,6 +84,7 @@ impl Locker {
             }
             Err(error) => return Err(error),
         };
+        let granted = Instant::now();
         let token = guard.fencing_token();
         let output = tokio::select! {
             output = job(token) => output,
@@ -95,7 +96,7 @@ impl Locker {
                 ));
             }
         };
-        let hold_until = started + at_least_for;
+        let hold_until = granted + at_least_for;
         if Instant::now() >= hold_until {
             if let Err(error) = guard.release().await {
                 tracing::warn!(%error, "releasing a scheduled job's lock failed; it expires at at_most_for");
