@@ -98,6 +98,18 @@ pub async fn throughput(
     tasks: usize,
     duration: Duration,
 ) -> Result<f64, String> {
+    throughput_on(label, op, tasks, duration, false).await
+}
+
+/// [`throughput`], with every task on one key when `one_key` (readers of
+/// one reader–writer lock, holders of one semaphore).
+pub async fn throughput_on(
+    label: &str,
+    op: &Op,
+    tasks: usize,
+    duration: Duration,
+    one_key: bool,
+) -> Result<f64, String> {
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
@@ -106,7 +118,11 @@ pub async fn throughput(
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
             let (op, count) = (op.clone(), count.clone());
-            let key = format!("bench/{label}/tput/{t}");
+            let key = if one_key {
+                format!("bench/{label}/tput/shared")
+            } else {
+                format!("bench/{label}/tput/{t}")
+            };
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     bounded(op(key.clone())).await?;

@@ -10,6 +10,7 @@
 
 pub mod extend;
 pub mod harness;
+pub mod kinds;
 pub mod report;
 mod setup;
 pub mod stores;
@@ -181,7 +182,19 @@ async fn start_container(spec: fixtures::ContainerSpec) -> Result<fixtures::Cont
     Ok(c)
 }
 
-async fn run_inner(config: &Config) -> Result<Results, String> {
+/// Everything a run measures, with the containers kept alive while it does.
+struct Fleet {
+    subjects: Vec<Subject>,
+    redis: Arc<dyn LockBackend>,
+    redis_url: String,
+    _redis_containers: Vec<fixtures::Container>,
+    _others: Vec<setup::Started>,
+}
+
+/// Starts the containers and sets up every subject: memory, Redis (with
+/// and without notifications), Redlock 3 and 5 and the peers when
+/// `all_stores`, then the other stores.
+async fn fleet(config: &Config, results: &mut Results) -> Result<Fleet, String> {
     let redis_count = if config.all_stores { 5 } else { 1 };
     let redis_containers = futures_util::future::join_all(
         (0..redis_count).map(|_| start_container(fixtures::redis_spec(false))),
@@ -194,7 +207,6 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         .map(|c| format!("redis://127.0.0.1:{}", c.port))
         .collect();
 
-    let mut results = Results::default();
     let mut subjects: Vec<Subject> = Vec::new();
 
     // memory
@@ -274,19 +286,34 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
 
     let mut others = Vec::new();
     if config.all_stores {
-        others = other_stores(&mut results).await;
+        others = other_stores(results).await;
     }
-    // Keep the containers alive until the end.
-    let _keep = (&redis_containers, &others);
     for (s, _) in others
         .iter_mut()
         .filter_map(|(s, c)| s.take().map(|s| (s, c)))
     {
         subjects.push(s);
     }
+    Ok(Fleet {
+        subjects,
+        redis,
+        redis_url: url0,
+        _redis_containers: redis_containers,
+        _others: others,
+    })
+}
+
+async fn run_inner(config: &Config) -> Result<Results, String> {
+    let mut results = Results::default();
+    let fleet = fleet(config, &mut results).await?;
+    let (subjects, redis, url0) = (
+        &fleet.subjects,
+        fleet.redis.clone(),
+        fleet.redis_url.clone(),
+    );
 
     // 1. Uncontended latency.
-    for s in &subjects {
+    for s in subjects {
         log(format!("latency: {}", s.name));
         let mut ops = vec![lock_unlock(s.try_lock.clone())];
         ops.extend(s.raw.clone());
@@ -354,7 +381,7 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     }
 
     // 3. Contended handoff.
-    for s in &subjects {
+    for s in subjects {
         log(format!("handoff: {}", s.name));
         let rtt = match &s.rtt {
             Some(rtt) => match harness::latency(
@@ -406,7 +433,27 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         Err(e) => results.failures.push(("auto-extend".into(), e)),
     }
     log("done");
-    drop(redis_containers);
-    drop(others);
+    drop(fleet);
     Ok(results)
+}
+
+/// The reader–writer and semaphore rows: runs [`kinds::measure`] on every
+/// backend that has them, writes `KINDS.md`, removes the containers.
+pub async fn run_kinds(config: Config) -> Result<Vec<kinds::KindsRow>, String> {
+    started();
+    let result = async {
+        let mut results = Results::default();
+        let fleet = Box::pin(fleet(&config, &mut results)).await?;
+        let rows = kinds::measure(&config, &fleet.subjects).await;
+        for (name, why) in &results.failures {
+            eprintln!("not measured: {name}: {why}");
+        }
+        drop(fleet);
+        rows
+    }
+    .await;
+    fixtures::remove_run_containers();
+    let rows = result?;
+    report::write_kinds(&config, &rows)?;
+    Ok(rows)
 }

@@ -1,9 +1,9 @@
-//! `cargo run --release -p leasehold-benches -- full|smoke [--out DIR]`
+//! `cargo run --release -p leasehold-benches -- full|smoke|kinds [--out DIR]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use leasehold_benches::{Config, run};
+use leasehold_benches::{Config, run, run_kinds};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,11 +15,25 @@ async fn main() -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    if mode == "kinds" {
+        let mut config = Config::full(out);
+        config.command = "cargo run --release -p leasehold-benches -- kinds".into();
+        return match Box::pin(run_kinds(config)).await {
+            Ok(rows) => {
+                eprintln!("{} stores measured", rows.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match mode {
         "full" => Config::full(out),
         "smoke" => Config::smoke(out),
         other => {
-            eprintln!("usage: leasehold-benches full|smoke [--out DIR] (got {other:?})");
+            eprintln!("usage: leasehold-benches full|smoke|kinds [--out DIR] (got {other:?})");
             return ExitCode::from(2);
         }
     };

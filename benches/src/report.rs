@@ -353,3 +353,58 @@ pub fn write(config: &Config, r: &Results) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// Renders `KINDS.md`: reader–writer locks and semaphores against the mutex
+/// and the raw store operations.
+pub fn kinds_markdown(config: &Config, rows: &[crate::kinds::KindsRow]) -> String {
+    let ops = |v: f64| format!("{v:.0}");
+    let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}×", v / b),
+        _ => "-".into(),
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "# Reader–writer locks and semaphores\n");
+    let _ = writeln!(
+        md,
+        "Produced by `{}` (one run, stand-in containers on 127.0.0.1, 2-core shared machine). \
+         {} tasks each for {:?}: **raw** is the store's raw mutex lock+unlock (each task on its \
+         own key); **mutex** is `Locker::try_lock` + release (each task on its own key); \
+         **read** is `RwLock::read` + release with every task on one key (readers share); \
+         **permit** is `Semaphore::acquire` + release with every task on one semaphore of {} \
+         permits. Ratios are to figures of this same run.\n",
+        config.command,
+        crate::kinds::TASKS,
+        config.window,
+        crate::kinds::TASKS
+    );
+    let _ = writeln!(
+        md,
+        "| store | raw ops/s | mutex ops/s | read ops/s (one key) | read / mutex | read / raw | permit ops/s (one semaphore) | permit / raw |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.raw.map_or("-".into(), ops),
+            ops(r.mutex),
+            r.read.map_or("-".into(), ops),
+            ratio(r.read, Some(r.mutex)),
+            ratio(r.read, r.raw),
+            r.permit.map_or("-".into(), ops),
+            ratio(r.permit, r.raw),
+        );
+    }
+    md
+}
+
+/// Writes `KINDS.md` into the output directory.
+pub fn write_kinds(config: &Config, rows: &[crate::kinds::KindsRow]) -> Result<(), String> {
+    std::fs::create_dir_all(&config.out_dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        config.out_dir.join("KINDS.md"),
+        kinds_markdown(config, rows),
+    )
+    .map_err(|e| e.to_string())
+}

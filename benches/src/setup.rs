@@ -9,7 +9,8 @@ use leasehold_conformance::fixtures;
 use crate::stores::{self, Subject};
 use crate::{Results, start_container};
 
-type Started = (Option<Subject>, Option<fixtures::Container>);
+/// A subject set up on a store, or the store's container kept alive.
+pub(crate) type Started = (Option<Subject>, Option<fixtures::Container>);
 
 /// etcd, ZooKeeper, Postgres (advisory and table), DynamoDB: started in
 /// parallel; a store that fails to start is recorded and skipped.

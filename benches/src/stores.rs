@@ -39,6 +39,9 @@ pub struct Subject {
     pub rtt_desc: &'static str,
     /// How waiters learn of a release.
     pub waiting: &'static str,
+    /// The backend, for subjects that are leasehold's own (the
+    /// reader–writer and semaphore rows use it).
+    pub backend: Option<Arc<dyn LockBackend>>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -77,7 +80,7 @@ pub fn locker_acquire(locker: Locker, wait: bool) -> Acquire {
 
 /// A subject for a backend through the default `Locker`.
 pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str) -> Subject {
-    let locker = Locker::builder_from_arc(backend)
+    let locker = Locker::builder_from_arc(backend.clone())
         .wait(WaitPolicy::new(Duration::from_secs(60)))
         .build();
     Subject {
@@ -89,6 +92,7 @@ pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str)
         rtt: None,
         rtt_desc: "-",
         waiting,
+        backend: Some(backend),
     }
 }
 
@@ -204,6 +208,7 @@ pub fn rslock_subject(name: &str, urls: Vec<String>) -> Subject {
         rtt: None,
         rtt_desc: "-",
         waiting: "polled (rslock retry loop)",
+        backend: None,
     }
 }
 
