@@ -41,7 +41,7 @@ pub fn session_id(lease: &Lease) -> Option<u64> {
     pinned(lease).ok().flatten().map(|p| p.id)
 }
 
-/// Lock, then (only if we got it) take the session's alive lock and bump
+/// Lock, then (only if we got it) take the lease's alive lock and bump
 /// the key's fencing counter, in one statement: the row is inserted or
 /// updated only when both `GET_LOCK`s answer 1 (the `CASE` takes the alive
 /// lock only after the key's), and the new counter comes back as the
@@ -144,7 +144,9 @@ async fn grant(
             ),
             other => map(NAMED, other),
         })?;
-        let done = match lock(shared, &mut session, key, &name, ttl).await {
+        let owner = OwnerToken::generate();
+        let alive = alive_lock(&owner);
+        let done = match lock(shared, &mut session, key, &name, &alive, ttl).await {
             Ok(done) => done,
             // A kept session that died while idle: try the next one.
             Err(error) if reused && session_ended(&error) => continue,
@@ -160,12 +162,13 @@ async fn grant(
             session,
             key.as_str().to_owned(),
             name,
+            alive,
             lost.clone(),
         );
         return Ok(Lease::new(
             NAMED,
             key.clone(),
-            OwnerToken::generate(),
+            owner,
             token,
             sent_at,
             ttl,
@@ -183,6 +186,7 @@ async fn lock(
     session: &mut Session,
     key: &Key,
     name: &str,
+    alive: &str,
     ttl: Duration,
 ) -> Result<MySqlQueryResult, sqlx::Error> {
     let options = &shared.options;
@@ -193,7 +197,7 @@ async fn lock(
         .bind(name)
         .bind(&options.holder)
         .bind(name)
-        .bind(alive_lock(session.id))
+        .bind(alive)
         .bind(&options.holder)
         .execute(&mut *session.conn)
         .await

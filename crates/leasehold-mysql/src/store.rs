@@ -6,8 +6,10 @@
 //! One task per held lease owns the lease's connection (its *session*),
 //! serves its renewals and its release. sqlx cannot wait on an idle MySQL
 //! connection's socket, so the session is watched from a second connection:
-//! at acquire the session also takes a per-session *alive lock*
-//! (`leasehold-session:<connection id>`, nobody else's name), and a watcher
+//! at acquire the session also takes a per-lease *alive lock*
+//! (`leasehold-alive:<owner token>`, nobody else's name, never reused: a
+//! session reused for the next lease must not meet the last lease's watcher
+//! on it), and a watcher
 //! connection blocks in `GET_LOCK` on that name. The server grants it the
 //! moment the session ends (killed, idle past `wait_timeout`, connection
 //! closed or reset) or releases it (only our own release does), so the
@@ -27,7 +29,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leasehold_core::{LockError, ReleaseHub};
+use leasehold_core::{LockError, OwnerToken, ReleaseHub};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlPool};
@@ -79,9 +81,9 @@ const IDLE_LIMIT: Duration = Duration::from_secs(600);
 /// How long a watcher's `GET_LOCK` waits before asking again (seconds).
 const WATCH_CHUNK_SECS: i64 = 3600;
 
-/// The alive lock of the session with connection id `id`.
-pub(crate) fn alive_lock(id: u64) -> String {
-    format!("leasehold-session:{id}")
+/// The alive lock of the lease owned by `owner` (48 characters).
+pub(crate) fn alive_lock(owner: &OwnerToken) -> String {
+    format!("leasehold-alive:{}", owner.to_hex())
 }
 
 /// The TTL as `wait_timeout`: whole seconds, rounded up, at least 1 (the
@@ -347,6 +349,7 @@ impl Pinned {
         session: Session,
         key: String,
         name: String,
+        alive: String,
         lost: CancellationToken,
     ) -> Pinned {
         let (requests, inbox) = mpsc::unbounded_channel();
@@ -356,6 +359,7 @@ impl Pinned {
             sessions,
             key,
             name,
+            alive,
             lost,
             ended: ended.clone(),
         };
@@ -409,6 +413,7 @@ struct Task {
     sessions: Arc<Sessions>,
     key: String,
     name: String,
+    alive: String,
     lost: CancellationToken,
     ended: Arc<Mutex<Option<Ended>>>,
 }
@@ -429,12 +434,12 @@ impl Task {
         LockError::lost(NAMED, &self.key, reason)
     }
 
-    /// A watcher on `session`'s alive lock, on a task of its own (its
+    /// A watcher on the lease's alive lock, on a task of its own (its
     /// blocking `GET_LOCK` must never be dropped mid-call).
-    fn watch(&self, session: &Session) -> Watch {
+    fn watch(&self) -> Watch {
         let (done, watch) = oneshot::channel();
         let sessions = self.sessions.clone();
-        let alive = alive_lock(session.id);
+        let alive = self.alive.clone();
         tokio::spawn(async move {
             let _ = done.send(sessions.watch(alive).await);
         });
@@ -443,7 +448,7 @@ impl Task {
 
     async fn serve(self, mut session: Session, mut inbox: mpsc::UnboundedReceiver<Request>) {
         let timeout = self.sessions.timeout;
-        let mut watch = self.watch(&session);
+        let mut watch = self.watch();
         loop {
             tokio::select! {
                 // Requests first: a waiting renewal is never starved.
@@ -478,10 +483,10 @@ impl Task {
                             // Not a busy loop when watchers keep failing
                             // (e.g. no free connection for one): a pause.
                             tokio::time::sleep(Duration::from_millis(200)).await;
-                            watch = self.watch(&session);
+                            watch = self.watch();
                         }
                         Err(Check::Lost(_)) => return,
-                        Err(Check::Failed(_)) => watch = self.watch(&session),
+                        Err(Check::Failed(_)) => watch = self.watch(),
                     },
                 }
             }
@@ -514,7 +519,7 @@ impl Task {
     /// anything else the session is closed, which frees the lock if it was
     /// still held. Either way the lease is over.
     async fn release(&self, mut session: Session, timeout: Duration) -> Result<(), LockError> {
-        match tokio::time::timeout(timeout, unlock(&mut session, &self.name)).await {
+        match tokio::time::timeout(timeout, unlock(&mut session, &self.name, &self.alive)).await {
             Ok(Ok((Some(1), Some(1)))) => {
                 self.end(Ended::Released);
                 self.sessions.checkin(session);
@@ -544,14 +549,15 @@ impl Task {
     }
 }
 
-/// Releases the lock `name` and the session's alive lock.
+/// Releases the lock `name` and the lease's alive lock.
 async fn unlock(
     session: &mut Session,
     name: &str,
+    alive: &str,
 ) -> Result<(Option<i64>, Option<i64>), sqlx::Error> {
     sqlx::query_as(RELEASE_SQL)
         .bind(name)
-        .bind(alive_lock(session.id))
+        .bind(alive)
         .fetch_one(&mut *session.conn)
         .await
 }
