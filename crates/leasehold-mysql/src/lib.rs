@@ -19,6 +19,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Needs several `GET_LOCK`s per session (MySQL 5.7+, MariaDB 10.0.2+). The
+//! conformance suite runs against MariaDB 10.11 (`tests/conformance.rs`);
+//! MySQL is expected to behave the same but is not run here.
+//!
 //! ## Named mode (`mode=named`, the default)
 //! - Acquire runs `GET_LOCK(name, 0)` on a session (connection) that is then
 //!   **pinned to the lease** for its whole life; in the same statement it

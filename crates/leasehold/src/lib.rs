@@ -25,7 +25,7 @@
 //! | `etcd://h1:p1,h2:p2` | `etcd` | etcd cluster (sessions, FIFO) |
 //! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
-//! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+, MariaDB 10.5+) |
+//! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+ or MariaDB; CI runs MariaDB 10.11) |
 //! | `dynamodb://table?region=..&endpoint=..` | `dynamodb` | DynamoDB table (conditional writes) |
 //! | `file:///var/lock/app` | `file` | the processes of one host, no server: flock + fsync'd counter files (local file systems only, not NFS) |
 //!
