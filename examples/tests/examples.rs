@@ -215,6 +215,19 @@ async fn swap_backends_runs_unchanged_on_every_store() {
         )
         .await;
     }
+    for mode in ["named", "table"] {
+        swap_on(
+            fixtures::mariadb_spec(),
+            |port| {
+                format!(
+                    "mysql://root:{}@127.0.0.1:{port}/leasehold?mode={mode}",
+                    fixtures::MARIADB_PASSWORD
+                )
+            },
+            &format!("mysql-{mode}"),
+        )
+        .await;
+    }
     swap_redlock().await;
     let dir = std::env::temp_dir().join(format!("leasehold-swap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temp dir");

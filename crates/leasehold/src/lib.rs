@@ -25,6 +25,7 @@
 //! | `etcd://h1:p1,h2:p2` | `etcd` | etcd cluster (sessions, FIFO) |
 //! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
+//! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+ or MariaDB; CI runs MariaDB 10.11) |
 //! | `dynamodb://table?region=..&endpoint=..` | `dynamodb` | DynamoDB table (conditional writes) |
 //! | `file:///var/lock/app` | `file` | the processes of one host, no server: flock + fsync'd counter files (local file systems only, not NFS) |
 //!
@@ -50,6 +51,7 @@ use std::sync::{Arc, Mutex, OnceLock};
     feature = "etcd",
     feature = "zookeeper",
     feature = "postgres",
+    feature = "mysql",
     feature = "dynamodb",
     feature = "file"
 ))]
@@ -64,6 +66,8 @@ pub use leasehold_dynamodb as dynamodb;
 pub use leasehold_etcd as etcd;
 #[cfg(feature = "file")]
 pub use leasehold_file as file;
+#[cfg(feature = "mysql")]
+pub use leasehold_mysql as mysql;
 #[cfg(feature = "postgres")]
 pub use leasehold_postgres as postgres;
 #[cfg(feature = "redis")]
@@ -177,6 +181,10 @@ pub async fn open(
         s if postgres::PostgresConfig::SCHEMES.contains(&s) => {
             connect_config::<postgres::PostgresConfig>(url, &options).await?
         }
+        #[cfg(feature = "mysql")]
+        s if mysql::MysqlConfig::SCHEMES.contains(&s) => {
+            connect_config::<mysql::MysqlConfig>(url, &options).await?
+        }
         #[cfg(feature = "dynamodb")]
         s if dynamodb::DynamoDbConfig::SCHEMES.contains(&s) => {
             connect_config::<dynamodb::DynamoDbConfig>(url, &options).await?
@@ -199,6 +207,7 @@ pub async fn open(
     feature = "etcd",
     feature = "zookeeper",
     feature = "postgres",
+    feature = "mysql",
     feature = "dynamodb",
     feature = "file"
 ))]
@@ -234,6 +243,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
         "etcd" => Some("etcd"),
         "zk" | "zookeeper" => Some("zookeeper"),
         "postgres" | "postgresql" => Some("postgres"),
+        "mysql" | "mariadb" => Some("mysql"),
         "dynamodb" => Some("dynamodb"),
         "file" => Some("file"),
         _ => None,
@@ -243,7 +253,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
             "the {scheme}:// scheme needs leasehold's cargo feature `{feature}`, which is off in this build"
         )),
         None => LockError::Config(format!(
-            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redis+sentinel, redis+cluster, redlock, etcd, zk, postgres, dynamodb"
+            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redis+sentinel, redis+cluster, redlock, etcd, zk, postgres, mysql, mariadb, dynamodb"
         )),
     }
 }
@@ -293,6 +303,8 @@ mod tests {
             ("etcd", "etcd"),
             ("zk", "zookeeper"),
             ("postgres", "postgres"),
+            ("mysql", "mysql"),
+            ("mariadb", "mysql"),
             ("redlock", "redlock"),
         ] {
             let error = unavailable_scheme(scheme).to_string();

@@ -1,0 +1,174 @@
+//! # leasehold-mysql
+//!
+//! MySQL and MariaDB backend of [leasehold](leasehold_core): distributed
+//! locks with strict fencing tokens, in one of two modes chosen by option or
+//! by URL (`mysql://user:pw@host/db?mode=named|table`; `mariadb://` is the
+//! same).
+//!
+//! ```no_run
+//! use leasehold_core::Locker;
+//! use leasehold_mysql::MysqlBackend;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+//! let backend =
+//!     MysqlBackend::connect("mysql://app:secret@127.0.0.1/app?mode=table&namespace=billing")
+//!         .await?;
+//! let locker = Locker::new(backend);
+//! let guard = locker.lock("invoice:2024-06").await?;
+//! // Hand guard.fencing_token() to the resource you protect.
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Needs several `GET_LOCK`s per session (MySQL 5.7+, MariaDB 10.0.2+). The
+//! conformance suite runs against MariaDB 10.11 (`tests/conformance.rs`);
+//! MySQL is expected to behave the same but is not run here.
+//!
+//! ## Named mode (`mode=named`, the default)
+//! - Acquire runs `GET_LOCK(name, 0)` on a session (connection) that is then
+//!   **pinned to the lease** for its whole life; in the same statement it
+//!   bumps the key's fencing counter row (`INSERT ... SELECT ... WHERE
+//!   GET_LOCK(..) ON DUPLICATE KEY UPDATE counter = LAST_INSERT_ID(counter +
+//!   1)`: the new token comes back in the statement's reply), so a grant is
+//!   one round trip (plus one to set `wait_timeout` when a session is new or
+//!   the TTL changes). `Fencing::Strict`: rows are never deleted, so tokens
+//!   survive releases, crashes and restarts (with InnoDB's default durable
+//!   commits; across a failover only with semi-synchronous or Galera-style
+//!   replication).
+//! - `name` is [`lock_name`]: `leasehold:` and 216 bits of SHA-256 over the
+//!   namespace (length-prefixed) and the key, 64 characters (MySQL's limit).
+//!   Every key is hashed, since MySQL limits names to 64 characters and
+//!   compares them case-insensitively; two keys whose names collide would
+//!   only contend falsely. Lock names are **server-wide**, shared by every
+//!   database and application on the server: keep namespaces apart.
+//! - **The session is watched.** Each held lease's session is owned by a
+//!   task that serves its renewals and its release. At acquire the session
+//!   also takes an *alive lock* of its own (`leasehold-session:<connection
+//!   id>`), and a second connection (a *watcher*) waits in `GET_LOCK` on
+//!   that name: the server grants it the moment the session ends (`KILL`,
+//!   `wait_timeout`, a restart, a reset or closed connection), and the task
+//!   then fires the lease's loss signal
+//!   ([`Lease::loss_signal`](leasehold_core::Lease::loss_signal)); a
+//!   [`Locker`](leasehold_core::Locker) guard reports `lost()` with reason
+//!   `SessionEnded`. No polling, no timer. A held lease costs two
+//!   connections (its session and its watcher) and a task.
+//! - **What is left, honestly.** Between the server freeing the lock and the
+//!   signal firing, another client can already hold the key while this
+//!   holder still believes it does; when no packet reaches the holder at all
+//!   (a partition, a paused holder) nothing can fire the signal until its
+//!   `valid_until` passes. Only fencing tokens protect the resource in those
+//!   windows: hand [`Lease::fencing_token`](leasehold_core::Lease::fencing_token)
+//!   to it and have it reject lower tokens.
+//! - **Expiry is the session** (`Expiry::Session`), and the TTL bounds how
+//!   long the session may sit idle: acquire and extend set the pinned
+//!   session's `wait_timeout` to the TTL rounded **up to whole seconds**
+//!   (the server's unit; `Capabilities::ttl_granularity` is 1 s), so a holder
+//!   that neither extends nor releases within that time (paused, hung, or
+//!   dead with its TCP connection open) has its session closed *by the
+//!   server* and the lock freed, never inside the holder's validity. TTLs
+//!   are at most [`MAX_NAMED_TTL`]. `extend` checks that the pinned session
+//!   still holds the lock (`IS_USED_LOCK(name) = CONNECTION_ID()`), else
+//!   `Lost`.
+//! - **A session that may hold a lock is never reused.** Pinned sessions
+//!   come from a private pool that closes every connection handed back to
+//!   it; only a session whose `RELEASE_LOCK` answered 1, or whose attempt
+//!   was refused, is kept for reuse (one idle for over 10 minutes is closed).
+//!   A lease dropped unreleased, a failed release, a lost lease and an
+//!   attempt interrupted mid-call close their session, which frees the lock.
+//! - **Not behind a statement- or transaction-level proxy** that hands a
+//!   server session to other clients between statements (ProxySQL with
+//!   multiplexing, for example: it disables multiplexing for `GET_LOCK`
+//!   sessions, which is what is needed). Table mode needs only single
+//!   statements.
+//! - Statement-based binary logging calls `GET_LOCK` in an `INSERT` unsafe
+//!   (a warning); use `binlog_format=ROW` or `MIXED` (MySQL 8's default is
+//!   `ROW`).
+//!
+//! ## Table mode (`mode=table`)
+//! - A lease table (default `leasehold_leases` in the connection's
+//!   database; option `table`) with `namespace` and `key` (`VARBINARY`, the
+//!   primary key, matched byte for byte), `owner` (the 128-bit owner
+//!   token), `counter`, `expires_at`, `holder`. [`migration_sql`] prints its
+//!   DDL; connecting runs it (idempotent).
+//! - Expiry by the **database clock** only (`UTC_TIMESTAMP(6)`, which MySQL
+//!   fixes at the start of each statement): acquire is one `UPDATE ... SET
+//!   counter = LAST_INSERT_ID(counter + 1), owner = ... WHERE owner IS NULL
+//!   OR expires_at <= now` (a key's first acquisition inserts its row);
+//!   extend and release compare the owner token and `expires_at > now`;
+//!   release clears the owner and keeps the row, so the counter never
+//!   resets. Client clocks are never used. A paused holder is safe only
+//!   while it acts before its `valid_until`; after that only fencing tokens
+//!   stop it.
+//! - Works through any proxy or pooler.
+//!
+//! ## Both modes
+//! - Waiting is polled (`Waiting::Polled`): MySQL has no release
+//!   notifications. The backend's own releases wake its waiters at once
+//!   (core's [`ReleaseHub`](leasehold_core::ReleaseHub)); waiters in other
+//!   processes find the key free at their next poll (cap it with `poll`).
+//! - Every call is bounded by the `timeout` option (default 5 s; also the
+//!   pools' acquire timeout): a paused or dead server gives
+//!   `LockError::Unavailable` in bounded time.
+//! - **Cancel safety.** Every acquisition attempt runs on a task of its own
+//!   ([`leasehold_core::cancel_safe`]): a caller that stops waiting never
+//!   strands a grant.
+//! - TTLs: at least [`MIN_TTL`], at most one year ([`MAX_TTL`]; named mode
+//!   [`MAX_NAMED_TTL`]); anything else is `LockError::InvalidTtl` before
+//!   any store call.
+//! - Configuration ([`MysqlConfig`]): URL options are the shared ones
+//!   (`namespace`, `timeout`, `poll`, `holder`, `drift_factor`,
+//!   `drift_fixed`), the locker's (`ttl`, `wait`, ...), this backend's own
+//!   (`mode`, `table`, `max_connections`, `migrate`) or sqlx's
+//!   ([`SQLX_OPTIONS`]); any other name is a `LockError::Config` naming the
+//!   closest known one. Errors and `Debug` output never show the password.
+//!   The `holder` option is stored with each lease and shown by `inspect`
+//!   and `list`.
+//! - **TLS** with rustls (no OpenSSL): `ssl-mode=verify_identity` (or
+//!   `verify_ca`, `required`) with `ssl-ca=/path/ca.pem`, and
+//!   `ssl-cert`/`ssl-key` for a client certificate. Use it in production.
+//!
+//! ## The `rsa` advisory (RUSTSEC-2023-0071)
+//! sqlx's MySQL driver depends on the `rsa` crate, which has the "Marvin"
+//! timing side channel in RSA **decryption** with a private key. A MySQL
+//! client never decrypts: over a link without TLS, the
+//! `caching_sha2_password` and `sha256_password` plugins have it
+//! *encrypt* the password with the server's public key. So the advisory
+//! does not apply to this crate. Prefer TLS anyway: then the password goes
+//! over the encrypted link and no RSA is used at all.
+//!
+//! ## Operations
+//! - `list` pages by key, one statement per page. Table mode: the
+//!   namespace's live rows under the prefix (owner hint and time left too).
+//!   Named mode: the namespace's counter rows under the prefix whose lock
+//!   `IS_USED_LOCK` reports held (a scan of the namespace's rows; works on
+//!   MySQL and MariaDB without `performance_schema`); the label reads
+//!   `connection <id>; <holder>`, with no owner hint or time left.
+//! - `force_release`. Table mode: one transaction clears the owner and
+//!   bumps the counter (the row is kept), so the holder's next renewal is
+//!   `Lost` and the next grant's token is two above the evicted one. Named
+//!   mode: `KILL CONNECTION` of the holder's session (which frees the lock
+//!   and fires the holder's loss signal), then the backend takes the lock
+//!   itself (waiting up to half the operation timeout for the killed session
+//!   to go), bumps the counter and releases it. Killing another user's
+//!   connection needs `CONNECTION_ADMIN` (MySQL), `CONNECTION ADMIN`
+//!   (MariaDB) or `SUPER`; without it the call is a `Backend` error saying
+//!   so and nothing changes. This backend's waiters are woken.
+//! - Not possible: a listing is not a snapshot; a force release that timed
+//!   out may or may not have evicted: inspect before retrying.
+#![warn(missing_docs)]
+
+mod admin;
+mod backend;
+mod config;
+mod error;
+mod keys;
+mod named;
+mod schema;
+mod store;
+mod table;
+
+pub use backend::MysqlBackend;
+pub use config::{MAX_NAMED_TTL, MAX_TTL, MIN_TTL, Mode, MysqlConfig, SQLX_OPTIONS};
+pub use keys::lock_name;
+pub use named::session_id;
+pub use schema::migration_sql;
+pub use sqlx;

@@ -1,0 +1,409 @@
+//! Named mode: `GET_LOCK` on a session pinned to the lease (see `store.rs`
+//! for the task that owns it and the watcher that reports its end).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use leasehold_core::{
+    FencingToken, HeldLock, Key, Lease, ListPage, ListQuery, LockError, LockInfo, OwnerToken,
+    with_timeout,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us, key_text};
+use crate::config::{NAMED, Settings};
+use crate::error::{map, number, session_ended};
+use crate::keys::lock_name;
+use crate::store::{Pinned, Session, Sessions, Shared, Sql, alive_lock};
+use sqlx::mysql::MySqlQueryResult;
+
+/// The lease's pinned session. A lease of another backend is a usage error;
+/// a lease of ours without a session (forged, or rebuilt from its parts)
+/// proves nothing and holds nothing: `None`.
+fn pinned(lease: &Lease) -> Result<Option<&Pinned>, LockError> {
+    if lease.backend() != NAMED {
+        return Err(LockError::Config(format!(
+            "lease on {:?} was granted by {}, not by the mysql named backend",
+            lease.key(),
+            lease.backend()
+        )));
+    }
+    Ok(lease.handle::<Pinned>())
+}
+
+/// The connection id (`CONNECTION_ID()`) of the session holding `lease`'s
+/// lock, or `None` for a lease not granted by the named backend. For tooling
+/// and tests (e.g. to `KILL` the holder); the id may belong to another
+/// session once the lease is over.
+pub fn session_id(lease: &Lease) -> Option<u64> {
+    pinned(lease).ok().flatten().map(|p| p.id)
+}
+
+/// Lock, then (only if we got it) take the lease's alive lock and bump
+/// the key's fencing counter, in one statement: the row is inserted or
+/// updated only when both `GET_LOCK`s answer 1 (the `CASE` takes the alive
+/// lock only after the key's), and the new counter comes back as the
+/// statement's `LAST_INSERT_ID`. No row is written when the lock is busy.
+/// Binds: namespace, key, lock name, holder, lock name, alive lock, holder.
+fn acquire_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (namespace, `key`, lock_name, counter, holder, acquired_at) \
+         SELECT ?, ?, ?, LAST_INSERT_ID(1), ?, UTC_TIMESTAMP(6) FROM DUAL \
+         WHERE (CASE WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
+         ON DUPLICATE KEY UPDATE counter = LAST_INSERT_ID(counter + 1), holder = ?, \
+             acquired_at = UTC_TIMESTAMP(6)"
+    )
+}
+
+/// Who holds a key's lock (its connection id, or NULL), with the key's
+/// counter, label and acquisition time; whether this very session holds
+/// it. Binds: lock name, lock name, namespace, key.
+fn holder_sql(table: &str) -> String {
+    let acquired = acquired_us("f");
+    format!(
+        "SELECT CAST(IS_USED_LOCK(?) AS SIGNED), \
+                CAST(COALESCE(IS_USED_LOCK(?) = CONNECTION_ID(), 0) AS SIGNED), \
+                f.counter, f.holder, {acquired} \
+         FROM (SELECT 1) AS one LEFT JOIN {table} AS f ON f.namespace = ? AND f.`key` = ?"
+    )
+}
+
+/// A page of the namespace's keys whose lock some session holds, by key.
+fn list_sql(table: &str) -> String {
+    let acquired = acquired_us("f");
+    format!(
+        "SELECT f.`key`, CAST(IS_USED_LOCK(f.lock_name) AS SIGNED) AS conn, f.counter, \
+                f.holder, {acquired} \
+         FROM {table} AS f WHERE {PAGE_KEYS} HAVING conn IS NOT NULL \
+         ORDER BY f.`key` LIMIT ?"
+    )
+}
+
+/// A holder's connection id, counter, label and acquisition time.
+type HolderRow = (i64, Option<i64>, Option<String>, Option<i64>);
+
+/// A listed key and its [`HolderRow`].
+type ListedRow = (Vec<u8>, i64, Option<i64>, Option<String>, Option<i64>);
+
+/// What the store tells of a named holder: its token, its connection id
+/// with the label it stored, and when it took the key. No owner hint or
+/// remaining time: the lock lasts as long as its session.
+fn holder_info((conn, counter, holder, acquired): HolderRow) -> LockInfo {
+    let metadata = match holder {
+        Some(holder) => format!("connection {conn}; {holder}"),
+        None => format!("connection {conn}"),
+    };
+    LockInfo::new(counter.map(|c| FencingToken(c as u64)), None)
+        .with_metadata(Some(metadata))
+        .with_acquired_at(acquired_at(acquired))
+}
+
+/// [`holder_sql`]'s row: holder connection, held by this session, then a
+/// [`HolderRow`]'s counter, label and time.
+type HolderQuery = (Option<i64>, i64, Option<i64>, Option<String>, Option<i64>);
+
+/// One attempt. A pinned session comes from [`Sessions`](crate::store::Sessions):
+/// if this future is dropped mid-call, the session is dropped with it and
+/// closed (never reused), which frees a lock the server may have granted.
+pub(crate) async fn try_acquire(
+    shared: &Shared,
+    key: &Key,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    let sent_at = shared.options.clock.now();
+    with_timeout(
+        NAMED,
+        shared.options.timeout,
+        grant(shared, key, ttl, sent_at),
+    )
+    .await
+}
+
+/// [`try_acquire`]'s work, unbounded.
+async fn grant(
+    shared: &Shared,
+    key: &Key,
+    ttl: Duration,
+    sent_at: Instant,
+) -> Result<Lease, LockError> {
+    let options = &shared.options;
+    let sessions = shared.sessions()?;
+    let name = lock_name(&options.namespace, key.as_str());
+    let timeout = options.timeout;
+    loop {
+        let (mut session, reused) = sessions.checkout().await.map_err(|error| match error {
+            sqlx::Error::PoolTimedOut => LockError::unavailable(
+                NAMED,
+                format!(
+                    "no connection within {timeout:?} (each held named lease pins one \
+                     of the backend's {} connections)",
+                    sessions.max_connections()
+                ),
+            ),
+            other => map(NAMED, other),
+        })?;
+        let owner = OwnerToken::generate();
+        let alive = alive_lock(&owner);
+        let done = match lock(shared, &mut session, key, &name, &alive, ttl).await {
+            Ok(done) => done,
+            // A kept session that died while idle: try the next one.
+            Err(error) if reused && session_ended(&error) => continue,
+            Err(error) => return Err(map(NAMED, error)),
+        };
+        if done.rows_affected() == 0 {
+            return Err(refused(shared, sessions, session, key, &name).await);
+        }
+        let lost = CancellationToken::new();
+        let token = FencingToken(done.last_insert_id());
+        let handle = Pinned::start(
+            sessions.clone(),
+            session,
+            key.as_str().to_owned(),
+            name,
+            alive,
+            lost.clone(),
+        );
+        return Ok(Lease::new(
+            NAMED,
+            key.clone(),
+            owner,
+            token,
+            sent_at,
+            ttl,
+            options.drift,
+        )
+        .with_handle(Arc::new(handle))
+        .with_loss_signal(lost));
+    }
+}
+
+/// Sets the session's `wait_timeout` for `ttl` and runs the acquiring
+/// statement on it.
+async fn lock(
+    shared: &Shared,
+    session: &mut Session,
+    key: &Key,
+    name: &str,
+    alive: &str,
+    ttl: Duration,
+) -> Result<MySqlQueryResult, sqlx::Error> {
+    let options = &shared.options;
+    session.set_wait_timeout(ttl).await?;
+    sqlx::query(&shared.sql.acquire)
+        .bind(&options.namespace)
+        .bind(key.as_str())
+        .bind(name)
+        .bind(&options.holder)
+        .bind(name)
+        .bind(alive)
+        .bind(&options.holder)
+        .execute(&mut *session.conn)
+        .await
+}
+
+/// The contention error for a refused attempt, with the holder's details
+/// read on the same session; the session is kept for reuse only when it
+/// holds nothing (it never should after a refusal; if it does, it is closed).
+async fn refused(
+    shared: &Shared,
+    sessions: &Sessions,
+    mut session: Session,
+    key: &Key,
+    name: &str,
+) -> LockError {
+    let options = &shared.options;
+    let row: Result<HolderQuery, _> = sqlx::query_as(&shared.sql.holder)
+        .bind(name)
+        .bind(name)
+        .bind(&options.namespace)
+        .bind(key.as_str())
+        .fetch_one(&mut *session.conn)
+        .await;
+    let info = match row {
+        Ok((_, 1, ..)) | Err(_) => None,
+        Ok((conn, _, counter, holder, acquired)) => {
+            sessions.checkin(session);
+            conn.map(|conn| holder_info((conn, counter, holder, acquired)))
+        }
+    };
+    LockError::contended(NAMED, key.as_str(), info)
+}
+
+/// Checks that the pinned session is alive and still holds the lock, and
+/// sets its `wait_timeout` for `ttl`; the lock itself needs no renewal.
+pub(crate) async fn extend(
+    shared: &Shared,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    let key = lease.key().as_str();
+    let Some(pinned) = pinned(lease)? else {
+        return Err(LockError::lost(
+            NAMED,
+            key,
+            "the lease has no session of ours",
+        ));
+    };
+    let options = &shared.options;
+    let sent_at = options.clock.now();
+    // Sent to the lease's task before the first await: renewals of many
+    // leases run concurrently, each on its own session.
+    let asked = pinned.extend(key, ttl);
+    with_timeout(NAMED, options.timeout, asked.answer()).await?;
+    Ok(lease.renewed(sent_at, ttl, options.drift))
+}
+
+/// Unlocks on the pinned session; the session is reused only after the
+/// server confirmed the unlock, else closed (which frees the lock).
+pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    let key = lease.key().as_str();
+    let Some(pinned) = pinned(lease)? else {
+        return Err(LockError::not_held(NAMED, key));
+    };
+    let asked = pinned.release(key);
+    let released = with_timeout(NAMED, shared.options.timeout, asked.answer()).await;
+    shared.hub.notify(key);
+    released
+}
+
+async fn holder(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
+    let options = &shared.options;
+    let name = lock_name(&options.namespace, key.as_str());
+    let row: HolderQuery = sqlx::query_as(&shared.sql.holder)
+        .bind(&name)
+        .bind(&name)
+        .bind(&options.namespace)
+        .bind(key.as_str())
+        .fetch_one(&shared.pool)
+        .await
+        .map_err(|e| map(NAMED, e))?;
+    let (conn, _, counter, holder, acquired) = row;
+    Ok(conn.map(|conn| holder_info((conn, counter, holder, acquired))))
+}
+
+pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
+    with_timeout(NAMED, shared.options.timeout, holder(shared, key)).await
+}
+
+/// A page of the held keys: the namespace's counter rows under the prefix
+/// whose lock name `IS_USED_LOCK` reports held.
+pub(crate) async fn list(shared: &Shared, query: &ListQuery) -> Result<ListPage, LockError> {
+    admin::list(
+        NAMED,
+        shared,
+        query,
+        |(key, conn, counter, holder, acquired): ListedRow| HeldLock {
+            key: key_text(key),
+            info: holder_info((conn, counter, holder, acquired)),
+        },
+    )
+    .await
+}
+
+/// Ends the holder's session (`KILL CONNECTION`, which frees the lock and
+/// fires the holder's loss signal through its watcher), then takes the lock
+/// itself (waiting up to half the operation timeout for the killed session
+/// to go), bumps the counter while holding it, and releases it: so the
+/// bump reads the evicted holder's counter and no new holder slips in
+/// between. The reason is only logged.
+pub(crate) async fn force_release(
+    shared: &Shared,
+    key: &Key,
+    reason: &str,
+) -> Result<Option<LockInfo>, LockError> {
+    let options = &shared.options;
+    with_timeout(NAMED, options.timeout, async {
+        let Some(info) = holder(shared, key).await? else {
+            return Ok(None);
+        };
+        let conn = info
+            .metadata
+            .as_deref()
+            .and_then(|m| m.strip_prefix("connection "))
+            .and_then(|m| m.split(';').next())
+            .and_then(|id| id.parse::<u64>().ok())
+            .ok_or_else(|| LockError::backend(NAMED, "the holder's connection id is unreadable"))?;
+        match sqlx::raw_sql(&format!("KILL CONNECTION {conn}"))
+            .execute(&shared.pool)
+            .await
+        {
+            Ok(_) => {}
+            // 1094: unknown thread id (the holder is already gone).
+            Err(error) if number(&error) == Some(1094) => {}
+            // 1095: not the owner of the thread.
+            Err(error) if number(&error) == Some(1095) => {
+                return Err(LockError::backend(
+                    NAMED,
+                    format!(
+                        "force release of {:?} needs to end the holder's session, which this \
+                         user may not do: connect as the holder's user or one with the \
+                         CONNECTION_ADMIN (MySQL) / CONNECTION ADMIN (MariaDB) or SUPER \
+                         privilege: {error}",
+                        key.as_str()
+                    ),
+                ));
+            }
+            Err(error) => return Err(map(NAMED, error)),
+        }
+        tracing::debug!(
+            key = key.as_str(),
+            conn,
+            reason,
+            "killed the session holding the named lock"
+        );
+        bump(shared, key).await?;
+        shared.hub.notify(key.as_str());
+        Ok(Some(info))
+    })
+    .await
+}
+
+/// Takes the key's lock on a clean session (waiting up to half the
+/// operation timeout), bumps the counter, releases. When another client
+/// took the lock first, its own grant bumped the counter: nothing to do.
+async fn bump(shared: &Shared, key: &Key) -> Result<(), LockError> {
+    let options = &shared.options;
+    let sessions = shared.sessions()?;
+    let name = lock_name(&options.namespace, key.as_str());
+    let wait = (options.timeout / 2).as_secs_f64().max(0.001);
+    let (mut session, _) = sessions.checkout().await.map_err(|e| map(NAMED, e))?;
+    let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
+        .bind(&name)
+        .bind(wait)
+        .fetch_one(&mut *session.conn)
+        .await
+        .map_err(|e| map(NAMED, e))?;
+    if got != Some(1) {
+        sessions.checkin(session);
+        return Ok(());
+    }
+    sqlx::query(&shared.sql.bump)
+        .bind(&options.namespace)
+        .bind(key.as_str())
+        .execute(&mut *session.conn)
+        .await
+        .map_err(|e| map(NAMED, e))?;
+    let back: Option<i64> = sqlx::query_scalar("SELECT CAST(RELEASE_LOCK(?) AS SIGNED)")
+        .bind(&name)
+        .fetch_one(&mut *session.conn)
+        .await
+        .map_err(|e| map(NAMED, e))?;
+    if back == Some(1) {
+        sessions.checkin(session);
+    }
+    Ok(())
+}
+
+/// The mode's statements, built once per backend.
+pub(crate) fn sql(options: &Settings) -> Sql {
+    let table = options.quoted_table();
+    Sql {
+        acquire: acquire_sql(&table),
+        holder: holder_sql(&table),
+        list: list_sql(&table),
+        bump: format!("UPDATE {table} SET counter = counter + 1 WHERE namespace = ? AND `key` = ?"),
+        ..Sql::default()
+    }
+}

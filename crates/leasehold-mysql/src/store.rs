@@ -1,0 +1,593 @@
+//! The backend's plumbing: the state every call shares ([`Shared`]: pool,
+//! settings, statements, in-process release hub), and named mode's pinned
+//! sessions and their watchers.
+//!
+//! # Named mode's sessions
+//! One task per held lease owns the lease's connection (its *session*),
+//! serves its renewals and its release. sqlx cannot wait on an idle MySQL
+//! connection's socket, so the session is watched from a second connection:
+//! at acquire the session also takes a per-lease *alive lock*
+//! (`leasehold-alive:<owner token>`, nobody else's name, never reused: a
+//! session reused for the next lease must not meet the last lease's watcher
+//! on it), and a watcher
+//! connection blocks in `GET_LOCK` on that name. The server grants it the
+//! moment the session ends (killed, idle past `wait_timeout`, connection
+//! closed or reset) or releases it (only our own release does), so the
+//! watcher's answer fires the lease's loss signal at once, with no polling.
+//! A watcher whose own connection fails makes the task probe the session
+//! (still holding the lock? then a new watcher); a server restart ends both,
+//! and the probe's failure fires the signal.
+//!
+//! # Never a locked connection back in a pool
+//! Sessions come from a private pool whose `after_release` hook closes
+//! *every* connection handed back to it. Clean sessions (unlocked, or whose
+//! lock attempt was refused) are kept for reuse in [`Sessions`] instead:
+//! nothing but a confirmed `RELEASE_LOCK` (or a refused attempt) puts a
+//! session back on that list. Watchers come from a second private pool with
+//! the same rule; one whose alive lock was given back is kept for reuse.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leasehold_core::{LockError, OwnerToken, ReleaseHub};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{MySql, MySqlPool};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MysqlConfig, NAMED, Settings};
+use crate::error::{map, session_ended};
+
+/// The statements of one mode, built once per backend.
+#[derive(Debug, Default)]
+pub(crate) struct Sql {
+    pub(crate) acquire: String,
+    pub(crate) insert: String,
+    pub(crate) holder: String,
+    pub(crate) extend: String,
+    pub(crate) release: String,
+    pub(crate) inspect: String,
+    pub(crate) list: String,
+    pub(crate) evict: String,
+    pub(crate) bump: String,
+}
+
+/// What every call of one backend shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) pool: MySqlPool,
+    pub(crate) options: Settings,
+    pub(crate) sql: Sql,
+    pub(crate) config: MysqlConfig,
+    /// Wakes this backend's waiters when it releases a key (MySQL has no
+    /// release notifications; other processes' waiters poll).
+    pub(crate) hub: ReleaseHub,
+    /// Named mode's pinned sessions (`None` in table mode).
+    pub(crate) sessions: Option<Arc<Sessions>>,
+}
+
+impl Shared {
+    pub(crate) fn sessions(&self) -> Result<&Arc<Sessions>, LockError> {
+        self.sessions
+            .as_ref()
+            .ok_or_else(|| LockError::Config("named sessions used by a table-mode backend".into()))
+    }
+}
+
+/// A clean session unused for this long is closed instead of reused.
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long a watcher's `GET_LOCK` waits before asking again (seconds).
+const WATCH_CHUNK_SECS: i64 = 3600;
+
+/// The alive lock of the lease owned by `owner` (48 characters).
+pub(crate) fn alive_lock(owner: &OwnerToken) -> String {
+    format!("leasehold-alive:{}", owner.to_hex())
+}
+
+/// The TTL as `wait_timeout`: whole seconds, rounded up, at least 1 (the
+/// server counts in seconds; it never ends the session inside the TTL).
+pub(crate) fn wait_timeout(ttl: Duration) -> u64 {
+    ttl.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
+/// A connection of the private pool with what we know of its server
+/// session: its connection id and its `wait_timeout`.
+pub(crate) struct Session {
+    pub(crate) conn: PoolConnection<MySql>,
+    pub(crate) id: u64,
+    wait_timeout: u64,
+}
+
+impl Session {
+    /// Sets the session's `wait_timeout` for `ttl` (a round trip only when
+    /// it changes).
+    pub(crate) async fn set_wait_timeout(&mut self, ttl: Duration) -> Result<(), sqlx::Error> {
+        let secs = wait_timeout(ttl);
+        if self.wait_timeout != secs {
+            sqlx::query("SET SESSION wait_timeout = ?")
+                .bind(secs)
+                .execute(&mut *self.conn)
+                .await?;
+            self.wait_timeout = secs;
+        }
+        Ok(())
+    }
+}
+
+fn private_pool(connect: MySqlConnectOptions, max: u32, timeout: Duration) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(timeout)
+        .test_before_acquire(false)
+        // Whatever comes back to this pool may hold a lock: close it.
+        .after_release(|_, _| Box::pin(async { Ok(false) }))
+        .connect_lazy_with(connect)
+}
+
+/// Named mode's sessions: a private pool for the sessions that hold locks,
+/// one for their watchers, and the clean ones of each kept for reuse.
+pub(crate) struct Sessions {
+    pool: MySqlPool,
+    idle: Mutex<Vec<(Session, Instant)>>,
+    watchers: MySqlPool,
+    idle_watchers: Mutex<Vec<PoolConnection<MySql>>>,
+    pub(crate) timeout: Duration,
+}
+
+impl std::fmt::Debug for Sessions {
+    // The pools' connect options hold the password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field(
+                "max_connections",
+                &self.pool.options().get_max_connections(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let watchers = std::mem::take(
+            self.idle_watchers
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop((idle, watchers));
+        } else {
+            // sqlx closes a dropped connection on a spawned task and panics
+            // without a runtime; the process is ending and the operating
+            // system closes the sockets.
+            std::mem::forget((idle, watchers));
+        }
+    }
+}
+
+impl Sessions {
+    /// Sessions to `connect`, at most `max` at once (held leases plus clean
+    /// sessions kept for reuse), and as many watchers; `timeout` bounds
+    /// waiting for a slot.
+    pub(crate) fn new(connect: MySqlConnectOptions, max: u32, timeout: Duration) -> Self {
+        Sessions {
+            pool: private_pool(connect.clone(), max, timeout),
+            idle: Mutex::new(Vec::new()),
+            watchers: private_pool(connect, max, timeout),
+            idle_watchers: Mutex::new(Vec::new()),
+            timeout,
+        }
+    }
+
+    /// The pool's size (for error messages).
+    pub(crate) fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// A session holding no lock: the most recently kept clean one, else a
+    /// new connection (its id read once). `true` when reused (it may have
+    /// died while idle: the caller retries once it fails with a session
+    /// error).
+    pub(crate) async fn checkout(&self) -> Result<(Session, bool), sqlx::Error> {
+        loop {
+            let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match popped {
+                Some((_, since)) if since.elapsed() > IDLE_LIMIT => continue,
+                Some((session, _)) => return Ok((session, true)),
+                None => break,
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        let id: u64 = sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS UNSIGNED)")
+            .fetch_one(&mut *conn)
+            .await?;
+        let wait_timeout: u64 =
+            sqlx::query_scalar("SELECT CAST(@@SESSION.wait_timeout AS UNSIGNED)")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok((
+            Session {
+                conn,
+                id,
+                wait_timeout,
+            },
+            false,
+        ))
+    }
+
+    /// Keeps a session that holds no lock for reuse, and closes kept ones
+    /// idle for longer than [`IDLE_LIMIT`] (the oldest are at the bottom).
+    pub(crate) fn checkin(&self, session: Session) {
+        let stale: Vec<_> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh_from = idle
+                .iter()
+                .position(|(_, since)| since.elapsed() <= IDLE_LIMIT)
+                .unwrap_or(idle.len());
+            let stale = idle.drain(..fresh_from).collect();
+            idle.push((session, Instant::now()));
+            stale
+        };
+        drop(stale);
+    }
+
+    async fn watcher(&self) -> Result<PoolConnection<MySql>, sqlx::Error> {
+        let kept = self
+            .idle_watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.watchers.acquire().await,
+        }
+    }
+
+    /// Blocks in `GET_LOCK(alive)` until the server grants it, which it
+    /// does once the session holding it ends or releases it. `Ok` means
+    /// granted (the watcher gave it back and is kept); `Err` means the
+    /// watcher itself failed (its connection is closed).
+    async fn watch(self: Arc<Self>, alive: String) -> Result<(), sqlx::Error> {
+        let mut conn = self.watcher().await?;
+        loop {
+            let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
+                .bind(&alive)
+                .bind(WATCH_CHUNK_SECS)
+                .fetch_one(&mut *conn)
+                .await?;
+            match got {
+                Some(1) => break,
+                Some(0) => continue,
+                _ => return Err(sqlx::Error::Protocol("GET_LOCK answered NULL".into())),
+            }
+        }
+        let back: Option<i64> = sqlx::query_scalar("SELECT CAST(RELEASE_LOCK(?) AS SIGNED)")
+            .bind(&alive)
+            .fetch_one(&mut *conn)
+            .await?;
+        if back == Some(1) {
+            self.idle_watchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+        Ok(())
+    }
+}
+
+/// Why a lease's session is over, for calls that come after.
+#[derive(Clone, Debug)]
+enum Ended {
+    Released,
+    Lost(String),
+}
+
+/// A lease's handle: the channel to the task that owns its session. Dropping
+/// the last copy of the lease drops the channel, and the task closes the
+/// session (never reused), which frees the lock.
+pub(crate) struct Pinned {
+    requests: mpsc::UnboundedSender<Request>,
+    ended: Arc<Mutex<Option<Ended>>>,
+    /// The session's connection id (`CONNECTION_ID()`).
+    pub(crate) id: u64,
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Request {
+    Extend {
+        ttl: Duration,
+        reply: oneshot::Sender<Result<(), LockError>>,
+    },
+    Release {
+        reply: oneshot::Sender<Result<(), LockError>>,
+    },
+}
+
+/// Where a renewal or release asked of a lease's task stands.
+pub(crate) struct Asked {
+    reply: oneshot::Receiver<Result<(), LockError>>,
+    ended: Arc<Mutex<Option<Ended>>>,
+    release: bool,
+    key: String,
+}
+
+impl Asked {
+    /// The task's answer; if the task is gone, why the session ended.
+    pub(crate) async fn answer(self) -> Result<(), LockError> {
+        match self.reply.await {
+            Ok(answer) => answer,
+            Err(_) => Err(gone(&self.ended, self.release, &self.key)),
+        }
+    }
+}
+
+/// The error for a call on a lease whose session is over.
+fn gone(ended: &Mutex<Option<Ended>>, release: bool, key: &str) -> LockError {
+    let ended = ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match (ended, release) {
+        (Some(Ended::Lost(reason)), _) => LockError::lost(NAMED, key, reason),
+        (_, true) => LockError::not_held(NAMED, key),
+        (Some(Ended::Released), false) => LockError::lost(NAMED, key, "the lease was released"),
+        (None, false) => LockError::lost(NAMED, key, "the lease's session is closed"),
+    }
+}
+
+impl Pinned {
+    /// Starts the task that owns `session` (which holds the lock `name` and
+    /// its alive lock) and fires `lost` when the session ends.
+    pub(crate) fn start(
+        sessions: Arc<Sessions>,
+        session: Session,
+        key: String,
+        name: String,
+        alive: String,
+        lost: CancellationToken,
+    ) -> Pinned {
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let ended = Arc::new(Mutex::new(None));
+        let id = session.id;
+        let task = Task {
+            sessions,
+            key,
+            name,
+            alive,
+            lost,
+            ended: ended.clone(),
+        };
+        tokio::spawn(task.serve(session, inbox));
+        Pinned {
+            requests,
+            ended,
+            id,
+        }
+    }
+
+    /// Asks the task to check the lock is still held and set the session's
+    /// `wait_timeout` for `ttl`. Sending never waits; the answer comes from
+    /// [`Asked::answer`], so several leases renew concurrently.
+    pub(crate) fn extend(&self, key: &str, ttl: Duration) -> Asked {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Extend { ttl, reply });
+        self.asked(answer, false, key)
+    }
+
+    /// Asks the task to unlock and end the lease.
+    pub(crate) fn release(&self, key: &str) -> Asked {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Release { reply });
+        self.asked(answer, true, key)
+    }
+
+    fn asked(
+        &self,
+        reply: oneshot::Receiver<Result<(), LockError>>,
+        release: bool,
+        key: &str,
+    ) -> Asked {
+        Asked {
+            reply,
+            ended: self.ended.clone(),
+            release,
+            key: key.to_owned(),
+        }
+    }
+}
+
+/// Still held by this very session?
+const HELD_SQL: &str = "SELECT CAST(COALESCE(IS_USED_LOCK(?) = CONNECTION_ID(), 0) AS SIGNED)";
+
+/// Unlocks the key's lock and the session's alive lock (which wakes the
+/// watcher), in one round trip.
+const RELEASE_SQL: &str = "SELECT CAST(RELEASE_LOCK(?) AS SIGNED), CAST(RELEASE_LOCK(?) AS SIGNED)";
+
+struct Task {
+    sessions: Arc<Sessions>,
+    key: String,
+    name: String,
+    alive: String,
+    lost: CancellationToken,
+    ended: Arc<Mutex<Option<Ended>>>,
+}
+
+type Watch = oneshot::Receiver<Result<(), sqlx::Error>>;
+
+impl Task {
+    fn end(&self, ended: Ended) {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
+    }
+
+    /// The lock is gone: record why, fire the loss signal, and close the
+    /// session by dropping it (the private pool never reuses it).
+    fn lose(&self, reason: String) -> LockError {
+        tracing::debug!(key = %self.key, %reason, "named lease lost");
+        self.end(Ended::Lost(reason.clone()));
+        self.lost.cancel();
+        LockError::lost(NAMED, &self.key, reason)
+    }
+
+    /// A watcher on the lease's alive lock, on a task of its own (its
+    /// blocking `GET_LOCK` must never be dropped mid-call).
+    fn watch(&self) -> Watch {
+        let (done, watch) = oneshot::channel();
+        let sessions = self.sessions.clone();
+        let alive = self.alive.clone();
+        tokio::spawn(async move {
+            let _ = done.send(sessions.watch(alive).await);
+        });
+        watch
+    }
+
+    async fn serve(self, mut session: Session, mut inbox: mpsc::UnboundedReceiver<Request>) {
+        let timeout = self.sessions.timeout;
+        let mut watch = self.watch();
+        loop {
+            tokio::select! {
+                // Requests first: a waiting renewal is never starved.
+                biased;
+                request = inbox.recv() => match request {
+                    None => {
+                        tracing::debug!(key = %self.key, "lease dropped unreleased; closing its session");
+                        self.end(Ended::Released);
+                        return;
+                    }
+                    Some(Request::Extend { ttl, reply }) => {
+                        match self.check(&mut session, Some(ttl), timeout).await {
+                            Ok(()) => { let _ = reply.send(Ok(())); }
+                            Err(Check::Lost(error)) => { let _ = reply.send(Err(error)); return; }
+                            Err(Check::Failed(error)) => { let _ = reply.send(Err(error)); }
+                        }
+                    }
+                    Some(Request::Release { reply }) => {
+                        let _ = reply.send(self.release(session, timeout).await);
+                        return;
+                    }
+                },
+                watched = &mut watch => match watched {
+                    // The server granted the alive lock: the session is over.
+                    Ok(Ok(())) => {
+                        self.lose("the session ended (the server freed its locks)".into());
+                        return;
+                    }
+                    // The watcher failed, not necessarily the session: ask it.
+                    Ok(Err(_)) | Err(_) => match self.check(&mut session, None, timeout).await {
+                        Ok(()) => {
+                            // Not a busy loop when watchers keep failing
+                            // (e.g. no free connection for one): a pause.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            watch = self.watch();
+                        }
+                        Err(Check::Lost(_)) => return,
+                        Err(Check::Failed(_)) => watch = self.watch(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Checks the session still holds the lock (and sets its `wait_timeout`
+    /// for `ttl`, if given).
+    async fn check(
+        &self,
+        session: &mut Session,
+        ttl: Option<Duration>,
+        timeout: Duration,
+    ) -> Result<(), Check> {
+        match tokio::time::timeout(timeout, held(session, &self.name, ttl)).await {
+            Ok(Ok(1)) => Ok(()),
+            Ok(Ok(_)) => Err(Check::Lost(
+                self.lose("the session no longer holds the lock".into()),
+            )),
+            Ok(Err(error)) if session_ended(&error) => Err(Check::Lost(
+                self.lose(format!("the session ended: {error}")),
+            )),
+            Ok(Err(error)) => Err(Check::Failed(map(NAMED, error))),
+            // The session may still be fine (a slow or paused server).
+            Err(_) => Err(Check::Failed(timed_out(timeout))),
+        }
+    }
+
+    /// Unlocks. Only a confirmed unlock keeps the session for reuse; after
+    /// anything else the session is closed, which frees the lock if it was
+    /// still held. Either way the lease is over.
+    async fn release(&self, mut session: Session, timeout: Duration) -> Result<(), LockError> {
+        match tokio::time::timeout(timeout, unlock(&mut session, &self.name, &self.alive)).await {
+            Ok(Ok((Some(1), Some(1)))) => {
+                self.end(Ended::Released);
+                self.sessions.checkin(session);
+                Ok(())
+            }
+            Ok(Ok((Some(1), _))) => {
+                // Unlocked, but the alive lock was not ours: close it.
+                self.end(Ended::Released);
+                Ok(())
+            }
+            Ok(Ok(_)) => {
+                self.lose("the session no longer held the lock at release".into());
+                Err(LockError::not_held(NAMED, &self.key))
+            }
+            Ok(Err(error)) if session_ended(&error) => {
+                Err(self.lose(format!("the session ended before release: {error}")))
+            }
+            Ok(Err(error)) => {
+                self.lose(format!("release failed: {error}"));
+                Err(map(NAMED, error))
+            }
+            Err(_) => {
+                self.lose("release got no answer; the session was closed".into());
+                Err(timed_out(timeout))
+            }
+        }
+    }
+}
+
+/// Releases the lock `name` and the lease's alive lock.
+async fn unlock(
+    session: &mut Session,
+    name: &str,
+    alive: &str,
+) -> Result<(Option<i64>, Option<i64>), sqlx::Error> {
+    sqlx::query_as(RELEASE_SQL)
+        .bind(name)
+        .bind(alive)
+        .fetch_one(&mut *session.conn)
+        .await
+}
+
+/// Whether `session` still holds the lock `name`, after setting its
+/// `wait_timeout` for `ttl` (if given).
+async fn held(
+    session: &mut Session,
+    name: &str,
+    ttl: Option<Duration>,
+) -> Result<i64, sqlx::Error> {
+    if let Some(ttl) = ttl {
+        session.set_wait_timeout(ttl).await?;
+    }
+    sqlx::query_scalar::<_, i64>(HELD_SQL)
+        .bind(name)
+        .fetch_one(&mut *session.conn)
+        .await
+}
+
+/// Why a session check failed: the lock is gone (the loss signal fired), or
+/// the check itself failed and the lease may still be fine.
+enum Check {
+    Lost(LockError),
+    Failed(LockError),
+}
+
+fn timed_out(timeout: Duration) -> LockError {
+    LockError::unavailable(
+        NAMED,
+        format!("no answer within the operation timeout of {timeout:?}"),
+    )
+}
