@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
-    LockError, LockInfo, ReleaseHub, ReleaseListener, WaitPolicy, Waiting, async_trait,
+    LockError, LockInfo, LockKind, ReleaseHub, ReleaseListener, WaitPolicy, Waiting, async_trait,
     cancel_safe, extend_each, wait_for_lock,
 };
 use sqlx::MySqlPool;
@@ -236,6 +236,31 @@ impl LockBackend for MysqlBackend {
     ///
     /// Cancel safety: safe to drop; a dropped renewal may or may not have
     /// taken effect, and either outcome is valid.
+    /// Only the mutex (no reader–writer locks or semaphores on this store
+    /// yet: [`Capabilities`] says so, and other kinds are
+    /// [`LockError::Unsupported`]).
+    async fn try_acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.try_acquire(key, ttl).await
+    }
+
+    /// Only the mutex, as `try_acquire_kind`.
+    async fn acquire_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        wait: &WaitPolicy,
+    ) -> Result<Lease, LockError> {
+        self.capabilities().check_kind(self.name(), kind)?;
+        self.acquire(key, ttl, wait).await
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         match self.shared.options.mode {
