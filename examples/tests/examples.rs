@@ -121,6 +121,20 @@ fn adaptive_ttl_converges_near_p95_times_factor() {
 }
 
 #[test]
+fn rw_cache_shares_reads_excludes_writes_and_limits_exports() {
+    let out = run("rw_cache", None);
+    assert!(out.contains("torn reads 0"), "{out}");
+    assert!(
+        out.contains("at most 1 at once") || out.contains("at most 2 at once"),
+        "{out}"
+    );
+    assert!(
+        out.contains("OK: reader-writer lock and semaphore held"),
+        "{out}"
+    );
+}
+
+#[test]
 fn swap_backends_runs_on_memory() {
     let out = run("swap_backends", Some("memory://"));
     assert!(out.contains("OK: memory works"), "{out}");
