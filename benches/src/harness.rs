@@ -140,6 +140,36 @@ pub async fn throughput_on(
     Ok(at_stop as f64 / elapsed.as_secs_f64())
 }
 
+/// The handoff a lone waiter meets: a holder takes the key, one waiter
+/// starts waiting for it, the holder keeps it `hold` (long enough for the
+/// waiter to be parked in its wait, past its first attempt), then releases.
+/// Each sample is release sent → the waiter holds it; the waiter then
+/// releases and the next sample starts afresh.
+pub async fn handoff_one_waiter(
+    label: &str,
+    lock: &Acquire,
+    samples: usize,
+    hold: Duration,
+) -> Result<Percentiles, String> {
+    let key = format!("bench/{label}/handoff1");
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let release = bounded(lock(key.clone())).await?;
+        let (waiter_lock, waiter_key) = (lock.clone(), key.clone());
+        let waiter = tokio::spawn(async move {
+            let release = bounded(waiter_lock(waiter_key)).await?;
+            Ok::<_, String>((Instant::now(), release))
+        });
+        tokio::time::sleep(hold).await;
+        let released_at = Instant::now();
+        bounded(release()).await?;
+        let (held_at, release) = waiter.await.map_err(|e| e.to_string())??;
+        times.push(held_at.saturating_duration_since(released_at));
+        bounded(release()).await?;
+    }
+    Ok(Percentiles::of(&mut times))
+}
+
 struct HandoffState {
     released_at: Option<Instant>,
     samples: Vec<Duration>,

@@ -44,6 +44,10 @@ pub struct Config {
     pub handoff_tasks: usize,
     /// Handoffs sampled.
     pub handoffs: usize,
+    /// How long the holder keeps the key in the one-waiter handoff.
+    pub waiter_hold: Duration,
+    /// Task counts of the hot-key throughput.
+    pub hot_key_tasks: Vec<usize>,
     /// Guards in the auto-extend run.
     pub guards: usize,
     /// Their TTL.
@@ -67,6 +71,8 @@ impl Config {
             concurrency: vec![1, 16, 64],
             handoff_tasks: 4,
             handoffs: 100,
+            waiter_hold: Duration::from_millis(20),
+            hot_key_tasks: vec![16, 64],
             guards: 10_000,
             guard_ttl: Duration::from_secs(6),
             hold: Duration::from_secs(60),
@@ -85,6 +91,8 @@ impl Config {
             concurrency: vec![1, 4],
             handoff_tasks: 2,
             handoffs: 3,
+            waiter_hold: Duration::from_millis(5),
+            hot_key_tasks: vec![4],
             guards: 50,
             guard_ttl: Duration::from_millis(600),
             hold: Duration::from_millis(700),
@@ -142,8 +150,13 @@ pub struct Results {
     pub latency: Vec<LatencyRow>,
     /// Throughput.
     pub throughput: Vec<ThroughputRow>,
-    /// Handoff.
+    /// Handoff among `handoff_tasks` tasks that all keep contending.
     pub handoff: Vec<HandoffRow>,
+    /// Handoff to one lone waiter (what a user's waiter usually meets).
+    pub one_waiter: Vec<HandoffRow>,
+    /// Hot key: lock+unlock per second with every task on one key
+    /// (handoffs per second): (subject, tasks, ops/s).
+    pub hot_key: Vec<(String, usize, f64)>,
     /// Acquisition-only latency (fan-out table): name → percentiles.
     pub fanout: Vec<(String, Percentiles)>,
     /// Auto-extend on Redis.
@@ -411,6 +424,48 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
             Err(e) => results
                 .failures
                 .push((s.name.clone(), format!("handoff: {e}"))),
+        }
+    }
+
+    // 3b. One waiter, and 3c. a hot key.
+    for s in subjects {
+        log(format!("one waiter: {}", s.name));
+        let rtt = results
+            .handoff
+            .iter()
+            .find(|row| row.name == s.name)
+            .and_then(|row| row.rtt);
+        match harness::handoff_one_waiter(&s.name, &s.lock, config.handoffs, config.waiter_hold)
+            .await
+        {
+            Ok(p) => results.one_waiter.push(HandoffRow {
+                name: s.name.clone(),
+                waiting: s.waiting.into(),
+                handoff: p,
+                rtt,
+                rtt_desc: s.rtt_desc.into(),
+            }),
+            Err(e) => results
+                .failures
+                .push((s.name.clone(), format!("one waiter: {e}"))),
+        }
+        for &tasks in &config.hot_key_tasks {
+            log(format!("hot key: {} x{tasks}", s.name));
+            let op = lock_unlock(s.lock.clone());
+            match harness::throughput_on(
+                &format!("{}-hot", s.name),
+                &op,
+                tasks,
+                config.window,
+                true,
+            )
+            .await
+            {
+                Ok(ops) => results.hot_key.push((s.name.clone(), tasks, ops)),
+                Err(e) => results
+                    .failures
+                    .push((s.name.clone(), format!("hot key x{tasks}: {e}"))),
+            }
         }
     }
 

@@ -128,6 +128,42 @@ pub fn markdown(config: &Config, r: &Results) -> String {
 
     let _ = writeln!(
         md,
+        "\n## 3b. Handoff to one lone waiter (the holder keeps the key {:?}, so the waiter is parked in its wait), release sent → the waiter has it\n",
+        config.waiter_hold
+    );
+    let _ = writeln!(
+        md,
+        "| backend | waiting | handoff p50 | handoff p99 | p50 / round trip | p99 / round trip | command |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for row in &r.one_waiter {
+        let ratio = |v: f64| {
+            row.rtt
+                .map_or("-".into(), |rtt| format!("{:.1}", v / rtt.p50))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {cmd} |",
+            row.name,
+            row.waiting,
+            us(row.handoff.p50),
+            us(row.handoff.p99),
+            ratio(row.handoff.p50),
+            ratio(row.handoff.p99),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## 3c. Hot key: lock+unlock per second with every task on one key (each a handoff)\n"
+    );
+    let _ = writeln!(md, "| backend | tasks | handoffs/s | command |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for (name, tasks, ops) in &r.hot_key {
+        let _ = writeln!(md, "| {name} | {tasks} | {ops:.0} | {cmd} |");
+    }
+
+    let _ = writeln!(
+        md,
         "\n## 4. Redlock fan-out: acquisition latency vs single Redis (target: Redlock 5 within 1.5x)\n"
     );
     let _ = writeln!(
