@@ -77,8 +77,9 @@ pub fn lease_id(lease: &Lease) -> Option<i64> {
 impl EtcdBackend {
     /// Connects by URL (see [`EtcdConfig::from_url`](BackendConfig::from_url)
     /// for the options): `etcd://[user:password@]h1:p1,h2:p2[?namespace=..&timeout=..&poll=..]`,
-    /// `etcds://` for TLS (the `tls` feature). No error shows the password
-    /// (percent-encode `/ ? @ ,` in it).
+    /// `etcds://..?ca=..&cert=..&key=..` for TLS (the `tls` feature; the
+    /// files are read here). No error shows the password (percent-encode
+    /// `/ ? @ ,` in it).
     pub async fn connect(url: &str) -> Result<Self, LockError> {
         Self::connect_with(EtcdConfig::from_url(url)?).await
     }

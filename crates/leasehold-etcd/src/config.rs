@@ -7,6 +7,7 @@ use leasehold_core::config::{self, BackendConfig, Secret, SharedConfig, apply_qu
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 use crate::EtcdBackend;
+use crate::tls::{TLS_OPTIONS, TlsFiles};
 
 /// The default namespace: every etcd key the backend writes starts with it.
 pub const DEFAULT_NAMESPACE: &str = "leasehold/";
@@ -15,8 +16,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default fallback poll of queued waiters.
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
-/// The configuration of an [`EtcdBackend`]: endpoints, credentials, TLS and
-/// the [`SharedConfig`] settings (`namespace`, `timeout`, `poll`, `holder`,
+/// The configuration of an [`EtcdBackend`]: endpoints, credentials, TLS
+/// (a private CA, a client certificate) and the [`SharedConfig`] settings (`namespace`, `timeout`, `poll`, `holder`,
 /// drift). Parsed from an `etcd://` URL ([`BackendConfig::from_url`]) or
 /// built in code; [`EtcdBackend::connect_with`] connects it.
 ///
@@ -30,7 +31,8 @@ const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// ```
 ///
 /// The password is a [`Secret`]: `Debug` prints `***`, and no error or log
-/// line of this crate contains it.
+/// line of this crate contains it. TLS files are shown by path, never by
+/// content.
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
     /// `http://host:port` or `https://host:port`.
@@ -38,6 +40,8 @@ pub struct EtcdConfig {
     /// User name and password.
     pub(crate) user: Option<(String, Secret)>,
     pub(crate) tls: bool,
+    /// `ca`, `cert`, `key`: PEM files, read at connect.
+    pub(crate) tls_files: TlsFiles,
     pub(crate) clock: SharedClock,
     pub(crate) shared: SharedConfig,
 }
@@ -68,6 +72,7 @@ impl EtcdConfig {
                 .collect(),
             user: None,
             tls: false,
+            tls_files: TlsFiles::default(),
             clock: system_clock(),
             shared: SharedConfig::default(),
         }
@@ -102,9 +107,36 @@ impl EtcdConfig {
         self
     }
 
-    /// Connect with TLS (needs the crate's `tls` feature).
+    /// Connect with TLS (needs the crate's `tls` feature). Without
+    /// [`ca`](Self::ca) the server's certificate must chain to one of the
+    /// built-in web roots (Mozilla's, from `webpki-roots`).
     pub fn tls(mut self, enabled: bool) -> Self {
         self.tls = enabled;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file (the `ca` option) instead
+    /// of the built-in web roots; turns TLS on. The file is read at connect:
+    /// a missing one is a [`LockError::Config`] naming the option and path.
+    pub fn ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls = true;
+        self.tls_files.ca = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate chain and its private key (PEM files,
+    /// the `cert` and `key` options) to a server that asks for one (etcd's
+    /// `--client-cert-auth`: mutual TLS); turns TLS on. etcd takes the
+    /// certificate's common name as the user when auth is enabled. Read at
+    /// connect; neither `Debug` nor any error shows the key's contents.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls = true;
+        self.tls_files.cert = Some(cert.into());
+        self.tls_files.key = Some(key.into());
         self
     }
 
@@ -130,11 +162,23 @@ impl EtcdConfig {
 impl BackendConfig for EtcdConfig {
     type Backend = EtcdBackend;
     const SCHEMES: &'static [&'static str] = &["etcd", "etcds"];
-    /// etcd has no options of its own: the shared ones cover it.
-    const OPTIONS: &'static [&'static str] = &[];
+    /// The TLS files: `ca`, `cert`, `key` (`etcds://` only).
+    const OPTIONS: &'static [&'static str] = TLS_OPTIONS;
 
     /// Parses `etcd://[user:password@]h1:p1,h2:p2[?namespace=..&timeout=..&poll=..]`,
-    /// `etcds://` for TLS (the `tls` feature). `timeout` bounds every store
+    /// `etcds://` for TLS (the `tls` feature).
+    ///
+    /// | option | meaning |
+    /// |---|---|
+    /// | `ca` | PEM file of the CA certificates to trust instead of the built-in web roots |
+    /// | `cert` | PEM file of the client certificate chain (mutual TLS, etcd's `--client-cert-auth`); needs `key` |
+    /// | `key` | PEM file of that certificate's private key; needs `cert` |
+    ///
+    /// The TLS files need `etcds://`: given with `etcd://` they are a
+    /// `Config` error, never a silent plaintext connection. They are read at
+    /// connect; a missing or unreadable file is a `Config` error naming the
+    /// option and the path. A user and password (`etcds://user:pw@..`) work
+    /// with TLS as without. `timeout` bounds every store
     /// call (default 5 s); `poll` is the fallback poll of queued waiters;
     /// `holder`, `drift_factor` and `drift_fixed` as on every scheme, and the
     /// locker's options are left to the locker. Durations take a unit
@@ -263,6 +307,7 @@ fn parse_url(url: &str) -> Result<EtcdConfig, LockError> {
     }
     let mut parsed = EtcdConfig::new(endpoints).tls(tls);
     parsed.user = user;
+    let mut tls_files = TlsFiles::default();
     let mut pairs = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let Some((name, value)) = url::form_urlencoded::parse(pair.as_bytes()).next() else {
@@ -281,8 +326,17 @@ fn parse_url(url: &str) -> Result<EtcdConfig, LockError> {
         pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         &mut parsed.shared,
         EtcdConfig::OPTIONS,
-        |_, _| Ok(false),
+        |name, value| tls_files.set(name, value),
     )?;
+    if !tls && !tls_files.is_empty() {
+        return Err(config(format!(
+            "the etcd options {} need TLS: use etcds:// ({})",
+            tls_files.given(),
+            text.redacted()
+        )));
+    }
+    tls_files.check_pairs()?;
+    parsed.tls_files = tls_files;
     Ok(parsed)
 }
 
@@ -351,6 +405,42 @@ mod tests {
         let parsed = EtcdConfig::from_url("etcds://etcd.internal").unwrap();
         assert_eq!(parsed.endpoints, ["https://etcd.internal:2379"]);
         assert!(parsed.tls);
+    }
+
+    #[test]
+    fn tls_files_parse_and_need_etcds() {
+        let parsed = EtcdConfig::from_url(
+            "etcds://u:pw@h:2379?ca=%2Fpki%2Fca.pem&cert=/pki/c.pem&key=/pki/c.key",
+        )
+        .unwrap();
+        assert_eq!(parsed.tls_files.ca.as_deref(), Some("/pki/ca.pem".as_ref()));
+        assert_eq!(parsed.tls_files.key.as_deref(), Some("/pki/c.key".as_ref()));
+        assert!(parsed.user.is_some());
+        let shown = format!("{parsed:?}");
+        assert!(
+            shown.contains("/pki/c.key") && !shown.contains("pw"),
+            "{shown}"
+        );
+
+        let error = EtcdConfig::from_url("etcd://h:1?ca=/pki/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("etcds://") && error.contains("`ca`"),
+            "{error}"
+        );
+        let error = EtcdConfig::from_url("etcds://h:1?cert=/pki/c.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`cert` needs `key`"), "{error}");
+        let error = EtcdConfig::from_url("etcds://h:1?ca=")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`ca` needs a file path"), "{error}");
+        let error = EtcdConfig::from_url("etcds://h:1?cacert=/x")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("did you mean"), "{error}");
     }
 
     #[test]

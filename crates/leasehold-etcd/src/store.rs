@@ -279,14 +279,18 @@ fn session_key(namespace: &str, id: i64) -> Vec<u8> {
     key
 }
 
+/// The endpoints with `https://` when TLS is on, and the client's TLS
+/// settings (the `ca`, `cert`, `key` files read) in `connect`. TLS asked for
+/// in a build without the `tls` feature is a `Config` error naming it.
 fn tls_endpoints(
     config: &EtcdConfig,
     connect: &mut etcd_client::ConnectOptions,
 ) -> Result<Vec<String>, LockError> {
     let endpoints = &config.endpoints;
     #[cfg(feature = "tls")]
-    if config.tls {
-        *connect = std::mem::take(connect).with_tls(etcd_client::TlsOptions::new());
+    if config.tls || endpoints.iter().any(|e| e.starts_with("https://")) {
+        let options = config.tls_files.options()?;
+        *connect = std::mem::take(connect).with_tls(options);
         return Ok(endpoints
             .iter()
             .map(|e| {
@@ -302,8 +306,17 @@ fn tls_endpoints(
     if config.tls || endpoints.iter().any(|e| e.starts_with("https://")) {
         let _ = connect;
         return Err(LockError::Config(
-            "TLS needs leasehold-etcd's `tls` cargo feature".into(),
+            "TLS (etcds://, https:// endpoints, the ca/cert/key options) needs \
+             leasehold-etcd's `tls` cargo feature (leasehold's `etcd` feature \
+             turns it on)"
+                .into(),
         ));
+    }
+    if !config.tls_files.is_empty() {
+        return Err(LockError::Config(format!(
+            "the etcd options {} need TLS: use etcds:// or EtcdConfig::tls(true)",
+            config.tls_files.given()
+        )));
     }
     Ok(endpoints.clone())
 }

@@ -14,7 +14,7 @@ use leasehold_core::{
     extend_each, with_timeout,
 };
 use tokio::time::Instant;
-use zookeeper_client::{Client, Error as ZkError, MultiReadResult};
+use zookeeper_client::{Acl, Acls, Client, Error as ZkError, MultiReadResult, Permission};
 
 use crate::NAME;
 use crate::config::ZkConfig;
@@ -91,6 +91,26 @@ impl ZkBackend {
             holder: config.shared.holder_or_default(),
             config,
             wakes: WakeCounters::default(),
+        }
+    }
+
+    /// The ACL of every node this backend creates: with digest credentials,
+    /// "the creating identity may do anything, the world may read"
+    /// (ZooKeeper's `CREATOR_ALL_ACL` plus `READ_ACL_UNSAFE`), so that no
+    /// other identity can delete a holder's node (ZooKeeper checks a delete
+    /// against the parent's ACL: the key node's) or queue under the key;
+    /// without credentials, open to all (`OPEN_ACL_UNSAFE`).
+    pub(crate) fn acls(&self) -> Acls<'static> {
+        /// `auth:` (the creating session's identities): all; `world:anyone`:
+        /// read.
+        static CREATOR_ALL_WORLD_READ: [Acl; 2] = [
+            Acl::new_const(Permission::ALL, "auth", ""),
+            Acl::new_const(Permission::READ, "world", "anyone"),
+        ];
+        if self.config.digest.is_some() {
+            Acls::new(&CREATOR_ALL_WORLD_READ)
+        } else {
+            Acls::anyone_all()
         }
     }
 

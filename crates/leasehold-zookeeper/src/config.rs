@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use leasehold_core::config::{self, BackendConfig, SharedConfig, apply_query};
+use leasehold_core::config::{self, BackendConfig, Secret, SharedConfig, apply_query};
 use leasehold_core::{Drift, LockError};
 
 use crate::ZkBackend;
@@ -49,6 +49,10 @@ pub struct ZkConfig {
     /// data of every contender node, shown by `inspect` and listings) and the
     /// drift allowance.
     pub shared: SharedConfig,
+    /// Digest credentials (`user`, password): every session authenticates
+    /// with them, and lock nodes get the ACL "creator may do anything, the
+    /// world may read" (see the crate docs, *Authentication and ACLs*).
+    pub(crate) digest: Option<(String, Secret)>,
 }
 
 impl Default for ZkConfig {
@@ -64,7 +68,25 @@ impl ZkConfig {
             hosts: hosts.into(),
             session_timeout: Duration::from_secs(10),
             shared: SharedConfig::default(),
+            digest: None,
         }
+    }
+
+    /// Authenticate every session with ZooKeeper's `digest` scheme as `user`
+    /// with `password`, and create lock nodes with the ACL "the creating
+    /// identity may do anything, the world may read": another client of the
+    /// ensemble (unauthenticated, or with other credentials) cannot delete a
+    /// holder's node or queue under this namespace. The password is kept as a
+    /// [`Secret`]: `Debug` prints `***`, and no error or log line of this
+    /// crate contains it.
+    pub fn digest_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some((user.into(), Secret::new(password)));
+        self
+    }
+
+    /// The digest user, when credentials are set.
+    pub fn user(&self) -> Option<&str> {
+        self.digest.as_ref().map(|(user, _)| user.as_str())
     }
 
     leasehold_core::shared_setters!();
@@ -127,9 +149,11 @@ impl BackendConfig for ZkConfig {
     /// name of `poll` (accepted, with a warning); the shared and locker
     /// options apply as on every scheme.
     ///
-    /// There is no authentication option: a URL with user information
-    /// (`zk://user:password@host`) is refused, and the error shows it only
-    /// as [`config::redact_url`] prints it.
+    /// User information is digest authentication:
+    /// `zk://user:password@h1:p1,h2:p2/namespace` (percent-encode `/`, `?`
+    /// and `%` in either; see [`ZkConfig::digest_auth`] for the ACLs it
+    /// brings). No error shows the password: a URL is shown only as
+    /// [`config::redact_url`] prints it.
     fn from_url(url: &str) -> Result<Self, LockError> {
         let Some(rest) = url
             .strip_prefix("zk://")
@@ -146,21 +170,35 @@ impl BackendConfig for ZkConfig {
                 None => "a ZooKeeper URL starts with zk://".to_owned(),
             }));
         };
-        if rest.contains('@') {
-            return Err(LockError::Config(format!(
-                "zk:// URLs carry no user information (digest authentication is not supported): {}",
-                config::redact_url(url)
-            )));
-        }
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (digest, rest) = match rest[..authority_end].rsplit_once('@') {
+            Some((info, _)) => {
+                let (user, password) = info.split_once(':').unwrap_or((info, ""));
+                let user = decode_userinfo(user, url)?;
+                if user.is_empty() {
+                    return Err(LockError::Config(format!(
+                        "a zk:// URL with user information needs a user name: {}",
+                        config::redact_url(url)
+                    )));
+                }
+                let digest = (user, Secret::new(decode_userinfo(password, url)?));
+                (Some(digest), &rest[info.len() + 1..])
+            }
+            None => (None, rest),
+        };
         let (hosts, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, ""),
         };
         if hosts.is_empty() || hosts.split(',').any(|h| h.trim().is_empty()) {
-            return Err(LockError::Config(format!("{url:?} names no host")));
+            return Err(LockError::Config(format!(
+                "{} names no host",
+                config::redact_url(url)
+            )));
         }
         let mut parsed = ZkConfig::new(hosts);
+        parsed.digest = digest;
         if !path.is_empty() && path != "/" {
             parsed = parsed.namespace(path.trim_end_matches('/'));
         }
@@ -212,6 +250,20 @@ impl BackendConfig for ZkConfig {
     }
 }
 
+/// Percent-decodes a user name or password of `url`; a bad escape is a
+/// `Config` error that shows the URL only redacted.
+fn decode_userinfo(text: &str, url: &str) -> Result<String, LockError> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| {
+            LockError::Config(format!(
+                "the user information of {} is not UTF-8 once percent-decoded",
+                config::redact_url(url)
+            ))
+        })
+}
+
 fn valid_segment(segment: &str) -> bool {
     segment.chars().all(|c| {
         let u = u32::from(c);
@@ -247,7 +299,8 @@ mod tests {
             "zk://a:1?timeout=250",
             "zk://a:1?sesion_timeout=2s",
             "zk://a:1?drift_factor=1.5",
-            "zk://u:S3cret@a:1",
+            "zk://:S3cret@a:1",
+            "zk://u:S3cret@/ns",
         ] {
             assert!(
                 matches!(ZkConfig::from_url(url), Err(LockError::Config(_))),
@@ -279,13 +332,25 @@ mod tests {
     }
 
     #[test]
-    fn user_information_is_refused_without_showing_the_password() {
-        let error = ZkConfig::from_url("zk://app:S3ntinel@a:1/ns").unwrap_err();
-        let shown = format!("{error} {error:?}");
-        assert!(!shown.contains("S3ntinel"), "{shown}");
-        let error = ZkConfig::from_url("zk://app:S3nt/inel@a:1").unwrap_err();
-        let shown = format!("{error} {error:?}");
-        assert!(!shown.contains("S3nt"), "{shown}");
+    fn user_information_is_digest_auth_and_the_password_never_shows() {
+        let parsed = ZkConfig::from_url("zk://app:S3nt%2Finel%3F@a:1,b:2/ns?timeout=2s").unwrap();
+        assert_eq!(parsed.hosts, "a:1,b:2");
+        assert_eq!(parsed.namespace_path().unwrap(), "/ns");
+        assert_eq!(parsed.user(), Some("app"));
+        let (_, password) = parsed.digest.as_ref().unwrap();
+        assert_eq!(password.expose(), "S3nt/inel?");
+        assert!(!format!("{parsed:?}").contains("S3nt"));
+        for url in [
+            "zk://:S3ntinel@a:1/ns",
+            "zk://app:S3ntinel@/ns",
+            "zk://app:S3%ffntinel@a:1",
+        ] {
+            let error = ZkConfig::from_url(url).unwrap_err();
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains("S3"), "{shown}");
+        }
+        let error = ZkConfig::from_url("zk://app:S3ntinel@a:1?nope=1").unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("S3ntinel"));
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub(crate) fn map(error: ZkError) -> LockError {
             retryable: true,
             source: Box::new(error),
         },
+        ZkError::NoAuth => LockError::backend(
+            NAME,
+            "ZooKeeper refused the change (NoAuth): the lock nodes' ACL admits only the \
+             identity that created them; connect with the same digest user and password",
+        ),
+        ZkError::AuthFailed => {
+            LockError::Config("ZooKeeper refused the session's credentials (AuthFailed)".into())
+        }
         other => LockError::backend(NAME, other),
     }
 }

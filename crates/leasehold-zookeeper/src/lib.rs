@@ -132,8 +132,9 @@
 //!   `jute.maxbuffer` (1 MB by default, some 10,000 keys of 100 bytes); past
 //!   that, split locks over several namespaces.
 //! - `force_release` deletes the head contender, checked against the version
-//!   read with it, from a session of its own (any session may delete
-//!   another's ephemeral node). The next contender's watch fires and it holds
+//!   read with it, from a session of its own (any session whose identity
+//!   the key node's ACL admits may delete another's ephemeral node: with
+//!   digest credentials, the same user and password; see below). The next contender's watch fires and it holds
 //!   the lock with its own, higher czxid; with nobody queued, the next
 //!   acquisition's node has a newer one. The evicted holder's next extend
 //!   finds its node gone and is `Lost`, so its guard's `lost()` fires at its
@@ -141,6 +142,52 @@
 //!   the session lives on for its other locks and the backend watches
 //!   sessions, not its own nodes. If the head leaves by itself before the
 //!   delete, the call evicts nobody and says `None`.
+//!
+//! ## Authentication and ACLs
+//! `zk://user:password@h1:p1,h2:p2/namespace` (or [`ZkConfig::digest_auth`])
+//! authenticates every session of the backend with ZooKeeper's `digest`
+//! scheme, and every node the backend creates (the namespace path, the key
+//! nodes, the contender nodes) gets the ACL *creator: all, world: read*
+//! (ZooKeeper's `CREATOR_ALL_ACL` plus `READ_ACL_UNSAFE`). ZooKeeper checks a
+//! delete against the parent's ACL, so only sessions authenticated as the
+//! same user with the same password can delete a holder's node or queue
+//! under the key; any other client of the ensemble (unauthenticated, another
+//! user, a wrong password) gets `NoAuth`, while tools can still read and list
+//! (`tests/acl.rs`).
+//!
+//! | part | meaning |
+//! |---|---|
+//! | `user:password@` | digest identity of every session (percent-encode `/`, `?`, `%`); nodes are creator-only |
+//! | no user information | nodes open to all (`OPEN_ACL_UNSAFE`), as before |
+//!
+//! - All processes of one application use the same identity: they contend
+//!   with each other as before. A second application with another identity
+//!   needs its own namespace (it cannot create key nodes under a namespace
+//!   node the first one created).
+//! - `force_release` (and `leasehold release --force`) needs the same
+//!   identity as the holders (the application's user and password), or a
+//!   ZooKeeper super user (`zookeeper.DigestAuthenticationProvider.superDigest`,
+//!   which bypasses ACLs; not exercised by the tests here);
+//!   with another identity it fails with a `Backend` error saying `NoAuth`
+//!   and evicts nobody.
+//! - The ACL is set when a node is created. Nodes made earlier without
+//!   credentials stay open: a key node goes once its queue is empty (it is a
+//!   container), but a namespace node made open stays open; a namespace node
+//!   made by an authenticated backend refuses backends without credentials
+//!   (`NoAuth`).
+//! - [`ZkBackend::from_client`] uses the caller's client as it is: set its
+//!   authentication yourself ([`Connector::with_auth`](zookeeper_client::Connector::with_auth))
+//!   when the config carries credentials.
+//! - The password is a [`Secret`](leasehold_core::config::Secret): `Debug`
+//!   prints `***`, and no error or log line contains it.
+//!
+//! ## TLS
+//! Not supported yet: `zookeeper-client`'s `tls` feature turns on rustls's
+//! default `aws_lc_rs` provider next to the `ring` one the other backends
+//! use, and rustls then has no process default, which breaks every client
+//! (Redis's included) that builds its TLS config with
+//! `ClientConfig::builder()`. Reach a TLS-only ensemble through a local TLS
+//! tunnel meanwhile.
 //!
 //! ## Limits
 //! - Every store call is bounded by the `timeout` option; a paused

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leasehold_core::{Attempts, Key, Lease, LockError, OwnerToken, WaitPolicy};
 use tokio::time::Instant;
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
 
 use crate::NAME;
 use crate::backend::Held;
@@ -41,7 +41,7 @@ impl ZkBackend {
         let client = &session.client;
         let key_path = self.key_path(key);
         let prefix = format!("{key_path}/{}", contender_prefix(owner));
-        let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let options = CreateMode::EphemeralSequential.with_acls(self.acls());
         for _ in 0..5 {
             // The node's data is the holder label, for inspect and listings.
             let created = client.create(&prefix, self.holder.as_bytes(), &options);
@@ -86,11 +86,11 @@ impl ZkBackend {
     }
 
     async fn make_key_node(&self, client: &Client, key_path: &str) -> Result<(), LockError> {
-        let container = CreateMode::Container.with_acls(Acls::anyone_all());
+        let container = CreateMode::Container.with_acls(self.acls());
         match self.call(client.create(key_path, &[], &container)).await? {
             Ok(_) | Err(ZkError::NodeExists) => Ok(()),
             Err(ZkError::NoNode) => {
-                let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+                let persistent = CreateMode::Persistent.with_acls(self.acls());
                 self.call(client.mkdir(&self.namespace, &persistent))
                     .await?
                     .map_err(map)?;

@@ -326,9 +326,12 @@ async fn probe_min(options: &ZkConfig) -> Option<Duration> {
 /// Connects a client with a session of `timeout`, bounded by the operation
 /// timeout.
 pub(crate) async fn connect(options: &ZkConfig, timeout: Duration) -> Result<Client, LockError> {
-    let connecting = Client::connector()
-        .with_session_timeout(timeout)
-        .connect(&options.hosts);
+    let mut connector = Client::connector().with_session_timeout(timeout);
+    if let Some((user, password)) = &options.digest {
+        let credentials = format!("{user}:{}", password.expose());
+        connector = connector.with_auth("digest", credentials.as_bytes());
+    }
+    let connecting = connector.connect(&options.hosts);
     match tokio::time::timeout(options.timeout_value(), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(LockError::unavailable(NAME, error)),

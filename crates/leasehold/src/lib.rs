@@ -22,7 +22,7 @@
 //! | `redis+sentinel://s1,s2,s3/master` | `redis` | the master the sentinels name, followed across failovers (`min_replicas=N` for grants that survive one) |
 //! | `redis+cluster://n1:p1,n2:p2,n3:p3` | `redis` | Redis Cluster: each lock on its key's slot |
 //! | `redlock://h1:p1,h2:p2,h3:p3` | `redlock` | Redlock over N independent Redis servers |
-//! | `etcd://h1:p1,h2:p2` | `etcd` | etcd cluster (sessions, FIFO) |
+//! | `etcd://h1:p1,h2:p2`, `etcds://..?ca=..&cert=..&key=..` | `etcd` | etcd cluster (sessions, FIFO; TLS with a private CA, mTLS) |
 //! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
 //! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+ or MariaDB; CI runs MariaDB 10.11) |
@@ -240,7 +240,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
     let feature = match scheme {
         "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Some("redis"),
         "redlock" => Some("redlock"),
-        "etcd" => Some("etcd"),
+        "etcd" | "etcds" => Some("etcd"),
         "zk" | "zookeeper" => Some("zookeeper"),
         "postgres" | "postgresql" => Some("postgres"),
         "mysql" | "mariadb" => Some("mysql"),
@@ -297,10 +297,28 @@ mod tests {
         }
     }
 
+    /// `etcds://` reaches the etcd backend with TLS compiled in: a missing
+    /// CA file is the `Config` error naming it, not "TLS needs a feature".
+    #[cfg(feature = "etcd")]
+    #[tokio::test]
+    async fn etcds_urls_take_the_tls_files() {
+        let error = connect("etcds://root:pw@127.0.0.1:1?ca=/nonexistent/leasehold-ca.pem")
+            .await
+            .unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            matches!(error, LockError::Config(_))
+                && shown.contains("`ca`")
+                && shown.contains("/nonexistent/leasehold-ca.pem"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn a_scheme_whose_feature_is_off_names_the_feature() {
         for (scheme, feature) in [
             ("etcd", "etcd"),
+            ("etcds", "etcd"),
             ("zk", "zookeeper"),
             ("postgres", "postgres"),
             ("mysql", "mysql"),
