@@ -23,7 +23,7 @@
 //! | `redis+cluster://n1:p1,n2:p2,n3:p3` | `redis` | Redis Cluster: each lock on its key's slot |
 //! | `redlock://h1:p1,h2:p2,h3:p3` | `redlock` | Redlock over N independent Redis servers |
 //! | `etcd://h1:p1,h2:p2`, `etcds://..?ca=..&cert=..&key=..` | `etcd` | etcd cluster (sessions, FIFO; TLS with a private CA, mTLS) |
-//! | `zk://h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO) |
+//! | `zk://[user:password@]h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO); with credentials, digest auth and creator-only ACLs on lock nodes |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
 //! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+ or MariaDB; CI runs MariaDB 10.11) |
 //! | `dynamodb://table?region=..&endpoint=..` | `dynamodb` | DynamoDB table (conditional writes) |
