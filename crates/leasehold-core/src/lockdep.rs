@@ -43,8 +43,9 @@ pub enum LockOrder {
     Off,
     /// Learns orders; an inverted acquisition logs a warning (once per pair
     /// of classes) and counts in `leasehold_order_inversions_total`, then
-    /// proceeds. The default: a mutex lookup per waiting acquisition made
-    /// while the task holds other keys of the locker, nothing otherwise.
+    /// proceeds. The default: it costs no store call, only a lookup of what
+    /// the task holds per waiting acquisition, and one of the learned orders
+    /// per key it holds.
     #[default]
     Warn,
     /// As `Warn`, and the inverted acquisition fails with
