@@ -181,22 +181,27 @@ pub(crate) fn graph(
     found: &[Found],
     holder_of: &HashMap<String, Option<LockInfo>>,
 ) -> Vec<Option<Edge>> {
+    // Who records holding what, by key digest: one pass, not one per waiter.
+    let mut holders: HashMap<u64, Vec<(usize, &WaitRef, u64)>> = HashMap::new();
+    for (at, holding) in found.iter().enumerate() {
+        for (held, token) in &holding.waiter.holds {
+            holders
+                .entry(held.digest())
+                .or_default()
+                .push((at, held, token.get()));
+        }
+    }
     found
         .iter()
         .map(|waiting| {
             let wants = &waiting.waiter.wants;
             // None: not looked up (a digest); Some(None): free.
             let current = wants.key().and_then(|key| holder_of.get(key));
-            found.iter().enumerate().find_map(|(to, holding)| {
-                if holding.waiter.id == waiting.waiter.id {
+            let candidates = holders.get(&wants.digest())?;
+            candidates.iter().find_map(|&(to, held, token)| {
+                if found[to].waiter.id == waiting.waiter.id || !held.same_key(wants) {
                     return None;
                 }
-                let (_, token) = holding
-                    .waiter
-                    .holds
-                    .iter()
-                    .find(|(held, _)| held.same_key(wants))?;
-                let token = token.get();
                 let store_token = current.map(|info| info.as_ref().map(|i| i.fencing_token));
                 match store_token {
                     Some(None) => None,
