@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::TryStreamExt;
+use leasehold::waits::WAITS_PREFIX;
 use leasehold::{Admin, HeldLock, Key, ListQuery, LockBackend, LockError, LockInfo, Options};
 use serde_json::json;
 use tokio::time::Instant;
@@ -16,7 +17,7 @@ use crate::render::{Out, held_for, human};
 use crate::{Failure, ListArgs};
 
 /// The backend named by `url`, connected within `timeout`.
-async fn connect(url: &str, timeout: Duration) -> Result<Arc<dyn LockBackend>, Failure> {
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Arc<dyn LockBackend>, Failure> {
     match tokio::time::timeout(timeout, leasehold::open(url, Options::new())).await {
         Ok(opened) => Ok(opened?.0),
         Err(_) => Err(Failure::Store(LockError::unavailable(
@@ -85,6 +86,11 @@ pub(crate) async fn list(
 /// Whether `held` passes `list`'s filters. A lock whose store does not say
 /// when it was taken never passes `--older-than`.
 fn wanted(args: &ListArgs, held: &HeldLock, now: SystemTime) -> bool {
+    // The waiters registry's entries are not locks anyone asked for: shown
+    // only when the prefix asks for them (`top` and `deadlocks` read them).
+    if held.key.starts_with(WAITS_PREFIX) && !args.prefix.starts_with(WAITS_PREFIX) {
+        return false;
+    }
     let old_enough = args
         .older_than
         .is_none_or(|age| held_for(&held.info, now).is_some_and(|held| held >= age));
@@ -99,7 +105,7 @@ fn wanted(args: &ListArgs, held: &HeldLock, now: SystemTime) -> bool {
 
 /// The key's class: up to and including its first `:` (`payment:`), or the
 /// whole key.
-fn pattern_of(key: &str) -> &str {
+pub(crate) fn pattern_of(key: &str) -> &str {
     key.find(':').map_or(key, |at| &key[..=at])
 }
 

@@ -8,6 +8,8 @@
 //! leasehold release --force payment:user:123 --reason "stuck since 03:00, INC-42"
 //! leasehold health
 //! leasehold watch payment:user:123
+//! leasehold top
+//! leasehold deadlocks
 //! ```
 //!
 //! The store comes from `--url` or `LEASEHOLD_URL` (every scheme this build
@@ -23,9 +25,11 @@
 //! | 2 | usage or configuration error (bad URL, option, missing reason) |
 //! | 3 | `health`: unhealthy (unreachable, paused, or a safety finding) |
 //! | 4 | `release --force` was not confirmed |
+//! | 5 | `deadlocks`: at least one cycle of waiting tasks was found |
 
 mod commands;
 mod render;
+mod waits;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -83,6 +87,22 @@ enum Command {
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         every: Duration,
     },
+    /// Key classes ranked by waiting tasks and wait time, across every
+    /// process that records its waits in this store, refreshed live.
+    Top {
+        /// How often to refresh.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        every: Duration,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Show at most this many classes.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Find tasks waiting for each other in a cycle (deadlocks) across
+    /// processes; prints each cycle with its keys' tokens. Exit 5 if any.
+    Deadlocks,
 }
 
 /// `leasehold list` options.
@@ -124,6 +144,8 @@ pub(crate) enum Failure {
     Unhealthy,
     /// A force release was not confirmed (4).
     NotConfirmed,
+    /// `deadlocks` found a cycle (5).
+    Deadlocked,
 }
 
 impl From<LockError> for Failure {
@@ -144,6 +166,7 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Unhealthy => 3,
             Failure::NotConfirmed => 4,
+            Failure::Deadlocked => 5,
         }
     }
 
@@ -151,7 +174,7 @@ impl Failure {
         match self {
             Failure::Store(error) => Some(error.to_string()),
             Failure::Usage(message) => Some(message.clone()),
-            Failure::Unhealthy => None,
+            Failure::Unhealthy | Failure::Deadlocked => None,
             Failure::NotConfirmed => Some("not confirmed: nothing was released".into()),
         }
     }
@@ -214,5 +237,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch { key, every } => {
             commands::watch(&url, cli.timeout, &key, every, &out).await
         }
+        Command::Top { every, once, limit } => {
+            waits::top(&url, cli.timeout, every, once, limit, &out).await
+        }
+        Command::Deadlocks => waits::deadlocks(&url, cli.timeout, &out).await,
     }
 }

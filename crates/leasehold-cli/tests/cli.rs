@@ -3,39 +3,11 @@
 //! health, a paused store) against real stores in containers, with the lock
 //! held by this test process and the binary run as a separate process.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
-use tokio::process::Command;
-
-/// What one run of the binary printed, and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `leasehold args...` with `LEASEHOLD_URL` set to `url` (or unset),
-/// stdin closed, and gives it 60 s to end (a hang fails the test).
-async fn leasehold(url: Option<&str>, args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    command
-        .env_remove("LEASEHOLD_URL")
-        .args(args)
-        .stdin(Stdio::null());
-    if let Some(url) = url {
-        command.env("LEASEHOLD_URL", url);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("leasehold {args:?} did not end within 60 s"))
-        .expect("run the leasehold binary");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use common::{Run, leasehold};
 
 /// Checks the exit code and that stderr is one `leasehold: error:` line.
 fn assert_fails(run: &Run, code: i32, mentions: &str) {

@@ -72,6 +72,23 @@ pub enum LockError {
         /// The key.
         key: String,
     },
+    /// Under [`LockOrder::Strict`](crate::LockOrder::Strict): the calling task
+    /// holds `held` and asked for `key`, whose key classes another task took
+    /// the other way round; two such tasks can deadlock. Refused before the
+    /// store was asked. Not retryable: the code's lock order must change.
+    #[error(
+        "{backend}: taking {key:?} while holding {held:?} inverts the lock order learned earlier ({learned})"
+    )]
+    OrderInversion {
+        /// Backend name.
+        backend: &'static str,
+        /// The key asked for.
+        key: String,
+        /// The key held that inverts the order.
+        held: String,
+        /// The order learned and where, and this acquisition's site.
+        learned: String,
+    },
     /// The key broke one of the key rules.
     #[error("invalid lock key: {0}")]
     InvalidKey(#[from] KeyRule),
@@ -186,6 +203,7 @@ impl LockError {
             LockError::Lost { .. } => "lost",
             LockError::NotHeld { .. } => "not_held",
             LockError::AlreadyHeld { .. } => "already_held",
+            LockError::OrderInversion { .. } => "order_inversion",
             LockError::InvalidKey(_) => "invalid_key",
             LockError::InvalidTtl { .. } => "invalid_ttl",
             LockError::Config(_) => "config",

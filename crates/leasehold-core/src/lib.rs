@@ -33,7 +33,8 @@
 //! - Metrics use the names `leasehold_acquire_total{backend,outcome}`,
 //!   `leasehold_acquire_seconds`, `leasehold_hold_seconds`, `leasehold_held`,
 //!   `leasehold_extend_total{outcome}`, `leasehold_lost_total`,
-//!   `leasehold_release_total{outcome}` and `leasehold_waiters`.
+//!   `leasehold_release_total{outcome}`, `leasehold_waiters` and
+//!   `leasehold_order_inversions_total`.
 #![warn(missing_docs)]
 
 mod admin;
@@ -53,6 +54,7 @@ mod layer;
 mod lease;
 mod listing;
 mod lock_options;
+mod lockdep;
 mod locker;
 mod memory;
 mod metrics;
@@ -63,6 +65,7 @@ pub mod testing;
 mod token;
 mod ttl;
 mod wait;
+pub mod waits;
 mod watchdog;
 
 pub use admin::{Admin, Evicted};
@@ -85,6 +88,7 @@ pub use layer::{Layer, Timeout, TimeoutLayer, Traced, TracingLayer};
 pub use lease::{Lease, LockInfo, LostReason};
 pub use listing::{HeldLock, ListPage, ListQuery};
 pub use lock_options::LockOptions;
+pub use lockdep::{LockOrder, MAX_CLASSES, MAX_ORDERS};
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
 pub use rw::{RwLock, Semaphore};

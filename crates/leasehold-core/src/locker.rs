@@ -2,6 +2,7 @@
 //! Guards live in `guard.rs`, the renewal engine in `watchdog.rs`.
 
 use std::future::Future;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +18,13 @@ use crate::key::{IntoKey, Key};
 use crate::kind::{LockFamily, LockKind};
 use crate::lease::Lease;
 use crate::lock_options::LockOptions;
+use crate::lockdep::{LockOrder, Lockdep};
 use crate::metrics;
 use crate::rw::{RwLock, Semaphore};
 use crate::token::FencingToken;
 use crate::ttl::TtlPolicy;
 use crate::wait::{Attempts, WaitPolicy};
+use crate::waits;
 use crate::watchdog::Watchdogs;
 
 /// A cheap-to-clone handle over a backend plus its policies; hands out
@@ -59,6 +62,9 @@ struct LockerInner {
     held: Arc<HeldKeys>,
     /// The `backend` and `locker` labels of this locker's metrics.
     meter: metrics::Meter,
+    // Deadlock tooling (waits.rs, lockdep.rs).
+    record_waits: bool,
+    lockdep: Lockdep,
 }
 
 /// Builds a [`Locker`].
@@ -69,6 +75,10 @@ pub struct LockerBuilder {
     wait: WaitPolicy,
     auto_extend: bool,
     name: Arc<str>,
+    // Deadlock tooling (waits.rs, lockdep.rs).
+    record_waits: bool,
+    lock_order: LockOrder,
+    key_class: fn(&Key) -> &str,
 }
 
 impl LockerBuilder {
@@ -109,6 +119,27 @@ impl LockerBuilder {
         self.auto_extend = enabled;
         self
     }
+    /// Whether a wait for a held key is recorded in the store for
+    /// `leasehold top` and `leasehold deadlocks` (default true). Costs
+    /// nothing when the key is free; a wait costs one acquisition and one
+    /// release of an entry, and a renewal per third of the TTL while it
+    /// lasts (see [`waits`](crate::waits)).
+    pub fn record_waits(mut self, enabled: bool) -> Self {
+        self.record_waits = enabled;
+        self
+    }
+    /// What to do when a task takes key classes in an order that inverts
+    /// one learned earlier (default [`LockOrder::Warn`]).
+    pub fn lock_order(mut self, mode: LockOrder) -> Self {
+        self.lock_order = mode;
+        self
+    }
+    /// The class of a key for the lock-order check (default
+    /// [`Key::default_class`]: the key up to its first `:`).
+    pub fn key_class(mut self, class_of: fn(&Key) -> &str) -> Self {
+        self.key_class = class_of;
+        self
+    }
     /// The locker.
     pub fn build(self) -> Locker {
         metrics::describe();
@@ -122,6 +153,8 @@ impl LockerBuilder {
                 auto_extend: self.auto_extend,
                 watchdogs: Watchdogs::default(),
                 held: Arc::default(),
+                record_waits: self.record_waits,
+                lockdep: Lockdep::new(self.lock_order, self.key_class),
             }),
         }
     }
@@ -151,6 +184,9 @@ impl Locker {
             wait: WaitPolicy::default(),
             auto_extend: true,
             name: Arc::from("default"),
+            record_waits: true,
+            lock_order: LockOrder::default(),
+            key_class: Key::default_class,
         }
     }
 
@@ -204,26 +240,51 @@ impl Locker {
 
     /// Waits up to the wait policy's deadline; gives [`LockError::WaitTimedOut`]
     /// after it.
-    pub async fn lock(&self, key: impl IntoKey) -> Result<LockGuard, LockError> {
-        self.lock_with(key, &LockOptions::new()).await
+    #[track_caller]
+    pub fn lock(&self, key: impl IntoKey) -> impl Future<Output = Result<LockGuard, LockError>> {
+        let site = Location::caller();
+        async move { self.lock_at(key, &LockOptions::new(), site).await }
     }
 
     /// Waits up to `wait`.
-    pub async fn lock_within(
+    #[track_caller]
+    pub fn lock_within(
         &self,
         key: impl IntoKey,
         wait: Duration,
-    ) -> Result<LockGuard, LockError> {
-        self.lock_with(key, &LockOptions::new().wait(wait)).await
+    ) -> impl Future<Output = Result<LockGuard, LockError>> {
+        let site = Location::caller();
+        async move {
+            self.lock_at(key, &LockOptions::new().wait(wait), site)
+                .await
+        }
     }
 
     /// [`Locker::lock`] with this call's own TTL, wait and auto-extension.
-    pub async fn lock_with(
+    #[track_caller]
+    pub fn lock_with(
         &self,
         key: impl IntoKey,
         options: &LockOptions,
+    ) -> impl Future<Output = Result<LockGuard, LockError>> {
+        self.lock_at(key, options, Location::caller())
+    }
+
+    /// `lock_with` called at `site`: checks the lock order, then waits.
+    async fn lock_at(
+        &self,
+        key: impl IntoKey,
+        options: &LockOptions,
+        site: &'static Location<'static>,
     ) -> Result<LockGuard, LockError> {
         let key = key.into_key()?;
+        if self.inner.lockdep.enabled() {
+            let holds = self.inner.held.this_task_holds();
+            let holds = holds.iter().map(|(key, _)| key);
+            self.inner
+                .lockdep
+                .check(&key, holds, site, &self.inner.meter)?;
+        }
         let wait = self.wait_for(options);
         self.acquire_guard(key, LockKind::Exclusive, Some(wait), options)
             .await
@@ -273,6 +334,12 @@ impl Locker {
     pub fn semaphore(&self, key: impl IntoKey, permits: u32) -> Result<Semaphore, LockError> {
         let kind = LockKind::permit(permits)?;
         Ok(Semaphore::new(self.clone(), key.into_key()?, kind))
+    }
+
+    /// The lock-order check (for its tests).
+    #[cfg(test)]
+    pub(crate) fn lockdep(&self) -> &Lockdep {
+        &self.inner.lockdep
     }
 
     /// The wait policy of a call: the locker's, with the call's deadline.
@@ -342,12 +409,31 @@ impl Locker {
     /// then fails (the failure is logged and counted in
     /// `leasehold_release_total`, and the lease runs out on its own): an
     /// error there would invite a retry that runs the work twice.
-    pub async fn with_lock<F, Fut, T>(&self, key: impl IntoKey, work: F) -> Result<T, LockError>
+    #[track_caller]
+    pub fn with_lock<F, Fut, T>(
+        &self,
+        key: impl IntoKey,
+        work: F,
+    ) -> impl Future<Output = Result<T, LockError>>
     where
         F: FnOnce(FencingToken) -> Fut,
         Fut: Future<Output = T>,
     {
-        let guard = self.lock(key).await?;
+        let site = Location::caller();
+        async move { self.with_lock_at(key, work, site).await }
+    }
+
+    async fn with_lock_at<F, Fut, T>(
+        &self,
+        key: impl IntoKey,
+        work: F,
+        site: &'static Location<'static>,
+    ) -> Result<T, LockError>
+    where
+        F: FnOnce(FencingToken) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.lock_at(key, &LockOptions::new(), site).await?;
         let output = tokio::select! {
             output = work(guard.fencing_token()) => output,
             () = guard.lost() => {
@@ -400,7 +486,14 @@ impl Locker {
                 (None, kind) => backend.try_acquire_kind(&key, kind, ttl).await,
                 (Some(wait), kind) => {
                     let _waiting = metrics::Waiting::start(&self.inner.meter);
+                    // The waiters registry records mutex waits (what
+                    // `leasehold deadlocks` can follow); other kinds wait
+                    // unrecorded.
                     match kind {
+                        LockKind::Exclusive if self.inner.record_waits => {
+                            let holds = || self.inner.held.this_task_holds();
+                            waits::acquire_recorded(backend, &key, ttl, wait, holds).await
+                        }
                         LockKind::Exclusive => backend.acquire(&key, ttl, wait).await,
                         kind => backend.acquire_kind(&key, kind, ttl, wait).await,
                     }
@@ -443,7 +536,11 @@ impl Locker {
             .inner
             .watchdogs
             .watch(backend, meter, lease, ttl, auto_extend);
-        let holding = self.inner.held.register(family, key, watch.lost_token());
+        let token = watch.lease().fencing_token();
+        let holding = self
+            .inner
+            .held
+            .register(family, key, token, watch.lost_token());
         LockGuard::new(
             backend.clone(),
             meter.clone(),

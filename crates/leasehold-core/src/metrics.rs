@@ -16,6 +16,7 @@
 //! | `leasehold_renewal_margin_seconds` | histogram | | validity left when a successful renewal landed; a margin below the renewal latency means the next slow renewal loses the lease |
 //! | `leasehold_lost_total` | counter | `reason` | leases lost: `renewal_failed`, `taken_over`, `session_ended`, `expired` |
 //! | `leasehold_release_total` | counter | `outcome` | releases: `released`, `dropped` (background), or the error kind |
+//! | `leasehold_order_inversions_total` | counter | | acquisitions that took two key classes in the order opposite to one learned earlier: a deadlock waiting to happen (see `LockOrder`) |
 //!
 //! Two more have `backend` only, as they belong to no locker:
 //! `leasehold_force_release_total{evicted}` (operator evictions through
@@ -103,6 +104,12 @@ impl Meter {
             metrics::histogram!("leasehold_renewal_margin_seconds", "backend" => self.backend, "locker" => self.locker())
                 .record(margin);
         }
+    }
+
+    /// A task asked for a key in an order that inverts a learned one.
+    pub(crate) fn order_inversion(&self) {
+        metrics::counter!("leasehold_order_inversions_total", "backend" => self.backend, "locker" => self.locker())
+            .increment(1);
     }
 
     /// A guard's lease was lost.
@@ -214,6 +221,11 @@ pub(crate) fn describe() {
         "leasehold_force_release_total",
         Unit::Count,
         "Keys forced free by an operator (leasehold release --force, Admin::force_release); evicted says whether someone held the key."
+    );
+    metrics::describe_counter!(
+        "leasehold_order_inversions_total",
+        Unit::Count,
+        "Waiting acquisitions that took two key classes in the order opposite to one learned earlier in this process: two such tasks can deadlock."
     );
     metrics::describe_gauge!(
         "leasehold_circuit_open",

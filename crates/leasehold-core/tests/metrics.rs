@@ -256,12 +256,25 @@ async fn locker_emits_the_documented_metrics() {
     assert_eq!(readings.value("leasehold_acquire_total", &read), 1.0);
     reader.release().await.unwrap();
 
+    // A task takes two key classes in the order opposite to one learned:
+    // counted, before any deadlock.
+    let x = locker.lock("order-x:1").await.unwrap();
+    let y = locker.lock("order-y:1").await.unwrap();
+    drop((y, x));
+    let y = locker.lock("order-y:2").await.unwrap();
+    let x = locker.lock("order-x:2").await.unwrap();
+    drop((x, y));
+    assert_eq!(
+        readings.value("leasehold_order_inversions_total", memory),
+        1.0
+    );
+
     // Every metric has the labels the alert rules and dashboard use, and
     // HELP text.
     let locker_labels = ["backend", "locker"];
     let with_outcome = ["backend", "locker", "outcome"];
     let with_kind = ["backend", "kind", "locker", "outcome"];
-    let metrics: [(&str, &[&str]); 12] = [
+    let metrics: [(&str, &[&str]); 13] = [
         ("leasehold_acquire_total", &with_kind),
         ("leasehold_acquire_seconds", &with_kind),
         ("leasehold_held", &locker_labels),
@@ -274,6 +287,7 @@ async fn locker_emits_the_documented_metrics() {
         ("leasehold_release_total", &with_outcome),
         ("leasehold_force_release_total", &["backend", "evicted"]),
         ("leasehold_circuit_open", &["backend"]),
+        ("leasehold_order_inversions_total", &locker_labels),
     ];
     for (name, labels) in metrics {
         readings.assert_labels(name, labels);
