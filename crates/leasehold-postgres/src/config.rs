@@ -287,6 +287,7 @@ impl PostgresConfig {
             own,
         )?;
         config.shared = shared;
+        crate::tls::check(&mut rest)?;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
