@@ -62,7 +62,10 @@ impl DynamoDbBackend {
     /// Uses an existing SDK client. Its timeouts and retries are replaced by
     /// `config`'s operation timeout (no SDK retries), so every call stays
     /// bounded; region, endpoint and credentials set in `config` override
-    /// its own. Cancel safe, as [`DynamoDbBackend::connect_with`].
+    /// its own. The client keeps its HTTP client if it has one: then a `ca`
+    /// in `config` is a [`LockError::Config`] (it could not be applied);
+    /// without one it gets leasehold's, with the `ca`. Cancel safe, as
+    /// [`DynamoDbBackend::connect_with`].
     pub async fn connect_with_client(
         config: DynamoDbConfig,
         client: Client,

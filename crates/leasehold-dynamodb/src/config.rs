@@ -1,12 +1,16 @@
 //! [`DynamoDbConfig`]: the table, the AWS overrides and the shared settings,
 //! from a `dynamodb://` URL or built in code.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use leasehold_core::config::{
     self, BackendConfig, MAX_DURATION, Secret, SharedConfig, apply_query, redact_url,
 };
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::DynamoDbBackend;
 
@@ -47,6 +51,7 @@ pub struct DynamoDbConfig {
     pub(crate) partition_key: String,
     pub(crate) region: Option<String>,
     pub(crate) endpoint: Option<String>,
+    pub(crate) ca: Option<PathBuf>,
     pub(crate) credentials: Option<(String, Secret)>,
     pub(crate) clock: SharedClock,
     pub(crate) durable: bool,
@@ -65,6 +70,7 @@ impl DynamoDbConfig {
             partition_key: DEFAULT_PARTITION_KEY.into(),
             region: None,
             endpoint: None,
+            ca: None,
             credentials: None,
             clock: system_clock(),
             durable: true,
@@ -102,6 +108,18 @@ impl DynamoDbConfig {
     /// The endpoint URL (a local DynamoDB or stand-in), overriding the chain.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// A PEM bundle of CA certificates to trust for HTTPS besides the
+    /// system's roots (option `ca`): for a private endpoint whose
+    /// certificate a private CA signed. The file is read when connecting
+    /// (when a URL is parsed too); a file that cannot be read or holds no
+    /// usable certificate is a [`LockError::Config`] naming it, and so is a
+    /// CA with a plain `http://` endpoint. It serves the AWS configuration
+    /// chain's own calls (STS, SSO, instance metadata) as well.
+    pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(path.into());
         self
     }
 
@@ -164,6 +182,23 @@ impl DynamoDbConfig {
         self.shared.drift.unwrap_or_default()
     }
 
+    /// The `ca` bundle's bytes, checked (`None` without one): every
+    /// certificate in it parses and can serve as a trust anchor, so the HTTP
+    /// client never meets a bad one (it would panic).
+    pub(crate) fn ca_bundle(&self) -> Result<Option<Vec<u8>>, LockError> {
+        let Some(path) = &self.ca else {
+            return Ok(None);
+        };
+        if let Some(endpoint) = self.endpoint.as_deref()
+            && endpoint.starts_with("http://")
+        {
+            return Err(LockError::Config(format!(
+                "dynamodb option `ca` is for HTTPS, but the endpoint is {endpoint:?}"
+            )));
+        }
+        read_ca_bundle(path).map(Some)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), LockError> {
         if self.table.len() < 3 || self.table.len() > 255 {
             return Err(LockError::Config(format!(
@@ -209,6 +244,10 @@ impl DynamoDbConfig {
         match name {
             "region" => self.region = Some(value.to_owned()),
             "endpoint" => self.endpoint = Some(value.to_owned()),
+            "ca" if value.is_empty() => {
+                return Err(config::invalid(name, value, "needs a file path"));
+            }
+            "ca" => self.ca = Some(PathBuf::from(value)),
             "partition_key" => self.partition_key = value.to_owned(),
             "durable" => self.durable = config::boolean(name, value)?,
             "create_table" => self.create_table = config::boolean(name, value)?,
@@ -234,11 +273,13 @@ impl BackendConfig for DynamoDbConfig {
 
     const SCHEMES: &'static [&'static str] = &["dynamodb"];
 
-    /// Besides the shared names: `region`, `endpoint`, `partition_key`,
-    /// `durable`, `create_table`, and `timeout_ms` (deprecated: `timeout`).
+    /// Besides the shared names: `region`, `endpoint`, `ca`,
+    /// `partition_key`, `durable`, `create_table`, and `timeout_ms`
+    /// (deprecated: `timeout`).
     const OPTIONS: &'static [&'static str] = &[
         "region",
         "endpoint",
+        "ca",
         "partition_key",
         "durable",
         "create_table",
@@ -251,7 +292,11 @@ impl BackendConfig for DynamoDbConfig {
     /// duration such as `2s` or `750ms`, `poll` (a waiter re-checks at least
     /// this often), `holder`, `drift_factor`, `drift_fixed`), the locker's
     /// (`ttl`, `wait`, ...: left to the locker), and `region`, `endpoint`
-    /// (for example `http://127.0.0.1:8000`), `partition_key`, `durable`
+    /// (for example `http://127.0.0.1:8000`), `ca` (the path of a PEM
+    /// bundle of CA certificates to trust for HTTPS besides the system's
+    /// roots, for a private endpoint: [`DynamoDbConfig::ca`]; read and
+    /// checked here, so a missing or unusable file is a
+    /// [`LockError::Config`] naming the option and the path), `partition_key`, `durable`
     /// (`true`/`false`: whether the store keeps data across restarts, default
     /// `true`), `create_table` (`true`: create the table at connect if
     /// missing), `timeout_ms` (deprecated: the timeout in whole
@@ -312,6 +357,7 @@ impl BackendConfig for DynamoDbConfig {
             shared.timeout = timeout_ms;
         }
         config.shared = shared;
+        config.ca_bundle()?;
         Ok(config)
     }
 
@@ -327,6 +373,27 @@ impl BackendConfig for DynamoDbConfig {
     async fn connect(self) -> Result<DynamoDbBackend, LockError> {
         DynamoDbBackend::connect_with(self).await
     }
+}
+
+/// Reads the PEM bundle of option `ca`. Errors name the option and the
+/// path, not the contents.
+fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, LockError> {
+    let bad =
+        |why: String| LockError::Config(format!("dynamodb option `ca`: {}: {why}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("is not valid PEM".into()))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("holds a certificate unfit to trust ({e})")))?;
+    }
+    Ok(bytes)
 }
 
 /// `url` for error messages: [`redact_url`], and the whole user information
@@ -519,6 +586,52 @@ mod tests {
         }
         let config = DynamoDbConfig::new("locks").credentials("AK", sentinel);
         assert!(!format!("{config:?}").contains(sentinel));
+    }
+
+    /// `ca`: a missing file, a file without certificates, one whose PEM is
+    /// broken, an empty path and a CA for a plain-HTTP endpoint are Config
+    /// errors naming the option (and the path), never the contents.
+    #[test]
+    fn a_ca_bundle_that_cannot_serve_is_a_config_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("leasehold-ddb-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate: s3cr3t").unwrap();
+        let broken = dir.join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!s3cr3t!!\n").unwrap();
+        let missing = dir.join("missing.pem");
+        for (path, why) in [
+            (&missing, "cannot read it"),
+            (&garbage, "holds no PEM certificate"),
+            (&broken, "is not valid PEM"),
+        ] {
+            let url = format!("dynamodb://locks?ca={}", path.display());
+            match DynamoDbConfig::from_url(&url) {
+                Err(LockError::Config(message)) => assert!(
+                    message.contains("`ca`")
+                        && message.contains(&path.display().to_string())
+                        && message.contains(why)
+                        && !message.contains("s3cr3t"),
+                    "{url}: {message}"
+                ),
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+        for url in [
+            "dynamodb://locks?ca=".to_owned(),
+            format!(
+                "dynamodb://locks?endpoint=http://127.0.0.1:8000&ca={}",
+                garbage.display()
+            ),
+        ] {
+            match DynamoDbConfig::from_url(&url) {
+                Err(LockError::Config(message)) => {
+                    assert!(message.contains("ca"), "{url}: {message}")
+                }
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -101,6 +101,22 @@
 //! [`DynamoDbConfig`] built in code; [`DynamoDbBackend::connect_with_client`]
 //! wraps an SDK client you already have.
 //!
+//! ## TLS
+//! Endpoints are reached over HTTPS with rustls (on `ring`; no OpenSSL),
+//! trusting the system's root certificates. A private endpoint (a VPC
+//! endpoint behind a corporate proxy, an on-premises DynamoDB-compatible
+//! store) whose certificate a private CA signed needs option `ca=<path>`
+//! ([`DynamoDbConfig::ca`]): a PEM bundle of CA certificates trusted
+//! besides the system's roots, for the DynamoDB calls and the AWS
+//! configuration chain's own. The file is read and checked when the URL is
+//! parsed: missing, unreadable, or without a usable certificate, it is a
+//! `LockError::Config` naming the option and the path; so is `ca` with a
+//! plain `http://` endpoint, and with a client given to
+//! [`DynamoDbBackend::connect_with_client`] that brings its own HTTP client
+//! (give that client the CA instead). An endpoint whose certificate no
+//! trusted CA signed, or that names another host, refuses the handshake:
+//! `LockError::Unavailable`.
+//!
 //! ## Layout
 //! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the thin
 //! [`LockBackend`](leasehold_core::LockBackend) impl), `lease.rs` (the

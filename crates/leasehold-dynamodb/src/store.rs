@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TableStatus,
 };
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use leasehold_core::config::Secret;
 use leasehold_core::{Attempts, Key, LockError, WaitPolicy, with_timeout};
 
@@ -45,12 +45,20 @@ impl Store {
         client: Option<Client>,
     ) -> Result<Store, LockError> {
         config.validate()?;
-        let client = match client {
-            Some(client) => client,
-            None => Client::new(&load_chain(config).await),
+        let ca = config.ca_bundle()?;
+        let (client, given) = match client {
+            Some(client) => (client, true),
+            None => (Client::new(&load_chain(config, ca.clone()).await?), false),
         };
         let timeout = config.timeout_or_default();
         let has_http_client = client.config().http_client().is_some();
+        if given && has_http_client && ca.is_some() {
+            return Err(LockError::Config(
+                "dynamodb option `ca` cannot reach a client that brings its own HTTP client: \
+                 give that client the CA, or leave the HTTP client to leasehold"
+                    .into(),
+            ));
+        }
         let mut sdk = client
             .config()
             .to_builder()
@@ -63,7 +71,7 @@ impl Store {
                     .build(),
             );
         if !has_http_client {
-            sdk = sdk.http_client(http_client());
+            sdk = sdk.http_client(http_client(ca)?);
         }
         if let Some(region) = &config.region {
             sdk = sdk.region(Region::new(region.clone()));
@@ -286,8 +294,11 @@ impl Store {
 
 /// The AWS configuration chain with `config`'s overrides (so a given region
 /// or endpoint is never looked up).
-async fn load_chain(config: &DynamoDbConfig) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+async fn load_chain(
+    config: &DynamoDbConfig,
+    ca: Option<Vec<u8>>,
+) -> Result<aws_config::SdkConfig, LockError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client(ca)?);
     if let Some(region) = &config.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -297,16 +308,25 @@ async fn load_chain(config: &DynamoDbConfig) -> aws_config::SdkConfig {
     if let Some((id, secret)) = &config.credentials {
         loader = loader.credentials_provider(static_credentials(id, secret));
     }
-    loader.load().await
+    Ok(loader.load().await)
 }
 
 fn static_credentials(id: &str, secret: &Secret) -> Credentials {
     Credentials::new(id, secret.expose(), None, None, "leasehold")
 }
 
-/// HTTP and HTTPS with rustls on ring (no aws-lc build).
-fn http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+/// HTTP and HTTPS with rustls on ring (no aws-lc build), trusting the
+/// system's roots and `ca` (a PEM bundle already checked by
+/// [`DynamoDbConfig::ca_bundle`]).
+fn http_client(ca: Option<Vec<u8>>) -> Result<SharedHttpClient, LockError> {
+    let builder =
+        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+    let Some(ca) = ca else {
+        return Ok(builder.build_https());
+    };
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(ca))
+        .build()
+        .map_err(|e| LockError::Config(format!("dynamodb option `ca`: {e}")))?;
+    Ok(builder.tls_context(context).build_https())
 }

@@ -287,6 +287,7 @@ impl PostgresConfig {
             own,
         )?;
         config.shared = shared;
+        crate::tls::check(&mut rest)?;
         if rest.is_empty() {
             parsed.set_query(None);
         } else {
@@ -319,7 +320,10 @@ impl BackendConfig for PostgresConfig {
     /// (`advisory`, the default, or `table`), `schema`, `table`, `channel`,
     /// `max_connections` and `migrate`; the parameters sqlx reads
     /// ([`SQLX_OPTIONS`]: `sslmode`, `application_name`, `options`, ...) pass
-    /// through to it. Any other name is a [`LockError::Config`] naming the
+    /// through to it, the TLS ones (`sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey`) checked first: an unknown mode or a TLS file that cannot be
+    /// read or holds no usable PEM is a [`LockError::Config`] naming the
+    /// option and the path (see the crate docs' TLS section). Any other name is a [`LockError::Config`] naming the
     /// closest known one: a typo such as `mod=table` must never run in the
     /// default mode. Errors never show the URL's password.
     fn from_url(url: &str) -> Result<Self, LockError> {
@@ -342,7 +346,8 @@ impl BackendConfig for PostgresConfig {
 
 /// The URL options sqlx 0.8 reads (passed through to it), besides
 /// `options[NAME]`. sqlx itself only logs a warning for names it does not
-/// know, so leasehold rejects them instead.
+/// know, so leasehold rejects them instead. The TLS ones are checked before
+/// they pass ([`SSL_MODES`](crate::SSL_MODES), readable PEM files).
 pub const SQLX_OPTIONS: &[&str] = &[
     "sslmode",
     "ssl-mode",

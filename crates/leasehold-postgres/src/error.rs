@@ -9,6 +9,15 @@ fn unavailable_code(code: &str) -> bool {
     code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
+/// Whether sqlx's error is a connection closed before the server answered
+/// the TLS request: sqlx reads the one-byte answer into a zeroed buffer and,
+/// at end of stream, reports the zero as a protocol error. A server that is
+/// (re)starting behind a port proxy closes connections that way.
+fn closed_before_tls_answer(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Protocol(message)
+        if message.starts_with("unexpected response from SSLRequest: 0x00"))
+}
+
 /// Maps a store error. Connection trouble is `Unavailable` (retryable);
 /// serialization failures, deadlocks and lock timeouts are retryable
 /// `Backend` errors; everything else is a final `Backend` error.
@@ -19,6 +28,7 @@ pub(crate) fn map(backend: &'static str, error: sqlx::Error) -> LockError {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => LockError::unavailable(backend, error),
+        _ if closed_before_tls_answer(&error) => LockError::unavailable(backend, error),
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some(code) if unavailable_code(code) => LockError::unavailable(backend, error),
             Some("40001" | "40P01" | "55P03") => LockError::Backend {

@@ -156,6 +156,44 @@
 //!   The `holder` option is stored with each lease (its `holder` column) and
 //!   shown by `inspect` and `list`.
 //!
+//! ## TLS
+//! sqlx is built with rustls (on `ring`; no OpenSSL), so TLS needs nothing
+//! but URL options, named as libpq names them (sqlx's aliases `ssl-mode`,
+//! `ssl-root-cert`/`ssl-ca`, `ssl-cert`, `ssl-key` work too):
+//!
+//! | option | value | meaning |
+//! | --- | --- | --- |
+//! | `sslmode` | `disable` | plaintext |
+//! | | `allow` | plaintext (sqlx does not implement libpq's retry with TLS) |
+//! | | `prefer` (default) | TLS when the server offers it, **unverified**, else plaintext |
+//! | | `require` | TLS or no connection; the certificate is not verified, unless `sslrootcert` is given (then as `verify-ca`, libpq's rule) |
+//! | | `verify-ca` | TLS, the server's certificate chains to a trusted CA (with sqlx 0.8 the host name is checked too: see below) |
+//! | | `verify-full` | as `verify-ca`, and the certificate names the URL's host (DNS name or IP address) |
+//! | `sslrootcert` | path of a PEM file | CA certificates to trust, besides the built-in Mozilla roots (`webpki-roots`) |
+//! | `sslcert` | path of a PEM file | the client certificate chain, for servers that ask for one (`pg_hba.conf` `cert`, `clientcert=verify-ca`/`verify-full`) |
+//! | `sslkey` | path of a PEM file | its private key (PKCS#8, PKCS#1 or SEC1); `sslcert` and `sslkey` go together |
+//!
+//! Use `verify-full` (with `sslrootcert` for a private CA, as managed
+//! Postgres services hand out) in production: `prefer` and `require` stop a
+//! passive eavesdropper but not an active one. An unknown mode, a file that
+//! cannot be read or holds no usable PEM, or `sslcert` without `sslkey` is
+//! a `LockError::Config` when the URL is parsed, naming the option and the
+//! path and never a file's contents. A refused handshake (untrusted CA,
+//! wrong host name, a server without TLS under `require`) is a
+//! `LockError::Unavailable` whose source says why.
+//!
+//! Differences from libpq, all sqlx 0.8's: `verify-ca` also checks the
+//! host name, as `verify-full` does (stricter than libpq: sqlx's verifier
+//! misses the error rustls 0.23.24 and later give for a name mismatch,
+//! sqlx issue 3793, fixed in sqlx 0.9), so connect by a name the
+//! certificate carries; `sslrootcert` adds to the built-in
+//! roots rather than replacing them; there is no default
+//! `~/.postgresql/root.crt` and no `sslrootcert=system`; `prefer` does not
+//! retry in plaintext after a failed handshake. sqlx reads libpq's
+//! environment variables (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`,
+//! `PGSSLKEY`, ...) for options the URL leaves out; leasehold checks only
+//! the URL's.
+//!
 //! ## Operations
 //! - `list` pages by key (the cursor is the last key shown), one statement
 //!   per page, each lock shown with its fencing token, `holder` label and
@@ -204,6 +242,7 @@ mod notify;
 mod schema;
 mod store;
 mod table;
+mod tls;
 
 pub use advisory::session_pid;
 pub use backend::PostgresBackend;
@@ -211,3 +250,4 @@ pub use config::{MAX_ADVISORY_TTL, MAX_TTL, MIN_TTL, Mode, PostgresConfig, SQLX_
 pub use keys::advisory_lock_id;
 pub use schema::migration_sql;
 pub use sqlx;
+pub use tls::SSL_MODES;
