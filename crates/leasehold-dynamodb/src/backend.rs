@@ -8,8 +8,8 @@ use aws_sdk_dynamodb::Client;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
-    LockError, LockInfo, LockKind, ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe,
-    extend_each, wait_for_lock,
+    LockError, LockInfo, LockKind, OwnerToken, ReleaseListener, WaitPolicy, Waiting, async_trait,
+    cancel_safe, extend_each, wait_for_grant, wait_for_lock,
 };
 
 use crate::config::DynamoDbConfig;
@@ -111,6 +111,30 @@ impl DynamoDbBackend {
         self.leases.store().create_table().await
     }
 
+    /// One attempt at a reader, writer or permit grant on its own task
+    /// ([`cancel_safe`]): a grant won after the caller left is released.
+    async fn shared_attempt(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        lease_ms: u64,
+        waiter: Option<OwnerToken>,
+    ) -> Result<Lease, LockError> {
+        let (leases, key) = (self.leases.clone(), key.clone());
+        let releaser = self.leases.clone();
+        cancel_safe(
+            NAME,
+            async move {
+                leases
+                    .acquire_shared(&key, kind, ttl, lease_ms, waiter)
+                    .await
+            },
+            move |lease| async move { releaser.release_shared(&lease).await },
+        )
+        .await
+    }
+
     /// The TTL in whole milliseconds (rounded up), within the bounds every
     /// backend shares ([`Capabilities::check_ttl`]: at least 1 ms, at most
     /// one year), so no `Instant + ttl` can overflow.
@@ -136,6 +160,11 @@ impl LockBackend for DynamoDbBackend {
             .min_ttl(Duration::from_millis(1))
             .ttl_granularity(Duration::from_millis(1))
             .holder_info(true)
+            // Not yet: see the crate docs ("Reader–writer locks and
+            // semaphores"); the kinds are `Unsupported` until the
+            // conformance cases pass.
+            .rw_locks(false)
+            .semaphores(false)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`]): a
@@ -169,22 +198,27 @@ impl LockBackend for DynamoDbBackend {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }
 
-    /// Cancel safety: a dropped extend may still be applied; that only
-    /// keeps our own lease longer, and the lease we hold is unchanged.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// A reader, writer or permit: one conditional write on the lock's item
+    /// (see the crate docs), on its own task like `try_acquire`.
     async fn try_acquire_kind(
         &self,
         key: &Key,
         kind: LockKind,
         ttl: Duration,
     ) -> Result<Lease, LockError> {
-        self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        if kind == LockKind::Exclusive {
+            return self.try_acquire(key, ttl).await;
+        }
+        self.capabilities().check_kind(NAME, kind)?;
+        let lease_ms = self.check_ttl(ttl)?;
+        self.shared_attempt(key, kind, ttl, lease_ms, None).await
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Polls like `acquire`; a waiting writer keeps a registration in the
+    /// item (renewed by each attempt, at least twice per TTL) that refuses
+    /// new readers, withdrawn when the wait ends (for a dropped call, on a
+    /// spawned task; at the latest it is judged expired one lease after its
+    /// last renewal, as a holder is).
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -192,12 +226,42 @@ impl LockBackend for DynamoDbBackend {
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
-        self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        if kind == LockKind::Exclusive {
+            return self.acquire(key, ttl, wait).await;
+        }
+        self.capabilities().check_kind(NAME, kind)?;
+        let lease_ms = self.check_ttl(ttl)?;
+        let wait = wait.polling_at(self.poll).polling_at(Some(ttl / 2));
+        if kind != LockKind::Write {
+            return wait_for_grant(self, key, &wait, || {
+                self.shared_attempt(key, kind, ttl, lease_ms, None)
+            })
+            .await;
+        }
+        let mut registration = Registration {
+            leases: self.leases.clone(),
+            key: key.clone(),
+            waiter: OwnerToken::generate(),
+            active: true,
+        };
+        let waiter = registration.waiter;
+        let result = wait_for_grant(self, key, &wait, || {
+            self.shared_attempt(key, kind, ttl, lease_ms, Some(waiter))
+        })
+        .await;
+        registration.active = false;
+        if result.is_err() {
+            // Best effort: a registration left behind expires like a holder.
+            let _ = self.leases.withdraw(key, waiter).await;
+        }
+        result
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let lease_ms = self.check_ttl(ttl)?;
+        if lease.kind() != LockKind::Exclusive {
+            return self.leases.extend_shared(lease, ttl, lease_ms).await;
+        }
         self.leases.extend(lease, ttl, lease_ms).await
     }
 
@@ -213,6 +277,9 @@ impl LockBackend for DynamoDbBackend {
     /// left behind frees one observed lease duration later, and releasing
     /// the same lease again finishes the job.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        if lease.kind() != LockKind::Exclusive {
+            return self.leases.release_shared(lease).await;
+        }
         self.leases.release(lease).await
     }
 
@@ -238,5 +305,30 @@ impl LockBackend for DynamoDbBackend {
     /// DynamoDB signals no releases: waiters poll.
     fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
         None
+    }
+}
+
+/// A waiting writer's registration; dropped while active (the call was
+/// dropped), it is withdrawn on a spawned task.
+struct Registration {
+    leases: Leases,
+    key: Key,
+    waiter: OwnerToken,
+    active: bool,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (leases, key, waiter) = (self.leases.clone(), self.key.clone(), self.waiter);
+            runtime.spawn(async move {
+                if let Err(error) = leases.withdraw(&key, waiter).await {
+                    tracing::debug!(key = key.as_str(), %error, "could not withdraw a dropped writer's wait; it expires like a holder");
+                }
+            });
+        }
     }
 }

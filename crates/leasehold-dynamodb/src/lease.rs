@@ -7,6 +7,7 @@
 
 mod admin;
 mod observations;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us, not_permitted};
 use crate::config::{ADVISORY, Settings};
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
-use crate::store::{Pinned, Shared, Sql, idle_timeout};
+use crate::store::{Held, Pinned, Shared, Sql, idle_timeout};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
 /// a lease of ours without a session (forged, or rebuilt from its parts)
@@ -134,6 +134,26 @@ fn holder_info((pid, counter, holder, acquired): HolderRow) -> LockInfo {
 /// server pid.
 type AcquireRow = (Option<i64>, Option<i64>, Option<String>, i64, i32);
 
+/// A session holding no lock from `sessions` (`true` when reused; see
+/// [`Sessions::checkout`](crate::store::Sessions::checkout)), a full pool
+/// being `Unavailable` after `timeout`.
+pub(crate) async fn checkout(
+    sessions: &Arc<crate::store::Sessions>,
+    timeout: Duration,
+) -> Result<(sqlx::postgres::PgListener, bool), LockError> {
+    sessions.checkout().await.map_err(|error| match error {
+        sqlx::Error::PoolTimedOut => LockError::unavailable(
+            ADVISORY,
+            format!(
+                "no connection within {timeout:?} (each held advisory lease pins one \
+                     of the backend's {} connections)",
+                sessions.max_connections()
+            ),
+        ),
+        other => map(ADVISORY, other),
+    })
+}
+
 /// One attempt. A pinned session comes from [`Sessions`](crate::store::Sessions):
 /// if this future is dropped mid-call, the session is dropped with it and
 /// closed (never reused), which frees a lock the server may have granted.
@@ -149,17 +169,7 @@ pub(crate) async fn try_acquire(
     let timeout = options.timeout;
     with_timeout(ADVISORY, timeout, async {
         loop {
-            let (mut session, reused) = sessions.checkout().await.map_err(|error| match error {
-                sqlx::Error::PoolTimedOut => LockError::unavailable(
-                    ADVISORY,
-                    format!(
-                        "no connection within {timeout:?} (each held advisory lease pins one \
-                             of the backend's {} connections)",
-                        sessions.max_connections()
-                    ),
-                ),
-                other => map(ADVISORY, other),
-            })?;
+            let (mut session, reused) = checkout(sessions, timeout).await?;
             let row: AcquireRow = match sqlx::query_as(&shared.sql.acquire)
                 .bind(id)
                 .bind(&options.namespace)
@@ -182,29 +192,62 @@ pub(crate) async fn try_acquire(
                     LockInfo::new(last.map(|t| FencingToken(t as u64)), None).with_metadata(holder);
                 return Err(LockError::contended(ADVISORY, key.as_str(), Some(info)));
             };
-            let lost = CancellationToken::new();
-            let handle = Pinned::start(
-                sessions.clone(),
-                session,
-                key.as_str().to_owned(),
+            let held = Held {
                 id,
-                pid,
-                lost.clone(),
-            );
-            return Ok(Lease::new(
-                ADVISORY,
-                key.clone(),
-                OwnerToken::generate(),
-                FencingToken(token as u64),
+                shared: false,
+                signal: id,
+            };
+            let granted = Granted {
+                token,
                 sent_at,
                 ttl,
-                options.drift,
-            )
-            .with_handle(Arc::new(handle))
-            .with_loss_signal(lost));
+            };
+            return Ok(pinned_lease(
+                shared, sessions, session, key, held, pid, granted,
+            ));
         }
     })
     .await
+}
+
+/// When and for how long a grant was asked, and its fencing token.
+pub(crate) struct Granted {
+    pub(crate) token: i64,
+    pub(crate) sent_at: tokio::time::Instant,
+    pub(crate) ttl: Duration,
+}
+
+/// The lease of a grant `session` holds (`held`): the session goes to the
+/// lease's task, whose loss signal the lease carries.
+pub(crate) fn pinned_lease(
+    shared: &Shared,
+    sessions: &Arc<crate::store::Sessions>,
+    session: sqlx::postgres::PgListener,
+    key: &Key,
+    held: Held,
+    pid: i32,
+    granted: Granted,
+) -> Lease {
+    let lost = CancellationToken::new();
+    let handle = Pinned::start(
+        sessions.clone(),
+        session,
+        key.as_str().to_owned(),
+        held,
+        pid,
+        lost.clone(),
+    );
+    Lease::new(
+        ADVISORY,
+        key.clone(),
+        OwnerToken::generate(),
+        FencingToken(granted.token as u64),
+        granted.sent_at,
+        granted.ttl,
+        shared.options.drift,
+    )
+    .with_handle(Arc::new(handle))
+    .with_loss_signal(lost)
 }
 
 /// Checks that the pinned session is alive and still holds the lock (in

@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::config::{MAX_ADVISORY_TTL, MIN_TTL, Mode, PostgresConfig};
 use crate::keys::{advisory_lock_id, signal_name};
 use crate::store::{Sessions, Shared};
-use crate::{advisory, notify, schema, table};
+use crate::{advisory, kinds, notify, schema, table};
 
 /// Locks in Postgres: session advisory locks or a lease table (see the crate
 /// docs for each mode's guarantees and limits). Cheap to clone.
@@ -188,11 +188,12 @@ async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, 
     }
 }
 
-/// Releases a lease in the backend's mode.
-async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
-    match shared.options.mode {
-        Mode::Advisory => advisory::release(shared, lease).await,
-        Mode::Table => table::release(shared, lease).await,
+/// Releases a lease of any kind in the backend's mode.
+pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    match (shared.options.mode, lease.kind()) {
+        (Mode::Advisory, _) => advisory::release(shared, lease).await,
+        (Mode::Table, LockKind::Exclusive) => table::release(shared, lease).await,
+        (Mode::Table, _) => kinds::release(shared, lease).await,
     }
 }
 
@@ -210,7 +211,9 @@ impl LockBackend for PostgresBackend {
             .fairness(Fairness::None)
             .min_ttl(MIN_TTL)
             .ttl_granularity(Duration::from_millis(1))
-            .holder_info(true);
+            .holder_info(true)
+            .rw_locks(true)
+            .semaphores(true);
         match self.shared.options.mode {
             Mode::Advisory => caps.expiry(Expiry::Session),
             Mode::Table => caps.expiry(Expiry::Ttl).batch_extend(true),
@@ -259,20 +262,29 @@ impl LockBackend for PostgresBackend {
     /// Cancel safety: safe to drop. A dropped advisory renewal still runs on
     /// the session task (its answer is discarded); a dropped table renewal
     /// may or may not have moved the expiry, and either outcome is valid.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// A reader, writer or permit: see the crate docs for each mode's
+    /// mechanism. Cancel safety: as [`try_acquire`](LockBackend::try_acquire).
     async fn try_acquire_kind(
         &self,
         key: &Key,
         kind: LockKind,
         ttl: Duration,
     ) -> Result<Lease, LockError> {
+        if kind == LockKind::Exclusive {
+            return self.try_acquire(key, ttl).await;
+        }
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        self.check_ttl(ttl)?;
+        let attempt = kinds::attempt(self.shared.clone(), key.clone(), kind, ttl);
+        kinds::guarded(&self.shared, attempt).await
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Waits with core's loop, woken by release signals of any kind on
+    /// `key`; a waiting writer registers so new readers are refused (see the
+    /// crate docs). Cancel safety: as [`acquire`](LockBackend::acquire); a
+    /// dropped writer's registration is withdrawn (table mode: on a spawned
+    /// task, else it expires within `ttl`; advisory mode: its session is
+    /// closed).
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -280,20 +292,29 @@ impl LockBackend for PostgresBackend {
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
+        if kind == LockKind::Exclusive {
+            return self.acquire(key, ttl, wait).await;
+        }
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        self.check_ttl(ttl)?;
+        let wait = wait.polling_at(self.shared.options.poll);
+        kinds::acquire(&self.shared, key, kind, ttl, &wait, self).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         match self.shared.options.mode {
             Mode::Advisory => advisory::extend(&self.shared, lease, ttl).await,
-            Mode::Table => table::extend(&self.shared, lease, ttl).await,
+            Mode::Table if lease.kind() == LockKind::Exclusive => {
+                table::extend(&self.shared, lease, ttl).await
+            }
+            Mode::Table => kinds::extend(&self.shared, lease, ttl).await,
         }
     }
 
-    /// Table mode: one statement for all leases (a bad TTL anywhere makes it
-    /// renew each lease alone, so the bad one fails only its own slot).
+    /// Table mode: one statement for all mutex leases (a bad TTL anywhere, or
+    /// a lease of another kind in the batch, makes it renew each lease alone,
+    /// so a bad one fails only its own slot).
     /// Advisory mode: core's [`extend_each`]; each lease has its own session,
     /// so every renewal reaches its session task at once and a slow session
     /// delays only its own lease. Results come in input order.
@@ -304,7 +325,11 @@ impl LockBackend for PostgresBackend {
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
         match self.shared.options.mode {
-            Mode::Table if renewals.iter().all(|(_, ttl)| self.check_ttl(*ttl).is_ok()) => {
+            Mode::Table
+                if renewals.iter().all(|(lease, ttl)| {
+                    lease.kind() == LockKind::Exclusive && self.check_ttl(*ttl).is_ok()
+                }) =>
+            {
                 table::extend_many(&self.shared, renewals).await
             }
             Mode::Table | Mode::Advisory => extend_each(self, renewals).await,

@@ -194,6 +194,39 @@
 //! `PGSSLKEY`, ...) for options the URL leaves out; leasehold checks only
 //! the URL's.
 //!
+//! ## Reader–writer locks and semaphores (both modes)
+//! [`LockKind::Read`](leasehold_core::LockKind::Read)/`Write` and
+//! `Permit` (see [`LockKind`](leasehold_core::LockKind) for the semantics).
+//! The mutex, the reader–writer lock and the semaphore of one key are three
+//! independent locks; `inspect`, `list` and `force_release` see mutexes
+//! only (listing reader–writer or semaphore holders is not offered).
+//! Fencing: every grant bumps a counter row of its lock (family and key) in
+//! a second table, `<table>_shared` (created by the migration in both
+//! modes; [`migration_sql`] prints it), in the same statement as the grant,
+//! durably; rows are never deleted, so a writer's token exceeds every
+//! earlier grant of its lock and a reader's every earlier writer's, and
+//! permits strictly increase.
+//! - **Table mode**: a row per holder in `<table>_shared`, expiring by the
+//!   database clock like the mutex's lease. One attempt is one transaction:
+//!   lock the lock's counter row, then one statement that locks the holder
+//!   rows, drops expired ones, decides and (granted) bumps the counter and
+//!   inserts the holder's row. A *waiting* writer keeps a registration row
+//!   (expiring within the TTL, renewed by each attempt, which come at least
+//!   twice per TTL) that refuses new readers; it is removed by the grant,
+//!   by the end of the wait, or, for a dropped call, on a spawned task (at
+//!   the latest it expires). Releases and withdrawals NOTIFY like the mutex.
+//! - **Advisory mode**: session advisory locks on a pinned session, like the
+//!   mutex (the grant ends with its session, whose end fires the loss
+//!   signal; renewals restart the session's idle clock). A reader–writer
+//!   lock is one advisory id taken shared by readers
+//!   (`pg_try_advisory_lock_shared`) and exclusively by a writer; a waiting
+//!   writer holds a second "gate" id shared on the session it waits on
+//!   (its idle timeout set to the TTL), and a reader's attempt is refused
+//!   while `pg_locks` shows the gate granted. A semaphore of N is N advisory
+//!   ids, an attempt taking the first free one in one statement; at most
+//!   1024 permits (more is a `Config` error). These ids are hashes of the
+//!   namespace, key and part, distinct from every mutex id.
+//!
 //! ## Operations
 //! - `list` pages by key (the cursor is the last key shown), one statement
 //!   per page, each lock shown with its fencing token, `holder` label and
@@ -238,6 +271,7 @@ mod backend;
 mod config;
 mod error;
 mod keys;
+mod kinds;
 mod notify;
 mod schema;
 mod store;

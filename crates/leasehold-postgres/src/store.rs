@@ -93,6 +93,12 @@ const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)::tex
          (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false), \
      set_config('synchronous_commit', 'off', true)";
 
+/// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
+const RELEASE_SHARED_SQL: &str = "SELECT pg_advisory_unlock_shared($1), pg_notify($2, $3)::text, \
+     set_config('idle_session_timeout', \
+         (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false), \
+     set_config('synchronous_commit', 'off', true)";
+
 /// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
 /// least 1, since 0 would disable it).
 pub(crate) fn idle_timeout(ttl: Duration) -> String {
@@ -330,22 +336,26 @@ fn gone(ended: &Mutex<Option<Ended>>, release: bool, key: &str) -> LockError {
 }
 
 impl Pinned {
-    /// Starts the task that owns `session` (which holds the lock `id`) and
-    /// fires `lost` when the session ends.
+    /// Starts the task that owns `session`, which holds the advisory lock
+    /// `held` (which id, in which mode, and whose release signal its release
+    /// sends), and fires `lost` when the session ends.
     pub(crate) fn start(
         sessions: Arc<Sessions>,
         session: PgListener,
         key: String,
-        id: i64,
+        held: Held,
         pid: i32,
         lost: CancellationToken,
     ) -> Pinned {
         let (requests, inbox) = mpsc::unbounded_channel();
         let ended = Arc::new(Mutex::new(None));
+        let id = held.id;
         let task = Task {
             sessions,
             key,
             id,
+            shared: held.shared,
+            signal: held.signal,
             pid,
             lost,
             ended: ended.clone(),
@@ -390,10 +400,22 @@ impl Pinned {
     }
 }
 
+/// The advisory lock a pinned session holds: its id, whether it is held
+/// shared (a reader's), and the id whose release signal
+/// ([`signal_name`]) its release sends (the key's mutex id, which every
+/// waiter of the key listens to).
+pub(crate) struct Held {
+    pub(crate) id: i64,
+    pub(crate) shared: bool,
+    pub(crate) signal: i64,
+}
+
 struct Task {
     sessions: Arc<Sessions>,
     key: String,
     id: i64,
+    shared: bool,
+    signal: i64,
     pid: i32,
     lost: CancellationToken,
     ended: Arc<Mutex<Option<Ended>>>,
@@ -476,13 +498,17 @@ impl Task {
     /// anything else the session is closed, which frees the lock if it was
     /// still held. Either way the lease is over.
     async fn release(&self, mut session: PgListener, timeout: Duration) -> Result<(), LockError> {
-        let unlock = sqlx::query_as::<_, (bool, Option<String>, Option<String>, Option<String>)>(
-            RELEASE_SQL,
-        )
-        .bind(self.id)
-        .bind(&self.sessions.channel)
-        .bind(signal_name(self.id))
-        .fetch_one(&mut session);
+        let sql = if self.shared {
+            RELEASE_SHARED_SQL
+        } else {
+            RELEASE_SQL
+        };
+        let unlock =
+            sqlx::query_as::<_, (bool, Option<String>, Option<String>, Option<String>)>(sql)
+                .bind(self.id)
+                .bind(&self.sessions.channel)
+                .bind(signal_name(self.signal))
+                .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {
                 self.end(Ended::Released);

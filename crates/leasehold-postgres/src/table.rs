@@ -130,7 +130,7 @@ type ForcedRow = (
     Option<String>,
 );
 
-fn micros(ttl: Duration) -> i64 {
+pub(crate) fn micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -188,7 +188,7 @@ pub(crate) async fn try_acquire(
     }
 }
 
-fn check_lease(lease: &Lease) -> Result<(), LockError> {
+pub(crate) fn check_lease(lease: &Lease) -> Result<(), LockError> {
     if lease.backend() == TABLE {
         Ok(())
     } else {

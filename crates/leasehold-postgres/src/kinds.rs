@@ -1,0 +1,228 @@
+//! Reader–writer locks and counting semaphores, in both modes: what the
+//! modes share (the store names of the two families, the shared-grant
+//! table, the waiting loop with its writer registration), the dispatch from
+//! [`PostgresBackend`](crate::PostgresBackend), and each mode's algorithm
+//! (`kinds/table.rs`, `kinds/advisory.rs`).
+//!
+//! The mutex, the reader–writer lock and the semaphore of one key are
+//! independent: each family has its own rows (table mode) or advisory ids
+//! (advisory mode), and a counter row of its own in the shared-grant table,
+//! so `inspect`, `list` and `force_release` keep seeing mutexes only.
+
+mod advisory;
+mod table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_core::{Key, Lease, LockError, LockKind, OwnerToken, WaitPolicy, cancel_safe};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Mode, Settings};
+use crate::keys::quote_ident;
+use crate::store::Shared;
+
+/// The family a grant of `kind` belongs to, as stored: `r` for the
+/// reader–writer lock, `s` for the semaphore.
+fn family(kind: LockKind) -> &'static str {
+    if kind.is_rw() { "r" } else { "s" }
+}
+
+/// A grant's kind as stored in table mode: `r` reader, `w` writer, `p`
+/// permit (`q` is a waiting writer's registration, `c` the counter row).
+fn kind_code(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Read => "r",
+        LockKind::Write => "w",
+        _ => "p",
+    }
+}
+
+/// The shared-grant table (`<table>_shared`, in the lease table's schema):
+/// one counter row per reader–writer lock or semaphore (`owner` empty), and
+/// in table mode one row per holder and per waiting writer. A table name
+/// too long for the suffix within Postgres' 63 bytes is shortened and made
+/// unique by a hash of the whole name (Postgres would otherwise cut the
+/// suffix off silently, naming the lease table itself).
+pub(crate) fn shared_table_name(table: &str) -> String {
+    const SUFFIX: &str = "_shared";
+    if table.len() + SUFFIX.len() <= 63 {
+        return format!("{table}{SUFFIX}");
+    }
+    let hash = Sha256::digest(table.as_bytes());
+    let mut cut = 63 - SUFFIX.len() - 9;
+    while !table.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let tag: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}_{tag}{SUFFIX}", &table[..cut])
+}
+
+/// `"schema"."<table>_shared"`.
+pub(crate) fn qualified_shared_table(settings: &Settings) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(&settings.schema),
+        quote_ident(&shared_table_name(&settings.table))
+    )
+}
+
+/// The shared-grant table's DDL (idempotent; both modes).
+pub(crate) fn shared_table_ddl(settings: &Settings) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n\
+         \x20   namespace text COLLATE \"C\" NOT NULL,\n\
+         \x20   family text NOT NULL,\n\
+         \x20   key text COLLATE \"C\" NOT NULL,\n\
+         \x20   owner text COLLATE \"C\" NOT NULL,\n\
+         \x20   kind text NOT NULL,\n\
+         \x20   counter bigint NOT NULL,\n\
+         \x20   expires_at timestamptz,\n\
+         \x20   PRIMARY KEY (namespace, family, key, owner)\n\
+         );\n",
+        qualified_shared_table(settings)
+    )
+}
+
+/// The advisory lock id of one part of a reader–writer lock or semaphore:
+/// the first 8 bytes of `SHA-256("leasehold\0" || u32_be(len(namespace)) ||
+/// namespace || key || "\0" || part || u32_be(slot))`. Never a mutex's id
+/// ([`advisory_lock_id`](crate::advisory_lock_id) hashes no NUL after the
+/// namespace, and keys hold none), and distinct per part and slot.
+pub(crate) fn part_lock_id(namespace: &str, key: &str, part: &str, slot: u32) -> i64 {
+    let mut hash = Sha256::new();
+    hash.update(b"leasehold\0");
+    hash.update((namespace.len() as u32).to_be_bytes());
+    hash.update(namespace.as_bytes());
+    hash.update(key.as_bytes());
+    hash.update(b"\0");
+    hash.update(part.as_bytes());
+    hash.update(slot.to_be_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// One attempt at a reader, writer or permit grant in the backend's mode,
+/// leaving nothing behind when refused. Runs inside core's `cancel_safe`.
+pub(crate) async fn attempt(
+    shared: Arc<Shared>,
+    key: Key,
+    kind: LockKind,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    match shared.options.mode {
+        Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl).await,
+        Mode::Table => table::try_acquire(&shared, &key, kind, ttl, None).await,
+    }
+}
+
+/// Waits for a grant of `kind` (a writer registers while it waits; see each
+/// mode). `wait` has the backend's `poll` cap applied already.
+pub(crate) async fn acquire(
+    shared: &Arc<Shared>,
+    key: &Key,
+    kind: LockKind,
+    ttl: Duration,
+    wait: &WaitPolicy,
+    backend: &crate::PostgresBackend,
+) -> Result<Lease, LockError> {
+    // A waiting writer's registration expires with the TTL unless an
+    // attempt renews it: attempt at least twice per TTL.
+    let wait = wait.polling_at(Some(ttl / 2));
+    match (shared.options.mode, kind) {
+        (Mode::Advisory, LockKind::Write) => {
+            advisory::acquire_writer(shared, key, ttl, &wait, backend).await
+        }
+        (Mode::Table, LockKind::Write) => {
+            table::acquire_writer(shared, key, ttl, &wait, backend).await
+        }
+        _ => {
+            leasehold_core::wait_for_grant(backend, key, &wait, || {
+                guarded(shared, attempt(shared.clone(), key.clone(), kind, ttl))
+            })
+            .await
+        }
+    }
+}
+
+/// Runs one attempt through core's [`cancel_safe`]: a grant won after the
+/// caller left is released at once.
+pub(crate) async fn guarded(
+    shared: &Arc<Shared>,
+    attempt: impl std::future::Future<Output = Result<Lease, LockError>> + Send + 'static,
+) -> Result<Lease, LockError> {
+    let back = shared.clone();
+    cancel_safe(
+        shared.options.mode.backend_name(),
+        attempt,
+        move |lease| async move { crate::backend::release(&back, &lease).await },
+    )
+    .await
+}
+
+/// Renews a reader, writer or permit lease (table mode; advisory leases
+/// renew through their pinned session like the mutex).
+pub(crate) async fn extend(
+    shared: &Shared,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    table::extend(shared, lease, ttl).await
+}
+
+/// Releases a reader, writer or permit lease (table mode).
+pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    table::release(shared, lease).await
+}
+
+/// The release signal of `key` (its mutex id's, which every waiter of the
+/// key listens to, whatever the kind).
+fn key_signal(settings: &Settings, key: &Key) -> String {
+    crate::keys::signal_name(crate::advisory_lock_id(&settings.namespace, key.as_str()))
+}
+
+/// A fresh token naming a waiting writer's registration.
+fn waiter_token() -> OwnerToken {
+    OwnerToken::generate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_table_names_fit_and_stay_distinct() {
+        assert_eq!(
+            shared_table_name("leasehold_leases"),
+            "leasehold_leases_shared"
+        );
+        let long_a = "a".repeat(63);
+        let long_b = format!("{}b", "a".repeat(62));
+        let (a, b) = (shared_table_name(&long_a), shared_table_name(&long_b));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert_ne!(a, long_a);
+        let wide = "é".repeat(31);
+        assert!(shared_table_name(&wide).len() <= 63);
+    }
+
+    #[test]
+    fn part_ids_never_meet_the_mutex_id_or_each_other() {
+        let mutex = crate::advisory_lock_id("ns", "k");
+        let rw = part_lock_id("ns", "k", "rw", 0);
+        let gate = part_lock_id("ns", "k", "gate", 0);
+        let slots: Vec<i64> = (0..4).map(|s| part_lock_id("ns", "k", "sem", s)).collect();
+        let mut all = vec![mutex, rw, gate];
+        all.extend(&slots);
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len());
+        assert_ne!(
+            part_lock_id("ns", "k", "rw", 0),
+            part_lock_id("nsk", "", "rw", 0)
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Advisory mode's reader–writer locks and semaphores: session advisory
+//! locks on a pinned session, like the mutex (the grant dies with the
+//! session, whose end fires the loss signal).
+//!
+//! - Reader–writer lock `key`: one advisory id (`rw`), taken shared by
+//!   readers (`pg_try_advisory_lock_shared`) and exclusively by a writer.
+//! - Writer preference: a writer that *waits* holds a second id (`gate`)
+//!   shared, on the session it waits on, from before its first attempt until
+//!   its wait ends (its grant statement unlocks it; an abandoned wait closes
+//!   the session, which frees it). A reader's attempt is refused while
+//!   `pg_locks` shows the gate granted to anyone; that check and its lock
+//!   are one statement.
+//! - Semaphore of N: N advisory ids (`sem` slots 0..N); an attempt takes the
+//!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]).
+//! - Fencing: every grant bumps the lock's counter row in the shared-grant
+//!   table in the same statement and session (durable, never reset).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leasehold_core::{Key, Lease, LockError, LockKind, WaitPolicy, wait_for_grant, with_timeout};
+use sqlx::postgres::PgListener;
+
+use super::{family, key_signal, part_lock_id, qualified_shared_table};
+use crate::advisory::{Granted, checkout, pinned_lease};
+use crate::config::ADVISORY;
+use crate::error::{map, session_ended};
+use crate::keys::{advisory_lock_id, halves};
+use crate::store::{Held, Shared, idle_timeout};
+
+/// The most permits an advisory-mode semaphore may have: an attempt tries
+/// every slot's advisory id in one statement.
+pub(crate) const MAX_ADVISORY_PERMITS: u32 = 1024;
+
+/// How an attempt takes its advisory lock.
+#[derive(Clone, Copy)]
+enum Take {
+    /// Shared on the `rw` id unless a writer waits (binds `$6`, `$7`: the
+    /// gate id's halves).
+    Reader,
+    /// Exclusive on the `rw` id.
+    Writer,
+    /// Exclusive on the `rw` id, by a waiting writer whose session holds the
+    /// gate shared (`$6`), which a grant unlocks.
+    WaitingWriter,
+    /// Exclusive on the first free slot of `$5`.
+    Permit,
+}
+
+/// One attempt's statement. Binds: namespace, family, key, the session's
+/// idle timeout, the id(s) to try (an `int8[]`), then per [`Take`]. Returns
+/// the id taken (NULL when refused), the new token, how many settings were
+/// applied, how many gates were unlocked, and the session's pid.
+fn attempt_sql(take: Take, s: &str) -> String {
+    let take_sql = match take {
+        Take::Reader => {
+            "CASE WHEN EXISTS (SELECT 1 FROM pg_locks g WHERE g.locktype = 'advisory' \
+                 AND g.granted AND g.objsubid = 1 AND g.classid::int8 = $6::int8 \
+                 AND g.objid::int8 = $7::int8 \
+                 AND g.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+             THEN NULL WHEN pg_try_advisory_lock_shared(($5::int8[])[1]) THEN ($5::int8[])[1] END"
+        }
+        Take::Writer | Take::WaitingWriter => {
+            "CASE WHEN pg_try_advisory_lock(($5::int8[])[1]) THEN ($5::int8[])[1] END"
+        }
+        // The limit stops the scan at the first slot locked: no slot after
+        // it is tried (the filter runs row by row as the limit pulls).
+        Take::Permit => {
+            "(SELECT u.id FROM unnest($5::int8[]) AS u(id) \
+             WHERE pg_try_advisory_lock(u.id) LIMIT 1)"
+        }
+    };
+    let gate = match take {
+        Take::WaitingWriter => {
+            "SELECT pg_advisory_unlock_shared($6::int8) FROM l WHERE l.id IS NOT NULL"
+        }
+        _ => "SELECT true WHERE false",
+    };
+    format!(
+        "WITH l AS MATERIALIZED (SELECT {take_sql} AS id), \
+         b AS (INSERT INTO {s} AS f (namespace, family, key, owner, kind, counter) \
+               SELECT $1::text, $2::text, $3::text, '', 'c', 1 FROM l WHERE l.id IS NOT NULL \
+               ON CONFLICT (namespace, family, key, owner) DO UPDATE SET counter = f.counter + 1 \
+               RETURNING f.counter), \
+         t AS (SELECT set_config('idle_session_timeout', $4::text, false) FROM l \
+               WHERE l.id IS NOT NULL), \
+         u AS ({gate}) \
+         SELECT l.id, (SELECT counter FROM b), (SELECT count(*) FROM t), \
+             (SELECT count(*) FROM u), pg_backend_pid() FROM l"
+    )
+}
+
+/// What an attempt returns: see [`attempt_sql`].
+type AttemptRow = (Option<i64>, Option<i64>, i64, i64, i32);
+
+/// The ids an attempt at `kind` tries.
+fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError> {
+    match kind {
+        LockKind::Permit { permits } if permits > MAX_ADVISORY_PERMITS => {
+            Err(LockError::Config(format!(
+                "advisory mode's semaphores have at most {MAX_ADVISORY_PERMITS} permits \
+                 (one advisory id each, all tried by each attempt), not {permits}"
+            )))
+        }
+        LockKind::Permit { permits } => Ok((0..permits)
+            .map(|slot| part_lock_id(namespace, key, "sem", slot))
+            .collect()),
+        _ => Ok(vec![part_lock_id(namespace, key, "rw", 0)]),
+    }
+}
+
+/// Runs one attempt on `session`. `Ok(Ok(lease))` when granted (the session
+/// then belongs to the lease's task), `Ok(Err(session))` when refused (the
+/// session holds nothing new), `Err` when the statement failed (the session
+/// is dropped, so closed: whatever it held is freed).
+async fn attempt_on(
+    shared: &Shared,
+    mut session: PgListener,
+    key: &Key,
+    kind: LockKind,
+    take: Take,
+    ttl: Duration,
+) -> Result<Result<Lease, PgListener>, (LockError, bool)> {
+    let options = &shared.options;
+    let ids = ids(&options.namespace, key.as_str(), kind).map_err(|e| (e, false))?;
+    let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
+    let sent_at = options.clock.now();
+    let sql = attempt_sql(take, &qualified_shared_table(options));
+    let mut query = sqlx::query_as::<_, AttemptRow>(&sql)
+        .bind(&options.namespace)
+        .bind(family(kind))
+        .bind(key.as_str())
+        .bind(idle_timeout(ttl))
+        .bind(&ids);
+    query = match take {
+        Take::Reader => {
+            let (hi, lo) = halves(gate);
+            query.bind(hi).bind(lo)
+        }
+        Take::WaitingWriter => query.bind(gate),
+        Take::Writer | Take::Permit => query,
+    };
+    let (id, token, _, _, pid) = match query.fetch_one(&mut session).await {
+        Ok(row) => row,
+        Err(error) => {
+            let ended = session_ended(&error);
+            return Err((map(ADVISORY, error), ended));
+        }
+    };
+    let (Some(id), Some(token)) = (id, token) else {
+        return Ok(Err(session));
+    };
+    let held = Held {
+        id,
+        shared: take_is_shared(take),
+        signal: advisory_lock_id(&options.namespace, key.as_str()),
+    };
+    let sessions = shared.sessions().map_err(|e| (e, false))?;
+    let granted = Granted {
+        token,
+        sent_at,
+        ttl,
+    };
+    Ok(Ok(pinned_lease(
+        shared, sessions, session, key, held, pid, granted,
+    )
+    .with_kind(kind)))
+}
+
+fn take_is_shared(take: Take) -> bool {
+    matches!(take, Take::Reader)
+}
+
+/// One attempt on a clean session: refused, the session is kept for reuse.
+pub(super) async fn try_acquire(
+    shared: &Shared,
+    key: &Key,
+    kind: LockKind,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    let options = &shared.options;
+    let sessions = shared.sessions()?;
+    let take = match kind {
+        LockKind::Read => Take::Reader,
+        LockKind::Write => Take::Writer,
+        _ => Take::Permit,
+    };
+    with_timeout(ADVISORY, options.timeout, async {
+        loop {
+            let (session, reused) = checkout(sessions, options.timeout).await?;
+            match attempt_on(shared, session, key, kind, take, ttl).await {
+                Ok(Ok(lease)) => return Ok(lease),
+                Ok(Err(session)) => {
+                    sessions.checkin(session);
+                    return Err(LockError::contended(ADVISORY, key.as_str(), None));
+                }
+                // A kept session that died while idle: try the next one.
+                Err((_, true)) if reused => continue,
+                Err((error, _)) => return Err(error),
+            }
+        }
+    })
+    .await
+}
+
+/// A writer's wait, on one session of its own that holds the gate shared
+/// from before the first attempt (so new readers are refused) until the wait
+/// ends. Every attempt runs on that session (restarting its idle clock, set
+/// to the TTL, so a paused or dead waiter's session, and its registration,
+/// end within the TTL). Dropped, the call drops the session, which closes it.
+pub(super) async fn acquire_writer(
+    shared: &Arc<Shared>,
+    key: &Key,
+    ttl: Duration,
+    wait: &WaitPolicy,
+    backend: &crate::PostgresBackend,
+) -> Result<Lease, LockError> {
+    let waiting: Mutex<Option<PgListener>> = Mutex::new(None);
+    let result = wait_for_grant(backend, key, wait, || {
+        attempt_waiting(shared, &waiting, key, ttl)
+    })
+    .await;
+    let session = waiting.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(session) = session {
+        // Closing the session frees the gate; wake the readers it held back.
+        drop(session);
+        let options = &shared.options;
+        let woken = with_timeout(ADVISORY, options.timeout, async {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&options.channel)
+                .bind(key_signal(options, key))
+                .execute(&shared.pool)
+                .await
+                .map_err(|e| map(ADVISORY, e))
+        })
+        .await;
+        if let Err(error) = woken {
+            tracing::debug!(key = key.as_str(), %error, "could not wake readers after a writer's wait ended");
+        }
+    }
+    result
+}
+
+/// One attempt of a waiting writer: registers first if its session does not
+/// hold the gate yet. The session is out of `waiting` while a statement
+/// runs on it, so a dropped or failed attempt drops (closes) it.
+async fn attempt_waiting(
+    shared: &Shared,
+    waiting: &Mutex<Option<PgListener>>,
+    key: &Key,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    let options = &shared.options;
+    let sessions = shared.sessions()?;
+    with_timeout(ADVISORY, options.timeout, async {
+        let kept = waiting.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let session = match kept {
+            Some(session) => session,
+            None => {
+                let (mut session, _) = checkout(sessions, options.timeout).await?;
+                let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
+                sqlx::query(
+                    "SELECT pg_try_advisory_lock_shared($1), \
+                     set_config('idle_session_timeout', $2, false)",
+                )
+                .bind(gate)
+                .bind(idle_timeout(ttl))
+                .execute(&mut session)
+                .await
+                .map_err(|e| map(ADVISORY, e))?;
+                session
+            }
+        };
+        match attempt_on(
+            shared,
+            session,
+            key,
+            LockKind::Write,
+            Take::WaitingWriter,
+            ttl,
+        )
+        .await
+        {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(session)) => {
+                *waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
+                Err(LockError::contended(ADVISORY, key.as_str(), None))
+            }
+            Err((error, _)) => Err(error),
+        }
+    })
+    .await
+}
