@@ -171,6 +171,8 @@ impl LockBackend for EtcdBackend {
             .atomic_multi_key(false)
             .holder_info(true)
             .batch_extend(true)
+            .rw_locks(true)
+            .semaphores(true)
     }
 
     /// One txn that writes our entry only if the lock's queue is empty (see
@@ -190,11 +192,9 @@ impl LockBackend for EtcdBackend {
         self.store.lock(key, ttl, wait).await
     }
 
-    /// A keep-alive of the lease's session and a read of its entry. Writes
-    /// nothing: cancel safe.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// The mutex is `try_acquire`; readers, writers and permits put an
+    /// entry ranked by create revision under the lock's own prefix (see
+    /// `shared.rs`). Cancel safe.
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -202,10 +202,14 @@ impl LockBackend for EtcdBackend {
         ttl: Duration,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        match kind {
+            LockKind::Exclusive => self.try_acquire(key, ttl).await,
+            kind => self.store.try_share(key, kind, ttl).await,
+        }
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Waits on a watch of the entries that can block it (see `shared.rs`);
+    /// a waiting writer's entry keeps later readers out. Cancel safe.
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -214,9 +218,14 @@ impl LockBackend for EtcdBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        match kind {
+            LockKind::Exclusive => self.acquire(key, ttl, wait).await,
+            kind => self.store.share(key, kind, ttl, wait).await,
+        }
     }
 
+    /// A keep-alive of the lease's session and a read of its entry. Writes
+    /// nothing: cancel safe.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.extend_many(&[(lease.clone(), ttl)])
             .await?

@@ -1,8 +1,8 @@
 //! # leasehold-etcd
 //!
-//! The etcd v3 backend of leasehold: FIFO-fair locks with watch-driven
-//! handoff and the holder key's create revision as a strict, durable fencing
-//! token. Works with etcd 3.4 and 3.5+.
+//! The etcd v3 backend of leasehold: FIFO-fair locks, reader–writer locks
+//! and counting semaphores with watch-driven handoff and etcd revisions as
+//! strict, durable fencing tokens. Works with etcd 3.4 and 3.5+.
 //!
 //! ```no_run
 //! use leasehold_core::Locker;
@@ -60,6 +60,44 @@
 //!   least 60 s, and 10 operation timeouts), not the session's, so they never
 //!   pile up on a long-lived process (`tests/edges.rs`,
 //!   `waiters_that_time_out_leave_no_retirement_markers_behind`).
+//!
+//! ## Reader–writer locks and semaphores
+//! [`LockKind::Read`](leasehold_core::LockKind::Read)/[`Write`](leasehold_core::LockKind::Write)
+//! and [`LockKind::Permit`](leasehold_core::LockKind::Permit) (`shared.rs`):
+//! - Each is a set of entries under a prefix of its own,
+//!   `namespace + encoded key + "\x01rw/"` (readers `…r<owner>`, writers
+//!   `…w<owner>`) or `"\x01sem/"` (`…<owner>`), on the same session leases as
+//!   the mutex's entries. The mutex, the reader–writer lock and the semaphore
+//!   of one key are three independent locks, and `inspect`, `list` and
+//!   `force_release` see mutexes only (the control character keeps these
+//!   entries out of every mutex's range and name).
+//! - Entries rank by create revision: a reader holds once no older *writer*
+//!   entry is left, a writer once no older entry at all is left, a permit of
+//!   `N` once fewer than `N` older entries are left (etcd's
+//!   `recipes/rwmutex.go`; no peer ships an etcd semaphore). A waiting
+//!   writer's entry is its registration: later readers rank behind it and
+//!   wait, and a single reader attempt is refused while any writer entry
+//!   exists (writer preference). It goes when the wait ends: at the deadline
+//!   (deleted), when the call is dropped (the reaper), at the latest with its
+//!   session lease, within the TTL.
+//! - A single attempt leaves nothing behind: a reader or writer puts its entry
+//!   in one txn only when no blocking entry exists; a permit puts its entry
+//!   and counts the older ones in one txn, and deletes it at once when the
+//!   semaphore is full.
+//! - Waiters watch the deletions in the range that can block them (a
+//!   reader: the lock's writers; otherwise the whole lock) from the revision
+//!   after their read, re-read their rank at each one (the fallback poll
+//!   still applies), and confirm their session lease before claiming.
+//! - Fencing: a reader's or writer's token is its entry's create revision
+//!   (as the mutex's; a writer's entry is newer than every entry granted
+//!   before it, a reader's newer than every writer's granted before it). A
+//!   permit's token is the revision of the txn that granted it: its put, or
+//!   for a waiter a compare-and-put of its own entry once it may hold, so
+//!   permits strictly increase in the order they are granted even when
+//!   waiters notice their turn out of order. Tokens of one key's three locks
+//!   come from etcd's one revision counter: strictly increasing and durable.
+//! - `extend` and `release` work on every kind as on the mutex (keep-alive and
+//!   a read of the entry; compare-and-delete).
 //!
 //! ## Cancel safety
 //! Every future of this backend may be dropped at any await point without
@@ -195,6 +233,7 @@ mod keys;
 mod queue;
 mod reaper;
 mod session;
+mod shared;
 mod store;
 mod tls;
 

@@ -142,14 +142,7 @@ impl Store {
         if wait.deadline.is_zero() {
             // One attempt and no waiting: the same as `try_acquire` (no write
             // when the key is held), reported as the timeout it is.
-            return match self.try_lock(key, ttl).await {
-                Err(LockError::Contended { key, .. }) => Err(LockError::WaitTimedOut {
-                    backend: NAME,
-                    key,
-                    waited: Duration::ZERO,
-                }),
-                other => other,
-            };
+            return zero_wait(self.try_lock(key, ttl).await);
         }
         self.queue_and_wait(key, secs, wait).await
     }
@@ -302,12 +295,25 @@ impl Store {
         held: Held,
         renewed_at: Instant,
     ) -> Lease {
+        let token = held.create_revision;
+        self.lease_with(key, owner, held, token, renewed_at)
+    }
+
+    /// The lease for `held` with fencing token `token`.
+    pub(crate) fn lease_with(
+        &self,
+        key: &Key,
+        owner: OwnerToken,
+        held: Held,
+        token: i64,
+        renewed_at: Instant,
+    ) -> Lease {
         let (ttl, ended) = (held.session.ttl, held.session.ended.clone());
         Lease::new(
             NAME,
             key.clone(),
             owner,
-            FencingToken(held.create_revision as u64),
+            FencingToken(token as u64),
             renewed_at,
             ttl,
             self.drift,
@@ -371,15 +377,28 @@ impl Queued {
     }
 }
 
+/// The answer of an acquisition with a zero wait, made as one attempt:
+/// contention is the timeout it is.
+pub(crate) fn zero_wait(attempt: Result<Lease, LockError>) -> Result<Lease, LockError> {
+    match attempt {
+        Err(LockError::Contended { key, .. }) => Err(LockError::WaitTimedOut {
+            backend: NAME,
+            key,
+            waited: Duration::ZERO,
+        }),
+        other => other,
+    }
+}
+
 /// Waits the next backoff delay of `attempts` (store errors while
 /// waiting), never past its deadline.
-async fn pause(attempts: &mut Attempts) {
+pub(crate) async fn pause(attempts: &mut Attempts) {
     if let Some(delay) = attempts.next_delay(None) {
         tokio::time::sleep(delay).await;
     }
 }
 
 /// The `WaitTimedOut` of a waiter that gave up.
-fn timed_out(key: &Key, attempts: &Attempts) -> LockError {
+pub(crate) fn timed_out(key: &Key, attempts: &Attempts) -> LockError {
     attempts.give_up(LockError::contended(NAME, key.as_str(), None))
 }

@@ -243,11 +243,25 @@ impl Store {
         pred: &[u8],
         read_at: i64,
     ) -> Result<Option<(etcd_client::WatchStream, bool)>, LockError> {
+        self.watch_deletions(pred, None, read_at).await
+    }
+
+    /// [`Store::watch_deletion`] of every key from `start` to `end`
+    /// (exclusive) when `end` is given.
+    pub(crate) async fn watch_deletions(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        read_at: i64,
+    ) -> Result<Option<(etcd_client::WatchStream, bool)>, LockError> {
         let mut client = self.client.watch_client();
-        let options = etcd_client::WatchOptions::new()
+        let mut options = etcd_client::WatchOptions::new()
             .with_start_revision(read_at + 1)
             .with_filters([etcd_client::WatchFilterType::NoPut]);
-        let target = pred.to_vec();
+        if let Some(end) = end {
+            options = options.with_range(end.to_vec());
+        }
+        let target = start.to_vec();
         with_timeout(NAME, self.timeout, async move {
             let mut stream = client.watch(target, Some(options)).await.map_err(map)?;
             let Some(first) = stream.message().await.map_err(map)? else {

@@ -89,3 +89,36 @@ async fn listings_page_past_long_queues_and_evictions_hand_the_lock_to_the_next_
         Err(LockError::Config(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_writers_and_permits_are_not_listed_inspected_or_force_released() {
+    use leasehold_core::LockKind;
+    let store = Store::start().await;
+    let backend = store.backend(options()).await;
+    let writer = backend
+        .try_acquire_kind(&key("shared"), LockKind::Write, TTL)
+        .await
+        .unwrap();
+    let permit = backend
+        .try_acquire_kind(&key("shared"), LockKind::Permit { permits: 1 }, TTL)
+        .await
+        .unwrap();
+    let reader = backend
+        .try_acquire_kind(&key("shared2"), LockKind::Read, TTL)
+        .await
+        .unwrap();
+    let admin = Admin::new(std::sync::Arc::new(backend.clone()));
+    let listed: Vec<HeldLock> = admin
+        .list(ListQuery::new("").limit(1))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "listed: {listed:#?}");
+    assert_eq!(backend.inspect(&key("shared")).await.unwrap(), None);
+    let evicted = admin.force_release(&key("shared"), "test").await.unwrap();
+    assert_eq!(evicted.holder, None);
+    for lease in [writer, permit, reader] {
+        backend.extend(&lease, TTL).await.unwrap();
+        backend.release(&lease).await.unwrap();
+    }
+}

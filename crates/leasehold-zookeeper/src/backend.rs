@@ -273,6 +273,8 @@ impl LockBackend for ZkBackend {
             .ttl_granularity(Duration::from_secs(1))
             .holder_info(true)
             .batch_extend(true)
+            .rw_locks(true)
+            .semaphores(true)
     }
 
     /// Queues, and withdraws unless at the head (see `queue.rs`).
@@ -289,13 +291,12 @@ impl LockBackend for ZkBackend {
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
-        self.lock(key, ttl, wait).await
+        self.lock(key, LockKind::Exclusive, ttl, wait).await
     }
 
-    /// Checks that the lease's node is still ours. Writes nothing: cancel safe.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// The mutex is `try_acquire`; readers, writers and permits queue a
+    /// node under the lock's own parent and withdraw it unless their rank
+    /// lets them hold (see `shared.rs`). Cancel safe.
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -303,10 +304,14 @@ impl LockBackend for ZkBackend {
         ttl: Duration,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        match kind {
+            LockKind::Exclusive => self.try_acquire(key, ttl).await,
+            kind => self.try_share(key, kind, ttl).await,
+        }
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Waits for its rank on a watch of the lock's nodes (see `shared.rs`);
+    /// a waiting writer's node keeps later readers out. Cancel safe.
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -315,9 +320,10 @@ impl LockBackend for ZkBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        self.lock(key, kind, ttl, wait).await
     }
 
+    /// Checks that the lease's node is still ours. Writes nothing: cancel safe.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let held = self.held(lease)?;
         if held.session.is_ended() {

@@ -1,8 +1,9 @@
 //! # leasehold-zookeeper
 //!
 //! The ZooKeeper backend of leasehold: a FIFO lock queue per key made of
-//! ephemeral sequential nodes, fencing tokens from the holder node's `czxid`,
-//! and the ZooKeeper session as the lease's life.
+//! ephemeral sequential nodes, reader–writer locks and counting semaphores
+//! on the same recipe, fencing tokens from zxids (the holder node's
+//! `czxid`), and the ZooKeeper session as the lease's life.
 //!
 //! ```no_run
 //! use leasehold_core::Locker;
@@ -44,6 +45,36 @@
 //! - `release` is an awaited delete of our own node: when it returns, the lock
 //!   is free. Its node gone already (session ended, released twice) is
 //!   `NotHeld`.
+//!
+//! ## Reader–writer locks and semaphores
+//! [`LockKind::Read`](leasehold_core::LockKind::Read)/[`Write`](leasehold_core::LockKind::Write)
+//! and [`LockKind::Permit`](leasehold_core::LockKind::Permit) (`shared.rs`):
+//! - Each is a container node of its own, `{namespace}/{encoded key}.rw` or
+//!   `….sem` (the key encoding never makes a `.`), holding ephemeral
+//!   sequential nodes `{owner}-read-{seq}`, `{owner}-write-{seq}` or
+//!   `{owner}-lease-{seq}` in the key's TTL-class session. The mutex, the
+//!   reader–writer lock and the semaphore of one key are three independent
+//!   locks; `inspect`, `list` and `force_release` see mutexes only.
+//! - Curator's `InterProcessReadWriteLock` rules by sequence: a reader holds
+//!   once no writer node ranks before it, a writer once no node does, a
+//!   permit of `N` once fewer than `N` do (Curator's
+//!   `InterProcessSemaphoreV2` without its leak: lease nodes are ephemeral,
+//!   so a crashed session frees them). A waiting writer's node is its
+//!   registration: later readers rank behind it (writer preference), and a
+//!   single reader attempt while it waits is refused.
+//! - A single attempt queues and deletes its node again unless it may hold
+//!   (as `try_acquire`); a waiter that times out deletes its node, a dropped
+//!   one has it removed by the reaper (which finds nodes of every kind by
+//!   the owner token in their name), and the session takes it at the latest.
+//! - Waiters list the parent's children with a watch and decide again when
+//!   a child joins or leaves (or the re-check timer runs out).
+//! - Fencing: a reader's or writer's token is its node's czxid (a writer's
+//!   node is newer than every node granted before it, a reader's newer than
+//!   every writer's granted before it). A permit's token is its czxid when
+//!   the listing made with its create lets it hold, else the mzxid of a
+//!   `setData` on its node once a later listing does: waiters can notice
+//!   their turn out of order, the zxids of their grants cannot. All are
+//!   zxids: strictly increasing and durable like the mutex's.
 //!
 //! ## Fencing
 //! The fencing token is the holder node's `czxid`, the ZooKeeper transaction id
@@ -214,6 +245,7 @@ mod error;
 mod path;
 mod queue;
 mod reaper;
+mod shared;
 mod store;
 
 pub use backend::{WakeCounts, ZkBackend};

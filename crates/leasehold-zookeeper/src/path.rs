@@ -60,9 +60,21 @@ pub(crate) fn decode_key(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The mark of a reader's node of a reader–writer lock.
+pub(crate) const READ_MARK: &str = "-read-";
+/// The mark of a writer's node of a reader–writer lock.
+pub(crate) const WRITE_MARK: &str = "-write-";
+/// The mark of a permit's node of a semaphore.
+pub(crate) const PERMIT_MARK: &str = "-lease-";
+
 /// The name prefix of `owner`'s contender node; ZooKeeper appends the sequence.
 pub(crate) fn contender_prefix(owner: &OwnerToken) -> String {
-    format!("{}{MARK}", owner.to_hex())
+    node_prefix(owner, MARK)
+}
+
+/// The name prefix of `owner`'s node with `mark` (one of the marks above).
+pub(crate) fn node_prefix(owner: &OwnerToken, mark: &str) -> String {
+    format!("{}{mark}", owner.to_hex())
 }
 
 /// One contender for a key, parsed from its node name.
@@ -72,28 +84,34 @@ pub(crate) struct Contender {
     pub name: String,
     /// ZooKeeper's sequence number: the queue position.
     pub sequence: i64,
+    /// A mutex's or a writer's node: readers wait for it.
+    pub exclusive: bool,
 }
 
 impl Contender {
-    /// Parses `{32 hex}-lock-{digits}`; anything else is not ours to judge.
+    /// Parses `{32 hex}{mark}{digits}` (any mark above); anything else is
+    /// not ours to judge.
     pub fn parse(name: &str) -> Option<Contender> {
         let (owner, rest) = name.split_at_checked(32)?;
         if !owner.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        let digits = rest.strip_prefix(MARK)?;
+        let (mark, digits) = [MARK, READ_MARK, WRITE_MARK, PERMIT_MARK]
+            .into_iter()
+            .find_map(|mark| Some((mark, rest.strip_prefix(mark)?)))?;
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         Some(Contender {
             name: name.to_owned(),
             sequence: digits.parse().ok()?,
+            exclusive: mark == MARK || mark == WRITE_MARK,
         })
     }
 
     /// Whether this node carries `owner`'s token.
     pub fn is_owned_by(&self, owner: &OwnerToken) -> bool {
-        self.name.starts_with(&contender_prefix(owner))
+        self.name.starts_with(&owner.to_hex())
     }
 
     /// The first 8 hex digits of the owner token (for `LockInfo`).
@@ -183,5 +201,21 @@ mod tests {
         assert_eq!(queue[0].sequence, 2);
         assert!(queue[0].is_owned_by(&b) && !queue[0].is_owned_by(&a));
         assert_eq!(queue[1].owner_hint(), a.short());
+    }
+
+    #[test]
+    fn reader_writer_and_permit_nodes_parse_with_their_side() {
+        let a = OwnerToken::from_bytes([1; 16]);
+        let b = OwnerToken::from_bytes([2; 16]);
+        let children = vec![
+            format!("{}0000000003", node_prefix(&a, READ_MARK)),
+            format!("{}0000000001", node_prefix(&b, WRITE_MARK)),
+            format!("{}0000000002", node_prefix(&b, PERMIT_MARK)),
+            format!("{}-reader-0000000004", a.to_hex()),
+        ];
+        let queue = queue(&children);
+        let sides: Vec<(i64, bool)> = queue.iter().map(|c| (c.sequence, c.exclusive)).collect();
+        assert_eq!(sides, [(1, true), (2, false), (3, false)]);
+        assert!(queue[2].is_owned_by(&a) && !queue[2].is_owned_by(&b));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use leasehold_core::{Attempts, Key, Lease, LockError, OwnerToken, WaitPolicy};
+use leasehold_core::{Attempts, Key, Lease, LockError, LockKind, OwnerToken, WaitPolicy};
 use tokio::time::Instant;
 use zookeeper_client::{Client, CreateMode, Error as ZkError};
 
@@ -20,27 +20,28 @@ use crate::store::Session;
 
 /// Our contender node, and the queue as listed right after its create when
 /// that list came with it.
-struct Enqueued {
-    name: String,
-    czxid: i64,
-    queue: Option<Vec<Contender>>,
+pub(crate) struct Enqueued {
+    pub name: String,
+    pub czxid: i64,
+    pub queue: Option<Vec<Contender>>,
 }
 
 impl ZkBackend {
-    /// Creates `owner`'s contender node for `key`, making the key's node (a
-    /// container, which the server removes once it is empty again) and the
-    /// namespace on demand. A create whose reply was lost is found again by
-    /// the owner token in its name. Returns the node's name and czxid.
-    async fn enqueue(
+    /// Creates `owner`'s node named `name_prefix` + sequence under
+    /// `key_path`, making that node (a container, which the server removes
+    /// once it is empty again) and the namespace on demand. A create whose
+    /// reply was lost is found again by the owner token in its name.
+    /// Returns the node's name and czxid.
+    pub(crate) async fn enqueue(
         &self,
         session: &Session,
-        key: &Key,
+        key_path: &str,
+        name_prefix: &str,
         owner: &OwnerToken,
         cleanup: &mut Reaper,
     ) -> Result<Enqueued, LockError> {
         let client = &session.client;
-        let key_path = self.key_path(key);
-        let prefix = format!("{key_path}/{}", contender_prefix(owner));
+        let prefix = format!("{key_path}/{name_prefix}");
         let options = CreateMode::EphemeralSequential.with_acls(self.acls());
         for _ in 0..5 {
             // The node's data is the holder label, for inspect and listings.
@@ -49,10 +50,10 @@ impl ZkBackend {
             // and the server answers a session's requests in order: this list
             // already shows our node, and the uncontended case costs one
             // round trip instead of two.
-            let listed = client.list_children(&key_path);
+            let listed = client.list_children(key_path);
             match self.call(created).await? {
                 Ok((stat, sequence)) => {
-                    let name = format!("{}{sequence}", contender_prefix(owner));
+                    let name = format!("{name_prefix}{sequence}");
                     cleanup.known(format!("{key_path}/{name}"));
                     let queue = match self.call(listed).await {
                         Ok(Ok(children)) => Some(queue(&children)),
@@ -64,10 +65,10 @@ impl ZkBackend {
                         queue,
                     });
                 }
-                Err(ZkError::NoNode) => self.make_key_node(client, &key_path).await?,
+                Err(ZkError::NoNode) => self.make_key_node(client, key_path).await?,
                 Err(ZkError::ConnectionLoss) => {
                     // The create may have been applied: look for our token.
-                    if let Some((name, czxid)) = self.find_own(client, &key_path, owner).await? {
+                    if let Some((name, czxid)) = self.find_own(client, key_path, owner).await? {
                         cleanup.known(format!("{key_path}/{name}"));
                         return Ok(Enqueued {
                             name,
@@ -85,7 +86,11 @@ impl ZkBackend {
         ))
     }
 
-    async fn make_key_node(&self, client: &Client, key_path: &str) -> Result<(), LockError> {
+    pub(crate) async fn make_key_node(
+        &self,
+        client: &Client,
+        key_path: &str,
+    ) -> Result<(), LockError> {
         let container = CreateMode::Container.with_acls(self.acls());
         match self.call(client.create(key_path, &[], &container)).await? {
             Ok(_) | Err(ZkError::NodeExists) => Ok(()),
@@ -141,7 +146,7 @@ impl ZkBackend {
     }
 
     /// Deletes our node and waits for the answer (gone already is fine).
-    async fn withdraw(
+    pub(crate) async fn withdraw(
         &self,
         client: &Client,
         path: &str,
@@ -174,7 +179,15 @@ impl ZkBackend {
             name,
             czxid,
             mut queue,
-        } = self.enqueue(session, key, &owner, &mut cleanup).await?;
+        } = self
+            .enqueue(
+                session,
+                &key_path,
+                &contender_prefix(&owner),
+                &owner,
+                &mut cleanup,
+            )
+            .await?;
         let path = format!("{key_path}/{name}");
         loop {
             let listed = match queue.take() {
@@ -260,8 +273,15 @@ impl ZkBackend {
         let owner = OwnerToken::generate();
         let mut cleanup = Reaper::new(&session, key_path.clone(), owner, self.timeout);
         let sent_at = Instant::now();
-        let Enqueued { name, czxid, queue } =
-            self.enqueue(&session, key, &owner, &mut cleanup).await?;
+        let Enqueued { name, czxid, queue } = self
+            .enqueue(
+                &session,
+                &key_path,
+                &contender_prefix(&owner),
+                &owner,
+                &mut cleanup,
+            )
+            .await?;
         let path = format!("{key_path}/{name}");
         let queue = match queue {
             Some(queue) => queue,
@@ -284,10 +304,13 @@ impl ZkBackend {
     /// Queues behind the current holder and waits for the watch on the
     /// predecessor; FIFO; one attempt always happens, even with a zero wait.
     /// A waiter that times out removes its node; cancel safe: one whose
-    /// future is dropped has it removed from a background task.
+    /// future is dropped has it removed from a background task. Readers,
+    /// writers and permits (`kind`) wait for their rank instead (see
+    /// `shared.rs`), in the same sessions.
     pub(crate) async fn lock(
         &self,
         key: &Key,
+        kind: LockKind,
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
@@ -297,8 +320,16 @@ impl ZkBackend {
             let attempt = async {
                 let session = self.sessions.for_ttl(ttl).await?;
                 let validity = self.check_ttl(ttl, &session)?;
-                self.wait_in_queue(&session, key, validity, &mut attempts)
-                    .await
+                match kind {
+                    LockKind::Exclusive => {
+                        self.wait_in_queue(&session, key, validity, &mut attempts)
+                            .await
+                    }
+                    kind => {
+                        self.wait_for_rank(&session, key, kind, validity, &mut attempts)
+                            .await
+                    }
+                }
             };
             let error = match attempt.await {
                 Ok(Some(lease)) => return Ok(lease),

@@ -94,3 +94,33 @@ async fn listings_page_in_key_order_and_evictions_hand_the_lock_to_the_next_in_l
     let page = backend.list(&ListQuery::new("q/b")).await.unwrap();
     assert_eq!(page.locks, Vec::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_writers_and_permits_are_not_listed_inspected_or_force_released() {
+    use leasehold_core::LockKind;
+    let zk = common::start().await;
+    let backend = ZkBackend::connect_with(zk.options()).await.unwrap();
+    let writer = backend
+        .try_acquire_kind(&key("shared"), LockKind::Write, TTL)
+        .await
+        .unwrap();
+    let permit = backend
+        .try_acquire_kind(&key("shared"), LockKind::Permit { permits: 1 }, TTL)
+        .await
+        .unwrap();
+    let reader = backend
+        .try_acquire_kind(&key("shared2"), LockKind::Read, TTL)
+        .await
+        .unwrap();
+    let page = backend.list(&ListQuery::new("")).await.unwrap();
+    assert!(page.locks.is_empty(), "listed: {:#?}", page.locks);
+    assert_eq!(backend.inspect(&key("shared")).await.unwrap(), None);
+    assert_eq!(
+        backend.force_release(&key("shared"), "test").await.unwrap(),
+        None
+    );
+    for lease in [writer, permit, reader] {
+        backend.extend(&lease, TTL).await.unwrap();
+        backend.release(&lease).await.unwrap();
+    }
+}
