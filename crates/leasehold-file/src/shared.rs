@@ -147,6 +147,12 @@ fn refresh(
     ttl: Duration,
     deadline: u64,
 ) -> bool {
+    // A wait that ended (its guard closed the alive file before removing
+    // the entry under the key's guard) is never recorded again by an
+    // attempt still in flight.
+    if !registration.alive.is_open() {
+        return false;
+    }
     let half = Shared::ttl_ns(ttl) / 2;
     match state
         .waiters

@@ -420,6 +420,14 @@ pub(crate) struct Alive {
 }
 
 impl Alive {
+    /// Whether the file is still open (its lock held).
+    pub(crate) fn is_open(&self) -> bool {
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Closes the file (dropping the lock) and removes it.
     pub(crate) fn close(&self) {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner()).take();
