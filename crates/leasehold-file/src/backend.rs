@@ -39,7 +39,7 @@ fn checked_dirs() -> &'static Mutex<HashMap<std::path::PathBuf, ()>> {
 /// guarantees and limits). Cheap to clone.
 #[derive(Clone)]
 pub struct FileBackend {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     config: Arc<FileConfig>,
 }
 
@@ -89,7 +89,7 @@ impl FileBackend {
     }
 
     /// Runs `work` on the blocking pool under the operation timeout.
-    async fn blocking<T, F>(&self, work: F) -> Result<T, LockError>
+    pub(crate) async fn blocking<T, F>(&self, work: F) -> Result<T, LockError>
     where
         T: Send + 'static,
         F: FnOnce(&Arc<Shared>) -> Result<T, LockError> + Send + 'static,
@@ -101,6 +101,29 @@ impl FileBackend {
                 .map_err(|e| task_failed(NAME, e))?
         })
         .await
+    }
+
+    /// One granting attempt on the blocking pool, through core's
+    /// [`cancel_safe`]: a lease won after the caller stopped waiting is
+    /// released at once (even unreleased, a dropped lease frees its place,
+    /// its alive file closing with it).
+    pub(crate) async fn granting<F>(&self, work: F) -> Result<Lease, LockError>
+    where
+        F: FnOnce(&Arc<Shared>, tokio::time::Instant) -> Result<Lease, LockError> + Send + 'static,
+    {
+        let sent_at = self.shared.settings.clock.now();
+        let (this, back) = (self.clone(), self.clone());
+        cancel_safe(
+            NAME,
+            async move { this.blocking(move |shared| work(shared, sent_at)).await },
+            move |lease| async move { back.release(&lease).await },
+        )
+        .await
+    }
+
+    /// Wakes this process's waiters of `key` (of every kind).
+    pub(crate) fn notify_released(&self, key: &Key) {
+        process_hub().notify(&self.signal_name(key));
     }
 
     fn signal_name(&self, key: &Key) -> String {
@@ -163,6 +186,8 @@ impl LockBackend for FileBackend {
             .min_ttl(MIN_TTL)
             .ttl_granularity(Duration::from_millis(1))
             .holder_info(true)
+            .rw_locks(true)
+            .semaphores(true)
     }
 
     /// One attempt on the blocking pool, through core's [`cancel_safe`]: a
@@ -171,17 +196,9 @@ impl LockBackend for FileBackend {
     /// key, its alive file closing with it).
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        let sent_at = self.shared.settings.clock.now();
-        let (this, back, key) = (self.clone(), self.clone(), key.clone());
-        cancel_safe(
-            NAME,
-            async move {
-                this.blocking(move |shared| lease::try_acquire(shared, &key, ttl, sent_at))
-                    .await
-            },
-            move |lease| async move { back.release(&lease).await },
-        )
-        .await
+        let key = key.clone();
+        self.granting(move |shared, sent_at| lease::try_acquire(shared, &key, ttl, sent_at))
+            .await
     }
 
     /// Core's loop ([`wait_for_lock`]): polls at the `poll` option (default
@@ -198,23 +215,26 @@ impl LockBackend for FileBackend {
         wait_for_lock(self, key, ttl, &wait.polling_at(poll)).await
     }
 
-    /// Compares the owner token and the deadline under the key's guard, then
-    /// moves the deadline. Cancel safety: a dropped renewal may or may not
-    /// have moved the deadline; either is valid.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// Every kind: the mutex is `try_acquire`; a reader, writer or permit is
+    /// one guarded step on the family's own state file (see the crate
+    /// docs), cancel safe like the mutex.
     async fn try_acquire_kind(
         &self,
         key: &Key,
         kind: LockKind,
         ttl: Duration,
     ) -> Result<Lease, LockError> {
-        self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        self.capabilities().check_kind(NAME, kind)?;
+        if kind == LockKind::Exclusive {
+            return self.try_acquire(key, ttl).await;
+        }
+        self.check_ttl(ttl)?;
+        self.share(key, kind, ttl, None).await
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Every kind, polled like `acquire`; a waiting writer records its wait
+    /// in the state (new readers are refused while it lives) and withdraws
+    /// it when the wait ends, however it ends.
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -222,10 +242,18 @@ impl LockBackend for FileBackend {
         ttl: Duration,
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
-        self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        self.capabilities().check_kind(NAME, kind)?;
+        if kind == LockKind::Exclusive {
+            return self.acquire(key, ttl, wait).await;
+        }
+        self.check_ttl(ttl)?;
+        self.wait_share(key, kind, ttl, wait).await
     }
 
+    /// Compares the owner token and the deadline under the key's guard, then
+    /// moves the deadline (every kind, in its family's state). Cancel
+    /// safety: a dropped renewal may or may not have moved the deadline;
+    /// either is valid.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         let sent_at = self.shared.settings.clock.now();
@@ -242,28 +270,30 @@ impl LockBackend for FileBackend {
         extend_each(self, renewals).await
     }
 
-    /// Clears the holder (owner compare), keeping the counter, and closes
-    /// the lease's alive file. Wakes this process's waiters.
+    /// Clears the holder (owner compare; every kind, in its family's
+    /// state), keeping the counter, and closes the lease's alive file. Wakes
+    /// this process's waiters of the key, of every kind.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        let signal = self.signal_name(lease.key());
+        let key = lease.key().clone();
         let lease = lease.clone();
         let result = self
             .blocking(move |shared| lease::release(shared, &lease))
             .await;
         if result.is_ok() {
-            process_hub().notify(&signal);
+            self.notify_released(&key);
         }
         result
     }
 
-    /// The live holder: token, time left, owner hint, label, grant time.
+    /// The live holder of the mutex: token, time left, owner hint, label,
+    /// grant time (not the reader–writer lock or semaphore of the key).
     async fn inspect(&self, key: &Key) -> Result<Option<LockInfo>, LockError> {
         let key = key.clone();
         self.blocking(move |shared| lease::inspect(shared, &key))
             .await
     }
 
-    /// Held keys by key order; the cursor is the last key shown.
+    /// Held mutexes by key order; the cursor is the last key shown.
     async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
         let query = query.clone();
         self.blocking(move |shared| admin::list(shared, &query))
@@ -276,17 +306,16 @@ impl LockBackend for FileBackend {
     /// [`Admin`](leasehold_core::Admin) audits).
     async fn force_release(&self, key: &Key, reason: &str) -> Result<Option<LockInfo>, LockError> {
         tracing::debug!(backend = NAME, key = key.as_str(), reason, "force release");
-        let signal = self.signal_name(key);
-        let key = key.clone();
+        let what = key.clone();
         let evicted = self
-            .blocking(move |shared| lease::force_release(shared, &key))
+            .blocking(move |shared| lease::force_release(shared, &what))
             .await?;
-        process_hub().notify(&signal);
+        self.notify_released(key);
         Ok(evicted)
     }
 
-    /// Wakes on releases by backends of this process only; releases by
-    /// other processes are seen by polling.
+    /// Wakes on releases (of any kind on `key`) by backends of this process
+    /// only; releases by other processes are seen by polling.
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
         Some(process_hub().listen(&self.signal_name(key)))
     }

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
-use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, OwnerToken};
+use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, LockKind, OwnerToken};
 use tokio::time::Instant;
 
 use crate::config::Settings;
-use crate::keys::file_stem;
+use crate::shared::family_stem;
 use crate::store::{Alive, Holder, KeyFiles, State, info, live, monotonic_ns};
 
 /// What the backend's calls share.
@@ -30,16 +30,56 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn files(&self, key: &str) -> KeyFiles {
-        KeyFiles::new(&self.settings.dir, file_stem(key))
+        self.files_of(LockKind::Exclusive, key)
+    }
+
+    /// The files of the lock of `kind`'s family named `key`.
+    pub(crate) fn files_of(&self, kind: LockKind, key: &str) -> KeyFiles {
+        KeyFiles::new(&self.settings.dir, family_stem(kind, key))
     }
 
     /// The deadline for waiting on a guard lock: the operation timeout.
-    fn deadline(&self) -> StdInstant {
+    pub(crate) fn deadline(&self) -> StdInstant {
         StdInstant::now() + self.settings.timeout
     }
 
-    fn ttl_ns(ttl: Duration) -> u64 {
+    pub(crate) fn ttl_ns(ttl: Duration) -> u64 {
         u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The lease of a grant written to the state: `owner` with token
+    /// `counter`, valid from `sent_at`, keeping its `alive` file.
+    pub(crate) fn lease(
+        &self,
+        key: &Key,
+        owner: OwnerToken,
+        counter: u64,
+        sent_at: Instant,
+        ttl: Duration,
+        alive: Alive,
+    ) -> Lease {
+        Lease::new(
+            self.name,
+            key.clone(),
+            owner,
+            FencingToken(counter),
+            sent_at,
+            ttl,
+            self.settings.drift,
+        )
+        .with_handle(Arc::new(Handle { alive }))
+    }
+
+    /// The record of a new grant (or wait) of `owner` ending at monotonic
+    /// `expires_ns`.
+    pub(crate) fn holder(&self, owner: OwnerToken, expires_ns: u64) -> Holder {
+        Holder {
+            owner,
+            expires_ns,
+            boot: self.boot.clone(),
+            acquired_ms: wall_ms(),
+            label: self.settings.holder.clone(),
+        }
     }
 }
 
@@ -83,13 +123,8 @@ pub(crate) fn try_acquire(
     state = State {
         key: key.as_str().to_owned(),
         counter,
-        holder: Some(Holder {
-            owner,
-            expires_ns: now.saturating_add(Shared::ttl_ns(ttl)),
-            boot: shared.boot.clone(),
-            acquired_ms: wall_ms(),
-            label: shared.settings.holder.clone(),
-        }),
+        holder: Some(shared.holder(owner, now.saturating_add(Shared::ttl_ns(ttl)))),
+        ..State::default()
     };
     if let Err(error) = files.write(name, &state, true) {
         alive.close();
@@ -98,16 +133,7 @@ pub(crate) fn try_acquire(
     if let Some(previous) = previous {
         files.remove_alive(&previous.owner);
     }
-    Ok(Lease::new(
-        name,
-        key.clone(),
-        owner,
-        FencingToken(counter),
-        sent_at,
-        ttl,
-        shared.settings.drift,
-    )
-    .with_handle(Arc::new(Handle { alive })))
+    Ok(shared.lease(key, owner, counter, sent_at, ttl, alive))
 }
 
 /// Moves the deadline of a lease we hold to `ttl` from now.
@@ -119,13 +145,13 @@ pub(crate) fn extend(
 ) -> Result<Lease, LockError> {
     let name = shared.name;
     let key = lease.key().as_str();
-    let files = shared.files(key);
+    let files = shared.files_of(lease.kind(), key);
     let _guard = files.guard(name, shared.deadline())?;
     let now = monotonic_ns();
     let mut state = files.read(name)?.unwrap_or_default();
-    let holder = match state.holder.as_mut() {
-        Some(holder) if holder.owner == *lease.owner() => holder,
-        _ => {
+    let holder = match state.entry_mut(lease.kind(), lease.owner()) {
+        Some(holder) => holder,
+        None => {
             return Err(LockError::lost(
                 name,
                 key,
@@ -149,17 +175,16 @@ pub(crate) fn extend(
 pub(crate) fn release(shared: &Arc<Shared>, lease: &Lease) -> Result<(), LockError> {
     let name = shared.name;
     let key = lease.key().as_str();
-    let files = shared.files(key);
+    let files = shared.files_of(lease.kind(), key);
     let result = {
         let _guard = files.guard(name, shared.deadline())?;
         let now = monotonic_ns();
         let mut state = files.read(name)?.unwrap_or_default();
-        match &state.holder {
-            Some(holder) if holder.owner == *lease.owner() => {
+        match state.remove_entry(lease.kind(), lease.owner()) {
+            Some(holder) => {
                 let valid = holder.boot == shared.boot && holder.expires_ns > now;
                 // Ours either way: clearing an expired record nobody took
                 // frees the key sooner and harms no one.
-                state.holder = None;
                 files.write(name, &state, false)?;
                 if valid {
                     Ok(())
@@ -216,7 +241,8 @@ pub(crate) fn force_release(
     Ok(evicted)
 }
 
-fn wall_ms() -> u64 {
+/// The wall-clock time in ms since the epoch (grant metadata only).
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -58,6 +58,44 @@
 //! - **a lease dropped without release frees its key** (its alive file
 //!   closes), like a closed session.
 //!
+//! ## Reader–writer locks and semaphores
+//! The reader–writer lock and the semaphore of a key are locks of their own,
+//! apart from its mutex: each has its own files, with the stem `rw.` or `sem.`
+//! followed by [`file_stem`] (`rw.k-jobs.state`, `sem.k-jobs.state`, their
+//! guard and alive files), and its own counter. Their state records, besides
+//! the key and the counter:
+//! - **the holders** (sharers): kind (`read`, `write`, `permit-<N>`), fencing
+//!   token, and the mutex holder's record (owner, monotonic deadline with the
+//!   boot id, label, grant time), each with its own alive file. A sharer
+//!   counts while both its deadline holds and its alive file is locked, the
+//!   mutex's rule: a SIGKILLed reader, writer or permit holder frees its place
+//!   at once, a hung one at its deadline. Dead entries are dropped at the
+//!   next write.
+//! - **the waiting writers** of a reader–writer lock: owner and deadline (the
+//!   writer's `ttl` ahead, refreshed while it waits), and an alive file of its
+//!   own. While one counts, new readers are refused (writers are not starved);
+//!   single attempts (`try_acquire_kind`) never record one. A wait that ends
+//!   by a grant removes its entry in the grant's own write; one that ends
+//!   otherwise (deadline, error, a dropped call, a killed process) closes its
+//!   alive file at once, so its entry stops counting then, and the entry is
+//!   removed in the background.
+//!
+//! A reader is granted when no writer holds or waits, a writer when nobody
+//! holds, a permit of `N` while fewer than `N` hold (each attempt judged by
+//! its own `N`). Every grant takes the next value of the state's counter and
+//! is written durably (as the mutex's), so a writer's token exceeds every
+//! earlier grant of the key's reader–writer lock, a reader's exceeds every
+//! earlier writer's, and permits strictly increase. `extend` and `release`
+//! take leases of every kind. `inspect`, `list` and `force_release` see
+//! mutexes only: the reader–writer locks and semaphores of the directory are
+//! not listed, inspected or evicted.
+//!
+//! The mutex's state file keeps its first format exactly (what this version
+//! writes for a mutex is what the first version wrote, and the first
+//! version's files parse), so processes of both versions may share a
+//! directory; the new families' lines (`sharer`, `waiter`) appear only in
+//! their own files, which the first version never opens.
+//!
 //! ## Fencing
 //! `Fencing::Strict` and durable: the counter lives in the key's state file,
 //! which is never deleted; every grant and every force release fsyncs the
@@ -114,6 +152,7 @@ mod config;
 mod error;
 mod keys;
 mod lease;
+mod shared;
 mod store;
 
 pub use backend::FileBackend;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
-use leasehold_core::{FencingToken, LockError, LockInfo, OwnerToken};
+use leasehold_core::{FencingToken, LockError, LockInfo, LockKind, OwnerToken};
 use rustix::fs::{FlockOperation, flock};
 
 use crate::error::{io_error, unavailable};
@@ -56,8 +56,24 @@ pub(crate) struct State {
     pub(crate) key: String,
     /// The highest fencing token granted for the key; never goes back.
     pub(crate) counter: u64,
-    /// The holder, if the key was granted and not released since.
+    /// The holder, if the key was granted and not released since (the
+    /// mutex's state only).
     pub(crate) holder: Option<Holder>,
+    /// The holders of a reader–writer lock or a semaphore (their state
+    /// files only), in grant order; dead ones are pruned at the next write.
+    pub(crate) sharers: Vec<Sharer>,
+    /// The writers waiting for a reader–writer lock (they keep new readers
+    /// out while they live).
+    pub(crate) waiters: Vec<Holder>,
+}
+
+/// One holder of a reader–writer lock or a semaphore: what it holds, its
+/// token, and the same liveness record as the mutex's holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sharer {
+    pub(crate) kind: LockKind,
+    pub(crate) token: u64,
+    pub(crate) holder: Holder,
 }
 
 /// The holder recorded in a state file.
@@ -74,7 +90,58 @@ pub(crate) struct Holder {
     pub(crate) label: String,
 }
 
+impl Holder {
+    /// The holder as the space-separated fields of one state file line.
+    fn fields(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.owner.to_hex(),
+            self.expires_ns,
+            hex(self.boot.as_bytes()),
+            self.acquired_ms,
+            hex(self.label.as_bytes())
+        )
+    }
+
+    /// The holder from the fields [`Holder::fields`] wrote.
+    fn parse<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<Holder> {
+        let holder = Holder {
+            owner: OwnerToken::from_hex(fields.next()?)?,
+            expires_ns: fields.next()?.parse().ok()?,
+            boot: unhex_text(fields.next()?)?,
+            acquired_ms: fields.next()?.parse().ok()?,
+            label: unhex_text(fields.next()?)?,
+        };
+        fields.next().is_none().then_some(holder)
+    }
+}
+
+/// Hex-encoded UTF-8 text back to a string.
+fn unhex_text(hex: &str) -> Option<String> {
+    String::from_utf8(unhex(hex)?).ok()
+}
+
+/// A sharer's kind in a state file: `read`, `write`, `permit-<N>`.
+fn kind_name(kind: LockKind) -> String {
+    match kind.permits() {
+        Some(permits) => format!("permit-{permits}"),
+        None => kind.as_str().to_owned(),
+    }
+}
+
+fn parse_kind(name: &str) -> Option<LockKind> {
+    match name {
+        "read" => Some(LockKind::Read),
+        "write" => Some(LockKind::Write),
+        _ => LockKind::permit(name.strip_prefix("permit-")?.parse().ok()?).ok(),
+    }
+}
+
 impl State {
+    /// The text of a state file. A mutex state is written exactly as the
+    /// first version wrote it (no `sharer` or `waiter` line), so processes
+    /// of both versions can share a directory; the other families' states
+    /// add one `sharer` or `waiter` line per entry.
     fn encode(&self) -> String {
         let mut out = format!(
             "{MAGIC}\nkey {}\ncounter {}\n",
@@ -91,6 +158,17 @@ impl State {
                 hex(h.label.as_bytes())
             ));
         }
+        for sharer in &self.sharers {
+            out.push_str(&format!(
+                "sharer {} {} {}\n",
+                kind_name(sharer.kind),
+                sharer.token,
+                sharer.holder.fields()
+            ));
+        }
+        for waiter in &self.waiters {
+            out.push_str(&format!("waiter {}\n", waiter.fields()));
+        }
         out
     }
 
@@ -100,11 +178,25 @@ impl State {
             return None;
         }
         let mut fields = std::collections::HashMap::new();
+        let (mut sharers, mut waiters) = (Vec::new(), Vec::new());
         for line in lines {
             let (name, value) = line.split_once(' ')?;
-            fields.insert(name, value);
+            match name {
+                "sharer" => {
+                    let mut parts = value.split(' ');
+                    sharers.push(Sharer {
+                        kind: parse_kind(parts.next()?)?,
+                        token: parts.next()?.parse().ok()?,
+                        holder: Holder::parse(parts)?,
+                    });
+                }
+                "waiter" => waiters.push(Holder::parse(value.split(' '))?),
+                _ => {
+                    fields.insert(name, value);
+                }
+            }
         }
-        let text_of = |name: &str| String::from_utf8(unhex(fields.get(name)?)?).ok();
+        let text_of = |name: &str| unhex_text(fields.get(name)?);
         let key = text_of("key")?;
         let counter = fields.get("counter")?.parse().ok()?;
         let holder = match fields.get("owner") {
@@ -121,7 +213,35 @@ impl State {
             key,
             counter,
             holder,
+            sharers,
+            waiters,
         })
+    }
+}
+
+impl State {
+    /// The record of `owner`'s grant of `kind`: the mutex's holder, or one
+    /// of the sharers.
+    pub(crate) fn entry_mut(&mut self, kind: LockKind, owner: &OwnerToken) -> Option<&mut Holder> {
+        match kind {
+            LockKind::Exclusive => self.holder.as_mut().filter(|h| h.owner == *owner),
+            _ => self
+                .sharers
+                .iter_mut()
+                .find(|s| s.holder.owner == *owner)
+                .map(|s| &mut s.holder),
+        }
+    }
+
+    /// Removes `owner`'s grant of `kind` and returns its record.
+    pub(crate) fn remove_entry(&mut self, kind: LockKind, owner: &OwnerToken) -> Option<Holder> {
+        match kind {
+            LockKind::Exclusive => self.holder.take_if(|h| h.owner == *owner),
+            _ => {
+                let at = self.sharers.iter().position(|s| s.holder.owner == *owner)?;
+                Some(self.sharers.remove(at).holder)
+            }
+        }
     }
 }
 
@@ -300,6 +420,14 @@ pub(crate) struct Alive {
 }
 
 impl Alive {
+    /// Whether the file is still open (its lock held).
+    pub(crate) fn is_open(&self) -> bool {
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Closes the file (dropping the lock) and removes it.
     pub(crate) fn close(&self) {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -345,6 +473,7 @@ mod tests {
                 acquired_ms: 1,
                 label: "host pid 1\n".into(),
             }),
+            ..State::default()
         };
         assert_eq!(State::decode(&state.encode()), Some(state.clone()));
         let free = State {
@@ -354,5 +483,82 @@ mod tests {
         assert_eq!(State::decode(&free.encode()), Some(free));
         assert_eq!(State::decode("garbage"), None);
         assert_eq!(State::decode(&format!("{MAGIC}\ncounter x\n")), None);
+    }
+
+    fn holder(expires_ns: u64, label: &str) -> Holder {
+        Holder {
+            owner: OwnerToken::generate(),
+            expires_ns,
+            boot: String::new(),
+            acquired_ms: 5,
+            label: label.into(),
+        }
+    }
+
+    #[test]
+    fn shared_states_round_trip_with_every_kind_and_empty_fields() {
+        let state = State {
+            key: "rw key".into(),
+            counter: 12,
+            holder: None,
+            sharers: [
+                LockKind::Read,
+                LockKind::Write,
+                LockKind::Permit { permits: 3 },
+            ]
+            .into_iter()
+            .zip(10..)
+            .map(|(kind, token)| Sharer {
+                kind,
+                token,
+                holder: holder(token, ""),
+            })
+            .collect(),
+            waiters: vec![holder(9, "w"), holder(8, "")],
+        };
+        let text = state.encode();
+        assert_eq!(State::decode(&text), Some(state), "{text}");
+        for bad in [
+            "sharer permit-0 1",
+            "sharer read 1 zz 1  1 ",
+            "sharer read 1",
+            "waiter",
+        ] {
+            let text = format!("{MAGIC}\nkey 61\ncounter 1\n{bad}\n");
+            assert_eq!(State::decode(&text), None, "{bad:?} parsed");
+        }
+    }
+
+    /// A mutex state file exactly as the first version wrote it (a held key)
+    /// parses, and this version writes the same state back byte for byte, so
+    /// processes of both versions can share a directory.
+    #[test]
+    fn mutex_state_of_the_first_version_parses_and_is_written_unchanged() {
+        let owner = "00112233445566778899aabbccddeeff";
+        let written_by_v1 = format!(
+            "{MAGIC}\nkey 6a6f62733a6e696768746c79\ncounter 41\nowner {owner}\n\
+             expires_ns 123456789\nboot 6233\nacquired_ms 1700000000000\n\
+             holder 686f737420706964203132\n"
+        );
+        let state = State::decode(&written_by_v1).expect("the first version's state parses");
+        assert_eq!(
+            state,
+            State {
+                key: "jobs:nightly".into(),
+                counter: 41,
+                holder: Some(Holder {
+                    owner: OwnerToken::from_hex(owner).unwrap(),
+                    expires_ns: 123_456_789,
+                    boot: "b3".into(),
+                    acquired_ms: 1_700_000_000_000,
+                    label: "host pid 12".into(),
+                }),
+                ..State::default()
+            }
+        );
+        assert_eq!(state.encode(), written_by_v1);
+        let free_v1 = format!("{MAGIC}\nkey 6a6f62733a6e696768746c79\ncounter 41\n");
+        let free = State::decode(&free_v1).expect("a free v1 state parses");
+        assert_eq!(free.encode(), free_v1);
     }
 }

@@ -17,14 +17,14 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
 use crate::config::{MAX_NAMED_TTL, MIN_TTL, Mode, MysqlConfig};
 use crate::store::{Sessions, Shared};
-use crate::{named, schema, table};
+use crate::{kinds, named, schema, table};
 
 /// Locks in MySQL or MariaDB: `GET_LOCK` on watched pinned sessions, or a
 /// lease table (see the crate docs for each mode's guarantees and limits).
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct MysqlBackend {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for MysqlBackend {
@@ -98,6 +98,13 @@ impl MysqlBackend {
             Mode::Named => named::sql(&settings),
             Mode::Table => table::sql(&settings),
         };
+        let kinds = match settings.mode {
+            Mode::Named => None,
+            Mode::Table => {
+                kinds::check_table(&settings)?;
+                Some(kinds::KindsSql::new(&settings))
+            }
+        };
         let sessions = match settings.mode {
             Mode::Named => Some(Arc::new(Sessions::new(
                 pool.connect_options().as_ref().clone(),
@@ -114,6 +121,7 @@ impl MysqlBackend {
                 config,
                 hub: ReleaseHub::new(),
                 sessions,
+                kinds,
             }),
         };
         if backend.shared.options.migrate {
@@ -156,6 +164,26 @@ impl MysqlBackend {
     }
 }
 
+impl MysqlBackend {
+    /// One attempt at a reader, writer or permit (table mode), on its own
+    /// task like the mutex's ([`cancel_safe`]).
+    pub(crate) async fn try_kind(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        waiting: Option<leasehold_core::OwnerToken>,
+    ) -> Result<Lease, LockError> {
+        let (shared, back, key) = (self.shared.clone(), self.shared.clone(), key.clone());
+        cancel_safe(
+            self.name(),
+            async move { kinds::try_acquire(&shared, &key, kind, ttl, waiting).await },
+            move |lease| async move { release(&back, &lease).await },
+        )
+        .await
+    }
+}
+
 /// One attempt in the backend's mode.
 async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, LockError> {
     match shared.options.mode {
@@ -164,8 +192,11 @@ async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, 
     }
 }
 
-/// Releases a lease in the backend's mode.
+/// Releases a lease in the backend's mode (of any kind).
 async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    if lease.kind() != LockKind::Exclusive {
+        return kinds::release(shared, lease).await;
+    }
     match shared.options.mode {
         Mode::Named => named::release(shared, lease).await,
         Mode::Table => table::release(shared, lease).await,
@@ -191,9 +222,12 @@ impl LockBackend for MysqlBackend {
             Mode::Named => caps
                 .expiry(Expiry::Session)
                 .ttl_granularity(Duration::from_secs(1)),
+            // GET_LOCK has no shared mode: the mutex only.
             Mode::Table => caps
                 .expiry(Expiry::Ttl)
-                .ttl_granularity(Duration::from_micros(1)),
+                .ttl_granularity(Duration::from_micros(1))
+                .rw_locks(true)
+                .semaphores(true),
         }
     }
 
@@ -234,11 +268,10 @@ impl LockBackend for MysqlBackend {
     /// `ttl`. Table mode: moves `expires_at` by the database clock,
     /// comparing the owner token.
     ///
-    /// Cancel safety: safe to drop; a dropped renewal may or may not have
-    /// taken effect, and either outcome is valid.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// Table mode: every kind (a reader, writer or permit is one
+    /// transaction on the second table, cancel safe like the mutex). Named
+    /// mode: the mutex only; other kinds are [`LockError::Unsupported`]
+    /// (`GET_LOCK` has no shared mode, and [`Capabilities`] says so).
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -246,10 +279,16 @@ impl LockBackend for MysqlBackend {
         ttl: Duration,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        if kind == LockKind::Exclusive {
+            return self.try_acquire(key, ttl).await;
+        }
+        self.check_ttl(ttl)?;
+        self.try_kind(key, kind, ttl, None).await
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// As `try_acquire_kind`, polled like `acquire`; a waiting writer
+    /// records its wait (new readers are refused while it lasts) and
+    /// removes it when the wait ends.
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -258,11 +297,20 @@ impl LockBackend for MysqlBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        if kind == LockKind::Exclusive {
+            return self.acquire(key, ttl, wait).await;
+        }
+        self.check_ttl(ttl)?;
+        self.wait_kind(key, kind, ttl, wait).await
     }
 
+    /// Cancel safety: safe to drop; a dropped renewal may or may not have
+    /// taken effect, and either outcome is valid. Leases of every kind.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
+        if lease.kind() != LockKind::Exclusive {
+            return kinds::extend(&self.shared, lease, ttl).await;
+        }
         match self.shared.options.mode {
             Mode::Named => named::extend(&self.shared, lease, ttl).await,
             Mode::Table => table::extend(&self.shared, lease, ttl).await,

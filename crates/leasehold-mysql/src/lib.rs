@@ -100,6 +100,42 @@
 //!   stop it.
 //! - Works through any proxy or pooler.
 //!
+//! ## Reader–writer locks and semaphores (table mode only)
+//! - In a second table, `<table>_shared` (created by the same migration;
+//!   with `migrate=false` apply [`migration_sql`], which now holds both;
+//!   the table name must leave room for the suffix within MySQL's 64
+//!   characters), keyed by (namespace, family, key, owner), the family
+//!   being `rw` or `sem`: the mutex, the reader–writer lock and the
+//!   semaphore of a key are three independent locks that never share a
+//!   row. Per lock: a counter row (never deleted), one row per holder
+//!   (kind, token, `expires_at`), and one row per waiting writer.
+//! - An attempt is one transaction: it locks the counter row first
+//!   (`INSERT ... ON DUPLICATE KEY UPDATE`, an exclusive row lock, so
+//!   attempts on one lock run one at a time), reads the live rows with a
+//!   locking read (a renewal in flight is waited for, never read stale),
+//!   and either bumps the counter (`LAST_INSERT_ID(counter + 1)`) and
+//!   inserts its holder row, or reports `Contended`. Expiry by the
+//!   database clock only, like the mutex. A reader is granted when no
+//!   writer holds or waits, a writer when nobody holds, a permit of `N`
+//!   while fewer than `N` hold (each attempt judged by its own `N`).
+//! - Fencing: one counter per lock, so a writer's token exceeds every
+//!   earlier grant of the key's reader–writer lock, a reader's exceeds
+//!   every earlier writer's, and permits strictly increase; durable like
+//!   the mutex's counter.
+//! - A waiting writer (`acquire_kind`) records a waiter row at its first
+//!   refused attempt, `ttl` ahead by the database clock and refreshed at
+//!   each attempt; new readers are refused while it is live. Its grant
+//!   deletes it in the same transaction; a wait that ends otherwise
+//!   (deadline, error, a dropped call) deletes it on a task of its own,
+//!   and a crashed waiter's row expires within its `ttl`.
+//! - `extend` and `release` take leases of every kind; `inspect`, `list`
+//!   and `force_release` see mutexes only.
+//! - **Named mode has the mutex only**: `GET_LOCK` has no shared mode, so
+//!   a reader–writer lock or a semaphore there would need a second
+//!   mechanism with its own expiry; [`Capabilities`](leasehold_core::Capabilities)
+//!   says `rw_locks: false, semaphores: false` and the calls are
+//!   `LockError::Unsupported`. Use table mode for them.
+//!
 //! ## Both modes
 //! - Waiting is polled (`Waiting::Polled`): MySQL has no release
 //!   notifications. The backend's own releases wake its waiters at once
@@ -161,6 +197,7 @@ mod backend;
 mod config;
 mod error;
 mod keys;
+mod kinds;
 mod named;
 mod schema;
 mod store;

@@ -42,7 +42,8 @@ pub fn migration_sql(config: &MysqlConfig) -> String {
 }
 
 /// Named mode keeps the fencing counter and the key's lock name (so a
-/// listing can ask `IS_USED_LOCK` per row); table mode adds the lease. Rows
+/// listing can ask `IS_USED_LOCK` per row); table mode adds the lease, and
+/// a second table for reader–writer locks and semaphores. Rows
 /// are never deleted by the crate, so counters never reset. Namespace and
 /// key are `VARBINARY`, so they compare byte for byte (no collation folds
 /// case or trailing spaces); the primary key fits InnoDB's 3072-byte limit.
@@ -53,6 +54,10 @@ pub(crate) fn ddl(settings: &Settings) -> String {
             "    owner CHAR(32) CHARACTER SET ascii NULL,\n    expires_at DATETIME(6) NULL,\n"
         }
     };
+    let kinds = match settings.mode {
+        Mode::Named => String::new(),
+        Mode::Table => crate::kinds::ddl(settings),
+    };
     format!(
         "CREATE TABLE IF NOT EXISTS {} (\n\
          \x20   namespace VARBINARY(1024) NOT NULL,\n\
@@ -62,7 +67,7 @@ pub(crate) fn ddl(settings: &Settings) -> String {
          \x20   holder VARCHAR(1024) CHARACTER SET utf8mb4 NULL,\n\
          \x20   acquired_at DATETIME(6) NULL,\n\
          \x20   PRIMARY KEY (namespace, `key`)\n\
-         ) ENGINE = InnoDB;\n",
+         ) ENGINE = InnoDB;\n{kinds}",
         settings.quoted_table()
     )
 }

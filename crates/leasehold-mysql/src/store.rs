@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) hub: ReleaseHub,
     /// Named mode's pinned sessions (`None` in table mode).
     pub(crate) sessions: Option<Arc<Sessions>>,
+    /// Table mode's reader–writer and semaphore statements (`None` in
+    /// named mode).
+    pub(crate) kinds: Option<crate::kinds::KindsSql>,
 }
 
 impl Shared {

@@ -113,11 +113,11 @@ type RowState = (
     Option<i64>,
 );
 
-fn micros(ttl: Duration) -> i64 {
+pub(crate) fn micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn holder_info((counter, hint, holder, left, acquired): HolderRow) -> LockInfo {
+pub(crate) fn holder_info((counter, hint, holder, left, acquired): HolderRow) -> LockInfo {
     let mut info = LockInfo::new(
         Some(FencingToken(counter as u64)),
         Some(Duration::from_micros(left.unwrap_or(0).max(0) as u64)),
@@ -137,10 +137,28 @@ pub(crate) async fn try_acquire(
     key: &Key,
     ttl: Duration,
 ) -> Result<Lease, LockError> {
+    grant(shared, key, ttl, |owner| async move {
+        take(shared, key, &owner, ttl).await
+    })
+    .await
+}
+
+/// Runs an attempt's `work` for a fresh owner under the operation timeout;
+/// the lease of the token it granted (every kind).
+pub(crate) async fn grant<F, Fut>(
+    shared: &Shared,
+    key: &Key,
+    ttl: Duration,
+    work: F,
+) -> Result<Lease, LockError>
+where
+    F: FnOnce(OwnerToken) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, LockError>>,
+{
     let options = &shared.options;
     let owner = OwnerToken::generate();
     let sent_at = options.clock.now();
-    let token = with_timeout(TABLE, options.timeout, take(shared, key, &owner, ttl)).await?;
+    let token = with_timeout(TABLE, options.timeout, work(owner)).await?;
     Ok(Lease::new(
         TABLE,
         key.clone(),
@@ -238,14 +256,37 @@ pub(crate) async fn extend(
     .await?;
     // The connection reports rows found (not only changed), so a renewal
     // that happens to leave `expires_at` unchanged still counts.
-    if done.rows_affected() == 1 {
-        Ok(lease.renewed(sent_at, ttl, options.drift))
+    renewal(done.rows_affected() == 1, shared, lease, sent_at, ttl)
+}
+
+/// A renewal's answer (every kind): the renewed lease if the statement
+/// found the live grant, else `Lost`.
+pub(crate) fn renewal(
+    found: bool,
+    shared: &Shared,
+    lease: &Lease,
+    sent_at: tokio::time::Instant,
+    ttl: Duration,
+) -> Result<Lease, LockError> {
+    if found {
+        Ok(lease.renewed(sent_at, ttl, shared.options.drift))
     } else {
         Err(LockError::lost(
             TABLE,
             lease.key().as_str(),
             "the lease expired or another owner holds the key",
         ))
+    }
+}
+
+/// A release's answer (every kind): wakes this backend's waiters of the
+/// key if the statement found the live grant, else `NotHeld`.
+pub(crate) fn released(found: bool, shared: &Shared, key: &str) -> Result<(), LockError> {
+    if found {
+        shared.hub.notify(key);
+        Ok(())
+    } else {
+        Err(LockError::not_held(TABLE, key))
     }
 }
 
@@ -263,12 +304,7 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
             .map_err(|e| map(TABLE, e))
     })
     .await?;
-    if done.rows_affected() == 1 {
-        shared.hub.notify(key);
-        Ok(())
-    } else {
-        Err(LockError::not_held(TABLE, key))
-    }
+    released(done.rows_affected() == 1, shared, key)
 }
 
 pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
