@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use leasehold::{LockError, Locker};
 
+fn yes_no(supported: bool) -> &'static str {
+    if supported { "yes" } else { "no" }
+}
+
 async fn run(url: &str) -> Result<(), String> {
     let first: Locker = leasehold::connect(url)
         .await
@@ -21,13 +25,15 @@ async fn run(url: &str) -> Result<(), String> {
     println!("backend {} capabilities: {caps:?}", first.backend().name());
     // The row README.md's backend table must carry (a test compares them).
     println!(
-        "capabilities-row: | {} | {:?} | {:?} | {:?} | {:?} | {:?} |",
+        "capabilities-row: | {} | {:?} | {:?} | {:?} | {:?} | {:?} | {} | {} |",
         first.backend().name(),
         caps.fencing,
         caps.expiry,
         caps.waiting,
         caps.fairness,
-        caps.min_ttl
+        caps.min_ttl,
+        yes_no(caps.rw_locks),
+        yes_no(caps.semaphores)
     );
 
     let key = format!("swap-demo:{}", std::process::id());
