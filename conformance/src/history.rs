@@ -159,7 +159,8 @@ pub enum Side {
 /// tasks.
 #[derive(Debug, Default)]
 pub struct SharedHistory {
-    holdings: Mutex<Vec<(Holding, Side)>>,
+    /// Each holding, its side, and when its holder asked for it.
+    holdings: Mutex<Vec<(Holding, Side, Instant)>>,
 }
 
 impl SharedHistory {
@@ -168,21 +169,36 @@ impl SharedHistory {
         Self::default()
     }
 
-    /// Records one holding.
+    /// Records one holding whose holder asked for it when it started.
     pub fn record(&self, holding: Holding, side: Side) {
+        self.record_asked(holding, side, holding.start);
+    }
+
+    /// Records one holding, and when its holder sent the request (the grant
+    /// happened between `asked` and `holding.start`). Token order is checked
+    /// only between grants this bounds: concurrent permits or readers may
+    /// learn of their grants in another order than the store made them.
+    pub fn record_asked(&self, holding: Holding, side: Side, asked: Instant) {
         self.holdings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((holding, side));
+            .push((holding, side, asked));
     }
 
     fn sorted(&self) -> Vec<(Holding, Side)> {
+        self.sorted_asked()
+            .into_iter()
+            .map(|(h, side, _)| (h, side))
+            .collect()
+    }
+
+    fn sorted_asked(&self) -> Vec<(Holding, Side, Instant)> {
         let mut holdings = self
             .holdings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        holdings.sort_by_key(|(h, _)| h.start);
+        holdings.sort_by_key(|(h, ..)| h.start);
         holdings
     }
 
@@ -266,17 +282,19 @@ impl SharedHistory {
         violations
     }
 
-    /// Tokens that went backwards: for each pair where `earlier` ended before
-    /// `later` started and `ordered(earlier side, later side)`, the later
+    /// Tokens that went backwards: for each pair where `earlier`'s holder
+    /// knew of its grant before `later`'s asked (so the store granted
+    /// `earlier` first) and `ordered(earlier side, later side)`, the later
     /// token must be greater.
     fn token_order(&self, ordered: impl Fn(Side, Side) -> bool) -> Vec<Violation> {
-        let holdings = self.sorted();
+        let holdings = self.sorted_asked();
         let mut violations = Vec::new();
-        for (later, later_side) in &holdings {
+        for (later, later_side, asked) in &holdings {
             let highest_before = holdings
                 .iter()
-                .filter(|(h, side)| h.end <= later.start && ordered(*side, *later_side))
-                .map(|(h, _)| h.token)
+                .filter(|(h, side, _)| h.start <= *asked && ordered(*side, *later_side))
+                .filter(|(h, ..)| h.holder != later.holder || h.token != later.token)
+                .map(|(h, ..)| h.token)
                 .max();
             if let Some(earlier) = highest_before.filter(|t| *t >= later.token) {
                 violations.push(Violation::TokenWentBackwards {

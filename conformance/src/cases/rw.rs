@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use leasehold_core::{Fencing, Key, Lease, LockBackend, LockError, LockKind, WaitPolicy};
+use leasehold_core::{
+    Fencing, Key, Lease, LockBackend, LockError, LockGuard, LockKind, LockOptions, WaitPolicy,
+};
 use tokio::time::Instant;
 
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
@@ -173,6 +175,7 @@ pub async fn rw_history_has_no_writer_overlap(ctx: Arc<Ctx>) -> Outcome {
                 let lock = locker.rw_lock(&key)?;
                 for round in 0..ROUNDS {
                     let writes = (holder as usize + round).is_multiple_of(3);
+                    let asked = Instant::now();
                     let guard = if writes {
                         lock.write().await?
                     } else {
@@ -186,7 +189,7 @@ pub async fn rw_history_has_no_writer_overlap(ctx: Arc<Ctx>) -> Outcome {
                     } else {
                         Side::Shared
                     };
-                    history.record(
+                    history.record_asked(
                         Holding {
                             holder,
                             token: guard.fencing_token().get(),
@@ -194,6 +197,7 @@ pub async fn rw_history_has_no_writer_overlap(ctx: Arc<Ctx>) -> Outcome {
                             end,
                         },
                         side,
+                        asked,
                     );
                     guard.release().await?;
                 }
@@ -218,35 +222,51 @@ pub async fn rw_history_has_no_writer_overlap(ctx: Arc<Ctx>) -> Outcome {
     Ok(())
 }
 
-/// Readers arrive every few milliseconds and each holds a little longer, so
-/// some reader always holds. A writer that waits must still get the lock
-/// (new readers are refused while it waits, the holding ones finish), and
-/// while it waits a fresh reader is refused.
+/// A chain of readers where each lets go only once the next one holds (or
+/// after a short wait for it), so without writer preference some reader
+/// always holds and a waiting writer starves, however the machine schedules
+/// the tasks. The writer must still get the lock (new readers are refused
+/// while it waits, the holding one gives up waiting for its successor), and
+/// while it holds a fresh reader is refused.
 pub async fn waiting_writer_is_served_while_readers_keep_arriving(ctx: Arc<Ctx>) -> Outcome {
     let key = ctx.key("starve");
     let ttl = ctx.ttl(Duration::from_secs(10));
     let readers = ctx.locker(ctx.client().await?, ttl, Duration::from_secs(30));
     let writer_client = ctx.client().await?;
     let written = Arc::new(AtomicBool::new(false));
-    // A steady stream of overlapping readers until the writer is through.
     let stream = {
         let (readers, key, written) = (readers.clone(), key.clone(), written.clone());
         tokio::spawn(async move {
             let lock = readers.rw_lock(&key)?;
-            let mut started = Vec::new();
+            let successor_wait = LockOptions::new().wait(Duration::from_millis(150));
+            let mut holding: Option<LockGuard> = None;
             while !written.load(Ordering::SeqCst) {
-                let lock = lock.clone();
-                started.push(tokio::spawn(async move {
-                    let guard = lock.read().await?;
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    guard.release().await
-                }));
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Each reader runs on its own task (a task may not hold the
+                // lock twice); the chain hands the guard along.
+                let next = {
+                    let (lock, options) = (lock.clone(), successor_wait.clone());
+                    tokio::spawn(async move { lock.read_with(&options).await })
+                        .await
+                        .map_err(|e| LockError::backend("test", e.to_string()))?
+                };
+                match next {
+                    Ok(guard) => {
+                        if let Some(previous) = holding.replace(guard) {
+                            previous.release().await?;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(LockError::WaitTimedOut { .. }) => {
+                        // Refused: a writer waits. Let it in.
+                        if let Some(previous) = holding.take() {
+                            previous.release().await?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            for reader in started {
-                reader
-                    .await
-                    .map_err(|e| LockError::backend("test", e.to_string()))??;
+            if let Some(previous) = holding.take() {
+                previous.release().await?;
             }
             Ok::<_, LockError>(())
         })

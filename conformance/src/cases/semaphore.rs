@@ -119,11 +119,12 @@ pub async fn semaphore_history_never_exceeds_its_permits(ctx: Arc<Ctx>) -> Outco
             tasks.push(tokio::spawn(async move {
                 let semaphore = locker.semaphore(&key, PERMITS)?;
                 for _ in 0..ROUNDS {
+                    let asked = Instant::now();
                     let guard = semaphore.acquire().await?;
                     let start = Instant::now();
                     tokio::time::sleep(Duration::from_millis(3)).await;
                     let end = Instant::now().min(guard.valid_until());
-                    history.record(
+                    history.record_asked(
                         Holding {
                             holder,
                             token: guard.fencing_token().get(),
@@ -131,6 +132,7 @@ pub async fn semaphore_history_never_exceeds_its_permits(ctx: Arc<Ctx>) -> Outco
                             end,
                         },
                         Side::Shared,
+                        asked,
                     );
                     guard.release().await?;
                 }
