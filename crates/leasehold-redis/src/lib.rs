@@ -163,6 +163,7 @@ mod replication;
 mod safety;
 pub mod scripts;
 mod sentinel;
+mod shared;
 mod store;
 mod tls;
 
@@ -176,6 +177,7 @@ pub use keys::KeyLayout;
 pub use replicas::ReplicaRule;
 pub use safety::{Persistence, SafetyFinding};
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelTarget};
+pub use shared::WaitingStep;
 pub use store::{AcquireOutcome, MAX_TTL_MS, Ownership, RedisNode, ttl_millis};
 pub use tls::{TLS_OPTIONS, TlsFiles};
 

@@ -47,7 +47,7 @@ pub enum Ownership {
 }
 
 impl Ownership {
-    fn from_reply(reply: i64) -> Self {
+    pub(crate) fn from_reply(reply: i64) -> Self {
         match reply {
             1 => Ownership::Ours,
             0 => Ownership::Free,
