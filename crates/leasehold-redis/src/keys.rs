@@ -17,7 +17,7 @@ use leasehold_core::{Key, LockError};
 ///   `{ns:k}:rw:readers` and `{ns:k}:rw:waiting` (sorted sets of owner
 ///   tokens scored by their expiry in server milliseconds: the readers and
 ///   the waiting writers), `{ns:k}:rw:fence` (its own counter, never
-///   deleted); see [`shared`](crate::scripts::RW_ACQUIRE_SRC)
+///   deleted); see [`scripts::RW_ACQUIRE_SRC`](crate::scripts::RW_ACQUIRE_SRC)
 /// - the semaphore `k`: `{ns:k}:sem:holders` (sorted set of owner tokens
 ///   scored by expiry) and `{ns:k}:sem:fence`
 ///
