@@ -216,7 +216,7 @@ pub use keys::KeyLayout;
 pub use replicas::ReplicaRule;
 pub use safety::{Persistence, SafetyFinding};
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelTarget};
-pub use shared::WaitingStep;
+pub use shared::{WaitingStep, extend_split};
 pub use store::{AcquireOutcome, MAX_TTL_MS, Ownership, RedisNode, ttl_millis};
 pub use tls::{TLS_OPTIONS, TlsFiles};
 

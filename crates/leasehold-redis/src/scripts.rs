@@ -205,8 +205,10 @@ end
 /// `waiter` registers it (or refreshes it) in `waiting` until `now + ttl`;
 /// a writer granted removes its own registration.
 ///
-/// Returns `{1, token}` on a grant, `{0, left}` when refused (`left`: ms
-/// until the writer, or the first reader, expires; -1 unknown).
+/// Returns `{1, token}` on a grant, `{0, left, counter}` when refused
+/// (`left`: ms until the writer, or the first reader, expires, -1
+/// unknown; `counter`: the newest grant's token, which Redlock raises
+/// lagging servers to).
 pub const RW_ACQUIRE_SRC: &str = concat!(
     shared_prelude!(),
     r#"
@@ -227,7 +229,7 @@ if refused then
     redis.call('ZADD', KEYS[3], ms(now + ttl), ARGV[4])
     expire_with_last(KEYS[3])
   end
-  return {0, left}
+  return {0, left, tonumber(redis.call('GET', KEYS[4]) or '0') or 0}
 end
 if ARGV[1] == 'write' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
@@ -243,14 +245,14 @@ return {1, redis.call('INCR', KEYS[4])}
 /// Semaphore acquire. `KEYS = [holders, fence]`, `ARGV = [owner, ttl_ms,
 /// permits]`. Expired holders are pruned; with fewer than `permits` left
 /// the owner joins (scored `now + ttl`) and the semaphore's counter is
-/// `INCR`ed. Returns `{1, token}` or `{0, left}` (ms until the first
-/// holder expires).
+/// `INCR`ed. Returns `{1, token}` or `{0, left, counter}` (ms until the
+/// first holder expires; the newest permit's token).
 pub const SEM_ACQUIRE_SRC: &str = concat!(
     shared_prelude!(),
     r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return {0, first_left(KEYS[1])}
+  return {0, first_left(KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0') or 0}
 end
 redis.call('ZADD', KEYS[1], ms(now + tonumber(ARGV[2])), ARGV[1])
 expire_with_last(KEYS[1])

@@ -5,6 +5,7 @@
 //! readers out until it is granted, withdraws, or expires. Every step is
 //! one script ([`crate::scripts`]) on the key's hash slot.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -42,11 +43,17 @@ impl RedisNode {
             LockKind::Write => Ok((layout.shared_key(key, "rw:writer"), "string")),
             LockKind::Read => Ok((layout.shared_key(key, "rw:readers"), "set")),
             LockKind::Permit { .. } => Ok((layout.shared_key(key, "sem:holders"), "set")),
-            _ => Err(LockError::backend(
-                self.backend,
-                format!("{kind} is not a reader-writer or semaphore grant"),
-            )),
+            _ => Err(self.not_shared(kind)),
         }
+    }
+
+    /// The error of a mutex passed where a shared grant belongs (a bug in
+    /// the caller, reported, never a panic).
+    fn not_shared(&self, kind: LockKind) -> LockError {
+        LockError::backend(
+            self.backend,
+            format!("{kind} is not a reader-writer or semaphore grant"),
+        )
     }
 
     /// One attempt at a reader, writer or permit grant of `key` for `owner`
@@ -97,12 +104,19 @@ impl RedisNode {
                     .arg(permits);
                 invocation
             }
-            _ => return Err(self.place(key, kind).unwrap_err()),
+            _ => return Err(self.not_shared(kind)),
         };
-        let ((won, value), confirmed): ((i64, i64), _) = self.invoke(invocation).await?;
+        let (reply, confirmed): (Vec<i64>, _) = self.invoke(invocation).await?;
+        let (won, value) = match reply[..] {
+            [won, value, ..] => (won, value),
+            _ => return Err(LockError::backend(self.backend, "malformed acquire reply")),
+        };
         if won != 1 {
+            // The newest grant's token: the writer's while a writer holds.
+            let newest = reply.get(2).copied().unwrap_or(0);
             let left = (value >= 0).then(|| Duration::from_millis(value as u64));
-            return Ok(AcquireOutcome::Held(LockInfo::new(None, left)));
+            let token = (newest > 0).then_some(FencingToken(newest as u64));
+            return Ok(AcquireOutcome::Held(LockInfo::new(token, left)));
         }
         if let Confirmation::Short(acked) = confirmed {
             // Too few replicas have it: undo it (the counter stays raised).
@@ -200,6 +214,88 @@ impl RedisNode {
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await?;
         Ok(reply == 1)
+    }
+}
+
+/// The steps of every [`LockKind`] through one call each, for an algorithm
+/// over several nodes (Redlock) that treats the kinds alike: the mutex
+/// goes to the mutex scripts, the others to the reader–writer and
+/// semaphore scripts above.
+impl RedisNode {
+    /// [`RedisNode::try_acquire_raw`] for the mutex, else
+    /// [`RedisNode::try_acquire_shared_raw`].
+    pub async fn acquire_kind_raw(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        owner: &OwnerToken,
+        ttl: Duration,
+        waiter: Option<&OwnerToken>,
+    ) -> Result<AcquireOutcome, LockError> {
+        match kind {
+            LockKind::Exclusive => self.try_acquire_raw(key, owner, ttl).await,
+            kind => {
+                self.try_acquire_shared_raw(key, kind, owner, ttl, waiter)
+                    .await
+            }
+        }
+    }
+
+    /// [`RedisNode::extend_raw`] for the mutex, else
+    /// [`RedisNode::extend_shared_raw`].
+    pub async fn extend_kind_raw(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        owner: &OwnerToken,
+        ttl: Duration,
+    ) -> Result<Ownership, LockError> {
+        match kind {
+            LockKind::Exclusive => self.extend_raw(key, owner, ttl).await,
+            kind => self.extend_shared_raw(key, kind, owner, ttl).await,
+        }
+    }
+
+    /// [`RedisNode::release_raw`] for the mutex, else
+    /// [`RedisNode::release_shared_raw`].
+    pub async fn release_kind_raw(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        owner: &OwnerToken,
+    ) -> Result<Ownership, LockError> {
+        match kind {
+            LockKind::Exclusive => self.release_raw(key, owner).await,
+            kind => self.release_shared_raw(key, kind, owner).await,
+        }
+    }
+
+    /// Raises the fencing counter of `kind`'s lock on `key` (the mutex's,
+    /// the reader–writer lock's or the semaphore's) to at least `token`,
+    /// never lowering it ([`scripts::RAISE_SRC`]); `true` if it was raised.
+    /// Cancel safety: dropped, it may or may not have run; running it again
+    /// is harmless.
+    pub async fn raise_kind_raw(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        token: FencingToken,
+    ) -> Result<bool, LockError> {
+        let fence = match kind {
+            LockKind::Exclusive => self.layout().fence_key(key),
+            LockKind::Read | LockKind::Write => self.layout().shared_key(key, "rw:fence"),
+            _ => self.layout().shared_key(key, "sem:fence"),
+        };
+        let raised: i64 = self
+            .call(|mut conn| async move {
+                scripts::raise()
+                    .key(fence)
+                    .arg(token.get())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(raised == 1)
     }
 }
 
@@ -330,38 +426,56 @@ impl Leases {
         }
     }
 
-    /// Renews leases of every kind: the mutexes in script batches
-    /// ([`Leases::extend_many`]), the others each with its own call, all at
-    /// once. Results in input order; a failed mutex batch fails the call.
+    /// Renews leases of every kind ([`extend_split`]): the mutexes in
+    /// script batches ([`Leases::extend_many`]), the others each with its
+    /// own call, all at once.
     pub(crate) async fn extend_any(
         &self,
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
-        let (mutexes, shared): (Vec<usize>, Vec<usize>) =
-            (0..renewals.len()).partition(|&i| renewals[i].0.kind() == LockKind::Exclusive);
-        if shared.is_empty() {
-            return self.extend_many(renewals).await;
-        }
-        let batch: Vec<(Lease, Duration)> = mutexes.iter().map(|&i| renewals[i].clone()).collect();
-        let each = shared
-            .iter()
-            .map(|&i| self.extend_shared(&renewals[i].0, renewals[i].1));
-        let (batched, each) = tokio::join!(self.extend_many(&batch), join_all(each));
-        let mut results: Vec<Option<Result<Lease, LockError>>> =
-            renewals.iter().map(|_| None).collect();
-        for (i, result) in mutexes.into_iter().zip(batched?) {
-            results[i] = Some(result);
-        }
-        for (i, result) in shared.into_iter().zip(each) {
-            results[i] = Some(result);
-        }
-        Ok(results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| Err(LockError::backend(NAME, "a renewal got no result")))
-            })
-            .collect())
+        extend_split(
+            renewals,
+            |batch| async move { self.extend_many(&batch).await },
+            |lease, ttl| self.extend_shared(lease, ttl),
+        )
+        .await
     }
+}
+
+/// Renews leases of every kind for a backend whose batch renews mutexes
+/// only: the mutex leases with one `batch` call (its failure fails the whole
+/// call), every other lease with its own `one` call, all at the same time.
+/// Results in input order. Redlock uses it too.
+pub async fn extend_split<'a, B, BF, O, OF>(
+    renewals: &'a [(Lease, Duration)],
+    batch: B,
+    one: O,
+) -> Result<Vec<Result<Lease, LockError>>, LockError>
+where
+    B: FnOnce(Vec<(Lease, Duration)>) -> BF,
+    BF: Future<Output = Result<Vec<Result<Lease, LockError>>, LockError>>,
+    O: Fn(&'a Lease, Duration) -> OF,
+    OF: Future<Output = Result<Lease, LockError>>,
+{
+    let (mutexes, shared): (Vec<usize>, Vec<usize>) =
+        (0..renewals.len()).partition(|&i| renewals[i].0.kind() == LockKind::Exclusive);
+    let batched: Vec<(Lease, Duration)> = mutexes.iter().map(|&i| renewals[i].clone()).collect();
+    let each = shared.iter().map(|&i| one(&renewals[i].0, renewals[i].1));
+    let (batched, each) = tokio::join!(batch(batched), join_all(each));
+    let mut results: Vec<Option<Result<Lease, LockError>>> =
+        renewals.iter().map(|_| None).collect();
+    for (i, result) in mutexes.into_iter().zip(batched?) {
+        results[i] = Some(result);
+    }
+    for (i, result) in shared.into_iter().zip(each) {
+        results[i] = Some(result);
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(LockError::backend(NAME, "a renewal got no result")))
+        })
+        .collect())
 }
 
 /// A writer's registration while it waits; dropping it withdraws the
