@@ -9,7 +9,7 @@ use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
     LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
-    wait_for_lock,
+    wait_for_grant, wait_for_lock,
 };
 
 use crate::NAME;
@@ -230,6 +230,8 @@ impl LockBackend for RedisBackend {
             .holder_info(true)
             .atomic_multi_key(false)
             .batch_extend(true)
+            .rw_locks(true)
+            .semaphores(true)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`]): a
@@ -261,11 +263,10 @@ impl LockBackend for RedisBackend {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.poll)).await
     }
 
-    /// Cancel safety: a dropped extend may still be applied; that only keeps
-    /// our own key longer, and the lease we hold is unchanged.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// The mutex is `try_acquire`; a reader, writer or permit is one script
+    /// on the key's hash slot (see the [crate docs](crate)), run to its end
+    /// on its own task like `try_acquire` ([`cancel_safe`]), so a dropped
+    /// call never strands a grant.
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -273,10 +274,17 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        match kind {
+            LockKind::Exclusive => self.try_acquire(key, ttl).await,
+            kind => self.leases.try_shared(key, kind, ttl, None).await,
+        }
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// The core waiting loop ([`wait_for_grant`]) woken by the release feed;
+    /// a writer registers as waiting from its first refused attempt (new
+    /// readers are refused) until its wait ends, however it ends (a dropped
+    /// call withdraws in the background; a registration left behind expires
+    /// within `ttl`).
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -285,26 +293,45 @@ impl LockBackend for RedisBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        let wait = wait.polling_at(self.poll);
+        match kind {
+            LockKind::Exclusive => self.acquire(key, ttl, &wait).await,
+            LockKind::Write => self.leases.wait_to_write(self, key, ttl, &wait).await,
+            kind => {
+                wait_for_grant(self, key, &wait, || {
+                    self.leases.try_shared(key, kind, ttl, None)
+                })
+                .await
+            }
+        }
     }
 
+    /// Cancel safety: a dropped extend may still be applied; that only keeps
+    /// our own key longer, and the lease we hold is unchanged.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        if lease.kind() != LockKind::Exclusive {
+            return self.leases.extend_shared(lease, ttl).await;
+        }
         self.leases.extend(lease, ttl).await
     }
 
-    /// Renews up to 256 leases per script call (one round trip for a typical
-    /// watchdog batch); a failed call fails the whole batch. Cancel safety
-    /// as [`LockBackend::extend`].
+    /// Renews up to 256 mutex leases per script call (one round trip for a
+    /// typical watchdog batch; readers, writers and permits each with their
+    /// own call, at the same time); a failed call fails the whole batch.
+    /// Cancel safety as [`LockBackend::extend`].
     async fn extend_many(
         &self,
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
-        self.leases.extend_many(renewals).await
+        self.leases.extend_any(renewals).await
     }
 
     /// Cancel safety: a dropped release may or may not have deleted the key;
     /// it frees itself at its TTL, and releasing again finishes the job.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+        if lease.kind() != LockKind::Exclusive {
+            return self.leases.release_shared(lease).await;
+        }
         self.leases.release(lease).await
     }
 

@@ -12,6 +12,14 @@ use leasehold_core::{Key, LockError};
 ///   label>`, PX TTL; see [`scripts`](crate::scripts))
 /// - fencing counter: `{ns:k}:fence` (an integer, never deleted, no TTL)
 /// - release channel: `ns:released` (payload: the released lock key's name)
+/// - the reader–writer lock `k` (independent of the mutex `k`):
+///   `{ns:k}:rw:writer` (the writer's owner token, PX TTL),
+///   `{ns:k}:rw:readers` and `{ns:k}:rw:waiting` (sorted sets of owner
+///   tokens scored by their expiry in server milliseconds: the readers and
+///   the waiting writers), `{ns:k}:rw:fence` (its own counter, never
+///   deleted); see [`scripts::RW_ACQUIRE_SRC`](crate::scripts::RW_ACQUIRE_SRC)
+/// - the semaphore `k`: `{ns:k}:sem:holders` (sorted set of owner tokens
+///   scored by expiry) and `{ns:k}:sem:fence`
 ///
 /// The namespace is percent-encoded for `%`, `{`, `}` and `:`, the key for
 /// `%`, `{` and `}`. So the first `{…}` of every name is exactly the hash
@@ -76,6 +84,22 @@ impl KeyLayout {
     /// The Redis key holding the per-key fencing counter (never deleted).
     pub fn fence_key(&self, key: &Key) -> String {
         self.tag(key) + ":fence"
+    }
+
+    /// A Redis name of the reader–writer lock or semaphore of `key`:
+    /// `{ns:key}:<part>` (`rw:writer`, `rw:readers`, `rw:waiting`,
+    /// `rw:fence`, `sem:holders`, `sem:fence`). Never ends in `:lock`, so
+    /// `list` and `key_of` never see it.
+    ///
+    /// ```
+    /// use leasehold_core::Key;
+    /// use leasehold_redis::KeyLayout;
+    /// let layout = KeyLayout::new("app").unwrap();
+    /// let key = Key::new("pool").unwrap();
+    /// assert_eq!(layout.shared_key(&key, "sem:holders"), "{app:pool}:sem:holders");
+    /// ```
+    pub fn shared_key(&self, key: &Key, part: &str) -> String {
+        self.tag(key) + ":" + part
     }
 
     /// The `SCAN MATCH` pattern of the lock keys of this namespace whose key

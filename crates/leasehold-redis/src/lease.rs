@@ -16,8 +16,8 @@ use crate::store::{AcquireOutcome, Ownership, RedisNode, ttl_millis};
 #[derive(Debug, Clone)]
 pub(crate) struct Leases {
     pub(crate) node: RedisNode,
-    clock: SharedClock,
-    drift: Drift,
+    pub(crate) clock: SharedClock,
+    pub(crate) drift: Drift,
 }
 
 impl Leases {
@@ -125,7 +125,7 @@ fn give_back(node: &RedisNode, key: &Key, owner: OwnerToken) {
 }
 
 /// The renewed lease, or why it is gone.
-fn renewal(
+pub(crate) fn renewal(
     lease: &Lease,
     found: Ownership,
     sent_at: Instant,

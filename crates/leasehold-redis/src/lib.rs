@@ -86,6 +86,45 @@
 //! off, for tests only). Errors and `Debug` show the files' paths, never
 //! their contents or the password. rustls, no OpenSSL.
 //!
+//! ## Reader–writer locks and semaphores
+//! [`LockKind::Read`](leasehold_core::LockKind::Read),
+//! [`LockKind::Write`](leasehold_core::LockKind::Write) and
+//! [`LockKind::Permit`](leasehold_core::LockKind::Permit) on every topology
+//! above ([`Capabilities::rw_locks`](leasehold_core::Capabilities::rw_locks)
+//! and [`semaphores`](leasehold_core::Capabilities::semaphores) say yes).
+//! Each is its own lock, apart from the mutex of the same key: its own
+//! Redis names under the key's hash tag ([`KeyLayout::shared_key`]), so
+//! every script touches one cluster slot.
+//! - **state**: readers and permits are members of a sorted set scored by
+//!   their expiry in the server's milliseconds (`TIME` inside the script,
+//!   never a client clock); the writer is a key with a `PX` TTL; writers
+//!   that *wait* are members of a third sorted set. Every script first
+//!   drops the expired members, and each set expires with its last member
+//!   (`PEXPIREAT`), so a crashed holder frees its grant after its TTL and
+//!   nothing is left behind.
+//! - **grants** ([`scripts::RW_ACQUIRE_SRC`], [`scripts::SEM_ACQUIRE_SRC`]):
+//!   a writer when no writer and no reader holds; a reader when no writer
+//!   holds or waits; a permit while fewer than `permits` hold. Each grant
+//!   `INCR`s the lock's own fencing counter (`rw:fence`, `sem:fence`: never
+//!   deleted, durable like the mutex's), so a writer's token exceeds every
+//!   earlier grant, a reader's every earlier writer's, and permits strictly
+//!   increase. The replica rule (`min_replicas`) applies to grants and
+//!   renewals as it does to the mutex's.
+//! - **writer preference**: a writer in `acquire_kind` registers in the
+//!   waiting set with its first refused attempt (scored `now + ttl`,
+//!   refreshed every third of the TTL while it waits), which refuses new
+//!   readers; a grant removes it, and so does the end of the wait however
+//!   it ends (a dropped call withdraws it in the background), else it
+//!   expires within the TTL. A single `try_acquire_kind` never registers.
+//!   Writers among themselves are not ordered.
+//! - **release** publishes on the namespace's channel with the key's lock
+//!   name, so waiters of every kind on the key wake; **extend** re-scores an
+//!   unexpired member (never revives an expired one); acquisitions run on
+//!   their own task ([`cancel_safe`](leasehold_core::cancel_safe)), so a
+//!   dropped call never strands a grant.
+//! - `inspect`, `list` and `force_release` see mutexes only; readers,
+//!   writers and permits are neither listed nor evicted by them.
+//!
 //! ## Operations
 //! - **list** ([`LockBackend::list`](leasehold_core::LockBackend::list)):
 //!   one `SCAN` step per page (`MATCH` over the namespace's lock keys under
@@ -163,6 +202,7 @@ mod replication;
 mod safety;
 pub mod scripts;
 mod sentinel;
+mod shared;
 mod store;
 mod tls;
 
@@ -176,6 +216,7 @@ pub use keys::KeyLayout;
 pub use replicas::ReplicaRule;
 pub use safety::{Persistence, SafetyFinding};
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelTarget};
+pub use shared::{WaitingStep, extend_split};
 pub use store::{AcquireOutcome, MAX_TTL_MS, Ownership, RedisNode, ttl_millis};
 pub use tls::{TLS_OPTIONS, TlsFiles};
 

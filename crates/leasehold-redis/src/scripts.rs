@@ -163,6 +163,174 @@ end
 return 0
 "#;
 
+/// The prelude of the reader–writer and semaphore scripts: `now` is the
+/// server's `TIME` in milliseconds (so every expiry is on the server's
+/// clock), `ms(n)` formats a score, `expire_with_last(set)` keeps a sorted
+/// set of expiries alive exactly until its last member expires (so an
+/// abandoned set frees its memory), and `first_left(set)` is the
+/// milliseconds until its first member expires (-1 when empty).
+macro_rules! shared_prelude {
+    () => {
+        r#"
+-- Servers before 5.0 refuse writes after TIME unless effects are replicated.
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function ms(n)
+  return string.format('%d', n)
+end
+local function expire_with_last(set)
+  local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', set, last[2]) end
+end
+local function first_left(set)
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) - now end
+  return -1
+end
+"#
+    };
+}
+
+/// Reader–writer acquire. `KEYS = [writer, readers, waiting, fence]` (see
+/// [`KeyLayout::shared_key`](crate::KeyLayout::shared_key)), `ARGV = [side
+/// ('read' or 'write'), owner, ttl_ms, waiter ('' for none)]`.
+///
+/// Expired readers and waiting writers are pruned first (their score is
+/// their expiry, server milliseconds). A writer is granted when there is
+/// no writer and no reader; a reader when there is no writer and no
+/// *waiting* writer (writer preference). A grant `INCR`s the lock's own
+/// fencing counter, so a writer's token exceeds every earlier grant and a
+/// reader's every earlier writer's. A refused attempt that names a
+/// `waiter` registers it (or refreshes it) in `waiting` until `now + ttl`;
+/// a writer granted removes its own registration.
+///
+/// Returns `{1, token}` on a grant, `{0, left, counter}` when refused
+/// (`left`: ms until the writer, or the first reader, expires, -1
+/// unknown; `counter`: the newest grant's token, which Redlock raises
+/// lagging servers to).
+pub const RW_ACQUIRE_SRC: &str = concat!(
+    shared_prelude!(),
+    r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local ttl = tonumber(ARGV[3])
+local refused, left = false, -1
+local writer = redis.call('PTTL', KEYS[1])
+if writer ~= -2 then
+  refused, left = true, writer
+elseif ARGV[1] == 'write' then
+  if redis.call('ZCARD', KEYS[2]) > 0 then refused, left = true, first_left(KEYS[2]) end
+elseif redis.call('ZCARD', KEYS[3]) > 0 then
+  refused = true
+end
+if refused then
+  if ARGV[4] ~= '' then
+    redis.call('ZADD', KEYS[3], ms(now + ttl), ARGV[4])
+    expire_with_last(KEYS[3])
+  end
+  return {0, left, tonumber(redis.call('GET', KEYS[4]) or '0') or 0}
+end
+if ARGV[1] == 'write' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+  if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+else
+  redis.call('ZADD', KEYS[2], ms(now + ttl), ARGV[2])
+  expire_with_last(KEYS[2])
+end
+return {1, redis.call('INCR', KEYS[4])}
+"#
+);
+
+/// Semaphore acquire. `KEYS = [holders, fence]`, `ARGV = [owner, ttl_ms,
+/// permits]`. Expired holders are pruned; with fewer than `permits` left
+/// the owner joins (scored `now + ttl`) and the semaphore's counter is
+/// `INCR`ed. Returns `{1, token}` or `{0, left, counter}` (ms until the
+/// first holder expires; the newest permit's token).
+pub const SEM_ACQUIRE_SRC: &str = concat!(
+    shared_prelude!(),
+    r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {0, first_left(KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0') or 0}
+end
+redis.call('ZADD', KEYS[1], ms(now + tonumber(ARGV[2])), ARGV[1])
+expire_with_last(KEYS[1])
+return {1, redis.call('INCR', KEYS[2])}
+"#
+);
+
+/// Extend a writer, reader or permit. `KEYS = [name]`, `ARGV = [owner,
+/// ttl_ms, shape ('string': the writer key, compare-and-`PEXPIRE`; 'set':
+/// a sorted set member, re-scored to `now + ttl` only while unexpired)]`.
+/// Returns 1 / 0 / -1 like [`EXTEND_SRC`]; an expired member is never
+/// revived.
+pub const SHARED_EXTEND_SRC: &str = concat!(
+    shared_prelude!(),
+    r#"
+if ARGV[3] == 'string' then
+  local holder = redis.call('GET', KEYS[1])
+  if not holder then return 0 end
+  if holder ~= ARGV[1] then return -1 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ms(now + tonumber(ARGV[2])), ARGV[1])
+expire_with_last(KEYS[1])
+return 1
+"#
+);
+
+/// Release a writer, reader or permit, then `PUBLISH channel lock` (the
+/// key's mutex lock name, which every waiter of the key listens for).
+/// `KEYS = [name]`, `ARGV = [owner, shape (as in [`SHARED_EXTEND_SRC`]),
+/// channel, lock]`. Returns 1 / 0 / -1 like [`RELEASE_SRC`] (an expired
+/// member is removed and answers 0).
+pub const SHARED_RELEASE_SRC: &str = concat!(
+    shared_prelude!(),
+    r#"
+if ARGV[2] == 'string' then
+  local holder = redis.call('GET', KEYS[1])
+  if not holder then return 0 end
+  if holder ~= ARGV[1] then return -1 end
+  redis.call('DEL', KEYS[1])
+else
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not score then return 0 end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if tonumber(score) <= now then return 0 end
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#
+);
+
+/// A waiting writer's registration: refresh it to `now + ttl` while it
+/// exists (never re-create one that was withdrawn or expired), or withdraw
+/// it and `PUBLISH` so the readers it held back try again. `KEYS =
+/// [waiting]`, `ARGV = [waiter, 'refresh', ttl_ms]` or `[waiter, 'withdraw',
+/// channel, lock]`. Returns 1 when the registration was there, else 0.
+pub const RW_WAITING_SRC: &str = concat!(
+    shared_prelude!(),
+    r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  if score then redis.call('ZREM', KEYS[1], ARGV[1]) end
+  return 0
+end
+if ARGV[2] == 'refresh' then
+  redis.call('ZADD', KEYS[1], 'XX', ms(now + tonumber(ARGV[3])), ARGV[1])
+  expire_with_last(KEYS[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return 1
+"#
+);
+
 macro_rules! shared_script {
     ($(#[$doc:meta])* $name:ident, $src:ident) => {
         $(#[$doc])*
@@ -207,4 +375,29 @@ shared_script!(
     /// The [`RAISE_SRC`] script.
     raise,
     RAISE_SRC
+);
+shared_script!(
+    /// The [`RW_ACQUIRE_SRC`] script.
+    rw_acquire,
+    RW_ACQUIRE_SRC
+);
+shared_script!(
+    /// The [`SEM_ACQUIRE_SRC`] script.
+    sem_acquire,
+    SEM_ACQUIRE_SRC
+);
+shared_script!(
+    /// The [`SHARED_EXTEND_SRC`] script.
+    shared_extend,
+    SHARED_EXTEND_SRC
+);
+shared_script!(
+    /// The [`SHARED_RELEASE_SRC`] script.
+    shared_release,
+    SHARED_RELEASE_SRC
+);
+shared_script!(
+    /// The [`RW_WAITING_SRC`] script.
+    rw_waiting,
+    RW_WAITING_SRC
 );

@@ -47,7 +47,7 @@ pub enum Ownership {
 }
 
 impl Ownership {
-    fn from_reply(reply: i64) -> Self {
+    pub(crate) fn from_reply(reply: i64) -> Self {
         match reply {
             1 => Ownership::Ours,
             0 => Ownership::Free,
@@ -395,17 +395,8 @@ impl RedisNode {
     /// ([`scripts::RAISE_SRC`]); `true` if it was raised. Cancel safety:
     /// dropped, it may or may not have run; running it again is harmless.
     pub async fn raise_raw(&self, key: &Key, token: FencingToken) -> Result<bool, LockError> {
-        let fence = self.layout.fence_key(key);
-        let raised: i64 = self
-            .call(|mut conn| async move {
-                scripts::raise()
-                    .key(fence)
-                    .arg(token.get())
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(raised == 1)
+        self.raise_kind_raw(key, leasehold_core::LockKind::Exclusive, token)
+            .await
     }
 }
 

@@ -10,7 +10,7 @@ use leasehold_core::{
     Drift, FencingToken, Key, Lease, LockBackend, LockError, OwnerToken, WaitPolicy, Wake,
 };
 use leasehold_redis::{NAME, RedisBackend};
-use support::config;
+use support::{config, evalsha_calls};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -412,15 +412,6 @@ where
         }
     }
     panic!("the store did not come back within 60 tries after docker unpause");
-}
-
-/// How many EVALSHA calls the server has run (INFO commandstats).
-async fn evalsha_calls(backend: &RedisBackend) -> u64 {
-    let info: String = redis_cmd(backend, redis::cmd("INFO").arg("commandstats")).await;
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().expect("a call count"))
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use leasehold_core::{Key, ListPage, ListQuery, LockError, LockInfo};
+use leasehold_core::{Key, ListPage, ListQuery, LockError, LockInfo, LockKind};
 use leasehold_redis::{ScanCursor, ScanState};
 
 use crate::NAME;
@@ -185,7 +185,7 @@ impl Quorum {
                 NodeOutcome::Free => true,
                 _ => false,
             });
-            self.raise_counters(key, token, &lagging, self.timeout)
+            self.raise_counters(key, LockKind::Exclusive, token, &lagging, self.timeout)
                 .await;
         }
         let answered = outcomes.iter().filter(|o| !o.is_unknown()).count();

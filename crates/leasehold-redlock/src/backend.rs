@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
-    LockInfo, LockKind, ReleaseListener, WaitPolicy, Waiting, cancel_safe, wait_for_lock,
+    LockInfo, LockKind, OwnerToken, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
+    wait_for_grant, wait_for_lock,
 };
-use leasehold_redis::{KeyLayout, RedisNode};
+use leasehold_redis::{KeyLayout, RedisNode, extend_split};
 
 use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedlockConfig};
 use crate::quorum::Quorum;
@@ -131,6 +132,7 @@ impl LockBackend for RedlockBackend {
             .holder_info(true)
             .atomic_multi_key(false)
             .batch_extend(true)
+            .rw_locks(true)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`]): a
@@ -141,15 +143,7 @@ impl LockBackend for RedlockBackend {
     /// so a frozen server that runs the queued acquire when it wakes runs the
     /// delete right after it.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        self.inner.quorum.check_ttl(ttl)?;
-        let (this, key) = (self.inner.clone(), key.clone());
-        let releaser = self.inner.clone();
-        cancel_safe(
-            NAME,
-            async move { this.quorum.attempt(&key, ttl).await },
-            move |lease| async move { releaser.quorum.release(&lease).await },
-        )
-        .await
+        self.attempt(key, LockKind::Exclusive, ttl, None).await
     }
 
     /// The core waiting loop, polling (no release signal over N servers);
@@ -163,13 +157,11 @@ impl LockBackend for RedlockBackend {
         wait_for_lock(self, key, ttl, &wait.polling_at(self.inner.poll)).await
     }
 
-    /// Cancel safety: dropping it may leave the renewal applied on some
-    /// servers; that only keeps our own key longer (until the new TTL), and
-    /// the lease's `valid_until` is unchanged, so nothing is promised that
-    /// the servers do not keep.
-    /// Only the mutex (no reader–writer locks or semaphores on this store
-    /// yet: [`Capabilities`] says so, and other kinds are
-    /// [`LockError::Unsupported`]).
+    /// The mutex is `try_acquire`; a reader or writer is the same quorum
+    /// step over the reader–writer scripts, cancel safe the same way.
+    /// Semaphores are [`LockError::Unsupported`]: a majority of
+    /// independent counts does not bound the holders (see the
+    /// [crate docs](crate)).
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -177,10 +169,14 @@ impl LockBackend for RedlockBackend {
         ttl: Duration,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.try_acquire(key, ttl).await
+        self.attempt(key, kind, ttl, None).await
     }
 
-    /// Only the mutex, as `try_acquire_kind`.
+    /// Polls with the caller's [`WaitPolicy`] (`poll` caps its pauses); a
+    /// writer registers as waiting on the servers that refuse it, which
+    /// refuse new readers, until its wait ends (withdrawn from every
+    /// server, in the background for a dropped call) or the registrations
+    /// expire within `ttl`.
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -189,22 +185,43 @@ impl LockBackend for RedlockBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.capabilities().check_kind(self.name(), kind)?;
-        self.acquire(key, ttl, wait).await
+        let wait = wait.polling_at(self.inner.poll);
+        match kind {
+            LockKind::Write => {
+                self.inner.quorum.check_ttl(ttl)?;
+                let attempt = |waiter| self.attempt(key, kind, ttl, Some(waiter));
+                (self.inner.quorum)
+                    .wait_to_write(self, key, ttl, &wait, attempt)
+                    .await
+            }
+            kind => wait_for_grant(self, key, &wait, || self.attempt(key, kind, ttl, None)).await,
+        }
     }
 
+    /// Cancel safety: dropping it may leave the renewal applied on some
+    /// servers; that only keeps our own key longer (until the new TTL), and
+    /// the lease's `valid_until` is unchanged, so nothing is promised that
+    /// the servers do not keep.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         self.inner.quorum.extend(lease, ttl).await
     }
 
     /// One script call per server for the whole batch, all servers at
     /// once: a slow server costs the per-node timeout once, not once per
-    /// lease. Fewer than a quorum of servers answering fails the whole
-    /// call. Cancel safety as [`LockBackend::extend`].
+    /// lease (readers and writers each with their own quorum step, at the
+    /// same time). Fewer than a quorum of servers answering the batch fails
+    /// the whole call. Cancel safety as [`LockBackend::extend`].
     async fn extend_many(
         &self,
         renewals: &[(Lease, Duration)],
     ) -> Result<Vec<Result<Lease, LockError>>, LockError> {
-        self.inner.quorum.extend_many(renewals).await
+        let quorum = &self.inner.quorum;
+        extend_split(
+            renewals,
+            |batch| async move { quorum.extend_many(&batch).await },
+            |lease, ttl| quorum.extend(lease, ttl),
+        )
+        .await
     }
 
     /// Cancel safety: dropping it may leave the key deleted on some servers
@@ -236,9 +253,31 @@ impl LockBackend for RedlockBackend {
         self.inner.quorum.force_release(key, reason).await
     }
 
-    /// No release signal: a subscription per server and a quorum of them
+    /// No release signal (for any kind): a subscription per server and a quorum of them
     /// would be needed; waiters poll.
     fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
         None
+    }
+}
+
+impl RedlockBackend {
+    /// One attempt at a grant of `kind` (registering `waiter` as a waiting
+    /// writer where refused), cancel safe as `try_acquire` says.
+    async fn attempt(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        waiter: Option<OwnerToken>,
+    ) -> Result<Lease, LockError> {
+        self.inner.quorum.check_ttl(ttl)?;
+        let (this, key) = (self.inner.clone(), key.clone());
+        let releaser = self.inner.clone();
+        cancel_safe(
+            NAME,
+            async move { this.quorum.attempt(&key, kind, ttl, waiter).await },
+            move |lease| async move { releaser.quorum.release(&lease).await },
+        )
+        .await
     }
 }

@@ -24,6 +24,9 @@
 //! - **release** compare-and-deletes on every server in parallel: `Ok` when a
 //!   majority confirms, `NotHeld` when none held it, `Lost` when only a
 //!   minority still did.
+//! - **kinds**: readers and writers take the same steps over the
+//!   reader–writer scripts (below); `list`, `inspect` and `force_release`
+//!   see mutexes only.
 //! - **errors** list every server's answer ([`QuorumReport`]): a key taken on
 //!   a majority is [`LockError::Contended`](leasehold_core::LockError::Contended) (the report is the holder's
 //!   `metadata`); too few servers reachable is [`LockError::Unavailable`](leasehold_core::LockError::Unavailable)
@@ -44,6 +47,36 @@
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Reader–writer locks, and why no semaphores
+//! - **Reader–writer locks** ([`Capabilities::rw_locks`](leasehold_core::Capabilities::rw_locks)):
+//!   each server keeps the single-server reader–writer state of
+//!   [`leasehold_redis`] (readers and waiting writers in sorted sets scored
+//!   by the server's `TIME`, the writer under a `PX` TTL, the lock's own
+//!   fencing counter), and a grant needs a majority, exactly as the mutex
+//!   does (same owner token everywhere, per-node timeouts, validity from
+//!   the send instant, partial grants given back, token the majority's
+//!   largest counter with lagging servers raised). Sound for exclusion
+//!   because any two majorities share a server, and that server refuses a
+//!   writer while it counts a reader or writer, and a reader while it
+//!   counts a writer; readers share freely. Fencing is `BestEffort` for the
+//!   same reasons as the mutex's. A writer in `acquire_kind` registers as
+//!   waiting on the servers that refuse it (those then refuse new
+//!   readers), refreshes that every third of its TTL and withdraws from
+//!   every server when its wait ends; a registration a server missed
+//!   expires within the TTL. Writer preference then holds where the
+//!   registrations reach a majority; otherwise it costs only fairness,
+//!   never exclusion.
+//! - **Semaphores are [`LockError::Unsupported`](leasehold_core::LockError::Unsupported)**
+//!   ([`Capabilities::semaphores`](leasehold_core::Capabilities::semaphores)
+//!   is false). A majority of independent per-server counts does not bound
+//!   the holders: with N servers each admitting P holders and every holder
+//!   on N/2+1 of them, up to P·N/(N/2+1) holders (almost 2P) fit. Three
+//!   servers and P = 2: holders on {1,2}, {2,3} and {1,3} fill every
+//!   server to 2 and all three hold. Bounding them needs each holder on more
+//!   than P·N/(P+1) servers (all N as P grows), which gives up the
+//!   fault tolerance Redlock exists for; use a single Redis
+//!   (`leasehold-redis`, Sentinel or Cluster) for semaphores.
 //!
 //! ## Operations
 //! - **list** ([`LockBackend::list`](leasehold_core::LockBackend::list)):
@@ -126,6 +159,7 @@ mod backend;
 pub mod config;
 mod error;
 mod quorum;
+mod shared;
 mod store;
 
 use std::time::Duration;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use leasehold_core::{
-    Capabilities, Drift, FencingToken, Key, Lease, LockError, OwnerToken, SharedClock,
+    Capabilities, Drift, FencingToken, Key, Lease, LockError, LockKind, OwnerToken, SharedClock,
 };
 use leasehold_redis::Ownership;
 use tokio::time::Instant;
@@ -64,17 +64,26 @@ impl Quorum {
         Capabilities::new().min_ttl(MIN_TTL).check_ttl(NAME, ttl)
     }
 
-    /// One acquisition attempt on every server (see the crate docs); the
-    /// caller checked the TTL. Not cancel safe by itself: the backend's
+    /// One acquisition attempt at a grant of `kind` on every server (see
+    /// the crate docs); the caller checked the TTL and the kind. A refused
+    /// writer attempt that names a `waiter` registers it as waiting on the
+    /// servers that refused. Not cancel safe by itself: the backend's
     /// `try_acquire` runs it through [`leasehold_core::cancel_safe`].
-    pub(crate) async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
+    pub(crate) async fn attempt(
+        &self,
+        key: &Key,
+        kind: LockKind,
+        ttl: Duration,
+        waiter: Option<OwnerToken>,
+    ) -> Result<Lease, LockError> {
         let nodes = &self.nodes;
         let owner = OwnerToken::generate();
         let per_node = self.node_timeout(ttl);
         let sent_at = self.clock.now();
         let outcomes: Vec<NodeOutcome> = nodes
             .fan_out(&nodes.all(), per_node, |node| async move {
-                node.try_acquire_raw(key, &owner, ttl).await
+                node.acquire_kind_raw(key, kind, &owner, ttl, waiter.as_ref())
+                    .await
             })
             .await
             .into_iter()
@@ -100,8 +109,10 @@ impl Quorum {
                 NodeOutcome::Held(info) => info.fencing_token.is_some_and(|c| c < token),
                 _ => false,
             });
-            self.raise_counters(key, token, &lagging, per_node).await;
-            let lease = Lease::new(NAME, key.clone(), owner, token, sent_at, ttl, self.drift);
+            self.raise_counters(key, kind, token, &lagging, per_node)
+                .await;
+            let lease = Lease::new(NAME, key.clone(), owner, token, sent_at, ttl, self.drift)
+                .with_kind(kind);
             let now = self.clock.now();
             if lease.valid_until() > now {
                 tracing::debug!(%key, owner = %owner.short(), %token, acquired, "redlock acquired");
@@ -121,12 +132,16 @@ impl Quorum {
         if !unknown.is_empty() {
             let (nodes, key) = (self.nodes.clone(), key.clone());
             tokio::spawn(async move {
-                let released = nodes.release_on(&unknown, &key, &owner, per_node).await;
+                let released = nodes
+                    .release_on(&unknown, &key, kind, &owner, per_node)
+                    .await;
                 tracing::debug!(%key, owner = %owner.short(), ?released, "redlock gave back a failed attempt on silent servers");
             });
         }
         if !granted.is_empty() {
-            let released = nodes.release_on(&granted, key, &owner, per_node).await;
+            let released = nodes
+                .release_on(&granted, key, kind, &owner, per_node)
+                .await;
             tracing::debug!(%key, owner = %owner.short(), acquired, ?released, "redlock attempt failed; gave back its keys");
         }
         let held = outcomes
@@ -154,12 +169,13 @@ impl Quorum {
         Err(LockError::contended(NAME, key.as_str(), Some(holder)))
     }
 
-    /// Raises the counters of the servers `lagging` (indices), which are
-    /// below `token`, to it (so a later, different quorum counts past it).
-    /// Best effort within `per_node`.
+    /// Raises the counters of `kind`'s lock on the servers `lagging`
+    /// (indices), which are below `token`, to it (so a later, different
+    /// quorum counts past it). Best effort within `per_node`.
     pub(crate) async fn raise_counters(
         &self,
         key: &Key,
+        kind: LockKind,
         token: FencingToken,
         lagging: &[usize],
         per_node: Duration,
@@ -170,7 +186,7 @@ impl Quorum {
         let nodes = &self.nodes;
         let results = nodes
             .fan_out(lagging, per_node, |node| async move {
-                node.raise_raw(key, token).await
+                node.raise_kind_raw(key, kind, token).await
             })
             .await;
         for (&i, result) in lagging.iter().zip(results) {
@@ -185,11 +201,11 @@ impl Quorum {
         self.check_ttl(ttl)?;
         let nodes = &self.nodes;
         let per_node = self.node_timeout(ttl);
-        let (key, owner) = (lease.key(), lease.owner());
+        let (key, kind, owner) = (lease.key(), lease.kind(), lease.owner());
         let sent_at = self.clock.now();
         let outcomes = nodes
             .fan_out(&nodes.all(), per_node, |node| async move {
-                node.extend_raw(key, owner, ttl).await
+                node.extend_kind_raw(key, kind, owner, ttl).await
             })
             .await
             .into_iter()
@@ -324,7 +340,9 @@ impl Quorum {
         let nodes = &self.nodes;
         let quorum = nodes.quorum();
         let (key, owner) = (lease.key(), lease.owner());
-        let outcomes = nodes.release_until(key, owner, self.timeout, quorum).await;
+        let outcomes = nodes
+            .release_until(key, lease.kind(), owner, self.timeout, quorum)
+            .await;
         let ours = outcomes.iter().filter(|o| **o == NodeOutcome::Ours).count();
         let unknown = outcomes.iter().filter(|o| o.is_unknown()).count();
         let not_ours = outcomes.len() - ours - unknown;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
-use leasehold_core::{Key, LockError, OwnerToken};
+use leasehold_core::{Key, LockError, LockKind, OwnerToken};
 use leasehold_redis::{KeyLayout, RedisNode};
 use tokio::sync::watch;
 
@@ -339,16 +339,18 @@ impl Nodes {
         .await
     }
 
-    /// Compare-and-deletes `owner`'s key on the servers `which`, in parallel.
+    /// Compare-and-deletes `owner`'s grant of `kind` on the servers
+    /// `which`, in parallel.
     pub(crate) async fn release_on(
         &self,
         which: &[usize],
         key: &Key,
+        kind: LockKind,
         owner: &OwnerToken,
         per_node: Duration,
     ) -> Vec<NodeOutcome> {
         self.fan_out(which, per_node, |node| async move {
-            node.release_raw(key, owner).await
+            node.release_kind_raw(key, kind, owner).await
         })
         .await
         .into_iter()
@@ -356,7 +358,7 @@ impl Nodes {
         .collect()
     }
 
-    /// Compare-and-deletes `owner`'s key on every server, each within
+    /// Compare-and-deletes `owner`'s grant of `kind` on every server, each within
     /// `per_node`, and returns as soon as `enough` of them confirmed it (or
     /// every server answered). Each server's call runs in its own task, so a
     /// slow server's release still lands after we return (or after the
@@ -365,6 +367,7 @@ impl Nodes {
     pub(crate) async fn release_until(
         &self,
         key: &Key,
+        kind: LockKind,
         owner: &OwnerToken,
         per_node: Duration,
         enough: usize,
@@ -375,7 +378,7 @@ impl Nodes {
             tokio::spawn(async move {
                 let released = slot
                     .call(per_node, |node| async move {
-                        node.release_raw(&key, &owner).await
+                        node.release_kind_raw(&key, kind, &owner).await
                     })
                     .await;
                 let _ = sender.send((i, NodeOutcome::from_ownership(released)));

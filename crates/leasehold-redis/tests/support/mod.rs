@@ -58,3 +58,17 @@ pub async fn server(args: &[&str], needs_container: bool) -> Option<Server> {
 pub fn config(url: &str) -> RedisConfig {
     RedisConfig::from_url(url).expect("the test url parses")
 }
+
+/// How many EVALSHA calls the server behind `backend` has run (INFO
+/// commandstats).
+pub async fn evalsha_calls(backend: &leasehold_redis::RedisBackend) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut backend.node().connection())
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a call count"))
+}
