@@ -37,6 +37,8 @@ pub struct KindsRow {
     pub read: Option<f64>,
     /// Permit acquire+release ops/s on one semaphore of 16.
     pub permit: Option<f64>,
+    /// Why a figure is missing (the first error of the row), if one is.
+    pub failure: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -80,33 +82,43 @@ pub async fn measure(config: &Config, subjects: &[Subject]) -> Result<Vec<KindsR
         log(format!("kinds: {}", s.name));
         let locker = locker(backend.clone());
         let window = config.window;
+        let mut failure: Option<String> = None;
+        let mut keep = |figure: Result<f64, String>| match figure {
+            Ok(ops) => Some(ops),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        };
         let raw = match &s.raw {
             Some(raw) => {
-                Some(harness::throughput(&format!("{}-kraw", s.name), raw, TASKS, window).await?)
+                keep(harness::throughput(&format!("{}-kraw", s.name), raw, TASKS, window).await)
             }
             None => None,
         };
-        let mutex = harness::throughput(
-            &format!("{}-kmutex", s.name),
-            &lock_unlock(s.try_lock.clone()),
-            TASKS,
-            window,
-        )
-        .await?;
+        let mutex = keep(
+            harness::throughput(
+                &format!("{}-kmutex", s.name),
+                &lock_unlock(s.try_lock.clone()),
+                TASKS,
+                window,
+            )
+            .await,
+        );
         let read = if caps.rw_locks {
             let op = shared_op(locker.clone(), None);
-            Some(
+            keep(
                 harness::throughput_on(&format!("{}-kread", s.name), &op, TASKS, window, true)
-                    .await?,
+                    .await,
             )
         } else {
             None
         };
         let permit = if caps.semaphores {
             let op = shared_op(locker, Some(TASKS as u32));
-            Some(
+            keep(
                 harness::throughput_on(&format!("{}-kpermit", s.name), &op, TASKS, window, true)
-                    .await?,
+                    .await,
             )
         } else {
             None
@@ -114,9 +126,10 @@ pub async fn measure(config: &Config, subjects: &[Subject]) -> Result<Vec<KindsR
         rows.push(KindsRow {
             name: s.name.clone(),
             raw,
-            mutex,
+            mutex: mutex.unwrap_or(0.0),
             read,
             permit,
+            failure,
         });
     }
     Ok(rows)

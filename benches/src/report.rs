@@ -432,6 +432,14 @@ pub fn kinds_markdown(config: &Config, rows: &[crate::kinds::KindsRow]) -> Strin
             ratio(r.permit, r.raw),
         );
     }
+    for r in rows.iter().filter(|r| r.failure.is_some()) {
+        let _ = writeln!(
+            md,
+            "\n- {}: a figure is missing: {}",
+            r.name,
+            r.failure.as_deref().unwrap_or_default()
+        );
+    }
     md
 }
 
