@@ -195,8 +195,8 @@ impl Capabilities {
             LockKind::Exclusive => (true, "mutexes"),
             LockKind::Read | LockKind::Write => (self.rw_locks, "reader-writer locks"),
             LockKind::Permit { permits } => {
-                if permits == 0 {
-                    LockKind::permit(0)?;
+                if LockKind::permit(permits).is_none() {
+                    return Err(LockError::Config(LockKind::ZERO_PERMITS.into()));
                 }
                 (self.semaphores, "semaphores")
             }

@@ -3,8 +3,6 @@
 
 use std::fmt;
 
-use crate::error::LockError;
-
 /// The kind of grant an acquisition asks for
 /// ([`LockBackend::try_acquire_kind`](crate::LockBackend::try_acquire_kind)),
 /// and the kind a [`Lease`](crate::Lease) was granted as.
@@ -35,7 +33,7 @@ use crate::error::LockError;
 /// ```
 /// use leasehold_core::LockKind;
 /// assert_eq!(LockKind::Permit { permits: 3 }.to_string(), "permit of 3");
-/// assert!(LockKind::permit(0).is_err());
+/// assert!(LockKind::permit(0).is_none());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -54,16 +52,16 @@ pub enum LockKind {
 }
 
 impl LockKind {
-    /// A permit of a semaphore of `permits`; zero permits is a
-    /// [`LockError::Config`] (nobody could ever hold it).
-    pub fn permit(permits: u32) -> Result<Self, LockError> {
-        if permits == 0 {
-            return Err(LockError::Config(
-                "a semaphore needs at least one permit".into(),
-            ));
-        }
-        Ok(LockKind::Permit { permits })
+    /// A permit of a semaphore of `permits`; `None` for zero permits
+    /// (nobody could ever hold it: [`Locker::semaphore`](crate::Locker::semaphore)
+    /// and [`Capabilities::check_kind`](crate::Capabilities::check_kind)
+    /// make that a `LockError::Config`).
+    pub fn permit(permits: u32) -> Option<Self> {
+        (permits > 0).then_some(LockKind::Permit { permits })
     }
+
+    /// The error for a semaphore of zero permits.
+    pub(crate) const ZERO_PERMITS: &str = "a semaphore needs at least one permit";
 
     /// The `kind` label of the acquisition metrics: `mutex`, `read`,
     /// `write`, `permit`.

@@ -5,10 +5,59 @@
 
 use crate::error::LockError;
 use crate::guard::LockGuard;
-use crate::key::Key;
+use crate::key::{IntoKey, Key};
 use crate::kind::LockKind;
 use crate::lock_options::LockOptions;
 use crate::locker::Locker;
+
+impl Locker {
+    /// The reader–writer lock `key` (independent of the mutex `key`): see
+    /// [`RwLock`] and [`LockKind`] for its semantics. Checks the key now; the
+    /// store is asked nothing until a read or write.
+    ///
+    /// ```
+    /// use leasehold_core::{Locker, MemoryBackend};
+    /// use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+    /// let backend = Arc::new(MemoryBackend::new());
+    /// // Two services (a task holding a lock may not ask for it again).
+    /// let (api, worker) = (Locker::from_arc(backend.clone()), Locker::from_arc(backend));
+    /// let a = api.rw_lock("cache:prices")?.read().await?;
+    /// let b = worker.rw_lock("cache:prices")?.read().await?; // readers share
+    /// assert!(worker.rw_lock("cache:prices")?.try_write().await.is_err());
+    /// let last_read = b.fencing_token().max(a.fencing_token());
+    /// a.release().await?;
+    /// b.release().await?;
+    /// let writer = worker.rw_lock("cache:prices")?.write().await?;
+    /// assert!(writer.fencing_token() > last_read);
+    /// # writer.release().await?; Ok(()) }
+    /// ```
+    pub fn rw_lock(&self, key: impl IntoKey) -> Result<RwLock, LockError> {
+        Ok(RwLock::new(self.clone(), key.into_key()?))
+    }
+
+    /// The counting semaphore `key` of `permits` permits (independent of the
+    /// mutex `key`): see [`Semaphore`]. Zero permits is a
+    /// [`LockError::Config`].
+    ///
+    /// ```
+    /// use leasehold_core::{Locker, MemoryBackend};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// let exports = locker.semaphore("reports:export", 2)?;
+    /// let one = exports.acquire().await?;
+    /// let two = exports.acquire().await?;
+    /// assert!(exports.try_acquire().await.is_err()); // both permits taken
+    /// one.release().await?;
+    /// two.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, key: impl IntoKey, permits: u32) -> Result<Semaphore, LockError> {
+        let kind = LockKind::permit(permits)
+            .ok_or_else(|| LockError::Config(LockKind::ZERO_PERMITS.into()))?;
+        Ok(Semaphore::new(self.clone(), key.into_key()?, kind))
+    }
+}
 
 /// The reader–writer lock of one key, made by [`Locker::rw_lock`]: many
 /// readers together or one writer, every grant fenced (see [`LockKind`]).

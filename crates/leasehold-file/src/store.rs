@@ -133,7 +133,7 @@ fn parse_kind(name: &str) -> Option<LockKind> {
     match name {
         "read" => Some(LockKind::Read),
         "write" => Some(LockKind::Write),
-        _ => LockKind::permit(name.strip_prefix("permit-")?.parse().ok()?).ok(),
+        _ => LockKind::permit(name.strip_prefix("permit-")?.parse().ok()?),
     }
 }
 
