@@ -109,8 +109,15 @@ async fn mutual_tls_needs_the_client_certificate_and_keeps_user_password_auth() 
         ))
         .await,
     );
+    // Under TLS 1.3 the client finishes its side of the handshake first, so
+    // the server's refusal arrives either as its alert ("certificate
+    // required") or as the connection closing under the first request.
+    let lower = error.to_lowercase();
     assert!(
-        error.to_lowercase().contains("certificate") && !error.contains("PRIVATE KEY"),
+        (lower.contains("certificate")
+            || lower.contains("broken pipe")
+            || lower.contains("transport error"))
+            && !error.contains("PRIVATE KEY"),
         "no client certificate: {error}"
     );
 

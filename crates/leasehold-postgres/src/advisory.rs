@@ -67,13 +67,18 @@ const GRANTED: &str = "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 
      AND l.mode = 'ExclusiveLock' \
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
+/// The counter row is read `FOR SHARE`: a holder's grant takes the lock
+/// and bumps the row in one statement, and `pg_locks` shows the lock before
+/// that statement commits, so a plain read could pair the new holder with
+/// the previous token (an election observer saw token 2 twice). Waiting for
+/// the row's lock reads the committed bump instead.
 fn inspect_sql(table: &str) -> String {
     let acquired = acquired_us("f");
     format!(
         "SELECT l.pid, f.counter, f.holder, {acquired} FROM pg_locks l \
-         LEFT JOIN {table} f ON f.namespace = $3 AND f.key = $4 \
+         JOIN {table} f ON f.namespace = $3 AND f.key = $4 \
          WHERE {GRANTED} AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
-         LIMIT 1"
+         LIMIT 1 FOR SHARE OF f"
     )
 }
 
