@@ -20,6 +20,7 @@ import urllib.request
 # Expressions over metrics that the example load cannot produce, with why.
 EXCEPTIONS = {
     "leasehold_circuit_open": "the example load never opens a circuit breaker (it needs a store that fails)",
+    "leasehold_order_inversions_total": "the example load takes key classes in one order (an inversion is a bug the alert is for; promtool's unit tests cover it firing)",
 }
 
 # Dashboard variables, as Grafana would fill them for "All" over a short run.
