@@ -41,12 +41,22 @@ pub async fn scheduled_runs_execute_once_across_nodes(ctx: Arc<Ctx>) -> Outcome 
     let at_most_for = ctx.ttl(Duration::from_secs(5));
     let at_least_for = Duration::from_millis(500);
     let executions: Arc<Vec<AtomicU32>> = Arc::new((0..RUNS).map(|_| AtomicU32::new(0)).collect());
-    // Every node connects before the schedule starts: a slow connection (TLS,
-    // a loaded machine) is not clock skew, and a node still connecting when
-    // run 0 has come and gone would fire it late.
+    // Every node connects, and takes and frees a lock of its own, before the
+    // schedule starts: a slow connection (TLS, a loaded machine, a store that
+    // opens a session on the first lock) is not clock skew, and a node still
+    // connecting when run 0 has come and gone would fire it late.
     let mut lockers = Vec::new();
-    for _ in 0..NODES {
-        lockers.push(Locker::from_arc(ctx.client().await?));
+    for node in 0..NODES {
+        let locker = Locker::from_arc(ctx.client().await?);
+        let warm = ctx.key(&format!("warm-up-{node}"));
+        locker
+            .try_lock(&warm)
+            .await
+            .map_err(|e| Failed(format!("node {node} could not take a lock of its own: {e}")))?
+            .release()
+            .await
+            .map_err(|e| Failed(format!("node {node} could not free its own lock: {e}")))?;
+        lockers.push(locker);
     }
     let start = Instant::now() + Duration::from_millis(200);
     let mut nodes = Vec::new();

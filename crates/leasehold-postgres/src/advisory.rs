@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us, not_permitted};
 use crate::config::{ADVISORY, Settings};
+use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
 use crate::store::{Held, Pinned, Shared, Sql, idle_timeout};
@@ -43,21 +44,32 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// session's `idle_session_timeout` to the TTL, all in one statement and
 /// session; when the lock is busy, report the last holder's counter and
 /// metadata instead (and leave the session's settings alone, since it is kept
-/// for reuse). Also returns the session's server pid ([`session_pid`]).
-fn acquire_sql(table: &str) -> String {
+/// for reuse). Also returns the session's server pid ([`session_pid`]) and
+/// the store's epoch.
+///
+/// The bump commits without waiting for its flush to disk: the store epoch
+/// ([`crate::epoch`]) keeps tokens increasing across a crash that loses it.
+/// With no epoch in force the statement takes no lock and returns `NULL` as
+/// the epoch: the caller starts one and asks again.
+fn acquire_sql(settings: &Settings) -> String {
+    let table = settings.qualified_table();
+    let epoch = epoch::current_sql(settings);
+    let floor = epoch::floor_sql("(SELECT e FROM a)");
     format!(
-        "WITH l AS (SELECT pg_try_advisory_lock($1) AS got), \
+        "WITH a AS (SELECT {epoch} AS e), \
+         l AS (SELECT pg_try_advisory_lock($1) AS got FROM a WHERE a.e IS NOT NULL), \
          b AS (INSERT INTO {table} AS f (namespace, key, counter, holder, acquired_at, lock_id) \
-               SELECT $2, $3, 1, $4, clock_timestamp(), $1 FROM l WHERE l.got \
+               SELECT $2, $3, GREATEST(1, {floor}), $4, clock_timestamp(), $1 FROM l WHERE l.got \
                ON CONFLICT (namespace, key) DO UPDATE \
-               SET counter = f.counter + 1, holder = EXCLUDED.holder, \
+               SET counter = GREATEST(f.counter + 1, {floor}), holder = EXCLUDED.holder, \
                    acquired_at = EXCLUDED.acquired_at, lock_id = EXCLUDED.lock_id \
                RETURNING f.counter), \
-         t AS (SELECT set_config('idle_session_timeout', $5, false) FROM l WHERE l.got) \
+         t AS (SELECT set_config('idle_session_timeout', $5, false), \
+                      set_config('synchronous_commit', 'off', true) FROM l WHERE l.got) \
          SELECT (SELECT counter FROM b), \
                 (SELECT counter FROM {table} WHERE namespace = $2 AND key = $3), \
                 (SELECT holder FROM {table} WHERE namespace = $2 AND key = $3), \
-                (SELECT count(*) FROM t), pg_backend_pid()"
+                (SELECT count(*) FROM t), pg_backend_pid(), (SELECT e FROM a)"
     )
 }
 
@@ -136,8 +148,15 @@ fn holder_info((pid, counter, holder, acquired): HolderRow) -> LockInfo {
 
 /// Our fencing token (when we got the lock), else the last holder's; the
 /// last holder's metadata; whether the settings were applied; the session's
-/// server pid.
-type AcquireRow = (Option<i64>, Option<i64>, Option<String>, i64, i32);
+/// server pid; the store epoch (`None`: none in force, no lock taken).
+type AcquireRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i32,
+    Option<i64>,
+);
 
 /// A session holding no lock from `sessions` (`true` when reused; see
 /// [`Sessions::checkout`](crate::store::Sessions::checkout)), a full pool
@@ -189,7 +208,14 @@ pub(crate) async fn try_acquire(
                 Err(error) if reused && session_ended(&error) => continue,
                 Err(error) => return Err(map(ADVISORY, error)),
             };
-            let (token, last, holder, _, pid) = row;
+            let (token, last, holder, _, pid, epoch) = row;
+            if epoch.is_none() {
+                // The counters may have gone back (a crash, a new
+                // standby, a fresh table): start an epoch, then ask again.
+                sessions.checkin(session);
+                start_epoch(shared).await?;
+                continue;
+            }
             let Some(token) = token else {
                 // Refused: this session holds no lock, keep it.
                 sessions.checkin(session);
@@ -213,6 +239,15 @@ pub(crate) async fn try_acquire(
         }
     })
     .await
+}
+
+/// Starts a new store epoch ([`crate::epoch`]).
+pub(crate) async fn start_epoch(shared: &Shared) -> Result<(), LockError> {
+    sqlx::raw_sql(&shared.sql.epoch_bump)
+        .execute(&shared.pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| map(ADVISORY, e))
 }
 
 /// When and for how long a grant was asked, and its fencing token.
@@ -384,7 +419,8 @@ type ForcedRow = (
 pub(crate) fn sql(options: &Settings) -> Sql {
     let table = options.qualified_table();
     Sql {
-        acquire: acquire_sql(&table),
+        acquire: acquire_sql(options),
+        epoch_bump: epoch::bump_sql(options),
         inspect: inspect_sql(&table),
         list: list_sql(&table),
         force_release: force_release_sql(&table),

@@ -12,6 +12,7 @@ use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 use crate::PostgresBackend;
 use crate::keys::quote_ident;
+use sha2::{Digest, Sha256};
 
 /// The shortest TTL accepted (both modes).
 pub const MIN_TTL: Duration = Duration::from_millis(1);
@@ -473,11 +474,55 @@ impl Settings {
     pub(crate) fn qualified_table(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
+
+    /// `"schema"."<table><suffix>"`: a table the crate keeps beside the
+    /// counter table ([`sibling_table_name`]).
+    pub(crate) fn qualified_sibling(&self, suffix: &str) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&sibling_table_name(&self.table, suffix))
+        )
+    }
+}
+
+/// `<table><suffix>`. A table name too long for the suffix within Postgres'
+/// 63 bytes is shortened and made unique by a hash of the whole name
+/// (Postgres would otherwise cut the suffix off silently, naming the table
+/// itself).
+pub(crate) fn sibling_table_name(table: &str, suffix: &str) -> String {
+    if table.len() + suffix.len() <= 63 {
+        return format!("{table}{suffix}");
+    }
+    let hash = Sha256::digest(table.as_bytes());
+    let mut cut = 63 - suffix.len() - 9;
+    while !table.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let tag: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}_{tag}{suffix}", &table[..cut])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(table: &str) -> String {
+        sibling_table_name(table, "_shared")
+    }
+
+    #[test]
+    fn sibling_table_names_fit_and_stay_distinct() {
+        assert_eq!(shared("leasehold_leases"), "leasehold_leases_shared");
+        let long_a = "a".repeat(63);
+        let long_b = format!("{}b", "a".repeat(62));
+        let (a, b) = (shared(&long_a), shared(&long_b));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert_ne!(a, long_a);
+        let wide = "é".repeat(31);
+        assert!(shared(&wide).len() <= 63);
+    }
 
     #[test]
     fn url_parameters_are_read_and_removed() {

@@ -19,7 +19,6 @@ use leasehold_core::{Key, Lease, LockError, LockKind, OwnerToken, WaitPolicy, ca
 use sha2::{Digest, Sha256};
 
 use crate::config::{Mode, Settings};
-use crate::keys::quote_ident;
 use crate::store::Shared;
 
 /// The family a grant of `kind` belongs to, as stored: `r` for the
@@ -38,33 +37,12 @@ fn kind_code(kind: LockKind) -> &'static str {
     }
 }
 
-/// The shared-grant table (`<table>_shared`, in the lease table's schema):
-/// one counter row per reader–writer lock or semaphore (`owner` empty), and
-/// in table mode one row per holder and per waiting writer. A table name
-/// too long for the suffix within Postgres' 63 bytes is shortened and made
-/// unique by a hash of the whole name (Postgres would otherwise cut the
-/// suffix off silently, naming the lease table itself).
-pub(crate) fn shared_table_name(table: &str) -> String {
-    const SUFFIX: &str = "_shared";
-    if table.len() + SUFFIX.len() <= 63 {
-        return format!("{table}{SUFFIX}");
-    }
-    let hash = Sha256::digest(table.as_bytes());
-    let mut cut = 63 - SUFFIX.len() - 9;
-    while !table.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let tag: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}_{tag}{SUFFIX}", &table[..cut])
-}
-
-/// `"schema"."<table>_shared"`.
+/// `"schema"."<table>_shared"`: the shared-grant table, in the lease
+/// table's schema: one counter row per reader–writer lock or semaphore
+/// (`owner` empty), and in table mode one row per holder and per waiting
+/// writer.
 pub(crate) fn qualified_shared_table(settings: &Settings) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(&settings.schema),
-        quote_ident(&shared_table_name(&settings.table))
-    )
+    settings.qualified_sibling("_shared")
 }
 
 /// The shared-grant table's DDL (idempotent; both modes).
@@ -191,22 +169,6 @@ fn waiter_token() -> OwnerToken {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shared_table_names_fit_and_stay_distinct() {
-        assert_eq!(
-            shared_table_name("leasehold_leases"),
-            "leasehold_leases_shared"
-        );
-        let long_a = "a".repeat(63);
-        let long_b = format!("{}b", "a".repeat(62));
-        let (a, b) = (shared_table_name(&long_a), shared_table_name(&long_b));
-        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
-        assert_ne!(a, b);
-        assert_ne!(a, long_a);
-        let wide = "é".repeat(31);
-        assert!(shared_table_name(&wide).len() <= 63);
-    }
 
     #[test]
     fn part_ids_never_meet_the_mutex_id_or_each_other() {

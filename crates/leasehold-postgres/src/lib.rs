@@ -25,6 +25,12 @@
 //!   (`Fencing::Strict`; rows are never deleted, so tokens survive releases,
 //!   crashes and server restarts; across a failover only with synchronous
 //!   replication, since an asynchronous standby may lack the last bumps).
+//!   The bump commits without waiting for its WAL flush; a crash that loses
+//!   the last bumps also empties an unlogged table holding the *store
+//!   epoch*, and the next grant starts a new epoch (one flushed commit) whose
+//!   tokens lie above every earlier one (the migration makes
+//!   `<table>_epoch` and `<table>_alive` for it; the whole argument is in the
+//!   `epoch` module's source).
 //! - `id` is [`advisory_lock_id`]: 64 bits of SHA-256 over the namespace
 //!   (length-prefixed) and the key. Two keys whose ids collide only contend
 //!   falsely; exclusion is never lost. The id space is the database's
@@ -123,8 +129,8 @@
 //!   would not serve table mode. (Not measured here; the design notes report
 //!   a blocking lock hands off in about 3 round trips, against about 4 for a
 //!   NOTIFY wake-up and retry.)
-//! - Cost: lock+unlock is dominated by the durable counter bump (one WAL
-//!   flush per acquire; release skips the flush). `tests/latency.rs` measures
+//! - Cost: one statement to lock (with the counter bump, committed without
+//!   waiting for a WAL flush) and one to unlock. `tests/latency.rs` measures
 //!   it against the raw statements in the same run.
 //! - Every call is bounded by the `timeout` option ([`PostgresConfig::timeout`];
 //!   default 5 s; also the pool's acquire timeout when the backend builds the
@@ -203,7 +209,7 @@
 //! Fencing: every grant bumps a counter row of its lock (family and key) in
 //! a second table, `<table>_shared` (created by the migration in both
 //! modes; [`migration_sql`] prints it), in the same statement as the grant,
-//! durably; rows are never deleted, so a writer's token exceeds every
+//! durably (in advisory mode through the store epoch, as the mutex); rows are never deleted, so a writer's token exceeds every
 //! earlier grant of its lock and a reader's every earlier writer's, and
 //! permits strictly increase.
 //! - **Table mode**: a row per holder in `<table>_shared`, expiring by the
@@ -269,6 +275,7 @@ mod admin;
 mod advisory;
 mod backend;
 mod config;
+mod epoch;
 mod error;
 mod keys;
 mod kinds;

@@ -77,6 +77,7 @@ pub(crate) fn ddl(settings: &Settings) -> String {
     ));
     if settings.mode == Mode::Advisory {
         sql.push_str(&lock_id_column(settings));
+        sql.push_str(&crate::epoch::ddl(settings));
     }
     sql.push_str(&crate::kinds::shared_table_ddl(settings));
     sql

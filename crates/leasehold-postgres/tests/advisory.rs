@@ -161,6 +161,46 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
     a.release(&third).await.unwrap();
 }
 
+/// What a crash may do to an advisory store, done by hand: the unlogged
+/// `<table>_alive` emptied and the last counter bumps (committed without a
+/// flush) lost. The next grant must still exceed every earlier token, and
+/// tokens go on one by one from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
+    let server = Server::start(false).await;
+    let namespace = format!("epoch{}", common::rand_suffix());
+    let backend = server
+        .backend(options(Mode::Advisory).namespace(namespace.clone()))
+        .await;
+    let k = key("epoch");
+    let mut last = 0;
+    for _ in 0..3 {
+        let lease = backend.try_acquire(&k, TTL).await.unwrap();
+        last = lease.fencing_token().get();
+        backend.release(&lease).await.unwrap();
+    }
+    let observer = server.observer().await;
+    sqlx::query("TRUNCATE leasehold_fencing_alive")
+        .execute(&observer)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE leasehold_fencing SET counter = 0 WHERE namespace = $1")
+        .bind(&namespace)
+        .execute(&observer)
+        .await
+        .unwrap();
+    let lifted = backend.try_acquire(&k, TTL).await.unwrap();
+    assert!(
+        lifted.fencing_token().get() > last,
+        "token went from {last} to {} after the epoch was lost",
+        lifted.fencing_token()
+    );
+    backend.release(&lifted).await.unwrap();
+    let next = backend.try_acquire(&k, TTL).await.unwrap();
+    assert_eq!(next.fencing_token().get(), lifted.fencing_token().get() + 1);
+    backend.release(&next).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_holders_connection_frees_the_lock_and_the_holder_learns_it_is_lost() {
     let server = Server::start(false).await;

@@ -56,6 +56,41 @@ async fn advisory_fencing_tokens_keep_increasing_across_a_store_restart() {
     tokens_survive_a_restart(Mode::Advisory).await;
 }
 
+/// Advisory grants commit without waiting for their flush (the store epoch
+/// makes that safe): a server killed right after a grant loses the grant's
+/// counter bump, and the next grant must still get a greater token. The WAL
+/// writer is told to wait 10 s and never to flush early, so the last bumps
+/// are surely lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisory_fencing_tokens_keep_increasing_across_a_store_crash() {
+    let spec = leasehold_conformance::fixtures::postgres_spec().args([
+        "-c",
+        "wal_writer_delay=10s",
+        "-c",
+        "wal_writer_flush_after=1GB",
+    ]);
+    let server = Server::start_spec(spec).await;
+    let backend = server.backend(options(Mode::Advisory)).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let lease = backend.try_acquire(&key("crash"), TTL).await.unwrap();
+        assert!(lease.fencing_token().get() > last);
+        last = lease.fencing_token().get();
+        backend.release(&lease).await.unwrap();
+    }
+    // SIGKILL at once: no shutdown checkpoint, crash recovery at start.
+    server.container().stop(Some(0)).await.expect("docker kill");
+    server.container().start().await.expect("docker start");
+    server.wait_ready(Duration::from_secs(60)).await;
+    let lease = acquire_when_back(&backend, "crash").await;
+    assert!(
+        lease.fencing_token().get() > last,
+        "token went from {last} to {} across a crash",
+        lease.fencing_token()
+    );
+    backend.release(&lease).await.unwrap();
+}
+
 async fn paused_store_is_unavailable_in_bounded_time_then_recovers(mode: Mode) {
     let server = Server::start(true).await;
     let timeout = Duration::from_millis(500);

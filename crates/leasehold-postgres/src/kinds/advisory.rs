@@ -13,7 +13,8 @@
 //! - Semaphore of N: N advisory ids (`sem` slots 0..N); an attempt takes the
 //!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]).
 //! - Fencing: every grant bumps the lock's counter row in the shared-grant
-//!   table in the same statement and session (durable, never reset).
+//!   table in the same statement and session (never reset; durable through
+//!   the store epoch, as the mutex's counter: [`crate::epoch`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +23,9 @@ use leasehold_core::{Key, Lease, LockError, LockKind, WaitPolicy, wait_for_grant
 use sqlx::postgres::PgListener;
 
 use super::{family, key_signal, part_lock_id, qualified_shared_table};
-use crate::advisory::{Granted, checkout, pinned_lease};
-use crate::config::ADVISORY;
+use crate::advisory::{Granted, checkout, pinned_lease, start_epoch};
+use crate::config::{ADVISORY, Settings};
+use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves};
 use crate::store::{Held, Shared, idle_timeout};
@@ -50,8 +52,14 @@ enum Take {
 /// One attempt's statement. Binds: namespace, family, key, the session's
 /// idle timeout, the id(s) to try (an `int8[]`), then per [`Take`]. Returns
 /// the id taken (NULL when refused), the new token, how many settings were
-/// applied, how many gates were unlocked, and the session's pid.
-fn attempt_sql(take: Take, s: &str) -> String {
+/// applied, how many gates were unlocked, the session's pid and the store
+/// epoch. As the mutex's grant ([`crate::epoch`]): the counter bump commits
+/// without waiting for its flush, above the epoch's floor; with no epoch in
+/// force nothing is tried and the epoch is `NULL`.
+fn attempt_sql(take: Take, settings: &Settings) -> String {
+    let s = qualified_shared_table(settings);
+    let epoch = epoch::current_sql(settings);
+    let floor = epoch::floor_sql("(SELECT e FROM a)");
     let take_sql = match take {
         Take::Reader => {
             "CASE WHEN EXISTS (SELECT 1 FROM pg_locks g WHERE g.locktype = 'advisory' \
@@ -77,21 +85,26 @@ fn attempt_sql(take: Take, s: &str) -> String {
         _ => "SELECT true WHERE false",
     };
     format!(
-        "WITH l AS MATERIALIZED (SELECT {take_sql} AS id), \
+        "WITH a AS MATERIALIZED (SELECT {epoch} AS e), \
+         l AS MATERIALIZED (SELECT CASE WHEN (SELECT e FROM a) IS NOT NULL \
+               THEN {take_sql} END AS id), \
          b AS (INSERT INTO {s} AS f (namespace, family, key, owner, kind, counter) \
-               SELECT $1::text, $2::text, $3::text, '', 'c', 1 FROM l WHERE l.id IS NOT NULL \
-               ON CONFLICT (namespace, family, key, owner) DO UPDATE SET counter = f.counter + 1 \
+               SELECT $1::text, $2::text, $3::text, '', 'c', GREATEST(1, {floor}) \
+               FROM l WHERE l.id IS NOT NULL \
+               ON CONFLICT (namespace, family, key, owner) \
+               DO UPDATE SET counter = GREATEST(f.counter + 1, {floor}) \
                RETURNING f.counter), \
-         t AS (SELECT set_config('idle_session_timeout', $4::text, false) FROM l \
+         t AS (SELECT set_config('idle_session_timeout', $4::text, false), \
+                      set_config('synchronous_commit', 'off', true) FROM l \
                WHERE l.id IS NOT NULL), \
          u AS ({gate}) \
          SELECT l.id, (SELECT counter FROM b), (SELECT count(*) FROM t), \
-             (SELECT count(*) FROM u), pg_backend_pid() FROM l"
+             (SELECT count(*) FROM u), pg_backend_pid(), (SELECT e FROM a) FROM l"
     )
 }
 
 /// What an attempt returns: see [`attempt_sql`].
-type AttemptRow = (Option<i64>, Option<i64>, i64, i64, i32);
+type AttemptRow = (Option<i64>, Option<i64>, i64, i64, i32, Option<i64>);
 
 /// The ids an attempt at `kind` tries.
 fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError> {
@@ -125,26 +138,30 @@ async fn attempt_on(
     let ids = ids(&options.namespace, key.as_str(), kind).map_err(|e| (e, false))?;
     let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
     let sent_at = options.clock.now();
-    let sql = attempt_sql(take, &qualified_shared_table(options));
-    let mut query = sqlx::query_as::<_, AttemptRow>(&sql)
-        .bind(&options.namespace)
-        .bind(family(kind))
-        .bind(key.as_str())
-        .bind(idle_timeout(ttl))
-        .bind(&ids);
-    query = match take {
-        Take::Reader => {
-            let (hi, lo) = halves(gate);
-            query.bind(hi).bind(lo)
-        }
-        Take::WaitingWriter => query.bind(gate),
-        Take::Writer | Take::Permit => query,
-    };
-    let (id, token, _, _, pid) = match query.fetch_one(&mut session).await {
-        Ok(row) => row,
-        Err(error) => {
-            let ended = session_ended(&error);
-            return Err((map(ADVISORY, error), ended));
+    let sql = attempt_sql(take, options);
+    let (id, token, pid) = loop {
+        let mut query = sqlx::query_as::<_, AttemptRow>(&sql)
+            .bind(&options.namespace)
+            .bind(family(kind))
+            .bind(key.as_str())
+            .bind(idle_timeout(ttl))
+            .bind(&ids);
+        query = match take {
+            Take::Reader => {
+                let (hi, lo) = halves(gate);
+                query.bind(hi).bind(lo)
+            }
+            Take::WaitingWriter => query.bind(gate),
+            Take::Writer | Take::Permit => query,
+        };
+        match query.fetch_one(&mut session).await {
+            // No epoch in force: nothing was tried; start one, ask again.
+            Ok((_, _, _, _, _, None)) => start_epoch(shared).await.map_err(|e| (e, false))?,
+            Ok((id, token, _, _, pid, Some(_))) => break (id, token, pid),
+            Err(error) => {
+                let ended = session_ended(&error);
+                return Err((map(ADVISORY, error), ended));
+            }
         }
     };
     let (Some(id), Some(token)) = (id, token) else {

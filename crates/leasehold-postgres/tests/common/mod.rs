@@ -28,6 +28,12 @@ impl Server {
                 url,
             };
         }
+        Server::start_spec(spec).await
+    }
+
+    /// Starts a container of `spec` (e.g. [`fixtures::postgres_spec`] with
+    /// server settings as `-c name=value` arguments).
+    pub async fn start_spec(spec: fixtures::ContainerSpec) -> Server {
         let container = fixtures::start(&spec)
             .await
             .expect("start the postgres:15 container");
