@@ -28,14 +28,29 @@ async fn main() -> ExitCode {
     let url = std::env::var("LEASEHOLD_URL").unwrap_or_else(|_| "memory://scheduler".to_owned());
     let executed: Arc<Vec<AtomicU32>> = Arc::new((0..RUNS).map(|_| AtomicU32::new(0)).collect());
     let mut lockers = Vec::new();
-    for _ in 0..INSTANCES {
-        match leasehold::connect(&url).await {
-            Ok(locker) => lockers.push(locker),
+    for instance in 0..INSTANCES {
+        let locker = match leasehold::connect(&url).await {
+            Ok(locker) => locker,
             Err(e) => {
                 eprintln!("connect {url}: {e}");
                 return ExitCode::FAILURE;
             }
+        };
+        // Some stores open a session on the first lock (Postgres advisory
+        // mode pins one per lease): take and free a lock of this instance's
+        // own, so the first run does not wait for a connection.
+        let warmed = match locker
+            .try_lock(format!("scheduler-warm-up-{instance}"))
+            .await
+        {
+            Ok(guard) => guard.release().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = warmed {
+            eprintln!("instance {instance} could not take a lock of its own: {e}");
+            return ExitCode::FAILURE;
         }
+        lockers.push(locker);
     }
     // The schedule starts once every instance is up: a slow connection is
     // not clock skew.
