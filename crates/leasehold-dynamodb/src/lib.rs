@@ -1,7 +1,9 @@
 //! # leasehold-dynamodb
 //!
-//! A [`LockBackend`](leasehold_core::LockBackend) on Amazon DynamoDB: one item per key, and every
-//! acquisition, extension and release a single conditional `UpdateItem`.
+//! A [`LockBackend`](leasehold_core::LockBackend) on Amazon DynamoDB:
+//! mutexes, fenced reader–writer locks and counting semaphores, one item per
+//! lock, and every acquisition, extension and release a single conditional
+//! `UpdateItem`.
 //!
 //! ```no_run
 //! use leasehold_core::Locker;
@@ -156,7 +158,8 @@
 //! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the thin
 //! [`LockBackend`](leasehold_core::LockBackend) impl), `lease.rs` (the
 //! conditional-update algorithm and RVN observation; `lease/admin.rs` the
-//! listing and the forced release), `item.rs` (the item's
+//! listing and the forced release; `lease/shared.rs` the reader–writer
+//! locks and semaphores), `item.rs` (the mutex item's
 //! attributes), `store.rs` (the SDK client, the table), `error.rs` (SDK
 //! errors to [`LockError`](leasehold_core::LockError)).
 #![warn(missing_docs)]

@@ -691,3 +691,105 @@ impl Leases {
 pub(crate) fn registration_due(last: Option<Instant>, now: Instant, ttl: Duration) -> bool {
     last.is_none_or(|last| now.saturating_duration_since(last) >= ttl / 3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn map(pairs: Vec<(&str, AttributeValue)>) -> AttributeValue {
+        AttributeValue::M(item(pairs))
+    }
+
+    #[test]
+    fn a_full_rw_item_decodes_and_a_new_one_is_incomplete() {
+        let full = item(vec![
+            (FENCE, number(7)),
+            (READERS, map(vec![("a", entry(1500, None))])),
+            (WAITING, map(vec![])),
+            (WRITER, entry(900, Some("b"))),
+        ]);
+        let state = State::decode(Some(&full), Family::Rw, "k").expect("decodes");
+        assert!(state.complete);
+        let places: Vec<_> = state
+            .entries
+            .iter()
+            .map(|e| (e.place, e.owner.as_str(), e.lease))
+            .collect();
+        assert!(places.contains(&(Place::Map(READERS), "a", Duration::from_millis(1500))));
+        assert!(places.contains(&(Place::Writer, "b", Duration::from_millis(900))));
+        assert!(!State::decode(None, Family::Rw, "k").expect("none").complete);
+        let without_waiting = item(vec![(FENCE, number(1)), (READERS, map(vec![]))]);
+        let state = State::decode(Some(&without_waiting), Family::Rw, "k").expect("decodes");
+        assert!(!state.complete, "a grant's condition needs `waiting` too");
+    }
+
+    #[test]
+    fn a_malformed_entry_is_a_final_error_naming_its_attribute() {
+        let cases = [
+            (
+                HOLDERS,
+                AttributeValue::S("x".into()),
+                "`holders` is not a map",
+            ),
+            (
+                HOLDERS,
+                map(vec![("a", map(vec![(LEASE, number(5))]))]),
+                "an entry of `holders`",
+            ),
+            (
+                HOLDERS,
+                map(vec![(
+                    "a",
+                    map(vec![
+                        (LEASE, AttributeValue::S("5".into())),
+                        (VERSION, AttributeValue::S("v".into())),
+                    ]),
+                )]),
+                "an entry of `holders`",
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let bad = item(vec![(FENCE, number(1)), (name, value)]);
+            let err =
+                State::decode(Some(&bad), Family::Semaphore, "key \"k\"").expect_err(expected);
+            assert!(err.to_string().contains(expected), "{err}");
+            assert!(!err.is_retryable());
+        }
+        let writer_without_owner = item(vec![(WRITER, entry(5, None))]);
+        let err = State::decode(Some(&writer_without_owner), Family::Rw, "k")
+            .expect_err("a writer entry needs its owner");
+        assert!(err.to_string().contains("an entry of `writer`"), "{err}");
+    }
+
+    #[test]
+    fn who_blocks_whom() {
+        let permit = LockKind::Permit { permits: 2 };
+        let cases = [
+            (Place::Writer, [true, true, false]),
+            (Place::Map(WAITING), [true, false, false]),
+            (Place::Map(READERS), [false, true, false]),
+            (Place::Map(HOLDERS), [false, false, true]),
+        ];
+        for (place, expected) in cases {
+            let blocks = [LockKind::Read, LockKind::Write, permit].map(|kind| place.blocks(kind));
+            assert_eq!(blocks, expected, "{place:?}");
+        }
+    }
+
+    #[test]
+    fn a_registration_is_rewritten_every_third_of_its_ttl() {
+        let ttl = Duration::from_secs(9);
+        let t0 = Instant::now();
+        assert!(registration_due(None, t0, ttl));
+        assert!(!registration_due(
+            Some(t0),
+            t0 + Duration::from_secs(2),
+            ttl
+        ));
+        assert!(registration_due(Some(t0), t0 + Duration::from_secs(3), ttl));
+    }
+}
