@@ -200,7 +200,10 @@ impl LockBackend for DynamoDbBackend {
     }
 
     /// A reader, writer or permit: one conditional write on the lock's item
-    /// (see the crate docs), on its own task like `try_acquire`.
+    /// (see the crate docs), on its own task like `try_acquire`. A refusal
+    /// costs no more unless the item is new (one write creates it) or holds
+    /// entries this client has seen unrenewed for their whole lease (one
+    /// write removes them), after which the grant is asked again.
     async fn try_acquire_kind(
         &self,
         key: &Key,
