@@ -2,6 +2,7 @@
 //! algorithm in `lease.rs`.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -11,10 +12,11 @@ use leasehold_core::{
     LockError, LockInfo, LockKind, OwnerToken, ReleaseListener, WaitPolicy, Waiting, async_trait,
     cancel_safe, extend_each, wait_for_grant, wait_for_lock,
 };
+use tokio::time::Instant;
 
 use crate::config::DynamoDbConfig;
 use crate::error::NAME;
-use crate::lease::Leases;
+use crate::lease::{Leases, registration_due};
 use crate::store::Store;
 
 /// Locks in a DynamoDB table; see the [crate docs](crate) for the item,
@@ -160,11 +162,10 @@ impl LockBackend for DynamoDbBackend {
             .min_ttl(Duration::from_millis(1))
             .ttl_granularity(Duration::from_millis(1))
             .holder_info(true)
-            // Not yet: see the crate docs ("Reader–writer locks and
-            // semaphores"); the kinds are `Unsupported` until the
-            // conformance cases pass.
-            .rw_locks(false)
-            .semaphores(false)
+            // One item per lock, grants conditioned on the admission
+            // rule: see the crate docs ("Reader–writer locks and semaphores").
+            .rw_locks(true)
+            .semaphores(true)
     }
 
     /// One attempt, run to its end on its own task ([`cancel_safe`]): a
@@ -199,7 +200,10 @@ impl LockBackend for DynamoDbBackend {
     }
 
     /// A reader, writer or permit: one conditional write on the lock's item
-    /// (see the crate docs), on its own task like `try_acquire`.
+    /// (see the crate docs), on its own task like `try_acquire`. A refusal
+    /// costs no more unless the item is new (one write creates it) or holds
+    /// entries this client has seen unrenewed for their whole lease (one
+    /// write removes them), after which the grant is asked again.
     async fn try_acquire_kind(
         &self,
         key: &Key,
@@ -214,11 +218,13 @@ impl LockBackend for DynamoDbBackend {
         self.shared_attempt(key, kind, ttl, lease_ms, None).await
     }
 
-    /// Polls like `acquire`; a waiting writer keeps a registration in the
-    /// item (renewed by each attempt, at least twice per TTL) that refuses
-    /// new readers, withdrawn when the wait ends (for a dropped call, on a
+    /// Polls like `acquire` (pauses capped at a third of the TTL). A
+    /// waiting writer keeps a registration in the lock's item that refuses
+    /// new readers: written before its first attempt, rewritten before any
+    /// attempt a third of the TTL after the last write, removed by its grant
+    /// or withdrawn when the wait ends without one (for a dropped call, on a
     /// spawned task; at the latest it is judged expired one lease after its
-    /// last renewal, as a holder is).
+    /// last rewrite, as a holder is).
     async fn acquire_kind(
         &self,
         key: &Key,
@@ -231,7 +237,7 @@ impl LockBackend for DynamoDbBackend {
         }
         self.capabilities().check_kind(NAME, kind)?;
         let lease_ms = self.check_ttl(ttl)?;
-        let wait = wait.polling_at(self.poll).polling_at(Some(ttl / 2));
+        let wait = wait.polling_at(self.poll).polling_at(Some(ttl / 3));
         if kind != LockKind::Write {
             return wait_for_grant(self, key, &wait, || {
                 self.shared_attempt(key, kind, ttl, lease_ms, None)
@@ -242,17 +248,25 @@ impl LockBackend for DynamoDbBackend {
             leases: self.leases.clone(),
             key: key.clone(),
             waiter: OwnerToken::generate(),
+            written: Mutex::new(None),
             active: true,
         };
         let waiter = registration.waiter;
-        let result = wait_for_grant(self, key, &wait, || {
-            self.shared_attempt(key, kind, ttl, lease_ms, Some(waiter))
-        })
-        .await;
+        let result = {
+            let registration = &registration;
+            wait_for_grant(self, key, &wait, || async move {
+                registration.renew(ttl, lease_ms).await?;
+                self.shared_attempt(key, kind, ttl, lease_ms, Some(waiter))
+                    .await
+            })
+            .await
+        };
         registration.active = false;
         if result.is_err() {
             // Best effort: a registration left behind expires like a holder.
-            let _ = self.leases.withdraw(key, waiter).await;
+            if let Err(error) = self.leases.withdraw(key, waiter).await {
+                tracing::debug!(key = key.as_str(), %error, "could not withdraw a writer's wait; it expires like a holder");
+            }
         }
         result
     }
@@ -314,7 +328,25 @@ struct Registration {
     leases: Leases,
     key: Key,
     waiter: OwnerToken,
+    /// When it was last written (sent), on the runtime's clock.
+    written: Mutex<Option<Instant>>,
     active: bool,
+}
+
+impl Registration {
+    /// Writes the registration when it is due (see [`registration_due`]).
+    async fn renew(&self, ttl: Duration, lease_ms: u64) -> Result<(), LockError> {
+        let now = Instant::now();
+        let last = *self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if !registration_due(last, now, ttl) {
+            return Ok(());
+        }
+        self.leases
+            .register(&self.key, self.waiter, lease_ms)
+            .await?;
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        Ok(())
+    }
 }
 
 impl Drop for Registration {

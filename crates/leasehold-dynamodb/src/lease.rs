@@ -9,6 +9,8 @@ mod admin;
 mod observations;
 mod shared;
 
+pub(crate) use shared::registration_due;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +19,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use leasehold_core::{
-    Attempts, Drift, FencingToken, Key, Lease, LockError, LockInfo, OwnerToken, SharedClock,
-    WaitPolicy,
+    Attempts, Drift, FencingToken, Key, Lease, LockError, LockInfo, LockKind, OwnerToken,
+    SharedClock, WaitPolicy,
 };
 use tokio::time::Instant;
 
@@ -220,7 +222,7 @@ impl Leases {
         let what = self.store.what(key);
         match self.store.bounded(request.send()).await {
             Err(unavailable) => {
-                self.reclaim(key, owner, lease_ms);
+                self.reclaim(key, LockKind::Exclusive, owner, lease_ms);
                 Err(Refused::Failed(unavailable))
             }
             Ok(Ok(output)) => returned_fence(output.attributes(), &what).map_err(Refused::Failed),
@@ -247,7 +249,7 @@ impl Leases {
                 // A timeout or an unreadable answer says nothing about
                 // whether the write was applied: give it back if it was.
                 if outcome_unknown(&err) {
-                    self.reclaim(key, owner, lease_ms);
+                    self.reclaim(key, LockKind::Exclusive, owner, lease_ms);
                 }
                 Err(Refused::Failed(self.store.fail(err).await))
             }
@@ -261,8 +263,9 @@ impl Leases {
     /// until it succeeds, a final error comes back, or one lease duration
     /// has passed (after which the lease, if it ever existed, is anyone's to
     /// take over). A release refused because the key is not ours is
-    /// harmless: it deletes nothing of anyone else's.
-    fn reclaim(&self, key: &Key, owner: &OwnerToken, lease_ms: u64) {
+    /// harmless: it deletes nothing of anyone else's. `kind` says which lock
+    /// the grant was for (a reader, writer or permit has its own item).
+    fn reclaim(&self, key: &Key, kind: LockKind, owner: &OwnerToken, lease_ms: u64) {
         let (this, key, owner) = (self.clone(), key.clone(), *owner);
         let ttl = Duration::from_millis(lease_ms);
         tokio::spawn(async move {
@@ -274,12 +277,18 @@ impl Leases {
                 this.clock.now(),
                 ttl,
                 this.drift,
-            );
+            )
+            .with_kind(kind);
             let policy = WaitPolicy::new(ttl)
                 .with_delays(Duration::from_millis(100), Duration::from_secs(1));
             let mut attempts = Attempts::new(&policy);
             loop {
-                match this.release(&lease).await {
+                let released = if kind == LockKind::Exclusive {
+                    this.release(&lease).await
+                } else {
+                    this.release_shared(&lease).await
+                };
+                match released {
                     Ok(()) => {
                         tracing::debug!(
                             key = key.as_str(),

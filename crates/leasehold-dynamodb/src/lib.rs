@@ -1,7 +1,9 @@
 //! # leasehold-dynamodb
 //!
-//! A [`LockBackend`](leasehold_core::LockBackend) on Amazon DynamoDB: one item per key, and every
-//! acquisition, extension and release a single conditional `UpdateItem`.
+//! A [`LockBackend`](leasehold_core::LockBackend) on Amazon DynamoDB:
+//! mutexes, fenced reader–writer locks and counting semaphores, one item per
+//! lock, and every acquisition, extension and release a single conditional
+//! `UpdateItem`.
 //!
 //! ```no_run
 //! use leasehold_core::Locker;
@@ -73,19 +75,40 @@
 //!   up believing it holds the lock until it checks `valid_until` or its
 //!   next `extend` says `Lost`: fencing tokens stop its late writes.
 //!
-//! ## Reader–writer locks and semaphores: not offered yet
-//! [`Capabilities`](leasehold_core::Capabilities) says no
-//! (`rw_locks`, `semaphores`), and those kinds are
-//! `LockError::Unsupported`. An implementation is in `lease/shared.rs` (one
-//! item per lock apart from the mutex items, a map of holders each judged
-//! expired as the mutex's holder is, a waiting writers' map, a `fence`
-//! counter, conditional writes on the item's version with retries), and it
-//! passes 8 of the 10 reader–writer and semaphore conformance cases against
-//! the stand-in emulator; two fail there: a writer waiting behind a steady
-//! stream of readers was not served within 20 s (its attempts lose the
-//! optimistic write race to the readers and time out on the loaded
-//! emulator), and 1,000 semaphore operations from 8 tasks on one item did
-//! not finish within 180 s. It stays switched off until both pass.
+//! ## Reader–writer locks and semaphores
+//! [`Capabilities`](leasehold_core::Capabilities) says yes (`rw_locks`,
+//! `semaphores`). Each lock is one more item, apart from the mutex item of
+//! the same key (its partition key starts with a control character, so
+//! `inspect`, `list` and `force_release`, which see mutexes only, never meet
+//! it): a reader–writer lock's item has a `readers` map (owner token →
+//! entry), a `writer` entry and a `waiting` map of waiting writers; a
+//! semaphore's a `holders` map; both a `fence` counter that every grant
+//! bumps, so a writer's token exceeds every earlier grant's, a reader's every
+//! earlier writer's, and permits strictly increase. An entry holds its lease
+//! and its own version, rewritten by each renewal.
+//!
+//! Every grant is one conditional `UpdateItem` whose condition is the
+//! admission rule alone: a reader while no `writer` exists and `waiting` is
+//! empty; a writer while no `writer` exists and `readers` is empty; a permit
+//! while `size(holders)` is below the permits asked for. Renewals and
+//! releases change only their own entry, conditioned on it being theirs.
+//! So grants never lose a race to an unrelated write, and a refusal is real:
+//! the refused attempt gets the item back, judges each entry as the mutex's
+//! holder is judged (expired only once this client has seen its version
+//! unchanged for its whole lease), removes the expired ones in one write
+//! conditioned on their versions, and asks again; with nothing expired it is
+//! `Contended`, and a waiting call polls (pauses capped at a third of the
+//! TTL and the `poll` option).
+//!
+//! A waiting writer is not starved by a stream of readers: `acquire_kind`
+//! for a writer writes a registration into `waiting` before its first
+//! attempt (rewritten every third of its TTL while it waits), which refuses
+//! new readers; the grant removes it, and a wait that ends without one
+//! withdraws it (a dropped call on a spawned task); one a crashed waiter
+//! left is judged expired like a dead holder. A writer taken with
+//! `try_acquire_kind` does not register, and may go ahead of waiting writers
+//! (they block readers, not writers). A grant whose answer timed out is
+//! given back in the background, as a mutex's is.
 //!
 //! ## Cancellation
 //! Every operation may be dropped at any await point. `try_acquire` (and so
@@ -135,7 +158,8 @@
 //! `config.rs` ([`DynamoDbConfig`]), `backend.rs` (the thin
 //! [`LockBackend`](leasehold_core::LockBackend) impl), `lease.rs` (the
 //! conditional-update algorithm and RVN observation; `lease/admin.rs` the
-//! listing and the forced release), `item.rs` (the item's
+//! listing and the forced release; `lease/shared.rs` the reader–writer
+//! locks and semaphores), `item.rs` (the mutex item's
 //! attributes), `store.rs` (the SDK client, the table), `error.rs` (SDK
 //! errors to [`LockError`](leasehold_core::LockError)).
 #![warn(missing_docs)]
