@@ -19,8 +19,10 @@
 //!   between tries) until the cluster answers, and wakes every waiter;
 //! - every 5 s every channel still waited for is subscribed again (an
 //!   idempotent `SSUBSCRIBE` on the slot's current owner: it heals a
-//!   subscription lost without a sign), and channels nobody waits for any
-//!   more are unsubscribed. A failure there rebuilds the connection.
+//!   subscription lost without a sign, waking nobody, so a release missed
+//!   meanwhile costs its waiters a poll), and channels nobody waits for any
+//!   more are unsubscribed. A failure there rebuilds the connection (and
+//!   the rebuilt subscriptions wake their waiters).
 //!
 //! Waiters never depend on it for correctness: they poll as well, with the
 //! backoff of their [`WaitPolicy`](leasehold_core::WaitPolicy).
@@ -68,6 +70,8 @@ struct Shared {
     subscribed: watch::Sender<u64>,
     /// Whether a subscription connection is up.
     connected: AtomicBool,
+    /// The receiving end of `requests`, while no task holds it.
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 /// Shard-channel release notifications for one backend on a cluster; see
@@ -76,7 +80,6 @@ pub(crate) struct ShardedFeed {
     shared: Arc<Shared>,
     target: ClusterTarget,
     timeout: Duration,
-    inbox: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -101,10 +104,10 @@ impl ShardedFeed {
                 heard: AtomicU64::new(0),
                 subscribed: watch::channel(0).0,
                 connected: AtomicBool::new(false),
+                inbox: Mutex::new(Some(inbox)),
             }),
             target,
             timeout,
-            inbox: Mutex::new(Some(inbox)),
             task: Mutex::new(None),
         }
     }
@@ -170,25 +173,32 @@ impl ShardedFeed {
         tokio::time::timeout(timeout, all_up).await.is_ok()
     }
 
+    /// Starts the task on the current runtime unless it runs (it starts
+    /// again after its runtime went away, e.g. the backend is used from
+    /// another one).
     fn start(&self) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.is_some() {
+        if task.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
-        let Some(inbox) = self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no tokio runtime: release notifications are off, waiters poll");
-            *self.inbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(inbox);
             return;
         };
-        *task = Some(runtime.spawn(run(
-            self.shared.clone(),
-            self.target.clone(),
-            self.timeout,
-            inbox,
-        )));
+        let Some(inbox) = self
+            .shared
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let running = Running {
+            shared: self.shared.clone(),
+            inbox: Some(inbox),
+        };
+        *task = Some(runtime.spawn(run(running, self.target.clone(), self.timeout)));
     }
 }
 
@@ -223,17 +233,33 @@ impl Drop for ShardedFeed {
     }
 }
 
+/// The task's hold on the request inbox: however the task ends (its
+/// runtime going away cancels it), every channel counts as lost and the
+/// inbox goes back, so a later listener starts the task again and its
+/// first subscriptions wake their waiters.
+struct Running {
+    shared: Arc<Shared>,
+    inbox: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.shared.lost(None);
+        *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()) = self.inbox.take();
+    }
+}
+
 /// The feed's task: (re)connects with backoff and serves one connection
 /// until it fails.
-async fn run(
-    shared: Arc<Shared>,
-    target: ClusterTarget,
-    timeout: Duration,
-    mut inbox: mpsc::UnboundedReceiver<String>,
-) {
+async fn run(mut running: Running, target: ClusterTarget, timeout: Duration) {
+    let shared = running.shared.clone();
+    let Some(inbox) = running.inbox.as_mut() else {
+        return;
+    };
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let served = serve(&shared, &target, timeout, &mut inbox).await;
+        let served = serve(&shared, &target, timeout, inbox).await;
         shared.connected.store(false, Ordering::Relaxed);
         shared.lost(None);
         match served {

@@ -246,3 +246,65 @@ impl Drop for Unpause<'_> {
         let _ = docker(&["unpause", self.0]);
     }
 }
+
+/// A backend used from a second runtime after the first one went away (a
+/// test harness, a CLI that builds a runtime per command): the shard-channel
+/// task died with the first runtime, and the next listener starts it again
+/// on the second, so waiters there are still notified.
+#[test]
+fn the_shard_channel_feed_starts_again_on_a_new_runtime() {
+    if !leasehold_conformance::fixtures::docker_available() {
+        eprintln!("SKIPPED: no Docker engine answers");
+        return;
+    }
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The containers live on a runtime of their own, to the end.
+    let outer = runtime();
+    let cluster = outer
+        .block_on(cluster_support::Cluster::start())
+        .expect("a cluster");
+    let first = runtime();
+    let url = cluster.url("namespace=runtimes");
+    let backend = first
+        .block_on(RedisBackend::connect(&url))
+        .expect("connects");
+    let key = Key::new("again").unwrap();
+    first.block_on(async {
+        let _listener = backend.release_listener(&key).unwrap();
+        backend.subscribe_releases().await.expect("subscribed");
+    });
+    drop(first);
+
+    let second = runtime();
+    second.block_on(async {
+        let holder = RedisBackend::connect(&format!("{url}&notifications=false"))
+            .await
+            .unwrap();
+        let lease = holder
+            .try_acquire(&key, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut listener = backend.release_listener(&key).unwrap();
+        backend
+            .subscribe_releases()
+            .await
+            .expect("subscribed again on the second runtime");
+        // The new subscription's own wake-up comes first.
+        listener.wait(Duration::from_secs(10)).await;
+        let heard = backend.shard_notifications().unwrap();
+        holder.release(&lease).await.unwrap();
+        assert_eq!(
+            listener.wait(Duration::from_secs(30)).await,
+            leasehold_core::Wake::Notified
+        );
+        assert!(backend.shard_notifications().unwrap() > heard);
+    });
+    drop(backend);
+    outer.block_on(async move { drop(cluster) });
+}
