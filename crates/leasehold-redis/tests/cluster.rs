@@ -308,3 +308,82 @@ fn the_shard_channel_feed_starts_again_on_a_new_runtime() {
     drop(backend);
     outer.block_on(async move { drop(cluster) });
 }
+
+/// The key's master fails (killed) while a waiter waits: the cluster
+/// promotes its replica, the feed subscribes the key's shard channel again
+/// on it, and the waiter (whose own polls are an hour apart) still gets the
+/// lock once the holder releases it there (or at once, had the replica
+/// missed the holder's grant).
+#[tokio::test]
+async fn a_clustered_waiter_gets_the_lock_after_its_keys_master_failed_over() {
+    if !leasehold_conformance::fixtures::docker_available() {
+        eprintln!("SKIPPED: no Docker engine answers");
+        return;
+    }
+    let cluster = cluster_support::Cluster::start_with(cluster_support::Options {
+        replicas: 1,
+        tls: None,
+    })
+    .await
+    .expect("a cluster with replicas");
+    let url = cluster.url("namespace=failover");
+    let waiter = Arc::new(RedisBackend::connect(&url).await.expect("connects"));
+    let holder = RedisBackend::connect(&format!("{url}&notifications=false"))
+        .await
+        .expect("connects");
+    let key = Key::new("failover").unwrap();
+    let (channel, lock) = (
+        waiter.node().release_channel(&key),
+        waiter.node().layout().lock_key(&key),
+    );
+    let hour = Duration::from_secs(3600);
+    let patient = WaitPolicy::new(2 * hour).with_delays(hour, hour);
+    let lease = holder.try_acquire(&key, hour).await.expect("a grant");
+    let task = {
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tokio::spawn(async move { waiter.acquire(&key, hour, &patient).await })
+    };
+    assert!(subscribed_on_its_master(&cluster, &channel).await);
+
+    let old = cluster.master_of(&lock).unwrap();
+    let dead = cluster.node_at(&old).unwrap();
+    docker(&["kill", cluster.nodes[dead].id()]).unwrap();
+    let witness = (0..cluster.nodes.len()).find(|&i| i != dead).unwrap();
+    let mut promoted = None;
+    for _ in 0..150 {
+        match cluster.master_of_seen_by(witness, &lock) {
+            Ok(master) if master != old => {
+                promoted = Some(master);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let promoted = promoted.expect("the cluster promoted the replica within 30 s");
+    // The holder gives the lock back on the promoted master (its calls fail
+    // while the cluster settles; a lost grant answers NotHeld).
+    for attempt in 0.. {
+        match holder.release(&lease).await {
+            Ok(()) | Err(LockError::NotHeld { .. }) => break,
+            Err(error) if attempt < 60 => {
+                eprintln!("release during the failover: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("the holder could not release after the failover: {error}"),
+        }
+    }
+    // A guard against a hang, not a timing: the waiter's own next poll is
+    // an hour away.
+    let granted = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the waiter was not woken after the failover")
+        .expect("the waiter task")
+        .expect("the waiter's grant");
+    assert_eq!(
+        waiter.node().release_channel(&key),
+        channel,
+        "the channel is the key's"
+    );
+    eprintln!("failed over from {old} to {promoted}");
+    waiter.release(&granted).await.expect("released");
+}

@@ -132,12 +132,17 @@ impl Cluster {
 
     /// The master serving `name`'s slot (`ip:6379`), as node 0 sees it.
     pub fn master_of(&self, name: &str) -> Result<String, String> {
-        let slot = self.cli(0, &["CLUSTER", "KEYSLOT", name])?;
+        self.master_of_seen_by(0, name)
+    }
+
+    /// The master serving `name`'s slot (`ip:6379`), as node `i` sees it.
+    pub fn master_of_seen_by(&self, i: usize, name: &str) -> Result<String, String> {
+        let slot = self.cli(i, &["CLUSTER", "KEYSLOT", name])?;
         let slot: u16 = slot.trim().parse().map_err(|e| format!("{slot}: {e}"))?;
-        let nodes = self.cli(0, &["CLUSTER", "NODES"])?;
+        let nodes = self.cli(i, &["CLUSTER", "NODES"])?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") {
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
                 continue;
             }
             let serves = fields[8..].iter().any(|range| {
