@@ -97,7 +97,7 @@ impl RedisNode {
         reason: &str,
     ) -> Result<Option<LockInfo>, LockError> {
         let (lock, fence) = (self.layout().lock_key(key), self.layout().fence_key(key));
-        let (channel, reason) = (self.layout().channel(), reason.to_owned());
+        let (channel, reason) = (self.release_channel(key), reason.to_owned());
         let reply: Option<HolderReply> = self
             .call(|mut conn| async move {
                 scripts::force_release()

@@ -18,6 +18,7 @@ use crate::keys::KeyLayout;
 use crate::lease::Leases;
 use crate::notify::PubSub;
 use crate::safety::{Persistence, SafetyFinding};
+use crate::sharded::ShardedFeed;
 use crate::store::{RedisNode, ttl_millis};
 
 /// Locks on one Redis server (see the [crate docs](crate) for the
@@ -25,10 +26,19 @@ use crate::store::{RedisNode, ttl_millis};
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     leases: Leases,
-    feed: Option<Arc<ReleaseFeed>>,
+    feed: Option<Feed>,
     poll: Option<Duration>,
     persistence: Persistence,
     topology: Topology,
+}
+
+/// Where waiters hear of releases.
+#[derive(Debug, Clone)]
+enum Feed {
+    /// The namespace's channel, one subscription (one server, Sentinel).
+    Classic(Arc<ReleaseFeed>),
+    /// Each waited-for key's shard channel (a cluster).
+    Sharded(Arc<ShardedFeed>),
 }
 
 /// What the backend knows of the server's topology at connect.
@@ -44,7 +54,10 @@ pub enum Topology {
     },
     /// A Redis Cluster: each key on the master of its slot; the cluster
     /// fails a shard over to an asynchronous replica by itself.
-    Cluster,
+    Cluster {
+        /// The most replicas any master serving slots had at connect.
+        replicas: u32,
+    },
 }
 
 impl RedisBackend {
@@ -95,16 +108,21 @@ impl RedisBackend {
             Target::Sentinel(_) => Topology::Sentinel {
                 replicas: node.connected_replicas().await?,
             },
-            Target::Cluster(_) => Topology::Cluster,
+            Target::Cluster(_) => Topology::Cluster {
+                replicas: node.cluster_replicas().await?,
+            },
         };
         let persistence = node.persistence().await;
         persistence.log_findings(&node.addr());
-        let feed = config.notifications.then(|| {
-            Arc::new(ReleaseFeed::new(PubSub::new(
+        let feed = config.notifications.then(|| match &config.target {
+            Target::Cluster(target) => {
+                Feed::Sharded(Arc::new(ShardedFeed::new(target.clone(), timeout)))
+            }
+            _ => Feed::Classic(Arc::new(ReleaseFeed::new(PubSub::new(
                 node.clone(),
                 layout.channel(),
                 timeout,
-            )))
+            )))),
         });
         Ok(RedisBackend {
             leases: Leases::new(node, config.clock.clone(), shared.drift.unwrap_or_default()),
@@ -128,16 +146,22 @@ impl RedisBackend {
     /// replicas the master had at connect: then every grant and renewal was
     /// on every replica before it counted, and whichever is promoted has
     /// it (while no replica is added later and none restarts without its
-    /// data). A cluster is `BestEffort` for the same reason as Sentinel
-    /// without the rule (its shards fail over to asynchronous replicas).
+    /// data). A cluster is the same per shard: its masters fail over to
+    /// asynchronous replicas, so it is `BestEffort`, unless `min_replicas`
+    /// is at least the most replicas any master had at connect (each
+    /// grant's and renewal's `WAIT` goes to the key's own master, so every
+    /// replica of that shard has it before it counts, and whichever replica
+    /// the cluster promotes has it). Not covered: a replica added or
+    /// migrated to a shard later (`cluster-allow-replica-migration`) and
+    /// promoted before it synced, and a replica restarted without its data.
     pub fn fencing(&self) -> Fencing {
-        match self.topology {
-            Topology::Direct => Fencing::Strict,
-            Topology::Cluster => Fencing::BestEffort,
-            Topology::Sentinel { replicas } => match self.node().replica_rule() {
-                Some(rule) if rule.min_replicas >= replicas => Fencing::Strict,
-                _ => Fencing::BestEffort,
-            },
+        let replicas = match self.topology {
+            Topology::Direct => return Fencing::Strict,
+            Topology::Cluster { replicas } | Topology::Sentinel { replicas } => replicas,
+        };
+        match self.node().replica_rule() {
+            Some(rule) if rule.min_replicas >= replicas => Fencing::Strict,
+            _ => Fencing::BestEffort,
         }
     }
 
@@ -191,7 +215,11 @@ impl RedisBackend {
             ));
         };
         let timeout = self.node().timeout();
-        if feed.ready(timeout).await {
+        let ready = match feed {
+            Feed::Classic(feed) => feed.ready(timeout).await,
+            Feed::Sharded(feed) => feed.ready(timeout).await,
+        };
+        if ready {
             Ok(())
         } else {
             Err(LockError::unavailable(
@@ -202,9 +230,26 @@ impl RedisBackend {
     }
 
     /// How many times the release subscription has been (re)established
-    /// (0: not yet, or notifications are off). For tooling and tests.
+    /// (0: not yet, or notifications are off); on a cluster, how many
+    /// `SSUBSCRIBE`s of a key's shard channel (or heartbeats with none)
+    /// were answered. For tooling and tests.
     pub fn release_subscriptions(&self) -> u64 {
-        self.feed.as_ref().map_or(0, |feed| feed.subscriptions())
+        match &self.feed {
+            None => 0,
+            Some(Feed::Classic(feed)) => feed.subscriptions(),
+            Some(Feed::Sharded(feed)) => feed.subscriptions(),
+        }
+    }
+
+    /// How many release messages of a key's shard channel were heard on a
+    /// cluster (each wakes that key's waiters); `None` elsewhere (the
+    /// namespace's channel is not counted) or with notifications off. For
+    /// tooling and tests: it tells a notified wake-up from a poll.
+    pub fn shard_notifications(&self) -> Option<u64> {
+        match &self.feed {
+            Some(Feed::Sharded(feed)) => Some(feed.notifications()),
+            _ => None,
+        }
     }
 }
 
@@ -357,10 +402,14 @@ impl LockBackend for RedisBackend {
         self.node().force_release_raw(key, reason).await
     }
 
-    /// From the release feed (pub/sub on the namespace's channel); `None`
-    /// with notifications off.
+    /// From the release feed (pub/sub on the namespace's channel; on a
+    /// cluster the key's shard channel, subscribed while the key has
+    /// waiters); `None` with notifications off.
     fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
-        let feed = self.feed.as_ref()?;
-        Some(feed.listen(&self.node().layout().lock_key(key)))
+        let lock = self.node().layout().lock_key(key);
+        Some(match self.feed.as_ref()? {
+            Feed::Classic(feed) => feed.listen(&lock),
+            Feed::Sharded(feed) => feed.listen(&self.node().release_channel(key), &lock),
+        })
     }
 }

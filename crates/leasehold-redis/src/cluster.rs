@@ -16,6 +16,7 @@ use crate::error::map;
 use crate::keys::KeyLayout;
 use crate::link::Link;
 use crate::store::RedisNode;
+use crate::tls::TopologyTls;
 
 /// The seed nodes and the login of a `redis+cluster://` URL.
 #[derive(Clone)]
@@ -24,13 +25,19 @@ pub struct ClusterTarget {
     pub nodes: Vec<String>,
     username: Option<String>,
     password: Option<String>,
+    /// TLS to every node (`tls=true`), else plaintext.
+    pub(crate) tls: Option<TopologyTls>,
 }
 
 impl ClusterTarget {
     /// Parses the part of a `redis+cluster://` URL before `?`; `shown` is
     /// the URL as errors may show it. A cluster has database 0 only: a path
-    /// is a [`LockError::Config`].
-    pub(crate) fn parse(base: &str, shown: &str) -> Result<Self, LockError> {
+    /// is a [`LockError::Config`]. `tls`: TLS to every node.
+    pub(crate) fn parse(
+        base: &str,
+        shown: &str,
+        tls: Option<TopologyTls>,
+    ) -> Result<Self, LockError> {
         let bad = |why: &str| LockError::Config(format!("redis url {shown:?}: {why}"));
         let rest = base
             .split_once("://")
@@ -68,6 +75,7 @@ impl ClusterTarget {
             nodes,
             username,
             password,
+            tls,
         })
     }
 }
@@ -78,7 +86,61 @@ impl fmt::Debug for ClusterTarget {
         f.debug_struct("ClusterTarget")
             .field("nodes", &self.nodes)
             .field("username", &self.username)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
+    }
+}
+
+impl ClusterTarget {
+    /// The URL of the node at `addr` (`host:port`): `rediss://` under TLS.
+    fn url_of(&self, addr: &str) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{addr}")
+    }
+
+    /// A client of the node at `addr` alone, with the login and TLS.
+    fn node_client(&self, addr: &str, backend: &'static str) -> Result<redis::Client, LockError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url_of(addr))
+            .map_err(|e| map(backend, e))?;
+        let mut login = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            login = login.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            login = login.set_password(password);
+        }
+        let info = info.set_redis_settings(login);
+        match self.tls.as_ref().and_then(|tls| tls.certificates.clone()) {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| map(backend, e))
+    }
+
+    /// A client builder for the seed nodes with the login, and `timeout` as
+    /// the connect and response timeout of every node connection.
+    pub(crate) fn builder(&self, timeout: Duration) -> ClusterClientBuilder {
+        let urls: Vec<String> = self.nodes.iter().map(|n| self.url_of(n)).collect();
+        let mut builder = ClusterClientBuilder::new(urls)
+            .connection_timeout(timeout)
+            .response_timeout(timeout);
+        if let Some(tls) = &self.tls {
+            builder = builder.tls(redis::TlsMode::Secure);
+            if let Some(certificates) = &tls.certificates {
+                builder = builder.certs(certificates.clone());
+            }
+        }
+        if let Some(user) = &self.username {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password);
+        }
+        builder
     }
 }
 
@@ -93,20 +155,7 @@ impl RedisNode {
         timeout: Duration,
         backend: &'static str,
     ) -> Result<Self, LockError> {
-        let urls: Vec<String> = target
-            .nodes
-            .iter()
-            .map(|n| format!("redis://{n}"))
-            .collect();
-        let mut builder = ClusterClientBuilder::new(urls)
-            .connection_timeout(timeout)
-            .response_timeout(timeout);
-        if let Some(user) = &target.username {
-            builder = builder.username(user);
-        }
-        if let Some(password) = &target.password {
-            builder = builder.password(password);
-        }
+        let builder = target.builder(timeout);
         let client = builder
             .build()
             .map_err(|e| LockError::Config(format!("redis cluster {:?}: {e}", target.nodes)))?;
@@ -117,22 +166,7 @@ impl RedisNode {
                 .map_err(|e| map(backend, e))
         })
         .await?;
-        let mut seed = redis::ConnectionInfo::clone(
-            &redis::IntoConnectionInfo::into_connection_info(format!(
-                "redis://{}",
-                target.nodes[0]
-            ))
-            .map_err(|e| map(backend, e))?,
-        );
-        let mut login = seed.redis_settings().clone();
-        if let Some(user) = &target.username {
-            login = login.set_username(user);
-        }
-        if let Some(password) = &target.password {
-            login = login.set_password(password);
-        }
-        seed = seed.set_redis_settings(login);
-        let seed = redis::Client::open(seed).map_err(|e| map(backend, e))?;
+        let seed = target.node_client(&target.nodes[0], backend)?;
         Ok(RedisNode::from_link(
             Link::Cluster {
                 conn,
@@ -180,14 +214,7 @@ impl RedisNode {
         if !self.is_cluster() {
             return Ok(vec![self.addr()]);
         }
-        let nodes: String = self
-            .call(|mut conn| async move {
-                redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let nodes = self.cluster_nodes().await?;
         let mut masters: Vec<String> = nodes
             .lines()
             .filter_map(|line| {
@@ -200,6 +227,28 @@ impl RedisNode {
             .collect();
         masters.sort();
         Ok(masters)
+    }
+
+    /// `CLUSTER NODES` as the node the client picks answers it.
+    async fn cluster_nodes(&self) -> Result<String, LockError> {
+        self.call(|mut conn| async move {
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The most replicas any master serving slots has (from `CLUSTER
+    /// NODES`: replicas not flagged `fail`, counted per master); 0 outside
+    /// a cluster. Read-only; cancel safe.
+    pub async fn cluster_replicas(&self) -> Result<u32, LockError> {
+        if !self.is_cluster() {
+            return Ok(0);
+        }
+        let nodes = self.cluster_nodes().await?;
+        Ok(most_replicas(&nodes))
     }
 
     /// One `SCAN` step on the master at `addr` (see
@@ -241,20 +290,70 @@ impl RedisNode {
     }
 }
 
+/// The most healthy replicas of one master serving slots, in a `CLUSTER
+/// NODES` reply (a line: `id addr flags master-id … slots`).
+fn most_replicas(nodes: &str) -> u32 {
+    let mut serving: HashMap<&str, u32> = HashMap::new();
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    for fields in &lines {
+        if let [id, _, flags, ..] = fields[..]
+            && flags.contains("master")
+            && fields.len() > 8
+        {
+            serving.insert(id, 0);
+        }
+    }
+    for fields in &lines {
+        if let [_, _, flags, master, ..] = fields[..]
+            && flags.contains("slave")
+            && !flags.contains("fail")
+            && let Some(count) = serving.get_mut(master)
+        {
+            *count += 1;
+        }
+    }
+    serving.into_values().max().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn replicas_are_counted_per_master_serving_slots() {
+        let nodes = "\
+a 10.0.0.1:6379@16379 myself,master - 0 0 1 connected 0-5460
+b 10.0.0.2:6379@16379 master - 0 0 2 connected 5461-10922
+c 10.0.0.3:6379@16379 slave a 0 0 1 connected
+d 10.0.0.4:6379@16379 slave a 0 0 1 connected
+e 10.0.0.5:6379@16379 slave,fail b 0 0 2 connected
+f 10.0.0.6:6379@16379 master - 0 0 3 connected
+g 10.0.0.7:6379@16379 slave f 0 0 3 connected
+";
+        assert_eq!(most_replicas(nodes), 2);
+        assert_eq!(most_replicas(""), 0);
+    }
+
+    #[test]
     fn nodes_and_login_come_from_the_url_and_debug_hides_the_password() {
-        let target =
-            ClusterTarget::parse("redis+cluster://app:s%40cret@n1:7000,n2:7001", "shown").unwrap();
+        let target = ClusterTarget::parse(
+            "redis+cluster://app:s%40cret@n1:7000,n2:7001",
+            "shown",
+            None,
+        )
+        .unwrap();
         assert_eq!(target.nodes, ["n1:7000", "n2:7001"]);
         assert_eq!(target.username.as_deref(), Some("app"));
         assert_eq!(target.password.as_deref(), Some("s@cret"));
         assert!(!format!("{target:?}").contains("cret"));
         for url in ["redis+cluster://n1:1/0", "redis+cluster://n1:1,,n2:2"] {
-            assert!(ClusterTarget::parse(url, url).is_err(), "{url} parsed");
+            assert!(
+                ClusterTarget::parse(url, url, None).is_err(),
+                "{url} parsed"
+            );
         }
     }
 }

@@ -139,6 +139,7 @@ impl BackendConfig for RedisConfig {
         "key",
         "min_replicas",
         "replica_timeout",
+        "tls",
     ];
 
     /// Parses `redis://[user][:password@]host[:port][/db][?options]`,
@@ -154,14 +155,25 @@ impl BackendConfig for RedisConfig {
     /// `redis+sentinel://[user[:password]@]s1:26379,s2,s3/master[/db]`
     /// finds the master named `master` through the sentinels (port 26379
     /// when left out) and follows it across failovers; the credentials and
-    /// database are the master's (the sentinels are reached without them,
-    /// and without TLS). Every scheme but `redis+unix` takes `min_replicas`
-    /// (a count, at least 1) and `replica_timeout` (see
-    /// [`RedisConfig::replica_rule`]).
+    /// database are the master's (the sentinels are reached without them).
+    /// Every scheme but `redis+unix` takes `min_replicas` (a count, at
+    /// least 1) and `replica_timeout` (see [`RedisConfig::replica_rule`]).
     ///
     /// `redis+cluster://[user[:password]@]n1:p1,n2:p2,n3:p3` connects to a
-    /// Redis Cluster through those seed nodes (database 0 only; no TLS
-    /// files and no replica rule yet: both are `Config` errors). Durations take a unit (`2s`,
+    /// Redis Cluster through those seed nodes (database 0 only; no
+    /// `protocol` option: the backend picks each connection's).
+    ///
+    /// **TLS on a topology**: `redis+sentinel://…?tls=true` and
+    /// `redis+cluster://…?tls=true` reach every server with TLS (the
+    /// sentinels and the masters they name; every cluster node), taking
+    /// the same `ca`, `cert` and `key` as `rediss://`, one set for all
+    /// servers. An option, not a `rediss+…` scheme, so the facade's scheme
+    /// table stays as it is. Those files without `tls=true` are a `Config`
+    /// error, and so is `tls` on `redis://`, `rediss://` or
+    /// `redis+unix://` (the scheme says it there). Every server's name (the
+    /// address the client reaches it at: a sentinel's as given, a master's
+    /// or a cluster node's as announced) is checked against its
+    /// certificate. Durations take a unit (`2s`,
     /// `500ms`: a bare number is an error). An unknown option is a
     /// [`LockError::Config`] naming the closest known one: a typo never
     /// falls back to a default (`?namspace=billing` would share the default
@@ -199,6 +211,7 @@ impl BackendConfig for RedisConfig {
         let mut passed = Vec::new();
         let mut tls = TlsFiles::default();
         let (mut min_replicas, mut replica_timeout) = (None, None);
+        let mut tls_on = None;
         apply_query(
             &scheme,
             pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -207,6 +220,7 @@ impl BackendConfig for RedisConfig {
             |name, value| {
                 match name {
                     "notifications" => notifications = boolean(name, value)?,
+                    "tls" if !unix => tls_on = Some(boolean(name, value)?),
                     _ if !unix && tls.set(name, value)? => {}
                     "min_replicas" if !unix => min_replicas = Some(count(name, value)?),
                     "replica_timeout" if !unix => replica_timeout = Some(duration(name, value)?),
@@ -231,22 +245,26 @@ impl BackendConfig for RedisConfig {
             }
             (None, None) => None,
         };
+        let topology = scheme == "redis+cluster" || scheme == "redis+sentinel";
+        if tls_on.is_some() && !topology {
+            return Err(LockError::Config(format!(
+                "redis url {:?}: the option `tls` is for redis+sentinel:// and redis+cluster:// \
+                 (one server: rediss:// is TLS, redis:// is not)",
+                shown()
+            )));
+        }
         let target = if scheme == "redis+cluster" {
-            if !tls.is_empty() || replicas.is_some() || !passed.is_empty() {
+            if !passed.is_empty() {
                 return Err(LockError::Config(format!(
-                    "redis url {:?}: redis+cluster takes no TLS files, replica rule or protocol yet",
+                    "redis url {:?}: redis+cluster takes no `protocol` option",
                     shown()
                 )));
             }
-            Target::Cluster(ClusterTarget::parse(base, &shown())?)
+            let tls = tls.topology(tls_on.unwrap_or(false), &shown())?;
+            Target::Cluster(ClusterTarget::parse(base, &shown(), tls)?)
         } else if scheme == "redis+sentinel" {
-            if !tls.is_empty() {
-                return Err(LockError::Config(format!(
-                    "redis url {:?}: redis+sentinel takes no TLS files (TLS to sentinels is not supported)",
-                    shown()
-                )));
-            }
-            Target::Sentinel(SentinelTarget::parse(base, &shown(), &passed)?)
+            let tls = tls.topology(tls_on.unwrap_or(false), &shown())?;
+            Target::Sentinel(SentinelTarget::parse(base, &shown(), &passed, tls)?)
         } else {
             let mut client_url = base.to_owned();
             if !passed.is_empty() {
@@ -370,6 +388,52 @@ mod tests {
         };
         assert_eq!(client.get_connection_info().redis_settings().db(), 3);
         assert!(!format!("{unix:?}").contains("pw"));
+    }
+
+    #[test]
+    fn topologies_take_tls_as_an_option_and_files_only_with_it() {
+        for url in [
+            "redis+cluster://n1:7000,n2:7001?tls=true",
+            "redis+sentinel://s1,s2/m?tls=true",
+        ] {
+            let config = RedisConfig::from_url(url).unwrap();
+            let tls = match &config.target {
+                Target::Cluster(target) => target.tls.is_some(),
+                Target::Sentinel(target) => target.tls.is_some(),
+                Target::Direct(_) => false,
+            };
+            assert!(tls, "{url}: {config:?}");
+        }
+        let plain = RedisConfig::from_url("redis+cluster://n1:7000?tls=false").unwrap();
+        assert!(matches!(&plain.target, Target::Cluster(t) if t.tls.is_none()));
+        for (url, says) in [
+            ("redis+cluster://n1:7000?ca=/etc/ca.pem", "tls=true"),
+            ("redis+sentinel://s1/m?ca=/etc/ca.pem", "tls=true"),
+            ("redis://h?tls=true", "rediss://"),
+            ("rediss://h?tls=true", "rediss://"),
+            ("redis+cluster://n1:7000?tls=maybe", "tls"),
+        ] {
+            let error = RedisConfig::from_url(url).unwrap_err().to_string();
+            assert!(error.contains(says), "{url}: {error}");
+        }
+        let missing = RedisConfig::from_url("redis+cluster://n1:7000?tls=true&ca=/nonexistent.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("`ca`"), "{missing}");
+    }
+
+    #[test]
+    fn a_cluster_takes_the_replica_rule() {
+        let config =
+            RedisConfig::from_url("redis+cluster://n1:7000?min_replicas=1&replica_timeout=200ms")
+                .unwrap();
+        assert_eq!(
+            config.replicas,
+            Some(ReplicaRule {
+                min_replicas: 1,
+                timeout: Duration::from_millis(200)
+            })
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use leasehold_core::{Key, LockError};
 /// - lock: `{ns:k}:lock` (value: `<owner token> <acquired ms> <holder
 ///   label>`, PX TTL; see [`scripts`](crate::scripts))
 /// - fencing counter: `{ns:k}:fence` (an integer, never deleted, no TTL)
-/// - release channel: `ns:released` (payload: the released lock key's name)
+/// - release channel: `ns:released` (payload: the released lock key's name);
+///   on a Redis Cluster the key's shard channel `{ns:k}:released` instead
 /// - the reader–writer lock `k` (independent of the mutex `k`):
 ///   `{ns:k}:rw:writer` (the writer's owner token, PX TTL),
 ///   `{ns:k}:rw:readers` and `{ns:k}:rw:waiting` (sorted sets of owner
@@ -145,6 +146,24 @@ impl KeyLayout {
     /// released lock key's name ([`KeyLayout::lock_key`]).
     pub fn channel(&self) -> String {
         format!("{}:released", self.encoded_namespace)
+    }
+
+    /// The shard channel of `key`'s releases on a Redis Cluster,
+    /// `{ns:key}:released`: under the key's hash tag, so it lives in the
+    /// key's slot, and the release scripts `SPUBLISH` on it (a channel
+    /// name starting with `{` is a shard channel to them; [`channel`]
+    /// never starts with one, since the namespace's `{` is encoded).
+    ///
+    /// [`channel`]: KeyLayout::channel
+    ///
+    /// ```
+    /// use leasehold_core::Key;
+    /// use leasehold_redis::KeyLayout;
+    /// let layout = KeyLayout::new("app").unwrap();
+    /// assert_eq!(layout.shard_channel(&Key::new("a").unwrap()), "{app:a}:released");
+    /// ```
+    pub fn shard_channel(&self, key: &Key) -> String {
+        self.tag(key) + ":released"
     }
 }
 

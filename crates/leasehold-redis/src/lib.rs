@@ -13,8 +13,9 @@
 //!   channel, one script; **extend**: compare-and-`PEXPIRE`; the guard's
 //!   watchdog renews many leases with one script call.
 //! - **waiting**: one shared pub/sub connection wakes waiters when a key is
-//!   released; polling with backoff stays the fallback, so a lost
-//!   notification costs latency, never a hang.
+//!   released (on a cluster: the key's shard channel, see below); polling
+//!   with backoff stays the fallback, so a lost notification costs latency,
+//!   never a hang.
 //!
 //! ```no_run
 //! use leasehold_core::{Locker, config::BackendConfig};
@@ -38,7 +39,12 @@
 //! | `redis://`, `rediss://`, `redis+unix://` | one server at a fixed address | `Strict` while the server keeps its data (durable across restarts only with AOF `appendfsync always`) |
 //! | `redis+sentinel://s1,s2,s3/master` | the master the sentinels name, followed across failovers | `BestEffort`: a failover promotes an asynchronous replica, which may lack the latest grants (a held lock vanishes, a token is issued twice) |
 //! | the same with `min_replicas=N` | as above; each grant and renewal counts only once `WAIT` saw N replicas take it | `Strict` when N is at least the number of replicas the master had at connect (every replica, so whichever is promoted, has every grant), else `BestEffort` |
-//! | `redis+cluster://n1:p1,n2:p2,n3:p3` | a Redis Cluster: each lock on the master of its key's hash slot | `BestEffort`: a shard fails over to an asynchronous replica, as under Sentinel (no replica rule yet) |
+//! | `redis+cluster://n1:p1,n2:p2,n3:p3` | a Redis Cluster: each lock on the master of its key's hash slot | `BestEffort`: a shard fails over to an asynchronous replica, as under Sentinel |
+//! | the same with `min_replicas=N` | as above; each grant and renewal counts only once `WAIT` on the key's own master saw N of its replicas take it | `Strict` when N is at least the most replicas any master had at connect, else `BestEffort` |
+//!
+//! `redis+sentinel://` and `redis+cluster://` take `tls=true` (with the
+//! `ca`, `cert` and `key` options of `rediss://`) for TLS to every sentinel,
+//! master and cluster node (see [`RedisConfig`]).
 //!
 //! **Cluster** ([`ClusterTarget`]): the client's cluster connection routes
 //! every script to the master of its key's slot and follows `MOVED`/`ASK`
@@ -46,13 +52,27 @@
 //! every script touches one slot; batched calls (`extend_many`, the holder
 //! reads of `inspect` and `list`) are split per slot; `list` runs `SCAN` on
 //! every master ([`RedisNode::masters`], one cursor per master).
-//! Release notifications are classic pub/sub (`PUBLISH` from the release
-//! script, which a cluster forwards to every node; the backend subscribes
-//! on the first seed node): correct, but every release crosses the cluster
-//! bus. Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE` per key's channel) needs a
-//! subscription per waited-for key, which the core's release feed does not
-//! offer yet. Not yet either: TLS and the replica rule on a cluster.
+//! Release notifications use sharded pub/sub (Redis 7): each key has its
+//! own shard channel in its own slot ([`KeyLayout::shard_channel`]); the
+//! release scripts `SPUBLISH` on it, and a waiter's backend `SSUBSCRIBE`s
+//! it on the key's master while the key has waiters, so a release reaches
+//! that shard only instead of crossing the cluster bus to every node. A
+//! resharding (the old master drops the subscription with a server-sent
+//! `sunsubscribe`) or a lost node connection (a failover) makes the backend
+//! subscribe again where the slot is now and wake the key's waiters, which
+//! then try once more; polls with backoff cover any gap
+//! ([`RedisBackend::shard_notifications`] counts the messages heard).
 //!
+//! **Replica rule on a cluster**: the script and its `WAIT` go in one
+//! pipeline routed to the master of the key's slot, so the `WAIT` counts
+//! that master's replicas. Fencing is `Strict` when `min_replicas` is at
+//! least the most replicas any master had at connect (whichever replica
+//! the cluster promotes had every grant and renewal of its shard), else
+//! `BestEffort`. Not covered: a replica added or migrated to a shard later
+//! and promoted before it synced, a replica restarted without its data,
+//! and a resharding that a failover interrupts (the slot's keys are moved
+//! by `MIGRATE`, which is not confirmed by `WAIT`).
+
 //! **Sentinel** ([`SentinelTarget`]): the sentinels are asked for the master
 //! at connect; a call that fails as a failover would (no connection, a
 //! timeout, `READONLY` from a demoted master) makes the backend ask them
@@ -85,6 +105,16 @@
 //! server's name is checked against its certificate (`#insecure` turns that
 //! off, for tests only). Errors and `Debug` show the files' paths, never
 //! their contents or the password. rustls, no OpenSSL.
+//!
+//! `redis+sentinel://…?tls=true` and `redis+cluster://…?tls=true` use TLS
+//! to every server of the topology (sentinels, the masters they name,
+//! every cluster node), with one set of the same `ca`/`cert`/`key`
+//! options; an option rather than a `rediss+…` scheme, so URLs keep the
+//! scheme table of the `leasehold` facade. The files without `tls=true`
+//! are a `Config` error there too. Each server's name as the client
+//! reaches it (a sentinel's as given in the URL, a master's or a node's as
+//! the topology announces it, often an IP address) must be in its
+//! certificate.
 //!
 //! ## Reader–writer locks and semaphores
 //! [`LockKind::Read`](leasehold_core::LockKind::Read),
@@ -183,8 +213,7 @@
 //!   it expire).
 //! - Keys: every legal [`Key`](leasehold_core::Key) works and two keys never share a lock (see
 //!   [`KeyLayout`]). Both Redis keys of a lock share a cluster hash slot.
-//! - Not provided here: TLS to sentinels and to a cluster, the replica
-//!   rule on a cluster, sharded pub/sub, and fair (FIFO) hand-off.
+//! - Not provided here: fair (FIFO) hand-off.
 #![warn(missing_docs)]
 
 mod admin;
@@ -202,6 +231,7 @@ mod replication;
 mod safety;
 pub mod scripts;
 mod sentinel;
+mod sharded;
 mod shared;
 mod store;
 mod tls;

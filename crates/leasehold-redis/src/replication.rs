@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use leasehold_core::LockError;
-use redis::{FromRedisValue, ScriptInvocation};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::{FromRedisValue, ScriptInvocation, Value};
+
+use crate::conn::NodeConnection;
 
 use crate::replicas::{Confirmation, ReplicaRule};
 use crate::store::RedisNode;
@@ -29,8 +32,14 @@ impl RedisNode {
     /// Runs `invocation`, followed under a replica rule by `WAIT` in the
     /// same pipeline. A server that lost the script (`NOSCRIPT`) gets it
     /// loaded and the pipeline sent again (the script had not run).
+    ///
+    /// `slot_key` is a key the script touches: on a cluster the pipeline is
+    /// routed to the master of its hash slot, so the `WAIT` counts that
+    /// master's replicas and covers that write (the client would otherwise
+    /// route a lone `WAIT` to every master and answer the least count).
     pub(crate) async fn invoke<T>(
         &self,
+        slot_key: &str,
         invocation: ScriptInvocation<'static>,
     ) -> Result<(T, Confirmation), LockError>
     where
@@ -42,20 +51,37 @@ impl RedisNode {
                 .await?;
             return Ok((value, Confirmation::NotAsked));
         };
+        let route =
+            SingleNodeRoutingInfo::SpecificNode(Route::with_key(slot_key, SlotAddr::Master));
         let (value, acked): (T, u32) = self
-            .call(|mut conn| async move {
+            .call(|conn| async move {
                 let mut pipe = redis::pipe();
                 pipe.invoke_script(&invocation)
                     .cmd("WAIT")
                     .arg(rule.min_replicas)
                     .arg(rule.timeout.as_millis().max(1) as u64);
-                match pipe.query_async(&mut conn).await {
+                let send = |mut conn: NodeConnection, pipe: redis::Pipeline| {
+                    let route = route.clone();
+                    async move {
+                        match &mut conn {
+                            NodeConnection::Cluster(cluster) => {
+                                // A routed pipeline answers a command's error
+                                // (`NOSCRIPT`) as a value: make it the error.
+                                let values = cluster.route_pipeline(pipe, 0, 2, route).await?;
+                                let values = Value::Array(values).extract_error()?;
+                                Ok(redis::from_redis_value(values)?)
+                            }
+                            NodeConnection::Single(_) => pipe.query_async(&mut conn).await,
+                        }
+                    }
+                };
+                match send(conn.clone(), pipe.clone()).await {
                     Err(e)
                         if e.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await
+                        invocation.load_async(&mut conn.clone()).await?;
+                        send(conn, pipe).await
                     }
                     other => other,
                 }

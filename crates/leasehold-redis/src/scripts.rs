@@ -37,6 +37,25 @@ end
     };
 }
 
+/// The Lua helper that announces a release, spliced in front of the
+/// scripts that release: `announce(channel, lock)` `SPUBLISH`es on a shard
+/// channel (a name starting with `{`: the key's hash tag, on a Redis
+/// Cluster; see [`KeyLayout::shard_channel`](crate::KeyLayout::shard_channel))
+/// and `PUBLISH`es on any other.
+macro_rules! announce {
+    () => {
+        r#"
+local function announce(channel, lock)
+  if string.sub(channel, 1, 1) == '{' then
+    redis.call('SPUBLISH', channel, lock)
+  else
+    redis.call('PUBLISH', channel, lock)
+  end
+end
+"#
+    };
+}
+
 /// Acquire: `SET lock value NX PX ttl` (the value: owner, the server's
 /// `TIME` and the holder label), and on success `INCR` of the fencing
 /// counter. `KEYS = [lock, fence]`, `ARGV = [owner, ttl_ms, holder]`
@@ -62,13 +81,14 @@ return {0, counter, redis.call('PTTL', KEYS[1]), string.sub(holder, 1, 8)}
 /// Release: compare-and-delete, then `PUBLISH channel lock` so waiters wake.
 /// `KEYS = [lock]`, `ARGV = [owner, channel]`. Returns 1 / 0 / -1.
 pub const RELEASE_SRC: &str = concat!(
+    announce!(),
     value_helpers!(),
     r#"
 local holder = redis.call('GET', KEYS[1])
 if not holder then return 0 end
 if owner_of(holder) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], KEYS[1])
+announce(ARGV[2], KEYS[1])
 return 1
 "#
 );
@@ -135,6 +155,7 @@ return found
 /// fence]`, `ARGV = [channel, reason]`. Returns false when the key was free
 /// (nothing changes), else the evicted holder as one [`INSPECT_SRC`] entry.
 pub const FORCE_RELEASE_SRC: &str = concat!(
+    announce!(),
     value_helpers!(),
     r#"
 local value = redis.call('GET', KEYS[1])
@@ -144,7 +165,7 @@ evicted[4] = redis.call('PTTL', KEYS[1])
 evicted[5] = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 redis.call('DEL', KEYS[1])
 redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], KEYS[1])
+announce(ARGV[1], KEYS[1])
 redis.log(redis.LOG_WARNING, 'leasehold force release of ' .. KEYS[1] .. ': ' .. ARGV[2])
 return evicted
 "#
@@ -289,6 +310,7 @@ return 1
 /// channel, lock]`. Returns 1 / 0 / -1 like [`RELEASE_SRC`] (an expired
 /// member is removed and answers 0).
 pub const SHARED_RELEASE_SRC: &str = concat!(
+    announce!(),
     shared_prelude!(),
     r#"
 if ARGV[2] == 'string' then
@@ -302,7 +324,7 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
   if tonumber(score) <= now then return 0 end
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+announce(ARGV[3], ARGV[4])
 return 1
 "#
 );
@@ -313,6 +335,7 @@ return 1
 /// [waiting]`, `ARGV = [waiter, 'refresh', ttl_ms]` or `[waiter, 'withdraw',
 /// channel, lock]`. Returns 1 when the registration was there, else 0.
 pub const RW_WAITING_SRC: &str = concat!(
+    announce!(),
     shared_prelude!(),
     r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -325,7 +348,7 @@ if ARGV[2] == 'refresh' then
   expire_with_last(KEYS[1])
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  announce(ARGV[3], ARGV[4])
 end
 return 1
 "#

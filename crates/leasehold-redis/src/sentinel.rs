@@ -5,8 +5,12 @@
 use std::fmt;
 
 use leasehold_core::LockError;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use redis::sentinel::{
+    SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
+};
+use redis::{IntoConnectionInfo, RedisConnectionInfo, TlsMode};
+
+use crate::tls::TopologyTls;
 
 /// The default Sentinel port, for a sentinel address without one.
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -21,16 +25,19 @@ pub struct SentinelTarget {
     /// Credentials, database and protocol for the master (and its
     /// successors); the sentinels themselves are reached without them.
     pub(crate) redis: RedisConnectionInfo,
+    /// TLS to the sentinels and the masters (`tls=true`), else plaintext.
+    pub(crate) tls: Option<TopologyTls>,
 }
 
 impl SentinelTarget {
     /// Parses the part of a `redis+sentinel://` URL before `?`; `shown` is
     /// the URL as errors may show it. `passed` are options for the master's
-    /// connection (`protocol`).
+    /// connection (`protocol`); `tls`: TLS to the sentinels and masters.
     pub(crate) fn parse(
         base: &str,
         shown: &str,
         passed: &[(String, String)],
+        tls: Option<TopologyTls>,
     ) -> Result<Self, LockError> {
         let bad = |why: &str| LockError::Config(format!("redis url {shown:?}: {why}"));
         let rest = base
@@ -107,25 +114,62 @@ impl SentinelTarget {
             sentinels,
             master,
             redis,
+            tls,
         })
     }
 
-    /// A Sentinel client for the master (nothing is contacted).
+    /// A Sentinel client for the master (nothing is contacted). Under TLS
+    /// the sentinels and every master they name are reached with it, with
+    /// the same CA and client certificate.
     pub(crate) fn client(&self) -> Result<SentinelClient, LockError> {
-        let sentinels: Vec<String> = self
+        let bad = |e: redis::RedisError| {
+            LockError::Config(format!("redis sentinels {:?}: {e}", self.sentinels))
+        };
+        let Some(tls) = &self.tls else {
+            let sentinels: Vec<String> = self
+                .sentinels
+                .iter()
+                .map(|host| format!("redis://{host}"))
+                .collect();
+            let node =
+                SentinelNodeConnectionInfo::default().set_redis_connection_info(self.redis.clone());
+            return SentinelClient::build(
+                sentinels,
+                self.master.clone(),
+                Some(node),
+                SentinelServerType::Master,
+            )
+            .map_err(bad);
+        };
+        let sentinels = self
             .sentinels
             .iter()
-            .map(|host| format!("redis://{host}"))
-            .collect();
-        let node =
-            SentinelNodeConnectionInfo::default().set_redis_connection_info(self.redis.clone());
-        SentinelClient::build(
-            sentinels,
-            self.master.clone(),
-            Some(node),
-            SentinelServerType::Master,
-        )
-        .map_err(|e| LockError::Config(format!("redis sentinels {:?}: {e}", self.sentinels)))
+            .map(|host| {
+                format!("rediss://{host}")
+                    .into_connection_info()
+                    .map(|info| info.addr().clone())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let mut builder =
+            SentinelClientBuilder::new(sentinels, &self.master, SentinelServerType::Master)
+                .map_err(bad)?
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_db(self.redis.db())
+                .set_client_to_redis_protocol(self.redis.protocol());
+        if let Some(user) = self.redis.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = self.redis.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(certificates) = &tls.certificates {
+            builder = builder
+                .set_client_to_sentinel_certificates(certificates.clone())
+                .set_client_to_redis_certificates(certificates.clone());
+        }
+        builder.build().map_err(bad)
     }
 }
 
@@ -136,6 +180,7 @@ impl fmt::Debug for SentinelTarget {
             .field("sentinels", &self.sentinels)
             .field("master", &self.master)
             .field("db", &self.redis.db())
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +195,7 @@ mod tests {
             "redis+sentinel://app:s%40cret@s1,s2:26380,10.0.0.3:1/my%20master/3",
             "shown",
             &[],
+            None,
         )
         .unwrap();
         assert_eq!(target.sentinels, ["s1:26379", "s2:26380", "10.0.0.3:1"]);
@@ -170,7 +216,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    SentinelTarget::parse(url, url, &[]),
+                    SentinelTarget::parse(url, url, &[], None),
                     Err(LockError::Config(_))
                 ),
                 "{url} parsed"

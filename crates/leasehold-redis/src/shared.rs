@@ -106,7 +106,8 @@ impl RedisNode {
             }
             _ => return Err(self.not_shared(kind)),
         };
-        let (reply, confirmed): (Vec<i64>, _) = self.invoke(invocation).await?;
+        let (reply, confirmed): (Vec<i64>, _) =
+            self.invoke(&self.layout().tag(key), invocation).await?;
         let (won, value) = match reply[..] {
             [won, value, ..] => (won, value),
             _ => return Err(LockError::backend(self.backend, "malformed acquire reply")),
@@ -146,7 +147,7 @@ impl RedisNode {
             .arg(owner.to_hex())
             .arg(ttl_ms)
             .arg(shape);
-        let (reply, confirmed): (i64, _) = self.invoke(invocation).await?;
+        let (reply, confirmed): (i64, _) = self.invoke(&self.layout().tag(key), invocation).await?;
         if let Confirmation::Short(acked) = confirmed {
             return Err(self.short_of_replicas("the renewal", acked));
         }
@@ -166,7 +167,7 @@ impl RedisNode {
         let (name, shape) = self.place(key, kind)?;
         let (owner, channel, lock) = (
             owner.to_hex(),
-            self.layout().channel(),
+            self.release_channel(key),
             self.layout().lock_key(key),
         );
         let reply: i64 = self
@@ -206,7 +207,7 @@ impl RedisNode {
             WaitingStep::Withdraw => {
                 invocation
                     .arg("withdraw")
-                    .arg(self.layout().channel())
+                    .arg(self.release_channel(key))
                     .arg(self.layout().lock_key(key));
             }
         }

@@ -285,7 +285,7 @@ impl RedisNode {
             .arg(ttl_ms)
             .arg(&*self.holder);
         let ((won, counter, pttl, prefix), confirmed): ((i64, i64, i64, String), _) =
-            self.invoke(invocation).await?;
+            self.invoke(&self.layout.tag(key), invocation).await?;
         let token = FencingToken(counter.max(0) as u64);
         if won != 1 {
             return Ok(AcquireOutcome::Held(holder_info(prefix, pttl, counter)));
@@ -299,12 +299,24 @@ impl RedisNode {
         Ok(AcquireOutcome::Acquired(token))
     }
 
-    /// Compare-and-delete plus `PUBLISH` on the namespace's release channel.
+    /// The channel `key`'s releases are announced on: the namespace's
+    /// channel ([`KeyLayout::channel`], `PUBLISH`), or on a cluster the
+    /// key's shard channel ([`KeyLayout::shard_channel`], `SPUBLISH`).
+    pub fn release_channel(&self, key: &Key) -> String {
+        if self.is_cluster() {
+            self.layout.shard_channel(key)
+        } else {
+            self.layout.channel()
+        }
+    }
+
+    /// Compare-and-delete plus the release's announcement on
+    /// [`RedisNode::release_channel`].
     /// Cancel safety: dropped, it may or may not have run; running it again
     /// is harmless (`Free` the second time).
     pub async fn release_raw(&self, key: &Key, owner: &OwnerToken) -> Result<Ownership, LockError> {
         let lock = self.layout.lock_key(key);
-        let (owner, channel) = (owner.to_hex(), self.layout.channel());
+        let (owner, channel) = (owner.to_hex(), self.release_channel(key));
         let reply: i64 = self
             .call(|mut conn| async move {
                 scripts::release()
@@ -332,7 +344,7 @@ impl RedisNode {
             .key(self.layout.lock_key(key))
             .arg(owner.to_hex())
             .arg(ttl_ms);
-        let (reply, confirmed): (i64, _) = self.invoke(invocation).await?;
+        let (reply, confirmed): (i64, _) = self.invoke(&self.layout.tag(key), invocation).await?;
         if let Confirmation::Short(acked) = confirmed {
             return Err(self.short_of_replicas("the renewal", acked));
         }
@@ -369,7 +381,8 @@ impl RedisNode {
                         .arg(owner.to_hex())
                         .arg(ttls[i]);
                 }
-                let (replies, confirmed): (Vec<i64>, _) = self.invoke(invocation).await?;
+                let (replies, confirmed): (Vec<i64>, _) =
+                    self.invoke(&names[batch[0]], invocation).await?;
                 if let Confirmation::Short(acked) = confirmed {
                     return Err(self.short_of_replicas("the renewals", acked));
                 }

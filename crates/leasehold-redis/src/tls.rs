@@ -123,6 +123,29 @@ impl TlsFiles {
         })
     }
 
+    /// The TLS of a topology of several servers (`redis+sentinel://`,
+    /// `redis+cluster://`), which turn TLS on with the `tls` option rather
+    /// than a scheme (`on`): `None` when off, else the files' certificates
+    /// (read now; `None` inside: the built-in web roots). Files without
+    /// `tls=true` are a [`LockError::Config`], as on a `redis://` URL:
+    /// asking for certificates never yields plaintext. `shown` is the URL
+    /// as errors may show it.
+    pub(crate) fn topology(&self, on: bool, shown: &str) -> Result<Option<TopologyTls>, LockError> {
+        if !on {
+            if self.is_empty() {
+                return Ok(None);
+            }
+            return Err(LockError::Config(format!(
+                "redis url {shown:?}: the options {} need TLS: add tls=true",
+                self.given().join(", ")
+            )));
+        }
+        Ok(Some(TopologyTls {
+            certificates: self.certificates()?,
+            files: self.clone(),
+        }))
+    }
+
     /// The names of the options given, in [`TLS_OPTIONS`] order.
     fn given(&self) -> Vec<String> {
         [(&self.ca, "ca"), (&self.cert, "cert"), (&self.key, "key")]
@@ -130,6 +153,26 @@ impl TlsFiles {
             .filter(|(path, _)| path.is_some())
             .map(|(_, name)| format!("`{name}`"))
             .collect()
+    }
+}
+
+/// TLS to every server of a Sentinel or Cluster topology (sentinels,
+/// masters, cluster nodes), with the certificates of the `ca`, `cert` and
+/// `key` files, read when the URL was parsed. Every server's name is
+/// checked against its certificate.
+#[derive(Clone)]
+pub(crate) struct TopologyTls {
+    /// The CA to trust and the client certificate (`None`: the built-in
+    /// web roots, no client certificate).
+    pub(crate) certificates: Option<redis::TlsCertificates>,
+    /// Where they came from (what `Debug` shows).
+    files: TlsFiles,
+}
+
+/// Shows the files' paths, never their contents.
+impl fmt::Debug for TopologyTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TopologyTls").field(&self.files).finish()
     }
 }
 

@@ -4,5 +4,5 @@
 mod cluster_support;
 
 fn main() -> std::process::ExitCode {
-    cluster_support::conformance_main("redis-cluster")
+    cluster_support::conformance_main("redis-cluster", 0, "")
 }

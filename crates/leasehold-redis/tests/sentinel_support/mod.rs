@@ -17,6 +17,11 @@ pub mod docker_support;
 use docker_support::{ip_of, output};
 use testcontainers::core::WaitFor;
 
+#[path = "../tls_support/mod.rs"]
+pub mod tls_support;
+
+pub use tls_support::Pki;
+
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "leasehold";
 
@@ -29,6 +34,8 @@ pub struct SentinelTopology {
     pub servers: Vec<Container>,
     /// The three sentinels.
     pub sentinels: Vec<Container>,
+    /// The CA file the sentinels' TLS is checked with (`None`: plaintext).
+    ca: Option<std::path::PathBuf>,
     /// The private network (dropped last: it removes what is left on it).
     pub network: Network,
 }
@@ -37,11 +44,22 @@ impl SentinelTopology {
     /// Starts master, replicas (each once synced) and sentinels, and waits
     /// until every sentinel knows both replicas and the other sentinels.
     pub async fn start() -> Result<SentinelTopology, String> {
-        let network = Network::create("sentinel")?;
+        Self::start_on(Network::create("sentinel")?, None).await
+    }
+
+    /// [`SentinelTopology::start`] on `network` (made beforehand, so a PKI
+    /// can name its addresses: [`network_hosts`]); with `tls`, every server
+    /// and sentinel listens with TLS only, with `tls`'s server certificate,
+    /// and replicas and sentinels reach their masters with TLS.
+    pub async fn start_on(network: Network, tls: Option<&Pki>) -> Result<SentinelTopology, String> {
         let server = |name: &str, extra: Vec<String>| {
-            fixtures::redis_spec(false)
+            let spec = fixtures::redis_spec(false)
                 .args(extra)
-                .on_network(&network, format!("{}-{name}", network.name()))
+                .on_network(&network, format!("{}-{name}", network.name()));
+            match tls {
+                Some(pki) => pki.tls_spec(spec.args(["--tls-replication", "yes"]), false),
+                None => spec,
+            }
         };
         let master = fixtures::start(&server("m", Vec::new())).await?;
         let master_ip = ip_of(&master)?;
@@ -61,8 +79,8 @@ impl SentinelTopology {
             servers.push(replica?);
         }
         let sentinels = futures_util::future::join_all((1..=3).map(|i| {
-            let spec =
-                sentinel_spec(&master_ip).on_network(&network, format!("{}-s{i}", network.name()));
+            let spec = sentinel_spec(&master_ip, tls)
+                .on_network(&network, format!("{}-s{i}", network.name()));
             async move { fixtures::start(&spec).await }
         }))
         .await
@@ -71,6 +89,7 @@ impl SentinelTopology {
         let topology = SentinelTopology {
             servers,
             sentinels,
+            ca: tls.map(|pki| pki.path("ca.pem")),
             network,
         };
         topology
@@ -100,8 +119,17 @@ impl SentinelTopology {
         &self,
         i: usize,
     ) -> Result<std::collections::HashMap<String, String>, String> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.sentinels[i].port))
-            .map_err(|e| e.to_string())?;
+        let client = match &self.ca {
+            None => redis::Client::open(format!("redis://127.0.0.1:{}", self.sentinels[i].port)),
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{}", self.sentinels[i].port),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).map_err(|e| e.to_string())?),
+                },
+            ),
+        }
+        .map_err(|e| e.to_string())?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
@@ -161,21 +189,43 @@ impl SentinelTopology {
 }
 
 /// A sentinel monitoring the master at `master_ip` (config written at start,
-/// owned by the redis user, which sentinel rewrites).
-fn sentinel_spec(master_ip: &str) -> ContainerSpec {
+/// owned by the redis user, which sentinel rewrites); with `tls`, listening
+/// with TLS only and reaching the servers with TLS.
+fn sentinel_spec(master_ip: &str, tls: Option<&Pki>) -> ContainerSpec {
+    let listen = match tls {
+        None => "port 26379\\n".to_owned(),
+        Some(_) => "port 0\\ntls-port 26379\\ntls-cert-file /tls/server.pem\\n\
+                    tls-key-file /tls/server.key\\ntls-ca-cert-file /tls/ca.pem\\n\
+                    tls-auth-clients optional\\ntls-replication yes\\n"
+            .to_owned(),
+    };
     let config = format!(
-        "port 26379\\nsentinel monitor {MASTER_NAME} {master_ip} 6379 2\\n\
+        "{listen}sentinel monitor {MASTER_NAME} {master_ip} 6379 2\\n\
          sentinel down-after-milliseconds {MASTER_NAME} 1000\\n\
          sentinel failover-timeout {MASTER_NAME} 5000\\n\
          sentinel parallel-syncs {MASTER_NAME} 2\\n"
     );
+    let files = match tls {
+        None => String::new(),
+        Some(_) => "mkdir -p /tls && printf '%s' \"$TLS_CA\" > /tls/ca.pem \
+                    && printf '%s' \"$TLS_CERT\" > /tls/server.pem \
+                    && printf '%s' \"$TLS_KEY\" > /tls/server.key && chmod 644 /tls/* && "
+            .to_owned(),
+    };
     let script = format!(
-        "printf '{config}' > /data/sentinel.conf && chown redis /data/sentinel.conf \
+        "{files}printf '{config}' > /data/sentinel.conf && chown redis /data/sentinel.conf \
          && exec docker-entrypoint.sh redis-server /data/sentinel.conf --sentinel"
     );
-    ContainerSpec::new("REDIS", "redis", "7.0", 26379)
+    let spec = ContainerSpec::new("REDIS", "redis", "7.0", 26379)
         .cmd(["sh", "-c", &script])
-        .ready(WaitFor::message_on_stdout("+monitor master"))
+        .ready(WaitFor::message_on_stdout("+monitor master"));
+    match tls {
+        None => spec,
+        Some(pki) => spec
+            .env("TLS_CA", &pki.ca_pem)
+            .env("TLS_CERT", &pki.server_pem)
+            .env("TLS_KEY", &pki.server_key),
+    }
 }
 
 /// The conformance main over a fresh topology (or [`URL_ENV`]), clients

@@ -32,11 +32,20 @@ impl Pki {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (ca_pem, issuer) = new_ca("leasehold test CA");
         let (other_ca, _) = new_ca("some other CA");
-        let (server_pem, server_key) = leaf(&issuer, names, ExtendedKeyUsagePurpose::ServerAuth);
+        // The servers' certificate serves as their client certificate too
+        // (cluster bus, replication, a sentinel reaching its master).
+        let (server_pem, server_key) = leaf(
+            &issuer,
+            names,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
         let (client_pem, client_key) = leaf(
             &issuer,
             &["leasehold-client"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         );
         for (name, text) in [
             ("ca.pem", &ca_pem),
@@ -164,7 +173,7 @@ fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
 fn leaf(
     issuer: &Issuer<'static, KeyPair>,
     names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
 ) -> (String, String) {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = CertificateParams::new(names.clone()).expect("leaf params");
@@ -176,7 +185,7 @@ fn leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     let key = KeyPair::generate().expect("a leaf key");
     let cert = params.signed_by(&key, issuer).expect("a signed leaf");
     (cert.pem(), key.serialize_pem())
