@@ -467,7 +467,7 @@ mod tests {
             ("zks://h:1?ca=", "`ca` needs a file path"),
             ("zks://h:1?ca=/ca.pem&cert=/c.pem", "`cert` needs `key`"),
             ("zks://h:1?ca=/ca.pem&key=/c.key", "`key` needs `cert`"),
-            ("zks://h:1?cafile=/ca.pem", "did you mean `ca`"),
+            ("zks://h:1?cafile=/ca.pem", "session_timeout, ca, cert, key"),
         ] {
             let error = ZkConfig::from_url(url).unwrap_err().to_string();
             assert!(error.contains(expected), "{url}: {error}");
