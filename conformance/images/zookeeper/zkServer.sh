@@ -18,9 +18,14 @@ case "$ZOOCFG" in */*) ;; *) ZOOCFG=$ZOOCFGDIR/$ZOOCFG ;; esac
 ZOO_LOG_DIR=${ZOO_LOG_DIR:-/logs}
 
 # zookeeper.jar's manifest lists most of its dependencies; add the servlet API
-# (for the AdminServer) and a logging backend.
+# (for the AdminServer), a logging backend, and the Netty parts the manifest
+# leaves out (codec, resolver, the epoll transport's unix-common): without
+# them NettyServerCnxnFactory binds but fails every connection, which the
+# TLS client port (`secureClientPort`, Netty only) needs.
 CLASSPATH="$ZOOCFGDIR:/usr/share/java/zookeeper.jar:/usr/share/java/servlet-api.jar"
 CLASSPATH+=":/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
+CLASSPATH+=":/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar"
+CLASSPATH+=":/usr/share/java/netty-transport-native-unix-common.jar"
 
 client_port() {
     local p

@@ -62,6 +62,7 @@ mod rw;
 mod schedule;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 mod token;
 mod ttl;
 mod wait;

@@ -104,6 +104,7 @@ impl TlsFiles {
     /// plaintext must never pass silently. `shown` is the URL as errors may
     /// show it (password hidden).
     pub fn client(&self, url: &str, shown: &str) -> Result<redis::Client, LockError> {
+        leasehold_core::tls::install_default_crypto_provider(); // rustls: ring unless the app chose
         let bad = |e: redis::RedisError| LockError::Config(format!("redis url {shown:?}: {e}"));
         let Some(certificates) = self.certificates()? else {
             return redis::Client::open(url).map_err(bad);

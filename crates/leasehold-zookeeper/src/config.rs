@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use leasehold_core::config::{self, BackendConfig, Secret, SharedConfig, apply_query};
+use leasehold_core::tls::TlsFiles;
 use leasehold_core::{Drift, LockError};
 
 use crate::ZkBackend;
@@ -16,10 +17,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_POLL: Duration = Duration::from_secs(2);
 
 /// The configuration of a [`ZkBackend`]: the ensemble, the session of calls
-/// that hold no lock, and the [`SharedConfig`] settings (`namespace`,
-/// `timeout`, `poll`, `holder`, drift). Parsed from a `zk://` URL
+/// that hold no lock, digest credentials, TLS (a private CA, a client
+/// certificate) and the [`SharedConfig`] settings (`namespace`, `timeout`,
+/// `poll`, `holder`, drift). Parsed from a `zk://` or `zks://` URL
 /// ([`BackendConfig::from_url`]) or built in code;
-/// [`ZkBackend::connect_with`] connects it.
+/// [`ZkBackend::connect_with`] connects it. `Debug` shows the TLS files by
+/// path, never their contents, and the password as `***`.
 ///
 /// ```
 /// use leasehold_core::config::BackendConfig;
@@ -53,6 +56,10 @@ pub struct ZkConfig {
     /// with them, and lock nodes get the ACL "creator may do anything, the
     /// world may read" (see the crate docs, *Authentication and ACLs*).
     pub(crate) digest: Option<(String, Secret)>,
+    /// Connect with TLS (`zks://`).
+    pub(crate) tls: bool,
+    /// `ca`, `cert`, `key`: PEM files, read at connect.
+    pub(crate) tls_files: TlsFiles,
 }
 
 impl Default for ZkConfig {
@@ -69,7 +76,50 @@ impl ZkConfig {
             session_timeout: Duration::from_secs(10),
             shared: SharedConfig::default(),
             digest: None,
+            tls: false,
+            tls_files: TlsFiles::default(),
         }
+    }
+
+    /// Connect with TLS (what `zks://` sets; needs the crate's `tls`
+    /// feature, else connecting is a `Config` error). TLS needs
+    /// [`ca`](Self::ca): the client has no built-in roots.
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file (the `ca` option) and no
+    /// other; turns TLS on. The file is read at connect: a missing or
+    /// unreadable one is a `Config` error naming it.
+    pub fn ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls = true;
+        self.tls_files.ca = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate chain and private key, PEM files
+    /// (the `cert` and `key` options), to servers that require one
+    /// (`ssl.clientAuth=need`: mutual TLS); turns TLS on. Read at connect.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls = true;
+        self.tls_files.cert = Some(cert.into());
+        self.tls_files.key = Some(key.into());
+        self
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The TLS files (`ca`, `cert`, `key`) given.
+    pub fn tls_files(&self) -> &TlsFiles {
+        &self.tls_files
     }
 
     /// Authenticate every session with ZooKeeper's `digest` scheme as `user`
@@ -138,8 +188,11 @@ impl ZkConfig {
 
 impl BackendConfig for ZkConfig {
     type Backend = ZkBackend;
-    const SCHEMES: &'static [&'static str] = &["zk", "zookeeper"];
-    const OPTIONS: &'static [&'static str] = &["session_timeout"];
+    /// `zks` is `zk` with TLS.
+    const SCHEMES: &'static [&'static str] = &["zk", "zookeeper", "zks"];
+    /// `session_timeout` and the TLS files `ca`, `cert`, `key` (`zks://`
+    /// only).
+    const OPTIONS: &'static [&'static str] = &["session_timeout", "ca", "cert", "key"];
 
     /// Parses `zk://h1:p1,h2:p2/namespace?session_timeout=10s&timeout=5s&poll=2s`.
     /// The path is the namespace (default `/leasehold`); durations follow
@@ -154,10 +207,24 @@ impl BackendConfig for ZkConfig {
     /// and `%` in either; see [`ZkConfig::digest_auth`] for the ACLs it
     /// brings). No error shows the password: a URL is shown only as
     /// [`config::redact_url`] prints it.
+    ///
+    /// `zks://` is the same with TLS (the `tls` feature), with the options:
+    ///
+    /// | option | meaning |
+    /// |---|---|
+    /// | `ca` | PEM file of the CA certificates to trust (required: the client has no built-in roots) |
+    /// | `cert` | PEM file of the client certificate chain, for `ssl.clientAuth=need` (mutual TLS); needs `key` |
+    /// | `key` | PEM file of that certificate's private key; needs `cert` |
+    ///
+    /// The TLS files with `zk://` are a `Config` error (asking for
+    /// certificates and getting plaintext must not pass silently); they are
+    /// read at connect, where a missing one is a `Config` error naming it.
     fn from_url(url: &str) -> Result<Self, LockError> {
+        let tls = url.starts_with("zks://");
         let Some(rest) = url
             .strip_prefix("zk://")
             .or_else(|| url.strip_prefix("zookeeper://"))
+            .or_else(|| url.strip_prefix("zks://"))
         else {
             // Only a plain scheme is quoted: without `://` the text before
             // the first `:` may be a user name followed by a password.
@@ -166,8 +233,10 @@ impl BackendConfig for ZkConfig {
                     .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
             });
             return Err(LockError::Config(match scheme {
-                Some(scheme) => format!("a ZooKeeper URL starts with zk://, got {scheme}://"),
-                None => "a ZooKeeper URL starts with zk://".to_owned(),
+                Some(scheme) => {
+                    format!("a ZooKeeper URL starts with zk:// or zks://, got {scheme}://")
+                }
+                None => "a ZooKeeper URL starts with zk:// or zks://".to_owned(),
             }));
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -197,7 +266,7 @@ impl BackendConfig for ZkConfig {
                 config::redact_url(url)
             )));
         }
-        let mut parsed = ZkConfig::new(hosts);
+        let mut parsed = ZkConfig::new(hosts).tls(tls);
         parsed.digest = digest;
         if !path.is_empty() && path != "/" {
             parsed = parsed.namespace(path.trim_end_matches('/'));
@@ -207,6 +276,7 @@ impl BackendConfig for ZkConfig {
             .collect();
         let mut session_timeout = None;
         let mut recheck = None;
+        let mut tls_files = TlsFiles::default();
         apply_query(
             "zk",
             pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -222,9 +292,18 @@ impl BackendConfig for ZkConfig {
                     recheck = Some(config::positive(name, value)?);
                     Ok(true)
                 }
-                _ => Ok(false),
+                _ => tls_files.set(crate::NAME, name, value),
             },
         )?;
+        if !tls && !tls_files.is_empty() {
+            return Err(LockError::Config(format!(
+                "the ZooKeeper options {} need TLS: use zks:// ({})",
+                tls_files.given(),
+                config::redact_url(url)
+            )));
+        }
+        tls_files.check_pairs(crate::NAME)?;
+        parsed.tls_files = tls_files;
         if let Some(timeout) = session_timeout {
             parsed.session_timeout = timeout;
         }
@@ -351,6 +430,48 @@ mod tests {
         }
         let error = ZkConfig::from_url("zk://app:S3ntinel@a:1?nope=1").unwrap_err();
         assert!(!format!("{error} {error:?}").contains("S3ntinel"));
+    }
+
+    #[test]
+    fn zks_is_tls_with_the_ca_cert_and_key_files_and_zk_refuses_them() {
+        let parsed = ZkConfig::from_url(
+            "zks://app:S3cret@h1:2281,h2:2281/ns?ca=%2Fpki%2Fca.pem&cert=/pki/c.pem&key=/pki/c.key&timeout=2s",
+        )
+        .unwrap();
+        assert!(parsed.is_tls());
+        assert_eq!(parsed.hosts, "h1:2281,h2:2281");
+        assert_eq!(parsed.user(), Some("app"));
+        assert_eq!(
+            parsed.tls_files().ca.as_deref(),
+            Some("/pki/ca.pem".as_ref())
+        );
+        assert_eq!(
+            parsed.tls_files().key.as_deref(),
+            Some("/pki/c.key".as_ref())
+        );
+        let shown = format!("{parsed:?}");
+        assert!(
+            shown.contains("/pki/c.key") && !shown.contains("S3cret"),
+            "{shown}"
+        );
+        assert!(!ZkConfig::from_url("zk://h:1").unwrap().is_tls());
+
+        let error = ZkConfig::from_url("zk://u:S3cret@h:1?ca=/pki/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("zks://") && error.contains("`ca`") && !error.contains("S3cret"),
+            "{error}"
+        );
+        for (url, expected) in [
+            ("zks://h:1?ca=", "`ca` needs a file path"),
+            ("zks://h:1?ca=/ca.pem&cert=/c.pem", "`cert` needs `key`"),
+            ("zks://h:1?ca=/ca.pem&key=/c.key", "`key` needs `cert`"),
+            ("zks://h:1?cafile=/ca.pem", "session_timeout, ca, cert, key"),
+        ] {
+            let error = ZkConfig::from_url(url).unwrap_err().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
     }
 
     #[test]

@@ -211,15 +211,54 @@
 //!   when the config carries credentials.
 //! - The password is a [`Secret`](leasehold_core::config::Secret): `Debug`
 //!   prints `***`, and no error or log line contains it.
+//! - Over mutual TLS ZooKeeper also authenticates every session as its
+//!   client certificate (the `x509` scheme, identity the certificate's
+//!   subject), and the creator ACL admits every identity of the creating
+//!   session: a lock node then also belongs to whoever presents the same
+//!   certificate, credentials or not (`tests/tls.rs` reads the ACL: the
+//!   digest user and the `x509` identity). Give applications that must not
+//!   delete each other's nodes their own certificates as well as their own
+//!   digest identities.
 //!
 //! ## TLS
-//! Not supported yet: `zookeeper-client`'s `tls` feature turns on rustls's
-//! default `aws_lc_rs` provider next to the `ring` one the other backends
-//! use, and rustls then has no process default, which breaks every client
-//! (Redis's included) that builds its TLS config with
-//! `ClientConfig::builder()`. Reach a TLS-only ensemble through a local TLS
-//! tunnel meanwhile.
+//! `zks://` connects with TLS (this crate's `tls` feature, leasehold's
+//! `zookeeper-tls`; rustls, no OpenSSL) to ZooKeeper's TLS client port
+//! (`secureClientPort`, served by `NettyServerCnxnFactory`), with options
+//! (or [`ZkConfig::ca`] and [`ZkConfig::client_cert`]):
 //!
+//! | option | meaning |
+//! |---|---|
+//! | `ca` | PEM file of the CA certificates to trust; required (`zookeeper-client` has no built-in roots, and ensembles run on private CAs) |
+//! | `cert` | PEM file of the client certificate chain, for `ssl.clientAuth=need` (mutual TLS); needs `key` |
+//! | `key` | PEM file of that certificate's private key; needs `cert` |
+//!
+//! ```text
+//! zks://zk1.internal:2281,zk2.internal:2281/apps/billing?ca=/etc/zk/ca.pem&cert=/etc/app/client.pem&key=/etc/app/client.key
+//! zks://app:secret@10.0.0.5:2281?ca=/etc/zk/ca.pem
+//! ```
+//!
+//! Each host is checked against the server's certificate (a name needs a
+//! DNS SAN, an address an IP SAN); a host that cannot be one (`tcp://…`, a
+//! name with a space) is a `Config` error before anything is dialled. Files
+//! are read at connect: a missing or unreadable one, one without a PEM block,
+//! `zks://` without `ca`, TLS files with `zk://` and `zks://` in a build
+//! without the feature are `Config` errors naming the option (and path),
+//! never the files' contents. A refused handshake (another CA, a certificate
+//! for another name, a server that requires a client certificate) looks to
+//! the client like a server that never answers: `Unavailable` after the
+//! `timeout`, its message pointing at those causes. Digest authentication and
+//! the creator-only ACLs work over TLS as without it (`tests/tls.rs`; the
+//! conformance suite over mutual TLS is `tests/conformance_tls.rs`).
+//!
+//! **Crypto provider.** `zookeeper-client`'s TLS turns on rustls's default
+//! `aws-lc-rs` provider (built from C with `cc`; no cmake) next to the
+//! `ring` one the other backends use; with two compiled in, rustls has no
+//! process default. So before it builds a TLS client this crate installs
+//! rustls's `ring` provider as the process default when none is installed
+//! ([`leasehold_core::tls::install_default_crypto_provider`], which the Redis
+//! backend calls too). If your application installs its own provider first,
+//! leasehold uses yours.
+
 //! ## Limits
 //! - Every store call is bounded by the `timeout` option; a paused
 //!   or unreachable ensemble gives `Unavailable`, never a hang.
@@ -247,6 +286,7 @@ mod queue;
 mod reaper;
 mod shared;
 mod store;
+mod tls;
 
 pub use backend::{WakeCounts, ZkBackend};
 pub use config::ZkConfig;

@@ -305,22 +305,24 @@ async fn probe_min(options: &ZkConfig) -> Option<Duration> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let connecting = Client::connector()
+            let connector = Client::connector()
                 .with_session_timeout(PROBE_ASK)
                 .with_connection_timeout(PROBE_ASK * 3 / 5)
-                .with_fail_eagerly()
-                .connect(&options.hosts);
-            match connecting.await {
-                Ok(client) => return client.session_timeout(), // dropped: closed
-                Err(error) => {
+                .with_fail_eagerly();
+            match crate::tls::dial(connector, options).await {
+                Ok(Ok(client)) => return Some(client.session_timeout()), // dropped: closed
+                Ok(Err(error)) => {
                     tracing::debug!(%error, attempt, "probing zookeeper's minimum session timeout failed")
                 }
+                // The session's own connect reports it.
+                Err(_) => return None,
             }
         }
     };
     tokio::time::timeout(options.timeout_value(), probing)
         .await
         .ok()
+        .flatten()
 }
 
 /// Connects a client with a session of `timeout`, bounded by the operation
@@ -331,16 +333,24 @@ pub(crate) async fn connect(options: &ZkConfig, timeout: Duration) -> Result<Cli
         let credentials = format!("{user}:{}", password.expose());
         connector = connector.with_auth("digest", credentials.as_bytes());
     }
-    let connecting = connector.connect(&options.hosts);
+    let connecting = crate::tls::dial(connector, options);
     match tokio::time::timeout(options.timeout_value(), connecting).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(error)) => Err(LockError::unavailable(NAME, error)),
+        Ok(Ok(Ok(client))) => Ok(client),
+        Ok(Ok(Err(error))) => Err(LockError::unavailable(NAME, error)),
+        Ok(Err(config)) => Err(config),
         Err(_) => Err(LockError::unavailable(
             NAME,
             format!(
-                "no zookeeper session with {} within {:?}",
+                "no zookeeper session with {} within {:?}{}",
                 options.hosts,
-                options.timeout_value()
+                options.timeout_value(),
+                if options.tls {
+                    " over TLS (a refused handshake looks the same: is the server's certificate \
+                     signed by the `ca` given, does it name the host dialled, and does the \
+                     server require a client certificate?)"
+                } else {
+                    ""
+                }
             ),
         )),
     }

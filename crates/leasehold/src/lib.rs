@@ -24,6 +24,7 @@
 //! | `redlock://h1:p1,h2:p2,h3:p3` | `redlock` | Redlock over N independent Redis servers |
 //! | `etcd://h1:p1,h2:p2`, `etcds://..?ca=..&cert=..&key=..` | `etcd` | etcd cluster (sessions, FIFO; TLS with a private CA, mTLS) |
 //! | `zk://[user:password@]h1:p1,h2:p2/namespace` | `zookeeper` | ZooKeeper ensemble (sessions, FIFO); with credentials, digest auth and creator-only ACLs on lock nodes |
+//! | `zks://[user:password@]h1:p1,h2:p2/namespace?ca=..&cert=..&key=..` | `zookeeper-tls` | the same over TLS (a private CA, mTLS) |
 //! | `postgres://..?mode=advisory\|table` | `postgres` | advisory locks on pinned sessions, or a lease table |
 //! | `mysql://..?mode=named\|table`, `mariadb://..` | `mysql` | `GET_LOCK` on watched pinned sessions, or a lease table (MySQL 5.7+ or MariaDB; CI runs MariaDB 10.11) |
 //! | `dynamodb://table?region=..&endpoint=..` | `dynamodb` | DynamoDB table (conditional writes) |
@@ -242,6 +243,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
         "redlock" => Some("redlock"),
         "etcd" | "etcds" => Some("etcd"),
         "zk" | "zookeeper" => Some("zookeeper"),
+        "zks" => Some("zookeeper-tls"),
         "postgres" | "postgresql" => Some("postgres"),
         "mysql" | "mariadb" => Some("mysql"),
         "dynamodb" => Some("dynamodb"),
@@ -253,7 +255,7 @@ fn unavailable_scheme(scheme: &str) -> LockError {
             "the {scheme}:// scheme needs leasehold's cargo feature `{feature}`, which is off in this build"
         )),
         None => LockError::Config(format!(
-            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redis+sentinel, redis+cluster, redlock, etcd, zk, postgres, mysql, mariadb, dynamodb"
+            "unknown scheme {scheme}://; leasehold knows memory, file, redis, rediss, redis+sentinel, redis+cluster, redlock, etcd, etcds, zk, zks, postgres, mysql, mariadb, dynamodb"
         )),
     }
 }
@@ -314,12 +316,46 @@ mod tests {
         );
     }
 
+    /// `zks://` reaches the ZooKeeper backend with TLS compiled in: a
+    /// missing CA file is the `Config` error naming it.
+    #[cfg(feature = "zookeeper-tls")]
+    #[tokio::test]
+    async fn zks_urls_take_the_tls_files() {
+        let error = connect("zks://app:pw@127.0.0.1:1/ns?ca=/nonexistent/leasehold-ca.pem")
+            .await
+            .unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            matches!(error, LockError::Config(_))
+                && shown.contains("`ca`")
+                && shown.contains("/nonexistent/leasehold-ca.pem")
+                && !shown.contains("pw"),
+            "{shown}"
+        );
+    }
+
+    /// With ZooKeeper but not its TLS, `zks://` is a `Config` error naming
+    /// the feature, never a plaintext connection.
+    #[cfg(all(feature = "zookeeper", not(feature = "zookeeper-tls")))]
+    #[tokio::test]
+    async fn zks_urls_without_the_tls_feature_name_it() {
+        let error = connect("zks://127.0.0.1:1?ca=/nonexistent/leasehold-ca.pem")
+            .await
+            .unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            matches!(error, LockError::Config(_)) && shown.contains("`zookeeper-tls`"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn a_scheme_whose_feature_is_off_names_the_feature() {
         for (scheme, feature) in [
             ("etcd", "etcd"),
             ("etcds", "etcd"),
             ("zk", "zookeeper"),
+            ("zks", "zookeeper-tls"),
             ("postgres", "postgres"),
             ("mysql", "mysql"),
             ("mariadb", "mysql"),
