@@ -1,6 +1,7 @@
 //! Keys to file names: an injective encoding, and a SHA-256 name for keys
 //! too long to encode.
 
+use leasehold_core::LockKind;
 use sha2::{Digest, Sha256};
 
 /// The longest encoded key kept readable in a file name. Longer keys are
@@ -75,6 +76,18 @@ pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
         .collect()
+}
+
+/// The stem of the state of `kind`'s family for `key`: the mutex's own
+/// [`file_stem`], or it behind `rw.` (reader–writer lock) or `sem.`
+/// (semaphore).
+pub(crate) fn family_stem(kind: LockKind, key: &str) -> String {
+    let prefix = match kind {
+        LockKind::Read | LockKind::Write => "rw.",
+        LockKind::Permit { .. } => "sem.",
+        _ => "",
+    };
+    format!("{prefix}{}", file_stem(key))
 }
 
 #[cfg(test)]

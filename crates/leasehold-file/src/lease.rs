@@ -16,7 +16,7 @@ use leasehold_core::{FencingToken, Key, Lease, LockError, LockInfo, LockKind, Ow
 use tokio::time::Instant;
 
 use crate::config::Settings;
-use crate::shared::family_stem;
+use crate::keys::family_stem;
 use crate::store::{Alive, Holder, KeyFiles, State, info, live, monotonic_ns};
 
 /// What the backend's calls share.

@@ -1,6 +1,6 @@
 //! Reader–writer locks and semaphores over the same files as the mutex (see
 //! [`crate::store`]), in a state file of their own per (family, key): the
-//! stem of the reader–writer lock of `key` is `rw.` + [`file_stem`]`(key)`,
+//! stem of the reader–writer lock of `key` is `rw.` + [`file_stem`](crate::keys::file_stem)`(key)`,
 //! the semaphore's `sem.` + it, so the three locks a key names never share
 //! a file (and `list`, which reads only `k-`/`h-` stems, shows mutexes
 //! only).
@@ -30,21 +30,8 @@ use leasehold_core::{Key, Lease, LockError, LockKind, OwnerToken, WaitPolicy, wa
 use tokio::time::Instant;
 
 use crate::FileBackend;
-use crate::keys::file_stem;
 use crate::lease::Shared;
 use crate::store::{Alive, Holder, KeyFiles, Sharer, State, info, live, monotonic_ns};
-
-/// The stem of the state of `kind`'s family for `key`: the mutex's own
-/// [`file_stem`], or it behind `rw.` (reader–writer lock) or `sem.`
-/// (semaphore).
-pub(crate) fn family_stem(kind: LockKind, key: &str) -> String {
-    let prefix = match kind {
-        LockKind::Read | LockKind::Write => "rw.",
-        LockKind::Permit { .. } => "sem.",
-        _ => "",
-    };
-    format!("{prefix}{}", file_stem(key))
-}
 
 /// A writer waiting for a reader–writer lock: its owner and its locked
 /// alive file (the liveness of its entry in the state).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
     LockError, LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
-    cancel_safe, extend_each, wait_for_lock,
+    extend_each, wait_for_lock,
 };
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -188,15 +188,6 @@ async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, 
     }
 }
 
-/// Releases a lease of any kind in the backend's mode.
-pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
-    match (shared.options.mode, lease.kind()) {
-        (Mode::Advisory, _) => advisory::release(shared, lease).await,
-        (Mode::Table, LockKind::Exclusive) => table::release(shared, lease).await,
-        (Mode::Table, _) => kinds::release(shared, lease).await,
-    }
-}
-
 #[async_trait]
 impl LockBackend for PostgresBackend {
     fn name(&self) -> &'static str {
@@ -229,13 +220,7 @@ impl LockBackend for PostgresBackend {
     /// whatever it held.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        let back = self.shared.clone();
-        cancel_safe(
-            self.name(),
-            attempt(self.shared.clone(), key.clone(), ttl),
-            move |lease| async move { release(&back, &lease).await },
-        )
-        .await
+        kinds::guarded(&self.shared, attempt(self.shared.clone(), key.clone(), ttl)).await
     }
 
     /// Waits with core's loop ([`wait_for_lock`]): attempts woken by
@@ -346,7 +331,7 @@ impl LockBackend for PostgresBackend {
     /// on the session task; in table mode the statement may or may not have
     /// run, and an unreleased table lease expires with its TTL.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        release(&self.shared, lease).await
+        kinds::release_any(&self.shared, lease).await
     }
 
     /// The holder's fencing token and metadata (advisory mode: its server

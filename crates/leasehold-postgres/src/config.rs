@@ -475,6 +475,14 @@ impl Settings {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
+    /// `"schema"."<table>_shared"`: the shared-grant table, in the lease
+    /// table's schema: one counter row per reader–writer lock or semaphore
+    /// (`owner` empty), and in table mode one row per holder and per waiting
+    /// writer.
+    pub(crate) fn qualified_shared_table(&self) -> String {
+        self.qualified_sibling("_shared")
+    }
+
     /// `"schema"."<table><suffix>"`: a table the crate keeps beside the
     /// counter table ([`sibling_table_name`]).
     pub(crate) fn qualified_sibling(&self, suffix: &str) -> String {

@@ -37,31 +37,6 @@ fn kind_code(kind: LockKind) -> &'static str {
     }
 }
 
-/// `"schema"."<table>_shared"`: the shared-grant table, in the lease
-/// table's schema: one counter row per reader–writer lock or semaphore
-/// (`owner` empty), and in table mode one row per holder and per waiting
-/// writer.
-pub(crate) fn qualified_shared_table(settings: &Settings) -> String {
-    settings.qualified_sibling("_shared")
-}
-
-/// The shared-grant table's DDL (idempotent; both modes).
-pub(crate) fn shared_table_ddl(settings: &Settings) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} (\n\
-         \x20   namespace text COLLATE \"C\" NOT NULL,\n\
-         \x20   family text NOT NULL,\n\
-         \x20   key text COLLATE \"C\" NOT NULL,\n\
-         \x20   owner text COLLATE \"C\" NOT NULL,\n\
-         \x20   kind text NOT NULL,\n\
-         \x20   counter bigint NOT NULL,\n\
-         \x20   expires_at timestamptz,\n\
-         \x20   PRIMARY KEY (namespace, family, key, owner)\n\
-         );\n",
-        qualified_shared_table(settings)
-    )
-}
-
 /// The advisory lock id of one part of a reader–writer lock or semaphore:
 /// the first 8 bytes of `SHA-256("leasehold\0" || u32_be(len(namespace)) ||
 /// namespace || key || "\0" || part || u32_be(slot))`. Never a mutex's id
@@ -125,6 +100,15 @@ pub(crate) async fn acquire(
     }
 }
 
+/// Releases a lease of any kind in the backend's mode.
+pub(crate) async fn release_any(shared: &Shared, lease: &Lease) -> Result<(), LockError> {
+    match (shared.options.mode, lease.kind()) {
+        (Mode::Advisory, _) => crate::advisory::release(shared, lease).await,
+        (Mode::Table, LockKind::Exclusive) => crate::table::release(shared, lease).await,
+        (Mode::Table, _) => release(shared, lease).await,
+    }
+}
+
 /// Runs one attempt through core's [`cancel_safe`]: a grant won after the
 /// caller left is released at once.
 pub(crate) async fn guarded(
@@ -135,7 +119,7 @@ pub(crate) async fn guarded(
     cancel_safe(
         shared.options.mode.backend_name(),
         attempt,
-        move |lease| async move { crate::backend::release(&back, &lease).await },
+        move |lease| async move { release_any(&back, &lease).await },
     )
     .await
 }

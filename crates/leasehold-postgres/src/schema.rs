@@ -79,8 +79,25 @@ pub(crate) fn ddl(settings: &Settings) -> String {
         sql.push_str(&lock_id_column(settings));
         sql.push_str(&crate::epoch::ddl(settings));
     }
-    sql.push_str(&crate::kinds::shared_table_ddl(settings));
+    sql.push_str(&shared_table_ddl(settings));
     sql
+}
+
+/// The shared-grant table's DDL (idempotent; both modes).
+pub(crate) fn shared_table_ddl(settings: &Settings) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n\
+         \x20   namespace text COLLATE \"C\" NOT NULL,\n\
+         \x20   family text NOT NULL,\n\
+         \x20   key text COLLATE \"C\" NOT NULL,\n\
+         \x20   owner text COLLATE \"C\" NOT NULL,\n\
+         \x20   kind text NOT NULL,\n\
+         \x20   counter bigint NOT NULL,\n\
+         \x20   expires_at timestamptz,\n\
+         \x20   PRIMARY KEY (namespace, family, key, owner)\n\
+         );\n",
+        settings.qualified_shared_table()
+    )
 }
 
 /// Advisory mode's `lock_id` column (the key's advisory lock id, so a

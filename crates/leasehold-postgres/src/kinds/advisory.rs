@@ -22,7 +22,7 @@ use std::time::Duration;
 use leasehold_core::{Key, Lease, LockError, LockKind, WaitPolicy, wait_for_grant, with_timeout};
 use sqlx::postgres::PgListener;
 
-use super::{family, key_signal, part_lock_id, qualified_shared_table};
+use super::{family, key_signal, part_lock_id};
 use crate::advisory::{Granted, checkout, pinned_lease, start_epoch};
 use crate::config::{ADVISORY, Settings};
 use crate::epoch;
@@ -57,7 +57,7 @@ enum Take {
 /// without waiting for its flush, above the epoch's floor; with no epoch in
 /// force nothing is tried and the epoch is `NULL`.
 fn attempt_sql(take: Take, settings: &Settings) -> String {
-    let s = qualified_shared_table(settings);
+    let s = settings.qualified_shared_table();
     let epoch = epoch::current_sql(settings);
     let floor = epoch::floor_sql("(SELECT e FROM a)");
     let take_sql = match take {

@@ -18,7 +18,7 @@ use leasehold_core::{
     wait_for_grant, with_timeout,
 };
 
-use super::{family, guarded, key_signal, kind_code, qualified_shared_table, waiter_token};
+use super::{family, guarded, key_signal, kind_code, waiter_token};
 use crate::config::TABLE;
 use crate::error::map;
 use crate::store::Shared;
@@ -113,7 +113,7 @@ pub(super) async fn try_acquire(
     waiter: Option<OwnerToken>,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
-    let s = qualified_shared_table(options);
+    let s = options.qualified_shared_table();
     let owner = OwnerToken::generate();
     let permits = i64::from(kind.permits().unwrap_or(0));
     let sent_at = options.clock.now();
@@ -205,7 +205,7 @@ pub(super) async fn acquire_writer(
 async fn withdraw(shared: &Shared, key: &Key, waiter: OwnerToken) -> Result<(), LockError> {
     let options = &shared.options;
     with_timeout(TABLE, options.timeout, async {
-        sqlx::query(&release_sql(&qualified_shared_table(options)))
+        sqlx::query(&release_sql(&options.qualified_shared_table()))
             .bind(&options.namespace)
             .bind(family(LockKind::Write))
             .bind(key.as_str())
@@ -256,7 +256,7 @@ pub(super) async fn extend(
     let kind = lease.kind();
     let sent_at = options.clock.now();
     let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
-        sqlx::query_scalar(&extend_sql(&qualified_shared_table(options)))
+        sqlx::query_scalar(&extend_sql(&options.qualified_shared_table()))
             .bind(&options.namespace)
             .bind(family(kind))
             .bind(lease.key().as_str())
@@ -285,7 +285,7 @@ pub(super) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let key = lease.key().as_str();
     let row: Option<(Option<String>, Option<String>)> =
         with_timeout(TABLE, options.timeout, async {
-            sqlx::query_as(&release_sql(&qualified_shared_table(options)))
+            sqlx::query_as(&release_sql(&options.qualified_shared_table()))
                 .bind(&options.namespace)
                 .bind(family(kind))
                 .bind(key)
