@@ -4,7 +4,9 @@
 //!
 //! `cargo run --release -p leasehold-benches -- full` runs everything and
 //! writes `benches/RESULTS.md` and `benches/results.svg`; `smoke` runs a
-//! tiny version (memory + one Redis) for CI.
+//! tiny version (memory + one Redis) for CI. `--only STORE[,STORE]` (e.g.
+//! `full --only mysql`) measures those stores' rows alone ([`STORES`]), each
+//! still beside its raw baseline of the same run.
 
 #![warn(missing_docs)]
 
@@ -54,6 +56,10 @@ pub struct Config {
     pub guard_ttl: Duration,
     /// How long they are held.
     pub hold: Duration,
+    /// The stores to measure ([`STORES`]); empty: every store the mode
+    /// runs. Sections whose subjects are all left out (fan-out, Redis
+    /// auto-extend) are skipped.
+    pub only: Vec<String>,
     /// The command line that produced the results (for the table).
     pub command: String,
     /// Where RESULTS.md and results.svg go.
@@ -76,6 +82,7 @@ impl Config {
             guards: 10_000,
             guard_ttl: Duration::from_secs(6),
             hold: Duration::from_secs(60),
+            only: Vec::new(),
             command: "cargo run --release -p leasehold-benches -- full".into(),
             out_dir,
         }
@@ -96,9 +103,29 @@ impl Config {
             guards: 50,
             guard_ttl: Duration::from_millis(600),
             hold: Duration::from_millis(700),
+            only: Vec::new(),
             command: "cargo run --release -p leasehold-benches -- smoke".into(),
             out_dir,
         }
+    }
+}
+
+/// The store names `--only` takes: `redis` covers Redis, Redlock and the
+/// `rslock` peers on the same servers; `postgres` and `mysql` both modes.
+pub const STORES: &[&str] = &[
+    "memory",
+    "redis",
+    "etcd",
+    "zookeeper",
+    "postgres",
+    "dynamodb",
+    "mysql",
+];
+
+impl Config {
+    /// Whether `store` (one of [`STORES`]) is measured.
+    pub fn includes(&self, store: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == store)
     }
 }
 
@@ -198,16 +225,60 @@ async fn start_container(spec: fixtures::ContainerSpec) -> Result<fixtures::Cont
 /// Everything a run measures, with the containers kept alive while it does.
 struct Fleet {
     subjects: Vec<Subject>,
-    redis: Arc<dyn LockBackend>,
-    redis_url: String,
+    /// The Redis backend and URL the auto-extend section uses (`None` when
+    /// Redis is left out).
+    redis: Option<(Arc<dyn LockBackend>, String)>,
     _redis_containers: Vec<fixtures::Container>,
     _others: Vec<setup::Started>,
 }
 
-/// Starts the containers and sets up every subject: memory, Redis (with
-/// and without notifications), Redlock 3 and 5 and the peers when
-/// `all_stores`, then the other stores.
+/// Starts the containers and sets up every subject the config includes:
+/// memory, Redis (with and without notifications), Redlock 3 and 5 and the
+/// peers when `all_stores`, then the other stores.
 async fn fleet(config: &Config, results: &mut Results) -> Result<Fleet, String> {
+    let mut subjects: Vec<Subject> = Vec::new();
+
+    // memory
+    if config.includes("memory") {
+        subjects.push(stores::library(
+            "memory",
+            Arc::new(MemoryBackend::new()),
+            "notified (in-process)",
+        ));
+    }
+
+    let (redis, redis_containers) = if config.includes("redis") {
+        let (redis, url, containers) = redis_subjects(config, &mut subjects).await?;
+        (Some((redis, url)), containers)
+    } else {
+        (None, Vec::new())
+    };
+
+    let mut others = Vec::new();
+    if config.all_stores {
+        others = other_stores(config, results).await;
+    }
+    for (s, _) in others
+        .iter_mut()
+        .filter_map(|(s, c)| s.take().map(|s| (s, c)))
+    {
+        subjects.push(s);
+    }
+    Ok(Fleet {
+        subjects,
+        redis,
+        _redis_containers: redis_containers,
+        _others: others,
+    })
+}
+
+/// Redis, notifications on and off; Redlock 3 and 5 when `all_stores`; the
+/// `rslock` peers on the same servers. Returns the Redis backend, its URL
+/// and the containers.
+async fn redis_subjects(
+    config: &Config,
+    subjects: &mut Vec<Subject>,
+) -> Result<(Arc<dyn LockBackend>, String, Vec<fixtures::Container>), String> {
     let redis_count = if config.all_stores { 5 } else { 1 };
     let redis_containers = futures_util::future::join_all(
         (0..redis_count).map(|_| start_container(fixtures::redis_spec(false))),
@@ -219,15 +290,6 @@ async fn fleet(config: &Config, results: &mut Results) -> Result<Fleet, String> 
         .iter()
         .map(|c| format!("redis://127.0.0.1:{}", c.port))
         .collect();
-
-    let mut subjects: Vec<Subject> = Vec::new();
-
-    // memory
-    subjects.push(stores::library(
-        "memory",
-        Arc::new(MemoryBackend::new()),
-        "notified (in-process)",
-    ));
 
     // Redis, notifications on and off.
     let url0 = redis_urls[0].clone();
@@ -297,33 +359,13 @@ async fn fleet(config: &Config, results: &mut Results) -> Result<Fleet, String> 
         }
     }
 
-    let mut others = Vec::new();
-    if config.all_stores {
-        others = other_stores(results).await;
-    }
-    for (s, _) in others
-        .iter_mut()
-        .filter_map(|(s, c)| s.take().map(|s| (s, c)))
-    {
-        subjects.push(s);
-    }
-    Ok(Fleet {
-        subjects,
-        redis,
-        redis_url: url0,
-        _redis_containers: redis_containers,
-        _others: others,
-    })
+    Ok((redis, url0, redis_containers))
 }
 
 async fn run_inner(config: &Config) -> Result<Results, String> {
     let mut results = Results::default();
     let fleet = fleet(config, &mut results).await?;
-    let (subjects, redis, url0) = (
-        &fleet.subjects,
-        fleet.redis.clone(),
-        fleet.redis_url.clone(),
-    );
+    let subjects = &fleet.subjects;
 
     // 1. Uncontended latency.
     for s in subjects {
@@ -344,7 +386,7 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     }
 
     // 4. Fan-out: acquisition alone, Redis vs Redlock 3/5, interleaved.
-    {
+    if config.includes("redis") {
         let fan: Vec<&Subject> = subjects
             .iter()
             .filter(|s| {
@@ -470,22 +512,24 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     }
 
     // 5. Auto-extend at scale on Redis.
-    log(format!(
-        "auto-extend: {} guards for {:?}",
-        config.guards, config.hold
-    ));
-    let stats = stores::redis_conn(&url0).await?;
-    match extend::run(
-        redis.clone(),
-        stats,
-        config.guards,
-        config.guard_ttl,
-        config.hold,
-    )
-    .await
-    {
-        Ok(r) => results.extend = Some(r),
-        Err(e) => results.failures.push(("auto-extend".into(), e)),
+    if let Some((redis, url0)) = &fleet.redis {
+        log(format!(
+            "auto-extend: {} guards for {:?}",
+            config.guards, config.hold
+        ));
+        let stats = stores::redis_conn(url0).await?;
+        match extend::run(
+            redis.clone(),
+            stats,
+            config.guards,
+            config.guard_ttl,
+            config.hold,
+        )
+        .await
+        {
+            Ok(r) => results.extend = Some(r),
+            Err(e) => results.failures.push(("auto-extend".into(), e)),
+        }
     }
     log("done");
     drop(fleet);

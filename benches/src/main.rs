@@ -1,26 +1,68 @@
-//! `cargo run --release -p leasehold-benches -- full|smoke|kinds [--out DIR]`
+//! `cargo run --release -p leasehold-benches -- full|smoke|kinds [--only STORE[,STORE]] [--out DIR]`
+//!
+//! `--only` measures those stores alone (see [`leasehold_benches::STORES`]);
+//! such a partial run writes its report to a directory of its own (default
+//! `$TMPDIR/leasehold-bench-only-<stores>`), never over the full run's
+//! `RESULTS.md` and `KINDS.md`.
+
+// The run's future nests every store's setup; release builds need more
+// than the default query depth to lay it out.
+#![recursion_limit = "256"]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use leasehold_benches::{Config, run, run_kinds};
+use leasehold_benches::{Config, STORES, run, run_kinds};
+
+fn usage(problem: &str) -> ExitCode {
+    eprintln!(
+        "usage: leasehold-benches full|smoke|kinds [--only STORE[,STORE]] [--out DIR] ({problem}); \
+         stores: {}",
+        STORES.join(", ")
+    );
+    ExitCode::from(2)
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("full");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let only: Vec<String> = value("--only")
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_default();
+    if let Some(unknown) = only.iter().find(|s| !STORES.contains(&s.as_str())) {
+        return usage(&format!("unknown store {unknown:?}"));
+    }
+    let out = match value("--out") {
+        Some(dir) => PathBuf::from(dir),
+        None if only.is_empty() => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        None => std::env::temp_dir().join(format!("leasehold-bench-only-{}", only.join("-"))),
+    };
+    let mut config = match mode {
+        "full" | "kinds" => Config::full(out.clone()),
+        "smoke" => Config::smoke(out.clone()),
+        other => return usage(&format!("got {other:?}")),
+    };
+    config.command = format!("cargo run --release -p leasehold-benches -- {mode}");
+    if !only.is_empty() {
+        config
+            .command
+            .push_str(&format!(" --only {}", only.join(",")));
+        config.only = only;
+    }
     if mode == "kinds" {
-        let mut config = Config::full(out);
-        config.command = "cargo run --release -p leasehold-benches -- kinds".into();
         return match Box::pin(run_kinds(config)).await {
             Ok(rows) => {
-                eprintln!("{} stores measured", rows.len());
+                eprintln!(
+                    "{} stores measured; report in {}",
+                    rows.len(),
+                    out.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -29,19 +71,12 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let config = match mode {
-        "full" => Config::full(out),
-        "smoke" => Config::smoke(out),
-        other => {
-            eprintln!("usage: leasehold-benches full|smoke|kinds [--out DIR] (got {other:?})");
-            return ExitCode::from(2);
-        }
-    };
-    match run(config).await {
+    match Box::pin(run(config)).await {
         Ok(results) => {
             for (name, why) in &results.failures {
                 eprintln!("not measured: {name}: {why}");
             }
+            eprintln!("report in {}", out.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

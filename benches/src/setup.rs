@@ -1,5 +1,5 @@
-//! The stores beyond Redis (etcd, ZooKeeper, Postgres, DynamoDB): their
-//! containers, and the subjects set up on each.
+//! The stores beyond Redis (etcd, ZooKeeper, Postgres, DynamoDB, MySQL):
+//! their containers, and the subjects set up on each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,19 +7,31 @@ use std::time::Duration;
 use leasehold_conformance::fixtures;
 
 use crate::stores::{self, Subject};
-use crate::{Results, start_container};
+use crate::{Config, Results, start_container};
 
 /// A subject set up on a store, or the store's container kept alive.
 pub(crate) type Started = (Option<Subject>, Option<fixtures::Container>);
 
-/// etcd, ZooKeeper, Postgres (advisory and table), DynamoDB: started in
-/// parallel; a store that fails to start is recorded and skipped.
-pub(crate) async fn other_stores(results: &mut Results) -> Vec<Started> {
-    let (etcd, zk, pg, dynamo) = tokio::join!(
-        start_container(fixtures::etcd_spec()),
-        start_container(fixtures::zookeeper_spec()),
-        start_container(fixtures::postgres_spec()),
-        start_container(fixtures::dynamodb_spec()),
+/// etcd, ZooKeeper, Postgres (advisory and table), DynamoDB, MySQL (named
+/// and table, on MariaDB): those the config includes, started in parallel;
+/// a store that fails to start is recorded and skipped.
+pub(crate) async fn other_stores(config: &Config, results: &mut Results) -> Vec<Started> {
+    let start = |store: &str, spec: fixtures::ContainerSpec| {
+        let wanted = config.includes(store);
+        async move {
+            if wanted {
+                Some(start_container(spec).await)
+            } else {
+                None
+            }
+        }
+    };
+    let (etcd, zk, pg, dynamo, mysql) = tokio::join!(
+        start("etcd", fixtures::etcd_spec()),
+        start("zookeeper", fixtures::zookeeper_spec()),
+        start("postgres", fixtures::postgres_spec()),
+        start("dynamodb", fixtures::dynamodb_spec()),
+        start("mysql", mariadb_spec()),
     );
     let mut out: Vec<Started> = Vec::new();
     let mut push =
@@ -34,26 +46,41 @@ pub(crate) async fn other_stores(results: &mut Results) -> Vec<Started> {
             }
         };
 
-    let r = match &etcd {
-        Ok(c) => setup_etcd(c.port).await,
-        Err(e) => Err(e.clone()),
-    };
-    push("etcd", r, etcd.ok());
-    let r = match &zk {
-        Ok(c) => setup_zk(c.port).await,
-        Err(e) => Err(e.clone()),
-    };
-    push("zookeeper", r, zk.ok());
-    let r = match &pg {
-        Ok(c) => setup_pg(c.port).await,
-        Err(e) => Err(e.clone()),
-    };
-    push("postgres", r, pg.ok());
-    let r = match &dynamo {
-        Ok(c) => setup_dynamo(c.port).await,
-        Err(e) => Err(e.clone()),
-    };
-    push("dynamodb", r, dynamo.ok());
+    if let Some(etcd) = etcd {
+        let r = match &etcd {
+            Ok(c) => setup_etcd(c.port).await,
+            Err(e) => Err(e.clone()),
+        };
+        push("etcd", r, etcd.ok());
+    }
+    if let Some(zk) = zk {
+        let r = match &zk {
+            Ok(c) => setup_zk(c.port).await,
+            Err(e) => Err(e.clone()),
+        };
+        push("zookeeper", r, zk.ok());
+    }
+    if let Some(pg) = pg {
+        let r = match &pg {
+            Ok(c) => setup_pg(c.port).await,
+            Err(e) => Err(e.clone()),
+        };
+        push("postgres", r, pg.ok());
+    }
+    if let Some(dynamo) = dynamo {
+        let r = match &dynamo {
+            Ok(c) => setup_dynamo(c.port).await,
+            Err(e) => Err(e.clone()),
+        };
+        push("dynamodb", r, dynamo.ok());
+    }
+    if let Some(mysql) = mysql {
+        let r = match &mysql {
+            Ok(c) => setup_mysql(c.port).await,
+            Err(e) => Err(e.clone()),
+        };
+        push("mysql", r, mysql.ok());
+    }
     out
 }
 
@@ -150,4 +177,52 @@ async fn setup_dynamo(port: u16) -> Result<Vec<Subject>, String> {
     s.rtt = Some(stores::dynamo_rtt(client, table, pk));
     s.rtt_desc = "GetItem";
     Ok(vec![s])
+}
+
+/// The MariaDB fixture with room for the benchmark's connections: a named
+/// backend holds up to 50 pinned sessions and as many watchers beside its
+/// pool of 50 (which the raw baseline uses), more than the server's default
+/// `max_connections` of 151 once the table backend's pool is added.
+fn mariadb_spec() -> fixtures::ContainerSpec {
+    fixtures::mariadb_spec().args(["--max-connections=500"])
+}
+
+/// MySQL's two modes on one MariaDB 10.11 server, each beside the raw
+/// statements its lock needs at the least, sent on its backend's own pool
+/// (plain sqlx connections): named mode `GET_LOCK(name, 0)` and
+/// `RELEASE_LOCK(name)` on one connection; table mode a conditional update
+/// and a compare-and-clear update of a lease row.
+async fn setup_mysql(port: u16) -> Result<Vec<Subject>, String> {
+    let base = format!(
+        "mysql://root:{}@127.0.0.1:{port}/leasehold",
+        fixtures::MARIADB_PASSWORD
+    );
+    let mut out = Vec::new();
+    for mode in ["named", "table"] {
+        let url = format!("{base}?mode={mode}");
+        let backend = stores::retry_connect("mysql", Duration::from_secs(90), || async {
+            leasehold_mysql::MysqlBackend::connect(&url)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        let pool = backend.pool().clone();
+        let mut s = stores::library(
+            &format!("mysql-{mode}"),
+            Arc::new(backend),
+            "polled (this process's releases wake its waiters)",
+        );
+        if mode == "named" {
+            s.raw = Some(stores::mysql_named_raw(pool.clone()));
+            s.raw_desc = "GET_LOCK(name, 0) + RELEASE_LOCK(name) on one pooled connection";
+        } else {
+            stores::mysql_prepare(&pool).await?;
+            s.raw = Some(stores::mysql_table_raw(pool.clone()));
+            s.raw_desc = "conditional update + compare-and-clear update";
+        }
+        s.rtt = Some(stores::mysql_rtt(pool));
+        s.rtt_desc = "SELECT 1";
+        out.push(s);
+    }
+    Ok(out)
 }

@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures_util::future::{BoxFuture, join_all};
 use leasehold_core::{Key, LockBackend, Locker, OwnerToken, WaitPolicy};
+use leasehold_mysql::sqlx::MySqlPool;
 use leasehold_postgres::sqlx;
 use leasehold_redis::KeyLayout;
 use leasehold_redis::scripts;
@@ -356,6 +357,107 @@ pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
 
 /// Postgres: `SELECT 1`.
 pub fn pg_rtt(pool: sqlx::PgPool) -> Op {
+    op(move |_| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+    })
+}
+
+/// MySQL named: `GET_LOCK(name, 0)` and `RELEASE_LOCK(name)` on one pooled
+/// connection, with the lock names the backend uses.
+pub fn mysql_named_raw(pool: MySqlPool) -> Op {
+    op(move |k| {
+        let pool = pool.clone();
+        async move {
+            let name = leasehold_mysql::lock_name("bench-raw", &k);
+            let mut conn = pool.acquire().await.map_err(err)?;
+            let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
+                .bind(&name)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            if got != Some(1) {
+                return Err(format!("raw named lock {k} held"));
+            }
+            sqlx::query("SELECT RELEASE_LOCK(?)")
+                .bind(&name)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+    })
+}
+
+/// Creates the raw MySQL table benchmark's table (keys compared byte for
+/// byte, as the backend's).
+pub async fn mysql_prepare(pool: &MySqlPool) -> Result<(), String> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS leasehold_bench_raw \
+         (k VARBINARY(1024) PRIMARY KEY, owner CHAR(32) CHARACTER SET ascii NULL, \
+          expires_at DATETIME(6) NULL) ENGINE = InnoDB",
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(err)
+}
+
+/// MySQL table: the statements table mode's lock needs, by the database
+/// clock: a conditional update that takes the row if it is free or expired
+/// (a key's first use inserts it), and a compare-and-clear update.
+pub fn mysql_table_raw(pool: MySqlPool) -> Op {
+    op(move |k| {
+        let pool = pool.clone();
+        async move {
+            let owner = OwnerToken::generate().to_hex();
+            let took = sqlx::query(
+                "UPDATE leasehold_bench_raw \
+                 SET owner = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL 30 SECOND \
+                 WHERE k = ? AND (owner IS NULL OR expires_at <= UTC_TIMESTAMP(6))",
+            )
+            .bind(&owner)
+            .bind(&k)
+            .execute(&pool)
+            .await
+            .map_err(err)?;
+            if took.rows_affected() != 1 {
+                // A key never locked before (a duplicate: it is held).
+                sqlx::query(
+                    "INSERT INTO leasehold_bench_raw (k, owner, expires_at) \
+                     VALUES (?, ?, UTC_TIMESTAMP(6) + INTERVAL 30 SECOND)",
+                )
+                .bind(&k)
+                .bind(&owner)
+                .execute(&pool)
+                .await
+                .map_err(|e| format!("raw table lock {k}: {e}"))?;
+            }
+            let cleared = sqlx::query(
+                "UPDATE leasehold_bench_raw SET owner = NULL, expires_at = NULL \
+                 WHERE k = ? AND owner = ? AND expires_at > UTC_TIMESTAMP(6)",
+            )
+            .bind(&k)
+            .bind(&owner)
+            .execute(&pool)
+            .await
+            .map_err(err)?;
+            if cleared.rows_affected() != 1 {
+                return Err(format!("raw table lock {k} was not ours at release"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// MySQL: `SELECT 1`.
+pub fn mysql_rtt(pool: MySqlPool) -> Op {
     op(move |_| {
         let pool = pool.clone();
         async move {

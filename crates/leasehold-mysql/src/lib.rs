@@ -20,8 +20,16 @@
 //! ```
 //!
 //! Needs several `GET_LOCK`s per session (MySQL 5.7+, MariaDB 10.0.2+). The
-//! conformance suite runs against MariaDB 10.11 (`tests/conformance.rs`);
-//! MySQL is expected to behave the same but is not run here.
+//! conformance suite runs against MariaDB 10.11 only (`tests/conformance.rs`,
+//! Debian's `mariadb-server`: no MySQL server image can be pulled where
+//! the project is tested, and Debian ships none); MySQL 8 is expected to
+//! behave the same but is not run. What differs on MySQL 8, from its
+//! documentation: its default `caching_sha2_password` needs TLS or an RSA
+//! key exchange for the password (see the `rsa` advisory below); it makes
+//! self-signed server certificates at first start, so `preferred` encrypts
+//! out of the box and `verify_*` needs the server's `ca.pem`; ending
+//! another user's session needs `CONNECTION_ADMIN` (MariaDB: `CONNECTION
+//! ADMIN`); its default `binlog_format` is `ROW`.
 //!
 //! ## Named mode (`mode=named`, the default)
 //! - Acquire runs `GET_LOCK(name, 0)` on a session (connection) that is then
@@ -158,9 +166,20 @@
 //!   closest known one. Errors and `Debug` output never show the password.
 //!   The `holder` option is stored with each lease and shown by `inspect`
 //!   and `list`.
-//! - **TLS** with rustls (no OpenSSL): `ssl-mode=verify_identity` (or
-//!   `verify_ca`, `required`) with `ssl-ca=/path/ca.pem`, and
-//!   `ssl-cert`/`ssl-key` for a client certificate. Use it in production.
+//! - **TLS** with rustls (no OpenSSL): `ssl-mode=verify_identity` with
+//!   `ssl-ca=/path/ca.pem` (the server's CA; without it only the built-in
+//!   web roots are trusted), and `ssl-cert`/`ssl-key` for a client
+//!   certificate (a user created `REQUIRE X509`). Use it in production. The
+//!   modes are sqlx's (`disabled`, `preferred`, the default, `required`,
+//!   `verify_ca`, `verify_identity`; any case, underscores: another
+//!   spelling is a `LockError::Config`). `preferred` and `required` encrypt
+//!   but verify nothing, **even with `ssl-ca`** (sqlx's rule): anyone on the
+//!   path can impersonate the server. With sqlx 0.8, `verify_ca` also checks the host
+//!   name (sqlx issue 3793), so it is as strict as `verify_identity`. A
+//!   failed handshake is `LockError::Unavailable`, as every TLS error of the
+//!   driver is. `tests/tls.rs` proves each against a MariaDB that refuses
+//!   plaintext; `tests/conformance_tls.rs` runs the suite over
+//!   `verify_identity`.
 //!
 //! ## The `rsa` advisory (RUSTSEC-2023-0071)
 //! sqlx's MySQL driver depends on the `rsa` crate, which has the "Marvin"
