@@ -7,7 +7,7 @@ use leasehold_core::config::{self, BackendConfig, Secret, SharedConfig, apply_qu
 use leasehold_core::{Drift, LockError, SharedClock, system_clock};
 
 use crate::EtcdBackend;
-use crate::tls::{TLS_OPTIONS, TlsFiles};
+use leasehold_core::tls::{TLS_OPTIONS, TlsFiles};
 
 /// The default namespace: every etcd key the backend writes starts with it.
 pub const DEFAULT_NAMESPACE: &str = "leasehold/";
@@ -326,7 +326,7 @@ fn parse_url(url: &str) -> Result<EtcdConfig, LockError> {
         pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         &mut parsed.shared,
         EtcdConfig::OPTIONS,
-        |name, value| tls_files.set(name, value),
+        |name, value| tls_files.set(crate::NAME, name, value),
     )?;
     if !tls && !tls_files.is_empty() {
         return Err(config(format!(
@@ -335,7 +335,7 @@ fn parse_url(url: &str) -> Result<EtcdConfig, LockError> {
             text.redacted()
         )));
     }
-    tls_files.check_pairs()?;
+    tls_files.check_pairs(crate::NAME)?;
     parsed.tls_files = tls_files;
     Ok(parsed)
 }

@@ -303,7 +303,7 @@ fn tls_endpoints(
     let endpoints = &config.endpoints;
     #[cfg(feature = "tls")]
     if config.tls || endpoints.iter().any(|e| e.starts_with("https://")) {
-        let options = config.tls_files.options()?;
+        let options = crate::tls::options(&config.tls_files)?;
         *connect = std::mem::take(connect).with_tls(options);
         return Ok(endpoints
             .iter()

@@ -221,7 +221,7 @@ impl BackendConfig for RedisConfig {
                 match name {
                     "notifications" => notifications = boolean(name, value)?,
                     "tls" if !unix => tls_on = Some(boolean(name, value)?),
-                    _ if !unix && tls.set(name, value)? => {}
+                    _ if !unix && tls.set(crate::NAME, name, value)? => {}
                     "min_replicas" if !unix => min_replicas = Some(count(name, value)?),
                     "replica_timeout" if !unix => replica_timeout = Some(duration(name, value)?),
                     "protocol" => passed.push((name.to_owned(), value.to_owned())),
@@ -260,10 +260,10 @@ impl BackendConfig for RedisConfig {
                     shown()
                 )));
             }
-            let tls = tls.topology(tls_on.unwrap_or(false), &shown())?;
+            let tls = crate::tls::topology(&tls, tls_on.unwrap_or(false), &shown())?;
             Target::Cluster(ClusterTarget::parse(base, &shown(), tls)?)
         } else if scheme == "redis+sentinel" {
-            let tls = tls.topology(tls_on.unwrap_or(false), &shown())?;
+            let tls = crate::tls::topology(&tls, tls_on.unwrap_or(false), &shown())?;
             Target::Sentinel(SentinelTarget::parse(base, &shown(), &passed, tls)?)
         } else {
             let mut client_url = base.to_owned();
@@ -279,7 +279,7 @@ impl BackendConfig for RedisConfig {
                 client_url.push('#');
                 client_url.push_str(fragment);
             }
-            Target::Direct(tls.client(&client_url, &shown())?)
+            Target::Direct(crate::tls::tls_client(&tls, &client_url, &shown())?)
         };
         Ok(RedisConfig {
             target,

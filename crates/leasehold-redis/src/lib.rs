@@ -248,7 +248,7 @@ pub use safety::{Persistence, SafetyFinding};
 pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelTarget};
 pub use shared::{WaitingStep, extend_split};
 pub use store::{AcquireOutcome, MAX_TTL_MS, Ownership, RedisNode, ttl_millis};
-pub use tls::{TLS_OPTIONS, TlsFiles};
+pub use tls::{TLS_OPTIONS, TlsFiles, tls_certificates, tls_client};
 
 /// The backend's name in errors, spans and metrics.
 pub const NAME: &str = "redis";

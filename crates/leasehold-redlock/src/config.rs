@@ -101,7 +101,7 @@ impl RedlockConfig {
         }
         let servers = urls
             .iter()
-            .map(|url| tls.client(url, &redact_url(url)))
+            .map(|url| leasehold_redis::tls_client(&tls, url, &redact_url(url)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RedlockConfig {
             tls,
@@ -172,7 +172,8 @@ impl BackendConfig for RedlockConfig {
                 match name {
                     "node_timeout_factor" => factor = fraction(name, value)?,
                     "min_node_timeout" => floor = duration(name, value)?,
-                    _ if tls.set(name, value)? => {}
+                    // Named `redis` like the errors of reading the files (`tls_client`).
+                    _ if tls.set(leasehold_redis::NAME, name, value)? => {}
                     _ => return Ok(false),
                 }
                 Ok(true)
