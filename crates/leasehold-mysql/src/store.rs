@@ -33,7 +33,7 @@ use leasehold_core::{LockError, OwnerToken, ReleaseHub};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MysqlConfig, NAMED, Settings};
@@ -134,9 +134,42 @@ fn private_pool(connect: MySqlConnectOptions, max: u32, timeout: Duration) -> My
 pub(crate) struct Sessions {
     pool: MySqlPool,
     idle: Mutex<Vec<(Session, Instant)>>,
+    /// Wakes checkouts waiting on a full pool when a session is kept.
+    kept: Notify,
     watchers: MySqlPool,
     idle_watchers: Mutex<Vec<PoolConnection<MySql>>>,
+    /// Wakes watchers waiting on a full pool when a watcher is kept.
+    kept_watchers: Notify,
     pub(crate) timeout: Duration,
+}
+
+/// A connection kept by `pop`, else a new one from `pool`. A kept
+/// connection holds its pool slot and never goes back to the pool, so a
+/// checkout waiting on a full pool would not see one being kept (with more
+/// tasks than connections, attempts failed `Unavailable` while sessions sat
+/// idle): it also wakes on `kept` and looks again.
+async fn kept_or_new<T>(
+    pool: &MySqlPool,
+    kept: &Notify,
+    pop: impl Fn() -> Option<T>,
+) -> Result<Result<T, PoolConnection<MySql>>, sqlx::Error> {
+    loop {
+        if let Some(item) = pop() {
+            return Ok(Ok(item));
+        }
+        // Listen before looking once more, so one kept in between is not
+        // missed.
+        let notified = kept.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(item) = pop() {
+            return Ok(Ok(item));
+        }
+        tokio::select! {
+            conn = pool.acquire() => return conn.map(Err),
+            () = &mut notified => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -178,8 +211,10 @@ impl Sessions {
         Sessions {
             pool: private_pool(connect.clone(), max, timeout),
             idle: Mutex::new(Vec::new()),
+            kept: Notify::new(),
             watchers: private_pool(connect, max, timeout),
             idle_watchers: Mutex::new(Vec::new()),
+            kept_watchers: Notify::new(),
             timeout,
         }
     }
@@ -194,15 +229,18 @@ impl Sessions {
     /// died while idle: the caller retries once it fails with a session
     /// error).
     pub(crate) async fn checkout(&self) -> Result<(Session, bool), sqlx::Error> {
-        loop {
+        let pop = || loop {
             let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match popped {
                 Some((_, since)) if since.elapsed() > IDLE_LIMIT => continue,
-                Some((session, _)) => return Ok((session, true)),
-                None => break,
+                Some((session, _)) => return Some(session),
+                None => return None,
             }
-        }
-        let mut conn = self.pool.acquire().await?;
+        };
+        let mut conn = match kept_or_new(&self.pool, &self.kept, pop).await? {
+            Ok(session) => return Ok((session, true)),
+            Err(conn) => conn,
+        };
         let id: u64 = sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS UNSIGNED)")
             .fetch_one(&mut *conn)
             .await?;
@@ -233,19 +271,20 @@ impl Sessions {
             idle.push((session, Instant::now()));
             stale
         };
+        self.kept.notify_waiters();
         drop(stale);
     }
 
     async fn watcher(&self) -> Result<PoolConnection<MySql>, sqlx::Error> {
-        let kept = self
-            .idle_watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        match kept {
-            Some(conn) => Ok(conn),
-            None => self.watchers.acquire().await,
-        }
+        let pop = || {
+            self.idle_watchers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+        };
+        kept_or_new(&self.watchers, &self.kept_watchers, pop)
+            .await
+            .map(|conn| conn.unwrap_or_else(|new| new))
     }
 
     /// Blocks in `GET_LOCK(alive)` until the server grants it, which it
@@ -275,6 +314,7 @@ impl Sessions {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(conn);
+            self.kept_watchers.notify_waiters();
         }
         Ok(())
     }
