@@ -29,7 +29,7 @@ pub(crate) async fn other_stores(config: &Config, results: &mut Results) -> Vec<
     let (etcd, zk, pg, dynamo, mysql) = tokio::join!(
         start("etcd", fixtures::etcd_spec()),
         start("zookeeper", fixtures::zookeeper_spec()),
-        start("postgres", fixtures::postgres_spec()),
+        start("postgres", postgres_spec()),
         start("dynamodb", fixtures::dynamodb_spec()),
         start("mysql", mariadb_spec()),
     );
@@ -177,6 +177,15 @@ async fn setup_dynamo(port: u16) -> Result<Vec<Subject>, String> {
     s.rtt = Some(stores::dynamo_rtt(client, table, pk));
     s.rtt_desc = "GetItem";
     Ok(vec![s])
+}
+
+/// The Postgres fixture with room for the benchmark's connections: the
+/// advisory backend pins up to 50 sessions and keeps the clean ones for
+/// reuse, beside the table backend's pool and the raw baselines' pools, more
+/// than the server's default `max_connections` of 100 (the 64-task figures
+/// failed with pool timeouts).
+fn postgres_spec() -> fixtures::ContainerSpec {
+    fixtures::postgres_spec().args(["-c", "max_connections=500"])
 }
 
 /// The MariaDB fixture with room for the benchmark's connections: a named
