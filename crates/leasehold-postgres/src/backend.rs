@@ -211,7 +211,7 @@ impl LockBackend for PostgresBackend {
         }
     }
 
-    /// One attempt, on its own task (core's [`cancel_safe`]).
+    /// One attempt, on its own task (core's [`cancel_safe`](leasehold_core::cancel_safe)).
     ///
     /// Cancel safety: dropping the future never strands a grant; the attempt
     /// finishes on its own task and a lease won after the caller left, or
