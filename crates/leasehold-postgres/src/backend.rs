@@ -56,6 +56,11 @@ impl PostgresBackend {
     ///
     /// Cancel safety: dropping the future leaves at most an idle pool behind.
     pub async fn connect_with(config: PostgresConfig) -> Result<Self, LockError> {
+        // sqlx builds its certificate verifier from rustls's process-wide
+        // provider; a build with two providers (ZooKeeper TLS brings
+        // aws-lc beside ring) has none until one is installed, and the
+        // first verified TLS connection would panic.
+        leasehold_core::tls::install_default_crypto_provider();
         let url = config.sqlx_url().ok_or_else(|| {
             LockError::Config(
                 "no URL to connect to: give one with PostgresConfig::url, \
