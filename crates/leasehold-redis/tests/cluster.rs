@@ -139,6 +139,14 @@ async fn a_clustered_handoff_is_woken_by_the_keys_shard_channel_even_after_its_s
                 .move_slot(&lock, &from, &to)
                 .expect("the slot moved");
             assert_eq!(cluster.master_of(&lock).unwrap(), to);
+            // The release must meet the subscription on the new master: one
+            // sent before it is there is heard by no one, and the waiter is
+            // then woken by the resubscription instead (correct, but not the
+            // path this test proves).
+            assert!(
+                subscribed_on_its_master(&cluster, &channel).await,
+                "the waiter's shard channel was never subscribed on the key's new master"
+            );
         }
         holder.release(&lease).await.expect("released");
         // A guard against a hang, not a timing: the waiter's own next poll
