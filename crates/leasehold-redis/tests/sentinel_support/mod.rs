@@ -121,13 +121,20 @@ impl SentinelTopology {
     ) -> Result<std::collections::HashMap<String, String>, String> {
         let client = match &self.ca {
             None => redis::Client::open(format!("redis://127.0.0.1:{}", self.sentinels[i].port)),
-            Some(ca) => redis::Client::build_with_tls(
-                format!("rediss://127.0.0.1:{}", self.sentinels[i].port),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(std::fs::read(ca).map_err(|e| e.to_string())?),
-                },
-            ),
+            Some(ca) => {
+                // This helper asks redis-rs for TLS itself, before any
+                // leasehold URL has installed rustls's process default
+                // (with ZooKeeper's aws-lc-rs beside ring, the workspace
+                // build has two providers and redis-rs would panic).
+                leasehold_core::tls::install_default_crypto_provider();
+                redis::Client::build_with_tls(
+                    format!("rediss://127.0.0.1:{}", self.sentinels[i].port),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(std::fs::read(ca).map_err(|e| e.to_string())?),
+                    },
+                )
+            }
         }
         .map_err(|e| e.to_string())?;
         let mut conn = client
