@@ -47,6 +47,13 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// for reuse). Also returns the session's server pid ([`session_pid`]) and
 /// the store's epoch.
 ///
+/// The bump is a plain `UPDATE` of the key's row (its first grant inserts
+/// it): an upsert's speculative insertion, and reading the row back for the
+/// busy case on every call, cost more than the lock itself (pgbench inside
+/// the container, one client, lock statement + unlock: 125–150 µs with the
+/// upsert, 95–100 µs with the update, 35–50 µs for the bare lock and
+/// unlock). The busy case reads the row only when it happens.
+///
 /// The bump commits without waiting for its flush to disk: the store epoch
 /// ([`crate::epoch`]) keeps tokens increasing across a crash that loses it.
 /// With no epoch in force the statement takes no lock and returns `NULL` as
@@ -55,20 +62,26 @@ fn acquire_sql(settings: &Settings) -> String {
     let table = settings.qualified_table();
     let epoch = epoch::current_sql(settings);
     let floor = epoch::floor_sql("(SELECT e FROM a)");
+    let row = format!("FROM {table} WHERE namespace = $2 AND key = $3");
     format!(
         "WITH a AS (SELECT {epoch} AS e), \
          l AS (SELECT pg_try_advisory_lock($1) AS got FROM a WHERE a.e IS NOT NULL), \
-         b AS (INSERT INTO {table} AS f (namespace, key, counter, holder, acquired_at, lock_id) \
-               SELECT $2, $3, GREATEST(1, {floor}), $4, clock_timestamp(), $1 FROM l WHERE l.got \
+         b AS (UPDATE {table} AS f SET counter = GREATEST(f.counter + 1, {floor}), \
+               holder = $4, acquired_at = clock_timestamp(), lock_id = $1 \
+               WHERE f.namespace = $2 AND f.key = $3 AND (SELECT got FROM l) \
+               RETURNING f.counter), \
+         c AS (INSERT INTO {table} AS f (namespace, key, counter, holder, acquired_at, lock_id) \
+               SELECT $2, $3, GREATEST(1, {floor}), $4, clock_timestamp(), $1 \
+               WHERE (SELECT got FROM l) AND NOT EXISTS (SELECT 1 FROM b) \
                ON CONFLICT (namespace, key) DO UPDATE \
                SET counter = GREATEST(f.counter + 1, {floor}), holder = EXCLUDED.holder, \
                    acquired_at = EXCLUDED.acquired_at, lock_id = EXCLUDED.lock_id \
                RETURNING f.counter), \
          t AS (SELECT set_config('idle_session_timeout', $5, false), \
                       set_config('synchronous_commit', 'off', true) FROM l WHERE l.got) \
-         SELECT (SELECT counter FROM b), \
-                (SELECT counter FROM {table} WHERE namespace = $2 AND key = $3), \
-                (SELECT holder FROM {table} WHERE namespace = $2 AND key = $3), \
+         SELECT COALESCE((SELECT counter FROM b), (SELECT counter FROM c)), \
+                CASE WHEN NOT (SELECT got FROM l) THEN (SELECT counter {row}) END, \
+                CASE WHEN NOT (SELECT got FROM l) THEN (SELECT holder {row}) END, \
                 (SELECT count(*) FROM t), pg_backend_pid(), (SELECT e FROM a)"
     )
 }
