@@ -245,13 +245,17 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     ttl: Duration,
     wait: &WaitPolicy,
 ) -> Result<Lease, LockError> {
-    wait_for_grant(backend, key, wait, || backend.try_acquire(key, ttl)).await
+    wait_until(backend, key, wait, Waking::One, || {
+        backend.try_acquire(key, ttl)
+    })
+    .await
 }
 
 /// [`wait_for_lock`] for any attempt: calls `attempt` (one refusal-free try
 /// of any [`LockKind`], with whatever the backend registers while it waits)
 /// until it succeeds, woken early by [`LockBackend::release_listener`] of
-/// `key`.
+/// `key`. A release wakes every such waiter of this process (readers and
+/// permits may be granted together), where [`wait_for_lock`] wakes one.
 ///
 /// ```
 /// use leasehold_core::{Key, LockBackend, LockKind, MemoryBackend, WaitPolicy, wait_for_grant};
@@ -271,6 +275,32 @@ pub async fn wait_for_grant<B, F, Fut>(
     backend: &B,
     key: &Key,
     wait: &WaitPolicy,
+    attempt: F,
+) -> Result<Lease, LockError>
+where
+    B: LockBackend + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Lease, LockError>>,
+{
+    wait_until(backend, key, wait, Waking::All, attempt).await
+}
+
+/// Whom a release signal wakes among this process's waiters of the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waking {
+    /// One (a mutex: see [`ReleaseHub`]).
+    One,
+    /// Every waiter, each on any signal, taking none (a woken waiter that
+    /// signalled the rest again would wake those that failed, who would
+    /// signal again: a busy loop).
+    All,
+}
+
+async fn wait_until<B, F, Fut>(
+    backend: &B,
+    key: &Key,
+    wait: &WaitPolicy,
+    waking: Waking,
     mut attempt: F,
 ) -> Result<Lease, LockError>
 where
@@ -279,9 +309,21 @@ where
     Fut: Future<Output = Result<Lease, LockError>>,
 {
     let mut attempts = Attempts::new(wait);
+    // The release signal this waiter took, if its last wait ended in one:
+    // passed on to the key's next waiter of this process if this call is
+    // dropped before its attempt has answered.
+    let mut woken: Option<PassOn> = None;
     loop {
         let mut listener = backend.release_listener(key);
-        let error = match attempt().await {
+        let result = attempt().await;
+        // A grant holds the key, and a refusal means someone else does;
+        // either way a release will signal again. Any other failure keeps
+        // it too: passing it on would have the next waiter retry at once,
+        // skipping its backoff, against a store that just failed.
+        if let Some(wake) = woken.take() {
+            wake.keep();
+        }
+        let error = match result {
             Ok(lease) => return Ok(lease),
             Err(error) if error.is_retryable() => error,
             Err(error) => return Err(error),
@@ -301,7 +343,13 @@ where
         };
         match listener.as_mut() {
             Some(listener) => {
-                listener.wait(delay).await;
+                let notified = match waking {
+                    Waking::One => listener.wait(delay).await,
+                    Waking::All => listener.wait_any(delay).await,
+                };
+                if waking == Waking::One && notified == Wake::Notified {
+                    woken = Some(listener.pass_on());
+                }
             }
             None => tokio::time::sleep(delay).await,
         }
@@ -416,9 +464,40 @@ pub enum Wake {
 /// message, a watch event, a NOTIFY), and waiters hold
 /// [`ReleaseListener`]s. Memory stays bounded: a key's entry lives only while
 /// someone listens.
+///
+/// A release wakes **one** listener of the key, not all of them: a mutex
+/// has one grant to give, and with every waiter of a hot key woken, each
+/// release cost the store one refused attempt per waiter (64 tasks on one
+/// Redis key managed a fifth of the handoffs of polling waiters). The
+/// others stay parked until a holder releases again or their poll comes
+/// round. A waiter dropped before the attempt its signal led to has
+/// answered passes the signal on ([`ReleaseListener::pass_on`]), so no
+/// signal is stranded with a caller that went away. [`wait_for_grant`]
+/// (readers, permits: they may all be granted at once) wakes on every
+/// signal instead, and [`ReleaseHub::notify_all`] wakes everyone.
 #[derive(Debug, Default)]
 pub struct ReleaseHub {
-    keys: Mutex<HashMap<String, Weak<watch::Sender<u64>>>>,
+    keys: Mutex<HashMap<String, Weak<SignalSender>>>,
+}
+
+/// A key's signals: `version` moves on with each one (a listener wakes when
+/// it changes), `wakes` counts the listeners that may still act on them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Signals {
+    version: u64,
+    wakes: usize,
+}
+
+type SignalSender = watch::Sender<Signals>;
+
+/// Signals `wakes` more listeners of the key of `sender` (at least one, or
+/// every listener when `all`).
+fn signal(sender: &SignalSender, all: bool) {
+    let listeners = sender.receiver_count();
+    sender.send_modify(|signals| {
+        signals.version += 1;
+        signals.wakes = if all { listeners } else { signals.wakes.max(1) };
+    });
 }
 
 impl ReleaseHub {
@@ -433,31 +512,25 @@ impl ReleaseHub {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = keys.get(key).and_then(Weak::upgrade) {
             let receiver = sender.subscribe();
-            return ReleaseListener {
-                receiver,
-                _sender: sender,
-            };
+            return ReleaseListener { receiver, sender };
         }
         if keys.len() >= 64 && keys.len().is_power_of_two() {
             keys.retain(|_, weak| weak.strong_count() > 0);
         }
-        let sender = Arc::new(watch::channel(0u64).0);
+        let sender = Arc::new(watch::channel(Signals::default()).0);
         keys.insert(key.to_owned(), Arc::downgrade(&sender));
         let receiver = sender.subscribe();
-        ReleaseListener {
-            receiver,
-            _sender: sender,
-        }
+        ReleaseListener { receiver, sender }
     }
 
-    /// Wakes every listener of `key`.
+    /// Signals a release of `key`: one listener wakes (see [`ReleaseHub`]).
     pub fn notify(&self, key: &str) {
         let sender = {
             let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
             keys.get(key).and_then(Weak::upgrade)
         };
         if let Some(sender) = sender {
-            sender.send_modify(|version| *version += 1);
+            signal(&sender, false);
         }
     }
 
@@ -469,7 +542,7 @@ impl ReleaseHub {
             keys.values().filter_map(Weak::upgrade).collect()
         };
         for sender in senders {
-            sender.send_modify(|version| *version += 1);
+            signal(&sender, true);
         }
     }
 
@@ -480,22 +553,93 @@ impl ReleaseHub {
     }
 }
 
-/// Fires once a release of its key is signalled after the listener was made.
+/// Fires once a release of its key is signalled after the listener was made
+/// and no other listener of the key took that signal first (see
+/// [`ReleaseHub`]).
 #[derive(Debug)]
 pub struct ReleaseListener {
-    receiver: watch::Receiver<u64>,
-    _sender: Arc<watch::Sender<u64>>,
+    receiver: watch::Receiver<Signals>,
+    sender: Arc<SignalSender>,
 }
 
 impl ReleaseListener {
     /// Waits for a release signal, at most `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.receiver.changed()).await {
+                Ok(Ok(())) => {
+                    self.receiver.borrow_and_update();
+                    if self.take() {
+                        return Wake::Notified;
+                    }
+                    // Another listener took it: keep waiting.
+                }
+                _ => return Wake::TimedOut,
+            }
+        }
+    }
+
+    /// Waits for any release signal of the key, whether or not another
+    /// listener takes it, at most `timeout` (waiters that may all be granted
+    /// together: readers, permits).
+    async fn wait_any(&mut self, timeout: Duration) -> Wake {
         match tokio::time::timeout(timeout, self.receiver.changed()).await {
             Ok(Ok(())) => {
                 self.receiver.borrow_and_update();
                 Wake::Notified
             }
             _ => Wake::TimedOut,
+        }
+    }
+
+    /// Takes one of the signalled wakes, if one is left.
+    fn take(&self) -> bool {
+        let mut took = false;
+        self.sender.send_if_modified(|signals| {
+            if signals.wakes > 0 {
+                signals.wakes -= 1;
+                took = true;
+            }
+            // Taking wakes nobody.
+            false
+        });
+        took
+    }
+
+    /// The signal this listener's [`wait`](Self::wait) returned
+    /// [`Wake::Notified`] for, to pass on to the next listener of the key
+    /// when dropped, unless [`PassOn::keep`] says the attempt it led to
+    /// answered. [`wait_for_lock`] does this; a backend's own waiting loop
+    /// should too.
+    pub fn pass_on(&self) -> PassOn {
+        PassOn {
+            sender: Some(self.sender.clone()),
+        }
+    }
+}
+
+/// A release signal a waiter acted on, passed on to the key's next listener
+/// when dropped (see [`ReleaseListener::pass_on`]).
+#[derive(Debug)]
+#[must_use = "dropping it passes the signal on at once"]
+pub struct PassOn {
+    sender: Option<Arc<SignalSender>>,
+}
+
+impl PassOn {
+    /// The attempt answered (a grant or a refusal: either way someone
+    /// holds the key, whose release will signal), so the signal is not
+    /// passed on.
+    pub fn keep(mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for PassOn {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            signal(&sender, false);
         }
     }
 }
@@ -511,6 +655,41 @@ mod tests {
         hub.notify("k");
         assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::Notified);
         assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_wakes_one_listener_and_a_dropped_wake_passes_it_on() {
+        let hub = ReleaseHub::new();
+        let (mut first, mut second) = (hub.listen("k"), hub.listen("k"));
+        hub.notify("k");
+        assert_eq!(first.wait(Duration::from_secs(1)).await, Wake::Notified);
+        let short = Duration::from_millis(10);
+        assert_eq!(
+            second.wait(short).await,
+            Wake::TimedOut,
+            "two woken by one release"
+        );
+        first.pass_on().keep();
+        assert_eq!(
+            second.wait(short).await,
+            Wake::TimedOut,
+            "a kept wake was passed on"
+        );
+        hub.notify("k");
+        assert_eq!(second.wait(Duration::from_secs(1)).await, Wake::Notified);
+        drop(second.pass_on());
+        assert_eq!(
+            first.wait(Duration::from_secs(1)).await,
+            Wake::Notified,
+            "a wake dropped unanswered was not passed on"
+        );
+        hub.notify_all();
+        assert_eq!(first.wait(short).await, Wake::Notified);
+        assert_eq!(
+            second.wait(short).await,
+            Wake::Notified,
+            "notify_all woke one"
+        );
     }
 
     #[tokio::test(start_paused = true)]

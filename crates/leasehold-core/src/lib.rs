@@ -72,8 +72,8 @@ mod watchdog;
 pub use admin::{Admin, Evicted};
 pub use async_trait::async_trait;
 pub use backend::{
-    LockBackend, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each, wait_for_grant,
-    wait_for_lock, with_timeout,
+    LockBackend, PassOn, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each,
+    wait_for_grant, wait_for_lock, with_timeout,
 };
 pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
