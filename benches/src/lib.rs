@@ -367,18 +367,49 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
     let fleet = fleet(config, &mut results).await?;
     let subjects = &fleet.subjects;
 
-    // 1. Uncontended latency.
-    for s in subjects {
+    // 1. Uncontended latency. A Redis or Redlock subject's rslock peer is
+    // measured in the same loop, interleaved with it and its raw baseline,
+    // so the pairs of table 6 meet the same moments of a noisy machine.
+    let peer_of = |s: &Subject| -> Option<&Subject> {
+        let servers = match s.name.as_str() {
+            "redis" => "1 server".to_owned(),
+            name => format!("{} servers", name.strip_prefix("redlock-")?),
+        };
+        let peer = format!("rslock ({servers})");
+        subjects.iter().find(|p| p.name == peer)
+    };
+    let paired: Vec<&str> = subjects
+        .iter()
+        .filter_map(|s| peer_of(s).map(|p| p.name.as_str()))
+        .collect();
+    for s in subjects
+        .iter()
+        .filter(|s| !paired.contains(&s.name.as_str()))
+    {
         log(format!("latency: {}", s.name));
         let mut ops = vec![lock_unlock(s.try_lock.clone())];
         ops.extend(s.raw.clone());
+        let peer = peer_of(s);
+        // The peer's op comes last, after the raw one if there is one.
+        let raw_at = ops.len() > 1;
+        ops.extend(peer.map(|p| lock_unlock(p.try_lock.clone())));
         match harness::latency(&s.name, &ops, config.samples, config.warmup).await {
-            Ok(p) => results.latency.push(LatencyRow {
-                name: s.name.clone(),
-                lib: p[0],
-                raw: p.get(1).copied(),
-                raw_desc: s.raw_desc.into(),
-            }),
+            Ok(p) => {
+                results.latency.push(LatencyRow {
+                    name: s.name.clone(),
+                    lib: p[0],
+                    raw: raw_at.then(|| p[1]),
+                    raw_desc: s.raw_desc.into(),
+                });
+                if let Some(peer) = peer {
+                    results.latency.push(LatencyRow {
+                        name: peer.name.clone(),
+                        lib: p[p.len() - 1],
+                        raw: None,
+                        raw_desc: peer.raw_desc.into(),
+                    });
+                }
+            }
             Err(e) => results
                 .failures
                 .push((s.name.clone(), format!("latency: {e}"))),
