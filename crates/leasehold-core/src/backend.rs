@@ -480,11 +480,11 @@ pub struct ReleaseHub {
     keys: Mutex<HashMap<String, Weak<SignalSender>>>,
 }
 
-/// A key's signals: `version` moves on with each one (a listener wakes when
-/// it changes), `wakes` counts the listeners that may still act on them.
+/// A key's signals: how many listeners may still act on them. Every signal
+/// is a send on the key's channel, which wakes each listener to try to take
+/// one; taking one sends nothing.
 #[derive(Clone, Copy, Debug, Default)]
 struct Signals {
-    version: u64,
     wakes: usize,
 }
 
@@ -495,7 +495,6 @@ type SignalSender = watch::Sender<Signals>;
 fn signal(sender: &SignalSender, all: bool) {
     let listeners = sender.receiver_count();
     sender.send_modify(|signals| {
-        signals.version += 1;
         signals.wakes = if all { listeners } else { signals.wakes.max(1) };
     });
 }
