@@ -245,10 +245,41 @@ pub async fn wait_for_lock<B: LockBackend + ?Sized>(
     ttl: Duration,
     wait: &WaitPolicy,
 ) -> Result<Lease, LockError> {
-    wait_until(backend, key, wait, Waking::One, || {
-        backend.try_acquire(key, ttl)
-    })
-    .await
+    wait_for_lock_with(backend, key, wait, || backend.try_acquire(key, ttl)).await
+}
+
+/// [`wait_for_lock`] with an attempt of the backend's own: for a store that
+/// can also queue a waiter itself (Postgres advisory mode blocks in the
+/// server's lock queue for a while when a refusal leaves it a session to
+/// spare), woken and paced like [`wait_for_lock`] otherwise. `attempt` is
+/// one try at the mutex `key`; a refusal is [`LockError::Contended`].
+///
+/// ```
+/// use leasehold_core::{Key, LockBackend, MemoryBackend, WaitPolicy, wait_for_lock_with};
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leasehold_core::LockError> {
+/// let backend = MemoryBackend::new();
+/// let key = Key::new("orders:42")?;
+/// let ttl = Duration::from_secs(5);
+/// let lease = wait_for_lock_with(&backend, &key, &WaitPolicy::new(Duration::from_secs(1)), || {
+///     backend.try_acquire(&key, ttl)
+/// })
+/// .await?;
+/// backend.release(&lease).await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_for_lock_with<B, F, Fut>(
+    backend: &B,
+    key: &Key,
+    wait: &WaitPolicy,
+    attempt: F,
+) -> Result<Lease, LockError>
+where
+    B: LockBackend + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Lease, LockError>>,
+{
+    wait_until(backend, key, wait, Waking::One, attempt).await
 }
 
 /// [`wait_for_lock`] for any attempt: calls `attempt` (one refusal-free try

@@ -73,7 +73,7 @@ pub use admin::{Admin, Evicted};
 pub use async_trait::async_trait;
 pub use backend::{
     LockBackend, PassOn, ReleaseHub, ReleaseListener, Wake, cancel_safe, extend_each,
-    wait_for_grant, wait_for_lock, with_timeout,
+    wait_for_grant, wait_for_lock, wait_for_lock_with, with_timeout,
 };
 pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use capabilities::{Capabilities, Expiry, Fairness, Fencing, Waiting};
