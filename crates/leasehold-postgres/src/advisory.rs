@@ -15,7 +15,7 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
-use crate::store::{Held, Pinned, Shared, Sql, idle_timeout};
+use crate::store::{Held, Pinned, Shared, Sql, idle_timeout, timed_out};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
 /// a lease of ours without a session (forged, or rebuilt from its parts)
@@ -58,14 +58,32 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// ([`crate::epoch`]) keeps tokens increasing across a crash that loses it.
 /// With no epoch in force the statement takes no lock and returns `NULL` as
 /// the epoch: the caller starts one and asks again.
-fn acquire_sql(settings: &Settings) -> String {
+///
+/// [`Wait::Queue`] makes it the queued grant ([`queue`]): `pg_advisory_lock`
+/// waits in the server's lock queue (bounded by the session's
+/// `lock_timeout`), then the same bump runs, and the settings the wait
+/// changed are restored to `$6` (`lock_timeout`) and `$7`
+/// (`client_connection_check_interval`). The bump's `UPDATE` reads the row
+/// as last committed even when that was after the statement began (Read
+/// Committed re-reads a row updated under it), so a grant that waited
+/// still follows the previous holder's token. It also returns how long the
+/// server waited for the lock, in microseconds.
+fn acquire_sql(settings: &Settings, wait: Wait) -> String {
     let table = settings.qualified_table();
     let epoch = epoch::current_sql(settings);
     let floor = epoch::floor_sql("(SELECT e FROM a)");
     let row = format!("FROM {table} WHERE namespace = $2 AND key = $3");
+    let (lock, restore) = match wait {
+        Wait::Refuse => ("pg_try_advisory_lock($1)", ""),
+        Wait::Queue => (
+            "pg_advisory_lock($1) IS NOT NULL",
+            ", set_config('lock_timeout', $6, false), \
+             set_config('client_connection_check_interval', $7, false)",
+        ),
+    };
     format!(
         "WITH a AS (SELECT {epoch} AS e), \
-         l AS (SELECT pg_try_advisory_lock($1) AS got FROM a WHERE a.e IS NOT NULL), \
+         l AS (SELECT {lock} AS got FROM a WHERE a.e IS NOT NULL), \
          b AS (UPDATE {table} AS f SET counter = GREATEST(f.counter + 1, {floor}), \
                holder = $4, acquired_at = clock_timestamp(), lock_id = $1 \
                WHERE f.namespace = $2 AND f.key = $3 AND (SELECT got FROM l) \
@@ -78,12 +96,23 @@ fn acquire_sql(settings: &Settings) -> String {
                    acquired_at = EXCLUDED.acquired_at, lock_id = EXCLUDED.lock_id \
                RETURNING f.counter), \
          t AS (SELECT set_config('idle_session_timeout', $5, false), \
-                      set_config('synchronous_commit', 'off', true) FROM l WHERE l.got) \
+                      set_config('synchronous_commit', 'off', true){restore}, \
+                      (extract(epoch FROM clock_timestamp() - statement_timestamp()) \
+                       * 1000000)::int8 AS waited FROM l WHERE l.got) \
          SELECT COALESCE((SELECT counter FROM b), (SELECT counter FROM c)), \
                 CASE WHEN NOT (SELECT got FROM l) THEN (SELECT counter {row}) END, \
                 CASE WHEN NOT (SELECT got FROM l) THEN (SELECT holder {row}) END, \
-                (SELECT count(*) FROM t), pg_backend_pid(), (SELECT e FROM a)"
+                (SELECT waited FROM t), pg_backend_pid(), (SELECT e FROM a)"
     )
+}
+
+/// Whether a grant statement refuses a held lock or waits for it.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// `pg_try_advisory_lock`: one attempt.
+    Refuse,
+    /// `pg_advisory_lock` under the session's `lock_timeout`.
+    Queue,
 }
 
 /// The granted single-`bigint` advisory locks of this database, as
@@ -160,13 +189,14 @@ fn holder_info((pid, counter, holder, acquired): HolderRow) -> LockInfo {
 }
 
 /// Our fencing token (when we got the lock), else the last holder's; the
-/// last holder's metadata; whether the settings were applied; the session's
-/// server pid; the store epoch (`None`: none in force, no lock taken).
+/// last holder's metadata; how long the server waited for the lock (µs;
+/// `None` when refused); the session's server pid; the store epoch (`None`:
+/// none in force, no lock taken).
 type AcquireRow = (
     Option<i64>,
     Option<i64>,
     Option<String>,
-    i64,
+    Option<i64>,
     i32,
     Option<i64>,
 );
@@ -236,22 +266,192 @@ pub(crate) async fn try_acquire(
                     LockInfo::new(last.map(|t| FencingToken(t as u64)), None).with_metadata(holder);
                 return Err(LockError::contended(ADVISORY, key.as_str(), Some(info)));
             };
-            let held = Held {
-                id,
-                shared: false,
-                signal: id,
-            };
             let granted = Granted {
                 token,
                 sent_at,
                 ttl,
             };
+            let held = Held::mutex(id);
             return Ok(pinned_lease(
                 shared, sessions, session, key, held, pid, granted,
             ));
         }
     })
     .await
+}
+
+/// The longest a waiter stays in the server's lock queue at one go. The
+/// client waits at most this plus the operation timeout for an answer, so a
+/// paused or partitioned server is `Unavailable` within that; a waiter whose
+/// wait is longer joins the queue again (at its end).
+const QUEUE_SPAN: Duration = Duration::from_secs(10);
+
+/// How often the server of a queued waiter checks that the client is still
+/// connected (`client_connection_check_interval`, ms): when the waiting
+/// process dies, its server process leaves the queue within this instead of
+/// taking the lock for nobody at the grant. (A dropped call cancels its
+/// statement at once: [`CancelOnDrop`].)
+const CLIENT_CHECK_MS: &str = "1000";
+
+/// A queued grant that waited longer than this share of its TTL is renewed
+/// before it is handed out (see [`queue`]).
+const RENEW_AFTER_WAIT_SHARE: u32 = 4;
+
+/// Waits for the lock in the server's own queue (`pg_advisory_lock` under
+/// `lock_timeout`) for at most `wait` ([`QUEUE_SPAN`] at one go), on a
+/// session pinned for the wait: the server hands the lock over at the
+/// holder's unlock, or at the end of its session (a killed holder, which
+/// sends no release signal), in arrival order among queued waiters. At most
+/// half the backend's sessions queue at once
+/// ([`Sessions::queue_slot`](crate::store::Sessions::queue_slot)); `None`
+/// when no place is free, when the wait ran out, or when there is no epoch
+/// in force (the next ordinary attempt starts one): the caller then waits
+/// with core's notified loop.
+///
+/// The lease's validity counts from when the statement was *sent*, as every
+/// grant's does; a grant that waited more than a quarter of its TTL for the
+/// lock is renewed once on its session before it is handed out, so it
+/// starts with (nearly) the whole TTL.
+///
+/// Cancel safety: not run on a task of its own. A dropped wait cancels its
+/// statement ([`CancelOnDrop`]), so its server process leaves the queue at
+/// once, and its session is closed, never reused: whatever the server
+/// granted it is freed.
+pub(crate) async fn queue(
+    shared: &Shared,
+    key: &Key,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<Option<Lease>, LockError> {
+    let options = &shared.options;
+    let sessions = shared.sessions()?;
+    let wait = wait.min(QUEUE_SPAN);
+    let (Some(_slot), Some(defaults)) = (sessions.queue_slot(), sessions.defaults().cloned())
+    else {
+        return Ok(None);
+    };
+    let lock_timeout = wait.as_millis();
+    if lock_timeout == 0 {
+        return Ok(None);
+    }
+    let id = advisory_lock_id(&options.namespace, key.as_str());
+    let (mut session, _) = checkout(sessions, options.timeout).await?;
+    let set = sqlx::query_as::<_, (i32, String, String)>(
+        "SELECT pg_backend_pid(), set_config('lock_timeout', $1, false), \
+         set_config('client_connection_check_interval', $2, false)",
+    )
+    .bind(lock_timeout.to_string())
+    .bind(CLIENT_CHECK_MS)
+    .fetch_one(&mut session);
+    let cancel = match tokio::time::timeout(options.timeout, set).await {
+        Ok(Ok((pid, ..))) => CancelOnDrop {
+            pool: Some(shared.pool.clone()),
+            pid,
+        },
+        // A kept session that died while idle: the next attempt tries another.
+        Ok(Err(error)) if session_ended(&error) => return Ok(None),
+        Ok(Err(error)) => return Err(map(ADVISORY, error)),
+        Err(_) => return Err(timed_out(options.timeout)),
+    };
+    let sent_at = options.clock.now();
+    let granted = sqlx::query_as::<_, AcquireRow>(&shared.sql.queue)
+        .bind(id)
+        .bind(&options.namespace)
+        .bind(key.as_str())
+        .bind(&options.holder)
+        .bind(idle_timeout(ttl))
+        .bind(&defaults.lock_timeout)
+        .bind(&defaults.check_interval)
+        .fetch_one(&mut session);
+    let answer = tokio::time::timeout(wait + options.timeout, granted).await;
+    if answer.is_ok() {
+        cancel.disarm();
+    }
+    let row = match answer {
+        Ok(Ok(row)) => row,
+        // The wait ran out: the session is dropped (closed), whatever it
+        // may hold.
+        Ok(Err(error)) if lock_wait_ran_out(&error) => return Ok(None),
+        Ok(Err(error)) => return Err(map(ADVISORY, error)),
+        Err(_) => {
+            return Err(LockError::unavailable(
+                ADVISORY,
+                format!(
+                    "no answer within the {wait:?} queued for the lock plus the \
+                     operation timeout of {:?}",
+                    options.timeout
+                ),
+            ));
+        }
+    };
+    let (Some(token), _, _, _, pid, Some(_)) = row else {
+        // No epoch in force: no lock taken, and the session still has the
+        // wait's settings, so it is closed rather than kept.
+        return Ok(None);
+    };
+    let granted = Granted {
+        token,
+        sent_at,
+        ttl,
+    };
+    let lease = pinned_lease(
+        shared,
+        sessions,
+        session,
+        key,
+        Held::mutex(id),
+        pid,
+        granted,
+    );
+    if options.clock.now().saturating_duration_since(sent_at) > ttl / RENEW_AFTER_WAIT_SHARE {
+        return extend(shared, &lease, ttl).await.map(Some);
+    }
+    Ok(Some(lease))
+}
+
+/// Cancels the statement of a queued waiter's server process
+/// (`pg_cancel_backend`, from the backend's pool) when dropped while armed:
+/// the call was dropped, or got no answer in time. sqlx closes a dropped
+/// session only after the statement in flight has answered (it runs
+/// `UNLISTEN *` on it first), so without this a waiter that went away would
+/// stay in the server's queue, holding a session, until its wait ran out or
+/// the server granted it the lock for nobody. Should the lock be granted
+/// just before the cancel lands, the session is closed and the lock freed
+/// all the same.
+struct CancelOnDrop {
+    pool: Option<sqlx::PgPool>,
+    pid: i32,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.pool = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let (Some(pool), Ok(runtime)) = (self.pool.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let pid = self.pid;
+        // Bounded by the pool's acquire timeout and the server's answer.
+        runtime.spawn(async move {
+            let cancelled = sqlx::query("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .execute(&pool)
+                .await;
+            if let Err(error) = cancelled {
+                tracing::debug!(pid, %error, "could not cancel a dropped queued wait");
+            }
+        });
+    }
+}
+
+/// Whether a statement failed because its lock wait reached `lock_timeout`.
+fn lock_wait_ran_out(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// Starts a new store epoch ([`crate::epoch`]).
@@ -432,7 +632,8 @@ type ForcedRow = (
 pub(crate) fn sql(options: &Settings) -> Sql {
     let table = options.qualified_table();
     Sql {
-        acquire: acquire_sql(options),
+        acquire: acquire_sql(options, Wait::Refuse),
+        queue: acquire_sql(options, Wait::Queue),
         epoch_bump: epoch::bump_sql(options),
         inspect: inspect_sql(&table),
         list: list_sql(&table),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
     LockError, LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
-    extend_each, wait_for_lock,
+    extend_each, instant_after, wait_for_lock, wait_for_lock_with,
 };
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -228,12 +228,22 @@ impl LockBackend for PostgresBackend {
         kinds::guarded(&self.shared, attempt(self.shared.clone(), key.clone(), ttl)).await
     }
 
-    /// Waits with core's loop ([`wait_for_lock`]): attempts woken by
+    /// Waits with core's loop ([`wait_for_lock_with`]): attempts woken by
     /// LISTEN/NOTIFY release signals, polling as the fallback (pauses capped
     /// at the `poll` option, if set).
     ///
+    /// Advisory mode also queues in the server: after a refusal, a waiter
+    /// that can pin a session (at most half the backend's sessions wait this
+    /// way) blocks in `pg_advisory_lock` for the rest of its wait (10 s at
+    /// one go), so the server hands it the lock at the holder's unlock or at
+    /// the end of the holder's session (a killed holder, whose end sends no
+    /// signal) without a signal's round trips, and queued waiters are served
+    /// in arrival order. The others wait with core's loop as in table mode.
+    ///
     /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); each
     /// attempt runs on its own task, and between attempts nothing is held.
+    /// A dropped queued wait closes its session (never reused), which frees
+    /// whatever the server granted it.
     async fn acquire(
         &self,
         key: &Key,
@@ -241,7 +251,22 @@ impl LockBackend for PostgresBackend {
         wait: &WaitPolicy,
     ) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        wait_for_lock(self, key, ttl, &wait.polling_at(self.shared.options.poll)).await
+        let wait = wait.polling_at(self.shared.options.poll);
+        if self.shared.options.mode == Mode::Table {
+            return wait_for_lock(self, key, ttl, &wait).await;
+        }
+        let deadline = instant_after(tokio::time::Instant::now(), wait.deadline);
+        wait_for_lock_with(self, key, &wait, || async move {
+            let refused = match self.try_acquire(key, ttl).await {
+                Err(refused @ LockError::Contended { .. }) => refused,
+                other => return other,
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            advisory::queue(&self.shared, key, ttl, left)
+                .await?
+                .ok_or(refused)
+        })
+        .await
     }
 
     /// Advisory mode: asks the lease's session task to check the lock is

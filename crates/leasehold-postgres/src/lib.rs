@@ -122,13 +122,24 @@
 //!   connection and owned by core's [`ReleaseFeed`](leasehold_core::ReleaseFeed),
 //!   wakes waiters (`Waiting::Notified`), and wakes all of them after a
 //!   reconnect. Polling with the wait policy's backoff remains the
-//!   fallback: a lost signal costs latency, never a hang. Try-then-wait was
-//!   chosen over a blocking `pg_advisory_lock` with `lock_timeout` because a
-//!   blocked statement cannot be bounded by the per-call timeout without
-//!   killing its connection, it holds a server backend per waiter, and it
-//!   would not serve table mode. (Not measured here; the design notes report
-//!   a blocking lock hands off in about 3 round trips, against about 4 for a
-//!   NOTIFY wake-up and retry.)
+//!   fallback: a lost signal costs latency, never a hang.
+//! - **Advisory mode also queues waiters in the server.** After a refused
+//!   attempt, a waiter that can pin a session blocks in `pg_advisory_lock`
+//!   under `lock_timeout` (the rest of its wait, at most 10 s at one go), so
+//!   the server hands it the lock at the holder's unlock, and also at the end
+//!   of a killed or timed-out holder's session, which sends no `NOTIFY`
+//!   (before, such a waiter sat out its backoff); queued waiters are served
+//!   in arrival order, so one hot key no longer starves a waiter that keeps
+//!   losing the race. Its bounds: at most half the backend's sessions
+//!   queue (the rest wait as above, so waiters never take every session);
+//!   the client waits for the statement at most its `lock_timeout` plus the
+//!   per-call timeout (a paused server is `Unavailable` then); a dropped
+//!   call cancels its statement (`pg_cancel_backend` from the backend's
+//!   pool) and closes the session, and a waiting process that dies leaves
+//!   the queue within a second (`client_connection_check_interval`); a
+//!   grant that waited more than a quarter of its TTL is renewed once
+//!   before it is returned, since its validity counts from when the
+//!   statement was sent. Table mode has no server queue and waits as above.
 //! - Cost: one statement to lock (with the counter bump, committed without
 //!   waiting for a WAL flush) and one to unlock. `tests/latency.rs` measures
 //!   it against the raw statements in the same run.

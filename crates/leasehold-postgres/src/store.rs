@@ -44,6 +44,8 @@ use crate::keys::{halves, signal_name};
 #[derive(Debug, Default)]
 pub(crate) struct Sql {
     pub(crate) acquire: String,
+    /// Advisory mode: the grant that waits in the server's lock queue.
+    pub(crate) queue: String,
     pub(crate) extend: String,
     pub(crate) extend_many: String,
     pub(crate) release: String,
@@ -85,7 +87,7 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
      AND objsubid = 1 AND granted), set_config('idle_session_timeout', $3, false)";
 
 /// Unlock, signal, and restore the session's idle timeout (`$4`, the value a
-/// fresh session of this backend has: [`Sessions::idle_default`]) before it
+/// fresh session of this backend has: [`SessionDefaults`]) before it
 /// is kept for reuse, in one round trip. Not read from `pg_settings` here:
 /// that view builds every setting's row, and measured with pgbench it cut a
 /// lock+unlock pair from about 2,000 to about 200 per second. The NOTIFY is delivered at commit, i.e.
@@ -122,11 +124,39 @@ pub(crate) struct Sessions {
     kept: tokio::sync::Notify,
     channel: String,
     timeout: Duration,
-    /// `idle_session_timeout` as a fresh session of this backend has it (the
-    /// same for all: one role, database and set of connect options), read on
-    /// the first session opened; a lease sets the TTL, its release restores
-    /// this.
-    idle_default: OnceLock<String>,
+    /// The settings a lease or a queued waiter changes, as a fresh session
+    /// of this backend has them (the same for all: one role, database and
+    /// set of connect options), read on the first session opened.
+    defaults: OnceLock<SessionDefaults>,
+    /// Waiters blocked in the server's lock queue now (each pins a session):
+    /// at most [`Sessions::queue_limit`].
+    queued: std::sync::atomic::AtomicU32,
+}
+
+/// Session settings as a fresh session has them, restored before a session
+/// is kept for reuse.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionDefaults {
+    /// `idle_session_timeout`: a lease sets it to its TTL.
+    pub(crate) idle: String,
+    /// `lock_timeout`: a queued waiter sets it to its wait.
+    pub(crate) lock_timeout: String,
+    /// `client_connection_check_interval`: a queued waiter sets it so a
+    /// waiter that went away leaves the server's queue
+    /// ([`crate::advisory`]'s `queue`).
+    pub(crate) check_interval: String,
+}
+
+/// A place in the server's lock queue ([`Sessions::queue_slot`]), given back
+/// when dropped.
+pub(crate) struct QueueSlot(Arc<Sessions>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -178,7 +208,8 @@ impl Sessions {
             kept: tokio::sync::Notify::new(),
             channel,
             timeout,
-            idle_default: OnceLock::new(),
+            defaults: OnceLock::new(),
+            queued: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -231,17 +262,47 @@ impl Sessions {
         }
     }
 
-    /// A new session; the first one also reads [`Sessions::idle_default`].
+    /// How many waiters may block in the server's lock queue at once: half
+    /// the sessions, so waiters never take every session from callers that
+    /// would be granted at once (the rest wait with core's notified loop).
+    fn queue_limit(&self) -> u32 {
+        self.max_connections() / 2
+    }
+
+    /// A place in the server's lock queue, if fewer than
+    /// [`Sessions::queue_limit`] waiters hold one.
+    pub(crate) fn queue_slot(self: &Arc<Self>) -> Option<QueueSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let limit = self.queue_limit();
+        self.queued
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()
+            .map(|_| QueueSlot(self.clone()))
+    }
+
+    /// The settings a fresh session has, once a session has been opened.
+    pub(crate) fn defaults(&self) -> Option<&SessionDefaults> {
+        self.defaults.get()
+    }
+
+    /// A new session; the first one also reads [`SessionDefaults`].
     async fn open(&self) -> Result<PgListener, sqlx::Error> {
         let mut session = PgListener::connect_with(&self.pool).await?;
         session.eager_reconnect(false);
         session.ignore_pool_close_event(true);
-        if self.idle_default.get().is_none() {
-            let value: String =
-                sqlx::query_scalar("SELECT current_setting('idle_session_timeout')")
-                    .fetch_one(&mut session)
-                    .await?;
-            let _ = self.idle_default.set(value);
+        if self.defaults.get().is_none() {
+            let (idle, lock_timeout, check_interval): (String, String, String) = sqlx::query_as(
+                "SELECT current_setting('idle_session_timeout'), \
+                     current_setting('lock_timeout'), \
+                     current_setting('client_connection_check_interval')",
+            )
+            .fetch_one(&mut session)
+            .await?;
+            let _ = self.defaults.set(SessionDefaults {
+                idle,
+                lock_timeout,
+                check_interval,
+            });
         }
         Ok(session)
     }
@@ -428,6 +489,17 @@ pub(crate) struct Held {
     pub(crate) signal: i64,
 }
 
+impl Held {
+    /// The key's mutex, advisory lock `id`, which signals its own release.
+    pub(crate) fn mutex(id: i64) -> Held {
+        Held {
+            id,
+            shared: false,
+            signal: id,
+        }
+    }
+}
+
 struct Task {
     sessions: Arc<Sessions>,
     key: String,
@@ -526,7 +598,7 @@ impl Task {
                 .bind(self.id)
                 .bind(&self.sessions.channel)
                 .bind(signal_name(self.signal))
-                .bind(self.sessions.idle_default.get().map_or("0", String::as_str))
+                .bind(self.sessions.defaults().map_or("0", |d| d.idle.as_str()))
                 .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {
@@ -553,7 +625,8 @@ impl Task {
     }
 }
 
-fn timed_out(timeout: Duration) -> LockError {
+/// The error of a call on a session that got no answer within `timeout`.
+pub(crate) fn timed_out(timeout: Duration) -> LockError {
     LockError::unavailable(
         ADVISORY,
         format!("no answer within the operation timeout of {timeout:?}"),
