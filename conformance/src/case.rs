@@ -304,6 +304,17 @@ pub(crate) mod select {
             Err("the suite has no session ender (Suite::with_session_ender)")
         }
     }
+
+    /// Suites that can end a holder's store session, of a backend whose
+    /// waiters are notified.
+    pub(crate) fn notified_session_ender(ctx: &Ctx) -> Result<(), &'static str> {
+        session_ender(ctx)?;
+        if ctx.caps.waiting == leasehold_core::Waiting::Notified {
+            Ok(())
+        } else {
+            Err("the backend's waiters poll")
+        }
+    }
 }
 
 #[cfg(test)]

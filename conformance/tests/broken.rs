@@ -19,8 +19,8 @@ use leasehold_conformance::{CaseReport, Suite, Verdict, run_cases};
 use leasehold_core::config::default_holder;
 use leasehold_core::{
     CancellationToken, Capabilities, Drift, Expiry, Fencing, FencingToken, Key, Lease, ListPage,
-    ListQuery, LockBackend, LockError, LockInfo, LockKind, MemoryBackend, OwnerToken,
-    ReleaseListener, WaitPolicy, async_trait, cancel_safe, extend_each, wait_for_lock,
+    ListQuery, LockBackend, LockError, LockInfo, LockKind, MemoryBackend, OwnerToken, ReleaseHub,
+    ReleaseListener, WaitPolicy, Waiting, async_trait, cancel_safe, extend_each, wait_for_lock,
 };
 use tokio::time::Instant;
 
@@ -539,6 +539,8 @@ struct SessionStore {
     holders: Mutex<HashMap<String, (u64, OwnerToken, u64)>>,
     last_token: AtomicU64,
     last_session: AtomicU64,
+    /// Wakes the waiters of a key its holder gave up.
+    released: ReleaseHub,
 }
 
 impl SessionStore {
@@ -555,36 +557,59 @@ struct Session {
     id: u64,
     ended: CancellationToken,
     store: Arc<SessionStore>,
+    bug: Option<SessionBug>,
 }
 
 impl Session {
+    /// Deletes the session's locks and (unless that is the bug) wakes their
+    /// waiters, as a store's watch on a deleted node would.
     fn end(&self) {
         self.ended.cancel();
-        self.store
-            .holders()
-            .retain(|_, (session, ..)| *session != self.id);
+        let mut freed = Vec::new();
+        self.store.holders().retain(|key, (session, ..)| {
+            let ours = *session == self.id;
+            if ours {
+                freed.push(key.clone());
+            }
+            !ours
+        });
+        if self.bug != Some(SessionBug::EndWakesNoWaiter) {
+            for key in freed {
+                self.store.released.notify(&key);
+            }
+        }
     }
+}
+
+/// What a broken [`SessionToy`] gets wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionBug {
+    /// Its leases carry no loss signal: a guard learns of its session's end
+    /// only from its next renewal.
+    LossUnsignalled,
+    /// A session's end frees its keys but wakes only the waiters of a
+    /// release: a waiter sits out its poll behind a crashed holder.
+    EndWakesNoWaiter,
 }
 
 /// A session backend in memory: each client is a session, and the session
 /// ender ends one. Correct when its leases carry the session's end as their
-/// loss signal; with `signal_loss` off, a guard learns of the end only from
-/// its next renewal, which the session-end case must catch.
+/// loss signal and a session's end wakes the waiters of its keys; each
+/// [`SessionBug`] breaks one of the two.
 #[derive(Debug)]
 struct SessionToy {
     session: Arc<Session>,
-    signal_loss: bool,
 }
 
 impl SessionToy {
-    fn client(store: &Arc<SessionStore>, signal_loss: bool) -> Self {
+    fn client(store: &Arc<SessionStore>, bug: Option<SessionBug>) -> Self {
         SessionToy {
             session: Arc::new(Session {
                 id: store.last_session.fetch_add(1, Ordering::SeqCst) + 1,
                 ended: CancellationToken::new(),
                 store: store.clone(),
+                bug,
             }),
-            signal_loss,
         }
     }
 
@@ -603,6 +628,7 @@ impl LockBackend for SessionToy {
         Capabilities::new()
             .expiry(Expiry::Session)
             .fencing(Fencing::Strict)
+            .waiting(Waiting::Notified)
             .holder_info(true)
     }
 
@@ -631,10 +657,10 @@ impl LockBackend for SessionToy {
             NO_DRIFT,
         )
         .with_handle(Arc::new(self.session.clone()));
-        Ok(if self.signal_loss {
-            lease.with_loss_signal(self.session.ended.clone())
-        } else {
+        Ok(if self.session.bug == Some(SessionBug::LossUnsignalled) {
             lease
+        } else {
+            lease.with_loss_signal(self.session.ended.clone())
         })
     }
 
@@ -682,6 +708,7 @@ impl LockBackend for SessionToy {
         match holders.get(lease.key().as_str()) {
             Some(held) if self.ours(held, lease) => {
                 holders.remove(lease.key().as_str());
+                self.session.store.released.notify(lease.key().as_str());
                 Ok(())
             }
             _ => Err(LockError::not_held(NAME, lease.key().as_str())),
@@ -702,8 +729,9 @@ impl LockBackend for SessionToy {
     }
 
     async fn force_release(&self, key: &Key, _reason: &str) -> Result<Option<LockInfo>, LockError> {
-        let mut holders = self.session.store.holders();
-        Ok(holders.remove(key.as_str()).as_ref().map(session_info))
+        let evicted = self.session.store.holders().remove(key.as_str());
+        self.session.store.released.notify(key.as_str());
+        Ok(evicted.as_ref().map(session_info))
     }
 
     async fn acquire(
@@ -722,8 +750,8 @@ impl LockBackend for SessionToy {
         extend_each(self, renewals).await
     }
 
-    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
-        None
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        Some(self.session.store.released.listen(key.as_str()))
     }
 }
 
@@ -735,10 +763,10 @@ fn session_info((_, owner, token): &(u64, OwnerToken, u64)) -> LockInfo {
 }
 
 /// A suite over [`SessionToy`] clients of one store, with its session ender.
-fn session_suite(name: String, signal_loss: bool) -> Suite {
+fn session_suite(name: String, bug: Option<SessionBug>) -> Suite {
     let store = Arc::new(SessionStore::default());
     Suite::new(name, move || {
-        let client = SessionToy::client(&store, signal_loss);
+        let client = SessionToy::client(&store, bug);
         async move { Ok(Arc::new(client) as Arc<dyn LockBackend>) }
     })
     .with_session_ender(|lease: Lease| {
@@ -809,12 +837,23 @@ fn every_broken_backend_fails_the_suite_and_correct_ones_pass() {
         Subject {
             name: "session-toy".into(),
             meant_for: None,
-            suite: session_suite("session-toy".into(), true),
+            suite: session_suite("session-toy".into(), None),
         },
         Subject {
             name: "SessionEndUnsignalled".into(),
             meant_for: Some("ending_the_holders_session_fires_lost"),
-            suite: session_suite("SessionEndUnsignalled".into(), false),
+            suite: session_suite(
+                "SessionEndUnsignalled".into(),
+                Some(SessionBug::LossUnsignalled),
+            ),
+        },
+        Subject {
+            name: "SessionEndWakesNoWaiter".into(),
+            meant_for: Some("a_waiter_gets_the_key_when_the_holders_session_ends"),
+            suite: session_suite(
+                "SessionEndWakesNoWaiter".into(),
+                Some(SessionBug::EndWakesNoWaiter),
+            ),
         },
     ];
     for bug in Bug::ALL {

@@ -9,11 +9,14 @@
 //!   `lost()` promptly, before any renewal would notice.
 //! - `asking_again_for_a_held_key_is_already_held`: not re-entrant, and says
 //!   so at once, while another holder still waits its turn.
+//! - `a_waiter_gets_the_key_when_the_holders_session_ends`: where waiting is
+//!   notified, an ended session hands the key to a waiter without a release
+//!   and before the waiter's next poll.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::{Locker, TtlPolicy};
+use leasehold_core::{Locker, TtlPolicy, WaitPolicy};
 use tokio::time::Instant;
 
 use crate::case::{Case, Ctx, Failed, Outcome, case, ensure, select};
@@ -33,6 +36,11 @@ pub(crate) fn cases() -> Vec<Case> {
         case!(
             ending_the_holders_session_fires_lost,
             select::session_ender,
+            exclusive
+        ),
+        case!(
+            a_waiter_gets_the_key_when_the_holders_session_ends,
+            select::notified_session_ender,
             exclusive
         ),
     ]
@@ -169,5 +177,52 @@ pub async fn ending_the_holders_session_fires_lost(ctx: Arc<Ctx>) -> Outcome {
         "releasing the guard of an ended session succeeded while another client held the key"
     );
     other.release(&taken).await?;
+    Ok(())
+}
+
+/// Where waiting is `Notified`, a waiter already waiting when the holder's
+/// store session is ended (the suite's session ender) gets the key within
+/// [`SESSION_END_BOUND`], though its own next attempt is an hour away. An
+/// ended session frees the key without a release, so no release signal is
+/// sent: the store itself must hand the key over (a watch on the holder's
+/// node or key, the server's lock queue). A waiter that only hears release
+/// signals waits for its poll; a user sees that as a crashed holder's key
+/// staying stuck for as long as the waiter's backoff.
+pub async fn a_waiter_gets_the_key_when_the_holders_session_ends(ctx: Arc<Ctx>) -> Outcome {
+    let end = ctx
+        .session_ender
+        .clone()
+        .ok_or_else(|| Failed("no session ender".into()))?;
+    let key = ctx.key("session-ended-waiter");
+    let ttl = ctx.ttl(Duration::from_secs(60));
+    let lease = ctx.backend.try_acquire(&key, ttl).await?;
+    let waiter = ctx.client().await?;
+    let hour = Duration::from_secs(3600);
+    let wait = WaitPolicy::new(SESSION_END_BOUND * 3).with_delays(hour, hour);
+    let waiting = {
+        let (key, waiter) = (key.clone(), waiter.clone());
+        tokio::spawn(async move { waiter.acquire(&key, ttl, &wait).await })
+    };
+    // Let the waiter make its first attempt and start waiting (ended sooner,
+    // the first attempt simply succeeds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ended_at = Instant::now();
+    end(lease)
+        .await
+        .map_err(|e| Failed(format!("the session ender failed: {e}")))?;
+    let taken = tokio::time::timeout(SESSION_END_BOUND, waiting)
+        .await
+        .map_err(|_| {
+            Failed(format!(
+                "the waiter did not get the key within {SESSION_END_BOUND:?} after the holder's \
+                 session ended (its next poll was an hour away)"
+            ))
+        })?
+        .map_err(|e| Failed(format!("waiter panicked: {e}")))??;
+    eprintln!(
+        "leasehold-conformance: session ended; a waiting client had the key after {:?}",
+        ended_at.elapsed()
+    );
+    waiter.release(&taken).await?;
     Ok(())
 }
