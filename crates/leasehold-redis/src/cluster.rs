@@ -121,6 +121,34 @@ impl ClusterTarget {
         .map_err(|e| map(backend, e))
     }
 
+    /// A connection to the cluster through `builder` (from
+    /// [`ClusterTarget::builder`] with `timeout`, plus whatever the caller
+    /// adds), `Unavailable` when the cluster does not answer in time.
+    ///
+    /// The client dials every seed node at once, each within `timeout`, and
+    /// then reads the slot map within `timeout`: so the bound is twice
+    /// `timeout`. With the bound at one `timeout`, a seed node that is gone
+    /// (a killed master, whose address no longer answers at all) made every
+    /// connect fail, since its dial takes the whole `timeout`; the release
+    /// feed, which reconnects after a failover, then never came back.
+    pub(crate) async fn connect(
+        &self,
+        builder: ClusterClientBuilder,
+        timeout: Duration,
+        backend: &'static str,
+    ) -> Result<redis::cluster_async::ClusterConnection, LockError> {
+        let client = builder
+            .build()
+            .map_err(|e| LockError::Config(format!("redis cluster {:?}: {e}", self.nodes)))?;
+        with_timeout(backend, timeout.saturating_mul(2), async {
+            client
+                .get_async_connection()
+                .await
+                .map_err(|e| map(backend, e))
+        })
+        .await
+    }
+
     /// A client builder for the seed nodes with the login, and `timeout` as
     /// the connect and response timeout of every node connection.
     pub(crate) fn builder(&self, timeout: Duration) -> ClusterClientBuilder {
@@ -155,17 +183,9 @@ impl RedisNode {
         timeout: Duration,
         backend: &'static str,
     ) -> Result<Self, LockError> {
-        let builder = target.builder(timeout);
-        let client = builder
-            .build()
-            .map_err(|e| LockError::Config(format!("redis cluster {:?}: {e}", target.nodes)))?;
-        let conn = with_timeout(backend, timeout, async {
-            client
-                .get_async_connection()
-                .await
-                .map_err(|e| map(backend, e))
-        })
-        .await?;
+        let conn = target
+            .connect(target.builder(timeout), timeout, backend)
+            .await?;
         let seed = target.node_client(&target.nodes[0], backend)?;
         Ok(RedisNode::from_link(
             Link::Cluster {

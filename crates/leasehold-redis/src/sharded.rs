@@ -283,19 +283,11 @@ async fn serve(
     inbox: &mut mpsc::UnboundedReceiver<String>,
 ) -> Result<(), LockError> {
     let (push_sender, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let client = target
+    let builder = target
         .builder(timeout)
         .use_protocol(redis::ProtocolVersion::RESP3)
-        .push_sender(push_sender)
-        .build()
-        .map_err(|e| LockError::Config(format!("redis cluster {:?}: {e}", target.nodes)))?;
-    let mut conn = with_timeout(NAME, timeout, async {
-        client
-            .get_async_connection()
-            .await
-            .map_err(|e| map(NAME, e))
-    })
-    .await?;
+        .push_sender(push_sender);
+    let mut conn = target.connect(builder, timeout, NAME).await?;
     // Every channel waited for now, new ones included.
     while inbox.try_recv().is_ok() {}
     resubscribe_all(shared, &mut conn, timeout).await?;
