@@ -449,9 +449,13 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Whether a statement failed because its lock wait reached `lock_timeout`.
+/// Whether a queued statement ended without the lock because its wait ran
+/// out: `lock_timeout` (55P03), or a `statement_timeout` the role or
+/// database sets that is shorter than the wait (57014; the next attempt
+/// queues again).
 fn lock_wait_ran_out(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+    matches!(error, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("55P03" | "57014")))
 }
 
 /// Starts a new store epoch ([`crate::epoch`]).

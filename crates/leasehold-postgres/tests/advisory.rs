@@ -681,3 +681,39 @@ async fn waiters_beyond_the_queues_share_of_sessions_still_get_the_key() {
     assert_eq!(tokens.len(), 3, "three grants, three tokens");
     assert!(tokens[0] > queue.lease.fencing_token());
 }
+
+/// A `statement_timeout` shorter than the wait (set for the role, the
+/// database or, here, the connection) ends a queued statement early; the
+/// waiter carries on waiting (here woken by the release signal) instead of
+/// failing. Seen failing with `canceling statement due to statement
+/// timeout` before the queue took 57014 as the end of one wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_shorter_than_the_wait_does_not_fail_a_waiter() {
+    let opts = options(Mode::Advisory);
+    let queue = Queue::behind_a_holder("queue:statement-timeout", opts.clone()).await;
+    let url = queue
+        .server
+        .url_with("options=-c%20statement_timeout%3D300");
+    let short = PostgresBackend::connect_with(opts.url(url)).await.unwrap();
+    let waiting = queue.waiter(&short, TTL, hour_apart(Duration::from_secs(60)));
+    queue.until_queued(1).await;
+    // Past a few statement timeouts of the queued wait.
+    eventually(
+        Duration::from_secs(20),
+        "the queued statement was ended by its statement_timeout",
+        || async { queued_for(&queue.observer, queue.id).await == 0 },
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter gave up: {:?}",
+        waiting.await
+    );
+    queue.backend.release(&queue.lease).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiter was not woken by the release")
+        .unwrap()
+        .expect("the waiter gets the lock");
+    short.release(&next).await.unwrap();
+}
