@@ -301,8 +301,10 @@ const RENEW_AFTER_WAIT_SHARE: u32 = 4;
 /// `lock_timeout`) for at most `wait` ([`QUEUE_SPAN`] at one go), on a
 /// session pinned for the wait: the server hands the lock over at the
 /// holder's unlock, or at the end of its session (a killed holder, which
-/// sends no release signal), in arrival order among queued waiters. At most
-/// half the backend's sessions queue at once
+/// sends no release signal), in arrival order among queued waiters. A
+/// key's waiters of one backend queue one at a time, in the order they
+/// asked ([`Sessions::turn`](crate::store::Sessions::turn)); at most half
+/// the backend's sessions queue at once
 /// ([`Sessions::queue_slot`](crate::store::Sessions::queue_slot)); `None`
 /// when no place is free, when the wait ran out, or when there is no epoch
 /// in force (the next ordinary attempt starts one): the caller then waits
@@ -325,7 +327,16 @@ pub(crate) async fn queue(
 ) -> Result<Option<Lease>, LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
-    let wait = wait.min(QUEUE_SPAN);
+    let id = advisory_lock_id(&options.namespace, key.as_str());
+    let until = leasehold_core::instant_after(tokio::time::Instant::now(), wait);
+    // This backend's earlier waiters of the key queue first (waiting here
+    // holds no session).
+    let Some(_turn) = sessions.turn(id, wait).await else {
+        return Ok(None);
+    };
+    let wait = until
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(QUEUE_SPAN);
     let (Some(_slot), Some(defaults)) = (sessions.queue_slot(), sessions.defaults().cloned())
     else {
         return Ok(None);
@@ -334,7 +345,6 @@ pub(crate) async fn queue(
     if lock_timeout == 0 {
         return Ok(None);
     }
-    let id = advisory_lock_id(&options.namespace, key.as_str());
     let (mut session, _) = checkout(sessions, options.timeout).await?;
     let set = sqlx::query_as::<_, (i32, String, String)>(
         "SELECT pg_backend_pid(), set_config('lock_timeout', $1, false), \

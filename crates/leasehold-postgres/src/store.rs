@@ -131,6 +131,9 @@ pub(crate) struct Sessions {
     /// Waiters blocked in the server's lock queue now (each pins a session):
     /// at most [`Sessions::queue_limit`].
     queued: std::sync::atomic::AtomicU32,
+    /// Per advisory lock id, whose turn it is among this backend's waiters
+    /// to queue in the server ([`Sessions::turn`]).
+    turns: Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Session settings as a fresh session has them, restored before a session
@@ -145,6 +148,33 @@ pub(crate) struct SessionDefaults {
     /// waiter that went away leaves the server's queue
     /// ([`crate::advisory`]'s `queue`).
     pub(crate) check_interval: String,
+}
+
+/// A backend's turn to queue for one key ([`Sessions::turn`]), passed to
+/// the key's next waiter when dropped.
+pub(crate) struct Turn {
+    sessions: Arc<Sessions>,
+    id: i64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut turns = self
+            .sessions
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Forgotten once no waiter holds or awaits it (the map's is the only
+        // reference left).
+        if turns
+            .get(&self.id)
+            .is_some_and(|turn| Arc::strong_count(turn) == 1)
+        {
+            turns.remove(&self.id);
+        }
+    }
 }
 
 /// A place in the server's lock queue ([`Sessions::queue_slot`]), given back
@@ -210,7 +240,34 @@ impl Sessions {
             timeout,
             defaults: OnceLock::new(),
             queued: std::sync::atomic::AtomicU32::new(0),
+            turns: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// This backend's turn to queue for advisory lock `id` in the server,
+    /// waiting at most `within` for it. A key's waiters of one backend queue
+    /// there one at a time, in the order they asked (Tokio's semaphore is
+    /// first come, first served; the server serves its queue in order too):
+    /// with every waiter free to queue, a task that released and asked again
+    /// took the place its own grant had just freed, and on a hot key a
+    /// waiter could lose every round (64 tasks: one waited past 30 s).
+    pub(crate) async fn turn(self: &Arc<Self>, id: i64, within: Duration) -> Option<Turn> {
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let permit = tokio::time::timeout(within, turn.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Turn {
+            sessions: self.clone(),
+            id,
+            permit: Some(permit),
+        })
     }
 
     /// The pool's size (for error messages).
