@@ -168,6 +168,9 @@ pub struct HandoffRow {
     pub rtt: Option<Percentiles>,
     /// What the round trip sends.
     pub rtt_desc: String,
+    /// The same handoff through the store's own blocking primitive (raw,
+    /// measured right after): the floor, where the store has one.
+    pub floor: Option<(Percentiles, String)>,
 }
 
 /// Everything measured.
@@ -493,6 +496,7 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
                 handoff: p,
                 rtt,
                 rtt_desc: s.rtt_desc.into(),
+                floor: None,
             }),
             Err(e) => results
                 .failures
@@ -511,13 +515,38 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         match harness::handoff_one_waiter(&s.name, &s.lock, config.handoffs, config.waiter_hold)
             .await
         {
-            Ok(p) => results.one_waiter.push(HandoffRow {
-                name: s.name.clone(),
-                waiting: s.waiting.into(),
-                handoff: p,
-                rtt,
-                rtt_desc: s.rtt_desc.into(),
-            }),
+            Ok(p) => {
+                let floor = match &s.raw_wait {
+                    Some(raw) => {
+                        let label = format!("{}-raw", s.name);
+                        match harness::handoff_one_waiter(
+                            &label,
+                            raw,
+                            config.handoffs,
+                            config.waiter_hold,
+                        )
+                        .await
+                        {
+                            Ok(floor) => Some((floor, s.raw_wait_desc.to_owned())),
+                            Err(e) => {
+                                results
+                                    .failures
+                                    .push((s.name.clone(), format!("one waiter, raw: {e}")));
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                results.one_waiter.push(HandoffRow {
+                    name: s.name.clone(),
+                    waiting: s.waiting.into(),
+                    handoff: p,
+                    rtt,
+                    rtt_desc: s.rtt_desc.into(),
+                    floor,
+                })
+            }
             Err(e) => results
                 .failures
                 .push((s.name.clone(), format!("one waiter: {e}"))),

@@ -133,17 +133,25 @@ pub fn markdown(config: &Config, r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| backend | waiting | handoff p50 | handoff p99 | p50 / round trip | p99 / round trip | command |"
+        "| backend | waiting | handoff p50 | handoff p99 | p50 / round trip | p99 / round trip | raw floor p50 (the store's own queue) | floor / round trip | lib / floor | command |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for row in &r.one_waiter {
         let ratio = |v: f64| {
             row.rtt
                 .map_or("-".into(), |rtt| format!("{:.1}", v / rtt.p50))
         };
+        let (floor, floor_rtt, over_floor) = match &row.floor {
+            Some((floor, how)) => (
+                format!("{} ({how})", us(floor.p50)),
+                ratio(floor.p50),
+                format!("{:.2}x", row.handoff.p50 / floor.p50),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {cmd} |",
+            "| {} | {} | {} | {} | {} | {} | {floor} | {floor_rtt} | {over_floor} | {cmd} |",
             row.name,
             row.waiting,
             us(row.handoff.p50),

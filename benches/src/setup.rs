@@ -142,6 +142,8 @@ async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
         if mode == "advisory" {
             s.raw = Some(stores::pg_advisory_raw(pool.clone()));
             s.raw_desc = "pg_try_advisory_lock + pg_advisory_unlock on one pooled connection";
+            s.raw_wait = Some(stores::pg_advisory_raw_wait(pool.clone()));
+            s.raw_wait_desc = "blocking pg_advisory_lock, then pg_advisory_unlock";
         } else {
             stores::pg_prepare(&pool).await?;
             s.raw = Some(stores::pg_table_raw(pool.clone()));
@@ -224,6 +226,8 @@ async fn setup_mysql(port: u16) -> Result<Vec<Subject>, String> {
         if mode == "named" {
             s.raw = Some(stores::mysql_named_raw(pool.clone()));
             s.raw_desc = "GET_LOCK(name, 0) + RELEASE_LOCK(name) on one pooled connection";
+            s.raw_wait = Some(stores::mysql_named_raw_wait(pool.clone()));
+            s.raw_wait_desc = "blocking GET_LOCK(name, 60), then RELEASE_LOCK(name)";
         } else {
             stores::mysql_prepare(&pool).await?;
             s.raw = Some(stores::mysql_table_raw(pool.clone()));

@@ -34,6 +34,12 @@ pub struct Subject {
     pub raw: Option<Op>,
     /// What `raw` sends.
     pub raw_desc: &'static str,
+    /// Raw waiting acquire with the store's own blocking primitive (the
+    /// server queues the waiter and hands the lock over at the unlock): the
+    /// floor a handoff can reach through this client.
+    pub raw_wait: Option<Acquire>,
+    /// What `raw_wait` sends.
+    pub raw_wait_desc: &'static str,
     /// One raw round trip.
     pub rtt: Option<Op>,
     /// What `rtt` sends.
@@ -90,6 +96,8 @@ pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str)
         lock: locker_acquire(locker, true),
         raw: None,
         raw_desc: "-",
+        raw_wait: None,
+        raw_wait_desc: "-",
         rtt: None,
         rtt_desc: "-",
         waiting,
@@ -206,6 +214,8 @@ pub fn rslock_subject(name: &str, urls: Vec<String>) -> Subject {
         lock: acquire(true),
         raw: None,
         raw_desc: "-",
+        raw_wait: None,
+        raw_wait_desc: "-",
         rtt: None,
         rtt_desc: "-",
         waiting: "polled (rslock retry loop)",
@@ -307,6 +317,64 @@ pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
             Ok(())
         }
     })
+}
+
+/// A raw waiting acquire that holds a pooled connection: `lock` blocks on
+/// it until the server grants, `unlock` gives the lock back on it.
+fn held_on_a_connection<DB: sqlx::Database>(
+    pool: sqlx::Pool<DB>,
+    lock: &'static str,
+    unlock: &'static str,
+    name: fn(&str) -> String,
+) -> Acquire
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    Arc::new(move |k: String| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let name = name(&k);
+            let mut conn = pool.acquire().await.map_err(err)?;
+            sqlx::query(lock)
+                .bind(name.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    sqlx::query(unlock)
+                        .bind(name)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(err)
+                })
+            });
+            Ok(release)
+        })
+    })
+}
+
+/// Postgres advisory: blocking `pg_advisory_lock` on a pooled connection.
+pub fn pg_advisory_raw_wait(pool: sqlx::PgPool) -> Acquire {
+    held_on_a_connection(
+        pool,
+        "SELECT pg_advisory_lock($1::text::int8)",
+        "SELECT pg_advisory_unlock($1::text::int8)",
+        |k| leasehold_postgres::advisory_lock_id("bench-raw", k).to_string(),
+    )
+}
+
+/// MySQL named: blocking `GET_LOCK(name, 60)` on a pooled connection.
+pub fn mysql_named_raw_wait(pool: MySqlPool) -> Acquire {
+    held_on_a_connection(
+        pool,
+        "SELECT GET_LOCK(?, 60)",
+        "SELECT RELEASE_LOCK(?)",
+        |k| leasehold_mysql::lock_name("bench-raw", k),
+    )
 }
 
 /// Creates the raw table benchmark's table.
