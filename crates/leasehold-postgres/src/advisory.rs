@@ -231,6 +231,18 @@ pub(crate) async fn try_acquire(
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
+    if key
+        .as_str()
+        .starts_with(leasehold_core::waits::WAITS_PREFIX)
+        && !sessions.room_for_bookkeeping()
+    {
+        // The waiting call carries on unrecorded (core logs it at debug).
+        return Err(LockError::unavailable(
+            ADVISORY,
+            "half the sessions are in use: waiter entries wait for room, \
+             this wait goes unrecorded",
+        ));
+    }
     let id = advisory_lock_id(&options.namespace, key.as_str());
     let sent_at = options.clock.now();
     let timeout = options.timeout;

@@ -140,6 +140,10 @@
 //!   grant that waited more than a quarter of its TTL is renewed once
 //!   before it is returned, since its validity counts from when the
 //!   statement was sent. Table mode has no server queue and waits as above.
+//!   A `Locker`'s waiter entries (core's `waits` registry, one lease per
+//!   waiting call, so one pinned session each here) take a session only
+//!   while fewer than half are in use; past that a wait goes unrecorded
+//!   rather than take the sessions the waits need.
 //! - Cost: one statement to lock (with the counter bump, committed without
 //!   waiting for a WAL flush) and one to unlock. `tests/latency.rs` measures
 //!   it against the raw statements in the same run.

@@ -319,6 +319,18 @@ impl Sessions {
         }
     }
 
+    /// Whether a waiter entry (core's [`waits`](leasehold_core::waits)
+    /// registry: bookkeeping, one pinned session per waiting call) may take
+    /// a session: only while fewer than half the sessions are in use
+    /// (pinned to leases, queued or mid-call; kept clean ones do not
+    /// count). Entries pin sessions like locks, and with many waiters they
+    /// took the sessions the waits themselves needed (64 waiters on one key
+    /// and the default 50 sessions: one call waited past 30 s).
+    pub(crate) fn room_for_bookkeeping(&self) -> bool {
+        let kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        self.pool.size().saturating_sub(kept) < self.max_connections() / 2
+    }
+
     /// How many waiters may block in the server's lock queue at once: half
     /// the sessions, so waiters never take every session from callers that
     /// would be granted at once (the rest wait with core's notified loop).

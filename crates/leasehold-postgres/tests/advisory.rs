@@ -750,3 +750,35 @@ async fn a_statement_timeout_shorter_than_the_wait_does_not_fail_a_waiter() {
         .expect("the waiter gets the lock");
     short.release(&next).await.unwrap();
 }
+
+/// Waiter entries (core's `waits` registry, one lease per waiting call) are
+/// bookkeeping: they take a session only while fewer than half the
+/// backend's sessions are in use, so many waiters' entries cannot take the
+/// sessions the waits themselves need (the waiting call then carries on
+/// unrecorded). Ordinary keys are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_entries_take_sessions_only_while_half_are_free() {
+    let server = Server::start(false).await;
+    let backend = server
+        .backend(options(Mode::Advisory).max_connections(4))
+        .await;
+    let entry = key(&format!(
+        "{}0123456789abcdef/0/room/",
+        leasehold_core::waits::WAITS_PREFIX
+    ));
+    let a = backend.try_acquire(&key("room:a"), TTL).await.unwrap();
+    let b = backend.try_acquire(&key("room:b"), TTL).await.unwrap();
+    match backend.try_acquire(&entry, TTL).await {
+        Err(LockError::Unavailable { .. }) => {}
+        other => panic!("an entry with half the sessions in use must wait for room, got {other:?}"),
+    }
+    let c = backend.try_acquire(&key("room:c"), TTL).await.unwrap();
+    backend.release(&c).await.unwrap();
+    backend.release(&b).await.unwrap();
+    let recorded = backend
+        .try_acquire(&entry, TTL)
+        .await
+        .expect("an entry gets a session once fewer than half are in use");
+    backend.release(&recorded).await.unwrap();
+    backend.release(&a).await.unwrap();
+}
