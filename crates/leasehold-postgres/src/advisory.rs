@@ -66,8 +66,7 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// (`client_connection_check_interval`). The bump's `UPDATE` reads the row
 /// as last committed even when that was after the statement began (Read
 /// Committed re-reads a row updated under it), so a grant that waited
-/// still follows the previous holder's token. It also returns how long the
-/// server waited for the lock, in microseconds.
+/// still follows the previous holder's token.
 fn acquire_sql(settings: &Settings, wait: Wait) -> String {
     let table = settings.qualified_table();
     let epoch = epoch::current_sql(settings);
@@ -96,13 +95,12 @@ fn acquire_sql(settings: &Settings, wait: Wait) -> String {
                    acquired_at = EXCLUDED.acquired_at, lock_id = EXCLUDED.lock_id \
                RETURNING f.counter), \
          t AS (SELECT set_config('idle_session_timeout', $5, false), \
-                      set_config('synchronous_commit', 'off', true){restore}, \
-                      (extract(epoch FROM clock_timestamp() - statement_timestamp()) \
-                       * 1000000)::int8 AS waited FROM l WHERE l.got) \
+                      set_config('synchronous_commit', 'off', true){restore} \
+               FROM l WHERE l.got) \
          SELECT COALESCE((SELECT counter FROM b), (SELECT counter FROM c)), \
                 CASE WHEN NOT (SELECT got FROM l) THEN (SELECT counter {row}) END, \
                 CASE WHEN NOT (SELECT got FROM l) THEN (SELECT holder {row}) END, \
-                (SELECT waited FROM t), pg_backend_pid(), (SELECT e FROM a)"
+                (SELECT count(*) FROM t), pg_backend_pid(), (SELECT e FROM a)"
     )
 }
 
@@ -189,14 +187,13 @@ fn holder_info((pid, counter, holder, acquired): HolderRow) -> LockInfo {
 }
 
 /// Our fencing token (when we got the lock), else the last holder's; the
-/// last holder's metadata; how long the server waited for the lock (µs;
-/// `None` when refused); the session's server pid; the store epoch (`None`:
-/// none in force, no lock taken).
+/// last holder's metadata; whether the settings were applied; the session's
+/// server pid; the store epoch (`None`: none in force, no lock taken).
 type AcquireRow = (
     Option<i64>,
     Option<i64>,
     Option<String>,
-    Option<i64>,
+    i64,
     i32,
     Option<i64>,
 );

@@ -128,9 +128,9 @@ pub(crate) struct Sessions {
     /// of this backend has them (the same for all: one role, database and
     /// set of connect options), read on the first session opened.
     defaults: OnceLock<SessionDefaults>,
-    /// Waiters blocked in the server's lock queue now (each pins a session):
-    /// at most [`Sessions::queue_limit`].
-    queued: std::sync::atomic::AtomicU32,
+    /// Places in the server's lock queue (each pins a session): half the
+    /// sessions ([`Sessions::queue_slot`]).
+    queue_slots: Arc<tokio::sync::Semaphore>,
     /// Per advisory lock id, whose turn it is among this backend's waiters
     /// to queue in the server ([`Sessions::turn`]).
     turns: Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
@@ -174,18 +174,6 @@ impl Drop for Turn {
         {
             turns.remove(&self.id);
         }
-    }
-}
-
-/// A place in the server's lock queue ([`Sessions::queue_slot`]), given back
-/// when dropped.
-pub(crate) struct QueueSlot(Arc<Sessions>);
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.0
-            .queued
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -239,7 +227,7 @@ impl Sessions {
             channel,
             timeout,
             defaults: OnceLock::new(),
-            queued: std::sync::atomic::AtomicU32::new(0),
+            queue_slots: Arc::new(tokio::sync::Semaphore::new((max / 2) as usize)),
             turns: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -331,22 +319,12 @@ impl Sessions {
         self.pool.size().saturating_sub(kept) < self.max_connections() / 2
     }
 
-    /// How many waiters may block in the server's lock queue at once: half
-    /// the sessions, so waiters never take every session from callers that
-    /// would be granted at once (the rest wait with core's notified loop).
-    fn queue_limit(&self) -> u32 {
-        self.max_connections() / 2
-    }
-
-    /// A place in the server's lock queue, if fewer than
-    /// [`Sessions::queue_limit`] waiters hold one.
-    pub(crate) fn queue_slot(self: &Arc<Self>) -> Option<QueueSlot> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let limit = self.queue_limit();
-        self.queued
-            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
-            .ok()
-            .map(|_| QueueSlot(self.clone()))
+    /// A place in the server's lock queue, given back when dropped; `None`
+    /// when half the sessions already wait there, so waiters never take
+    /// every session from callers that would be granted at once (the rest
+    /// wait with core's notified loop).
+    pub(crate) fn queue_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.queue_slots.clone().try_acquire_owned().ok()
     }
 
     /// The settings a fresh session has, once a session has been opened.
