@@ -3,6 +3,17 @@
 use leasehold_core::LockError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+/// Wrong credentials, a bad client configuration or a missing ACL
+/// permission: errors that will not heal by retrying.
+pub(crate) fn refuses_credentials(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    )
+}
+
 /// Maps a client error, keeping it as the source: bad credentials or a
 /// denied command is a final [`LockError::Backend`]; no connection, I/O or a
 /// response timeout is [`LockError::Unavailable`]; a transient server state
@@ -10,13 +21,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 /// [`LockError::Backend`]; anything else a final one. `backend` is the name
 /// the error carries (`redis`, or `redlock` for its servers).
 pub fn map(backend: &'static str, error: RedisError) -> LockError {
-    // Wrong credentials or a missing ACL permission will not heal by retrying.
-    if matches!(
-        error.kind(),
-        ErrorKind::AuthenticationFailed
-            | ErrorKind::InvalidClientConfig
-            | ErrorKind::Server(ServerErrorKind::NoPerm)
-    ) {
+    if refuses_credentials(&error) {
         return LockError::backend(backend, error);
     }
     if error.is_io_error()

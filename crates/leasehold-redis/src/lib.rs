@@ -75,9 +75,14 @@
 
 //! **Sentinel** ([`SentinelTarget`]): the sentinels are asked for the master
 //! at connect; a call that fails as a failover would (no connection, a
-//! timeout, `READONLY` from a demoted master) makes the backend ask them
-//! again in the background, and later calls go to the new master
-//! ([`RedisNode::master_switches`]). Calls during the failover are
+//! timeout, `READONLY` from a demoted master, a write too few replicas
+//! confirmed) makes the backend ask them again, and later calls go to the
+//! master they name ([`RedisNode::master_switches`]), never to the old
+//! address before the sentinels answered: a killed master restarted
+//! without persistence is an empty master there until the sentinels demote
+//! it, and calls that reached it would find no lock and grant held keys
+//! anew. While the sentinels cannot be asked, calls are `Unavailable`.
+//! Calls during the failover are
 //! [`LockError::Unavailable`](leasehold_core::LockError::Unavailable); held
 //! leases survive it when their TTL outlasts it and the promoted replica
 //! has them. A lease the promoted replica lacks is reported to its holder

@@ -2,11 +2,23 @@
 //! direct link is one auto-reconnecting connection to one address; a
 //! Sentinel link asks the sentinels where the master is, connects there,
 //! and asks again when a call fails in a way a failover explains (no
-//! connection, a timeout, `READONLY` from a demoted master), replacing the
-//! connection once the sentinels name another master. A cluster link is
-//! the client's cluster connection, which routes by slot and follows the
-//! cluster's own failovers.
+//! connection, a timeout, `READONLY` from a demoted master, a write too few
+//! replicas confirmed), replacing the connection once the sentinels name
+//! another master. A cluster link is the client's cluster connection, which
+//! routes by slot and follows the cluster's own failovers.
+//!
+//! After such a failure a Sentinel link trusts its address again only once
+//! the sentinels have named a master: every call first waits for a look-up
+//! that began after the failure ([`SentinelLink::settle`]). The connection
+//! reconnects to the address it had, and a killed master restarted without
+//! persistence comes back there as an *empty master* until the sentinels
+//! demote it (seconds): a call that reached it would find no lock (a
+//! holder's release answered `NotHeld`) and, without `min_replicas`, grant
+//! keys other clients hold on the new master, with a counter started over.
+//! So while the sentinels cannot be asked, calls are `Unavailable` rather
+//! than sent to an address nobody vouched for.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,7 +28,7 @@ use redis::sentinel::SentinelClient;
 use tokio::time::Instant;
 
 use crate::conn::NodeConnection;
-use crate::error::map;
+use crate::error::{map, refuses_credentials};
 
 /// The least time between two master look-ups of one Sentinel link, so a
 /// burst of failing calls asks the sentinels once.
@@ -85,10 +97,27 @@ impl Link {
             _ => false,
         };
         if failover_like {
+            link.failures.fetch_add(1, Ordering::AcqRel);
             let link = link.clone();
             tokio::spawn(async move {
                 let _ = link.refresh().await;
             });
+        }
+    }
+
+    /// Waits until the link may be used: for a Sentinel link that saw a
+    /// failover-like failure, until the sentinels have named the master
+    /// since ([`SentinelLink::settle`]).
+    pub(crate) async fn settle(&self) -> Result<(), LockError> {
+        match self {
+            // Boxed as `dyn`: the look-up's future is deep (proving it
+            // `Send` inside every caller's future overflows the compiler's
+            // query depth), and rare.
+            Link::Sentinel(link) if !link.trusted() => {
+                let look_up: futures_util::future::BoxFuture<'_, _> = Box::pin(link.settle());
+                look_up.await
+            }
+            Link::Sentinel(_) | Link::Direct { .. } | Link::Cluster { .. } => Ok(()),
         }
     }
 }
@@ -115,7 +144,12 @@ pub(crate) struct SentinelLink {
     sentinels: tokio::sync::Mutex<SentinelClient>,
     current: RwLock<Master>,
     last_lookup: Mutex<Option<Instant>>,
-    switches: std::sync::atomic::AtomicU64,
+    switches: AtomicU64,
+    /// Failover-like failures of calls, counted.
+    failures: AtomicU64,
+    /// How many of [`SentinelLink::failures`] a successful look-up began
+    /// after: the link is trusted while the two are equal.
+    settled: AtomicU64,
     timeout: Duration,
     backend: &'static str,
 }
@@ -145,7 +179,9 @@ impl SentinelLink {
             sentinels: tokio::sync::Mutex::new(sentinels),
             current: RwLock::new(master),
             last_lookup: Mutex::new(None),
-            switches: std::sync::atomic::AtomicU64::new(0),
+            switches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             timeout,
             backend,
         }))
@@ -160,7 +196,7 @@ impl SentinelLink {
 
     /// How many times the link moved to another master.
     pub(crate) fn switches(&self) -> u64 {
-        self.switches.load(std::sync::atomic::Ordering::Relaxed)
+        self.switches.load(Ordering::Relaxed)
     }
 
     /// Asks the sentinels where the master is now (at most once per
@@ -177,25 +213,66 @@ impl SentinelLink {
             }
             *last = Some(Instant::now());
         }
+        self.look_up(&mut sentinels).await
+    }
+
+    /// Returns at once while no failover-like failure is unanswered;
+    /// after one, waits for the look-up in flight (one at a time) or makes
+    /// one, and fails as it fails (the sentinels did not answer, or the
+    /// master they named does not answer as a master). Not rate-limited:
+    /// a call that would otherwise go to an unvouched address needs an
+    /// answer of its own.
+    pub(crate) async fn settle(&self) -> Result<(), LockError> {
+        if self.trusted() {
+            return Ok(());
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        if self.trusted() {
+            return Ok(());
+        }
+        self.look_up(&mut sentinels).await.map(|_| ())
+    }
+
+    fn trusted(&self) -> bool {
+        self.settled.load(Ordering::Acquire) >= self.failures.load(Ordering::Acquire)
+    }
+
+    /// One look-up (the caller holds the sentinels): moves to the master
+    /// the sentinels name if it moved, `true` if it did; on success, every
+    /// failure counted before it began is answered.
+    async fn look_up(&self, sentinels: &mut SentinelClient) -> Result<bool, LockError> {
+        let began_after = self.failures.load(Ordering::Acquire);
         let backend = self.backend;
+        // Whatever the sentinels answer short of a master (none named
+        // mid-failover, the named one not answering as a master), it is
+        // the store being unavailable for now, never a refusal: a renewal
+        // told otherwise would give its lease up as taken over. Only
+        // credentials stay final.
         let client = with_timeout(backend, self.timeout, async {
-            sentinels
-                .async_get_client()
-                .await
-                .map_err(|e| map(backend, e))
+            sentinels.async_get_client().await.map_err(|e| {
+                if refuses_credentials(&e) {
+                    map(backend, e)
+                } else {
+                    LockError::unavailable(
+                        backend,
+                        format!("the sentinels named no master that answers as one: {e}"),
+                    )
+                }
+            })
         })
         .await?;
         let addr = client.get_connection_info().addr().to_string();
         let old = self.current();
         if old.client.get_connection_info().addr().to_string() == addr {
+            self.settled.fetch_max(began_after, Ordering::AcqRel);
             return Ok(false);
         }
         let conn =
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config(self.timeout))
                 .map_err(|e| map(backend, e))?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Master { client, conn };
-        self.switches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.settled.fetch_max(began_after, Ordering::AcqRel);
+        self.switches.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             from = %old.client.get_connection_info().addr(),
             to = %addr,

@@ -119,12 +119,16 @@ impl RedisNode {
             min_replicas: 0,
             timeout: Duration::ZERO,
         });
-        LockError::unavailable(
+        let error = LockError::unavailable(
             self.backend,
             format!(
                 "{what}: {acked} of the required {} replicas confirmed it within {:?} (min_replicas)",
                 rule.min_replicas, rule.timeout
             ),
-        )
+        );
+        // A master without its replicas may be one that came back empty
+        // after a failover: have a Sentinel link ask where the master is.
+        self.link.failed(&error);
+        error
     }
 }

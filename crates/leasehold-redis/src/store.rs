@@ -67,11 +67,14 @@ impl Ownership {
 ///
 /// The server is one address, or the master a set of sentinels names
 /// ([`RedisNode::via_sentinels`]): then a call that fails as a failover
-/// would (no connection, a timeout, `READONLY`) makes the node ask the
-/// sentinels again, and later calls go to the new master.
+/// would (no connection, a timeout, `READONLY`, a write too few replicas
+/// confirmed) makes the node ask the sentinels again, and later calls wait
+/// for their answer before they go anywhere (the old address may come back
+/// as an empty master: see the `link` module's source), then go to the
+/// master they name.
 #[derive(Clone)]
 pub struct RedisNode {
-    link: Link,
+    pub(crate) link: Link,
     layout: Arc<KeyLayout>,
     timeout: Duration,
     pub(crate) backend: &'static str,
@@ -249,9 +252,10 @@ impl RedisNode {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let backend = self.backend;
-        let conn = self.link.conn();
+        let link = &self.link;
         let result = with_timeout(backend, self.timeout, async move {
-            call(conn).await.map_err(|e| map(backend, e))
+            link.settle().await?;
+            call(link.conn()).await.map_err(|e| map(backend, e))
         })
         .await;
         if let Err(error) = &result {
