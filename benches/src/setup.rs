@@ -96,6 +96,8 @@ async fn setup_etcd(port: u16) -> Result<Vec<Subject>, String> {
     let mut s = stores::library("etcd", Arc::new(backend), "notified (watch)");
     s.raw = Some(stores::etcd_raw(client.clone()));
     s.raw_desc = "txn (create-if-absent put) + delete";
+    s.raw_wait = Some(stores::etcd_raw_wait(client.clone()));
+    s.raw_wait_desc = "etcd's Lock RPC under a lease, then Unlock";
     s.rtt = Some(stores::etcd_rtt(client));
     s.rtt_desc = "range get";
     Ok(vec![s])
@@ -114,6 +116,8 @@ async fn setup_zk(port: u16) -> Result<Vec<Subject>, String> {
     let mut s = stores::library("zookeeper", Arc::new(backend), "notified (watch)");
     s.raw = Some(stores::zk_raw(client.clone()));
     s.raw_desc = "create ephemeral + delete";
+    s.raw_wait = Some(stores::zk_raw_wait(client.clone()));
+    s.raw_wait_desc = "zookeeper-client's lock recipe, then delete";
     s.rtt = Some(stores::zk_rtt(client));
     s.rtt_desc = "exists";
     Ok(vec![s])

@@ -14,7 +14,7 @@ use leasehold_mysql::sqlx::MySqlPool;
 use leasehold_postgres::sqlx;
 use leasehold_redis::KeyLayout;
 use leasehold_redis::scripts;
-use leasehold_zookeeper::zookeeper_client::{Acls, CreateMode};
+use leasehold_zookeeper::zookeeper_client::{Acls, CreateMode, LockOptions, LockPrefix};
 use redis::aio::ConnectionManager;
 
 use crate::harness::{Acquire, Op, Release};
@@ -375,6 +375,66 @@ pub fn mysql_named_raw_wait(pool: MySqlPool) -> Acquire {
         "SELECT RELEASE_LOCK(?)",
         |k| leasehold_mysql::lock_name("bench-raw", k),
     )
+}
+
+/// etcd: the server's own Lock RPC (`v3lock`, as etcdctl's `lock`; the
+/// server queues the waiter and waits for its predecessor's key to be
+/// deleted) under a lease granted first, then Unlock and the lease revoked.
+pub fn etcd_raw_wait(client: etcd_client::Client) -> Acquire {
+    Arc::new(move |k: String| {
+        let mut client = client.clone();
+        Box::pin(async move {
+            let lease = client
+                .lease_grant(TTL.as_secs() as i64, None)
+                .await
+                .map_err(err)?
+                .id();
+            let options = etcd_client::LockOptions::new().with_lease(lease);
+            let locked = client
+                .lock(format!("bench-raw-lock/{k}"), Some(options))
+                .await
+                .map_err(err)?;
+            let lock_key = locked.key().to_vec();
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    client.unlock(lock_key).await.map_err(err)?;
+                    client.lease_revoke(lease).await.map(|_| ()).map_err(err)
+                })
+            });
+            Ok(release)
+        })
+    })
+}
+
+/// ZooKeeper: the client crate's lock recipe (`Client::lock`, Curator's
+/// layout: an ephemeral sequential node, a watch on the one before it);
+/// dropping the lock deletes its node.
+pub fn zk_raw_wait(client: leasehold_zookeeper::zookeeper_client::Client) -> Acquire {
+    Arc::new(move |k: String| {
+        let client = client.clone();
+        Box::pin(async move {
+            let dir = format!("/leasehold-bench-raw/{}", k.replace('/', "_"));
+            let prefix = LockPrefix::new_curator(&dir, "lock-").map_err(err)?;
+            let options = LockOptions::new(Acls::anyone_all())
+                .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))
+                .map_err(err)?;
+            let lock = client
+                .lock(prefix, &[], options)
+                .await
+                .map_err(err)?
+                .into_owned();
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    lock.delete(lock.lock_path(), None).await.map_err(err)?;
+                    // Its drop deletes the path again, in the background
+                    // (answered "no node", ignored).
+                    drop(lock);
+                    Ok(())
+                })
+            });
+            Ok(release)
+        })
+    })
 }
 
 /// Creates the raw table benchmark's table.
