@@ -132,6 +132,31 @@ pub(crate) fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(1))
 }
 
+/// A Sentinel link's master connection: [`manager_config`], and with
+/// RESP3 a push sender that counts each drop of the connection as a
+/// failover-like failure. A RESP3 connection reconnects by itself as soon
+/// as it drops, with no failing call to tell the link, so it could land on
+/// a restarted old master unasked; a RESP2 one reconnects only after a call
+/// failed on the dropped connection, which [`Link::failed`] counts.
+fn master_config(
+    client: &redis::Client,
+    timeout: Duration,
+    failures: &Arc<AtomicU64>,
+) -> ConnectionManagerConfig {
+    let config = manager_config(timeout);
+    let protocol = client.get_connection_info().redis_settings().protocol();
+    if !protocol.supports_resp3() {
+        return config;
+    }
+    let failures = failures.clone();
+    config.set_push_sender(move |push: redis::PushInfo| {
+        if push.kind == redis::PushKind::Disconnection {
+            failures.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok::<(), std::convert::Infallible>(())
+    })
+}
+
 /// The master in use: its client and connection.
 #[derive(Clone)]
 pub(crate) struct Master {
@@ -145,8 +170,9 @@ pub(crate) struct SentinelLink {
     current: RwLock<Master>,
     last_lookup: Mutex<Option<Instant>>,
     switches: AtomicU64,
-    /// Failover-like failures of calls, counted.
-    failures: AtomicU64,
+    /// Failover-like failures of calls (and, with RESP3, the master
+    /// connection's drops: [`master_config`]), counted.
+    failures: Arc<AtomicU64>,
     /// How many of [`SentinelLink::failures`] a successful look-up began
     /// after: the link is trusted while the two are equal.
     settled: AtomicU64,
@@ -163,12 +189,14 @@ impl SentinelLink {
         timeout: Duration,
         backend: &'static str,
     ) -> Result<Arc<Self>, LockError> {
+        let failures = Arc::new(AtomicU64::new(0));
         let master = with_timeout(backend, timeout, async {
             let client = sentinels
                 .async_get_client()
                 .await
                 .map_err(|e| map(backend, e))?;
-            let conn = ConnectionManager::new_with_config(client.clone(), manager_config(timeout))
+            let config = master_config(&client, timeout, &failures);
+            let conn = ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(|e| map(backend, e))?;
             Ok(Master { client, conn })
@@ -180,7 +208,7 @@ impl SentinelLink {
             current: RwLock::new(master),
             last_lookup: Mutex::new(None),
             switches: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            failures,
             settled: AtomicU64::new(0),
             timeout,
             backend,
@@ -267,9 +295,11 @@ impl SentinelLink {
             self.settled.fetch_max(began_after, Ordering::AcqRel);
             return Ok(false);
         }
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(self.timeout))
-                .map_err(|e| map(backend, e))?;
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            master_config(&client, self.timeout, &self.failures),
+        )
+        .map_err(|e| map(backend, e))?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Master { client, conn };
         self.settled.fetch_max(began_after, Ordering::AcqRel);
         self.switches.fetch_add(1, Ordering::Relaxed);
