@@ -19,20 +19,15 @@
 //! than sent to an address nobody vouched for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use leasehold_core::{LockError, with_timeout};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::SentinelClient;
-use tokio::time::Instant;
 
 use crate::conn::NodeConnection;
 use crate::error::{map, refuses_credentials};
-
-/// The least time between two master look-ups of one Sentinel link, so a
-/// burst of failing calls asks the sentinels once.
-const REFRESH_GAP: Duration = Duration::from_millis(100);
 
 /// How a node reaches its server; cheap to clone (clones share it).
 #[derive(Clone)]
@@ -98,9 +93,16 @@ impl Link {
         };
         if failover_like {
             link.failures.fetch_add(1, Ordering::AcqRel);
+            // Look up now rather than at the next call, so the switch is
+            // made even if no call comes; skipped while a look-up is in
+            // flight (it, or the next call's, answers this failure).
             let link = link.clone();
             tokio::spawn(async move {
-                let _ = link.refresh().await;
+                if let Ok(mut sentinels) = link.sentinels.try_lock()
+                    && !link.trusted()
+                {
+                    let _ = link.look_up(&mut sentinels).await;
+                }
             });
         }
     }
@@ -168,7 +170,6 @@ pub(crate) struct Master {
 pub(crate) struct SentinelLink {
     sentinels: tokio::sync::Mutex<SentinelClient>,
     current: RwLock<Master>,
-    last_lookup: Mutex<Option<Instant>>,
     switches: AtomicU64,
     /// Failover-like failures of calls (and, with RESP3, the master
     /// connection's drops: [`master_config`]), counted.
@@ -206,7 +207,6 @@ impl SentinelLink {
         Ok(Arc::new(SentinelLink {
             sentinels: tokio::sync::Mutex::new(sentinels),
             current: RwLock::new(master),
-            last_lookup: Mutex::new(None),
             switches: AtomicU64::new(0),
             failures,
             settled: AtomicU64::new(0),
@@ -227,20 +227,11 @@ impl SentinelLink {
         self.switches.load(Ordering::Relaxed)
     }
 
-    /// Asks the sentinels where the master is now (at most once per
-    /// [`REFRESH_GAP`], one look-up at a time) and moves to it if it moved;
-    /// `true` if the link switched. Bounded by the per-call timeout.
+    /// Asks the sentinels where the master is now (after any look-up in
+    /// flight) and moves to it if it moved; `true` if the link switched.
+    /// Bounded by the per-call timeout.
     pub(crate) async fn refresh(&self) -> Result<bool, LockError> {
-        let Ok(mut sentinels) = self.sentinels.try_lock() else {
-            return Ok(false);
-        };
-        {
-            let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
-                return Ok(false);
-            }
-            *last = Some(Instant::now());
-        }
+        let mut sentinels = self.sentinels.lock().await;
         self.look_up(&mut sentinels).await
     }
 
