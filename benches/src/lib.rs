@@ -516,27 +516,14 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
             .await
         {
             Ok(p) => {
-                let floor = match &s.raw_wait {
-                    Some(raw) => {
-                        let label = format!("{}-raw", s.name);
-                        match harness::handoff_one_waiter(
-                            &label,
-                            raw,
-                            config.handoffs,
-                            config.waiter_hold,
-                        )
-                        .await
-                        {
-                            Ok(floor) => Some((floor, s.raw_wait_desc.to_owned())),
-                            Err(e) => {
-                                results
-                                    .failures
-                                    .push((s.name.clone(), format!("one waiter, raw: {e}")));
-                                None
-                            }
-                        }
+                let floor = match one_waiter_floor(s, config).await {
+                    Ok(floor) => floor,
+                    Err(e) => {
+                        results
+                            .failures
+                            .push((s.name.clone(), format!("one waiter, raw: {e}")));
+                        None
                     }
-                    None => None,
                 };
                 results.one_waiter.push(HandoffRow {
                     name: s.name.clone(),
@@ -615,4 +602,19 @@ pub async fn run_kinds(config: Config) -> Result<Vec<kinds::KindsRow>, String> {
     let rows = result?;
     report::write_kinds(&config, &rows)?;
     Ok(rows)
+}
+
+/// The lone waiter's handoff through the store's own queue
+/// ([`Subject::raw_wait`]), where the subject has one.
+async fn one_waiter_floor(
+    s: &Subject,
+    config: &Config,
+) -> Result<Option<(Percentiles, String)>, String> {
+    let Some(raw) = &s.raw_wait else {
+        return Ok(None);
+    };
+    let label = format!("{}-raw", s.name);
+    let floor =
+        harness::handoff_one_waiter(&label, raw, config.handoffs, config.waiter_hold).await?;
+    Ok(Some((floor, s.raw_wait_desc.to_owned())))
 }

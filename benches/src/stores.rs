@@ -34,9 +34,9 @@ pub struct Subject {
     pub raw: Option<Op>,
     /// What `raw` sends.
     pub raw_desc: &'static str,
-    /// Raw waiting acquire with the store's own blocking primitive (the
-    /// server queues the waiter and hands the lock over at the unlock): the
-    /// floor a handoff can reach through this client.
+    /// Raw waiting acquire through the store's own queue (a blocking lock
+    /// call, or the client crate's lock recipe): the floor a handoff can
+    /// reach through this client.
     pub raw_wait: Option<Acquire>,
     /// What `raw_wait` sends.
     pub raw_wait_desc: &'static str,
