@@ -375,7 +375,7 @@ impl LockBackend for PostgresBackend {
     }
 
     /// Advisory mode: the granted advisory locks in `pg_locks` joined to the
-    /// namespace's counter rows; table mode: the live rows. Both by key, a
+    /// namespace's key rows and their holders' session labels; table mode: the live rows. Both by key, a
     /// page per statement, the cursor being the last key shown.
     async fn list(&self, query: &ListQuery) -> Result<ListPage, LockError> {
         match self.shared.options.mode {

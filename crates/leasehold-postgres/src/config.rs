@@ -32,7 +32,7 @@ pub(crate) const TABLE: &str = "postgres-table";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Session advisory locks (`pg_try_advisory_lock`) on a connection pinned
-    /// to the lease; a fencing counter row per key. The lock lasts as long as
+    /// to the lease; fencing tokens from one sequence. The lock lasts as long as
     /// the session ([`Expiry::Session`](leasehold_core::Expiry::Session)),
     /// which is watched: its end fires the lease's loss signal at once.
     Advisory,

@@ -21,16 +21,23 @@
 //! ## Advisory mode (`mode=advisory`, the default)
 //! - Acquire runs `pg_try_advisory_lock(id)` on a session (connection)
 //!   that is then **pinned to the lease** for its whole life; in the same
-//!   statement and session it bumps the key's fencing counter row
-//!   (`Fencing::Strict`; rows are never deleted, so tokens survive releases,
-//!   crashes and server restarts; across a failover only with synchronous
-//!   replication, since an asynchronous standby may lack the last bumps).
-//!   The bump commits without waiting for its WAL flush; a crash that loses
-//!   the last bumps also empties an unlogged table holding the *store
-//!   epoch*, and the next grant starts a new epoch (one flushed commit) whose
-//!   tokens lie above every earlier one (the migration makes
-//!   `<table>_epoch` and `<table>_alive` for it; the whole argument is in the
-//!   `epoch` module's source).
+//!   statement and session, once it holds the lock, it draws the fencing
+//!   token from the sequence `<table>_token` (`Fencing::Strict`: one
+//!   sequence for all keys, so a key's tokens strictly increase across
+//!   releases, crashes and server restarts; across a failover only with
+//!   synchronous replication) and labels the session with the grant: its
+//!   `application_name` reads `lh <token> <acquired ms> <holder>`
+//!   while it holds the lock (what `inspect` and `list` report, and what an
+//!   operator sees in `pg_stat_activity`). The grant writes no row (a key's
+//!   first grant adds the key's row, for listings) and commits without a
+//!   flush; a crash that sets the sequence back also empties an unlogged
+//!   table holding the *store epoch*, and the next grant starts a new epoch
+//!   (one flushed commit) whose tokens lie above every earlier one (the
+//!   migration makes `<table>_epoch`, `<table>_live` and the sequence for
+//!   it; the whole argument is in the `epoch` module's source). **Upgrade
+//!   note:** releases before the sequence are refused by a table this
+//!   release migrated (they fail closed, with "cannot insert into view");
+//!   stop or upgrade them first.
 //! - `id` is [`advisory_lock_id`]: 64 bits of SHA-256 over the namespace
 //!   (length-prefixed) and the key. Two keys whose ids collide only contend
 //!   falsely; exclusion is never lost. The id space is the database's
@@ -144,8 +151,8 @@
 //!   waiting call, so one pinned session each here) take a session only
 //!   while fewer than half are in use; past that a wait goes unrecorded
 //!   rather than take the sessions the waits need.
-//! - Cost: one statement to lock (with the counter bump, committed without
-//!   waiting for a WAL flush) and one to unlock. `tests/latency.rs` measures
+//! - Cost: one statement to lock (with the token drawn from the sequence and
+//!   the session labelled; nothing written) and one to unlock. `tests/latency.rs` measures
 //!   it against the raw statements in the same run.
 //! - Every call is bounded by the `timeout` option ([`PostgresConfig::timeout`];
 //!   default 5 s; also the pool's acquire timeout when the backend builds the
@@ -255,24 +262,29 @@
 //!   under the prefix whose lease is live by the database clock (owner hint
 //!   and time left too), read along the primary key. Advisory mode: the
 //!   granted advisory locks in `pg_locks` (the server's lock table, in
-//!   memory) joined to the namespace's counter rows by their `lock_id`
-//!   column; the label reads `backend pid <pid>; <holder>`, with no owner
-//!   hint or time left (the lock lasts as long as its session). The
+//!   memory) joined to the namespace's key rows by their `lock_id` column,
+//!   and each holder's session label (`pg_stat_activity`); the label reads
+//!   `backend pid <pid>; <holder>` (the holder label cut where the server
+//!   cuts `application_name`, at 63 bytes), with no owner hint or time left
+//!   (the lock lasts as long as its session). The
 //!   migration adds `lock_id` (indexed) to a fencing table made by an older
 //!   version and fills it once from the same hash as [`advisory_lock_id`];
 //!   on a large table run [`migration_sql`] by hand in a quiet moment, and
 //!   with `migrate=false` apply it before this version connects. During a
 //!   rolling upgrade, a key that an older version locks for the first time
 //!   after the migration has no `lock_id` and is not listed until a newer
-//!   version locks it.
+//!   version locks it. A lock whose session carries no grant label (taken
+//!   by an older version, or its grant still under way) is listed by its
+//!   session's pid, without a token.
 //! - `force_release` is one statement. Table mode: clears the row's owner
 //!   and bumps its counter (the row is kept, the commit is durable), so the
 //!   holder's next renewal is `Lost` and the next grant's token is two
 //!   above the evicted one; waiters get a NOTIFY. Advisory mode:
 //!   `pg_terminate_backend` of the session `pg_locks` shows holding the lock
 //!   (waiting up to half the operation timeout for it to exit, which frees
-//!   the lock and fires the holder's loss signal at once), then bumps the
-//!   counter and NOTIFYs. Ending another session needs the holder's role,
+//!   the lock and fires the holder's loss signal at once), reporting the
+//!   holder its label names, and NOTIFYs (the next grant's token is above
+//!   the evicted one: the sequence never goes back). Ending another session needs the holder's role,
 //!   membership in it or in `pg_signal_backend` (a superuser's session only a
 //!   superuser may end); without it the call is a `Backend` error saying so
 //!   and nothing changes. Whatever else that session held (only this lock,

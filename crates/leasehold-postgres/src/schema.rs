@@ -132,12 +132,12 @@ const LOCK_ID_SQL: &str = "('x' || left(encode(sha256('\\x6c65617365686f6c6400':
      || convert_to(namespace, 'UTF8') || convert_to(key, 'UTF8')), 'hex'), 16))::bit(64)::int8";
 
 /// A string literal (standard conforming strings: only quotes are doubled).
-fn quote_literal(text: &str) -> String {
+pub(crate) fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `body` dollar-quoted with a tag it does not contain.
-fn dollar_quote(body: &str) -> String {
+pub(crate) fn dollar_quote(body: &str) -> String {
     let mut tag = String::from("$leasehold$");
     while body.contains(&tag) {
         tag.insert(tag.len() - 1, '_');

@@ -86,9 +86,10 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
      AND pid = pg_backend_pid() AND classid::int8 = $1 AND objid::int8 = $2 \
      AND objsubid = 1 AND granted), set_config('idle_session_timeout', $3, false)";
 
-/// Unlock, signal, and restore the session's idle timeout (`$4`, the value a
-/// fresh session of this backend has: [`SessionDefaults`]) before it
-/// is kept for reuse, in one round trip. Not read from `pg_settings` here:
+/// Unlock, signal, and restore the session's idle timeout (`$4`) and
+/// `application_name` (`$5`, which a grant set to its label), the values a
+/// fresh session of this backend has ([`SessionDefaults`]), before it is
+/// kept for reuse, in one round trip. Not read from `pg_settings` here:
 /// that view builds every setting's row, and measured with pgbench it cut a
 /// lock+unlock pair from about 2,000 to about 200 per second. The NOTIFY is delivered at commit, i.e.
 /// after the unlock whatever the evaluation order. NOTIFY makes the statement
@@ -96,12 +97,12 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
 /// crash costs nothing), so it skips the WAL flush: measured, a flush per
 /// release doubled the lock+unlock time.
 const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)::text, \
-     set_config('idle_session_timeout', $4, false), \
+     set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
      set_config('synchronous_commit', 'off', true)";
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
 const RELEASE_SHARED_SQL: &str = "SELECT pg_advisory_unlock_shared($1), pg_notify($2, $3)::text, \
-     set_config('idle_session_timeout', $4, false), \
+     set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
      set_config('synchronous_commit', 'off', true)";
 
 /// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
@@ -148,6 +149,9 @@ pub(crate) struct SessionDefaults {
     /// waiter that went away leaves the server's queue
     /// ([`crate::advisory`]'s `queue`).
     pub(crate) check_interval: String,
+    /// `application_name`: a mutex grant labels its session with it
+    /// ([`crate::advisory`]'s `label_sql`).
+    pub(crate) application_name: String,
 }
 
 /// A backend's turn to queue for one key ([`Sessions::turn`]), passed to
@@ -338,10 +342,16 @@ impl Sessions {
         session.eager_reconnect(false);
         session.ignore_pool_close_event(true);
         if self.defaults.get().is_none() {
-            let (idle, lock_timeout, check_interval): (String, String, String) = sqlx::query_as(
+            let (idle, lock_timeout, check_interval, application_name): (
+                String,
+                String,
+                String,
+                String,
+            ) = sqlx::query_as(
                 "SELECT current_setting('idle_session_timeout'), \
                      current_setting('lock_timeout'), \
-                     current_setting('client_connection_check_interval')",
+                     current_setting('client_connection_check_interval'), \
+                     current_setting('application_name')",
             )
             .fetch_one(&mut session)
             .await?;
@@ -349,6 +359,7 @@ impl Sessions {
                 idle,
                 lock_timeout,
                 check_interval,
+                application_name,
             });
         }
         Ok(session)
@@ -640,13 +651,26 @@ impl Task {
         } else {
             RELEASE_SQL
         };
-        let unlock =
-            sqlx::query_as::<_, (bool, Option<String>, Option<String>, Option<String>)>(sql)
-                .bind(self.id)
-                .bind(&self.sessions.channel)
-                .bind(signal_name(self.signal))
-                .bind(self.sessions.defaults().map_or("0", |d| d.idle.as_str()))
-                .fetch_one(&mut session);
+        let unlock = sqlx::query_as::<
+            _,
+            (
+                bool,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ),
+        >(sql)
+        .bind(self.id)
+        .bind(&self.sessions.channel)
+        .bind(signal_name(self.signal))
+        .bind(self.sessions.defaults().map_or("0", |d| d.idle.as_str()))
+        .bind(
+            self.sessions
+                .defaults()
+                .map_or("", |d| d.application_name.as_str()),
+        )
+        .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {
                 self.end(Ended::Released);

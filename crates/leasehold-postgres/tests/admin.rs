@@ -168,13 +168,22 @@ async fn an_old_fencing_table_gets_lock_ids_and_its_locks_are_listed() {
         assert_eq!(id, Some(advisory_lock_id(namespace, name)), "{name:?}");
     }
 
+    // The old holder's session carries no grant label: listed and evicted
+    // by its pid, without a token.
     let held = all_pages(&backend, "", 10).await;
     assert_eq!(names(&held), ["held"]);
-    assert_eq!(held[0].info.fencing_token.map(|t| t.get()), Some(7));
-    let evicted = backend.force_release(&key("held"), "test").await.unwrap();
-    assert_eq!(
-        evicted.and_then(|e| e.fencing_token).map(|t| t.get()),
-        Some(7)
+    assert_eq!(held[0].info.fencing_token, None);
+    let evicted = backend
+        .force_release(&key("held"), "test")
+        .await
+        .unwrap()
+        .expect("the old holder is evicted");
+    assert!(
+        evicted
+            .metadata
+            .as_deref()
+            .is_some_and(|m| m.starts_with("backend pid ")),
+        "{evicted:?}"
     );
     assert!(
         sqlx::query("SELECT 1")
@@ -183,11 +192,13 @@ async fn an_old_fencing_table_gets_lock_ids_and_its_locks_are_listed() {
             .is_err(),
         "the old holder's session was ended"
     );
+    // The first epoch lifts the token sequence above every counter the
+    // older release left.
     let next = backend.try_acquire(&key("held"), TTL).await.unwrap();
-    assert_eq!(
-        next.fencing_token().get(),
-        9,
-        "bumped by the eviction, then the grant"
+    assert!(
+        next.fencing_token().get() > 7,
+        "token {} is not above the old counter 7",
+        next.fencing_token()
     );
     backend.release(&next).await.unwrap();
 }
@@ -229,10 +240,6 @@ async fn a_forced_advisory_release_without_permission_says_what_is_missing() {
     let lease = holder.extend(&lease, TTL).await.expect("still held");
     holder.release(&lease).await.unwrap();
     let next = holder.try_acquire(&k, TTL).await.unwrap();
-    assert_eq!(
-        next.fencing_token().get(),
-        lease.fencing_token().get() + 1,
-        "the refused eviction bumped nothing"
-    );
+    assert!(next.fencing_token() > lease.fencing_token());
     holder.release(&next).await.unwrap();
 }

@@ -162,9 +162,9 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
 }
 
 /// What a crash may do to an advisory store, done by hand: the unlogged
-/// `<table>_alive` emptied and the last counter bumps (committed without a
-/// flush) lost. The next grant must still exceed every earlier token, and
-/// tokens go on one by one from there.
+/// `<table>_live` emptied and the token sequence set back (its last draws
+/// were committed without a flush). The next grant must still exceed every
+/// earlier token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
     let server = Server::start(false).await;
@@ -180,15 +180,13 @@ async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
         backend.release(&lease).await.unwrap();
     }
     let observer = server.observer().await;
-    sqlx::query("TRUNCATE leasehold_fencing_alive")
-        .execute(&observer)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE leasehold_fencing SET counter = 0 WHERE namespace = $1")
-        .bind(&namespace)
-        .execute(&observer)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "TRUNCATE leasehold_fencing_live; \
+         SELECT setval('leasehold_fencing_token', 1);",
+    )
+    .execute(&observer)
+    .await
+    .unwrap();
     let lifted = backend.try_acquire(&k, TTL).await.unwrap();
     assert!(
         lifted.fencing_token().get() > last,
@@ -197,8 +195,93 @@ async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
     );
     backend.release(&lifted).await.unwrap();
     let next = backend.try_acquire(&k, TTL).await.unwrap();
-    assert_eq!(next.fencing_token().get(), lifted.fencing_token().get() + 1);
+    assert!(next.fencing_token() > lifted.fencing_token());
     backend.release(&next).await.unwrap();
+}
+
+/// An epoch hands out no token at or above the next epoch's floor (2⁴⁰
+/// draws): a crash could set the sequence back below it, and the next
+/// epoch's tokens would repeat it. A draw that reaches it gives its lock
+/// back and the next epoch starts, above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
+    let server = Server::start(false).await;
+    let namespace = format!("ceiling{}", common::rand_suffix());
+    let backend = server
+        .backend(options(Mode::Advisory).namespace(namespace.clone()))
+        .await;
+    let k = key("ceiling");
+    let first = backend.try_acquire(&k, TTL).await.unwrap();
+    backend.release(&first).await.unwrap();
+    let observer = server.observer().await;
+    // The next draw is exactly the ceiling of the epoch in force.
+    let (ceiling, epoch): (i64, i64) = sqlx::query_as(
+        "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_live) \
+         SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
+                (SELECT e FROM e)",
+    )
+    .fetch_one(&observer)
+    .await
+    .unwrap();
+    let lease = backend.try_acquire(&k, TTL).await.unwrap();
+    assert!(
+        lease.fencing_token().get() > ceiling as u64,
+        "epoch {epoch} handed out {} (its ceiling is {ceiling})",
+        lease.fencing_token()
+    );
+    let (now,): (i64,) = sqlx::query_as("SELECT max(epoch) FROM leasehold_fencing_live")
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+    assert!(now > epoch, "the epoch stayed at {now}");
+    let other = server
+        .backend(options(Mode::Advisory).namespace(namespace))
+        .await;
+    assert!(matches!(
+        other.try_acquire(&k, TTL).await,
+        Err(LockError::Contended { .. })
+    ));
+    backend.release(&lease).await.unwrap();
+}
+
+/// A client of a release before the token sequence bumped row counters and
+/// kept the epoch in `<table>_alive`; mixed in, it would hand out tokens
+/// below ours. After this release migrated the table, such a client's epoch
+/// bump (its statement, verbatim) fails and its grant reads "no epoch", so
+/// it grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_client_is_refused_not_mixed_in() {
+    let server = Server::start(false).await;
+    let backend = server.backend(options(Mode::Advisory)).await;
+    let lease = backend.try_acquire(&key("mixed"), TTL).await.unwrap();
+    backend.release(&lease).await.unwrap();
+    let observer = server.observer().await;
+    let older_epoch_bump = "BEGIN;\n\
+         SET LOCAL synchronous_commit = on;\n\
+         SELECT pg_advisory_xact_lock(7810756276994994019);\n\
+         WITH u AS (UPDATE \"public\".\"leasehold_fencing_epoch\" SET epoch = epoch + 1 \
+                    WHERE NOT EXISTS (SELECT 1 FROM \"public\".\"leasehold_fencing_alive\") \
+                    RETURNING epoch) \
+         INSERT INTO \"public\".\"leasehold_fencing_alive\" (epoch) SELECT epoch FROM u;\n\
+         COMMIT;\n";
+    // Its own connection: the failed transaction is left open on it.
+    let mut older = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url)
+        .await
+        .unwrap();
+    let refused = sqlx::raw_sql(older_epoch_bump)
+        .execute(&mut older)
+        .await
+        .expect_err("an older client's epoch bump must fail");
+    assert!(
+        refused.to_string().contains("cannot insert into view"),
+        "{refused}"
+    );
+    let (epoch,): (Option<i64>,) =
+        sqlx::query_as("SELECT max(epoch) FROM \"public\".\"leasehold_fencing_alive\"")
+            .fetch_one(&observer)
+            .await
+            .unwrap();
+    assert_eq!(epoch, None, "an older client would find an epoch in force");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
