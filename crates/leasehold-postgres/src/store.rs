@@ -46,6 +46,8 @@ pub(crate) struct Sql {
     pub(crate) acquire: String,
     /// Advisory mode: the grant that waits in the server's lock queue.
     pub(crate) queue: String,
+    /// Advisory mode: adds a key's row after its first grant.
+    pub(crate) key_row: String,
     pub(crate) extend: String,
     pub(crate) extend_many: String,
     pub(crate) release: String,

@@ -92,6 +92,7 @@ pub(crate) fn sql(options: &Settings) -> Sql {
         // Table mode commits every grant flushed: the row is the lease.
         epoch_bump: String::new(),
         queue: String::new(),
+        key_row: String::new(),
     }
 }
 
