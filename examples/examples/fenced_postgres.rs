@@ -8,6 +8,10 @@
 //!  WHERE id = $3 AND fence <= $2      -- zero rows: a newer holder wrote
 //! ```
 //!
+//! The fence column belongs to one lock store: another store, or the other
+//! Postgres mode, counts its tokens apart, so a resource whose lock moves
+//! there needs its fences reset, with its writers stopped.
+//!
 //! Run against Postgres (the lock store and the protected table may be the
 //! same database or different ones):
 //! `LEASEHOLD_URL=postgres://user:pass@127.0.0.1:5432/app cargo run --example fenced_postgres --features postgres`

@@ -330,8 +330,19 @@ async fn the_user_facing_examples_run_on_real_stores() {
         let out = run("election", Some(url));
         assert!(out.contains("OK: one leader at a time"), "{url}: {out}");
     }
+    // Each mode guards its own account: a fenced row takes the tokens of
+    // one lock store, and the two modes count apart (advisory mode's tokens
+    // come from one sequence, table mode's from a counter per key).
+    let admin = leasehold::postgres::sqlx::PgPool::connect(&pg("table").replace("?mode=table", ""))
+        .await
+        .expect("connect as the admin");
     for mode in ["advisory", "table"] {
-        let out = run("fenced_postgres", Some(&pg(mode)));
+        leasehold::postgres::sqlx::query(&format!("CREATE DATABASE fenced_{mode}"))
+            .execute(&admin)
+            .await
+            .expect("a database of its own");
+        let url = pg(mode).replace("/postgres?", &format!("/fenced_{mode}?"));
+        let out = run("fenced_postgres", Some(&url));
         assert!(out.contains("REJECTED (stale token)"), "{mode}: {out}");
         assert!(
             out.contains("OK: the stale holder's write was rejected"),
