@@ -1,37 +1,36 @@
 //! Advisory mode's store epoch and token sequence: durable fencing without
 //! a write per acquisition.
 //!
-//! A mutex grant takes its fencing token from one sequence per table,
-//! `<table>_token`, in the statement that takes the lock: `nextval` writes
-//! no row and, most of the time, no WAL (the server logs a sequence 32
-//! values ahead), so a grant commits nothing. Measured on one machine, a
-//! grant that bumped a counter row cost lock+unlock about 120 µs over the
-//! bare lock pair (449 µs); one that draws from the sequence, about 20 µs.
-//! One sequence for all keys still gives every key strictly increasing
-//! tokens (tokens skip numbers; they never repeat or go back).
+//! Every grant (a mutex's, and a reader's, writer's or permit's of
+//! [`crate::kinds`]) takes its fencing token from one sequence per table,
+//! `<table>_token`, in the statement that takes the lock, once it holds
+//! it: `nextval` writes no row and, most of the time, no WAL (the server
+//! logs a sequence 32 values ahead), so a grant commits nothing. Measured on
+//! one machine, a grant that bumped a counter row cost lock+unlock about
+//! 120 µs over the bare lock pair (449 µs); one that draws from the
+//! sequence, about 20 µs. The readers of one key all bumped the same row,
+//! one after another. One sequence for all keys and kinds still gives every
+//! lock strictly increasing tokens (tokens skip numbers; they never repeat
+//! or go back).
 //!
 //! A sequence's WAL is flushed with the commit that wrote it, and grants
 //! commit without waiting for the flush, so a crash may set the sequence
 //! back to a value it already handed out. The epoch closes that hole:
 //!
 //! - `<table>_epoch` (durable) holds one number, bumped with a *flushed*
-//!   commit, and `<table>_live` (`UNLOGGED`) holds the epoch in force.
+//!   commit, and `<table>_in_force` (`UNLOGGED`) holds the epoch in force.
 //!   PostgreSQL empties every unlogged table when it recovers from a crash
 //!   (of the server or of any backend) and a promoted standby starts with
 //!   them empty; a clean shutdown flushes everything and keeps them.
-//! - A grant reads `<table>_live` in its own statement. Empty means "the
-//!   sequence may have gone back": the statement takes no lock, and the
+//! - A grant reads `<table>_in_force` in its own statement. Empty means
+//!   "the sequence may have gone back": the statement takes no lock, and the
 //!   client bumps the epoch, lifts the sequence to the new epoch's floor
-//!   `(epoch - 1) << 40` and records the epoch in `<table>_live`, in one
+//!   `(epoch - 1) << 40` and records the epoch in `<table>_in_force`, in one
 //!   flushed transaction serialised by an advisory lock, then asks again.
 //! - A grant whose token reached the *next* epoch's floor (`epoch << 40`:
 //!   2⁴⁰ tokens drawn in one epoch) gives its lock back and reports no
 //!   epoch, and the client starts the next one: every token of an epoch lies
 //!   below the floor of every later epoch, whatever a crash undoes.
-//!
-//! Reader–writer locks and semaphores ([`crate::kinds`]) bump a counter row
-//! per grant instead, with a floor of `(epoch - 1) << 40` from the same
-//! epoch.
 //!
 //! The promise is the one a flushed write per grant gave: tokens strictly
 //! increase across restarts and crashes of the server; across a failover
@@ -39,16 +38,20 @@
 //! replication).
 //!
 //! # Older clients are refused, not mixed in
-//! Releases before the sequence bumped the key's counter row per grant and
-//! kept the epoch in `<table>_alive`. Run beside this one on the same table,
-//! such a client would hand out tokens from its row counters, below tokens
-//! this one drew. The migration therefore replaces `<table>_alive` with an
-//! empty view that cannot be written: an older client reads "no epoch",
-//! fails to start one ("cannot insert into view"), and grants nothing. Stop
-//! or upgrade older clients before the first client of this release
-//! migrates the table; until then they fail closed, they do not break
-//! fencing. The first epoch of this release also lifts the sequence above
-//! every counter the older releases left in the table.
+//! Two earlier generations kept tokens elsewhere: the first bumped a counter
+//! row per grant and kept the epoch in `<table>_alive`; the second drew
+//! mutex tokens from the sequence but still bumped a counter row (in
+//! `<table>_shared`) per reader, writer and permit grant, and kept the
+//! epoch in `<table>_live`. Run beside this one on the same table, either
+//! would hand out tokens from its row counters, below tokens this one drew,
+//! or this one below theirs. The migration therefore replaces both epoch
+//! tables with empty views that cannot be written: an older client reads
+//! "no epoch", fails to start one ("cannot insert into view", "cannot
+//! delete from view"), and grants nothing. Stop or upgrade older clients
+//! before the first client of this release migrates the table; until then
+//! they fail closed, they do not break fencing. The first epoch of this
+//! release also lifts the sequence above every counter the older releases
+//! left in either table.
 
 use crate::config::Settings;
 use crate::schema::{dollar_quote, quote_literal};
@@ -67,9 +70,9 @@ fn epoch_table(settings: &Settings) -> String {
     settings.qualified_sibling("_epoch")
 }
 
-/// `"schema"."<table>_live"`: the epoch in force, gone after a crash.
+/// `"schema"."<table>_in_force"`: the epoch in force, gone after a crash.
 fn live_table(settings: &Settings) -> String {
-    settings.qualified_sibling("_live")
+    settings.qualified_sibling("_in_force")
 }
 
 /// `"schema"."<table>_token"`: the sequence mutex tokens come from.
@@ -77,35 +80,40 @@ fn token_sequence(settings: &Settings) -> String {
     settings.qualified_sibling("_token")
 }
 
-/// `"schema"."<table>_alive"`: where older releases kept the epoch in force
-/// (see "Older clients are refused" above).
-fn retired_alive(settings: &Settings) -> String {
-    settings.qualified_sibling("_alive")
-}
+/// Where older releases kept the epoch in force, `<table>_alive` and
+/// `<table>_live` (see "Older clients are refused" above).
+const RETIRED_SUFFIXES: [&str; 2] = ["_alive", "_live"];
 
-/// The epoch tables, the token sequence, and the retired `<table>_alive`
-/// made an unwritable view (all idempotent).
-pub(crate) fn ddl(settings: &Settings) -> String {
-    let (epoch, live) = (epoch_table(settings), live_table(settings));
-    let sequence = token_sequence(settings);
-    let alive = retired_alive(settings);
-    let alive_literal = quote_literal(&alive);
+/// Replaces an older release's epoch table with an empty view that cannot
+/// be written, once (a PL/pgSQL block body).
+fn retire(table: &str) -> String {
+    let literal = quote_literal(table);
     let note = quote_literal(
-        "retired by leasehold-postgres: the epoch in force is in <table>_live, \
+        "retired by leasehold-postgres: the epoch in force is in <table>_in_force, \
          tokens come from <table>_token; a client that writes here is too old \
          to share this table and is refused",
     );
-    let retire = format!(
-        "BEGIN\n\
-         \x20   IF (SELECT relkind FROM pg_class WHERE oid = to_regclass({alive_literal})) = 'r' THEN\n\
-         \x20       DROP TABLE {alive};\n\
+    format!(
+        "\x20   IF (SELECT relkind FROM pg_class WHERE oid = to_regclass({literal})) = 'r' THEN\n\
+         \x20       DROP TABLE {table};\n\
          \x20   END IF;\n\
-         \x20   IF to_regclass({alive_literal}) IS NULL THEN\n\
-         \x20       CREATE VIEW {alive} AS SELECT NULL::bigint AS epoch WHERE false;\n\
-         \x20       COMMENT ON VIEW {alive} IS {note};\n\
-         \x20   END IF;\n\
-         END\n"
-    );
+         \x20   IF to_regclass({literal}) IS NULL THEN\n\
+         \x20       CREATE VIEW {table} AS SELECT NULL::bigint AS epoch WHERE false;\n\
+         \x20       COMMENT ON VIEW {table} IS {note};\n\
+         \x20   END IF;\n"
+    )
+}
+
+/// The epoch tables, the token sequence, and the older releases' epoch
+/// tables made unwritable views (all idempotent).
+pub(crate) fn ddl(settings: &Settings) -> String {
+    let (epoch, live) = (epoch_table(settings), live_table(settings));
+    let sequence = token_sequence(settings);
+    let retired: String = RETIRED_SUFFIXES
+        .iter()
+        .map(|suffix| retire(&settings.qualified_sibling(suffix)))
+        .collect();
+    let retire = format!("BEGIN\n{retired}END\n");
     format!(
         "CREATE TABLE IF NOT EXISTS {epoch} (\n\
          \x20   one boolean PRIMARY KEY DEFAULT true CHECK (one),\n\
@@ -125,7 +133,7 @@ pub(crate) fn current_sql(settings: &Settings) -> String {
     format!("(SELECT max(epoch) FROM {})", live_table(settings))
 }
 
-/// The next mutex token (`nextval` of `<table>_token`).
+/// The next token (`nextval` of `<table>_token`).
 pub(crate) fn next_token_sql(settings: &Settings) -> String {
     format!(
         "nextval({}::regclass)",
@@ -146,8 +154,9 @@ pub(crate) fn ceiling_sql(epoch_sql: &str) -> String {
 
 /// Starts a new epoch when none is in force or the sequence reached the
 /// ceiling of the one in force (else another session just did), and records
-/// it in `<table>_live`. The new epoch is the next one, or higher when the
-/// sequence or a counter row older releases left is already past its floor;
+/// it in `<table>_in_force`. The new epoch is the next one, or higher when
+/// the sequence or a counter row older releases left (in the key table or
+/// the shared-grant table) is already past its floor;
 /// the sequence is lifted to the new floor. One flushed transaction
 /// (whatever the server's `synchronous_commit`), so no token of the new
 /// epoch is handed out before the epoch and the lifted sequence are on disk.
@@ -156,6 +165,7 @@ pub(crate) fn bump_sql(settings: &Settings) -> String {
     let sequence = token_sequence(settings);
     let sequence_literal = quote_literal(&sequence);
     let counters = settings.qualified_table();
+    let kind_counters = settings.qualified_shared_table();
     let ceiling = ceiling_sql("(SELECT e FROM c)");
     let floor = floor_sql("u.epoch");
     format!(
@@ -164,7 +174,8 @@ pub(crate) fn bump_sql(settings: &Settings) -> String {
          SELECT pg_advisory_xact_lock({EPOCH_LOCK});\n\
          WITH c AS MATERIALIZED (SELECT max(epoch) AS e FROM {live}), \
          h AS MATERIALIZED (SELECT GREATEST((SELECT last_value FROM {sequence}), \
-               (SELECT max(counter) FROM {counters})) AS high), \
+               (SELECT max(counter) FROM {counters}), \
+               (SELECT max(counter) FROM {kind_counters})) AS high), \
          u AS (UPDATE {epoch} SET epoch = GREATEST(epoch + 1, \
                    ((SELECT high FROM h) >> {EPOCH_SHIFT}) + 1) \
                WHERE (SELECT e FROM c) IS NULL \
@@ -194,7 +205,9 @@ mod tests {
             "{ddl}"
         );
         assert!(
-            ddl.contains(r#"CREATE UNLOGGED TABLE IF NOT EXISTS "locks"."leasehold_fencing_live""#),
+            ddl.contains(
+                r#"CREATE UNLOGGED TABLE IF NOT EXISTS "locks"."leasehold_fencing_in_force""#
+            ),
             "{ddl}"
         );
         assert!(

@@ -5,9 +5,10 @@
 //! (`kinds/table.rs`, `kinds/advisory.rs`).
 //!
 //! The mutex, the reader–writer lock and the semaphore of one key are
-//! independent: each family has its own rows (table mode) or advisory ids
-//! (advisory mode), and a counter row of its own in the shared-grant table,
-//! so `inspect`, `list` and `force_release` keep seeing mutexes only.
+//! independent: each family has its own rows and a counter row of its own
+//! in the shared-grant table (table mode) or its own advisory ids (advisory
+//! mode, whose tokens come from the store's sequence), so `inspect`, `list`
+//! and `force_release` keep seeing mutexes only.
 
 mod advisory;
 mod table;

@@ -33,11 +33,12 @@
 //!   flush; a crash that sets the sequence back also empties an unlogged
 //!   table holding the *store epoch*, and the next grant starts a new epoch
 //!   (one flushed commit) whose tokens lie above every earlier one (the
-//!   migration makes `<table>_epoch`, `<table>_live` and the sequence for
-//!   it; the whole argument is in the `epoch` module's source). **Upgrade
-//!   note:** releases before the sequence are refused by a table this
-//!   release migrated (they fail closed, with "cannot insert into view");
-//!   stop or upgrade them first.
+//!   migration makes `<table>_epoch`, `<table>_in_force` and the sequence
+//!   for it; the whole argument is in the `epoch` module's source).
+//!   **Upgrade note:** releases whose reader, writer or permit grants did
+//!   not draw from the sequence too are refused by a table this release
+//!   migrated (they fail closed, with "cannot insert into view" or "cannot
+//!   delete from view"); stop or upgrade them first.
 //! - `id` is [`advisory_lock_id`]: 64 bits of SHA-256 over the namespace
 //!   (length-prefixed) and the key. Two keys whose ids collide only contend
 //!   falsely; exclusion is never lost. The id space is the database's
@@ -228,12 +229,14 @@
 //! The mutex, the reader–writer lock and the semaphore of one key are three
 //! independent locks; `inspect`, `list` and `force_release` see mutexes
 //! only (listing reader–writer or semaphore holders is not offered).
-//! Fencing: every grant bumps a counter row of its lock (family and key) in
-//! a second table, `<table>_shared` (created by the migration in both
-//! modes; [`migration_sql`] prints it), in the same statement as the grant,
-//! durably (in advisory mode through the store epoch, as the mutex); rows are never deleted, so a writer's token exceeds every
-//! earlier grant of its lock and a reader's every earlier writer's, and
-//! permits strictly increase.
+//! Fencing: a writer's token exceeds every earlier grant of its lock and a
+//! reader's every earlier writer's, and permits strictly increase, durably.
+//! In table mode every grant bumps a counter row of its lock (family and
+//! key) in a second table, `<table>_shared` (created by the migration in
+//! both modes; [`migration_sql`] prints it), in the same statement as the
+//! grant; rows are never deleted. In advisory mode a grant draws its token
+//! from the store's sequence once it holds its lock, as the mutex does, and
+//! writes no row.
 //! - **Table mode**: a row per holder in `<table>_shared`, expiring by the
 //!   database clock like the mutex's lease. One attempt is one transaction:
 //!   lock the lock's counter row, then one statement that locks the holder

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, advisory_holder_pid, key, options};
 use leasehold_conformance::fixtures::eventually;
-use leasehold_core::{LockBackend, LockError, Locker, TtlPolicy, WaitPolicy};
+use leasehold_core::{LockBackend, LockError, LockKind, Locker, TtlPolicy, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
 use sqlx::postgres::PgPoolOptions;
 
@@ -162,7 +162,7 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
 }
 
 /// What a crash may do to an advisory store, done by hand: the unlogged
-/// `<table>_live` emptied and the token sequence set back (its last draws
+/// `<table>_in_force` emptied and the token sequence set back (its last draws
 /// were committed without a flush). The next grant must still exceed every
 /// earlier token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +181,7 @@ async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
     }
     let observer = server.observer().await;
     sqlx::raw_sql(
-        "TRUNCATE leasehold_fencing_live; \
+        "TRUNCATE leasehold_fencing_in_force; \
          SELECT setval('leasehold_fencing_token', 1);",
     )
     .execute(&observer)
@@ -216,7 +216,7 @@ async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
     let observer = server.observer().await;
     // The next draw is exactly the ceiling of the epoch in force.
     let (ceiling, epoch): (i64, i64) = sqlx::query_as(
-        "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_live) \
+        "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_in_force) \
          SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
                 (SELECT e FROM e)",
     )
@@ -229,7 +229,7 @@ async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
         "epoch {epoch} handed out {} (its ceiling is {ceiling})",
         lease.fencing_token()
     );
-    let (now,): (i64,) = sqlx::query_as("SELECT max(epoch) FROM leasehold_fencing_live")
+    let (now,): (i64,) = sqlx::query_as("SELECT max(epoch) FROM leasehold_fencing_in_force")
         .fetch_one(&observer)
         .await
         .unwrap();
@@ -244,19 +244,22 @@ async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
     backend.release(&lease).await.unwrap();
 }
 
-/// A client of a release before the token sequence bumped row counters and
-/// kept the epoch in `<table>_alive`; mixed in, it would hand out tokens
-/// below ours. After this release migrated the table, such a client's epoch
+/// Clients of the two releases before every grant drew from the token
+/// sequence: the first bumped row counters and kept the epoch in
+/// `<table>_alive`, the second drew mutex tokens from the sequence but
+/// bumped a counter row per reader, writer and permit, and kept the epoch in
+/// `<table>_live`. Mixed in, either would hand out tokens below ours (or we
+/// below theirs). After this release migrated the table, each one's epoch
 /// bump (its statement, verbatim) fails and its grant reads "no epoch", so
 /// it grants nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_client_is_refused_not_mixed_in() {
+async fn older_clients_are_refused_not_mixed_in() {
     let server = Server::start(false).await;
     let backend = server.backend(options(Mode::Advisory)).await;
     let lease = backend.try_acquire(&key("mixed"), TTL).await.unwrap();
     backend.release(&lease).await.unwrap();
     let observer = server.observer().await;
-    let older_epoch_bump = "BEGIN;\n\
+    let first_generation = "BEGIN;\n\
          SET LOCAL synchronous_commit = on;\n\
          SELECT pg_advisory_xact_lock(7810756276994994019);\n\
          WITH u AS (UPDATE \"public\".\"leasehold_fencing_epoch\" SET epoch = epoch + 1 \
@@ -264,24 +267,170 @@ async fn an_older_client_is_refused_not_mixed_in() {
                     RETURNING epoch) \
          INSERT INTO \"public\".\"leasehold_fencing_alive\" (epoch) SELECT epoch FROM u;\n\
          COMMIT;\n";
-    // Its own connection: the failed transaction is left open on it.
-    let mut older = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url)
-        .await
-        .unwrap();
-    let refused = sqlx::raw_sql(older_epoch_bump)
-        .execute(&mut older)
-        .await
-        .expect_err("an older client's epoch bump must fail");
-    assert!(
-        refused.to_string().contains("cannot insert into view"),
-        "{refused}"
-    );
-    let (epoch,): (Option<i64>,) =
-        sqlx::query_as("SELECT max(epoch) FROM \"public\".\"leasehold_fencing_alive\"")
-            .fetch_one(&observer)
+    let second_generation = "BEGIN;\n\
+         SET LOCAL synchronous_commit = on;\n\
+         SELECT pg_advisory_xact_lock(7810756276994994019);\n\
+         WITH c AS MATERIALIZED (SELECT max(epoch) AS e FROM \"public\".\"leasehold_fencing_live\"), \
+         h AS MATERIALIZED (SELECT GREATEST((SELECT last_value FROM \"public\".\"leasehold_fencing_token\"), \
+               (SELECT max(counter) FROM \"public\".\"leasehold_fencing\")) AS high), \
+         u AS (UPDATE \"public\".\"leasehold_fencing_epoch\" SET epoch = GREATEST(epoch + 1, \
+                   ((SELECT high FROM h) >> 40) + 1) \
+               WHERE (SELECT e FROM c) IS NULL \
+                  OR (SELECT last_value FROM \"public\".\"leasehold_fencing_token\") >= ((SELECT e FROM c) << 40) \
+               RETURNING epoch), \
+         d AS (DELETE FROM \"public\".\"leasehold_fencing_live\" WHERE EXISTS (SELECT 1 FROM u)), \
+         s AS MATERIALIZED (SELECT setval('\"public\".\"leasehold_fencing_token\"'::regclass, \
+               GREATEST((SELECT high FROM h), ((u.epoch - 1) << 40))) AS lifted FROM u) \
+         INSERT INTO \"public\".\"leasehold_fencing_live\" (epoch) SELECT u.epoch FROM u, s;\n\
+         COMMIT;\n";
+    for (generation, bump, table) in [
+        ("first", first_generation, "leasehold_fencing_alive"),
+        ("second", second_generation, "leasehold_fencing_live"),
+    ] {
+        // Its own connection: the failed transaction is left open on it.
+        let mut older = <sqlx::PgConnection as sqlx::Connection>::connect(&server.url)
             .await
             .unwrap();
-    assert_eq!(epoch, None, "an older client would find an epoch in force");
+        let refused = sqlx::raw_sql(bump)
+            .execute(&mut older)
+            .await
+            .expect_err("an older client's epoch bump must fail");
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("cannot insert into view")
+                || refused.contains("cannot delete from view"),
+            "{generation}: {refused}"
+        );
+        let (epoch,): (Option<i64>,) =
+            sqlx::query_as(&format!("SELECT max(epoch) FROM \"public\".\"{table}\""))
+                .fetch_one(&observer)
+                .await
+                .unwrap();
+        assert_eq!(
+            epoch, None,
+            "a {generation}-generation client would find an epoch in force"
+        );
+    }
+}
+
+/// A table the release before this one left: its reader, writer and permit
+/// grants bumped counter rows in `<table>_shared`, far above the token
+/// sequence, and its epoch in force sat in `<table>_live`. After this
+/// release migrates the table, a reader's and a permit's tokens lie above
+/// every counter the older release handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_upgraded_from_counter_rows_keep_their_tokens_increasing() {
+    let server = Server::start(true).await;
+    let namespace = format!("upgrade{}", common::rand_suffix());
+    let config = options(Mode::Advisory).namespace(namespace.clone());
+    drop(server.backend(config.clone()).await);
+    let observer = server.observer().await;
+    // The older release's state, by hand: its epoch table in force, and
+    // the counters its readers and permits reached.
+    sqlx::raw_sql(
+        "DROP TABLE leasehold_fencing_in_force; \
+         DROP VIEW leasehold_fencing_live; \
+         CREATE UNLOGGED TABLE leasehold_fencing_live (epoch bigint NOT NULL); \
+         INSERT INTO leasehold_fencing_live (epoch) VALUES (1);",
+    )
+    .execute(&observer)
+    .await
+    .unwrap();
+    for (family, counter) in [("r", 5_000_i64), ("s", 7_000)] {
+        sqlx::query(
+            "INSERT INTO leasehold_fencing_shared (namespace, family, key, owner, kind, counter) \
+             VALUES ($1, $2, 'upgraded', '', 'c', $3)",
+        )
+        .bind(&namespace)
+        .bind(family)
+        .bind(counter)
+        .execute(&observer)
+        .await
+        .unwrap();
+    }
+    let backend = server.backend(config).await;
+    let k = key("upgraded");
+    for (kind, older) in [
+        (LockKind::Read, 5_000),
+        (LockKind::Permit { permits: 2 }, 7_000),
+    ] {
+        let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
+        assert!(
+            lease.fencing_token().get() > older,
+            "{kind:?} token {} after the older release handed out {older}",
+            lease.fencing_token()
+        );
+        backend.release(&lease).await.unwrap();
+    }
+}
+
+/// Readers, writers and permits draw from the store's sequence like the
+/// mutex: a lost epoch (what a crash may do, by hand) lifts their next
+/// tokens above every earlier one, and a draw at the epoch's ceiling gives
+/// its lock back and starts the next epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kind_tokens_survive_a_lost_epoch_and_stop_at_its_ceiling() {
+    let server = Server::start(true).await;
+    let backend = server.backend(options(Mode::Advisory)).await;
+    let observer = server.observer().await;
+    let k = key("kinds");
+    let kinds = [
+        LockKind::Read,
+        LockKind::Write,
+        LockKind::Permit { permits: 3 },
+    ];
+    let mut last = 0;
+    for kind in kinds {
+        let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
+        assert!(lease.fencing_token().get() > last, "{kind:?}");
+        last = lease.fencing_token().get();
+        backend.release(&lease).await.unwrap();
+    }
+    sqlx::raw_sql(
+        "TRUNCATE leasehold_fencing_in_force; \
+         SELECT setval('leasehold_fencing_token', 1);",
+    )
+    .execute(&observer)
+    .await
+    .unwrap();
+    for kind in kinds {
+        let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
+        assert!(
+            lease.fencing_token().get() > last,
+            "{kind:?} token went from {last} to {} after the epoch was lost",
+            lease.fencing_token()
+        );
+        last = lease.fencing_token().get();
+        backend.release(&lease).await.unwrap();
+    }
+    for kind in kinds {
+        // The next draw is exactly the ceiling of the epoch in force.
+        let (ceiling, epoch): (i64, i64) = sqlx::query_as(
+            "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_in_force) \
+             SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
+                    (SELECT e FROM e)",
+        )
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+        let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
+        assert!(
+            lease.fencing_token().get() > ceiling as u64,
+            "{kind:?}: epoch {epoch} handed out {} (its ceiling is {ceiling})",
+            lease.fencing_token()
+        );
+        backend.release(&lease).await.unwrap();
+        // The grant is retried on the session that drew the ceiling: had
+        // that draw kept its lock, the session would still hold it.
+        let (held,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND objsubid = 1",
+        )
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+        assert_eq!(held, 0, "{kind:?}: the draw at the ceiling kept its lock");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

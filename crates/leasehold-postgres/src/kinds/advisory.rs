@@ -12,9 +12,11 @@
 //!   are one statement.
 //! - Semaphore of N: N advisory ids (`sem` slots 0..N); an attempt takes the
 //!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]).
-//! - Fencing: every grant bumps the lock's counter row in the shared-grant
-//!   table in the same statement and session (never reset; durable through
-//!   the store epoch, as the mutex's counter: [`crate::epoch`]).
+//! - Fencing: once a grant holds its lock it draws its token from the
+//!   store's sequence in the same statement, as the mutex does (durable
+//!   through the store epoch: [`crate::epoch`]). The grant writes no row:
+//!   the readers of one key used to bump one counter row each, one after
+//!   another.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use leasehold_core::{Key, Lease, LockError, LockKind, WaitPolicy, wait_for_grant, with_timeout};
 use sqlx::postgres::PgListener;
 
-use super::{family, key_signal, part_lock_id};
+use super::{key_signal, part_lock_id};
 use crate::advisory::{Granted, checkout, pinned_lease, start_epoch};
 use crate::config::{ADVISORY, Settings};
 use crate::epoch;
@@ -37,74 +39,80 @@ pub(crate) const MAX_ADVISORY_PERMITS: u32 = 1024;
 /// How an attempt takes its advisory lock.
 #[derive(Clone, Copy)]
 enum Take {
-    /// Shared on the `rw` id unless a writer waits (binds `$6`, `$7`: the
+    /// Shared on the `rw` id unless a writer waits (binds `$3`, `$4`: the
     /// gate id's halves).
     Reader,
     /// Exclusive on the `rw` id.
     Writer,
     /// Exclusive on the `rw` id, by a waiting writer whose session holds the
-    /// gate shared (`$6`), which a grant unlocks.
+    /// gate shared (`$3`), which a grant unlocks.
     WaitingWriter,
-    /// Exclusive on the first free slot of `$5`.
+    /// Exclusive on the first free slot of `$2`.
     Permit,
 }
 
-/// One attempt's statement. Binds: namespace, family, key, the session's
-/// idle timeout, the id(s) to try (an `int8[]`), then per [`Take`]. Returns
-/// the id taken (NULL when refused), the new token, how many settings were
-/// applied, how many gates were unlocked, the session's pid and the store
-/// epoch. As the mutex's grant ([`crate::epoch`]): the counter bump commits
-/// without waiting for its flush, above the epoch's floor; with no epoch in
-/// force nothing is tried and the epoch is `NULL`.
+/// One attempt's statement. Binds: the session's idle timeout, the id(s) to
+/// try (an `int8[]`), then per [`Take`]. Returns the id taken (NULL when
+/// refused), its token, how many settings were applied, how many gates
+/// were unlocked, the session's pid and the store epoch.
+///
+/// As the mutex's grant (`crate::advisory`'s `acquire_sql`, and
+/// [`crate::epoch`]): the lock first, then (only if taken) the token from
+/// the store's sequence, so a lock's tokens increase with its holders; the
+/// statement writes nothing and commits without waiting for a flush. With
+/// no epoch in force nothing is tried and the epoch is `NULL`; a token at
+/// the epoch's ceiling gives its lock back in the statement and reports no
+/// epoch either (the caller starts the next one and asks again).
 fn attempt_sql(take: Take, settings: &Settings) -> String {
-    let s = settings.qualified_shared_table();
     let epoch = epoch::current_sql(settings);
-    let floor = epoch::floor_sql("(SELECT e FROM a)");
+    let next = epoch::next_token_sql(settings);
+    let ceiling = epoch::ceiling_sql("d.e");
     let take_sql = match take {
         Take::Reader => {
             "CASE WHEN EXISTS (SELECT 1 FROM pg_locks g WHERE g.locktype = 'advisory' \
-                 AND g.granted AND g.objsubid = 1 AND g.classid::int8 = $6::int8 \
-                 AND g.objid::int8 = $7::int8 \
+                 AND g.granted AND g.objsubid = 1 AND g.classid::int8 = $3::int8 \
+                 AND g.objid::int8 = $4::int8 \
                  AND g.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
-             THEN NULL WHEN pg_try_advisory_lock_shared(($5::int8[])[1]) THEN ($5::int8[])[1] END"
+             THEN NULL WHEN pg_try_advisory_lock_shared(($2::int8[])[1]) THEN ($2::int8[])[1] END"
         }
         Take::Writer | Take::WaitingWriter => {
-            "CASE WHEN pg_try_advisory_lock(($5::int8[])[1]) THEN ($5::int8[])[1] END"
+            "CASE WHEN pg_try_advisory_lock(($2::int8[])[1]) THEN ($2::int8[])[1] END"
         }
         // The limit stops the scan at the first slot locked: no slot after
         // it is tried (the filter runs row by row as the limit pulls).
         Take::Permit => {
-            "(SELECT u.id FROM unnest($5::int8[]) AS u(id) \
+            "(SELECT u.id FROM unnest($2::int8[]) AS u(id) \
              WHERE pg_try_advisory_lock(u.id) LIMIT 1)"
         }
     };
-    let gate = match take {
-        Take::WaitingWriter => {
-            "SELECT pg_advisory_unlock_shared($6::int8) FROM l WHERE l.id IS NOT NULL"
-        }
-        _ => "SELECT true WHERE false",
+    let give_back = match take {
+        Take::Reader => "pg_advisory_unlock_shared(d.id)",
+        _ => "pg_advisory_unlock(d.id)",
     };
+    let gate = match take {
+        Take::WaitingWriter => "pg_advisory_unlock_shared($3::int8)::int",
+        _ => "0",
+    };
+    // Each subquery kept apart (`OFFSET 0`) orders one step: the epoch,
+    // the lock, the draw; the outer CASEs act on the draw (as the mutex's).
     format!(
-        "WITH a AS MATERIALIZED (SELECT {epoch} AS e), \
-         l AS MATERIALIZED (SELECT CASE WHEN (SELECT e FROM a) IS NOT NULL \
-               THEN {take_sql} END AS id), \
-         b AS (INSERT INTO {s} AS f (namespace, family, key, owner, kind, counter) \
-               SELECT $1::text, $2::text, $3::text, '', 'c', GREATEST(1, {floor}) \
-               FROM l WHERE l.id IS NOT NULL \
-               ON CONFLICT (namespace, family, key, owner) \
-               DO UPDATE SET counter = GREATEST(f.counter + 1, {floor}) \
-               RETURNING f.counter), \
-         t AS (SELECT set_config('idle_session_timeout', $4::text, false), \
-                      set_config('synchronous_commit', 'off', true) FROM l \
-               WHERE l.id IS NOT NULL), \
-         u AS ({gate}) \
-         SELECT l.id, (SELECT counter FROM b), (SELECT count(*) FROM t), \
-             (SELECT count(*) FROM u), pg_backend_pid(), (SELECT e FROM a) FROM l"
+        "SELECT CASE WHEN d.t < {ceiling} THEN d.id END, \
+                CASE WHEN d.t < {ceiling} THEN d.t END, \
+                CASE WHEN d.t IS NULL THEN 0 \
+                     WHEN d.t >= {ceiling} THEN {give_back}::int \
+                     ELSE length(set_config('idle_session_timeout', $1::text, false)) \
+                        + length(set_config('synchronous_commit', 'off', true)) END, \
+                CASE WHEN d.t < {ceiling} THEN {gate} ELSE 0 END, \
+                pg_backend_pid(), \
+                CASE WHEN d.t IS NULL OR d.t < {ceiling} THEN d.e END \
+         FROM (SELECT l.e, l.id, CASE WHEN l.id IS NOT NULL THEN {next} END AS t \
+               FROM (SELECT a.e, CASE WHEN a.e IS NOT NULL THEN {take_sql} END AS id \
+                     FROM (SELECT {epoch} AS e) a OFFSET 0) l OFFSET 0) d"
     )
 }
 
 /// What an attempt returns: see [`attempt_sql`].
-type AttemptRow = (Option<i64>, Option<i64>, i64, i64, i32, Option<i64>);
+type AttemptRow = (Option<i64>, Option<i64>, i32, i32, i32, Option<i64>);
 
 /// The ids an attempt at `kind` tries.
 fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError> {
@@ -141,9 +149,6 @@ async fn attempt_on(
     let sql = attempt_sql(take, options);
     let (id, token, pid) = loop {
         let mut query = sqlx::query_as::<_, AttemptRow>(&sql)
-            .bind(&options.namespace)
-            .bind(family(kind))
-            .bind(key.as_str())
             .bind(idle_timeout(ttl))
             .bind(&ids);
         query = match take {
@@ -155,7 +160,9 @@ async fn attempt_on(
             Take::Writer | Take::Permit => query,
         };
         match query.fetch_one(&mut session).await {
-            // No epoch in force: nothing was tried; start one, ask again.
+            // No epoch in force (nothing was tried), or the token reached
+            // the epoch's ceiling (the lock was given back): start one, ask
+            // again.
             Ok((_, _, _, _, _, None)) => start_epoch(shared).await.map_err(|e| (e, false))?,
             Ok((id, token, _, _, pid, Some(_))) => break (id, token, pid),
             Err(error) => {
