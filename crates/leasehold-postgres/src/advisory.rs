@@ -15,7 +15,7 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
-use crate::store::{Held, Pinned, Shared, Sql, idle_timeout, timed_out};
+use crate::store::{Checkout, Held, Pinned, Shared, Sql, idle_timeout, timed_out};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
 /// a lease of ours without a session (forged, or rebuilt from its parts)
@@ -67,11 +67,13 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// in the same statement and the epoch is `NULL` too, and the epoch the
 /// caller starts lies above it.
 ///
-/// [`Wait::Queue`] makes it the queued grant ([`queue`]): `pg_advisory_lock`
-/// waits in the server's lock queue (bounded by the session's
-/// `lock_timeout`), then the token is drawn, and the settings the wait
-/// changed are restored to `$6` (`lock_timeout`) and `$7`
-/// (`client_connection_check_interval`).
+/// [`Wait::Queue`] makes it the queued grant ([`queue`]): it sets the
+/// session's `lock_timeout` to the wait (`$8`) and
+/// `client_connection_check_interval` to `$9`, then `pg_advisory_lock`
+/// waits in the server's lock queue (bounded by that `lock_timeout`), then
+/// the token is drawn, and the settings the wait changed are restored to
+/// `$6` and `$7`. (`set_config` takes effect at once, so the wait in the
+/// same statement runs under it.)
 fn acquire_sql(settings: &Settings, wait: Wait) -> String {
     let table = settings.qualified_table();
     let epoch = epoch::current_sql(settings);
@@ -82,7 +84,9 @@ fn acquire_sql(settings: &Settings, wait: Wait) -> String {
     let (lock, restore) = match wait {
         Wait::Refuse => ("pg_try_advisory_lock($1)", ""),
         Wait::Queue => (
-            "pg_advisory_lock($1) IS NOT NULL",
+            "CASE WHEN length(set_config('lock_timeout', $8, false)) \
+                     + length(set_config('client_connection_check_interval', $9, false)) < 0 \
+                  THEN false ELSE pg_advisory_lock($1) IS NOT NULL END",
             " + length(set_config('lock_timeout', $6, false)) \
              + length(set_config('client_connection_check_interval', $7, false))",
         ),
@@ -250,13 +254,13 @@ type AcquireRow = (
     Option<bool>,
 );
 
-/// A session holding no lock from `sessions` (`true` when reused; see
+/// A session holding no lock from `sessions` (see
 /// [`Sessions::checkout`](crate::store::Sessions::checkout)), a full pool
 /// being `Unavailable` after `timeout`.
 pub(crate) async fn checkout(
     sessions: &Arc<crate::store::Sessions>,
     timeout: Duration,
-) -> Result<(sqlx::postgres::PgListener, bool), LockError> {
+) -> Result<Checkout, LockError> {
     sessions.checkout().await.map_err(|error| match error {
         sqlx::Error::PoolTimedOut => LockError::unavailable(
             ADVISORY,
@@ -297,7 +301,11 @@ pub(crate) async fn try_acquire(
     let timeout = options.timeout;
     with_timeout(ADVISORY, timeout, async {
         loop {
-            let (mut session, reused) = checkout(sessions, timeout).await?;
+            let Checkout {
+                mut session,
+                reused,
+                ..
+            } = checkout(sessions, timeout).await?;
             let row: AcquireRow = match sqlx::query_as(&shared.sql.acquire)
                 .bind(id)
                 .bind(&options.namespace)
@@ -325,7 +333,7 @@ pub(crate) async fn try_acquire(
             }
             let Some(token) = token else {
                 // Refused: this session holds no lock, keep it.
-                sessions.checkin(session);
+                sessions.checkin(session, Some(pid));
                 let info = holder.map(|label| holder_info((pid, Some(label))));
                 return Err(LockError::contended(ADVISORY, key.as_str(), info));
             };
@@ -434,23 +442,29 @@ pub(crate) async fn queue(
     if lock_timeout == 0 {
         return Ok(None);
     }
-    let (mut session, _) = checkout(sessions, options.timeout).await?;
-    let set = sqlx::query_as::<_, (i32, String, String)>(
-        "SELECT pg_backend_pid(), set_config('lock_timeout', $1, false), \
-         set_config('client_connection_check_interval', $2, false)",
-    )
-    .bind(lock_timeout.to_string())
-    .bind(CLIENT_CHECK_MS)
-    .fetch_one(&mut session);
-    let cancel = match tokio::time::timeout(options.timeout, set).await {
-        Ok(Ok((pid, ..))) => CancelOnDrop {
-            pool: Some(shared.pool.clone()),
-            pid,
-        },
-        // A kept session that died while idle: the next attempt tries another.
-        Ok(Err(error)) if session_ended(&error) => return Ok(None),
-        Ok(Err(error)) => return Err(map(ADVISORY, error)),
-        Err(_) => return Err(timed_out(options.timeout)),
+    let Checkout {
+        mut session, pid, ..
+    } = checkout(sessions, options.timeout).await?;
+    let pid = match pid {
+        Some(pid) => pid,
+        // A session new to this call: learn its pid first, so a dropped
+        // wait can cancel its statement.
+        None => {
+            let asked =
+                sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut session);
+            match tokio::time::timeout(options.timeout, asked).await {
+                Ok(Ok(pid)) => pid,
+                // A kept session that died while idle: the next attempt
+                // tries another.
+                Ok(Err(error)) if session_ended(&error) => return Ok(None),
+                Ok(Err(error)) => return Err(map(ADVISORY, error)),
+                Err(_) => return Err(timed_out(options.timeout)),
+            }
+        }
+    };
+    let cancel = CancelOnDrop {
+        pool: Some(shared.pool.clone()),
+        pid,
     };
     let sent_at = options.clock.now();
     let granted = sqlx::query_as::<_, AcquireRow>(&shared.sql.queue)
@@ -461,6 +475,8 @@ pub(crate) async fn queue(
         .bind(idle_timeout(ttl))
         .bind(&defaults.lock_timeout)
         .bind(&defaults.check_interval)
+        .bind(lock_timeout.to_string())
+        .bind(CLIENT_CHECK_MS)
         .fetch_one(&mut session);
     let answer = tokio::time::timeout(wait + options.timeout, granted).await;
     if answer.is_ok() {
@@ -471,6 +487,9 @@ pub(crate) async fn queue(
         // The wait ran out: the session is dropped (closed), whatever it
         // may hold.
         Ok(Err(error)) if lock_wait_ran_out(&error) => return Ok(None),
+        // A kept session that died while idle, or one ended while it
+        // waited: the next attempt tries another.
+        Ok(Err(error)) if session_ended(&error) => return Ok(None),
         Ok(Err(error)) => return Err(map(ADVISORY, error)),
         Err(_) => {
             return Err(LockError::unavailable(

@@ -121,7 +121,7 @@ pub(crate) fn idle_timeout(ttl: Duration) -> String {
 /// reuse.
 pub(crate) struct Sessions {
     pool: PgPool,
-    idle: Mutex<Vec<(PgListener, Instant)>>,
+    idle: Mutex<Vec<Kept>>,
     /// Wakes checkouts waiting on a full pool when a session is kept: kept
     /// sessions hold their pool slot, so such a checkout must take one.
     kept: tokio::sync::Notify,
@@ -137,6 +137,25 @@ pub(crate) struct Sessions {
     /// Per advisory lock id, whose turn it is among this backend's waiters
     /// to queue in the server ([`Sessions::turn`]).
     turns: Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A clean session kept for reuse: its server pid when known (learned from
+/// a statement run on it), and since when it is kept.
+struct Kept {
+    session: PgListener,
+    pid: Option<i32>,
+    since: Instant,
+}
+
+/// A session holding no lock, from [`Sessions::checkout`].
+pub(crate) struct Checkout {
+    pub(crate) session: PgListener,
+    /// Kept from an earlier use: it may have died while idle (the caller
+    /// retries once it fails with a session error).
+    pub(crate) reused: bool,
+    /// Its server pid, when a statement run on it told (`None` for a
+    /// session new to this call, and for one opened for a caller that left).
+    pub(crate) pid: Option<i32>,
 }
 
 /// Session settings as a fresh session has them, restored before a session
@@ -270,9 +289,8 @@ impl Sessions {
     }
 
     /// A session holding no lock: the most recently used clean one, else a
-    /// new connection. `true` when reused (it may have died while idle: the
-    /// caller retries once it fails with a session error). A checkout that
-    /// waits for a pool slot also takes a session kept in the meantime.
+    /// new connection. A checkout that waits for a pool slot also takes a
+    /// session kept in the meantime.
     ///
     /// A new connection is opened on its own task: if the caller is dropped
     /// while it connects (a cancelled acquisition), the finished session
@@ -280,18 +298,18 @@ impl Sessions {
     /// thrown away half-open. Under cancellations a connect storm (one new
     /// server process per cancelled attempt) is what ended in refused or
     /// reset connections.
-    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<(PgListener, bool), sqlx::Error> {
+    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Checkout, sqlx::Error> {
         loop {
-            if let Some(session) = self.pop_alive().await {
-                return Ok((session, true));
+            if let Some(kept) = self.pop_alive().await {
+                return Ok(kept);
             }
             // Listen for a kept session before looking once more, so one
             // kept in between is not missed.
             let kept = self.kept.notified();
             tokio::pin!(kept);
             kept.as_mut().enable();
-            if let Some(session) = self.pop_alive().await {
-                return Ok((session, true));
+            if let Some(kept) = self.pop_alive().await {
+                return Ok(kept);
             }
             let (answer, opened) = tokio::sync::oneshot::channel();
             let sessions = self.clone();
@@ -299,12 +317,18 @@ impl Sessions {
                 let session = sessions.open().await;
                 if let Err(Ok(session)) = answer.send(session) {
                     // The caller left: a fresh session holds no lock.
-                    sessions.checkin(session);
+                    sessions.checkin(session, None);
                 }
             });
             tokio::select! {
                 opened = opened => match opened {
-                    Ok(opened) => return opened.map(|session| (session, false)),
+                    Ok(opened) => {
+                        return opened.map(|session| Checkout {
+                            session,
+                            reused: false,
+                            pid: None,
+                        });
+                    }
                     // The connecting task panicked or its runtime is ending.
                     Err(_) => return Err(sqlx::Error::PoolClosed),
                 },
@@ -368,10 +392,14 @@ impl Sessions {
     }
 
     /// The most recently kept session that still looks alive.
-    async fn pop_alive(&self) -> Option<PgListener> {
+    async fn pop_alive(&self) -> Option<Checkout> {
         loop {
             let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let (mut session, since) = popped?;
+            let Kept {
+                mut session,
+                pid,
+                since,
+            } = popped?;
             if since.elapsed() > IDLE_LIMIT {
                 continue;
             }
@@ -384,23 +412,34 @@ impl Sessions {
                 std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
             };
             match probe {
-                Poll::Pending | Poll::Ready(Ok(Some(_))) => return Some(session),
+                Poll::Pending | Poll::Ready(Ok(Some(_))) => {
+                    return Some(Checkout {
+                        session,
+                        reused: true,
+                        pid,
+                    });
+                }
                 Poll::Ready(Ok(None) | Err(_)) => continue,
             }
         }
     }
 
-    /// Keeps a session that holds no lock for reuse, and closes kept ones
-    /// idle for longer than [`IDLE_LIMIT`] (the oldest are at the bottom).
-    pub(crate) fn checkin(&self, session: PgListener) {
+    /// Keeps a session that holds no lock for reuse, with its server pid
+    /// when known, and closes kept ones idle for longer than [`IDLE_LIMIT`]
+    /// (the oldest are at the bottom).
+    pub(crate) fn checkin(&self, session: PgListener, pid: Option<i32>) {
         let stale: Vec<_> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let fresh_from = idle
                 .iter()
-                .position(|(_, since)| since.elapsed() <= IDLE_LIMIT)
+                .position(|kept| kept.since.elapsed() <= IDLE_LIMIT)
                 .unwrap_or(idle.len());
             let stale = idle.drain(..fresh_from).collect();
-            idle.push((session, Instant::now()));
+            idle.push(Kept {
+                session,
+                pid,
+                since: Instant::now(),
+            });
             stale
         };
         self.kept.notify_waiters();
@@ -676,7 +715,7 @@ impl Task {
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {
                 self.end(Ended::Released);
-                self.sessions.checkin(session);
+                self.sessions.checkin(session, Some(self.pid));
                 Ok(())
             }
             Ok(Ok((false, ..))) => {

@@ -797,6 +797,25 @@ impl Queue {
     }
 }
 
+/// A queued wait is bounded by the `lock_timeout` its own statement sets
+/// (the grant sets it, then waits, in one statement): behind a holder that
+/// keeps the key, the wait ends with the server's answer, `WaitTimedOut`,
+/// not with the client's bound on a statement that got no answer, and
+/// leaves the server's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_wait_runs_out_by_its_own_lock_timeout() {
+    let queue = Queue::behind_a_holder("queue:runs-out", options(Mode::Advisory)).await;
+    let waiting = queue.waiter(&queue.backend, TTL, hour_apart(Duration::from_millis(1500)));
+    queue.until_queued(1).await;
+    let outcome = waiting.await.unwrap();
+    assert!(
+        matches!(outcome, Err(LockError::WaitTimedOut { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(queued_for(&queue.observer, queue.id).await, 0);
+    queue.backend.release(&queue.lease).await.unwrap();
+}
+
 /// A killed holder sends no release signal; a waiter queued in the server
 /// gets the lock as the server ends the holder's session, with its own next
 /// attempt an hour away. (Before waiters queued in the server, the waiter

@@ -30,7 +30,7 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves};
-use crate::store::{Held, Shared, idle_timeout};
+use crate::store::{Checkout, Held, Shared, idle_timeout};
 
 /// The most permits an advisory-mode semaphore may have: an attempt tries
 /// every slot's advisory id in one statement.
@@ -131,9 +131,9 @@ fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError
 }
 
 /// Runs one attempt on `session`. `Ok(Ok(lease))` when granted (the session
-/// then belongs to the lease's task), `Ok(Err(session))` when refused (the
-/// session holds nothing new), `Err` when the statement failed (the session
-/// is dropped, so closed: whatever it held is freed).
+/// then belongs to the lease's task), `Ok(Err((session, pid)))` when refused
+/// (the session holds nothing new), `Err` when the statement failed (the
+/// session is dropped, so closed: whatever it held is freed).
 async fn attempt_on(
     shared: &Shared,
     mut session: PgListener,
@@ -141,7 +141,7 @@ async fn attempt_on(
     kind: LockKind,
     take: Take,
     ttl: Duration,
-) -> Result<Result<Lease, PgListener>, (LockError, bool)> {
+) -> Result<Result<Lease, (PgListener, i32)>, (LockError, bool)> {
     let options = &shared.options;
     let ids = ids(&options.namespace, key.as_str(), kind).map_err(|e| (e, false))?;
     let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
@@ -172,7 +172,7 @@ async fn attempt_on(
         }
     };
     let (Some(id), Some(token)) = (id, token) else {
-        return Ok(Err(session));
+        return Ok(Err((session, pid)));
     };
     let held = Held {
         id,
@@ -211,11 +211,13 @@ pub(super) async fn try_acquire(
     };
     with_timeout(ADVISORY, options.timeout, async {
         loop {
-            let (session, reused) = checkout(sessions, options.timeout).await?;
+            let Checkout {
+                session, reused, ..
+            } = checkout(sessions, options.timeout).await?;
             match attempt_on(shared, session, key, kind, take, ttl).await {
                 Ok(Ok(lease)) => return Ok(lease),
-                Ok(Err(session)) => {
-                    sessions.checkin(session);
+                Ok(Err((session, pid))) => {
+                    sessions.checkin(session, Some(pid));
                     return Err(LockError::contended(ADVISORY, key.as_str(), None));
                 }
                 // A kept session that died while idle: try the next one.
@@ -281,7 +283,7 @@ async fn attempt_waiting(
         let session = match kept {
             Some(session) => session,
             None => {
-                let (mut session, _) = checkout(sessions, options.timeout).await?;
+                let Checkout { mut session, .. } = checkout(sessions, options.timeout).await?;
                 let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
                 sqlx::query(
                     "SELECT pg_try_advisory_lock_shared($1), \
@@ -306,7 +308,7 @@ async fn attempt_waiting(
         .await
         {
             Ok(Ok(lease)) => Ok(lease),
-            Ok(Err(session)) => {
+            Ok(Err((session, _))) => {
                 *waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
                 Err(LockError::contended(ADVISORY, key.as_str(), None))
             }
