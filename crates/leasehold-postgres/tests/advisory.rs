@@ -161,6 +161,31 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
     a.release(&third).await.unwrap();
 }
 
+/// What a crash may do to an advisory store: the unlogged epoch table
+/// emptied and the token sequence set back.
+async fn lose_the_epoch(observer: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "TRUNCATE leasehold_fencing_in_force; \
+         SELECT setval('leasehold_fencing_token', 1);",
+    )
+    .execute(observer)
+    .await
+    .unwrap();
+}
+
+/// Sets the sequence so its next draw is exactly the ceiling of the epoch
+/// in force; returns that ceiling and the epoch.
+async fn next_draw_at_the_ceiling(observer: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_in_force) \
+         SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
+                (SELECT e FROM e)",
+    )
+    .fetch_one(observer)
+    .await
+    .unwrap()
+}
+
 /// What a crash may do to an advisory store, done by hand: the unlogged
 /// `<table>_in_force` emptied and the token sequence set back (its last draws
 /// were committed without a flush). The next grant must still exceed every
@@ -180,13 +205,7 @@ async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
         backend.release(&lease).await.unwrap();
     }
     let observer = server.observer().await;
-    sqlx::raw_sql(
-        "TRUNCATE leasehold_fencing_in_force; \
-         SELECT setval('leasehold_fencing_token', 1);",
-    )
-    .execute(&observer)
-    .await
-    .unwrap();
+    lose_the_epoch(&observer).await;
     let lifted = backend.try_acquire(&k, TTL).await.unwrap();
     assert!(
         lifted.fencing_token().get() > last,
@@ -214,15 +233,7 @@ async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
     let first = backend.try_acquire(&k, TTL).await.unwrap();
     backend.release(&first).await.unwrap();
     let observer = server.observer().await;
-    // The next draw is exactly the ceiling of the epoch in force.
-    let (ceiling, epoch): (i64, i64) = sqlx::query_as(
-        "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_in_force) \
-         SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
-                (SELECT e FROM e)",
-    )
-    .fetch_one(&observer)
-    .await
-    .unwrap();
+    let (ceiling, epoch) = next_draw_at_the_ceiling(&observer).await;
     let lease = backend.try_acquire(&k, TTL).await.unwrap();
     assert!(
         lease.fencing_token().get() > ceiling as u64,
@@ -386,13 +397,7 @@ async fn kind_tokens_survive_a_lost_epoch_and_stop_at_its_ceiling() {
         last = lease.fencing_token().get();
         backend.release(&lease).await.unwrap();
     }
-    sqlx::raw_sql(
-        "TRUNCATE leasehold_fencing_in_force; \
-         SELECT setval('leasehold_fencing_token', 1);",
-    )
-    .execute(&observer)
-    .await
-    .unwrap();
+    lose_the_epoch(&observer).await;
     for kind in kinds {
         let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
         assert!(
@@ -404,15 +409,7 @@ async fn kind_tokens_survive_a_lost_epoch_and_stop_at_its_ceiling() {
         backend.release(&lease).await.unwrap();
     }
     for kind in kinds {
-        // The next draw is exactly the ceiling of the epoch in force.
-        let (ceiling, epoch): (i64, i64) = sqlx::query_as(
-            "WITH e AS (SELECT max(epoch) AS e FROM leasehold_fencing_in_force) \
-             SELECT setval('leasehold_fencing_token', ((SELECT e FROM e) << 40) - 1) + 1, \
-                    (SELECT e FROM e)",
-        )
-        .fetch_one(&observer)
-        .await
-        .unwrap();
+        let (ceiling, epoch) = next_draw_at_the_ceiling(&observer).await;
         let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
         assert!(
             lease.fencing_token().get() > ceiling as u64,
