@@ -36,7 +36,14 @@ impl OwnerToken {
 
     /// All 32 lowercase hex digits, as stores keep it.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // One allocation, not one per byte: it is on every grant and release.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(32);
+        for byte in self.0 {
+            hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        }
+        hex
     }
 
     /// Parses 32 hex digits back into a token.
@@ -133,6 +140,11 @@ mod tests {
         assert_ne!(a, b, "two 128-bit draws collided");
         assert_eq!(OwnerToken::from_hex(&a.to_hex()), Some(a));
         assert_eq!(a.to_hex().len(), 32);
+        let known = OwnerToken::from_bytes([
+            0x00, 0x01, 0x0f, 0x10, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xfe, 0xff, 0x12, 0x34, 0x56,
+            0x78, 0x9a,
+        ]);
+        assert_eq!(known.to_hex(), "00010f107f80abcdeffeff123456789a");
         assert_eq!(OwnerToken::from_hex("zz"), None);
         assert_eq!(OwnerToken::from_hex(&"é".repeat(16)), None);
     }
