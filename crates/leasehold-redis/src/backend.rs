@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use leasehold_core::config::{BackendConfig, MAX_DURATION};
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
-    LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
-    wait_for_grant, wait_for_lock,
+    LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, wait_for_grant,
+    wait_for_lock,
 };
 
 use crate::NAME;
@@ -19,7 +19,7 @@ use crate::lease::Leases;
 use crate::notify::PubSub;
 use crate::safety::{Persistence, SafetyFinding};
 use crate::sharded::ShardedFeed;
-use crate::store::{RedisNode, ttl_millis};
+use crate::store::RedisNode;
 
 /// Locks on one Redis server (see the [crate docs](crate) for the
 /// mechanism and its guarantees). Cheap to clone; clones share connections.
@@ -279,22 +279,15 @@ impl LockBackend for RedisBackend {
             .semaphores(true)
     }
 
-    /// One attempt, run to its end on its own task ([`cancel_safe`]): a
-    /// caller that stops waiting (a dropped `lock()`, a `select!`, a
-    /// timeout) leaves no key held, because a grant that arrives after it
-    /// left is released at once. An attempt whose answer timed out sends a
-    /// compare-and-delete on the same connection, so a frozen server that
-    /// runs the queued acquire when it wakes deletes the key right after.
+    /// One attempt. Cancel safe without a task of its own: a caller that
+    /// stops waiting (a dropped `lock()`, a `select!`, a timeout) leaves no
+    /// key held, because the node gives back a grant nobody took
+    /// ([`RedisNode::try_acquire_raw`]). An attempt whose answer timed out
+    /// sends a compare-and-delete on the same connection, so a frozen server
+    /// that runs the queued acquire when it wakes deletes the key right
+    /// after.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
-        ttl_millis(NAME, ttl)?;
-        let (leases, key) = (self.leases.clone(), key.clone());
-        let releaser = self.leases.clone();
-        cancel_safe(
-            NAME,
-            async move { leases.attempt(&key, ttl).await },
-            move |lease| async move { releaser.release(&lease).await },
-        )
-        .await
+        self.leases.attempt(key, ttl).await
     }
 
     /// The core waiting loop, woken by the release feed; `poll` caps its
@@ -310,8 +303,8 @@ impl LockBackend for RedisBackend {
 
     /// The mutex is `try_acquire`; a reader, writer or permit is one script
     /// on the key's hash slot (see the [crate docs](crate)), run to its end
-    /// on its own task like `try_acquire` ([`cancel_safe`]), so a dropped
-    /// call never strands a grant.
+    /// on its own task ([`leasehold_core::cancel_safe`]), so a dropped call
+    /// never strands a grant.
     async fn try_acquire_kind(
         &self,
         key: &Key,

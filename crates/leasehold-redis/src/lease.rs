@@ -26,8 +26,8 @@ impl Leases {
         Leases { node, clock, drift }
     }
 
-    /// One acquisition attempt; the backend's `try_acquire` runs it through
-    /// [`leasehold_core::cancel_safe`].
+    /// One acquisition attempt, cancel safe: [`RedisNode::try_acquire_raw`]
+    /// gives back a grant nobody took, and one whose fate is unknown.
     pub(crate) async fn attempt(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         let owner = OwnerToken::generate();
         let sent_at = self.clock.now();
@@ -39,12 +39,9 @@ impl Leases {
             Ok(AcquireOutcome::Held(holder)) => {
                 Err(LockError::contended(NAME, key.as_str(), Some(holder)))
             }
-            Err(error) => {
-                if matches!(error, LockError::Unavailable { .. }) {
-                    give_back(&self.node, key, owner);
-                }
-                Err(error)
-            }
+            // An `Unavailable` grant, whose fate is unknown, the node
+            // gives back itself.
+            Err(error) => Err(error),
         }
     }
 
@@ -112,16 +109,6 @@ impl Leases {
     ) -> Lease {
         Lease::new(NAME, key.clone(), owner, token, sent_at, ttl, self.drift)
     }
-}
-
-/// The script may have run although its answer was lost: give the key back
-/// in the background (on the same connection, so after the acquire) rather
-/// than leave it held until its TTL.
-fn give_back(node: &RedisNode, key: &Key, owner: OwnerToken) {
-    let (node, key) = (node.clone(), key.clone());
-    tokio::spawn(async move {
-        let _ = node.release_raw(&key, &owner).await;
-    });
 }
 
 /// The renewed lease, or why it is gone.

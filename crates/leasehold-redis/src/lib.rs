@@ -12,6 +12,11 @@
 //! - **release**: compare-and-delete plus `PUBLISH` on the namespace's release
 //!   channel, one script; **extend**: compare-and-`PEXPIRE`; the guard's
 //!   watchdog renews many leases with one script call.
+//! - **group commit**: acquisitions and releases that a backend's tasks ask
+//!   for while two script calls are already on the wire go together in the
+//!   next call (one per hash slot on a cluster), each caller getting its
+//!   own answer; a lone caller waits for nobody. The server runs each step
+//!   as the one-key scripts do, in the order asked (`scripts::BATCH_SRC`).
 //! - **waiting**: one shared pub/sub connection wakes waiters when a key is
 //!   released (on a cluster: the key's shard channel, see below); polling
 //!   with backoff stays the fallback, so a lost notification costs latency,
@@ -223,6 +228,7 @@
 
 mod admin;
 mod backend;
+mod batch;
 mod cluster;
 pub mod config;
 mod conn;

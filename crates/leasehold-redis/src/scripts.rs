@@ -93,6 +93,51 @@ return 1
 "#
 );
 
+/// Group commit ([`crate::RedisNode`]'s batches): many acquisitions and
+/// releases in one call, each run exactly as [`ACQUIRE_SRC`] or
+/// [`RELEASE_SRC`] would run it, in order. `KEYS = [lock_1, fence_1,
+/// lock_2, fence_2, ...]` (one pair per ask), `ARGV = [holder, op_1,
+/// owner_1, arg_1, op_2, ...]`: op `a` acquires with `arg` the TTL in
+/// milliseconds, op `r` releases and announces on channel `arg`. Returns
+/// one `{result, counter, pttl, owner_prefix}` per ask: an acquisition's
+/// as [`ACQUIRE_SRC`]'s, a release's `result` as [`RELEASE_SRC`]'s (1 / 0 /
+/// -1, the rest zero). Grants in one call share the server's `TIME`.
+pub const BATCH_SRC: &str = concat!(
+    announce!(),
+    value_helpers!(),
+    r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local now = redis.call('TIME')
+local stamp = ' ' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)) .. ' ' .. ARGV[1]
+local results = {}
+for i = 1, #KEYS / 2 do
+  local lock, fence = KEYS[2 * i - 1], KEYS[2 * i]
+  local op, owner, arg = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  if op == 'a' then
+    if redis.call('SET', lock, owner .. stamp, 'NX', 'PX', arg) then
+      results[i] = {1, redis.call('INCR', fence), -1, ''}
+    else
+      local holder = redis.call('GET', lock) or ''
+      local counter = tonumber(redis.call('GET', fence) or '0') or 0
+      results[i] = {0, counter, redis.call('PTTL', lock), string.sub(holder, 1, 8)}
+    end
+  else
+    local holder = redis.call('GET', lock)
+    if not holder then
+      results[i] = {0, 0, 0, ''}
+    elseif owner_of(holder) ~= owner then
+      results[i] = {-1, 0, 0, ''}
+    else
+      redis.call('DEL', lock)
+      announce(arg, lock)
+      results[i] = {1, 0, 0, ''}
+    end
+  end
+end
+return results
+"#
+);
+
 /// Extend: compare-and-`PEXPIRE`. `KEYS = [lock]`, `ARGV = [owner, ttl_ms]`.
 /// Returns 1 / 0 / -1. A key that expired is never re-created.
 pub const EXTEND_SRC: &str = concat!(
@@ -373,6 +418,11 @@ shared_script!(
     /// The [`RELEASE_SRC`] script.
     release,
     RELEASE_SRC
+);
+shared_script!(
+    /// The [`BATCH_SRC`] script.
+    batch,
+    BATCH_SRC
 );
 shared_script!(
     /// The [`EXTEND_SRC`] script.

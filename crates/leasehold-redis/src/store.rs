@@ -11,6 +11,7 @@ use leasehold_core::{FencingToken, Key, LockError, LockInfo, OwnerToken, with_ti
 use redis::RedisError;
 use redis::aio::ConnectionManager;
 
+use crate::batch::{Ask, Batches};
 use crate::conn::NodeConnection;
 use crate::error::map;
 use crate::keys::KeyLayout;
@@ -80,6 +81,8 @@ pub struct RedisNode {
     pub(crate) backend: &'static str,
     holder: Arc<str>,
     pub(crate) replicas: Option<ReplicaRule>,
+    /// Grants and releases waiting to share a script call (`batch.rs`).
+    pub(crate) batches: Arc<Batches>,
 }
 
 impl std::fmt::Debug for RedisNode {
@@ -182,6 +185,7 @@ impl RedisNode {
             backend,
             holder: default_holder().into(),
             replicas: None,
+            batches: Arc::default(),
         }
     }
 
@@ -264,16 +268,18 @@ impl RedisNode {
         result
     }
 
-    /// One acquire script: `SET NX PX` of `owner` (with the server's time
-    /// and the node's [holder label](RedisNode::with_holder)) plus the
-    /// fencing counter's `INCR`. Records nothing about time: take the sent
-    /// instant before.
+    /// One acquisition: `SET NX PX` of `owner` (with the server's time and
+    /// the node's [holder label](RedisNode::with_holder)) plus the fencing
+    /// counter's `INCR`, as [`scripts::ACQUIRE_SRC`] does; callers asking at
+    /// the same moment share one [`scripts::BATCH_SRC`] call (group commit,
+    /// `batch.rs`). Records nothing about time: take the sent instant
+    /// before. Bounded by the node's timeout, queueing included.
     ///
-    /// Not cancel safe on its own: dropped (or timed out) after the script
-    /// was sent, the key may be taken for `owner` until its TTL. Callers that
-    /// may drop it give the key back with [`RedisNode::release_raw`] for the
-    /// same owner, on this node (the connection keeps the order, so the
-    /// delete runs after the acquire), as `RedisBackend` and Redlock do.
+    /// Cancel safe: dropped, or timed out, after its ask was queued, the
+    /// grant it may still get is given back (behind it, on the same
+    /// connection). A call that failed `Unavailable` may have run all the
+    /// same: the node gives that key back too, whether or not the caller
+    /// still waits.
     pub async fn try_acquire_raw(
         &self,
         key: &Key,
@@ -281,26 +287,37 @@ impl RedisNode {
         ttl: Duration,
     ) -> Result<AcquireOutcome, LockError> {
         let ttl_ms = ttl_millis(self.backend, ttl)?;
-        let mut invocation = scripts::acquire().prepare_invoke();
-        invocation
-            .key(self.layout.lock_key(key))
-            .key(self.layout.fence_key(key))
-            .arg(owner.to_hex())
-            .arg(ttl_ms)
-            .arg(&*self.holder);
-        let ((won, counter, pttl, prefix), confirmed): ((i64, i64, i64, String), _) =
-            self.invoke(&self.layout.tag(key), invocation).await?;
-        let token = FencingToken(counter.max(0) as u64);
-        if won != 1 {
-            return Ok(AcquireOutcome::Held(holder_info(prefix, pttl, counter)));
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = async {
+            self.submit(Ask::Acquire {
+                key: key.clone(),
+                owner: *owner,
+                ttl_ms,
+                reply,
+            });
+            answer.await.map_err(|_| self.call_dropped())
+        };
+        let (outcome, confirmed, claim) = with_timeout(self.backend, self.timeout, asked).await??;
         if let Confirmation::Short(acked) = confirmed {
             // Too few replicas have it: a failover could lose it. Undo it
             // (the counter stays raised; tokens only move forward).
-            let _ = self.release_raw(key, owner).await;
+            if let Some(claim) = claim {
+                claim.give_back();
+            }
             return Err(self.short_of_replicas("the grant", acked));
         }
-        Ok(AcquireOutcome::Acquired(token))
+        if let Some(claim) = claim {
+            claim.take();
+        }
+        Ok(outcome)
+    }
+
+    /// The error of an ask whose call was dropped unanswered.
+    fn call_dropped(&self) -> LockError {
+        LockError::unavailable(
+            self.backend,
+            "the call carrying this step was dropped (its tokio runtime shut down)",
+        )
     }
 
     /// The channel `key`'s releases are announced on: the namespace's
@@ -315,23 +332,21 @@ impl RedisNode {
     }
 
     /// Compare-and-delete plus the release's announcement on
-    /// [`RedisNode::release_channel`].
+    /// [`RedisNode::release_channel`], shared with other callers' steps like
+    /// [`RedisNode::try_acquire_raw`].
     /// Cancel safety: dropped, it may or may not have run; running it again
     /// is harmless (`Free` the second time).
     pub async fn release_raw(&self, key: &Key, owner: &OwnerToken) -> Result<Ownership, LockError> {
-        let lock = self.layout.lock_key(key);
-        let (owner, channel) = (owner.to_hex(), self.release_channel(key));
-        let reply: i64 = self
-            .call(|mut conn| async move {
-                scripts::release()
-                    .key(lock)
-                    .arg(owner)
-                    .arg(channel)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(Ownership::from_reply(reply))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = async {
+            self.submit(Ask::Release {
+                key: key.clone(),
+                owner: *owner,
+                reply: Some(reply),
+            });
+            answer.await.map_err(|_| self.call_dropped())
+        };
+        with_timeout(self.backend, self.timeout, asked).await?
     }
 
     /// Compare-and-`PEXPIRE` to `ttl` from the server's now. Cancel safety:

@@ -723,3 +723,110 @@ async fn a_ttl_beyond_one_year_is_invalid_on_every_call() {
     }
     backend.release(&lease).await.expect("release");
 }
+
+/// Group commit: acquisitions and releases asked for at once share script
+/// calls, and each caller still gets its own answer: every free key is
+/// granted with its own token, one hot key has exactly one winner, and a
+/// release answers for its own lease only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_steps_share_script_calls_and_each_gets_its_own_answer() {
+    // A server of its own: the call count must be this test's alone.
+    let Some(server) = support::server(&[], true).await else {
+        return;
+    };
+    let backend = backend(&server.url, "batch").await;
+    let (free, hot) = (48, 16);
+    let keys: Vec<Key> = (0..free)
+        .map(|i| key(&format!("batch-{i}")))
+        .chain((0..hot).map(|_| key("batch-hot")))
+        .collect();
+    let before = evalsha_calls(&backend).await;
+    let answers =
+        futures_util::future::join_all(keys.iter().map(|k| backend.try_acquire(k, TTL))).await;
+    // (A first call per script may be answered NOSCRIPT and sent again.)
+    let calls = evalsha_calls(&backend).await - before;
+    assert!(
+        calls < (free + hot) as u64 / 4,
+        "{} acquisitions asked at once took {calls} script calls",
+        free + hot
+    );
+    let mut leases = Vec::new();
+    let mut tokens = std::collections::HashSet::new();
+    for (k, answer) in keys.iter().zip(answers) {
+        match answer {
+            Ok(lease) => {
+                assert_eq!(lease.key(), k, "a caller got another caller's lease");
+                assert!(tokens.insert((k.clone(), lease.fencing_token())));
+                leases.push(lease);
+            }
+            Err(LockError::Contended { key: held, .. }) => {
+                assert_eq!(held, "batch-hot", "a free key was refused");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(leases.len(), free + 1, "the hot key must have one winner");
+    // Each release answers for its own lease: a forged owner's is refused,
+    // the real ones succeed, and a second release finds nothing.
+    let forgeries: Vec<Lease> = leases.iter().map(forged).collect();
+    let refused =
+        futures_util::future::join_all(forgeries.iter().map(|l| backend.release(l))).await;
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(LockError::NotHeld { .. })))
+    );
+    let released = futures_util::future::join_all(leases.iter().map(|l| backend.release(l))).await;
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+    let again = futures_util::future::join_all(leases.iter().map(|l| backend.release(l))).await;
+    assert!(
+        again
+            .iter()
+            .all(|r| matches!(r, Err(LockError::NotHeld { .. })))
+    );
+}
+
+/// A caller that leaves once its acquisition is queued does not strand the
+/// grant it still gets: the node gives the key back, and the grant did
+/// happen (the next holder's token is the one after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_caller_left_is_given_back() {
+    let Some(server) = support::server(&[], false).await else {
+        return;
+    };
+    let backend = backend(&server.url, "left").await;
+    let node = backend.node().clone();
+    let k = key("left");
+    let owner = OwnerToken::generate();
+    let started = {
+        use futures_util::FutureExt;
+        node.try_acquire_raw(&k, &owner, Duration::from_secs(60))
+            .now_or_never()
+    };
+    assert!(
+        started.is_none(),
+        "a store call answered without a round trip"
+    );
+    let fence = node.layout().fence_key(&k);
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the queued acquisition of the caller that left to run",
+        || async {
+            let counter: Option<u64> = redis_cmd(&backend, redis::cmd("GET").arg(&fence)).await;
+            counter == Some(1)
+        },
+    )
+    .await;
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the grant of the caller that left to be given back (well before its 60 s TTL)",
+        || async { matches!(backend.inspect(&k).await, Ok(None)) },
+    )
+    .await;
+    let next = backend.try_acquire(&k, TTL).await.unwrap();
+    assert_eq!(
+        next.fencing_token(),
+        FencingToken(2),
+        "the caller that left was never granted the key"
+    );
+}

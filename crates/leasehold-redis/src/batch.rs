@@ -1,0 +1,341 @@
+//! Group commit: the grants and releases that one node's callers ask for
+//! while earlier ones are on the wire go to the server together, as one
+//! [`BATCH_SRC`](crate::scripts::BATCH_SRC) call per hash slot, each caller
+//! getting its own answer.
+//!
+//! A caller that finds fewer than [`MAX_IN_FLIGHT`] calls on the wire
+//! starts one at once, so a lone caller waits for nobody; callers that
+//! arrive while that many are out queue, and the next call to leave takes
+//! everyone queued (up to [`MAX_PER_CALL`]). Under load the script calls,
+//! their parsing on both ends and their round trips are shared; the server
+//! runs each ask exactly as the one-key scripts would, in the order asked.
+//!
+//! Cancel safety: an ask is sent whether or not its caller still waits. A
+//! grant whose caller has gone (dropped, or timed out in the queue) is not
+//! lost: its [`Claim`] gives the key back as soon as the answer is dropped
+//! unread, behind the grant on the same connection.
+
+use std::sync::Mutex;
+
+use leasehold_core::{FencingToken, Key, LockError, OwnerToken};
+use tokio::sync::oneshot;
+
+use crate::replicas::Confirmation;
+use crate::scripts;
+use crate::store::{AcquireOutcome, Ownership, RedisNode, holder_info};
+
+/// Script calls a node keeps on the wire at once; further asks queue for
+/// the next call. Several, so a handful of callers rarely wait behind each
+/// other; few, so a crowd shares calls.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// Asks per script call (a batch's keys all go in one call's `KEYS`).
+pub(crate) const MAX_PER_CALL: usize = 256;
+
+/// An acquisition's answer and, with a grant, the claim on it.
+pub(crate) type Granted = Result<(AcquireOutcome, Confirmation, Option<Claim>), LockError>;
+
+/// One caller's step.
+pub(crate) enum Ask {
+    Acquire {
+        key: Key,
+        owner: OwnerToken,
+        ttl_ms: u64,
+        reply: oneshot::Sender<Granted>,
+    },
+    Release {
+        key: Key,
+        owner: OwnerToken,
+        /// `None`: nobody waits for the answer (a claim giving a key back).
+        reply: Option<oneshot::Sender<Result<Ownership, LockError>>>,
+    },
+}
+
+impl Ask {
+    fn key(&self) -> &Key {
+        match self {
+            Ask::Acquire { key, .. } | Ask::Release { key, .. } => key,
+        }
+    }
+
+    /// Tells the asker the call failed. An acquisition whose call may have
+    /// run (`Unavailable`: no answer, or a lost connection) is given back
+    /// as well, behind it on the same connection, whether or not its caller
+    /// is still there (a frozen server that wakes runs the grant, then
+    /// this).
+    fn fail(self, error: &LockError, node: &RedisNode) {
+        let backend = node.backend;
+        let error = copy(error, backend);
+        match self {
+            Ask::Acquire {
+                key, owner, reply, ..
+            } => {
+                if matches!(error, LockError::Unavailable { .. }) {
+                    node.submit(Ask::Release {
+                        key,
+                        owner,
+                        reply: None,
+                    });
+                }
+                let _ = reply.send(Err(error));
+            }
+            Ask::Release { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// A grant not yet taken by its caller: dropped unclaimed, it gives the
+/// key back (an ask queued behind the grant, so it runs after it).
+pub(crate) struct Claim {
+    give_back: Option<(RedisNode, Key, OwnerToken)>,
+}
+
+impl Claim {
+    /// The caller has the grant: nothing to give back.
+    pub(crate) fn take(mut self) {
+        self.give_back = None;
+    }
+
+    /// Gives the key back now (the grant is refused after all).
+    pub(crate) fn give_back(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some((node, key, owner)) = self.give_back.take() {
+            tracing::debug!(%key, owner = %owner.short(), "giving back a grant its caller did not take");
+            node.submit(Ask::Release {
+                key,
+                owner,
+                reply: None,
+            });
+        }
+    }
+}
+
+/// A node's queue of asks not yet sent, shared by its clones.
+#[derive(Debug, Default)]
+pub(crate) struct Batches {
+    state: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    asks: Vec<Ask>,
+    in_flight: usize,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("asks", &self.asks.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Batches {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The next asks to send (`None`: the queue is empty, and the sender's
+/// place on the wire is given up in the same step, so no ask is left
+/// queued with nobody to send it).
+fn next_call(queue: &mut Queue) -> Option<Vec<Ask>> {
+    if queue.asks.is_empty() {
+        queue.in_flight -= 1;
+        return None;
+    }
+    let n = queue.asks.len().min(MAX_PER_CALL);
+    Some(queue.asks.drain(..n).collect())
+}
+
+/// A sender's place on the wire. Normally given up by [`next_call`]; if
+/// the sender is dropped instead (its runtime shut down), the place is
+/// given up here, and when no sender is left the queued asks are failed
+/// (their callers see `Unavailable`) rather than left waiting.
+struct Place {
+    node: RedisNode,
+    held: bool,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let stranded = {
+            let mut queue = self.node.batches.queue();
+            queue.in_flight -= 1;
+            if queue.in_flight == 0 {
+                std::mem::take(&mut queue.asks)
+            } else {
+                Vec::new()
+            }
+        };
+        let error = LockError::unavailable(
+            self.node.backend,
+            "the task sending this call stopped (its tokio runtime shut down)",
+        );
+        for ask in stranded {
+            ask.fail(&error, &self.node);
+        }
+    }
+}
+
+impl RedisNode {
+    /// Queues `ask`, and starts a call with the queue if fewer than
+    /// [`MAX_IN_FLIGHT`] are out. Never waits. Outside a tokio runtime
+    /// nothing can be sent: the ask fails at once.
+    pub(crate) fn submit(&self, ask: Ask) {
+        let first = {
+            let mut queue = self.batches.queue();
+            queue.asks.push(ask);
+            if queue.in_flight >= MAX_IN_FLIGHT {
+                return;
+            }
+            queue.in_flight += 1;
+            next_call(&mut queue)
+        };
+        let Some(first) = first else { return };
+        let place = Place {
+            node: self.clone(),
+            held: true,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(send_until_empty(place, first));
+            }
+            Err(_) => {
+                let error = LockError::unavailable(self.backend, "called outside a tokio runtime");
+                for ask in first {
+                    ask.fail(&error, self);
+                }
+                drop(place);
+            }
+        }
+    }
+
+    /// One script call per hash slot for `asks`, answering each.
+    async fn send(&self, asks: Vec<Ask>) {
+        let names: Vec<String> = asks
+            .iter()
+            .map(|a| self.layout().lock_key(a.key()))
+            .collect();
+        let groups = self.slot_groups(&names);
+        let mut asks: Vec<Option<Ask>> = asks.into_iter().map(Some).collect();
+        let calls = groups.into_iter().map(|group| {
+            let slot_key = names[group[0]].clone();
+            let asks: Vec<Ask> = group.iter().filter_map(|&i| asks[i].take()).collect();
+            self.send_one_slot(slot_key, asks)
+        });
+        futures_util::future::join_all(calls).await;
+    }
+
+    async fn send_one_slot(&self, slot_key: String, asks: Vec<Ask>) {
+        let mut invocation = scripts::batch().prepare_invoke();
+        invocation.arg(self.holder());
+        for ask in &asks {
+            let key = ask.key();
+            invocation
+                .key(self.layout().lock_key(key))
+                .key(self.layout().fence_key(key));
+            match ask {
+                Ask::Acquire { owner, ttl_ms, .. } => {
+                    invocation.arg("a").arg(owner.to_hex()).arg(*ttl_ms);
+                }
+                Ask::Release { owner, .. } => {
+                    invocation
+                        .arg("r")
+                        .arg(owner.to_hex())
+                        .arg(self.release_channel(key));
+                }
+            }
+        }
+        type Reply = Vec<(i64, i64, i64, String)>;
+        let answered: Result<(Reply, Confirmation), LockError> =
+            self.invoke(&slot_key, invocation).await;
+        let (replies, confirmed) = match answered {
+            Ok((replies, _)) if replies.len() != asks.len() => {
+                let error = LockError::backend(
+                    self.backend,
+                    format!(
+                        "the batch script answered {} results for {} asks",
+                        replies.len(),
+                        asks.len()
+                    ),
+                );
+                for ask in asks {
+                    ask.fail(&error, self);
+                }
+                return;
+            }
+            Ok(answer) => answer,
+            Err(error) => {
+                for ask in asks {
+                    ask.fail(&error, self);
+                }
+                return;
+            }
+        };
+        for (ask, (won, counter, pttl, prefix)) in asks.into_iter().zip(replies) {
+            match ask {
+                Ask::Acquire {
+                    key, owner, reply, ..
+                } => {
+                    let answer = if won == 1 {
+                        let token = FencingToken(counter.max(0) as u64);
+                        let claim = Claim {
+                            give_back: Some((self.clone(), key, owner)),
+                        };
+                        (AcquireOutcome::Acquired(token), confirmed, Some(claim))
+                    } else {
+                        let held = holder_info(prefix, pttl, counter);
+                        (AcquireOutcome::Held(held), confirmed, None)
+                    };
+                    // Unsent, the answer (and its claim) is dropped here,
+                    // giving the grant back.
+                    let _ = reply.send(Ok(answer));
+                }
+                Ask::Release { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(Ownership::from_reply(won)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `asks`, then whatever queued meanwhile, until the queue is empty.
+async fn send_until_empty(mut place: Place, mut asks: Vec<Ask>) {
+    loop {
+        place.node.send(asks).await;
+        let next = next_call(&mut place.node.batches.queue());
+        match next {
+            Some(more) => asks = more,
+            None => {
+                place.held = false;
+                return;
+            }
+        }
+    }
+}
+
+/// `error` for another asker of the same failed call.
+fn copy(error: &LockError, backend: &'static str) -> LockError {
+    match error {
+        LockError::Unavailable { source, .. } => {
+            LockError::unavailable(backend, source.to_string())
+        }
+        other => LockError::backend(backend, other.to_string()),
+    }
+}
