@@ -231,35 +231,42 @@ impl RedisNode {
             .map(|a| self.layout().lock_key(a.key()))
             .collect();
         let groups = self.slot_groups(&names);
-        let mut asks: Vec<Option<Ask>> = asks.into_iter().map(Some).collect();
+        let mut asks: Vec<Option<(String, Ask)>> = names.into_iter().zip(asks).map(Some).collect();
         let calls = groups.into_iter().map(|group| {
-            let slot_key = names[group[0]].clone();
-            let asks: Vec<Ask> = group.iter().filter_map(|&i| asks[i].take()).collect();
-            self.send_one_slot(slot_key, asks)
+            let asks: Vec<(String, Ask)> = group.iter().filter_map(|&i| asks[i].take()).collect();
+            self.send_one_slot(asks)
         });
         futures_util::future::join_all(calls).await;
     }
 
-    async fn send_one_slot(&self, slot_key: String, asks: Vec<Ask>) {
+    /// One script call for `asks` (each with its lock key), all in one
+    /// hash slot.
+    async fn send_one_slot(&self, asks: Vec<(String, Ask)>) {
+        let Some((slot_key, _)) = asks.first() else {
+            return;
+        };
+        let slot_key = slot_key.clone();
         let mut invocation = scripts::batch().prepare_invoke();
         invocation.arg(self.holder());
-        for ask in &asks {
-            let key = ask.key();
-            invocation
-                .key(self.layout().lock_key(key))
-                .key(self.layout().fence_key(key));
-            match ask {
-                Ask::Acquire { owner, ttl_ms, .. } => {
-                    invocation.arg("a").arg(owner.to_hex()).arg(*ttl_ms);
+        let asks: Vec<Ask> = asks
+            .into_iter()
+            .map(|(lock, ask)| {
+                let key = ask.key();
+                invocation.key(lock).key(self.layout().fence_key(key));
+                match &ask {
+                    Ask::Acquire { owner, ttl_ms, .. } => {
+                        invocation.arg("a").arg(owner.to_hex()).arg(*ttl_ms);
+                    }
+                    Ask::Release { owner, .. } => {
+                        invocation
+                            .arg("r")
+                            .arg(owner.to_hex())
+                            .arg(self.release_channel(key));
+                    }
                 }
-                Ask::Release { owner, .. } => {
-                    invocation
-                        .arg("r")
-                        .arg(owner.to_hex())
-                        .arg(self.release_channel(key));
-                }
-            }
-        }
+                ask
+            })
+            .collect();
         type Reply = Vec<(i64, i64, i64, String)>;
         let answered: Result<(Reply, Confirmation), LockError> =
             self.invoke(&slot_key, invocation).await;

@@ -56,6 +56,40 @@ end
     };
 }
 
+/// The Lua helpers of a grant and a release, spliced in front of the
+/// scripts that take or give back a mutex one by one ([`ACQUIRE_SRC`],
+/// [`RELEASE_SRC`]) or many at once ([`BATCH_SRC`]), so both run the same
+/// steps. `now_ms()` is the server's `TIME` in milliseconds;
+/// `grant(lock, fence, value, ttl)` is [`ACQUIRE_SRC`]'s answer;
+/// `release_lock(lock, owner, channel)` is [`RELEASE_SRC`]'s. Needs
+/// `value_helpers!` and `announce!` before it.
+macro_rules! step_helpers {
+    () => {
+        r#"
+local function now_ms()
+  local now = redis.call('TIME')
+  return now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+end
+local function grant(lock, fence, value, ttl)
+  if redis.call('SET', lock, value, 'NX', 'PX', ttl) then
+    return {1, redis.call('INCR', fence), -1, ''}
+  end
+  local holder = redis.call('GET', lock) or ''
+  local counter = tonumber(redis.call('GET', fence) or '0') or 0
+  return {0, counter, redis.call('PTTL', lock), string.sub(holder, 1, 8)}
+end
+local function release_lock(lock, owner, channel)
+  local holder = redis.call('GET', lock)
+  if not holder then return 0 end
+  if owner_of(holder) ~= owner then return -1 end
+  redis.call('DEL', lock)
+  announce(channel, lock)
+  return 1
+end
+"#
+    };
+}
+
 /// Acquire: `SET lock value NX PX ttl` (the value: owner, the server's
 /// `TIME` and the holder label), and on success `INCR` of the fencing
 /// counter. `KEYS = [lock, fence]`, `ARGV = [owner, ttl_ms, holder]`
@@ -65,73 +99,53 @@ end
 /// owner_prefix}` when held: the counter is the holder's token (every
 /// successful `SET` is paired with exactly one `INCR`), `pttl` its remaining
 /// milliseconds and the prefix the first 8 hex digits of its owner token.
-pub const ACQUIRE_SRC: &str = r#"
+pub const ACQUIRE_SRC: &str = concat!(
+    announce!(),
+    value_helpers!(),
+    step_helpers!(),
+    r#"
 -- Servers before 5.0 refuse writes after TIME unless effects are replicated.
 if redis.replicate_commands then redis.replicate_commands() end
-local now = redis.call('TIME')
-local value = ARGV[1] .. ' ' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)) .. ' ' .. (ARGV[3] or '')
-if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('INCR', KEYS[2]), -1, ''}
-end
-local holder = redis.call('GET', KEYS[1]) or ''
-local counter = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-return {0, counter, redis.call('PTTL', KEYS[1]), string.sub(holder, 1, 8)}
-"#;
+return grant(KEYS[1], KEYS[2], ARGV[1] .. ' ' .. now_ms() .. ' ' .. (ARGV[3] or ''), ARGV[2])
+"#
+);
 
 /// Release: compare-and-delete, then `PUBLISH channel lock` so waiters wake.
 /// `KEYS = [lock]`, `ARGV = [owner, channel]`. Returns 1 / 0 / -1.
 pub const RELEASE_SRC: &str = concat!(
     announce!(),
     value_helpers!(),
+    step_helpers!(),
     r#"
-local holder = redis.call('GET', KEYS[1])
-if not holder then return 0 end
-if owner_of(holder) ~= ARGV[1] then return -1 end
-redis.call('DEL', KEYS[1])
-announce(ARGV[2], KEYS[1])
-return 1
+return release_lock(KEYS[1], ARGV[1], ARGV[2])
 "#
 );
 
 /// Group commit ([`crate::RedisNode`]'s batches): many acquisitions and
 /// releases in one call, each run exactly as [`ACQUIRE_SRC`] or
-/// [`RELEASE_SRC`] would run it, in order. `KEYS = [lock_1, fence_1,
-/// lock_2, fence_2, ...]` (one pair per ask), `ARGV = [holder, op_1,
-/// owner_1, arg_1, op_2, ...]`: op `a` acquires with `arg` the TTL in
-/// milliseconds, op `r` releases and announces on channel `arg`. Returns
-/// one `{result, counter, pttl, owner_prefix}` per ask: an acquisition's
-/// as [`ACQUIRE_SRC`]'s, a release's `result` as [`RELEASE_SRC`]'s (1 / 0 /
-/// -1, the rest zero). Grants in one call share the server's `TIME`.
+/// [`RELEASE_SRC`] would run it (the same helpers), in order. `KEYS =
+/// [lock_1, fence_1, lock_2, fence_2, ...]` (one pair per ask), `ARGV =
+/// [holder, op_1, owner_1, arg_1, op_2, ...]`: op `a` acquires with `arg`
+/// the TTL in milliseconds, op `r` releases and announces on channel `arg`.
+/// Returns one `{result, counter, pttl, owner_prefix}` per ask: an
+/// acquisition's as [`ACQUIRE_SRC`]'s, a release's `result` as
+/// [`RELEASE_SRC`]'s (1 / 0 / -1, the rest zero). Grants in one call share
+/// the server's `TIME`.
 pub const BATCH_SRC: &str = concat!(
     announce!(),
     value_helpers!(),
+    step_helpers!(),
     r#"
 if redis.replicate_commands then redis.replicate_commands() end
-local now = redis.call('TIME')
-local stamp = ' ' .. now[1] .. string.format('%03d', math.floor(now[2] / 1000)) .. ' ' .. ARGV[1]
+local stamp = ' ' .. now_ms() .. ' ' .. ARGV[1]
 local results = {}
 for i = 1, #KEYS / 2 do
   local lock, fence = KEYS[2 * i - 1], KEYS[2 * i]
   local op, owner, arg = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   if op == 'a' then
-    if redis.call('SET', lock, owner .. stamp, 'NX', 'PX', arg) then
-      results[i] = {1, redis.call('INCR', fence), -1, ''}
-    else
-      local holder = redis.call('GET', lock) or ''
-      local counter = tonumber(redis.call('GET', fence) or '0') or 0
-      results[i] = {0, counter, redis.call('PTTL', lock), string.sub(holder, 1, 8)}
-    end
+    results[i] = grant(lock, fence, owner .. stamp, arg)
   else
-    local holder = redis.call('GET', lock)
-    if not holder then
-      results[i] = {0, 0, 0, ''}
-    elseif owner_of(holder) ~= owner then
-      results[i] = {-1, 0, 0, ''}
-    else
-      redis.call('DEL', lock)
-      announce(arg, lock)
-      results[i] = {1, 0, 0, ''}
-    end
+    results[i] = {release_lock(lock, owner, arg), 0, 0, ''}
   end
 end
 return results
