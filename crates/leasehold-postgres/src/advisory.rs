@@ -770,6 +770,7 @@ pub(crate) fn sql(options: &Settings) -> Sql {
         inspect: inspect_sql(),
         list: list_sql(&options.qualified_table()),
         force_release: force_release_sql(),
+        kinds: crate::kinds::KindSql::advisory(options),
         ..Sql::default()
     }
 }

@@ -22,6 +22,32 @@ use sha2::{Digest, Sha256};
 use crate::config::{Mode, Settings};
 use crate::store::Shared;
 
+/// The reader–writer and semaphore statements, built once per backend
+/// ([`crate::store::Sql`]); only the backend's own mode's are filled in.
+#[derive(Debug, Default)]
+pub(crate) struct KindSql {
+    advisory: advisory::Attempts,
+    table: table::Statements,
+}
+
+impl KindSql {
+    /// Advisory mode's attempt statements.
+    pub(crate) fn advisory(settings: &Settings) -> Self {
+        KindSql {
+            advisory: advisory::Attempts::new(settings),
+            ..KindSql::default()
+        }
+    }
+
+    /// Table mode's statements on the shared-grant table.
+    pub(crate) fn table(settings: &Settings) -> Self {
+        KindSql {
+            table: table::Statements::new(settings),
+            ..KindSql::default()
+        }
+    }
+}
+
 /// The family a grant of `kind` belongs to, as stored: `r` for the
 /// reader–writer lock, `s` for the semaphore.
 fn family(kind: LockKind) -> &'static str {

@@ -56,6 +56,8 @@ pub(crate) struct Sql {
     pub(crate) force_release: String,
     /// Advisory mode: starts a new epoch ([`crate::epoch::bump_sql`]).
     pub(crate) epoch_bump: String,
+    /// Reader–writer locks' and semaphores' statements.
+    pub(crate) kinds: crate::kinds::KindSql,
 }
 
 /// What every call of one backend shares: the pool, the settings, the
@@ -298,7 +300,14 @@ impl Sessions {
     /// thrown away half-open. Under cancellations a connect storm (one new
     /// server process per cancelled attempt) is what ended in refused or
     /// reset connections.
+    ///
+    /// A checkout starts at most one such task, however often a kept
+    /// session wakes it and another checkout takes that session first: on a
+    /// full pool every wake used to start one more, each parked on the pool
+    /// until the timeout (thousands per second with 64 callers on 50
+    /// sessions).
     pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Checkout, sqlx::Error> {
+        let mut opening = None;
         loop {
             if let Some(kept) = self.pop_alive().await {
                 return Ok(kept);
@@ -311,15 +320,7 @@ impl Sessions {
             if let Some(kept) = self.pop_alive().await {
                 return Ok(kept);
             }
-            let (answer, opened) = tokio::sync::oneshot::channel();
-            let sessions = self.clone();
-            tokio::spawn(async move {
-                let session = sessions.open().await;
-                if let Err(Ok(session)) = answer.send(session) {
-                    // The caller left: a fresh session holds no lock.
-                    sessions.checkin(session, None);
-                }
-            });
+            let opened = opening.get_or_insert_with(|| self.open_for_caller());
             tokio::select! {
                 opened = opened => match opened {
                     Ok(opened) => {
@@ -335,6 +336,22 @@ impl Sessions {
                 () = &mut kept => {}
             }
         }
+    }
+
+    /// Opens a session on a task of its own, answering on the returned
+    /// channel; a session whose caller left holds no lock and is kept.
+    fn open_for_caller(
+        self: &Arc<Self>,
+    ) -> tokio::sync::oneshot::Receiver<Result<PgListener, sqlx::Error>> {
+        let (answer, opened) = tokio::sync::oneshot::channel();
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let session = sessions.open().await;
+            if let Err(Ok(session)) = answer.send(session) {
+                sessions.checkin(session, None);
+            }
+        });
+        opened
     }
 
     /// Whether a waiter entry (core's [`waits`](leasehold_core::waits)
@@ -442,7 +459,9 @@ impl Sessions {
             });
             stale
         };
-        self.kept.notify_waiters();
+        // One session kept, one waiting checkout woken (a woken one that
+        // leaves without it passes the wake on).
+        self.kept.notify_one();
         // Dropped outside the lock: each drop spawns the connection's close.
         drop(stale);
     }

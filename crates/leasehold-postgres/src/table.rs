@@ -93,6 +93,7 @@ pub(crate) fn sql(options: &Settings) -> Sql {
         epoch_bump: String::new(),
         queue: String::new(),
         key_row: String::new(),
+        kinds: crate::kinds::KindSql::table(options),
     }
 }
 

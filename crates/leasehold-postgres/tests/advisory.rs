@@ -723,6 +723,56 @@ async fn an_acquisition_waiting_for_a_session_gets_one_that_is_released() {
     backend.release(&next).await.unwrap();
 }
 
+/// Acquisitions waiting on a full pool each start one connection attempt
+/// (it waits on the pool for a slot), however many sessions are handed back
+/// while they wait. Every session handed back used to wake every waiter,
+/// and each one that lost the race started another attempt, left parked
+/// until the timeout: thousands per second with 64 callers on 50 sessions.
+/// Counted as the runtime's live tasks (a parked attempt is one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_acquisitions_start_one_connection_attempt_each() {
+    const WAITING: usize = 6;
+    let server = Server::start(false).await;
+    let backend = server
+        .backend(
+            options(Mode::Advisory)
+                .max_connections(1)
+                .timeout(Duration::from_secs(60)),
+        )
+        .await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let held = backend.try_acquire(&key("herd:held"), TTL).await.unwrap();
+    let before = metrics.num_alive_tasks();
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let lease = backend.try_acquire(&key(&format!("herd:{i}")), TTL).await?;
+                backend.release(&lease).await
+            })
+        })
+        .collect();
+    // Each waiter's task and its one attempt, parked on the full pool.
+    eventually(Duration::from_secs(10), "waiters parked", || async {
+        metrics.num_alive_tasks() >= before + 2 * WAITING
+    })
+    .await;
+    // The one session now passes from waiter to waiter.
+    backend.release(&held).await.unwrap();
+    drop(held);
+    for waiter in waiting {
+        waiter.await.unwrap().unwrap();
+    }
+    // What is left beyond `before`: the parked attempts (the held lease's
+    // task has ended, or is ending).
+    let left = metrics.num_alive_tasks().saturating_sub(before);
+    assert!(
+        left <= WAITING,
+        "{left} tasks outlived {WAITING} waiting acquisitions: more than one connection \
+         attempt each"
+    );
+}
+
 /// How many sessions wait in the server's queue for the advisory lock `id`.
 async fn queued_for(observer: &sqlx::PgPool, id: i64) -> i64 {
     let id = id as u64;

@@ -111,6 +111,36 @@ fn attempt_sql(take: Take, settings: &Settings) -> String {
     )
 }
 
+/// Each [`Take`]'s attempt statement ([`attempt_sql`]), built once per
+/// backend ([`super::KindSql`]).
+#[derive(Debug, Default)]
+pub(super) struct Attempts {
+    reader: String,
+    writer: String,
+    waiting_writer: String,
+    permit: String,
+}
+
+impl Attempts {
+    pub(super) fn new(settings: &Settings) -> Self {
+        Attempts {
+            reader: attempt_sql(Take::Reader, settings),
+            writer: attempt_sql(Take::Writer, settings),
+            waiting_writer: attempt_sql(Take::WaitingWriter, settings),
+            permit: attempt_sql(Take::Permit, settings),
+        }
+    }
+
+    fn of(&self, take: Take) -> &str {
+        match take {
+            Take::Reader => &self.reader,
+            Take::Writer => &self.writer,
+            Take::WaitingWriter => &self.waiting_writer,
+            Take::Permit => &self.permit,
+        }
+    }
+}
+
 /// What an attempt returns: see [`attempt_sql`].
 type AttemptRow = (Option<i64>, Option<i64>, i32, i32, i32, Option<i64>);
 
@@ -146,9 +176,9 @@ async fn attempt_on(
     let ids = ids(&options.namespace, key.as_str(), kind).map_err(|e| (e, false))?;
     let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
     let sent_at = options.clock.now();
-    let sql = attempt_sql(take, options);
+    let sql = shared.sql.kinds.advisory.of(take);
     let (id, token, pid) = loop {
-        let mut query = sqlx::query_as::<_, AttemptRow>(&sql)
+        let mut query = sqlx::query_as::<_, AttemptRow>(sql)
             .bind(idle_timeout(ttl))
             .bind(&ids);
         query = match take {

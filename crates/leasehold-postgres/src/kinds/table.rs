@@ -19,7 +19,7 @@ use leasehold_core::{
 };
 
 use super::{family, guarded, key_signal, kind_code, waiter_token};
-use crate::config::TABLE;
+use crate::config::{Settings, TABLE};
 use crate::error::map;
 use crate::store::Shared;
 use crate::table::{check_lease, micros};
@@ -103,6 +103,28 @@ fn release_sql(s: &str) -> String {
     )
 }
 
+/// The statements above for the backend's shared-grant table, built once
+/// per backend ([`super::KindSql`]).
+#[derive(Debug, Default)]
+pub(super) struct Statements {
+    lock_counter: String,
+    decide: String,
+    extend: String,
+    release: String,
+}
+
+impl Statements {
+    pub(super) fn new(settings: &Settings) -> Self {
+        let s = settings.qualified_shared_table();
+        Statements {
+            lock_counter: lock_counter_sql(&s),
+            decide: decide_sql(&s),
+            extend: extend_sql(&s),
+            release: release_sql(&s),
+        }
+    }
+}
+
 /// One attempt; `waiter` is a waiting writer's registration, written when
 /// the attempt is refused and removed when it is granted.
 pub(super) async fn try_acquire(
@@ -113,21 +135,21 @@ pub(super) async fn try_acquire(
     waiter: Option<OwnerToken>,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
-    let s = options.qualified_shared_table();
+    let sql = &shared.sql.kinds.table;
     let owner = OwnerToken::generate();
     let permits = i64::from(kind.permits().unwrap_or(0));
     let sent_at = options.clock.now();
     let (token, blocking_us, _): (Option<i64>, Option<i64>, String) =
         with_timeout(TABLE, options.timeout, async {
             let mut tx = shared.pool.begin().await.map_err(|e| map(TABLE, e))?;
-            sqlx::query(&lock_counter_sql(&s))
+            sqlx::query(&sql.lock_counter)
                 .bind(&options.namespace)
                 .bind(family(kind))
                 .bind(key.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| map(TABLE, e))?;
-            let row = sqlx::query_as(&decide_sql(&s))
+            let row = sqlx::query_as(&sql.decide)
                 .bind(&options.namespace)
                 .bind(family(kind))
                 .bind(key.as_str())
@@ -205,7 +227,7 @@ pub(super) async fn acquire_writer(
 async fn withdraw(shared: &Shared, key: &Key, waiter: OwnerToken) -> Result<(), LockError> {
     let options = &shared.options;
     with_timeout(TABLE, options.timeout, async {
-        sqlx::query(&release_sql(&options.qualified_shared_table()))
+        sqlx::query(&shared.sql.kinds.table.release)
             .bind(&options.namespace)
             .bind(family(LockKind::Write))
             .bind(key.as_str())
@@ -256,7 +278,7 @@ pub(super) async fn extend(
     let kind = lease.kind();
     let sent_at = options.clock.now();
     let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
-        sqlx::query_scalar(&extend_sql(&options.qualified_shared_table()))
+        sqlx::query_scalar(&shared.sql.kinds.table.extend)
             .bind(&options.namespace)
             .bind(family(kind))
             .bind(lease.key().as_str())
@@ -285,7 +307,7 @@ pub(super) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let key = lease.key().as_str();
     let row: Option<(Option<String>, Option<String>)> =
         with_timeout(TABLE, options.timeout, async {
-            sqlx::query_as(&release_sql(&options.qualified_shared_table()))
+            sqlx::query_as(&shared.sql.kinds.table.release)
                 .bind(&options.namespace)
                 .bind(family(kind))
                 .bind(key)
