@@ -1,0 +1,177 @@
+//! What ZooKeeper's queue recipe costs over a bare ephemeral node, step by
+//! step, in one run, interleaved (p50 of each, as a ratio to the bare pair):
+//!
+//! `cargo run --release -p leasehold-benches --bin zk_queue_cost [-- --samples N]`
+//!
+//! - raw: create an ephemeral node, delete it (the benchmark's raw baseline);
+//! - sequential: create an ephemeral *sequential* node under the key's
+//!   container node, delete it (the queue's node, nothing read);
+//! - sequential + listing: the same with the key's children listed in the
+//!   same flight (sent right after the create, read after it): what the
+//!   recipe needs to learn that its node heads the queue;
+//! - backend: `try_acquire` + `release`;
+//! - locker: `Locker::try_lock` + `release`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use leasehold_benches::harness::{self, Op};
+use leasehold_benches::stores;
+use leasehold_conformance::fixtures;
+use leasehold_core::{Key, LockBackend, Locker};
+use leasehold_zookeeper::zookeeper_client::{Acls, Client, CreateMode};
+
+const PARENT: &str = "/leasehold-queue-cost";
+
+fn boxed<F>(f: F) -> BoxFuture<'static, Result<(), String>>
+where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    Box::pin(f)
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Create (ephemeral, or ephemeral sequential under the key's container
+/// node, optionally listing the key's children in the same flight), then
+/// delete.
+fn node_pair(client: Client, sequential: bool, list: bool) -> Op {
+    Arc::new(move |key: String| {
+        let client = client.clone();
+        boxed(async move {
+            let key = key.replace('/', "_");
+            if !sequential {
+                let path = format!("{PARENT}/raw-{key}");
+                let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+                client.create(&path, &[], &options).await.map_err(err)?;
+                return client.delete(&path, None).await.map_err(err);
+            }
+            let parent = format!("{PARENT}/{key}");
+            let prefix = format!("{parent}/n-");
+            let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+            let sequence = loop {
+                let created = client.create(&prefix, b"holder label", &options);
+                let listed = list.then(|| client.list_children(&parent));
+                match created.await {
+                    Ok((_, sequence)) => {
+                        if let Some(listed) = listed {
+                            listed.await.map_err(err)?;
+                        }
+                        break sequence;
+                    }
+                    // The key's container node, made once (as the backend does).
+                    Err(leasehold_zookeeper::zookeeper_client::Error::NoNode) => {
+                        let container = CreateMode::Container.with_acls(Acls::anyone_all());
+                        match client.create(&parent, &[], &container).await {
+                            Ok(_)
+                            | Err(leasehold_zookeeper::zookeeper_client::Error::NodeExists) => {}
+                            Err(e) => return Err(err(e)),
+                        }
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            };
+            client
+                .delete(&format!("{prefix}{sequence}"), None)
+                .await
+                .map_err(err)
+        })
+    })
+}
+
+fn backend_pair(backend: Arc<dyn LockBackend>) -> Op {
+    Arc::new(move |key: String| {
+        let backend = backend.clone();
+        boxed(async move {
+            let key = Key::new(format!("backend/{key}")).map_err(err)?;
+            let lease = backend
+                .try_acquire(&key, Duration::from_secs(10))
+                .await
+                .map_err(err)?;
+            backend.release(&lease).await.map_err(err)
+        })
+    })
+}
+
+fn locker_pair(locker: Locker) -> Op {
+    Arc::new(move |key: String| {
+        let locker = locker.clone();
+        boxed(async move {
+            let guard = locker
+                .try_lock(format!("locker/{key}"))
+                .await
+                .map_err(err)?;
+            guard.release().await.map_err(err)
+        })
+    })
+}
+
+async fn run(samples: usize) -> Result<(), String> {
+    let store = fixtures::start(&fixtures::zookeeper_spec()).await?;
+    let url = format!("zk://127.0.0.1:{}", store.port);
+    let backend = stores::retry_connect("zookeeper", Duration::from_secs(90), || async {
+        leasehold_zookeeper::ZkBackend::connect(&url)
+            .await
+            .map_err(err)
+    })
+    .await?;
+    let client = backend.client().await.map_err(err)?;
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    match client.create(PARENT, &[], &persistent).await {
+        Ok(_) | Err(leasehold_zookeeper::zookeeper_client::Error::NodeExists) => {}
+        Err(e) => return Err(err(e)),
+    }
+    let backend: Arc<dyn LockBackend> = Arc::new(backend);
+    let locker = Locker::builder_from_arc(backend.clone()).build();
+    let names = [
+        "raw: ephemeral create + delete",
+        "sequential create + delete",
+        "sequential create + listing + delete",
+        "backend try_acquire + release",
+        "Locker try_lock + release",
+    ];
+    let ops = [
+        node_pair(client.clone(), false, false),
+        node_pair(client.clone(), true, false),
+        node_pair(client, true, true),
+        backend_pair(backend),
+        locker_pair(locker),
+    ];
+    let p = harness::latency("zk-queue-cost", &ops, samples, samples / 10).await?;
+    println!("ZooKeeper 3.8 stand-in (container, loopback), {samples} samples, interleaved");
+    println!("| steps | p50 | p99 | p50 / raw p50 |");
+    println!("|---|---|---|---|");
+    let raw = p[0].p50;
+    for (name, p) in names.iter().zip(&p) {
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs | {:.2} |",
+            p.p50,
+            p.p99,
+            p.p50 / raw
+        );
+    }
+    drop(store);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let samples = args
+        .iter()
+        .position(|a| a == "--samples")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(1000);
+    let result = run(samples).await;
+    fixtures::remove_run_containers();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zk_queue_cost: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
