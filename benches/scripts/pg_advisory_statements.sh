@@ -11,9 +11,10 @@ set -euo pipefail
 CLIENTS=${CLIENTS:-"1 16"}
 SECONDS_EACH=${SECONDS_EACH:-6}
 name=lh-pgstmt-$$
+dir=$(mktemp -d)
+trap 'docker rm -f $name >/dev/null 2>&1; rm -rf "$dir"' EXIT
 docker run -d --rm --name $name -e POSTGRES_PASSWORD=pw -p 127.0.0.1::5432 \
   leasehold-standin/postgres:15 -c max_connections=200 >/dev/null
-trap 'docker rm -f $name >/dev/null 2>&1' EXIT
 port=$(docker port $name 5432/tcp | head -1 | sed 's/.*://')
 export PGPASSWORD=pw
 psql_() { psql -h 127.0.0.1 -p "$port" -U postgres -qtA "$@"; }
@@ -29,8 +30,6 @@ CREATE SEQUENCE leasehold_fencing_token;
 INSERT INTO leasehold_fencing
   SELECT 'default', 'k' || i, 1, 'bench', now(), i FROM generate_series(1, 100000) i;
 SQL
-dir=$(mktemp -d)
-trap 'docker rm -f $name >/dev/null 2>&1; rm -rf "$dir"' EXIT
 epoch='(SELECT max(epoch) FROM "public"."leasehold_fencing_in_force")'
 next="nextval('\"public\".\"leasehold_fencing_token\"'::regclass)"
 label="'lh ' || g.t || ' ' || (extract(epoch FROM clock_timestamp()) * 1000)::int8 || ' ' || 'bench'::text"

@@ -19,7 +19,7 @@ use leasehold_core::{LockBackend, Locker, WaitPolicy};
 use crate::Config;
 use crate::harness::{self, Op, lock_unlock};
 use crate::log;
-use crate::stores::Subject;
+use crate::stores::{Subject, err};
 
 /// Tasks in every measurement.
 pub const TASKS: usize = 16;
@@ -39,10 +39,6 @@ pub struct KindsRow {
     pub permit: Option<f64>,
     /// Why a figure is missing (the first error of the row), if one is.
     pub failure: Option<String>,
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 /// An op over a locker: read (or take a permit of) the key, then release.

@@ -51,7 +51,8 @@ pub struct Subject {
     pub backend: Option<Arc<dyn LockBackend>>,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+/// A store or library error as the harness's error text.
+pub fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -59,7 +60,8 @@ fn key_of(s: &str) -> Result<Key, String> {
     Key::new(s).map_err(|e| format!("{e:?}"))
 }
 
-fn op<F, Fut>(f: F) -> Op
+/// An [`Op`] from an async closure over the key.
+pub fn op<F, Fut>(f: F) -> Op
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -259,7 +261,7 @@ pub fn zk_raw(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
     op(move |k| {
         let client = client.clone();
         async move {
-            let path = format!("/leasehold-bench-raw/{}", k.replace('/', "_"));
+            let path = format!("{ZK_RAW_PARENT}/{}", k.replace('/', "_"));
             let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
             client.create(&path, &[], &options).await.map_err(err)?;
             client.delete(&path, None).await.map_err(err)?;
@@ -268,12 +270,15 @@ pub fn zk_raw(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
     })
 }
 
+/// The raw benchmark's parent node ([`zk_prepare`]).
+pub const ZK_RAW_PARENT: &str = "/leasehold-bench-raw";
+
 /// Creates the raw benchmark's parent node.
 pub async fn zk_prepare(
     client: &leasehold_zookeeper::zookeeper_client::Client,
 ) -> Result<(), String> {
     let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    match client.create("/leasehold-bench-raw", &[], &options).await {
+    match client.create(ZK_RAW_PARENT, &[], &options).await {
         Ok(_) | Err(leasehold_zookeeper::zookeeper_client::Error::NodeExists) => Ok(()),
         Err(e) => Err(err(e)),
     }
@@ -285,7 +290,7 @@ pub fn zk_rtt(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
         let client = client.clone();
         async move {
             client
-                .check_stat("/leasehold-bench-raw")
+                .check_stat(ZK_RAW_PARENT)
                 .await
                 .map(|_| ())
                 .map_err(err)
@@ -413,7 +418,7 @@ pub fn zk_raw_wait(client: leasehold_zookeeper::zookeeper_client::Client) -> Acq
     Arc::new(move |k: String| {
         let client = client.clone();
         Box::pin(async move {
-            let dir = format!("/leasehold-bench-raw/{}", k.replace('/', "_"));
+            let dir = format!("{ZK_RAW_PARENT}/{}", k.replace('/', "_"));
             let prefix = LockPrefix::new_curator(&dir, "lock-").map_err(err)?;
             let options = LockOptions::new(Acls::anyone_all())
                 .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))

@@ -15,41 +15,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use leasehold_benches::harness::{self, Op};
 use leasehold_benches::stores;
 use leasehold_conformance::fixtures;
 use leasehold_core::{Key, LockBackend, Locker};
 use leasehold_zookeeper::zookeeper_client::{Acls, Client, CreateMode};
 
-const PARENT: &str = "/leasehold-queue-cost";
+use stores::{ZK_RAW_PARENT as PARENT, err, op};
 
-fn boxed<F>(f: F) -> BoxFuture<'static, Result<(), String>>
-where
-    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
-{
-    Box::pin(f)
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-/// Create (ephemeral, or ephemeral sequential under the key's container
-/// node, optionally listing the key's children in the same flight), then
-/// delete.
-fn node_pair(client: Client, sequential: bool, list: bool) -> Op {
-    Arc::new(move |key: String| {
+/// Create an ephemeral sequential node under the key's container node
+/// (optionally listing the key's children in the same flight), then delete
+/// it.
+fn queue_node_pair(client: Client, list: bool) -> Op {
+    op(move |key: String| {
         let client = client.clone();
-        boxed(async move {
-            let key = key.replace('/', "_");
-            if !sequential {
-                let path = format!("{PARENT}/raw-{key}");
-                let options = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
-                client.create(&path, &[], &options).await.map_err(err)?;
-                return client.delete(&path, None).await.map_err(err);
-            }
-            let parent = format!("{PARENT}/{key}");
+        async move {
+            let parent = format!("{PARENT}/{}", key.replace('/', "_"));
             let prefix = format!("{parent}/n-");
             let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
             let sequence = loop {
@@ -78,34 +59,34 @@ fn node_pair(client: Client, sequential: bool, list: bool) -> Op {
                 .delete(&format!("{prefix}{sequence}"), None)
                 .await
                 .map_err(err)
-        })
+        }
     })
 }
 
 fn backend_pair(backend: Arc<dyn LockBackend>) -> Op {
-    Arc::new(move |key: String| {
+    op(move |key: String| {
         let backend = backend.clone();
-        boxed(async move {
+        async move {
             let key = Key::new(format!("backend/{key}")).map_err(err)?;
             let lease = backend
                 .try_acquire(&key, Duration::from_secs(10))
                 .await
                 .map_err(err)?;
             backend.release(&lease).await.map_err(err)
-        })
+        }
     })
 }
 
 fn locker_pair(locker: Locker) -> Op {
-    Arc::new(move |key: String| {
+    op(move |key: String| {
         let locker = locker.clone();
-        boxed(async move {
+        async move {
             let guard = locker
                 .try_lock(format!("locker/{key}"))
                 .await
                 .map_err(err)?;
             guard.release().await.map_err(err)
-        })
+        }
     })
 }
 
@@ -119,11 +100,7 @@ async fn run(samples: usize) -> Result<(), String> {
     })
     .await?;
     let client = backend.client().await.map_err(err)?;
-    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    match client.create(PARENT, &[], &persistent).await {
-        Ok(_) | Err(leasehold_zookeeper::zookeeper_client::Error::NodeExists) => {}
-        Err(e) => return Err(err(e)),
-    }
+    stores::zk_prepare(&client).await?;
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
     let locker = Locker::builder_from_arc(backend.clone()).build();
     let names = [
@@ -134,9 +111,9 @@ async fn run(samples: usize) -> Result<(), String> {
         "Locker try_lock + release",
     ];
     let ops = [
-        node_pair(client.clone(), false, false),
-        node_pair(client.clone(), true, false),
-        node_pair(client, true, true),
+        stores::zk_raw(client.clone()),
+        queue_node_pair(client.clone(), false),
+        queue_node_pair(client, true),
         backend_pair(backend),
         locker_pair(locker),
     ];
