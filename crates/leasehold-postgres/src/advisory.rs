@@ -15,6 +15,7 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
+use crate::kinds::CallerLeft;
 use crate::store::{Checkout, Held, Pinned, Shared, Sql, idle_timeout, timed_out};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
@@ -256,12 +257,24 @@ type AcquireRow = (
 
 /// A session holding no lock from `sessions` (see
 /// [`Sessions::checkout`](crate::store::Sessions::checkout)), a full pool
-/// being `Unavailable` after `timeout`.
+/// being `Unavailable` after `timeout`; `Unavailable` too, at once, if the
+/// caller leaves first (nothing was asked of the store).
 pub(crate) async fn checkout(
     sessions: &Arc<crate::store::Sessions>,
     timeout: Duration,
+    left: &mut CallerLeft,
 ) -> Result<Checkout, LockError> {
-    sessions.checkout().await.map_err(|error| match error {
+    let checked_out = tokio::select! {
+        biased;
+        checked_out = sessions.checkout() => checked_out,
+        () = left.wait() => {
+            return Err(LockError::unavailable(
+                ADVISORY,
+                "the caller left while the attempt waited for a session; nothing was asked",
+            ));
+        }
+    };
+    checked_out.map_err(|error| match error {
         sqlx::Error::PoolTimedOut => LockError::unavailable(
             ADVISORY,
             format!(
@@ -281,6 +294,7 @@ pub(crate) async fn try_acquire(
     shared: &Shared,
     key: &Key,
     ttl: Duration,
+    mut left: CallerLeft,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
@@ -305,7 +319,7 @@ pub(crate) async fn try_acquire(
                 mut session,
                 reused,
                 ..
-            } = checkout(sessions, timeout).await?;
+            } = checkout(sessions, timeout, &mut left).await?;
             let row: AcquireRow = match sqlx::query_as(&shared.sql.acquire)
                 .bind(id)
                 .bind(&options.namespace)
@@ -444,7 +458,7 @@ pub(crate) async fn queue(
     }
     let Checkout {
         mut session, pid, ..
-    } = checkout(sessions, options.timeout).await?;
+    } = checkout(sessions, options.timeout, &mut CallerLeft::inline()).await?;
     let pid = match pid {
         Some(pid) => pid,
         // A session new to this call: learn its pid first, so a dropped

@@ -186,9 +186,14 @@ impl PostgresBackend {
 }
 
 /// One attempt in the backend's mode.
-async fn attempt(shared: Arc<Shared>, key: Key, ttl: Duration) -> Result<Lease, LockError> {
+async fn attempt(
+    shared: Arc<Shared>,
+    key: Key,
+    ttl: Duration,
+    left: kinds::CallerLeft,
+) -> Result<Lease, LockError> {
     match shared.options.mode {
-        Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
+        Mode::Advisory => advisory::try_acquire(&shared, &key, ttl, left).await,
         Mode::Table => table::try_acquire(&shared, &key, ttl).await,
     }
 }
@@ -225,7 +230,8 @@ impl LockBackend for PostgresBackend {
     /// whatever it held.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
-        kinds::guarded(&self.shared, attempt(self.shared.clone(), key.clone(), ttl)).await
+        let (shared, key) = (self.shared.clone(), key.clone());
+        kinds::guarded(&self.shared, move |left| attempt(shared, key, ttl, left)).await
     }
 
     /// Waits with core's loop ([`wait_for_lock_with`]): attempts woken by
@@ -290,8 +296,11 @@ impl LockBackend for PostgresBackend {
         }
         self.capabilities().check_kind(self.name(), kind)?;
         self.check_ttl(ttl)?;
-        let attempt = kinds::attempt(self.shared.clone(), key.clone(), kind, ttl);
-        kinds::guarded(&self.shared, attempt).await
+        let (shared, key) = (self.shared.clone(), key.clone());
+        kinds::guarded(&self.shared, move |left| {
+            kinds::attempt(shared, key, kind, ttl, left)
+        })
+        .await
     }
 
     /// Waits with core's loop, woken by release signals of any kind on

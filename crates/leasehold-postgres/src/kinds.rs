@@ -91,9 +91,10 @@ pub(crate) async fn attempt(
     key: Key,
     kind: LockKind,
     ttl: Duration,
+    left: CallerLeft,
 ) -> Result<Lease, LockError> {
     match shared.options.mode {
-        Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl).await,
+        Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl, left).await,
         Mode::Table => table::try_acquire(&shared, &key, kind, ttl, None).await,
     }
 }
@@ -120,7 +121,9 @@ pub(crate) async fn acquire(
         }
         _ => {
             leasehold_core::wait_for_grant(backend, key, &wait, || {
-                guarded(shared, attempt(shared.clone(), key.clone(), kind, ttl))
+                guarded(shared, |left| {
+                    attempt(shared.clone(), key.clone(), kind, ttl, left)
+                })
             })
             .await
         }
@@ -137,18 +140,64 @@ pub(crate) async fn release_any(shared: &Shared, lease: &Lease) -> Result<(), Lo
 }
 
 /// Runs one attempt through core's [`cancel_safe`]: a grant won after the
-/// caller left is released at once.
-pub(crate) async fn guarded(
+/// caller left is released at once. The attempt learns when its caller
+/// left ([`CallerLeft`]).
+pub(crate) async fn guarded<A>(
     shared: &Arc<Shared>,
-    attempt: impl std::future::Future<Output = Result<Lease, LockError>> + Send + 'static,
-) -> Result<Lease, LockError> {
+    attempt: impl FnOnce(CallerLeft) -> A,
+) -> Result<Lease, LockError>
+where
+    A: std::future::Future<Output = Result<Lease, LockError>> + Send + 'static,
+{
+    let (_caller_here, left) = tokio::sync::oneshot::channel();
     let back = shared.clone();
     cancel_safe(
         shared.options.mode.backend_name(),
-        attempt,
+        attempt(CallerLeft {
+            caller: Some(left),
+            gone: false,
+        }),
         move |lease| async move { release_any(&back, &lease).await },
     )
     .await
+}
+
+/// Tells an attempt that its caller left (dropped the call). An attempt
+/// [`guarded`] runs to its end on a task of its own; one that has not asked
+/// the store anything yet (still waiting for a session) stops instead:
+/// nothing was granted to give back, and abandoned attempts no longer take
+/// sessions ahead of the callers still waiting (kept sessions go to waiting
+/// checkouts in arrival order).
+pub(crate) struct CallerLeft {
+    /// Ends (the sender is dropped, never used) when the caller leaves;
+    /// `None` for an attempt run in its caller's own future.
+    caller: Option<tokio::sync::oneshot::Receiver<std::convert::Infallible>>,
+    gone: bool,
+}
+
+impl CallerLeft {
+    /// For an attempt run in its caller's own future, which a caller that
+    /// leaves drops: never resolves.
+    pub(crate) fn inline() -> Self {
+        CallerLeft {
+            caller: None,
+            gone: false,
+        }
+    }
+
+    /// Resolves once the caller has left.
+    pub(crate) async fn wait(&mut self) {
+        if self.gone {
+            return;
+        }
+        match &mut self.caller {
+            Some(caller) => {
+                let _ = caller.await;
+                self.gone = true;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Renews a reader, writer or permit lease (table mode; advisory leases

@@ -160,6 +160,26 @@ pub(crate) struct Checkout {
     pub(crate) pid: Option<i32>,
 }
 
+/// The answer of a connection attempt started for a checkout
+/// ([`Sessions::open_for_caller`]). Dropped unread (the checkout's caller
+/// left), it keeps a session that had already arrived: a fresh session
+/// holds no lock, and would otherwise be closed unused.
+struct Opening {
+    answer: tokio::sync::oneshot::Receiver<Result<PgListener, sqlx::Error>>,
+    sessions: Arc<Sessions>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        // Closed first: a session sent from now on fails to arrive and its
+        // task keeps it; one sent before is read here.
+        self.answer.close();
+        if let Ok(Ok(session)) = self.answer.try_recv() {
+            self.sessions.checkin(session, None);
+        }
+    }
+}
+
 /// Session settings as a fresh session has them, restored before a session
 /// is kept for reuse.
 #[derive(Debug, Clone)]
@@ -322,7 +342,7 @@ impl Sessions {
             }
             let opened = opening.get_or_insert_with(|| self.open_for_caller());
             tokio::select! {
-                opened = opened => match opened {
+                opened = &mut opened.answer => match opened {
                     Ok(opened) => {
                         return opened.map(|session| Checkout {
                             session,
@@ -338,11 +358,9 @@ impl Sessions {
         }
     }
 
-    /// Opens a session on a task of its own, answering on the returned
-    /// channel; a session whose caller left holds no lock and is kept.
-    fn open_for_caller(
-        self: &Arc<Self>,
-    ) -> tokio::sync::oneshot::Receiver<Result<PgListener, sqlx::Error>> {
+    /// Opens a session on a task of its own, answering through the returned
+    /// [`Opening`]; a session whose caller left holds no lock and is kept.
+    fn open_for_caller(self: &Arc<Self>) -> Opening {
         let (answer, opened) = tokio::sync::oneshot::channel();
         let sessions = self.clone();
         tokio::spawn(async move {
@@ -351,7 +369,10 @@ impl Sessions {
                 sessions.checkin(session, None);
             }
         });
-        opened
+        Opening {
+            answer: opened,
+            sessions: self.clone(),
+        }
     }
 
     /// Whether a waiter entry (core's [`waits`](leasehold_core::waits)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, advisory_holder_pid, key, options};
 use leasehold_conformance::fixtures::eventually;
-use leasehold_core::{LockBackend, LockError, LockKind, Locker, TtlPolicy, WaitPolicy};
+use leasehold_core::{Lease, LockBackend, LockError, LockKind, Locker, TtlPolicy, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
 use sqlx::postgres::PgPoolOptions;
 
@@ -695,20 +695,23 @@ mod chrono_free {
     }
 }
 
+/// A backend of one session, on a server of its own, with that session
+/// pinned by a lease of `held`: further acquisitions wait for a session.
+async fn one_session_pinned(held: &str, timeout: Duration) -> (Server, PostgresBackend, Lease) {
+    let server = Server::start(false).await;
+    let backend = server
+        .backend(options(Mode::Advisory).max_connections(1).timeout(timeout))
+        .await;
+    let lease = backend.try_acquire(&key(held), TTL).await.unwrap();
+    (server, backend, lease)
+}
+
 /// With every session in use, an acquisition waits for one; a lease released
 /// meanwhile keeps its clean session for reuse, and the waiting acquisition
 /// must get that session instead of timing out on the full pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquisition_waiting_for_a_session_gets_one_that_is_released() {
-    let server = Server::start(false).await;
-    let backend = server
-        .backend(
-            options(Mode::Advisory)
-                .max_connections(1)
-                .timeout(Duration::from_secs(5)),
-        )
-        .await;
-    let held = backend.try_acquire(&key("full:held"), TTL).await.unwrap();
+    let (_server, backend, held) = one_session_pinned("full:held", Duration::from_secs(5)).await;
     let waiting = tokio::spawn({
         let backend = backend.clone();
         async move { backend.try_acquire(&key("full:next"), TTL).await }
@@ -732,16 +735,8 @@ async fn an_acquisition_waiting_for_a_session_gets_one_that_is_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_acquisitions_start_one_connection_attempt_each() {
     const WAITING: usize = 6;
-    let server = Server::start(false).await;
-    let backend = server
-        .backend(
-            options(Mode::Advisory)
-                .max_connections(1)
-                .timeout(Duration::from_secs(60)),
-        )
-        .await;
+    let (_server, backend, held) = one_session_pinned("herd:held", Duration::from_secs(60)).await;
     let metrics = tokio::runtime::Handle::current().metrics();
-    let held = backend.try_acquire(&key("herd:held"), TTL).await.unwrap();
     let before = metrics.num_alive_tasks();
     let waiting: Vec<_> = (0..WAITING)
         .map(|i| {
@@ -771,6 +766,46 @@ async fn waiting_acquisitions_start_one_connection_attempt_each() {
         "{left} tasks outlived {WAITING} waiting acquisitions: more than one connection \
          attempt each"
     );
+}
+
+/// An acquisition whose caller left while it waited for a session stops
+/// there, asking the store nothing. It used to run on (on its own task) to
+/// take the lock and give it back, so under cancellations abandoned
+/// attempts took kept sessions ahead of the callers still waiting, which
+/// then waited on connects of their own: in CI no acquisition of a sweep
+/// of cancelled ones finished within 20 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_caller_left_while_waiting_for_a_session_stops() {
+    let (_server, backend, held) = one_session_pinned("left:held", Duration::from_secs(60)).await;
+    // The abandoned call runs on a runtime of its own, so its live tasks can
+    // be counted alone.
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = side.metrics();
+    let abandoned = side.spawn({
+        let backend = backend.clone();
+        async move { backend.try_acquire(&key("left:abandoned"), TTL).await }
+    });
+    // The caller's task, its attempt's task and the attempt's connection
+    // attempt, parked on the full pool.
+    eventually(Duration::from_secs(10), "the attempt waits", || async {
+        metrics.num_alive_tasks() == 3
+    })
+    .await;
+    abandoned.abort();
+    assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
+    // Left: the connection attempt (its session would be kept).
+    eventually(
+        Duration::from_secs(10),
+        "the abandoned attempt stops waiting for a session",
+        || async { metrics.num_alive_tasks() == 1 },
+    )
+    .await;
+    side.shutdown_background();
+    backend.release(&held).await.unwrap();
 }
 
 /// How many sessions wait in the server's queue for the advisory lock `id`.

@@ -206,11 +206,11 @@ pub(super) async fn acquire_writer(
     };
     let waiter = registration.waiter;
     let result = wait_for_grant(backend, key, wait, || {
-        let attempt = {
-            let (shared, key) = (shared.clone(), key.clone());
-            async move { try_acquire(&shared, &key, LockKind::Write, ttl, Some(waiter)).await }
-        };
-        guarded(shared, attempt)
+        let (attempt_shared, key) = (shared.clone(), key.clone());
+        // Table mode takes pool connections: nothing waits on a session.
+        guarded(shared, move |_| async move {
+            try_acquire(&attempt_shared, &key, LockKind::Write, ttl, Some(waiter)).await
+        })
     })
     .await;
     registration.active = false;
