@@ -29,6 +29,18 @@ use crate::harness::{Percentiles, lock_unlock};
 use crate::setup::other_stores;
 use crate::stores::Subject;
 
+/// The value after `name` on the command line (`--samples 500`), parsed;
+/// `None` when absent or not a `T`.
+///
+/// ```
+/// assert_eq!(leasehold_benches::flag::<usize>("--no-such-flag"), None);
+/// ```
+pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1)?.parse().ok()
+}
+
 /// How much to measure.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -27,19 +27,14 @@ fn usage(problem: &str) -> ExitCode {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("full");
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let only: Vec<String> = value("--only")
+    let only: Vec<String> = leasehold_benches::flag::<String>("--only")
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
     if let Some(unknown) = only.iter().find(|s| !STORES.contains(&s.as_str())) {
         return usage(&format!("unknown store {unknown:?}"));
     }
-    let out = match value("--out") {
-        Some(dir) => PathBuf::from(dir),
+    let out = match leasehold_benches::flag::<PathBuf>("--out") {
+        Some(dir) => dir,
         None if only.is_empty() => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         None => std::env::temp_dir().join(format!("leasehold-bench-only-{}", only.join("-"))),
     };

@@ -135,12 +135,7 @@ async fn run(seconds: u64) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(3);
+    let seconds = leasehold_benches::flag("--seconds").unwrap_or(3);
     let result = run(seconds).await;
     fixtures::remove_run_containers();
     match result {
