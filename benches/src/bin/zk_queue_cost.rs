@@ -1,8 +1,8 @@
 //! What ZooKeeper's queue recipe costs over a bare ephemeral node, step by
 //! step, in one run, interleaved: p50 of each as a ratio to the bare pair,
 //! then operations per second with `--tasks` tasks (default 64, each on its
-//! own key) as a ratio to the bare pair's, the median of three interleaved
-//! rounds:
+//! own key) as a ratio to the bare pair's, the median of five interleaved
+//! rounds after a warm-up round:
 //!
 //! `cargo run --release -p leasehold-benches --bin zk_queue_cost [-- --samples N --tasks N]`
 //!
@@ -93,8 +93,10 @@ fn locker_pair(locker: Locker) -> Op {
     })
 }
 
-/// Throughput rounds: each runs every step once, in turn.
-const ROUNDS: usize = 3;
+/// Throughput rounds: each runs every step once, in turn. The first is a
+/// warm-up, not counted: the server's JIT and caches made the first
+/// round's figures swing by a factor of two.
+const ROUNDS: usize = 6;
 /// Each step's throughput window.
 const WINDOW: Duration = Duration::from_millis(2500);
 
@@ -139,12 +141,15 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         );
     }
     let mut rates = vec![Vec::with_capacity(ROUNDS); ops.len()];
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         for (i, op) in ops.iter().enumerate() {
             // Keys of a step's own: the queue steps leave container nodes
             // behind (removed by the server later) where raw creates nodes.
             let label = format!("zk-queue-cost-{i}");
-            rates[i].push(harness::throughput(&label, op, tasks, WINDOW).await?);
+            let rate = harness::throughput(&label, op, tasks, WINDOW).await?;
+            if round > 0 {
+                rates[i].push(rate);
+            }
         }
     }
     let medians: Vec<f64> = rates
@@ -156,7 +161,9 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         .collect();
     println!();
     println!(
-        "{tasks} tasks, each on its own key: median of {ROUNDS} interleaved {WINDOW:?} rounds"
+        "{tasks} tasks, each on its own key: median of {} interleaved {WINDOW:?} rounds \
+         after a warm-up round",
+        ROUNDS - 1
     );
     println!("| steps | ops/s | ops/s / raw ops/s |");
     println!("|---|---|---|");
