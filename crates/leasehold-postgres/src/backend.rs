@@ -225,9 +225,11 @@ impl LockBackend for PostgresBackend {
     ///
     /// Cancel safety: dropping the future never strands a grant; the attempt
     /// finishes on its own task and a lease won after the caller left, or
-    /// answered but not yet read, is released at once. In advisory mode a
-    /// session interrupted mid-call is closed, never reused, which frees
-    /// whatever it held.
+    /// answered but not yet read, is released at once. An advisory attempt
+    /// still waiting for a session when its caller leaves stops there,
+    /// having asked the store nothing. In advisory mode a session
+    /// interrupted mid-call is closed, never reused, which frees whatever
+    /// it held.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         let (shared, key) = (self.shared.clone(), key.clone());
