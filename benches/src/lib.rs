@@ -41,6 +41,19 @@ pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
     args.get(at + 1)?.parse().ok()
 }
 
+/// Ends a bench binary named `tool`: removes the containers its run
+/// started, prints its error if any, and gives the exit code.
+pub fn finish(tool: &str, result: Result<(), String>) -> std::process::ExitCode {
+    fixtures::remove_run_containers();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// How much to measure.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -136,13 +136,5 @@ async fn run(seconds: u64) -> Result<(), String> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let seconds = leasehold_benches::flag("--seconds").unwrap_or(3);
-    let result = run(seconds).await;
-    fixtures::remove_run_containers();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("waits_overhead: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    leasehold_benches::finish("waits_overhead", run(seconds).await)
 }

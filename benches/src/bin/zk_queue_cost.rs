@@ -178,13 +178,5 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
 async fn main() -> std::process::ExitCode {
     let samples = leasehold_benches::flag("--samples").unwrap_or(1000);
     let tasks = leasehold_benches::flag("--tasks").unwrap_or(64);
-    let result = run(samples, tasks).await;
-    fixtures::remove_run_containers();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("zk_queue_cost: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    leasehold_benches::finish("zk_queue_cost", run(samples, tasks).await)
 }

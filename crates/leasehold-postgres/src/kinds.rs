@@ -153,10 +153,7 @@ where
     let back = shared.clone();
     cancel_safe(
         shared.options.mode.backend_name(),
-        attempt(CallerLeft {
-            caller: Some(left),
-            gone: false,
-        }),
+        attempt(CallerLeft { caller: Some(left) }),
         move |lease| async move { release_any(&back, &lease).await },
     )
     .await
@@ -172,28 +169,22 @@ pub(crate) struct CallerLeft {
     /// Ends (the sender is dropped, never used) when the caller leaves;
     /// `None` for an attempt run in its caller's own future.
     caller: Option<tokio::sync::oneshot::Receiver<std::convert::Infallible>>,
-    gone: bool,
 }
 
 impl CallerLeft {
     /// For an attempt run in its caller's own future, which a caller that
     /// leaves drops: never resolves.
     pub(crate) fn inline() -> Self {
-        CallerLeft {
-            caller: None,
-            gone: false,
-        }
+        CallerLeft { caller: None }
     }
 
     /// Resolves once the caller has left.
     pub(crate) async fn wait(&mut self) {
-        if self.gone {
-            return;
-        }
         match &mut self.caller {
+            // A receiver that has answered must not be polled again.
+            Some(caller) if caller.is_terminated() => {}
             Some(caller) => {
                 let _ = caller.await;
-                self.gone = true;
             }
             None => std::future::pending().await,
         }
