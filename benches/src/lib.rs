@@ -15,6 +15,7 @@ pub mod harness;
 pub mod kinds;
 pub mod report;
 mod setup;
+pub mod steps;
 pub mod stores;
 
 use std::path::PathBuf;

@@ -18,10 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_benches::harness::{self, Op};
-use leasehold_benches::stores;
+use leasehold_benches::harness::Op;
+use leasehold_benches::{steps, stores};
 use leasehold_conformance::fixtures;
-use leasehold_core::{Key, LockBackend, Locker};
+use leasehold_core::LockBackend;
 use leasehold_zookeeper::zookeeper_client::{Acls, Client, CreateMode};
 
 use stores::{ZK_RAW_PARENT as PARENT, err, op};
@@ -66,40 +66,6 @@ fn queue_node_pair(client: Client, list: bool) -> Op {
     })
 }
 
-fn backend_pair(backend: Arc<dyn LockBackend>) -> Op {
-    op(move |key: String| {
-        let backend = backend.clone();
-        async move {
-            let key = Key::new(format!("backend/{key}")).map_err(err)?;
-            let lease = backend
-                .try_acquire(&key, Duration::from_secs(10))
-                .await
-                .map_err(err)?;
-            backend.release(&lease).await.map_err(err)
-        }
-    })
-}
-
-fn locker_pair(locker: Locker) -> Op {
-    op(move |key: String| {
-        let locker = locker.clone();
-        async move {
-            let guard = locker
-                .try_lock(format!("locker/{key}"))
-                .await
-                .map_err(err)?;
-            guard.release().await.map_err(err)
-        }
-    })
-}
-
-/// Throughput rounds: each runs every step once, in turn. The first is a
-/// warm-up, not counted: the server's JIT and caches made the first
-/// round's figures swing by a factor of two.
-const ROUNDS: usize = 6;
-/// Each step's throughput window.
-const WINDOW: Duration = Duration::from_millis(2500);
-
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let store = fixtures::start(&fixtures::zookeeper_spec()).await?;
     let url = format!("zk://127.0.0.1:{}", store.port);
@@ -112,71 +78,35 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let client = backend.client().await.map_err(err)?;
     stores::zk_prepare(&client).await?;
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
-    let locker = Locker::builder_from_arc(backend.clone()).build();
-    let names = [
-        "raw: ephemeral create + delete",
-        "sequential create + delete",
-        "sequential create + listing + delete",
-        "backend try_acquire + release",
-        "Locker try_lock + release",
+    let pairs = vec![
+        (
+            "raw: ephemeral create + delete",
+            stores::zk_raw(client.clone()),
+        ),
+        (
+            "sequential create + delete",
+            queue_node_pair(client.clone(), false),
+        ),
+        (
+            "sequential create + listing + delete",
+            queue_node_pair(client, true),
+        ),
     ];
-    let ops = [
-        stores::zk_raw(client.clone()),
-        queue_node_pair(client.clone(), false),
-        queue_node_pair(client, true),
-        backend_pair(backend),
-        locker_pair(locker),
-    ];
-    let p = harness::latency("zk-queue-cost", &ops, samples, samples / 10).await?;
-    println!("ZooKeeper 3.8 stand-in (container, loopback), {samples} samples, interleaved");
-    println!("| steps | p50 | p99 | p50 / raw p50 |");
-    println!("|---|---|---|---|");
-    let raw = p[0].p50;
-    for (name, p) in names.iter().zip(&p) {
-        println!(
-            "| {name} | {:.0} µs | {:.0} µs | {:.2} |",
-            p.p50,
-            p.p99,
-            p.p50 / raw
-        );
-    }
-    let mut rates = vec![Vec::with_capacity(ROUNDS); ops.len()];
-    for round in 0..ROUNDS {
-        for (i, op) in ops.iter().enumerate() {
-            // Keys of a step's own: the queue steps leave container nodes
-            // behind (removed by the server later) where raw creates nodes.
-            let label = format!("zk-queue-cost-{i}");
-            let rate = harness::throughput(&label, op, tasks, WINDOW).await?;
-            if round > 0 {
-                rates[i].push(rate);
-            }
-        }
-    }
-    let medians: Vec<f64> = rates
-        .iter_mut()
-        .map(|rates| {
-            rates.sort_by(f64::total_cmp);
-            rates[rates.len() / 2]
-        })
-        .collect();
-    println!();
-    println!(
-        "{tasks} tasks, each on its own key: median of {} interleaved {WINDOW:?} rounds \
-         after a warm-up round",
-        ROUNDS - 1
-    );
-    println!("| steps | ops/s | ops/s / raw ops/s |");
-    println!("|---|---|---|");
-    for (name, ops) in names.iter().zip(&medians) {
-        println!("| {name} | {ops:.0} | {:.2} |", ops / medians[0]);
-    }
+    steps::compare(
+        "zk-queue-cost",
+        "ZooKeeper 3.8 stand-in",
+        pairs,
+        backend,
+        samples,
+        tasks,
+    )
+    .await?;
     drop(store);
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let samples = leasehold_benches::flag("--samples").unwrap_or(1000);
-    let tasks = leasehold_benches::flag("--tasks").unwrap_or(64);
+    let (samples, tasks) = steps::options();
     leasehold_benches::finish("zk_queue_cost", run(samples, tasks).await)
 }
