@@ -133,7 +133,7 @@ pub fn markdown(config: &Config, r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| backend | waiting | handoff p50 | handoff p99 | p50 / round trip | p99 / round trip | raw floor p50 (the store's own queue) | floor / round trip | lib / floor | command |"
+        "| backend | waiting | handoff p50 | handoff p99 | p50 / round trip | p99 / round trip | raw floor p50 (the store's own queue, or a bare client waiting the same way) | floor / round trip | lib / floor | command |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for row in &r.one_waiter {

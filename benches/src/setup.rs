@@ -152,6 +152,9 @@ async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
             stores::pg_prepare(&pool).await?;
             s.raw = Some(stores::pg_table_raw(pool.clone()));
             s.raw_desc = "conditional upsert + compare-and-clear update";
+            s.raw_wait = Some(stores::pg_table_raw_wait(pool.clone()));
+            s.raw_wait_desc =
+                "LISTEN, conditional upsert after each NOTIFY; release with its NOTIFY";
         }
         s.rtt = Some(stores::pg_rtt(pool));
         s.rtt_desc = "SELECT 1";

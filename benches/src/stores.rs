@@ -35,7 +35,8 @@ pub struct Subject {
     /// What `raw` sends.
     pub raw_desc: &'static str,
     /// Raw waiting acquire through the store's own queue (a blocking lock
-    /// call, or the client crate's lock recipe): the floor a handoff can
+    /// call, or the client crate's lock recipe), or where the store has none,
+    /// the bare client waiting as the library does: the floor a handoff can
     /// reach through this client.
     pub raw_wait: Option<Acquire>,
     /// What `raw_wait` sends.
@@ -460,18 +461,7 @@ pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
         let pool = pool.clone();
         async move {
             let owner = OwnerToken::generate().to_hex();
-            let took = sqlx::query(
-                "INSERT INTO leasehold_bench_raw AS t (k, owner, expires_at) \
-                 VALUES ($1, $2, clock_timestamp() + interval '30 seconds') \
-                 ON CONFLICT (k) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
-                 WHERE t.owner IS NULL OR t.expires_at <= clock_timestamp()",
-            )
-            .bind(&k)
-            .bind(&owner)
-            .execute(&pool)
-            .await
-            .map_err(err)?;
-            if took.rows_affected() != 1 {
+            if !pg_table_take(&pool, &k, &owner).await? {
                 return Err(format!("raw table lock {k} held"));
             }
             sqlx::query(
@@ -485,6 +475,67 @@ pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
             .map_err(err)?;
             Ok(())
         }
+    })
+}
+
+/// The raw table lock's conditional upsert: whether `owner` took `k`.
+async fn pg_table_take(pool: &sqlx::PgPool, k: &str, owner: &str) -> Result<bool, String> {
+    let took = sqlx::query(
+        "INSERT INTO leasehold_bench_raw AS t (k, owner, expires_at) \
+         VALUES ($1, $2, clock_timestamp() + interval '30 seconds') \
+         ON CONFLICT (k) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+         WHERE t.owner IS NULL OR t.expires_at <= clock_timestamp()",
+    )
+    .bind(k)
+    .bind(owner)
+    .execute(pool)
+    .await
+    .map_err(err)?;
+    Ok(took.rows_affected() == 1)
+}
+
+/// The channel the raw table waiter LISTENs on (the payload names the key).
+const PG_RAW_CHANNEL: &str = "leasehold_bench_raw";
+
+/// Postgres table: the least a notified waiter needs, sent straight from
+/// sqlx. LISTEN on a pooled connection of its own, then the conditional
+/// upsert, and after each refusal the next NOTIFY for the key and the upsert
+/// again. The release is the compare-and-clear update with its NOTIFY in
+/// the same statement, its commit not flushed (as leasehold's release; the
+/// grant's commit is flushed in both).
+pub fn pg_table_raw_wait(pool: sqlx::PgPool) -> Acquire {
+    Arc::new(move |k: String| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let owner = OwnerToken::generate().to_hex();
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+                .await
+                .map_err(err)?;
+            listener.listen(PG_RAW_CHANNEL).await.map_err(err)?;
+            while !pg_table_take(&pool, &k, &owner).await? {
+                while listener.recv().await.map_err(err)?.payload() != k {}
+            }
+            // Returns its connection to the pool (after `UNLISTEN *`).
+            drop(listener);
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE leasehold_bench_raw SET owner = NULL, expires_at = NULL \
+                         WHERE k = $1 AND owner = $2 \
+                         RETURNING pg_notify($3, $1)::text, \
+                             set_config('synchronous_commit', 'off', true)",
+                    )
+                    .bind(&k)
+                    .bind(&owner)
+                    .bind(PG_RAW_CHANNEL)
+                    .fetch_optional(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(err)
+                })
+            });
+            Ok(release)
+        })
     })
 }
 
