@@ -315,8 +315,9 @@ impl LockBackend for EtcdBackend {
             .collect())
     }
 
-    /// Compare-and-delete of our entry (with its retirement marker when the
-    /// acquiring txn once went unanswered). A release whose answer is lost is
+    /// Deletes our entry: a plain delete that must find it, or, when a txn
+    /// putting it once went unanswered, a compare-and-delete that also
+    /// writes its retirement marker. A release whose answer is lost is
     /// finished by a background task. Cancel safe: dropped, the entry stays
     /// with the lease, which can be released again.
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
@@ -336,32 +337,39 @@ impl LockBackend for EtcdBackend {
             }
             reaper
         };
-        let mut ops = vec![TxnOp::delete(held.entry.clone(), None)];
-        if held.uncertain {
-            // A copy of the acquiring txn may still arrive: retire the entry.
-            match self
+        let released = if held.uncertain {
+            // A copy of the acquiring txn may still arrive: retire the entry
+            // in the txn that deletes it.
+            let marker = match self
                 .store
                 .markers
                 .get(&self.store.client, self.store.timeout)
                 .await
             {
-                Ok(id) => ops.push(marker_put(&held.entry, id)),
+                Ok(id) => marker_put(&held.entry, id),
                 Err(error) => {
                     drop(reaper()); // retires it in the background
                     return Err(error);
                 }
-            }
-        }
-        let release = Txn::new()
-            .when([Compare::create_revision(
-                held.entry.clone(),
-                CompareOp::Equal,
-                held.create_revision,
-            )])
-            .and_then(ops);
-        match self.store.txn(release).await {
-            Ok(response) if response.succeeded() => Ok(()),
-            Ok(_) => Err(LockError::not_held(NAME, lease.key().as_str())),
+            };
+            let release = Txn::new()
+                .when([Compare::create_revision(
+                    held.entry.clone(),
+                    CompareOp::Equal,
+                    held.create_revision,
+                )])
+                .and_then([TxnOp::delete(held.entry.clone(), None), marker]);
+            self.store.txn(release).await.map(|r| r.succeeded())
+        } else {
+            // Every put of the entry was answered, and its name (the
+            // acquisition's owner token) is written by nothing else: found,
+            // it is still the one granted, so a plain delete is the
+            // compare-and-delete, and cheaper for etcd.
+            self.store.delete(held.entry.clone()).await.map(|n| n == 1)
+        };
+        match released {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(LockError::not_held(NAME, lease.key().as_str())),
             Err(error) => {
                 let error = map(error);
                 if error.is_retryable() {

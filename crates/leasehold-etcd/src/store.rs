@@ -208,7 +208,24 @@ impl Store {
     /// that tell "lease not found" apart.
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
         let mut kv = self.client.kv_client();
-        match tokio::time::timeout(self.timeout, kv.txn(txn)).await {
+        self.bounded(kv.txn(txn)).await
+    }
+
+    /// Deletes `key` under the operation timeout: how many keys went (0 or
+    /// 1). Cheaper for etcd than a txn that compares first (about a tenth of
+    /// the 64-task lock+unlock rate: `--bin etcd_queue_cost`).
+    pub(crate) async fn delete(&self, key: Vec<u8>) -> Result<i64, etcd_client::Error> {
+        let mut kv = self.client.kv_client();
+        let deleted = self.bounded(kv.delete(key, None)).await?;
+        Ok(deleted.deleted())
+    }
+
+    /// `call` under the operation timeout, a timeout being an I/O error.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, etcd_client::Error> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
