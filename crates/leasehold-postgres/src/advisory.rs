@@ -264,16 +264,7 @@ pub(crate) async fn checkout(
     timeout: Duration,
     left: &mut CallerLeft,
 ) -> Result<Checkout, LockError> {
-    let checked_out = tokio::select! {
-        biased;
-        checked_out = sessions.checkout() => checked_out,
-        () = left.wait() => {
-            return Err(LockError::unavailable(
-                ADVISORY,
-                "the caller left while the attempt waited for a session; nothing was asked",
-            ));
-        }
-    };
+    let checked_out = left.unless_gone(ADVISORY, sessions.checkout()).await?;
     checked_out.map_err(|error| match error {
         sqlx::Error::PoolTimedOut => LockError::unavailable(
             ADVISORY,

@@ -194,7 +194,7 @@ async fn attempt(
 ) -> Result<Lease, LockError> {
     match shared.options.mode {
         Mode::Advisory => advisory::try_acquire(&shared, &key, ttl, left).await,
-        Mode::Table => table::try_acquire(&shared, &key, ttl).await,
+        Mode::Table => table::try_acquire(&shared, &key, ttl, left).await,
     }
 }
 
@@ -225,9 +225,10 @@ impl LockBackend for PostgresBackend {
     ///
     /// Cancel safety: dropping the future never strands a grant; the attempt
     /// finishes on its own task and a lease won after the caller left, or
-    /// answered but not yet read, is released at once. An advisory attempt
-    /// still waiting for a session when its caller leaves stops there,
-    /// having asked the store nothing. In advisory mode a session
+    /// answered but not yet read, is released at once. An attempt still
+    /// waiting for a connection (advisory mode: a session; table mode: one
+    /// of the pool's) when its caller leaves stops there, having asked the
+    /// store nothing. In advisory mode a session
     /// interrupted mid-call is closed, never reused, which frees whatever
     /// it held.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {

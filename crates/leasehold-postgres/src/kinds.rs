@@ -95,7 +95,7 @@ pub(crate) async fn attempt(
 ) -> Result<Lease, LockError> {
     match shared.options.mode {
         Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl, left).await,
-        Mode::Table => table::try_acquire(&shared, &key, kind, ttl, None).await,
+        Mode::Table => table::try_acquire(&shared, &key, kind, ttl, None, left).await,
     }
 }
 
@@ -161,10 +161,11 @@ where
 
 /// Tells an attempt that its caller left (dropped the call). An attempt
 /// [`guarded`] runs to its end on a task of its own; one that has not asked
-/// the store anything yet (still waiting for a session) stops instead:
-/// nothing was granted to give back, and abandoned attempts no longer take
-/// sessions ahead of the callers still waiting (kept sessions go to waiting
-/// checkouts in arrival order).
+/// the store anything yet (still waiting for a session or a pooled
+/// connection) stops instead: nothing was granted to give back, and
+/// abandoned attempts no longer take connections ahead of the callers still
+/// waiting (kept sessions, and sqlx's pooled connections, go to waiting
+/// callers in arrival order).
 pub(crate) struct CallerLeft {
     /// Ends (the sender is dropped, never used) when the caller leaves;
     /// `None` for an attempt run in its caller's own future.
@@ -178,8 +179,25 @@ impl CallerLeft {
         CallerLeft { caller: None }
     }
 
+    /// `connection` (a wait for a session or a pooled connection), unless
+    /// the caller leaves first: then `Unavailable`, nothing having been asked.
+    pub(crate) async fn unless_gone<T>(
+        &mut self,
+        backend: &'static str,
+        connection: impl std::future::Future<Output = T>,
+    ) -> Result<T, LockError> {
+        tokio::select! {
+            biased;
+            connected = connection => Ok(connected),
+            () = self.wait() => Err(LockError::unavailable(
+                backend,
+                "the caller left while the attempt waited for a connection; nothing was asked",
+            )),
+        }
+    }
+
     /// Resolves once the caller has left.
-    pub(crate) async fn wait(&mut self) {
+    async fn wait(&mut self) {
         match &mut self.caller {
             // A receiver that has answered must not be polled again.
             Some(caller) if caller.is_terminated() => {}

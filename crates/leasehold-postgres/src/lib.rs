@@ -164,8 +164,10 @@
 //!   a caller that stops waiting (a `select!`, a timeout, an aborted task)
 //!   never strands a grant; a lease won after the caller left, or that
 //!   reached the caller just as it left, is released at once (table mode
-//!   would otherwise keep the key for the whole TTL). Renewals and releases
-//!   may be dropped at any point; see each method.
+//!   would otherwise keep the key for the whole TTL); one still waiting for
+//!   a connection when its caller leaves stops there, asking nothing, so
+//!   abandoned attempts never take connections ahead of live callers.
+//!   Renewals and releases may be dropped at any point; see each method.
 //! - TTLs: at least [`MIN_TTL`], at most one year ([`MAX_TTL`]; advisory
 //!   mode at most [`MAX_ADVISORY_TTL`]); anything else, `Duration::MAX`
 //!   included, is `LockError::InvalidTtl` before any store call.

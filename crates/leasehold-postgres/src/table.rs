@@ -11,6 +11,7 @@ use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us};
 use crate::config::{Settings, TABLE};
 use crate::error::map;
 use crate::keys::{advisory_lock_id, signal_name};
+use crate::kinds::CallerLeft;
 use crate::store::{Shared, Sql};
 
 /// The mode's statements, built once per backend. Every value is a bind
@@ -157,18 +158,23 @@ pub(crate) async fn try_acquire(
     shared: &Shared,
     key: &Key,
     ttl: Duration,
+    mut left: CallerLeft,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let owner = OwnerToken::generate();
     let sent_at = options.clock.now();
     let row: AcquireRow = with_timeout(TABLE, options.timeout, async {
+        let mut connection = left
+            .unless_gone(TABLE, shared.pool.acquire())
+            .await?
+            .map_err(|e| map(TABLE, e))?;
         sqlx::query_as(&shared.sql.acquire)
             .bind(&options.namespace)
             .bind(key.as_str())
             .bind(owner.to_hex())
             .bind(micros(ttl))
             .bind(&options.holder)
-            .fetch_one(&shared.pool)
+            .fetch_one(&mut *connection)
             .await
             .map_err(|e| map(TABLE, e))
     })

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, advisory_holder_pid, key, options};
+use common::{Server, abandon_and_count, advisory_holder_pid, key, options};
 use leasehold_conformance::fixtures::eventually;
 use leasehold_core::{Lease, LockBackend, LockError, LockKind, Locker, TtlPolicy, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, advisory_lock_id};
@@ -777,34 +777,19 @@ async fn waiting_acquisitions_start_one_connection_attempt_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_whose_caller_left_while_waiting_for_a_session_stops() {
     let (_server, backend, held) = one_session_pinned("left:held", Duration::from_secs(60)).await;
-    // The abandoned call runs on a runtime of its own, so its live tasks can
-    // be counted alone.
-    let side = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let metrics = side.metrics();
-    let abandoned = side.spawn({
-        let backend = backend.clone();
-        async move { backend.try_acquire(&key("left:abandoned"), TTL).await }
-    });
     // The caller's task, its attempt's task and the attempt's connection
-    // attempt, parked on the full pool.
-    eventually(Duration::from_secs(10), "the attempt waits", || async {
-        metrics.num_alive_tasks() == 3
-    })
-    .await;
-    abandoned.abort();
-    assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
-    // Left: the connection attempt (its session would be kept).
-    eventually(
-        Duration::from_secs(10),
+    // attempt, parked on the full pool; left: the connection attempt (its
+    // session would be kept).
+    abandon_and_count(
+        {
+            let backend = backend.clone();
+            async move { backend.try_acquire(&key("left:abandoned"), TTL).await }
+        },
+        3,
+        1,
         "the abandoned attempt stops waiting for a session",
-        || async { metrics.num_alive_tasks() == 1 },
     )
     .await;
-    side.shutdown_background();
     backend.release(&held).await.unwrap();
 }
 

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, key, options};
-use leasehold_core::{LockBackend, LockError, WaitPolicy};
+use common::{Server, abandon_and_count, key, options};
+use leasehold_core::{LockBackend, LockError, LockKind, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig, migration_sql};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -209,4 +209,36 @@ async fn custom_schema_and_table_by_url_and_printable_migration() {
         "{sql}"
     );
     assert!(sql.contains(r#""my locks"."lease""s""#), "{sql}");
+}
+
+/// An attempt whose caller left while it waited for a pooled connection
+/// stops there, having asked nothing, for every kind of lock. Before, it went
+/// on (on its own task) to take a connection ahead of the callers still
+/// waiting, run its grant and give it back. Counted as the live tasks of a
+/// runtime of its own: the caller's and the attempt's while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_caller_left_while_waiting_for_a_connection_stops() {
+    let server = Server::start(false).await;
+    let backend = server
+        .backend(
+            options(Mode::Table)
+                .max_connections(1)
+                .timeout(Duration::from_secs(60)),
+        )
+        .await;
+    let pinned = backend.pool().acquire().await.unwrap();
+    for kind in [LockKind::Exclusive, LockKind::Read] {
+        let backend = backend.clone();
+        // The caller's task and the attempt's, parked on the full pool.
+        abandon_and_count(
+            async move { backend.try_acquire_kind(&key("left"), kind, TTL).await },
+            2,
+            0,
+            &format!("the abandoned {kind:?} attempt stops waiting for a connection"),
+        )
+        .await;
+    }
+    drop(pinned);
+    let lease = backend.try_acquire(&key("left"), TTL).await.unwrap();
+    backend.release(&lease).await.unwrap();
 }

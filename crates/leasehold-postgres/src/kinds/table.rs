@@ -18,7 +18,7 @@ use leasehold_core::{
     wait_for_grant, with_timeout,
 };
 
-use super::{family, guarded, key_signal, kind_code, waiter_token};
+use super::{CallerLeft, family, guarded, key_signal, kind_code, waiter_token};
 use crate::config::{Settings, TABLE};
 use crate::error::map;
 use crate::store::Shared;
@@ -133,6 +133,7 @@ pub(super) async fn try_acquire(
     kind: LockKind,
     ttl: Duration,
     waiter: Option<OwnerToken>,
+    mut left: CallerLeft,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let sql = &shared.sql.kinds.table;
@@ -141,7 +142,13 @@ pub(super) async fn try_acquire(
     let sent_at = options.clock.now();
     let (token, blocking_us, _): (Option<i64>, Option<i64>, String) =
         with_timeout(TABLE, options.timeout, async {
-            let mut tx = shared.pool.begin().await.map_err(|e| map(TABLE, e))?;
+            let mut connection = left
+                .unless_gone(TABLE, shared.pool.acquire())
+                .await?
+                .map_err(|e| map(TABLE, e))?;
+            let mut tx = sqlx::Connection::begin(&mut *connection)
+                .await
+                .map_err(|e| map(TABLE, e))?;
             sqlx::query(&sql.lock_counter)
                 .bind(&options.namespace)
                 .bind(family(kind))
@@ -207,9 +214,16 @@ pub(super) async fn acquire_writer(
     let waiter = registration.waiter;
     let result = wait_for_grant(backend, key, wait, || {
         let (attempt_shared, key) = (shared.clone(), key.clone());
-        // Table mode takes pool connections: nothing waits on a session.
-        guarded(shared, move |_| async move {
-            try_acquire(&attempt_shared, &key, LockKind::Write, ttl, Some(waiter)).await
+        guarded(shared, move |left| async move {
+            try_acquire(
+                &attempt_shared,
+                &key,
+                LockKind::Write,
+                ttl,
+                Some(waiter),
+                left,
+            )
+            .await
         })
     })
     .await;

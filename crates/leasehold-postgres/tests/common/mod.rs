@@ -130,3 +130,32 @@ pub async fn advisory_holder_pid(observer: &PgPool, id: i64) -> Option<i32> {
     .await
     .expect("query pg_locks")
 }
+
+/// Runs `attempt` on a runtime of its own, so its live tasks can be counted
+/// alone: waits until `while_waiting` are alive, aborts it, then waits until
+/// `after` are (what the abandoned attempt leaves running; `what` names it
+/// in the failure).
+pub async fn abandon_and_count<F>(attempt: F, while_waiting: usize, after: usize, what: &str)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a side runtime");
+    let metrics = side.metrics();
+    let abandoned = side.spawn(attempt);
+    fixtures::eventually(Duration::from_secs(10), "the attempt waits", || async {
+        metrics.num_alive_tasks() == while_waiting
+    })
+    .await;
+    abandoned.abort();
+    assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
+    fixtures::eventually(Duration::from_secs(10), what, || async {
+        metrics.num_alive_tasks() == after
+    })
+    .await;
+    side.shutdown_background();
+}
