@@ -94,7 +94,7 @@ async fn setup_etcd(port: u16) -> Result<Vec<Subject>, String> {
     .await?;
     let client = backend.client().clone();
     let mut s = stores::library("etcd", Arc::new(backend), "notified (watch)");
-    s.raw = Some(stores::etcd_raw(client.clone()));
+    s.raw = Some(stores::etcd_raw(client.clone(), None));
     s.raw_desc = "txn (create-if-absent put) + delete";
     s.raw_wait = Some(stores::etcd_raw_wait(client.clone()));
     s.raw_wait_desc = "etcd's Lock RPC under a lease, then Unlock";

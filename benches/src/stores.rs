@@ -226,8 +226,8 @@ pub fn rslock_subject(name: &str, urls: Vec<String>) -> Subject {
     }
 }
 
-/// etcd: a txn (create-if-absent put) and a delete.
-pub fn etcd_raw(client: etcd_client::Client) -> Op {
+/// etcd: a txn (create-if-absent put, under `lease` if given) and a delete.
+pub fn etcd_raw(client: etcd_client::Client, lease: Option<i64>) -> Op {
     op(move |k| {
         let mut client = client.clone();
         async move {
@@ -237,7 +237,7 @@ pub fn etcd_raw(client: etcd_client::Client) -> Op {
                 .and_then([TxnOp::put(
                     key.clone(),
                     OwnerToken::generate().to_hex(),
-                    None,
+                    lease.map(|lease| etcd_client::PutOptions::new().with_lease(lease)),
                 )]);
             let resp = client.txn(txn).await.map_err(err)?;
             if !resp.succeeded() {

@@ -96,27 +96,6 @@ fn queue_entry_pair(client: Client, lease: i64, shape: Shape) -> Op {
     })
 }
 
-/// The raw pair with the put under `lease`.
-fn leased_raw_pair(client: Client, lease: i64) -> Op {
-    op(move |key: String| {
-        let mut client = client.clone();
-        async move {
-            let key = format!("bench-leased/{key}");
-            let put = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    "holder label",
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
-            if !client.txn(put).await.map_err(err)?.succeeded() {
-                return Err(format!("{key} held"));
-            }
-            client.delete(key, None).await.map(|_| ()).map_err(err)
-        }
-    })
-}
-
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let store = fixtures::start(&fixtures::etcd_spec()).await?;
     let url = format!("etcd://127.0.0.1:{}", store.port);
@@ -136,11 +115,11 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let pairs = vec![
         (
             "raw: txn put-if-absent + delete",
-            stores::etcd_raw(client.clone()),
+            stores::etcd_raw(client.clone(), None),
         ),
         (
             "raw with the put under a lease",
-            leased_raw_pair(client.clone(), lease),
+            stores::etcd_raw(client.clone(), Some(lease)),
         ),
         (
             "queue entry txn + plain delete",
