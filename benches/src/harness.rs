@@ -151,11 +151,24 @@ pub async fn handoff_one_waiter(
     samples: usize,
     hold: Duration,
 ) -> Result<Percentiles, String> {
+    handoff_between(label, lock, lock, samples, hold).await
+}
+
+/// [`handoff_one_waiter`] with the holder taking and releasing the key
+/// through `holder` and the waiter through `waiter` (both must name the
+/// same lock for a key): splits a handoff's cost between the two sides.
+pub async fn handoff_between(
+    label: &str,
+    holder: &Acquire,
+    waiter: &Acquire,
+    samples: usize,
+    hold: Duration,
+) -> Result<Percentiles, String> {
     let key = format!("bench/{label}/handoff1");
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
-        let release = bounded(lock(key.clone())).await?;
-        let (waiter_lock, waiter_key) = (lock.clone(), key.clone());
+        let release = bounded(holder(key.clone())).await?;
+        let (waiter_lock, waiter_key) = (waiter.clone(), key.clone());
         let waiter = tokio::spawn(async move {
             let release = bounded(waiter_lock(waiter_key)).await?;
             Ok::<_, String>((Instant::now(), release))

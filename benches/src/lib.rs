@@ -333,6 +333,11 @@ async fn redis_subjects(
     let mut s = stores::library("redis", redis.clone(), "notified (pub/sub)");
     s.raw = Some(stores::redis_raw(vec![raw_conn.clone()]));
     s.raw_desc = "EVALSHA acquire + EVALSHA release";
+    s.raw_wait = Some(stores::redis_raw_wait(
+        redis::Client::open(url0.as_str()).map_err(stores::err)?,
+        raw_conn.clone(),
+    ));
+    s.raw_wait_desc = "leasehold's scripts from bare redis-rs, retried at each PUBLISH of the key";
     s.rtt = Some(stores::redis_ping(raw_conn.clone()));
     s.rtt_desc = "PING";
     subjects.push(s);
@@ -516,14 +521,11 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
             None => None,
         };
         match harness::handoff(&s.name, &s.lock, config.handoff_tasks, config.handoffs).await {
-            Ok(p) => results.handoff.push(HandoffRow {
-                name: s.name.clone(),
-                waiting: s.waiting.into(),
-                handoff: p,
-                rtt,
-                rtt_desc: s.rtt_desc.into(),
-                floor: None,
-            }),
+            Ok(p) => {
+                let floor = raw_floor(s, config, Some(config.handoff_tasks)).await;
+                let row = handoff_row(&mut results, s, "handoff", p, rtt, floor);
+                results.handoff.push(row);
+            }
             Err(e) => results
                 .failures
                 .push((s.name.clone(), format!("handoff: {e}"))),
@@ -542,23 +544,9 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
             .await
         {
             Ok(p) => {
-                let floor = match one_waiter_floor(s, config).await {
-                    Ok(floor) => floor,
-                    Err(e) => {
-                        results
-                            .failures
-                            .push((s.name.clone(), format!("one waiter, raw: {e}")));
-                        None
-                    }
-                };
-                results.one_waiter.push(HandoffRow {
-                    name: s.name.clone(),
-                    waiting: s.waiting.into(),
-                    handoff: p,
-                    rtt,
-                    rtt_desc: s.rtt_desc.into(),
-                    floor,
-                })
+                let floor = raw_floor(s, config, None).await;
+                let row = handoff_row(&mut results, s, "one waiter", p, rtt, floor);
+                results.one_waiter.push(row);
             }
             Err(e) => results
                 .failures
@@ -630,17 +618,50 @@ pub async fn run_kinds(config: Config) -> Result<Vec<kinds::KindsRow>, String> {
     Ok(rows)
 }
 
-/// The lone waiter's handoff through the store's own queue
-/// ([`Subject::raw_wait`]), where the subject has one.
-async fn one_waiter_floor(
+/// A handoff's floor ([`Subject::raw_wait`], where the subject has one):
+/// the same handoff through the store's own queue, or the bare client
+/// waiting as the library does; among `tasks` contending tasks, or with
+/// `None` to one lone waiter.
+async fn raw_floor(
     s: &Subject,
     config: &Config,
+    tasks: Option<usize>,
 ) -> Result<Option<(Percentiles, String)>, String> {
     let Some(raw) = &s.raw_wait else {
         return Ok(None);
     };
     let label = format!("{}-raw", s.name);
-    let floor =
-        harness::handoff_one_waiter(&label, raw, config.handoffs, config.waiter_hold).await?;
+    let floor = match tasks {
+        Some(tasks) => harness::handoff(&label, raw, tasks, config.handoffs).await?,
+        None => {
+            harness::handoff_one_waiter(&label, raw, config.handoffs, config.waiter_hold).await?
+        }
+    };
     Ok(Some((floor, s.raw_wait_desc.to_owned())))
+}
+
+/// Subject `s`'s row of a handoff table (`what`); a floor that could not be
+/// measured is recorded as a failure and left out.
+fn handoff_row(
+    results: &mut Results,
+    s: &Subject,
+    what: &str,
+    handoff: Percentiles,
+    rtt: Option<Percentiles>,
+    floor: Result<Option<(Percentiles, String)>, String>,
+) -> HandoffRow {
+    let floor = floor.unwrap_or_else(|e| {
+        results
+            .failures
+            .push((s.name.clone(), format!("{what}, raw: {e}")));
+        None
+    });
+    HandoffRow {
+        name: s.name.clone(),
+        waiting: s.waiting.into(),
+        handoff,
+        rtt,
+        rtt_desc: s.rtt_desc.into(),
+        floor,
+    }
 }

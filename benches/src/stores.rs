@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, join_all};
 use leasehold_core::{Key, LockBackend, Locker, OwnerToken, WaitPolicy};
 use leasehold_mysql::sqlx::MySqlPool;
@@ -108,6 +109,17 @@ pub fn library(name: &str, backend: Arc<dyn LockBackend>, waiting: &'static str)
     }
 }
 
+/// Key `k`'s lock key, fencing counter key and the release channel, as
+/// leasehold-redis names them under `layout`.
+fn redis_names(layout: &KeyLayout, k: &str) -> Result<(String, String, String), String> {
+    let key = key_of(k)?;
+    Ok((
+        layout.lock_key(&key),
+        layout.fence_key(&key),
+        layout.channel(),
+    ))
+}
+
 /// The acquire and release scripts sent directly to every connection (one
 /// for Redis, N concurrently for Redlock's raw fan-out).
 pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
@@ -116,12 +128,7 @@ pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
     op(move |k| {
         let (layout, conns) = (layout.clone(), conns.clone());
         async move {
-            let key = key_of(&k)?;
-            let (lock, fence, channel) = (
-                layout.lock_key(&key),
-                layout.fence_key(&key),
-                layout.channel(),
-            );
+            let (lock, fence, channel) = redis_names(&layout, &k)?;
             let owner = OwnerToken::generate().to_hex();
             let ttl_ms = TTL.as_millis() as u64;
             let acquired = join_all(conns.iter().map(|c| {
@@ -161,6 +168,61 @@ pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
             }
             Ok(())
         }
+    })
+}
+
+/// Redis: leasehold's two scripts sent straight from redis-rs by a waiter
+/// that waits the way the library does. It subscribes to the release
+/// channel on a connection of its own (before its first attempt, so no
+/// release is missed), then runs the acquire script, and after each
+/// refusal waits for the `PUBLISH` naming its key and runs it again. The
+/// release is the release script, which publishes.
+pub fn redis_raw_wait(client: redis::Client, conn: ConnectionManager) -> Acquire {
+    let layout = Arc::new(KeyLayout::new("bench-raw").expect("a valid namespace"));
+    Arc::new(move |k: String| {
+        let (client, mut conn, layout) = (client.clone(), conn.clone(), layout.clone());
+        Box::pin(async move {
+            let (lock, fence, channel) = redis_names(&layout, &k)?;
+            let owner = OwnerToken::generate().to_hex();
+            let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
+            pubsub.subscribe(&channel).await.map_err(err)?;
+            let mut released = pubsub.on_message();
+            loop {
+                let (granted, ..) = scripts::acquire()
+                    .key(&lock)
+                    .key(&fence)
+                    .arg(&owner)
+                    .arg(TTL.as_millis() as u64)
+                    .invoke_async::<(i64, i64, i64, String)>(&mut conn)
+                    .await
+                    .map_err(err)?;
+                if granted == 1 {
+                    break;
+                }
+                loop {
+                    let message = released
+                        .next()
+                        .await
+                        .ok_or("the release subscription ended")?;
+                    if message.get_payload_bytes() == lock.as_bytes() {
+                        break;
+                    }
+                }
+            }
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    scripts::release()
+                        .key(lock)
+                        .arg(owner)
+                        .arg(channel)
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(err)
+                })
+            });
+            Ok(release)
+        })
     })
 }
 

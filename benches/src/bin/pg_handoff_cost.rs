@@ -1,0 +1,180 @@
+//! Where Postgres advisory mode's lone-waiter handoff goes, step by step,
+//! in one run, interleaved: each step is the handoff to one waiter parked
+//! behind a holder (the full benchmark's table 3b), as a ratio to the bare
+//! blocking `pg_advisory_lock` (the floor):
+//!
+//! `cargo run --release -p leasehold-benches --bin pg_handoff_cost [-- --samples N]`
+//!
+//! - raw: `pg_advisory_lock` blocks on a pooled connection, the holder's
+//!   release is `pg_advisory_unlock` (the benchmark's floor);
+//! - raw, released as the library releases: the holder's unlock also sends
+//!   its `NOTIFY` and resets the session's settings, in one statement that
+//!   commits without a flush;
+//! - library holder, raw waiter: the holder is the backend (`try_acquire`,
+//!   `release`), the waiter the bare blocking `pg_advisory_lock` on the
+//!   same advisory lock (the backend's namespace is the raw steps' own);
+//! - raw holder released as the library releases, library waiter: the
+//!   waiter is the backend's `acquire` (a refused attempt, then its queued
+//!   wait in the server);
+//! - backend: both sides the backend's, with no `Locker`;
+//! - locker: both sides a default `Locker` (the benchmark's library figure).
+//!
+//! Each step's figure is the median, over `--rounds` (default 10) rounds,
+//! of that round's p50 (`--samples` handoffs per step per round, default
+//! 30); the steps run in turn within each round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_benches::harness::{self, Acquire, Release};
+use leasehold_benches::stores::{self, TTL, err};
+use leasehold_conformance::fixtures;
+use leasehold_core::{Key, LockBackend, Locker, WaitPolicy};
+use leasehold_postgres::sqlx;
+
+/// How long the holder keeps the key, so the waiter is parked in its wait
+/// (the full benchmark's `waiter_hold`).
+const HOLD: Duration = Duration::from_millis(20);
+
+/// `pg_advisory_lock` blocking on a pooled connection; released by
+/// `pg_advisory_unlock` with a `NOTIFY` and the session resets in the same
+/// statement, its commit not flushed, as the library's release sends.
+fn raw_released_as_library(pool: sqlx::PgPool) -> Acquire {
+    Arc::new(move |k: String| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
+            let mut conn = pool.acquire().await.map_err(err)?;
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+            let release: Release = Box::new(move || {
+                Box::pin(async move {
+                    sqlx::query(
+                        "SELECT pg_advisory_unlock($1), \
+                         pg_notify('leasehold_bench_raw', $1::text)::text, \
+                         set_config('idle_session_timeout', '0', false), \
+                         set_config('application_name', '', false), \
+                         set_config('synchronous_commit', 'off', true)",
+                    )
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(err)
+                })
+            });
+            Ok(release)
+        })
+    })
+}
+
+/// `backend.acquire` (waiting) and `backend.release`.
+fn backend_wait(backend: Arc<dyn LockBackend>) -> Acquire {
+    Arc::new(move |k: String| {
+        let backend = backend.clone();
+        Box::pin(async move {
+            let key = Key::new(k).map_err(err)?;
+            let wait = WaitPolicy::new(Duration::from_secs(60));
+            let lease = backend.acquire(&key, TTL, &wait).await.map_err(err)?;
+            let release: Release = Box::new(move || {
+                Box::pin(async move { backend.release(&lease).await.map_err(err) })
+            });
+            Ok(release)
+        })
+    })
+}
+
+/// A default waiting `Locker` over `backend`.
+fn locker_wait(backend: &Arc<dyn LockBackend>) -> Acquire {
+    let locker = Locker::builder_from_arc(backend.clone())
+        .wait(WaitPolicy::new(Duration::from_secs(60)))
+        .build();
+    stores::locker_acquire(locker, true)
+}
+
+async fn run(samples: usize, rounds: usize) -> Result<(), String> {
+    let store = fixtures::start(&fixtures::postgres_spec()).await?;
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres?mode=advisory&namespace=bench-raw",
+        fixtures::POSTGRES_PASSWORD,
+        store.port
+    );
+    let backend = stores::retry_connect("postgres", Duration::from_secs(90), || async {
+        leasehold_postgres::PostgresBackend::connect(&url)
+            .await
+            .map_err(err)
+    })
+    .await?;
+    let pool = backend.pool().clone();
+    let backend: Arc<dyn LockBackend> = Arc::new(backend);
+    let raw = stores::pg_advisory_raw_wait(pool.clone());
+    let raw_library_release = raw_released_as_library(pool.clone());
+    let backend_side = backend_wait(backend.clone());
+    let locker = locker_wait(&backend);
+    // (name, holder, waiter)
+    let steps: Vec<(&str, &Acquire, &Acquire)> = vec![
+        (
+            "raw: blocking pg_advisory_lock, pg_advisory_unlock",
+            &raw,
+            &raw,
+        ),
+        (
+            "raw, released as the library releases (NOTIFY, resets)",
+            &raw_library_release,
+            &raw_library_release,
+        ),
+        ("library holder, raw waiter", &backend_side, &raw),
+        (
+            "raw holder released as the library releases, library waiter",
+            &raw_library_release,
+            &backend_side,
+        ),
+        ("backend acquire + release", &backend_side, &backend_side),
+        ("Locker lock + release", &locker, &locker),
+    ];
+    let rtt = stores::pg_rtt(pool);
+    let mut p50s = vec![Vec::with_capacity(rounds); steps.len()];
+    let mut rtts = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        for (i, (_, holder, waiter)) in steps.iter().enumerate() {
+            let label = format!("pg-handoff-cost-{i}-{round}");
+            let p = harness::handoff_between(&label, holder, waiter, samples, HOLD).await?;
+            p50s[i].push(p.p50);
+        }
+        let label = format!("pg-handoff-cost-rtt-{round}");
+        rtts.push(harness::latency(&label, std::slice::from_ref(&rtt), samples, 5).await?[0].p50);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rtt = median(&mut rtts);
+    let medians: Vec<f64> = p50s.iter_mut().map(median).collect();
+    println!(
+        "Postgres 15 stand-in (container, loopback): one waiter parked behind a holder \
+         that keeps the key {HOLD:?}; release sent → the waiter has it. Median over \
+         {rounds} interleaved rounds of each round's p50 ({samples} handoffs per step \
+         per round); round trip (SELECT 1) p50 {rtt:.0} µs"
+    );
+    println!("| steps | handoff p50 | round trips | p50 / raw p50 |");
+    println!("|---|---|---|---|");
+    for ((name, ..), p50) in steps.iter().zip(&medians) {
+        println!(
+            "| {name} | {p50:.0} µs | {:.1} | {:.2} |",
+            p50 / rtt,
+            p50 / medians[0]
+        );
+    }
+    drop(store);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let samples = leasehold_benches::flag("--samples").unwrap_or(30);
+    let rounds = leasehold_benches::flag("--rounds").unwrap_or(10);
+    leasehold_benches::finish("pg_handoff_cost", run(samples, rounds).await)
+}
