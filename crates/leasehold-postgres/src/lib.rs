@@ -126,7 +126,10 @@
 //!
 //! ## Both modes
 //! - Waiting: release sends `NOTIFY` on a channel (default
-//!   `leasehold_release`); one shared LISTEN per backend, on its own
+//!   `leasehold_release`; an advisory mutex's release skips it when a
+//!   waiter of the same backend is queued for the key in the server, which
+//!   hands that waiter the lock at the unlock, ahead of anyone a signal
+//!   would wake); one shared LISTEN per backend, on its own
 //!   connection and owned by core's [`ReleaseFeed`](leasehold_core::ReleaseFeed),
 //!   wakes waiters (`Waiting::Notified`), and wakes all of them after a
 //!   reconnect. Polling with the wait policy's backoff remains the

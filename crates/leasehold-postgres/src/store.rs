@@ -100,12 +100,17 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
 /// a transaction that commits; it need not be durable (a lost signal after a
 /// crash costs nothing), so it skips the WAL flush: measured, a flush per
 /// release doubled the lock+unlock time.
-const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)::text, \
+///
+/// `$6` says whether to signal: a mutex release skips it when a waiter of
+/// this backend is queued for the lock in the server ([`Sessions::waiter_queued`]).
+const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), \
+     CASE WHEN $6 THEN pg_notify($2, $3)::text END, \
      set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
      set_config('synchronous_commit', 'off', true)";
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
-const RELEASE_SHARED_SQL: &str = "SELECT pg_advisory_unlock_shared($1), pg_notify($2, $3)::text, \
+const RELEASE_SHARED_SQL: &str = "SELECT pg_advisory_unlock_shared($1), \
+     CASE WHEN $6 THEN pg_notify($2, $3)::text END, \
      set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
      set_config('synchronous_commit', 'off', true)";
 
@@ -303,6 +308,22 @@ impl Sessions {
             id,
             permit: Some(permit),
         })
+    }
+
+    /// Whether one of this backend's waiters holds the turn to queue for
+    /// advisory lock `id` in the server ([`turn`](Self::turn)). The
+    /// server grants the lock to its queued waiter at the unlock itself, so
+    /// a release signal would only wake waiters to be refused: a mutex
+    /// release then sends none. (Should that waiter not be in the server's
+    /// queue yet, or leave it unanswered, the lock is free and waiters
+    /// elsewhere find it at their next poll: latency, never a hang; the
+    /// queued waiter's own release signals them.)
+    pub(crate) fn waiter_queued(&self, id: i64) -> bool {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|turn| turn.available_permits() == 0)
     }
 
     /// The pool's size (for error messages).
@@ -727,10 +748,10 @@ impl Task {
     /// anything else the session is closed, which frees the lock if it was
     /// still held. Either way the lease is over.
     async fn release(&self, mut session: PgListener, timeout: Duration) -> Result<(), LockError> {
-        let sql = if self.shared {
-            RELEASE_SHARED_SQL
+        let (sql, signal) = if self.shared {
+            (RELEASE_SHARED_SQL, true)
         } else {
-            RELEASE_SQL
+            (RELEASE_SQL, !self.sessions.waiter_queued(self.id))
         };
         let unlock = sqlx::query_as::<
             _,
@@ -751,6 +772,7 @@ impl Task {
                 .defaults()
                 .map_or("", |d| d.application_name.as_str()),
         )
+        .bind(signal)
         .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {

@@ -883,6 +883,50 @@ async fn a_queued_wait_runs_out_by_its_own_lock_timeout() {
     queue.backend.release(&queue.lease).await.unwrap();
 }
 
+/// A release signals the waiters that could not queue in the server: a
+/// backend with one session has no place in the queue (at most half its
+/// sessions wait there), so its waiter, its own attempts an hour apart,
+/// waits with core's loop, and only the holder's `NOTIFY` can hand it the
+/// lock. (Nothing tested that signal: a mutex release that never sent it
+/// passed every test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
+    let opts = options(Mode::Advisory);
+    let queue = Queue::behind_a_holder("queue:signalled", opts.clone()).await;
+    let url = queue.server.url_with("application_name=unqueued-waiter");
+    let unqueued = PostgresBackend::connect_with(opts.max_connections(1).url(&url))
+        .await
+        .expect("connect the waiter's backend");
+    let waiting = queue.waiter(&unqueued, TTL, hour_apart(Duration::from_secs(60)));
+    // Its refused attempt leaves its one session idle after the grant
+    // statement (which labels a session only when it takes the lock). The
+    // server shows a statement's first 1,024 bytes: matched by its start.
+    eventually(
+        Duration::from_secs(20),
+        "the waiter's first attempt was refused",
+        || async {
+            let refused: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'unqueued-waiter' \
+                 AND state = 'idle' AND query LIKE 'SELECT CASE WHEN g.t <%'",
+            )
+            .fetch_one(&queue.observer)
+            .await
+            .expect("query pg_stat_activity");
+            refused == 1
+        },
+    )
+    .await;
+    assert_eq!(queued_for(&queue.observer, queue.id).await, 0);
+    queue.backend.release(&queue.lease).await.unwrap();
+    // Well inside the holder's TTL, after which the waiter would try again.
+    let granted = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the release's signal hands the waiter the lock within 20 s")
+        .unwrap()
+        .expect("the waiter gets the lock");
+    unqueued.release(&granted).await.unwrap();
+}
+
 /// A killed holder sends no release signal; a waiter queued in the server
 /// gets the lock as the server ends the holder's session, with its own next
 /// attempt an hour away. (Before waiters queued in the server, the waiter
