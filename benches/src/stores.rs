@@ -120,6 +120,22 @@ fn redis_names(layout: &KeyLayout, k: &str) -> Result<(String, String, String), 
     ))
 }
 
+/// leasehold-redis's release script for `lock` held by `owner`, which
+/// publishes on `channel`.
+async fn release_script(
+    conn: &mut ConnectionManager,
+    lock: &str,
+    owner: &str,
+    channel: &str,
+) -> redis::RedisResult<i64> {
+    scripts::release()
+        .key(lock)
+        .arg(owner)
+        .arg(channel)
+        .invoke_async(conn)
+        .await
+}
+
 /// The acquire and release scripts sent directly to every connection (one
 /// for Redis, N concurrently for Redlock's raw fan-out).
 pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
@@ -153,14 +169,7 @@ pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
             let released = join_all(conns.iter().map(|c| {
                 let mut c = c.clone();
                 let (lock, owner, channel) = (lock.clone(), owner.clone(), channel.clone());
-                async move {
-                    scripts::release()
-                        .key(lock)
-                        .arg(owner)
-                        .arg(channel)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                }
+                async move { release_script(&mut c, &lock, &owner, &channel).await }
             }))
             .await;
             for r in released {
@@ -211,11 +220,7 @@ pub fn redis_raw_wait(client: redis::Client, conn: ConnectionManager) -> Acquire
             }
             let release: Release = Box::new(move || {
                 Box::pin(async move {
-                    scripts::release()
-                        .key(lock)
-                        .arg(owner)
-                        .arg(channel)
-                        .invoke_async::<i64>(&mut conn)
+                    release_script(&mut conn, &lock, &owner, &channel)
                         .await
                         .map(|_| ())
                         .map_err(err)
@@ -389,7 +394,7 @@ pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
 
 /// A raw waiting acquire that holds a pooled connection: `lock` blocks on
 /// it until the server grants, `unlock` gives the lock back on it.
-fn held_on_a_connection<DB: sqlx::Database>(
+pub fn held_on_a_connection<DB: sqlx::Database>(
     pool: sqlx::Pool<DB>,
     lock: &'static str,
     unlock: &'static str,

@@ -40,35 +40,16 @@ const HOLD: Duration = Duration::from_millis(20);
 /// `pg_advisory_unlock` with a `NOTIFY` and the session resets in the same
 /// statement, its commit not flushed, as the library's release sends.
 fn raw_released_as_library(pool: sqlx::PgPool) -> Acquire {
-    Arc::new(move |k: String| {
-        let pool = pool.clone();
-        Box::pin(async move {
-            let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
-            let mut conn = pool.acquire().await.map_err(err)?;
-            sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(err)?;
-            let release: Release = Box::new(move || {
-                Box::pin(async move {
-                    sqlx::query(
-                        "SELECT pg_advisory_unlock($1), \
-                         pg_notify('leasehold_bench_raw', $1::text)::text, \
-                         set_config('idle_session_timeout', '0', false), \
-                         set_config('application_name', '', false), \
-                         set_config('synchronous_commit', 'off', true)",
-                    )
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(err)
-                })
-            });
-            Ok(release)
-        })
-    })
+    stores::held_on_a_connection(
+        pool,
+        "SELECT pg_advisory_lock($1::text::int8)",
+        "SELECT pg_advisory_unlock($1::text::int8), \
+         pg_notify('leasehold_bench_raw', $1)::text, \
+         set_config('idle_session_timeout', '0', false), \
+         set_config('application_name', '', false), \
+         set_config('synchronous_commit', 'off', true)",
+        |k| leasehold_postgres::advisory_lock_id("bench-raw", k).to_string(),
+    )
 }
 
 /// `backend.acquire` (waiting) and `backend.release`.
