@@ -265,15 +265,32 @@ impl LockBackend for PostgresBackend {
             return wait_for_lock(self, key, ttl, &wait).await;
         }
         let deadline = instant_after(tokio::time::Instant::now(), wait.deadline);
-        wait_for_lock_with(self, key, &wait, || async move {
-            let refused = match self.try_acquire(key, ttl).await {
-                Err(refused @ LockError::Contended { .. }) => refused,
-                other => return other,
-            };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            advisory::queue(&self.shared, key, ttl, left)
-                .await?
-                .ok_or(refused)
+        let sessions = self.shared.sessions()?;
+        // Taken when the call first waits for a release signal, kept until
+        // it returns (or is dropped).
+        let mark = tokio::sync::OnceCell::new();
+        wait_for_lock_with(self, key, &wait, || {
+            let mark = &mark;
+            async move {
+                let refused = match self.try_acquire(key, ttl).await {
+                    Err(refused @ LockError::Contended { .. }) => refused,
+                    other => return other,
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Some(lease) = advisory::queue(&self.shared, key, ttl, left).await? {
+                    return Ok(lease);
+                }
+                if mark.initialized() {
+                    return Err(refused);
+                }
+                // Not queued in the server: this call waits for a release
+                // signal, which a mutex release sends only to a marked key.
+                // Marked, it asks once more, so a release between its
+                // refusal and the mark is not missed.
+                let id = advisory_lock_id(&self.shared.options.namespace, key.as_str());
+                let _ = mark.set(sessions.marks.mark(id).await);
+                self.try_acquire(key, ttl).await
+            }
         })
         .await
     }

@@ -126,10 +126,7 @@
 //!
 //! ## Both modes
 //! - Waiting: release sends `NOTIFY` on a channel (default
-//!   `leasehold_release`; an advisory mutex's release skips it when a
-//!   waiter of the same backend is queued for the key in the server, which
-//!   hands that waiter the lock at the unlock, ahead of anyone a signal
-//!   would wake); one shared LISTEN per backend, on its own
+//!   `leasehold_release`); one shared LISTEN per backend, on its own
 //!   connection and owned by core's [`ReleaseFeed`](leasehold_core::ReleaseFeed),
 //!   wakes waiters (`Waiting::Notified`), and wakes all of them after a
 //!   reconnect. Polling with the wait policy's backoff remains the
@@ -151,6 +148,20 @@
 //!   grant that waited more than a quarter of its TTL is renewed once
 //!   before it is returned, since its validity counts from when the
 //!   statement was sent. Table mode has no server queue and waits as above.
+//! - **An advisory mutex's release signals only a waiter that needs it.**
+//!   A waiter that waits for the signal (it could not queue in the
+//!   server) first marks the key: a shared advisory lock on a mark id,
+//!   held on one mark session per backend for the rest of its wait. The
+//!   release, in its one statement, unlocks and then sends its `NOTIFY`
+//!   only if the key is marked, so an uncontended release, and one whose
+//!   waiter is queued in the server (handed the lock at the unlock),
+//!   commits nothing: no transaction id, no commit record, no entry in the
+//!   server's notification queue (see `marks.rs` for why no signal is
+//!   lost). It also
+//!   skips the check when a waiter of the same backend is queued for the
+//!   key in the server. Readers', writers' and permits' releases always
+//!   signal. A waiter of an older release of this crate does not mark:
+//!   it finds the key at its next poll.
 //!   A `Locker`'s waiter entries (core's `waits` registry, one lease per
 //!   waiting call, so one pinned session each here) take a session only
 //!   while fewer than half are in use; past that a wait goes unrecorded
@@ -314,6 +325,7 @@ mod epoch;
 mod error;
 mod keys;
 mod kinds;
+mod marks;
 mod notify;
 mod schema;
 mod store;

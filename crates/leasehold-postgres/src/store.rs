@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ADVISORY, PostgresConfig, Settings};
 use crate::error::{map, session_ended};
 use crate::keys::{halves, signal_name};
+use crate::marks::{Marks, mark_id};
 
 /// The statements of one mode, built once per backend.
 #[derive(Debug, Default)]
@@ -95,24 +96,35 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
 /// fresh session of this backend has ([`SessionDefaults`]), before it is
 /// kept for reuse, in one round trip. Not read from `pg_settings` here:
 /// that view builds every setting's row, and measured with pgbench it cut a
-/// lock+unlock pair from about 2,000 to about 200 per second. The NOTIFY is delivered at commit, i.e.
-/// after the unlock whatever the evaluation order. NOTIFY makes the statement
-/// a transaction that commits; it need not be durable (a lost signal after a
-/// crash costs nothing), so it skips the WAL flush: measured, a flush per
-/// release doubled the lock+unlock time.
+/// lock+unlock pair from about 2,000 to about 200 per second. The unlock
+/// runs first (a subquery kept apart, `OFFSET 0`); the NOTIFY is delivered
+/// at commit. NOTIFY makes the statement a transaction that commits; it
+/// need not be durable (a lost signal after a crash costs nothing), so it
+/// skips the WAL flush: measured, a flush per release doubled the
+/// lock+unlock time.
 ///
-/// `$6` says whether to signal: a mutex release skips it when a waiter of
-/// this backend is queued for the lock in the server ([`Sessions::waiter_queued`]).
-const RELEASE_SQL: &str = "SELECT pg_advisory_unlock($1), \
-     CASE WHEN $6 THEN pg_notify($2, $3)::text END, \
+/// `$6` says whether a signal may be needed: a mutex release skips it when
+/// a waiter of this backend is queued for the lock in the server
+/// ([`Sessions::waiter_queued`]). `$7` is the key's waiter mark id
+/// ([`crate::marks`]) for a mutex, and the signal is sent only while a
+/// waiter holds the mark; `NULL` (a reader's, writer's or permit's
+/// release) always signals.
+const RELEASE_SQL: &str = "SELECT s.u, \
+     CASE WHEN NOT (s.u AND $6) THEN NULL \
+          WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
+          ELSE pg_notify($2, $3)::text END, \
      set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
-     set_config('synchronous_commit', 'off', true)";
+     set_config('synchronous_commit', 'off', true) \
+     FROM (SELECT pg_advisory_unlock($1) AS u OFFSET 0) s";
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
-const RELEASE_SHARED_SQL: &str = "SELECT pg_advisory_unlock_shared($1), \
-     CASE WHEN $6 THEN pg_notify($2, $3)::text END, \
+const RELEASE_SHARED_SQL: &str = "SELECT s.u, \
+     CASE WHEN NOT (s.u AND $6) THEN NULL \
+          WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
+          ELSE pg_notify($2, $3)::text END, \
      set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
-     set_config('synchronous_commit', 'off', true)";
+     set_config('synchronous_commit', 'off', true) \
+     FROM (SELECT pg_advisory_unlock_shared($1) AS u OFFSET 0) s";
 
 /// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
 /// least 1, since 0 would disable it).
@@ -144,6 +156,9 @@ pub(crate) struct Sessions {
     /// Per advisory lock id, whose turn it is among this backend's waiters
     /// to queue in the server ([`Sessions::turn`]).
     turns: Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
+    /// Marks the keys this backend's unqueued waiters wait for
+    /// ([`crate::marks`]), on a session of its own.
+    pub(crate) marks: Marks,
 }
 
 /// A clean session kept for reuse: its server pid when known (learned from
@@ -265,6 +280,7 @@ impl Sessions {
         timeout: Duration,
         channel: String,
     ) -> Self {
+        let marks = Marks::new(connect.clone(), timeout);
         let pool = PgPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(timeout)
@@ -281,6 +297,7 @@ impl Sessions {
             defaults: OnceLock::new(),
             queue_slots: Arc::new(tokio::sync::Semaphore::new((max / 2) as usize)),
             turns: Mutex::new(std::collections::HashMap::new()),
+            marks,
         }
     }
 
@@ -595,6 +612,7 @@ impl Pinned {
             id,
             shared: held.shared,
             signal: held.signal,
+            waiters_mark: held.waiters_mark,
             pid,
             lost,
             ended: ended.clone(),
@@ -647,15 +665,21 @@ pub(crate) struct Held {
     pub(crate) id: i64,
     pub(crate) shared: bool,
     pub(crate) signal: i64,
+    /// Whether its waiters mark the key ([`crate::marks`]), so that its
+    /// release signals only while one does (a mutex); else it always
+    /// signals.
+    pub(crate) waiters_mark: bool,
 }
 
 impl Held {
-    /// The key's mutex, advisory lock `id`, which signals its own release.
+    /// The key's mutex, advisory lock `id`, which signals its own release
+    /// to the waiters that marked it.
     pub(crate) fn mutex(id: i64) -> Held {
         Held {
             id,
             shared: false,
             signal: id,
+            waiters_mark: true,
         }
     }
 }
@@ -666,6 +690,7 @@ struct Task {
     id: i64,
     shared: bool,
     signal: i64,
+    waiters_mark: bool,
     pid: i32,
     lost: CancellationToken,
     ended: Arc<Mutex<Option<Ended>>>,
@@ -753,6 +778,9 @@ impl Task {
         } else {
             (RELEASE_SQL, !self.sessions.waiter_queued(self.id))
         };
+        // Only a mutex's waiters mark their key; the other kinds' always
+        // take the signal.
+        let mark = self.waiters_mark.then(|| mark_id(self.id));
         let unlock = sqlx::query_as::<
             _,
             (
@@ -773,6 +801,7 @@ impl Task {
                 .map_or("", |d| d.application_name.as_str()),
         )
         .bind(signal)
+        .bind(mark)
         .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {

@@ -888,7 +888,9 @@ async fn a_queued_wait_runs_out_by_its_own_lock_timeout() {
 /// sessions wait there), so its waiter, its own attempts an hour apart,
 /// waits with core's loop, and only the holder's `NOTIFY` can hand it the
 /// lock. (Nothing tested that signal: a mutex release that never sent it
-/// passed every test.)
+/// passed every test.) The waiter marks the key first, which is what makes
+/// the release signal (`a_release_nobody_waits_for_sends_no_signal`), and
+/// gives the mark back when its wait ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
     let opts = options(Mode::Advisory);
@@ -898,21 +900,28 @@ async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
         .await
         .expect("connect the waiter's backend");
     let waiting = queue.waiter(&unqueued, TTL, hour_apart(Duration::from_secs(60)));
-    // Its refused attempt leaves its one session idle after the grant
-    // statement (which labels a session only when it takes the lock). The
-    // server shows a statement's first 1,024 bytes: matched by its start.
+    // It marks the key on its backend's mark session, then asks again: its
+    // one session goes idle after that refused grant statement (which
+    // labels a session only when it takes the lock) later than the mark
+    // session after the mark. The server shows a statement's first 1,024
+    // bytes: matched by its start.
     eventually(
         Duration::from_secs(20),
-        "the waiter's first attempt was refused",
+        "the waiter marked the key, then was refused again",
         || async {
-            let refused: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'unqueued-waiter' \
-                 AND state = 'idle' AND query LIKE 'SELECT CASE WHEN g.t <%'",
+            let refused_after_mark: Option<bool> = sqlx::query_scalar(
+                "SELECT (SELECT max(state_change) FROM pg_stat_activity \
+                         WHERE application_name = 'unqueued-waiter' AND state = 'idle' \
+                         AND query LIKE 'SELECT CASE WHEN g.t <%') \
+                      > (SELECT max(a.state_change) FROM pg_stat_activity a \
+                         JOIN pg_locks l ON l.pid = a.pid \
+                         WHERE a.application_name = 'unqueued-waiter' AND l.granted \
+                         AND l.locktype = 'advisory' AND l.mode = 'ShareLock')",
             )
             .fetch_one(&queue.observer)
             .await
             .expect("query pg_stat_activity");
-            refused == 1
+            refused_after_mark == Some(true)
         },
     )
     .await;
@@ -924,7 +933,58 @@ async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
         .expect("the release's signal hands the waiter the lock within 20 s")
         .unwrap()
         .expect("the waiter gets the lock");
+    // Its wait over, the waiter gives its mark back.
+    eventually(
+        Duration::from_secs(20),
+        "the waiter's mark is gone",
+        || async {
+            let marks: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE a.application_name = 'unqueued-waiter' AND l.locktype = 'advisory' \
+             AND l.mode = 'ShareLock'",
+            )
+            .fetch_one(&queue.observer)
+            .await
+            .expect("query pg_locks");
+            marks == 0
+        },
+    )
+    .await;
     unqueued.release(&granted).await.unwrap();
+}
+
+/// A mutex release that no waiter marked sends no `NOTIFY` (a transaction
+/// id, a commit record and the server's notification lock at every
+/// release, for nobody). Notifications arrive in commit order, so a probe
+/// sent after the release comes first only if the release sent none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_nobody_waits_for_sends_no_signal() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let channel = "unwaited_releases";
+    let backend = server
+        .backend(options(Mode::Advisory).channel(channel))
+        .await;
+    let mut listener = sqlx::postgres::PgListener::connect(&server.url)
+        .await
+        .expect("connect the listener");
+    listener.listen(channel).await.expect("LISTEN");
+    let lease = backend.try_acquire(&key("unwaited"), TTL).await.unwrap();
+    backend.release(&lease).await.unwrap();
+    sqlx::query("SELECT pg_notify($1, 'probe')")
+        .bind(channel)
+        .execute(&observer)
+        .await
+        .expect("send the probe");
+    let first = tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("the probe arrives")
+        .expect("LISTEN connection");
+    assert_eq!(
+        first.payload(),
+        "probe",
+        "a release nobody waited for sent a NOTIFY"
+    );
 }
 
 /// A killed holder sends no release signal; a waiter queued in the server

@@ -208,6 +208,8 @@ async fn attempt_on(
         id,
         shared: take_is_shared(take),
         signal: advisory_lock_id(&options.namespace, key.as_str()),
+        // Readers', writers' and permits' waiters do not mark the key.
+        waiters_mark: false,
     };
     let sessions = shared.sessions().map_err(|e| (e, false))?;
     let granted = Granted {
