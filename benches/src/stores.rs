@@ -369,12 +369,23 @@ pub fn zk_rtt(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
 /// Postgres advisory: `pg_try_advisory_lock` and `pg_advisory_unlock` on one
 /// pooled connection.
 pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
+    pg_advisory_statements(
+        pool,
+        "SELECT pg_try_advisory_lock($1)",
+        "SELECT pg_advisory_unlock($1)",
+    )
+}
+
+/// Postgres advisory: `lock` then `unlock` on one pooled connection, both
+/// bound to the key's advisory lock id (`$1`, namespace `bench-raw`). The
+/// first column of `lock`'s row says whether it took the lock.
+pub fn pg_advisory_statements(pool: sqlx::PgPool, lock: &'static str, unlock: &'static str) -> Op {
     op(move |k| {
         let pool = pool.clone();
         async move {
             let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
             let mut conn = pool.acquire().await.map_err(err)?;
-            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            let got: bool = sqlx::query_scalar(lock)
                 .bind(id)
                 .fetch_one(&mut *conn)
                 .await
@@ -382,7 +393,7 @@ pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
             if !got {
                 return Err(format!("raw advisory lock {k} held"));
             }
-            sqlx::query("SELECT pg_advisory_unlock($1)")
+            sqlx::query(unlock)
                 .bind(id)
                 .execute(&mut *conn)
                 .await
