@@ -366,6 +366,34 @@ pub fn zk_rtt(client: leasehold_zookeeper::zookeeper_client::Client) -> Op {
     })
 }
 
+/// A Postgres fixture started from `spec`, and an advisory-mode backend on
+/// it with the URL options `query` (e.g. `namespace=bench-raw`).
+pub async fn pg_advisory_backend(
+    spec: leasehold_conformance::fixtures::ContainerSpec,
+    query: &str,
+) -> Result<
+    (
+        leasehold_conformance::fixtures::Container,
+        leasehold_postgres::PostgresBackend,
+    ),
+    String,
+> {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&spec).await?;
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres?mode=advisory&{query}",
+        fixtures::POSTGRES_PASSWORD,
+        store.port
+    );
+    let backend = retry_connect("postgres", Duration::from_secs(90), || async {
+        leasehold_postgres::PostgresBackend::connect(&url)
+            .await
+            .map_err(err)
+    })
+    .await?;
+    Ok((store, backend))
+}
+
 /// Postgres advisory: `pg_try_advisory_lock` and `pg_advisory_unlock` on one
 /// pooled connection.
 pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {

@@ -77,18 +77,8 @@ fn locker_wait(backend: &Arc<dyn LockBackend>) -> Acquire {
 }
 
 async fn run(samples: usize, rounds: usize) -> Result<(), String> {
-    let store = fixtures::start(&fixtures::postgres_spec()).await?;
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres?mode=advisory&namespace=bench-raw",
-        fixtures::POSTGRES_PASSWORD,
-        store.port
-    );
-    let backend = stores::retry_connect("postgres", Duration::from_secs(90), || async {
-        leasehold_postgres::PostgresBackend::connect(&url)
-            .await
-            .map_err(err)
-    })
-    .await?;
+    let (store, backend) =
+        stores::pg_advisory_backend(fixtures::postgres_spec(), "namespace=bench-raw").await?;
     let pool = backend.pool().clone();
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
     let raw = stores::pg_advisory_raw_wait(pool.clone());

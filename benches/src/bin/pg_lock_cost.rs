@@ -22,7 +22,6 @@
 //! - locker: `Locker::try_lock` + `release`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use leasehold_benches::{steps, stores};
 use leasehold_conformance::fixtures;
@@ -57,19 +56,8 @@ const NOTIFYING_UNLOCK: &str = "SELECT pg_advisory_unlock($1), \
      set_config('synchronous_commit', 'off', true)";
 
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
-    let store =
-        fixtures::start(&fixtures::postgres_spec().args(["-c", "max_connections=300"])).await?;
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres?mode=advisory",
-        fixtures::POSTGRES_PASSWORD,
-        store.port
-    );
-    let backend = stores::retry_connect("postgres", Duration::from_secs(90), || async {
-        leasehold_postgres::PostgresBackend::connect(&url)
-            .await
-            .map_err(err)
-    })
-    .await?;
+    let spec = fixtures::postgres_spec().args(["-c", "max_connections=300"]);
+    let (store, backend) = stores::pg_advisory_backend(spec, "namespace=bench-lock").await?;
     let pool = backend.pool().clone();
     leasehold_postgres::sqlx::query("CREATE SEQUENCE IF NOT EXISTS bench_raw_token")
         .execute(&pool)
