@@ -317,6 +317,29 @@
 //!   that timed out may or may not have evicted: inspect before retrying.
 #![warn(missing_docs)]
 
+/// The two statements of an advisory mutex, as a backend built from
+/// `config` sends them: the grant (binds: the advisory lock id, the
+/// namespace, the key, the holder label, the idle timeout in ms) and the
+/// release (binds: the lock id, the channel, the signal payload, the idle
+/// timeout and `application_name` to restore, whether a signal may be
+/// needed, the key's waiter mark id or `NULL`). For benchmarks that time
+/// them from a bare client beside the backend (`pg_lock_cost`); not a
+/// stable interface.
+///
+/// ```
+/// use leasehold_postgres::{Mode, PostgresConfig, advisory_mutex_statements};
+/// let (grant, release) = advisory_mutex_statements(&PostgresConfig::new(Mode::Advisory));
+/// assert!(grant.contains("pg_try_advisory_lock($1)"));
+/// assert!(release.contains("pg_advisory_unlock($1)"));
+/// ```
+#[doc(hidden)]
+pub fn advisory_mutex_statements(config: &PostgresConfig) -> (String, &'static str) {
+    (
+        advisory::sql(&config.settings()).acquire,
+        store::RELEASE_SQL,
+    )
+}
+
 mod admin;
 mod advisory;
 mod backend;

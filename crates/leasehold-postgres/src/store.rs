@@ -109,7 +109,7 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
 /// ([`crate::marks`]) for a mutex, and the signal is sent only while a
 /// waiter holds the mark; `NULL` (a reader's, writer's or permit's
 /// release) always signals.
-const RELEASE_SQL: &str = "SELECT s.u, \
+pub(crate) const RELEASE_SQL: &str = "SELECT s.u, \
      CASE WHEN NOT (s.u AND $6) THEN NULL \
           WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
           ELSE pg_notify($2, $3)::text END, \
