@@ -180,6 +180,9 @@ impl PostgresConfig {
     /// many locks one backend can hold at once (pinned sessions have a
     /// private pool of this size; the backend's own pool, of the same size,
     /// serves `inspect` and migrations and opens connections only when used).
+    /// Beside these, one connection LISTENs for release signals while a
+    /// call waits, and in advisory mode one holds the marks of waiters that
+    /// could not queue in the server, once such a waiter has waited.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = Some(n);
         self
