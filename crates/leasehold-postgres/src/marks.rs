@@ -106,15 +106,23 @@ impl Marks {
     }
 
     /// Marks mutex `id` as waited for ([`mark_id`]), once the server holds
-    /// the mark; `None` when it could not be taken (the session failed, or
-    /// took longer than the timeout): the waiter then relies on its polls.
+    /// the mark; `None` when it could not be taken within the timeout (the
+    /// session failed, the server is slow, or other marks queued ahead of
+    /// this one): the waiter then relies on its polls.
     ///
-    /// Cancel safety: a mark taken for a caller that left is given back.
+    /// Cancel safety: a mark taken for a caller that left (or stopped
+    /// waiting for it) is given back; one not yet taken is skipped.
     pub(crate) async fn mark(&self, id: i64) -> Option<Mark> {
         let id = mark_id(id);
         let (reply, answer) = oneshot::channel();
         let task = self.send(Command::Mark { id, reply })?;
-        answer.await.unwrap_or(false).then_some(Mark { id, task })
+        // Marks are taken one after another on one session: bounded here,
+        // so a paused server costs a waiter the timeout, not the timeouts of
+        // every mark queued ahead of it.
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(true)) => Some(Mark { id, task }),
+            _ => None,
+        }
     }
 
     /// Sends `command` to the task, starting one if there is none or the
@@ -153,6 +161,10 @@ async fn serve(
     while let Some(command) = commands.recv().await {
         match command {
             Command::Mark { id, reply } => {
+                // Its caller left or stopped waiting: nothing to take.
+                if reply.is_closed() {
+                    continue;
+                }
                 if !session.lock(id).await {
                     let _ = reply.send(false);
                     continue;

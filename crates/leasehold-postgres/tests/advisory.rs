@@ -1204,3 +1204,73 @@ async fn waiter_entries_take_sessions_only_while_half_are_free() {
     backend.release(&recorded).await.unwrap();
     backend.release(&a).await.unwrap();
 }
+
+/// The mark id of advisory lock `id` (`marks.rs`), written out again here
+/// so that a change to it, which would split waiters and releases of
+/// different versions, fails this test too.
+fn mark_id(id: i64) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"leasehold\0mark\0")
+        .chain_update(id.to_be_bytes())
+        .finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Waiters mark their keys one after another on one mark session, so a
+/// mark the server does not answer held up every mark queued behind it:
+/// each waiter's wait is bounded by its own deadline plus one timeout, not
+/// by the timeouts of the marks ahead of it. Here the observer holds every
+/// key's mark id, so no mark is granted. Seen failing before the bound: of
+/// 8 waiters (1 s timeout, 1 s wait), one answered after 6.9 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_the_server_does_not_answer_costs_a_waiter_one_timeout() {
+    const WAITERS: usize = 8;
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let namespace = opts.namespace_str().to_owned();
+    let holder = server.backend(opts.clone()).await;
+    let timeout = Duration::from_secs(1);
+    // One session: no place in the server's queue, so every waiter marks.
+    let waiting = server
+        .backend(opts.max_connections(1).timeout(timeout))
+        .await;
+    let mut blocker = observer.acquire().await.unwrap();
+    let mut leases = Vec::new();
+    let mut calls = Vec::new();
+    for n in 0..WAITERS {
+        let k = key(&format!("unanswered-mark:{n}"));
+        leases.push(holder.try_acquire(&k, TTL).await.unwrap());
+        let id = advisory_lock_id(&namespace, k.as_str());
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(mark_id(id))
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        let waiting = waiting.clone();
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = waiting
+                .acquire(&k, TTL, &hour_apart(Duration::from_secs(1)))
+                .await;
+            (outcome, started.elapsed())
+        }));
+    }
+    for call in calls {
+        let (outcome, took) = call.await.unwrap();
+        assert!(
+            matches!(outcome, Err(LockError::WaitTimedOut { .. })),
+            "the key stays held: {outcome:?}"
+        );
+        // The wait (1 s) and one timeout, with room for a slow machine;
+        // unbounded, the last waiter took the 8 timeouts of the marks ahead.
+        assert!(
+            took < Duration::from_secs(6),
+            "a waiter took {took:?} behind marks the server did not answer"
+        );
+    }
+    for lease in leases {
+        holder.release(&lease).await.unwrap();
+    }
+}
