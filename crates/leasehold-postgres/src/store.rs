@@ -91,6 +91,25 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
      AND pid = pg_backend_pid() AND classid::int8 = $1 AND objid::int8 = $2 \
      AND objsubid = 1 AND granted), set_config('idle_session_timeout', $3, false)";
 
+/// The release statement around `unlock`, the function that gives the
+/// lock back (exclusive or shared): one text for both.
+macro_rules! release_sql {
+    ($unlock:literal) => {
+        concat!(
+            "SELECT s.u, \
+             CASE WHEN NOT (s.u AND $6) THEN NULL \
+                  WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
+                  ELSE pg_notify($2, $3)::text END, \
+             set_config('idle_session_timeout', $4, false), \
+             set_config('application_name', $5, false), \
+             set_config('synchronous_commit', 'off', true) \
+             FROM (SELECT ",
+            $unlock,
+            "($1) AS u OFFSET 0) s"
+        )
+    };
+}
+
 /// Unlock, signal, and restore the session's idle timeout (`$4`) and
 /// `application_name` (`$5`, which a grant set to its label), the values a
 /// fresh session of this backend has ([`SessionDefaults`]), before it is
@@ -109,22 +128,10 @@ const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = '
 /// ([`crate::marks`]) for a mutex, and the signal is sent only while a
 /// waiter holds the mark; `NULL` (a reader's, writer's or permit's
 /// release) always signals.
-pub(crate) const RELEASE_SQL: &str = "SELECT s.u, \
-     CASE WHEN NOT (s.u AND $6) THEN NULL \
-          WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
-          ELSE pg_notify($2, $3)::text END, \
-     set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
-     set_config('synchronous_commit', 'off', true) \
-     FROM (SELECT pg_advisory_unlock($1) AS u OFFSET 0) s";
+pub(crate) const RELEASE_SQL: &str = release_sql!("pg_advisory_unlock");
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
-const RELEASE_SHARED_SQL: &str = "SELECT s.u, \
-     CASE WHEN NOT (s.u AND $6) THEN NULL \
-          WHEN $7::int8 IS NOT NULL AND pg_try_advisory_xact_lock($7::int8) THEN NULL \
-          ELSE pg_notify($2, $3)::text END, \
-     set_config('idle_session_timeout', $4, false), set_config('application_name', $5, false), \
-     set_config('synchronous_commit', 'off', true) \
-     FROM (SELECT pg_advisory_unlock_shared($1) AS u OFFSET 0) s";
+const RELEASE_SHARED_SQL: &str = release_sql!("pg_advisory_unlock_shared");
 
 /// The TTL as `idle_session_timeout` (whole milliseconds, rounded up; at
 /// least 1, since 0 would disable it).
