@@ -368,7 +368,7 @@ async fn redis_subjects(
             let mut s = stores::library(
                 &format!("redlock-{n}"),
                 Arc::new(backend),
-                "polled (redlock)",
+                "notified (pub/sub on every server)",
             );
             s.raw = Some(stores::redis_raw(conns));
             s.raw_desc = "both scripts to N servers concurrently";

@@ -16,7 +16,6 @@ use crate::NAME;
 use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedisConfig, Target};
 use crate::keys::KeyLayout;
 use crate::lease::Leases;
-use crate::notify::PubSub;
 use crate::safety::{Persistence, SafetyFinding};
 use crate::sharded::ShardedFeed;
 use crate::store::RedisNode;
@@ -118,11 +117,7 @@ impl RedisBackend {
             Target::Cluster(target) => {
                 Feed::Sharded(Arc::new(ShardedFeed::new(target.clone(), timeout)))
             }
-            _ => Feed::Classic(Arc::new(ReleaseFeed::new(PubSub::new(
-                node.clone(),
-                layout.channel(),
-                timeout,
-            )))),
+            _ => Feed::Classic(Arc::new(ReleaseFeed::new(node.release_source()))),
         });
         Ok(RedisBackend {
             leases: Leases::new(node, config.clock.clone(), shared.drift.unwrap_or_default()),

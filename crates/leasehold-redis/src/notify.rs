@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use leasehold_core::{LockError, ReleaseSource, ReleaseStream, async_trait, with_timeout};
 
-use crate::NAME;
 use crate::error::map;
 use crate::store::RedisNode;
 
@@ -20,7 +19,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// One pub/sub connection subscribed to a namespace's release channel, on
 /// the server the node's calls go to when it (re)subscribes (after a
-/// Sentinel failover: the new master).
+/// Sentinel failover: the new master). Its errors carry the node's backend
+/// name (`redis`, or `redlock` for a Redlock server).
 #[derive(Debug)]
 pub(crate) struct PubSub {
     node: RedisNode,
@@ -43,20 +43,20 @@ impl PubSub {
 #[async_trait]
 impl ReleaseSource for PubSub {
     async fn subscribe(&self) -> Result<ReleaseStream, LockError> {
-        let timeout = self.timeout;
-        let pubsub = with_timeout(NAME, timeout, async {
+        let (timeout, backend) = (self.timeout, self.node.backend);
+        let pubsub = with_timeout(backend, timeout, async {
             self.node
                 .client()
                 .get_async_pubsub()
                 .await
-                .map_err(|e| map(NAME, e))
+                .map_err(|e| map(backend, e))
         })
         .await?;
         let (mut sink, messages) = pubsub.split();
-        with_timeout(NAME, timeout, async {
+        with_timeout(backend, timeout, async {
             sink.subscribe(&self.channel)
                 .await
-                .map_err(|e| map(NAME, e))
+                .map_err(|e| map(backend, e))
         })
         .await?;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -77,7 +77,7 @@ impl ReleaseSource for PubSub {
                         let ping = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
                         if !matches!(ping, Ok(Ok(_))) {
                             let error = LockError::unavailable(
-                                NAME,
+                                backend,
                                 format!("the release subscription did not answer a PING within {timeout:?}"),
                             );
                             return Some((Err(error), None));

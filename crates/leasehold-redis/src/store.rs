@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::config::default_holder;
-use leasehold_core::{FencingToken, Key, LockError, LockInfo, OwnerToken, with_timeout};
+use leasehold_core::{
+    FencingToken, Key, LockError, LockInfo, OwnerToken, ReleaseSource, with_timeout,
+};
 use redis::RedisError;
 use redis::aio::ConnectionManager;
 
@@ -16,6 +18,7 @@ use crate::conn::NodeConnection;
 use crate::error::map;
 use crate::keys::KeyLayout;
 use crate::link::{Link, SentinelLink, manager_config};
+use crate::notify::PubSub;
 use crate::replicas::{Confirmation, ReplicaRule};
 use crate::scripts;
 
@@ -329,6 +332,19 @@ impl RedisNode {
         } else {
             self.layout.channel()
         }
+    }
+
+    /// This node's release channel ([`KeyLayout::channel`]) as a
+    /// [`ReleaseSource`]: each subscription is one pub/sub connection to
+    /// the node's server (after a Sentinel failover, the new master),
+    /// pinged every few seconds so a connection that died silently ends
+    /// the stream; each item is a released lock key's name
+    /// ([`KeyLayout::lock_key`]). A cluster's releases go to shard channels
+    /// instead ([`RedisNode::release_channel`]), which this does not hear.
+    /// For a backend's [`ReleaseFeed`](leasehold_core::ReleaseFeed), or
+    /// one merged over several servers (Redlock).
+    pub fn release_source(&self) -> impl ReleaseSource + use<> {
+        PubSub::new(self.clone(), self.layout.channel(), self.timeout)
     }
 
     /// Compare-and-delete plus the release's announcement on

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{
     Capabilities, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend, LockError,
-    LockInfo, LockKind, OwnerToken, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
+    LockInfo, LockKind, OwnerToken, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, cancel_safe,
     wait_for_grant, wait_for_lock,
 };
 use leasehold_redis::{KeyLayout, RedisNode, extend_split};
 
 use crate::config::{DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, RedlockConfig};
+use crate::notify::Releases;
 use crate::quorum::Quorum;
 use crate::store::Nodes;
 use crate::{MIN_TTL, NAME};
@@ -33,6 +34,10 @@ struct Inner {
     durable: bool,
     poll: Option<Duration>,
     holder: String,
+    /// Release signals from every server (`None`: notifications are off).
+    feed: Option<ReleaseFeed>,
+    /// Names the keys the release signals carry.
+    layout: KeyLayout,
 }
 
 impl RedlockBackend {
@@ -64,7 +69,10 @@ impl RedlockBackend {
         let layout = KeyLayout::new(shared.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
         let holder = shared.holder_or_default();
         let (nodes, durable) =
-            Nodes::connect(config.servers.clone(), layout, timeout, &holder).await?;
+            Nodes::connect(config.servers.clone(), layout.clone(), timeout, &holder).await?;
+        let feed = config
+            .notifications
+            .then(|| ReleaseFeed::new(Releases::new(nodes.clone(), timeout)));
         let quorum = Quorum::new(
             nodes,
             timeout,
@@ -79,6 +87,8 @@ impl RedlockBackend {
                 durable,
                 poll: shared.poll,
                 holder,
+                feed,
+                layout,
             }),
         })
     }
@@ -113,6 +123,38 @@ impl RedlockBackend {
     pub fn node_timeout(&self, ttl: Duration) -> Duration {
         self.inner.quorum.node_timeout(ttl)
     }
+
+    /// Starts the release subscription now and waits until it is up on at
+    /// least one server (at most the per-call timeout). Optional: the
+    /// first waiter starts it anyway, and waiters poll until it is up.
+    /// Cancel safe: dropped, the subscription goes on being set up in the
+    /// background.
+    pub async fn subscribe_releases(&self) -> Result<(), LockError> {
+        let Some(feed) = &self.inner.feed else {
+            return Err(LockError::Config(
+                "release notifications are off for this backend".into(),
+            ));
+        };
+        let timeout = self.inner.quorum.timeout;
+        if feed.ready(timeout).await {
+            Ok(())
+        } else {
+            Err(LockError::unavailable(
+                NAME,
+                format!("no server's release channel subscribed within {timeout:?}"),
+            ))
+        }
+    }
+
+    /// How many times the release subscription (over every server that
+    /// answered) has been (re)established; 0: not yet, or notifications
+    /// are off. For tooling and tests.
+    pub fn release_subscriptions(&self) -> u64 {
+        self.inner
+            .feed
+            .as_ref()
+            .map_or(0, ReleaseFeed::subscriptions)
+    }
 }
 
 #[async_trait]
@@ -125,7 +167,11 @@ impl LockBackend for RedlockBackend {
         Capabilities::new()
             .fencing(Fencing::BestEffort)
             .durable_fencing(self.inner.durable)
-            .waiting(Waiting::Polled)
+            .waiting(if self.inner.feed.is_some() {
+                Waiting::Notified
+            } else {
+                Waiting::Polled
+            })
             .fairness(Fairness::None)
             .min_ttl(MIN_TTL)
             .ttl_granularity(Duration::from_millis(1))
@@ -146,8 +192,8 @@ impl LockBackend for RedlockBackend {
         self.attempt(key, LockKind::Exclusive, ttl, None).await
     }
 
-    /// The core waiting loop, polling (no release signal over N servers);
-    /// `poll` caps its pauses.
+    /// The core waiting loop, woken by the servers' release signals (see
+    /// the [crate docs](crate)); `poll` caps its pauses.
     async fn acquire(
         &self,
         key: &Key,
@@ -172,8 +218,8 @@ impl LockBackend for RedlockBackend {
         self.attempt(key, kind, ttl, None).await
     }
 
-    /// Polls with the caller's [`WaitPolicy`] (`poll` caps its pauses); a
-    /// writer registers as waiting on the servers that refuse it, which
+    /// Waits with the caller's [`WaitPolicy`], woken by release signals
+    /// (`poll` caps its pauses); a writer registers as waiting on the servers that refuse it, which
     /// refuse new readers, until its wait ends (withdrawn from every
     /// server, in the background for a dropped call) or the registrations
     /// expire within `ttl`.
@@ -253,10 +299,12 @@ impl LockBackend for RedlockBackend {
         self.inner.quorum.force_release(key, reason).await
     }
 
-    /// No release signal (for any kind): a subscription per server and a quorum of them
-    /// would be needed; waiters poll.
-    fn release_listener(&self, _key: &Key) -> Option<ReleaseListener> {
-        None
+    /// From the release subscription on every server (see the
+    /// [crate docs](crate)); the same signal for every kind. `None` with
+    /// notifications off.
+    fn release_listener(&self, key: &Key) -> Option<ReleaseListener> {
+        let feed = self.inner.feed.as_ref()?;
+        Some(feed.listen(&self.inner.layout.lock_key(key)))
     }
 }
 

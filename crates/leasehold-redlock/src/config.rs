@@ -31,7 +31,7 @@ pub const DEFAULT_NAMESPACE: &str = leasehold_redis::DEFAULT_NAMESPACE;
 /// shared options ([`SharedConfig`]: `namespace` default `"leasehold"`,
 /// `timeout` default 2 s, `poll`, `holder`, `drift_factor`/`drift_fixed`
 /// default 1 % + 2 ms) and Redlock's own (`node_timeout_factor`,
-/// `min_node_timeout`, `tls`, and with `tls=true` the TLS files `ca`,
+/// `min_node_timeout`, `notifications`, `tls`, and with `tls=true` the TLS files `ca`,
 /// `cert`, `key` that every server is reached with).
 ///
 /// `holder` is stored in every server's lock key beside the owner token
@@ -54,6 +54,7 @@ pub struct RedlockConfig {
     pub(crate) min_node_timeout: Duration,
     pub(crate) clock: SharedClock,
     pub(crate) tls: TlsFiles,
+    pub(crate) notifications: bool,
 }
 
 impl RedlockConfig {
@@ -67,6 +68,7 @@ impl RedlockConfig {
             min_node_timeout: DEFAULT_MIN_NODE_TIMEOUT,
             clock: system_clock(),
             tls: TlsFiles::default(),
+            notifications: true,
         }
     }
 
@@ -127,6 +129,14 @@ impl RedlockConfig {
         self
     }
 
+    /// Whether waiters are woken by the servers' release messages (default
+    /// on; option `notifications`): a pub/sub connection to every server,
+    /// made when the first waiter waits. Off, waiters only poll.
+    pub fn notifications(mut self, enabled: bool) -> Self {
+        self.notifications = enabled;
+        self
+    }
+
     /// The monotonic clock leases are measured on (inject pauses in tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -140,6 +150,7 @@ impl BackendConfig for RedlockConfig {
     const SCHEMES: &'static [&'static str] = &["redlock"];
 
     const OPTIONS: &'static [&'static str] = &[
+        "notifications",
         "node_timeout_factor",
         "min_node_timeout",
         "tls",
@@ -163,6 +174,7 @@ impl BackendConfig for RedlockConfig {
         let (mut factor, mut floor) = (DEFAULT_NODE_TIMEOUT_FACTOR, DEFAULT_MIN_NODE_TIMEOUT);
         let mut shared = SharedConfig::default();
         let mut tls = TlsFiles::default();
+        let mut notifications = true;
         apply_query(
             "redlock",
             parsed.options.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -170,6 +182,7 @@ impl BackendConfig for RedlockConfig {
             Self::OPTIONS,
             |name, value| {
                 match name {
+                    "notifications" => notifications = boolean(name, value)?,
                     "node_timeout_factor" => factor = fraction(name, value)?,
                     "min_node_timeout" => floor = duration(name, value)?,
                     // Named `redis` like the errors of reading the files (`tls_client`).
@@ -189,7 +202,10 @@ impl BackendConfig for RedlockConfig {
             shared,
             ..Self::from_node_urls_with_tls(&parsed.nodes, tls)?
         };
-        Ok(config.node_timeout_factor(factor).min_node_timeout(floor))
+        Ok(config
+            .node_timeout_factor(factor)
+            .min_node_timeout(floor)
+            .notifications(notifications))
     }
 
     fn shared(&self) -> &SharedConfig {
@@ -220,6 +236,7 @@ impl fmt::Debug for RedlockConfig {
             .field("node_timeout_factor", &self.node_timeout_factor)
             .field("min_node_timeout", &self.min_node_timeout)
             .field("tls", &self.tls)
+            .field("notifications", &self.notifications)
             .finish_non_exhaustive()
     }
 }

@@ -99,7 +99,7 @@
 //!   servers named, with the highest token reported.
 //! - **holder**: stored in each server's lock value beside the owner token
 //!   (see [`leasehold_redis::scripts`]), with each server's grant time.
-//! - Not possible: counting waiters (they poll), and a listing that is a
+//! - Not possible: counting waiters (no server knows of them), and a listing that is a
 //!   snapshot (a key taken or released during it may be missed or shown
 //!   once more; so may one whose servers fail mid-listing).
 //!
@@ -131,12 +131,19 @@
 //!   forms a quorum with others that lag too. For strictly increasing tokens
 //!   use a single Redis with `appendonly yes` + `appendfsync always`
 //!   (`leasehold-redis`, `Strict`), or etcd, ZooKeeper or Postgres.
-//! - **Waiting is [`Waiting::Polled`](leasehold_core::Waiting::Polled)**: `acquire` retries with the caller's
-//!   [`WaitPolicy`](leasehold_core::WaitPolicy), whose full jitter spreads
-//!   competing clients so they do not split the vote forever; a failed attempt
-//!   gives its partial keys back at once, so the next attempt finds them free.
-//!   (Release notifications would need a subscription per server and a
-//!   quorum of them; not done.)
+//! - **Waiting is [`Waiting::Notified`](leasehold_core::Waiting::Notified)**
+//!   (option `notifications`, default on; off, it is `Polled`): every
+//!   server's release script `PUBLISH`es the released key, and a waiter
+//!   tries again when any server says so. The backend keeps one pub/sub
+//!   connection to every server, made when the first waiter waits; a
+//!   server whose delete runs last speaks last, so a waiter refused by it
+//!   hears it and tries once more. A server left out of the subscription
+//!   (down) is tried again every 10 s. Between signals `acquire` retries
+//!   with the caller's [`WaitPolicy`](leasehold_core::WaitPolicy), whose
+//!   full jitter spreads competing clients so they do not split the vote
+//!   forever; a failed attempt gives its partial keys back at once, so the
+//!   next attempt finds them free. A release may wake up to N waiters of a
+//!   key (one per server that announces it) where one gets the key.
 //! - Run every server with `maxmemory-policy noeviction`: under any other
 //!   policy a server short of memory may evict a held lock key (it carries a
 //!   TTL), and a majority of such servers hands the lock to a second client.
@@ -158,6 +165,7 @@ mod admin;
 mod backend;
 pub mod config;
 mod error;
+mod notify;
 mod quorum;
 mod shared;
 mod store;

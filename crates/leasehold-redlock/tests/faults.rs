@@ -112,6 +112,65 @@ async fn one_server_of_three_down_or_paused_still_locks_and_releases() {
     a.release(&lease).await.expect("release");
 }
 
+/// A waiter is woken by a release's signal, with every server up and then
+/// with one server down: the release subscription leaves the stopped
+/// server and comes back up on the two that answer, and each time the
+/// waiter gets the key long before its next poll (30 s away) or the
+/// subscription's retry of the server left out (10 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_hears_the_release_with_one_server_down() {
+    let Some(cluster) = support::cluster(3).await else {
+        return;
+    };
+    let (holder, waiter) = (connect(&cluster.url).await, connect(&cluster.url).await);
+    waiter
+        .subscribe_releases()
+        .await
+        .expect("the release channel is subscribed on every server");
+    let k = key("woken");
+    handoff(&holder, &waiter, &k, "every server up").await;
+    cluster.stop(2).await;
+    fixtures::eventually(
+        Duration::from_secs(10),
+        "the release subscription comes back up without the stopped server",
+        || async { waiter.release_subscriptions() >= 2 },
+    )
+    .await;
+    handoff(&holder, &waiter, &k, "one server down").await;
+}
+
+/// `holder` takes `k`, `waiter` waits for it with its next poll 30 s away,
+/// and must have it within 4 s of the release.
+async fn handoff(holder: &RedlockBackend, waiter: &RedlockBackend, k: &Key, case: &str) {
+    let ttl = Duration::from_secs(30);
+    let lease = holder.try_acquire(k, ttl).await.expect("a quorum grants");
+    let poll = Duration::from_secs(30);
+    let wait = WaitPolicy::new(Duration::from_secs(60)).with_delays(poll, poll);
+    let waiting = {
+        let (waiter, k) = (waiter.clone(), k.clone());
+        tokio::spawn(async move { waiter.acquire(&k, ttl, &wait).await })
+    };
+    // Let the waiter make its first attempt and start waiting (sooner, that
+    // attempt is refused all the same: the key is held).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released_at = Instant::now();
+    holder.release(&lease).await.expect("release on a quorum");
+    let taken = tokio::time::timeout(Duration::from_secs(4), waiting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{case}: the waiter did not hear the release within 4 s (its poll was 30 s away)"
+            )
+        })
+        .expect("waiter task")
+        .expect("the waiter gets the key");
+    println!(
+        "{case}: the waiter had the key {:?} after the release",
+        released_at.elapsed()
+    );
+    waiter.release(&taken).await.expect("release");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn majority_down_fails_in_bounded_time_and_leaves_nothing_locked() {
     let Some(cluster) = support::cluster(3).await else {

@@ -181,3 +181,16 @@ fn tls_is_all_or_nothing_and_its_files_need_tls() {
     let secure = RedlockConfig::from_url(&format!("redlock://{HOSTS}?tls=true")).unwrap();
     assert_eq!(secure.servers.len(), 3);
 }
+
+#[test]
+fn notifications_are_on_unless_the_url_turns_them_off() {
+    let on = RedlockConfig::from_url("redlock://h1:6379,h2:6379,h3:6379").unwrap();
+    assert!(on.notifications);
+    let off =
+        RedlockConfig::from_url("redlock://h1:6379,h2:6379,h3:6379?notifications=false").unwrap();
+    assert!(!off.notifications);
+    assert!(matches!(
+        RedlockConfig::from_url("redlock://h1:6379?notifications=sometimes"),
+        Err(LockError::Config(_))
+    ));
+}
