@@ -112,19 +112,36 @@ impl RedisNode {
         layout: KeyLayout,
         timeout: Duration,
     ) -> Result<Self, LockError> {
-        Self::connect_named(client, layout, timeout, crate::NAME).await
+        let config = manager_config(timeout);
+        Self::connect_with(client, layout, timeout, crate::NAME, config).await
     }
 
-    /// [`RedisNode::connect`], with the backend name its errors carry (so
-    /// Redlock's errors say `redlock`).
-    pub async fn connect_named(
+    /// [`RedisNode::connect`] for one server of several that vote (Redlock),
+    /// with the backend name its errors carry (so Redlock's errors say
+    /// `redlock`). A lost connection is made again with one attempt per
+    /// call, never retried after a pause: a server that does not answer is
+    /// one missing vote, and a call waiting out the retries of a stopped
+    /// server's reconnect (about 0.5 s each time, measured) would hold up
+    /// the answer of the servers that are up.
+    pub async fn connect_voter(
         client: redis::Client,
         layout: KeyLayout,
         timeout: Duration,
         backend: &'static str,
     ) -> Result<Self, LockError> {
+        let config = manager_config(timeout).set_number_of_retries(0);
+        Self::connect_with(client, layout, timeout, backend, config).await
+    }
+
+    async fn connect_with(
+        client: redis::Client,
+        layout: KeyLayout,
+        timeout: Duration,
+        backend: &'static str,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> Result<Self, LockError> {
         let conn = with_timeout(backend, timeout, async {
-            ConnectionManager::new_with_config(client.clone(), manager_config(timeout))
+            ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(|e| map(backend, e))
         })

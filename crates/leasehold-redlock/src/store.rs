@@ -133,7 +133,7 @@ impl Slot {
         if started {
             let slot = self.clone();
             tokio::spawn(async move {
-                let result = RedisNode::connect_named(
+                let result = RedisNode::connect_voter(
                     slot.client.clone(),
                     slot.layout.clone(),
                     slot.timeout,

@@ -92,6 +92,7 @@ async fn a_force_release_lifts_lagging_counters_and_needs_a_majority() {
     let backend = connect(&cluster.url, &ns).await;
     let lease = backend.try_acquire(&k, TTL).await.unwrap();
     cluster.start(0).await;
+    support::answers(&backend, 0, &k).await;
     let evicted = backend
         .force_release(&k, "test: stuck")
         .await

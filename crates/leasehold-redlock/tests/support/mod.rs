@@ -4,10 +4,14 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use leasehold_conformance::fixtures::{self, Container};
 use leasehold_conformance::{BoxFuture, Skipped, Store};
+use leasehold_core::{Key, LockBackend};
+use leasehold_redlock::RedlockBackend;
+use tokio::time::Instant;
 
 /// The env variable that points the suite at existing servers (and that
 /// child holder processes read to reach the same servers).
@@ -93,6 +97,24 @@ pub async fn cluster(n: usize) -> Option<Cluster> {
             eprintln!("SKIPPED: cannot start {n} redis containers: {why}");
             None
         }
+    }
+}
+
+/// Waits (bounded) until the backend's own connection to server `i` answers
+/// again after a restart, so the next attempt is not spent on a reconnect.
+pub async fn answers(backend: &RedlockBackend, i: usize, k: &Key) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(node) = &backend.nodes()[i]
+            && node.inspect_raw(k).await.is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server {i} did not come back");
+        // A server that was down when the backend connected is connected in
+        // the background when an operation needs it: give it one.
+        let _ = backend.inspect(k).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
