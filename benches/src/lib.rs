@@ -334,8 +334,8 @@ async fn redis_subjects(
     s.raw = Some(stores::redis_raw(vec![raw_conn.clone()]));
     s.raw_desc = "EVALSHA acquire + EVALSHA release";
     s.raw_wait = Some(stores::redis_raw_wait(
-        redis::Client::open(url0.as_str()).map_err(stores::err)?,
-        raw_conn.clone(),
+        vec![redis::Client::open(url0.as_str()).map_err(stores::err)?],
+        vec![raw_conn.clone()],
     ));
     s.raw_wait_desc = "leasehold's scripts from bare redis-rs, retried at each PUBLISH of the key";
     s.rtt = Some(stores::redis_ping(raw_conn.clone()));
@@ -370,8 +370,14 @@ async fn redis_subjects(
                 Arc::new(backend),
                 "notified (pub/sub on every server)",
             );
-            s.raw = Some(stores::redis_raw(conns));
+            let clients = urls
+                .iter()
+                .map(|u| redis::Client::open(u.as_str()).map_err(stores::err))
+                .collect::<Result<Vec<_>, _>>()?;
+            s.raw = Some(stores::redis_raw(conns.clone()));
             s.raw_desc = "both scripts to N servers concurrently";
+            s.raw_wait = Some(stores::redis_raw_wait(clients, conns));
+            s.raw_wait_desc = "leasehold's scripts from bare redis-rs to N servers, a majority needed, retried at each PUBLISH of the key on any server";
             s.rtt = Some(stores::redis_ping(raw_conn.clone()));
             s.rtt_desc = "PING (one server)";
             subjects.push(s);

@@ -136,6 +136,53 @@ async fn release_script(
         .await
 }
 
+/// The acquire script on every connection at once (one for Redis, N for
+/// Redlock's raw fan-out): whether each server granted `lock` to `owner`.
+async fn acquire_on(
+    conns: &[ConnectionManager],
+    lock: &str,
+    fence: &str,
+    owner: &str,
+) -> Result<Vec<bool>, String> {
+    let ttl_ms = TTL.as_millis() as u64;
+    join_all(conns.iter().map(|c| {
+        let mut c = c.clone();
+        async move {
+            scripts::acquire()
+                .key(lock)
+                .key(fence)
+                .arg(owner)
+                .arg(ttl_ms)
+                .invoke_async::<(i64, i64, i64, String)>(&mut c)
+                .await
+                .map(|(granted, ..)| granted == 1)
+                .map_err(err)
+        }
+    }))
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// The release script (which publishes) on every connection of `conns`
+/// at once.
+async fn release_on<'a>(
+    conns: impl Iterator<Item = &'a ConnectionManager>,
+    lock: &str,
+    owner: &str,
+    channel: &str,
+) -> Result<(), String> {
+    let released = join_all(conns.map(|c| {
+        let mut c = c.clone();
+        async move { release_script(&mut c, lock, owner, channel).await }
+    }))
+    .await;
+    for r in released {
+        r.map_err(err)?;
+    }
+    Ok(())
+}
+
 /// The acquire and release scripts sent directly to every connection (one
 /// for Redis, N concurrently for Redlock's raw fan-out).
 pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
@@ -146,68 +193,50 @@ pub fn redis_raw(conns: Vec<ConnectionManager>) -> Op {
         async move {
             let (lock, fence, channel) = redis_names(&layout, &k)?;
             let owner = OwnerToken::generate().to_hex();
-            let ttl_ms = TTL.as_millis() as u64;
-            let acquired = join_all(conns.iter().map(|c| {
-                let mut c = c.clone();
-                let (lock, fence, owner) = (lock.clone(), fence.clone(), owner.clone());
-                async move {
-                    scripts::acquire()
-                        .key(lock)
-                        .key(fence)
-                        .arg(owner)
-                        .arg(ttl_ms)
-                        .invoke_async::<(i64, i64, i64, String)>(&mut c)
-                        .await
-                }
-            }))
-            .await;
-            for a in acquired {
-                if a.map_err(err)?.0 != 1 {
-                    return Err(format!("raw acquire of {k} found it held"));
-                }
+            if !acquire_on(&conns, &lock, &fence, &owner)
+                .await?
+                .iter()
+                .all(|&granted| granted)
+            {
+                return Err(format!("raw acquire of {k} found it held"));
             }
-            let released = join_all(conns.iter().map(|c| {
-                let mut c = c.clone();
-                let (lock, owner, channel) = (lock.clone(), owner.clone(), channel.clone());
-                async move { release_script(&mut c, &lock, &owner, &channel).await }
-            }))
-            .await;
-            for r in released {
-                r.map_err(err)?;
-            }
-            Ok(())
+            release_on(conns.iter(), &lock, &owner, &channel).await
         }
     })
 }
 
-/// Redis: leasehold's two scripts sent straight from redis-rs by a waiter
-/// that waits the way the library does. It subscribes to the release
-/// channel on a connection of its own (before its first attempt, so no
-/// release is missed), then runs the acquire script, and after each
-/// refusal waits for the `PUBLISH` naming its key and runs it again. The
-/// release is the release script, which publishes.
-pub fn redis_raw_wait(client: redis::Client, conn: ConnectionManager) -> Acquire {
+/// Redis and Redlock: leasehold's two scripts sent straight from redis-rs
+/// (to every server at once) by a waiter that waits the way the library
+/// does. It subscribes to the release channel on every server, on
+/// connections of its own (before its first attempt, so no release is
+/// missed), then runs the acquire script, and after each refusal (fewer
+/// than a majority granted: it gives the partial grants back, as the
+/// library does) waits for a `PUBLISH` naming its key on any server and
+/// runs it again. The release is the release script, which publishes.
+/// No validity or drift is computed.
+pub fn redis_raw_wait(clients: Vec<redis::Client>, conns: Vec<ConnectionManager>) -> Acquire {
     let layout = Arc::new(KeyLayout::new("bench-raw").expect("a valid namespace"));
+    let (clients, conns) = (Arc::new(clients), Arc::new(conns));
     Arc::new(move |k: String| {
-        let (client, mut conn, layout) = (client.clone(), conn.clone(), layout.clone());
+        let (clients, conns, layout) = (clients.clone(), conns.clone(), layout.clone());
         Box::pin(async move {
             let (lock, fence, channel) = redis_names(&layout, &k)?;
             let owner = OwnerToken::generate().to_hex();
-            let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
-            pubsub.subscribe(&channel).await.map_err(err)?;
-            let mut released = pubsub.on_message();
+            let mut streams = Vec::new();
+            for client in clients.iter() {
+                let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
+                pubsub.subscribe(&channel).await.map_err(err)?;
+                streams.push(pubsub.into_on_message());
+            }
+            let mut released = futures_util::stream::select_all(streams);
+            let quorum = conns.len() / 2 + 1;
             loop {
-                let (granted, ..) = scripts::acquire()
-                    .key(&lock)
-                    .key(&fence)
-                    .arg(&owner)
-                    .arg(TTL.as_millis() as u64)
-                    .invoke_async::<(i64, i64, i64, String)>(&mut conn)
-                    .await
-                    .map_err(err)?;
-                if granted == 1 {
+                let granted = acquire_on(&conns, &lock, &fence, &owner).await?;
+                if granted.iter().filter(|&&g| g).count() >= quorum {
                     break;
                 }
+                let partial = conns.iter().zip(&granted).filter(|(_, g)| **g);
+                release_on(partial.map(|(c, _)| c), &lock, &owner, &channel).await?;
                 loop {
                     let message = released
                         .next()
@@ -219,12 +248,7 @@ pub fn redis_raw_wait(client: redis::Client, conn: ConnectionManager) -> Acquire
                 }
             }
             let release: Release = Box::new(move || {
-                Box::pin(async move {
-                    release_script(&mut conn, &lock, &owner, &channel)
-                        .await
-                        .map(|_| ())
-                        .map_err(err)
-                })
+                Box::pin(async move { release_on(conns.iter(), &lock, &owner, &channel).await })
             });
             Ok(release)
         })
