@@ -133,17 +133,17 @@
 //!   (`leasehold-redis`, `Strict`), or etcd, ZooKeeper or Postgres.
 //! - **Waiting is [`Waiting::Notified`](leasehold_core::Waiting::Notified)**
 //!   (option `notifications`, default on; off, it is `Polled`): every
-//!   server's release script `PUBLISH`es the released key, and a waiter
-//!   tries again when any server says so. The backend keeps one pub/sub
-//!   connection to every server, made when the first waiter waits; a
-//!   server whose delete runs last speaks last, so a waiter refused by it
-//!   hears it and tries once more. A server left out of the subscription
-//!   (down) is tried again every 10 s. Between signals `acquire` retries
-//!   with the caller's [`WaitPolicy`](leasehold_core::WaitPolicy), whose
-//!   full jitter spreads competing clients so they do not split the vote
-//!   forever; a failed attempt gives its partial keys back at once, so the
-//!   next attempt finds them free. A release may wake up to N waiters of a
-//!   key (one per server that announces it) where one gets the key.
+//!   server's release script `PUBLISH`es the released key. The backend
+//!   keeps one pub/sub connection to every server, made when the first
+//!   waiter waits, counts the servers that announced each release, and
+//!   wakes one waiter of the key when the quorum-th has: a majority is free
+//!   then, and waking one per server's message would have several waiters
+//!   split the vote. A server left out of the subscription (down) is tried
+//!   again every 10 s; signals are a hint. Between signals `acquire`
+//!   retries with the caller's [`WaitPolicy`](leasehold_core::WaitPolicy),
+//!   whose full jitter spreads competing clients so they do not split the
+//!   vote forever; a failed attempt gives its partial keys back at once, so
+//!   the next attempt finds them free.
 //! - Run every server with `maxmemory-policy noeviction`: under any other
 //!   policy a server short of memory may evict a held lock key (it carries a
 //!   TTL), and a majority of such servers hands the lock to a second client.
