@@ -381,6 +381,21 @@ async fn redis_subjects(
             s.rtt = Some(stores::redis_ping(raw_conn.clone()));
             s.rtt_desc = "PING (one server)";
             subjects.push(s);
+            if n == 3 {
+                // Polled beside notified, in the same run: which hands a
+                // contended key over sooner.
+                let polled = leasehold_redlock::RedlockConfig::from_node_urls(&urls)
+                    .map_err(|e| e.to_string())?
+                    .notifications(false);
+                let polled = leasehold_redlock::RedlockBackend::connect_with(polled)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut s =
+                    stores::library("redlock-3 (notifications off)", Arc::new(polled), "polled");
+                s.rtt = Some(stores::redis_ping(raw_conn.clone()));
+                s.rtt_desc = "PING (one server)";
+                subjects.push(s);
+            }
         }
     }
 
