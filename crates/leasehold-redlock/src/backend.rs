@@ -124,8 +124,8 @@ impl RedlockBackend {
         self.inner.quorum.node_timeout(ttl)
     }
 
-    /// Starts the release subscription now and waits until it is up on at
-    /// least one server (at most the per-call timeout). Optional: the
+    /// Starts the release subscription now and waits until it is up on a
+    /// quorum of servers (at most the per-call timeout). Optional: the
     /// first waiter starts it anyway, and waiters poll until it is up.
     /// Cancel safe: dropped, the subscription goes on being set up in the
     /// background.
@@ -141,13 +141,15 @@ impl RedlockBackend {
         } else {
             Err(LockError::unavailable(
                 NAME,
-                format!("no server's release channel subscribed within {timeout:?}"),
+                format!(
+                    "release channels not subscribed on a quorum of servers within {timeout:?}"
+                ),
             ))
         }
     }
 
     /// How many times the release subscription (over every server that
-    /// answered) has been (re)established; 0: not yet, or notifications
+    /// answered, a quorum at least) has been (re)established; 0: not yet, or notifications
     /// are off. For tooling and tests.
     pub fn release_subscriptions(&self) -> u64 {
         self.inner
