@@ -28,6 +28,17 @@ fn library_steps(backend: Arc<dyn LockBackend>) -> [(&'static str, Op); 2] {
     ]
 }
 
+/// Each step's median of its rounds' rates (each step has at least one).
+pub fn medians(rates: &mut [Vec<f64>]) -> Vec<f64> {
+    rates
+        .iter_mut()
+        .map(|rates| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        })
+        .collect()
+}
+
 /// The `--samples` (default 1000) and `--tasks` (default 64) options.
 pub fn options() -> (usize, usize) {
     (
@@ -108,13 +119,7 @@ pub async fn compare(
             }
         }
     }
-    let medians: Vec<f64> = rates
-        .iter_mut()
-        .map(|rates| {
-            rates.sort_by(f64::total_cmp);
-            rates[rates.len() / 2]
-        })
-        .collect();
+    let medians = medians(&mut rates);
     println!();
     println!(
         "{tasks} tasks, each on its own key: median of {} interleaved {WINDOW:?} rounds \

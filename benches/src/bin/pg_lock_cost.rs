@@ -4,7 +4,7 @@
 //! 64, each on its own key) as a ratio to the bare pair's (see
 //! `leasehold_benches::steps`):
 //!
-//! `cargo run --release -p leasehold-benches --bin pg_lock_cost [-- --samples N --tasks N]`
+//! `cargo run --release -p leasehold-benches --bin pg_lock_cost [-- --samples N --tasks N] [--print-sql]`
 //!
 //! Each store step is sent from bare sqlx on one pooled connection:
 //!
@@ -20,10 +20,16 @@
 //!   elsewhere needs to wake);
 //! - the backend's statements: its grant and release exactly as it sends
 //!   them, with nobody marked as waiting (so no NOTIFY), from bare sqlx;
-//! - the same without their three lookups: the store epoch, the key row
-//!   and the holder's label (what those cost);
+//! - the same without the store epoch's lookup, without the key row's,
+//!   and without those two and the holder's label (what each costs);
 //! - backend: `try_acquire` + `release`;
 //! - locker: `Locker::try_lock` + `release`.
+//!
+//! Then the server's side alone ([`server_side`]): `pgbench` inside the
+//! store's container runs the bare pair and the backend's statements with
+//! `--tasks` clients and no client library in the way, so a ratio there is
+//! what the statements cost the server (the floor under the 64-task figure).
+//! `--print-sql` prints the backend's grant and release and stops.
 
 use std::sync::Arc;
 
@@ -100,10 +106,18 @@ fn backend_statements(pool: sqlx::PgPool, grant: &'static str, release: &'static
     })
 }
 
-/// `grant` without its three lookups (the store epoch, whether the key's
+/// A lookup of the grant's, cut out by [`without`].
+#[derive(Clone, Copy, PartialEq)]
+enum Lookup {
+    Epoch,
+    KeyRow,
+    Holder,
+}
+
+/// `grant` without the `lookups` named (the store epoch, whether the key's
 /// row exists, the holder's label when refused), each replaced by a
 /// constant of its type.
-fn without_lookups(grant: &str) -> Result<String, String> {
+fn without(grant: &str, lookups: &[Lookup]) -> Result<String, String> {
     let cut = |sql: &str, from: &str, to: &str, with: &str| {
         let start = sql
             .find(from)
@@ -115,19 +129,34 @@ fn without_lookups(grant: &str) -> Result<String, String> {
             + to.len();
         Ok::<_, String>(format!("{}{with}{}", &sql[..start], &sql[end..]))
     };
-    let sql = cut(grant, "(SELECT max(epoch) FROM", "_in_force\")", "1::int8")?;
-    let sql = cut(
-        &sql,
-        "EXISTS (SELECT 1 FROM",
-        "AND key = $3)",
-        "($2::text || $3::text) IS NOT NULL",
-    )?;
-    cut(
-        &sql,
-        "(SELECT a.application_name FROM",
-        "LIMIT 1)",
-        "NULL::text",
-    )
+    // Where each lookup starts and ends in the grant, and its stand-in.
+    let cuts = [
+        (
+            Lookup::Epoch,
+            "(SELECT max(epoch) FROM",
+            "_in_force\")",
+            "1::int8",
+        ),
+        (
+            Lookup::KeyRow,
+            "EXISTS (SELECT 1 FROM",
+            "AND key = $3)",
+            "($2::text || $3::text) IS NOT NULL",
+        ),
+        (
+            Lookup::Holder,
+            "(SELECT a.application_name FROM",
+            "LIMIT 1)",
+            "NULL::text",
+        ),
+    ];
+    let mut sql = grant.to_owned();
+    for (lookup, from, to, with) in cuts {
+        if lookups.contains(&lookup) {
+            sql = cut(&sql, from, to, with)?;
+        }
+    }
+    Ok(sql)
 }
 
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
@@ -143,7 +172,68 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let lease = backend.try_acquire(&warm, TTL).await.map_err(err)?;
     backend.release(&lease).await.map_err(err)?;
     let (grant, release) = leasehold_postgres::advisory_mutex_statements(backend.config());
-    let bare_grant: &'static str = Box::leak(without_lookups(&grant)?.into_boxed_str());
+    if std::env::args().any(|arg| arg == "--print-sql") {
+        println!("{grant}\n{release}");
+        return Ok(());
+    }
+    let server_steps = [
+        (
+            "bare: pg_try_advisory_lock, pg_advisory_unlock",
+            "SELECT pg_try_advisory_lock($1)".to_owned(),
+            BARE_UNLOCK.to_owned(),
+        ),
+        (
+            "+ token from a sequence",
+            TOKEN_LOCK.to_owned(),
+            BARE_UNLOCK.to_owned(),
+        ),
+        (
+            "+ session label and idle timeout",
+            LABELLED_LOCK.to_owned(),
+            LABELLED_UNLOCK.to_owned(),
+        ),
+        (
+            "the backend's grant, bare unlock",
+            grant.clone(),
+            BARE_UNLOCK.to_owned(),
+        ),
+        (
+            "bare lock, the backend's release (no waiter marked)",
+            "SELECT pg_try_advisory_lock($1)".to_owned(),
+            release.to_owned(),
+        ),
+        (
+            "the backend's grant and release",
+            grant.clone(),
+            release.to_owned(),
+        ),
+        (
+            "the same without the holder lookup",
+            without(&grant, &[Lookup::Holder])?,
+            release.to_owned(),
+        ),
+        (
+            "the same without the epoch lookup",
+            without(&grant, &[Lookup::Epoch])?,
+            release.to_owned(),
+        ),
+        (
+            "the same without the key-row lookup",
+            without(&grant, &[Lookup::KeyRow])?,
+            release.to_owned(),
+        ),
+        (
+            "the same without the epoch, key-row and holder lookups",
+            without(&grant, &[Lookup::Epoch, Lookup::KeyRow, Lookup::Holder])?,
+            release.to_owned(),
+        ),
+    ];
+    let leak = |lookups: &[Lookup]| -> Result<&'static str, String> {
+        Ok(Box::leak(without(&grant, lookups)?.into_boxed_str()))
+    };
+    let bare_grant = leak(&[Lookup::Epoch, Lookup::KeyRow, Lookup::Holder])?;
+    let no_epoch = leak(&[Lookup::Epoch])?;
+    let no_key_row = leak(&[Lookup::KeyRow])?;
     let grant: &'static str = Box::leak(grant.into_boxed_str());
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
     let statements = |lock, unlock| stores::pg_advisory_statements(pool.clone(), lock, unlock);
@@ -154,7 +244,7 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         ),
         (
             "+ token from a sequence",
-            statements(TOKEN_LOCK, "SELECT pg_advisory_unlock($1)"),
+            statements(TOKEN_LOCK, BARE_UNLOCK),
         ),
         (
             "+ session label and idle timeout",
@@ -167,6 +257,14 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         (
             "the backend's statements (no waiter marked, so no NOTIFY)",
             backend_statements(pool.clone(), grant, release),
+        ),
+        (
+            "the same without the epoch lookup",
+            backend_statements(pool.clone(), no_epoch, release),
+        ),
+        (
+            "the same without the key-row lookup",
+            backend_statements(pool.clone(), no_key_row, release),
         ),
         (
             "the same without the epoch, key-row and holder lookups",
@@ -182,8 +280,152 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         tasks,
     )
     .await?;
+    server_side(store.id(), &server_steps, tasks)?;
     drop(store);
     Ok(())
+}
+
+/// The bare unlock.
+const BARE_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// `pgbench` rounds of each server-side step, interleaved; the first is a
+/// warm-up, not counted.
+const SERVER_ROUNDS: usize = 5;
+
+/// Each server-side step's `pgbench` run, in seconds.
+const SERVER_SECONDS: &str = "3";
+
+/// Runs each step's lock and unlock as one `pgbench` transaction
+/// (`-M prepared`, `clients` clients on 2 threads, each client on its own
+/// advisory lock) inside the container `id`, over its Unix socket, and
+/// prints transactions per second as a ratio to the first step's: the
+/// server's own cost of each pair, with no client library or network in
+/// the way. A step's lock takes the grant's binds and its unlock the
+/// release's ([`for_pgbench`]).
+fn server_side(id: &str, steps: &[(&str, String, String)], clients: usize) -> Result<(), String> {
+    for (i, (_, lock, unlock)) in steps.iter().enumerate() {
+        let script = format!(
+            "\\set id :client_id + 1\n\\set mark :client_id + 1000000\n{};\n{};\n",
+            for_pgbench(lock, GRANT_BINDS),
+            for_pgbench(unlock, RELEASE_BINDS)
+        );
+        docker(
+            id,
+            &["sh", "-c", &format!("cat > /tmp/step-{i}.sql")],
+            Some(&script),
+        )?;
+    }
+    let clients = clients.to_string();
+    let mut rates = vec![Vec::with_capacity(SERVER_ROUNDS); steps.len()];
+    for round in 0..SERVER_ROUNDS {
+        for (i, rates) in rates.iter_mut().enumerate() {
+            let script = format!("/tmp/step-{i}.sql");
+            let out = docker(
+                id,
+                &[
+                    "pgbench",
+                    "-n",
+                    "-M",
+                    "prepared",
+                    "-T",
+                    SERVER_SECONDS,
+                    "-j",
+                    "2",
+                    "-c",
+                    &clients,
+                    "-f",
+                    &script,
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ],
+                None,
+            )?;
+            let tps = out
+                .lines()
+                .find_map(|line| line.strip_prefix("tps = "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|tps| tps.parse::<f64>().ok())
+                .ok_or_else(|| format!("pgbench printed no tps for step {i}: {out}"))?;
+            if round > 0 {
+                rates.push(tps);
+            }
+        }
+    }
+    let medians = steps::medians(&mut rates);
+    println!();
+    println!(
+        "The server alone: pgbench -M prepared inside the container, {clients} clients, \
+         each on its own lock; median of {} interleaved {SERVER_SECONDS}s rounds after a warm-up",
+        SERVER_ROUNDS - 1
+    );
+    println!("| steps | pairs/s | pairs/s / bare pairs/s |");
+    println!("|---|---|---|");
+    for ((name, ..), tps) in steps.iter().zip(&medians) {
+        println!("| {name} | {tps:.0} | {:.2} |", tps / medians[0]);
+    }
+    Ok(())
+}
+
+/// The grant's binds as `pgbench` sends them (see [`for_pgbench`]).
+const GRANT_BINDS: &[(&str, &str)] = &[
+    ("$5", "'10000'"),
+    ("$4", "'bench-holder'"),
+    ("$3", "'pgbench'"),
+    ("$2", "'bench-raw'"),
+    ("$1", ":id"),
+];
+
+/// The release's binds as `pgbench` sends them, nobody marked as waiting
+/// (see [`for_pgbench`]).
+const RELEASE_BINDS: &[(&str, &str)] = &[
+    ("$7", ":mark"),
+    ("$6", "true"),
+    ("$5", "''"),
+    ("$4", "'0'"),
+    ("$3", "'pgbench'"),
+    ("$2", "'leasehold_bench_raw'"),
+    ("$1", ":id"),
+];
+
+/// A statement's text with its `binds` written in for `pgbench`: the lock
+/// id and the mark id are the client's own (`:id`, `:mark`, sent as
+/// parameters), the rest literals as the benchmark's other steps bind them.
+/// `binds` go from the highest down, so `$1` does not eat into `$10`.
+fn for_pgbench(sql: &str, binds: &[(&str, &str)]) -> String {
+    binds
+        .iter()
+        .fold(sql.to_owned(), |sql, (bind, with)| sql.replace(bind, with))
+}
+
+/// Runs `args` in container `id` as user `postgres`, with `stdin` fed to
+/// it; its standard output, or why it failed.
+fn docker(id: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("docker")
+        .args(["exec", "-i", "-u", "postgres", id])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("docker exec: {e}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or("").as_bytes())
+            .map_err(|e| format!("docker exec: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("docker exec: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker exec {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::main]
