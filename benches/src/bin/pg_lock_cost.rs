@@ -176,65 +176,44 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         println!("{grant}\n{release}");
         return Ok(());
     }
-    let server_steps = [
-        (
-            "bare: pg_try_advisory_lock, pg_advisory_unlock",
-            "SELECT pg_try_advisory_lock($1)".to_owned(),
-            BARE_UNLOCK.to_owned(),
-        ),
-        (
-            "+ token from a sequence",
-            TOKEN_LOCK.to_owned(),
-            BARE_UNLOCK.to_owned(),
-        ),
-        (
-            "+ session label and idle timeout",
-            LABELLED_LOCK.to_owned(),
-            LABELLED_UNLOCK.to_owned(),
-        ),
-        (
-            "the backend's grant, bare unlock",
-            grant.clone(),
-            BARE_UNLOCK.to_owned(),
-        ),
-        (
-            "bare lock, the backend's release (no waiter marked)",
-            "SELECT pg_try_advisory_lock($1)".to_owned(),
-            release.to_owned(),
-        ),
-        (
-            "the backend's grant and release",
-            grant.clone(),
-            release.to_owned(),
-        ),
-        (
-            "the same without the holder lookup",
-            without(&grant, &[Lookup::Holder])?,
-            release.to_owned(),
-        ),
-        (
-            "the same without the epoch lookup",
-            without(&grant, &[Lookup::Epoch])?,
-            release.to_owned(),
-        ),
-        (
-            "the same without the key-row lookup",
-            without(&grant, &[Lookup::KeyRow])?,
-            release.to_owned(),
-        ),
-        (
-            "the same without the epoch, key-row and holder lookups",
-            without(&grant, &[Lookup::Epoch, Lookup::KeyRow, Lookup::Holder])?,
-            release.to_owned(),
-        ),
-    ];
+    // Each grant variant built once, for both the client's and the
+    // server's tables (the client's steps need them `'static`).
     let leak = |lookups: &[Lookup]| -> Result<&'static str, String> {
         Ok(Box::leak(without(&grant, lookups)?.into_boxed_str()))
     };
     let bare_grant = leak(&[Lookup::Epoch, Lookup::KeyRow, Lookup::Holder])?;
     let no_epoch = leak(&[Lookup::Epoch])?;
     let no_key_row = leak(&[Lookup::KeyRow])?;
+    let no_holder = leak(&[Lookup::Holder])?;
     let grant: &'static str = Box::leak(grant.into_boxed_str());
+    let server_steps = [
+        (
+            "bare: pg_try_advisory_lock, pg_advisory_unlock",
+            BARE_LOCK,
+            BARE_UNLOCK,
+        ),
+        ("+ token from a sequence", TOKEN_LOCK, BARE_UNLOCK),
+        (
+            "+ session label and idle timeout",
+            LABELLED_LOCK,
+            LABELLED_UNLOCK,
+        ),
+        ("the backend's grant, bare unlock", grant, BARE_UNLOCK),
+        (
+            "bare lock, the backend's release (no waiter marked)",
+            BARE_LOCK,
+            release,
+        ),
+        ("the backend's grant and release", grant, release),
+        ("the same without the holder lookup", no_holder, release),
+        ("the same without the epoch lookup", no_epoch, release),
+        ("the same without the key-row lookup", no_key_row, release),
+        (
+            "the same without the epoch, key-row and holder lookups",
+            bare_grant,
+            release,
+        ),
+    ];
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
     let statements = |lock, unlock| stores::pg_advisory_statements(pool.clone(), lock, unlock);
     let pairs = vec![
@@ -285,6 +264,9 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The bare lock.
+const BARE_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+
 /// The bare unlock.
 const BARE_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 
@@ -302,7 +284,7 @@ const SERVER_SECONDS: &str = "3";
 /// server's own cost of each pair, with no client library or network in
 /// the way. A step's lock takes the grant's binds and its unlock the
 /// release's ([`for_pgbench`]).
-fn server_side(id: &str, steps: &[(&str, String, String)], clients: usize) -> Result<(), String> {
+fn server_side(id: &str, steps: &[(&str, &str, &str)], clients: usize) -> Result<(), String> {
     for (i, (_, lock, unlock)) in steps.iter().enumerate() {
         let script = format!(
             "\\set id :client_id + 1\n\\set mark :client_id + 1000000\n{};\n{};\n",

@@ -63,8 +63,8 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// library in the way (`cargo run --release -p leasehold-benches --bin
 /// pg_lock_cost`, its server-side table, 2026-12-02), grant and release ran
 /// at 0.36 of the bare pair's rate, 0.50 without the holder lookup (never
-/// run on a grant, yet it costs), 0.44 without the
-/// epoch's, 0.42 without the key row's, 0.67 without all three.
+/// run on a grant, yet it costs), 0.44 without the epoch's, 0.42 without
+/// the key row's, 0.67 without all three.
 ///
 /// The statement commits without waiting for a flush: the store epoch
 /// ([`crate::epoch`]) keeps tokens increasing across a crash that sets the
