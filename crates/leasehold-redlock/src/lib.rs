@@ -22,8 +22,10 @@
 //!   is not ours, [`LockError::Unavailable`](leasehold_core::LockError::Unavailable) when too many servers did not
 //!   answer to tell.
 //! - **release** compare-and-deletes on every server in parallel: `Ok` when a
-//!   majority confirms, `NotHeld` when none held it, `Lost` when only a
-//!   minority still did.
+//!   majority confirms, `NotHeld` when none held it or this lease was already
+//!   released (it returns on a majority, so a second release may still find
+//!   the first one's last deletes landing), `Lost` when only a minority
+//!   still did.
 //! - **kinds**: readers and writers take the same steps over the
 //!   reader–writer scripts (below); `list`, `inspect` and `force_release`
 //!   see mutexes only.

@@ -2,6 +2,8 @@
 //! goes to all N servers at once, and a quorum (N/2+1) of their answers
 //! decides. Validity counts from the instant the requests were sent.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use leasehold_core::{
@@ -13,6 +15,15 @@ use tokio::time::Instant;
 use crate::error::{NodeOutcome, QuorumReport, holder_of};
 use crate::store::Nodes;
 use crate::{MIN_TTL, NAME};
+
+/// What every clone of a Redlock lease shares (its [`Lease::handle`]): that
+/// a release of it already reached a quorum. That release returns while its
+/// deletes on the remaining servers may still be landing, so a second
+/// release can find the key still ours on a minority and free on the rest,
+/// which without this mark reads as a lease that lapsed (`Lost`) instead of
+/// the `NotHeld` a second release is.
+#[derive(Debug, Default)]
+struct Released(AtomicBool);
 
 /// The Redlock steps over N servers, with the timings they run on.
 #[derive(Debug)]
@@ -112,7 +123,8 @@ impl Quorum {
             self.raise_counters(key, kind, token, &lagging, per_node)
                 .await;
             let lease = Lease::new(NAME, key.clone(), owner, token, sent_at, ttl, self.drift)
-                .with_kind(kind);
+                .with_kind(kind)
+                .with_handle(Arc::new(Released::default()));
             let now = self.clock.now();
             if lease.valid_until() > now {
                 tracing::debug!(%key, owner = %owner.short(), %token, acquired, "redlock acquired");
@@ -330,8 +342,10 @@ impl Quorum {
     }
 
     /// Compare-and-delete on every server: `Ok` as soon as a majority
-    /// confirms, `NotHeld` when none held it, `Lost` when only a minority
-    /// still did. Each server gets the whole per-call timeout, not the
+    /// confirms, `NotHeld` when none held it or when this lease (any clone
+    /// of it) was already released, `Lost` when only a minority still did.
+    /// A second release still sends its deletes, so it clears what a first
+    /// release's unanswered deletes may have left. Each server gets the whole per-call timeout, not the
     /// acquisition's TTL-sized share: a release has no validity to protect,
     /// and a loaded server that answers in 30 ms must not turn a release into
     /// `Unavailable`. Returning on a majority keeps one slow or paused server
@@ -346,9 +360,19 @@ impl Quorum {
         let ours = outcomes.iter().filter(|o| **o == NodeOutcome::Ours).count();
         let unknown = outcomes.iter().filter(|o| o.is_unknown()).count();
         let not_ours = outcomes.len() - ours - unknown;
+        let released = lease.handle::<Released>();
         if ours >= quorum {
+            if let Some(released) = released {
+                released.0.store(true, Ordering::Release);
+            }
             tracing::debug!(%key, owner = %owner.short(), ours, "redlock released");
             return Ok(());
+        }
+        // Read after our own deletes answered, so a release of a clone that
+        // finished meanwhile counts too.
+        if released.is_some_and(|released| released.0.load(Ordering::Acquire)) {
+            tracing::debug!(%key, owner = %owner.short(), ours, "redlock lease was already released");
+            return Err(LockError::not_held(NAME, key.as_str()));
         }
         if unknown == 0 || not_ours >= quorum {
             if ours == 0 {

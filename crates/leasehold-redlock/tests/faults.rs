@@ -656,3 +656,45 @@ async fn a_release_on_slow_links_succeeds_within_the_call_timeout() {
         .await;
     }
 }
+
+/// A release returns once a majority confirmed its deletes; the rest may
+/// still be landing when a second release of the same lease runs (seen in
+/// CI: one server still "ours", four free, answered `Lost`). This builds that
+/// state without racing: the first release goes through a client of three of
+/// the five servers (a majority of its own), so servers 3 and 4 still hold
+/// the key. The second, through the five-server client, must say `NotHeld`
+/// and clear them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_release_while_the_first_ones_deletes_land_is_not_held() {
+    let Some(cluster) = support::cluster(5).await else {
+        return;
+    };
+    let all = connect(&cluster.url).await;
+    let first_three = connect(&cluster.url_of(&[0, 1, 2])).await;
+    let k = key("second-release");
+    let lease = all
+        .try_acquire(&k, Duration::from_secs(30))
+        .await
+        .expect("acquire on five servers");
+    first_three
+        .release(&lease)
+        .await
+        .expect("the release reaches a majority of the five");
+    for i in [3, 4] {
+        assert!(
+            on_server(&cluster.node_url(i), &k).await.is_some(),
+            "server {i} should still hold the key before the second release"
+        );
+    }
+    match all.release(&lease).await {
+        Err(LockError::NotHeld { .. }) => {}
+        other => panic!("a second release should be NotHeld, got {other:?}"),
+    }
+    for i in 0..5 {
+        assert_eq!(
+            on_server(&cluster.node_url(i), &k).await,
+            None,
+            "server {i} still holds the key after the second release"
+        );
+    }
+}
