@@ -145,9 +145,9 @@ fn without(grant: &str, lookups: &[Lookup]) -> Result<String, String> {
         ),
         (
             Lookup::Holder,
-            "(SELECT a.application_name FROM",
-            "LIMIT 1)",
-            "NULL::text",
+            "THEN \"public\".\"leasehold_fencing_holder\"(",
+            "($1)",
+            "THEN NULL::text",
         ),
     ];
     let mut sql = grant.to_owned();

@@ -16,6 +16,7 @@ use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
 use crate::kinds::CallerLeft;
+use crate::schema::{dollar_quote, quote_literal};
 use crate::store::{Checkout, Held, Pinned, Shared, Sql, idle_timeout, timed_out};
 
 /// The lease's pinned session. A lease of another backend is a usage error;
@@ -59,12 +60,15 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// the container (lock+unlock per pair, one client): about 138 µs for the
 /// bare pair, 223 µs with this grant and the release, and a grant that
 /// bumped a counter row cost about 120 µs more (measured from a client).
-/// Under load the lookups are what costs: with 64 clients and no client
-/// library in the way (`cargo run --release -p leasehold-benches --bin
-/// pg_lock_cost`, its server-side table, 2026-12-02), grant and release ran
-/// at 0.36 of the bare pair's rate, 0.50 without the holder lookup (never
-/// run on a grant, yet it costs), 0.44 without the epoch's, 0.42 without
-/// the key row's, 0.67 without all three.
+/// Under load the statement's size is what costs: with 64 clients and no
+/// client library in the way (`cargo run --release -p leasehold-benches
+/// --bin pg_lock_cost`, its server-side table), grant and release ran at
+/// 0.36 of the bare pair's rate, 0.50 without the holder lookup inlined
+/// here (never run on a grant, yet it cost), 0.67 without all three
+/// lookups. The holder lookup is now a function call ([`holder_function`]):
+/// in the next run on another machine, 0.30 with it and 0.35 without it,
+/// 0.33 without the epoch's lookup or the key row's, 0.37 without all three
+/// (the label and timeout alone took the bare pair to 0.53 there).
 ///
 /// The statement commits without waiting for a flush: the store epoch
 /// ([`crate::epoch`]) keeps tokens increasing across a crash that sets the
@@ -87,7 +91,7 @@ fn acquire_sql(settings: &Settings, wait: Wait) -> String {
     let next = epoch::next_token_sql(settings);
     let ceiling = epoch::ceiling_sql("g.e");
     let label = label_sql("g.t", "$4::text");
-    let holder = holder_label_sql("(($1 >> 32) & 4294967295)", "($1 & 4294967295)");
+    let holder = format!("{}($1)", holder_function(settings));
     let (lock, restore) = match wait {
         Wait::Refuse => ("pg_try_advisory_lock($1)", ""),
         Wait::Queue => (
@@ -148,6 +152,35 @@ fn label_sql(token: &str, holder: &str) -> String {
 
 /// The start of a holder's label ([`label_sql`]).
 const LABEL_PREFIX: &str = "lh ";
+
+/// `"schema"."<table>_holder"`: the function a refused grant calls for the
+/// holder's label ([`holder_function_ddl`]).
+fn holder_function(settings: &Settings) -> String {
+    settings.qualified_sibling("_holder")
+}
+
+/// Creates (once) `<table>_holder(bigint)`, the label of the session holding
+/// that advisory lock ([`holder_label_sql`]), `NULL` when none does. The
+/// grant calls it only when refused. Inlined in the grant instead, the
+/// lookup cost every grant its share of starting the statement's plan (the
+/// `pg_locks` and activity scans), though no grant runs it: measured with
+/// pgbench inside the container, 64 clients, lock+unlock ran at about 0.29
+/// of the bare pair's rate inlined and 0.41 through the function, the same
+/// as with no lookup at all (2026-12-02). Created only when missing, so a
+/// client whose role does not own it still migrates; a changed body needs a
+/// new name.
+pub(crate) fn holder_function_ddl(settings: &Settings) -> String {
+    let function = holder_function(settings);
+    let lookup = holder_label_sql("(($1 >> 32) & 4294967295)", "($1 & 4294967295)");
+    let create = format!(
+        "\x20   IF to_regprocedure({signature}) IS NULL THEN\n\
+         \x20       CREATE FUNCTION {function}(bigint) RETURNS text LANGUAGE sql STABLE AS {body};\n\
+         \x20   END IF;\n",
+        signature = quote_literal(&format!("{function}(bigint)")),
+        body = dollar_quote(&format!("SELECT {lookup}\n")),
+    );
+    format!("DO {};\n", dollar_quote(&format!("BEGIN\n{create}END\n")))
+}
 
 /// A scalar subquery: the `application_name` of the session holding
 /// advisory lock (`hi`, `lo`), `NULL` when none does.
@@ -789,6 +822,23 @@ pub(crate) fn sql(options: &Settings) -> Sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_grant_calls_the_holder_function_the_migration_makes() {
+        use crate::config::{Mode, PostgresConfig};
+        let settings = PostgresConfig::new(Mode::Advisory)
+            .schema("locks")
+            .settings();
+        let function = r#""locks"."leasehold_fencing_holder""#;
+        for wait in [Wait::Refuse, Wait::Queue] {
+            assert!(acquire_sql(&settings, wait).contains(&format!("{function}($1)")));
+        }
+        let ddl = crate::schema::ddl(&settings);
+        assert!(
+            ddl.contains(&format!("CREATE FUNCTION {function}(bigint)")),
+            "{ddl}"
+        );
+    }
 
     #[test]
     fn a_label_reads_back_as_token_time_and_holder() {

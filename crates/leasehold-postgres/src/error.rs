@@ -20,7 +20,9 @@ fn closed_before_tls_answer(error: &sqlx::Error) -> bool {
 
 /// Maps a store error. Connection trouble is `Unavailable` (retryable);
 /// serialization failures, deadlocks and lock timeouts are retryable
-/// `Backend` errors; everything else is a final `Backend` error.
+/// `Backend` errors; a missing table or function is a `Config` error naming
+/// the migration (the schema is older than the release, or was never made);
+/// everything else is a final `Backend` error.
 pub(crate) fn map(backend: &'static str, error: sqlx::Error) -> LockError {
     match &error {
         sqlx::Error::PoolTimedOut
@@ -31,6 +33,11 @@ pub(crate) fn map(backend: &'static str, error: sqlx::Error) -> LockError {
         _ if closed_before_tls_answer(&error) => LockError::unavailable(backend, error),
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some(code) if unavailable_code(code) => LockError::unavailable(backend, error),
+            // Undefined table or function: the schema is not this release's.
+            Some("42P01" | "42883") => LockError::Config(format!(
+                "{backend}: the store's schema lacks what this release uses ({db}); \
+                 connect with migrate=true once, or apply migration_sql by hand"
+            )),
             Some("40001" | "40P01" | "55P03") => LockError::Backend {
                 backend,
                 retryable: true,

@@ -38,7 +38,11 @@
 //!   **Upgrade note:** releases whose reader, writer or permit grants did
 //!   not draw from the sequence too are refused by a table this release
 //!   migrated (they fail closed, with "cannot insert into view" or "cannot
-//!   delete from view"); stop or upgrade them first.
+//!   delete from view"); stop or upgrade them first. A refused grant reads
+//!   the holder's label through the function `<table>_holder(bigint)`,
+//!   which the migration makes; with `migrate=false`, apply
+//!   [`migration_sql`] before this version connects (until then every call
+//!   is a `Config` error naming it).
 //! - `id` is [`advisory_lock_id`]: 64 bits of SHA-256 over the namespace
 //!   (length-prefixed) and the key. Two keys whose ids collide only contend
 //!   falsely; exclusion is never lost. The id space is the database's

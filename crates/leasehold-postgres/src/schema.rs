@@ -78,6 +78,7 @@ pub(crate) fn ddl(settings: &Settings) -> String {
     if settings.mode == Mode::Advisory {
         sql.push_str(&lock_id_column(settings));
         sql.push_str(&crate::epoch::ddl(settings));
+        sql.push_str(&crate::advisory::holder_function_ddl(settings));
     }
     sql.push_str(&shared_table_ddl(settings));
     sql
