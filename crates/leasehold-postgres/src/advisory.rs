@@ -63,12 +63,12 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// Under load the statement's size is what costs: with 64 clients and no
 /// client library in the way (`cargo run --release -p leasehold-benches
 /// --bin pg_lock_cost`, its server-side table), grant and release ran at
-/// 0.36 of the bare pair's rate, 0.50 without the holder lookup inlined
-/// here (never run on a grant, yet it cost), 0.67 without all three
-/// lookups. The holder lookup is now a function call ([`holder_function`]):
-/// in the next run on another machine, 0.30 with it and 0.35 without it,
-/// 0.33 without the epoch's lookup or the key row's, 0.37 without all three
-/// (the label and timeout alone took the bare pair to 0.53 there).
+/// 0.36 of the bare pair's rate and 0.67 without all three lookups; the
+/// holder lookup, inlined here then, cost the most though no grant runs it
+/// (now a function call: [`holder_function_ddl`]). In the next run, on
+/// another machine: 0.30, 0.33 without the epoch's lookup or the key
+/// row's, 0.37 without all three (the label and timeout alone took the
+/// bare pair to 0.53 there).
 ///
 /// The statement commits without waiting for a flush: the store epoch
 /// ([`crate::epoch`]) keeps tokens increasing across a crash that sets the

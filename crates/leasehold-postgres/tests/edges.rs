@@ -336,8 +336,6 @@ fn sqlx_options_pass_through() {
 
 const SENTINEL: &str = "S3NT1NEL-pw";
 
-/// Neither errors nor `Debug` output ever show the password, from good URLs
-/// and malformed ones alike.
 /// A store whose schema this release's statements do not find (never
 /// migrated, or migrated by hand by an older release: here its advisory
 /// holder function is missing) is a `Config` error that says how to fix it,
@@ -380,6 +378,8 @@ async fn a_schema_older_than_the_release_is_a_config_error_naming_the_migration(
     }
 }
 
+/// Neither errors nor `Debug` output ever show the password, from good URLs
+/// and malformed ones alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_never_appears_in_errors_or_debug() {
     let check = |what: &str, shown: String| {
