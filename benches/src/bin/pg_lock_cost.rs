@@ -19,9 +19,12 @@
 //! - with a NOTIFY: the unlock also sends a release signal (what a waiter
 //!   elsewhere needs to wake);
 //! - the backend's statements: its grant and release exactly as it sends
-//!   them, with nobody marked as waiting (so no NOTIFY), from bare sqlx;
-//! - the same without the store epoch's lookup, without the key row's,
-//!   and without those two and the holder's label (what each costs);
+//!   them for a key it has granted before (on a session that remembers the
+//!   store epoch, the key's row known to be there), with nobody marked as
+//!   waiting (so no NOTIFY), from bare sqlx;
+//! - the same with the key row looked up (a key's first grant on a
+//!   backend), and a session's first grant, which also reads the epoch from
+//!   the store; the same without the holder's lookup (what each costs);
 //! - backend: `try_acquire` + `release`;
 //! - locker: `Locker::try_lock` + `release`.
 //!
@@ -106,57 +109,50 @@ fn backend_statements(pool: sqlx::PgPool, grant: &'static str, release: &'static
     })
 }
 
-/// A lookup of the grant's, cut out by [`without`].
-#[derive(Clone, Copy, PartialEq)]
-enum Lookup {
-    Epoch,
-    KeyRow,
-    Holder,
+/// Where `from` … `to` lies in `grant`.
+fn find(grant: &str, from: &str, to: &str) -> Result<std::ops::Range<usize>, String> {
+    let start = grant
+        .find(from)
+        .ok_or_else(|| format!("the grant has no {from:?}"))?;
+    let end = grant[start..]
+        .find(to)
+        .ok_or_else(|| format!("the grant has no {to:?} after {from:?}"))?;
+    Ok(start..start + end + to.len())
 }
 
-/// `grant` without the `lookups` named (the store epoch, whether the key's
-/// row exists, the holder's label when refused), each replaced by a
-/// constant of its type.
-fn without(grant: &str, lookups: &[Lookup]) -> Result<String, String> {
-    let cut = |sql: &str, from: &str, to: &str, with: &str| {
-        let start = sql
-            .find(from)
-            .ok_or_else(|| format!("the grant has no {from:?}"))?;
-        let end = sql[start..]
-            .find(to)
-            .ok_or_else(|| format!("the grant has no {to:?} after {from:?}"))?
-            + start
-            + to.len();
-        Ok::<_, String>(format!("{}{with}{}", &sql[..start], &sql[end..]))
-    };
-    // Where each lookup starts and ends in the grant, and its stand-in.
-    let cuts = [
-        (
-            Lookup::Epoch,
-            "(SELECT max(epoch) FROM",
-            "_in_force\")",
-            "1::int8",
-        ),
-        (
-            Lookup::KeyRow,
-            "EXISTS (SELECT 1 FROM",
-            "AND key = $3)",
-            "($2::text || $3::text) IS NOT NULL",
-        ),
-        (
-            Lookup::Holder,
-            "THEN \"public\".\"leasehold_fencing_holder\"(",
-            "($1)",
-            "THEN NULL::text",
-        ),
-    ];
-    let mut sql = grant.to_owned();
-    for (lookup, from, to, with) in cuts {
-        if lookups.contains(&lookup) {
-            sql = cut(&sql, from, to, with)?;
-        }
-    }
-    Ok(sql)
+/// `grant` without the refused grant's holder lookup (a function call in
+/// a branch the pair never takes), replaced by a constant of its type.
+fn without_holder_lookup(grant: &str) -> Result<String, String> {
+    let range = find(
+        grant,
+        "THEN \"public\".\"leasehold_fencing_holder\"(",
+        "($1)",
+    )?;
+    Ok(format!(
+        "{}THEN NULL::text{}",
+        &grant[..range.start],
+        &grant[range.end..]
+    ))
+}
+
+/// `grant`, one for a session that remembers the store epoch, with the
+/// epoch in force (read with the first grant's lookup) and the session's
+/// pid written in, so it takes the first grant's binds.
+async fn on_a_kept_session(
+    pool: &sqlx::PgPool,
+    first: &str,
+    grant: &str,
+) -> Result<&'static str, String> {
+    let lookup = &first[find(first, "(SELECT max(epoch) FROM", "_in_force\")")?];
+    let epoch: i64 = sqlx::query_scalar(&format!("SELECT {lookup}"))
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    let grant = grant
+        .replace("$7", "pg_backend_pid()")
+        .replace("$6", &epoch.to_string());
+    // The client's steps need it `'static`.
+    Ok(Box::leak(grant.into_boxed_str()))
 }
 
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
@@ -171,21 +167,19 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let warm = leasehold_core::Key::new("warm").map_err(err)?;
     let lease = backend.try_acquire(&warm, TTL).await.map_err(err)?;
     backend.release(&lease).await.map_err(err)?;
-    let (grant, release) = leasehold_postgres::advisory_mutex_statements(backend.config());
+    let sql = leasehold_postgres::advisory_mutex_statements(backend.config());
     if std::env::args().any(|arg| arg == "--print-sql") {
-        println!("{grant}\n{release}");
+        println!("{sql:#?}");
         return Ok(());
     }
     // Each grant variant built once, for both the client's and the
-    // server's tables (the client's steps need them `'static`).
-    let leak = |lookups: &[Lookup]| -> Result<&'static str, String> {
-        Ok(Box::leak(without(&grant, lookups)?.into_boxed_str()))
-    };
-    let bare_grant = leak(&[Lookup::Epoch, Lookup::KeyRow, Lookup::Holder])?;
-    let no_epoch = leak(&[Lookup::Epoch])?;
-    let no_key_row = leak(&[Lookup::KeyRow])?;
-    let no_holder = leak(&[Lookup::Holder])?;
-    let grant: &'static str = Box::leak(grant.into_boxed_str());
+    // server's tables.
+    let first = sql.first_grant.as_str();
+    let grant = on_a_kept_session(&pool, first, &sql.grant_known_row).await?;
+    let row_looked_up = on_a_kept_session(&pool, first, &sql.grant).await?;
+    let no_holder: &'static str = Box::leak(without_holder_lookup(grant)?.into_boxed_str());
+    let first_grant: &'static str = Box::leak(sql.first_grant.into_boxed_str());
+    let release = sql.release;
     let server_steps = [
         (
             "bare: pg_try_advisory_lock, pg_advisory_unlock",
@@ -205,14 +199,13 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
             release,
         ),
         ("the backend's grant and release", grant, release),
-        ("the same without the holder lookup", no_holder, release),
-        ("the same without the epoch lookup", no_epoch, release),
-        ("the same without the key-row lookup", no_key_row, release),
+        ("the same, key row looked up", row_looked_up, release),
         (
-            "the same without the epoch, key-row and holder lookups",
-            bare_grant,
+            "the same, a session's first grant (epoch and key row looked up)",
+            first_grant,
             release,
         ),
+        ("the same without the holder lookup", no_holder, release),
     ];
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
     let statements = |lock, unlock| stores::pg_advisory_statements(pool.clone(), lock, unlock);
@@ -238,16 +231,16 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
             backend_statements(pool.clone(), grant, release),
         ),
         (
-            "the same without the epoch lookup",
-            backend_statements(pool.clone(), no_epoch, release),
+            "the same, key row looked up",
+            backend_statements(pool.clone(), row_looked_up, release),
         ),
         (
-            "the same without the key-row lookup",
-            backend_statements(pool.clone(), no_key_row, release),
+            "the same, a session's first grant (epoch and key row looked up)",
+            backend_statements(pool.clone(), first_grant, release),
         ),
         (
-            "the same without the epoch, key-row and holder lookups",
-            backend_statements(pool.clone(), bare_grant, release),
+            "the same without the holder lookup",
+            backend_statements(pool.clone(), no_holder, release),
         ),
     ];
     steps::compare(

@@ -31,6 +31,17 @@
 //!   2⁴⁰ tokens drawn in one epoch) gives its lock back and reports no
 //!   epoch, and the client starts the next one: every token of an epoch lies
 //!   below the floor of every later epoch, whatever a crash undoes.
+//! - A session remembers the epoch a grant on it read, and its later grants
+//!   take the epoch from there instead of reading `<table>_in_force`
+//!   (one relation fewer for every grant to open). That is safe because a
+//!   crash ends every session: PostgreSQL recovers from the crash of any
+//!   of its processes by restarting them all, so a session still open has
+//!   seen no crash since it read the epoch, and a promoted standby never
+//!   had the session. An epoch started at the ceiling leaves a remembered
+//!   epoch behind, but the sequence then lies past that epoch's ceiling, so
+//!   such a grant gives its lock back and reports no epoch, as above. The
+//!   grant also binds the server pid of the session that read the epoch
+//!   and uses the epoch only on that same server process.
 //!
 //! The promise is the one a flushed write per grant gave: tokens strictly
 //! increase across restarts and crashes of the server; across a failover

@@ -321,27 +321,45 @@
 //!   that timed out may or may not have evicted: inspect before retrying.
 #![warn(missing_docs)]
 
-/// The two statements of an advisory mutex, as a backend built from
-/// `config` sends them: the grant (binds: the advisory lock id, the
-/// namespace, the key, the holder label, the idle timeout in ms) and the
-/// release (binds: the lock id, the channel, the signal payload, the idle
-/// timeout and `application_name` to restore, whether a signal may be
-/// needed, the key's waiter mark id or `NULL`). For benchmarks that time
-/// them from a bare client beside the backend (`pg_lock_cost`); not a
-/// stable interface.
+/// The statements of an advisory mutex, as a backend built from `config`
+/// sends them. For benchmarks that time them from a bare client beside the
+/// backend (`pg_lock_cost`); not a stable interface.
 ///
 /// ```
 /// use leasehold_postgres::{Mode, PostgresConfig, advisory_mutex_statements};
-/// let (grant, release) = advisory_mutex_statements(&PostgresConfig::new(Mode::Advisory));
-/// assert!(grant.contains("pg_try_advisory_lock($1)"));
-/// assert!(release.contains("pg_advisory_unlock($1)"));
+/// let sql = advisory_mutex_statements(&PostgresConfig::new(Mode::Advisory));
+/// assert!(sql.first_grant.contains("pg_try_advisory_lock($1)"));
+/// assert!(sql.grant.contains("$6::int8") && sql.grant.contains("EXISTS"));
+/// assert!(!sql.grant_known_row.contains("EXISTS"));
+/// assert!(sql.release.contains("pg_advisory_unlock($1)"));
 /// ```
 #[doc(hidden)]
-pub fn advisory_mutex_statements(config: &PostgresConfig) -> (String, &'static str) {
-    (
-        advisory::sql(&config.settings()).acquire,
-        store::RELEASE_SQL,
-    )
+#[derive(Debug)]
+pub struct AdvisoryMutexStatements {
+    /// A session's first grant. Binds: the advisory lock id, the
+    /// namespace, the key, the holder label, the idle timeout in ms.
+    pub first_grant: String,
+    /// The grant on a session that remembers the store epoch: the same
+    /// binds, then the epoch and the session's server pid.
+    pub grant: String,
+    /// [`grant`](Self::grant) for a key whose row the backend has seen.
+    pub grant_known_row: String,
+    /// The release. Binds: the lock id, the channel, the signal payload,
+    /// the idle timeout and `application_name` to restore, whether a signal
+    /// may be needed, the key's waiter mark id or `NULL`.
+    pub release: &'static str,
+}
+
+/// The [`AdvisoryMutexStatements`] of a backend built from `config`.
+#[doc(hidden)]
+pub fn advisory_mutex_statements(config: &PostgresConfig) -> AdvisoryMutexStatements {
+    let sql = advisory::sql(&config.settings());
+    AdvisoryMutexStatements {
+        first_grant: sql.acquire,
+        grant: sql.acquire_in_epoch,
+        grant_known_row: sql.acquire_known_row,
+        release: store::RELEASE_SQL,
+    }
 }
 
 mod admin;

@@ -38,13 +38,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ADVISORY, PostgresConfig, Settings};
 use crate::error::{map, session_ended};
-use crate::keys::{halves, signal_name};
+use crate::keys::{KnownRows, halves, signal_name};
 use crate::marks::{Marks, mark_id};
 
 /// The statements of one mode, built once per backend.
 #[derive(Debug, Default)]
 pub(crate) struct Sql {
     pub(crate) acquire: String,
+    /// Advisory mode: the grant on a session that remembers the store
+    /// epoch ([`crate::epoch`]).
+    pub(crate) acquire_in_epoch: String,
+    /// Advisory mode: [`Sql::acquire_in_epoch`] for a key whose row is
+    /// known to be there ([`KnownRows`]).
+    pub(crate) acquire_known_row: String,
     /// Advisory mode: the grant that waits in the server's lock queue.
     pub(crate) queue: String,
     /// Advisory mode: adds a key's row after its first grant.
@@ -166,13 +172,16 @@ pub(crate) struct Sessions {
     /// Marks the keys this backend's unqueued waiters wait for
     /// ([`crate::marks`]), on a session of its own.
     pub(crate) marks: Marks,
+    /// The keys whose row this backend saw ([`KnownRows`]).
+    pub(crate) known_rows: KnownRows,
 }
 
-/// A clean session kept for reuse: its server pid when known (learned from
-/// a statement run on it), and since when it is kept.
+/// A clean session kept for reuse: its server pid and the store epoch when
+/// known (learned from a statement run on it), and since when it is kept.
 struct Kept {
     session: PgListener,
     pid: Option<i32>,
+    epoch: Option<i64>,
     since: Instant,
 }
 
@@ -185,6 +194,9 @@ pub(crate) struct Checkout {
     /// Its server pid, when a statement run on it told (`None` for a
     /// session new to this call, and for one opened for a caller that left).
     pub(crate) pid: Option<i32>,
+    /// The store epoch a grant on it read, when one did: still the epoch in
+    /// force, since a crash would have ended the session ([`crate::epoch`]).
+    pub(crate) epoch: Option<i64>,
 }
 
 /// The answer of a connection attempt started for a checkout
@@ -202,7 +214,7 @@ impl Drop for Opening {
         // task keeps it; one sent before is read here.
         self.answer.close();
         if let Ok(Ok(session)) = self.answer.try_recv() {
-            self.sessions.checkin(session, None);
+            self.sessions.checkin(session, None, None);
         }
     }
 }
@@ -305,6 +317,7 @@ impl Sessions {
             queue_slots: Arc::new(tokio::sync::Semaphore::new((max / 2) as usize)),
             turns: Mutex::new(std::collections::HashMap::new()),
             marks,
+            known_rows: KnownRows::default(),
         }
     }
 
@@ -393,6 +406,7 @@ impl Sessions {
                             session,
                             reused: false,
                             pid: None,
+                            epoch: None,
                         });
                     }
                     // The connecting task panicked or its runtime is ending.
@@ -411,7 +425,7 @@ impl Sessions {
         tokio::spawn(async move {
             let session = sessions.open().await;
             if let Err(Ok(session)) = answer.send(session) {
-                sessions.checkin(session, None);
+                sessions.checkin(session, None, None);
             }
         });
         Opening {
@@ -481,6 +495,7 @@ impl Sessions {
             let Kept {
                 mut session,
                 pid,
+                epoch,
                 since,
             } = popped?;
             if since.elapsed() > IDLE_LIMIT {
@@ -500,6 +515,7 @@ impl Sessions {
                         session,
                         reused: true,
                         pid,
+                        epoch,
                     });
                 }
                 Poll::Ready(Ok(None) | Err(_)) => continue,
@@ -508,9 +524,10 @@ impl Sessions {
     }
 
     /// Keeps a session that holds no lock for reuse, with its server pid
-    /// when known, and closes kept ones idle for longer than [`IDLE_LIMIT`]
-    /// (the oldest are at the bottom).
-    pub(crate) fn checkin(&self, session: PgListener, pid: Option<i32>) {
+    /// and the store epoch a grant on it read, when known, and closes kept
+    /// ones idle for longer than [`IDLE_LIMIT`] (the oldest are at the
+    /// bottom).
+    pub(crate) fn checkin(&self, session: PgListener, pid: Option<i32>, epoch: Option<i64>) {
         let stale: Vec<_> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let fresh_from = idle
@@ -521,6 +538,7 @@ impl Sessions {
             idle.push(Kept {
                 session,
                 pid,
+                epoch,
                 since: Instant::now(),
             });
             stale
@@ -599,15 +617,16 @@ fn gone(ended: &Mutex<Option<Ended>>, release: bool, key: &str) -> LockError {
 }
 
 impl Pinned {
-    /// Starts the task that owns `session`, which holds the advisory lock
-    /// `held` (which id, in which mode, and whose release signal its release
+    /// Starts the task that owns `session` (server pid `pid`, whose grant
+    /// read store epoch `epoch`), which holds the advisory lock `held`
+    /// (which id, in which mode, and whose release signal its release
     /// sends), and fires `lost` when the session ends.
     pub(crate) fn start(
         sessions: Arc<Sessions>,
         session: PgListener,
         key: String,
         held: Held,
-        pid: i32,
+        (pid, epoch): (i32, Option<i64>),
         lost: CancellationToken,
     ) -> Pinned {
         let (requests, inbox) = mpsc::unbounded_channel();
@@ -621,6 +640,7 @@ impl Pinned {
             signal: held.signal,
             waiters_mark: held.waiters_mark,
             pid,
+            epoch,
             lost,
             ended: ended.clone(),
         };
@@ -699,6 +719,7 @@ struct Task {
     signal: i64,
     waiters_mark: bool,
     pid: i32,
+    epoch: Option<i64>,
     lost: CancellationToken,
     ended: Arc<Mutex<Option<Ended>>>,
 }
@@ -813,7 +834,7 @@ impl Task {
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {
                 self.end(Ended::Released);
-                self.sessions.checkin(session, Some(self.pid));
+                self.sessions.checkin(session, Some(self.pid), self.epoch);
                 Ok(())
             }
             Ok(Ok((false, ..))) => {

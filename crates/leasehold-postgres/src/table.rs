@@ -92,6 +92,8 @@ pub(crate) fn sql(options: &Settings) -> Sql {
         ),
         // Table mode commits every grant flushed: the row is the lease.
         epoch_bump: String::new(),
+        acquire_in_epoch: String::new(),
+        acquire_known_row: String::new(),
         queue: String::new(),
         key_row: String::new(),
         kinds: crate::kinds::KindSql::table(options),

@@ -161,11 +161,15 @@ async fn exclusion_release_and_strictly_increasing_fencing() {
     a.release(&third).await.unwrap();
 }
 
-/// What a crash may do to an advisory store: the unlogged epoch table
-/// emptied and the token sequence set back.
+/// What a crash does to an advisory store, by hand: every other session
+/// ended (the server restarts all its processes to recover), the unlogged
+/// epoch table emptied, and the token sequence set back (its last draws
+/// were committed without a flush). For a server of the test's own.
 async fn lose_the_epoch(observer: &sqlx::PgPool) {
     sqlx::raw_sql(
-        "TRUNCATE leasehold_fencing_in_force; \
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+           WHERE backend_type = 'client backend' AND pid <> pg_backend_pid(); \
+         TRUNCATE leasehold_fencing_in_force; \
          SELECT setval('leasehold_fencing_token', 1);",
     )
     .execute(observer)
@@ -186,13 +190,12 @@ async fn next_draw_at_the_ceiling(observer: &sqlx::PgPool) -> (i64, i64) {
     .unwrap()
 }
 
-/// What a crash may do to an advisory store, done by hand: the unlogged
-/// `<table>_in_force` emptied and the token sequence set back (its last draws
-/// were committed without a flush). The next grant must still exceed every
-/// earlier token.
+/// What a crash does to an advisory store, done by hand
+/// ([`lose_the_epoch`]). The next grant must still exceed every earlier
+/// token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
-    let server = Server::start(false).await;
+    let server = Server::start(true).await;
     let namespace = format!("epoch{}", common::rand_suffix());
     let backend = server
         .backend(options(Mode::Advisory).namespace(namespace.clone()))
@@ -206,7 +209,7 @@ async fn a_lost_epoch_lifts_tokens_above_every_earlier_grant() {
     }
     let observer = server.observer().await;
     lose_the_epoch(&observer).await;
-    let lifted = backend.try_acquire(&k, TTL).await.unwrap();
+    let lifted = common::when_back(async || backend.try_acquire(&k, TTL).await).await;
     assert!(
         lifted.fencing_token().get() > last,
         "token went from {last} to {} after the epoch was lost",
@@ -253,6 +256,63 @@ async fn a_token_at_the_epochs_ceiling_starts_the_next_epoch() {
         Err(LockError::Contended { .. })
     ));
     backend.release(&lease).await.unwrap();
+}
+
+/// A grant on a kept session takes the store epoch its earlier grant read
+/// on the same server process, never from another: bound with another
+/// session's pid, it reads no epoch and takes no lock (the client then
+/// reads the epoch from the store again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_epoch_counts_only_on_the_session_that_read_it() {
+    let server = Server::start(false).await;
+    let namespace = format!("remembered{}", common::rand_suffix());
+    let config = options(Mode::Advisory).namespace(namespace.clone());
+    let backend = server.backend(config.clone()).await;
+    let k = key("remembered");
+    let lease = backend.try_acquire(&k, TTL).await.unwrap();
+    backend.release(&lease).await.unwrap();
+    let grant = leasehold_postgres::advisory_mutex_statements(&config).grant;
+    let id = advisory_lock_id(&namespace, k.as_str());
+    let observer = server.observer().await;
+    let mut session = observer.acquire().await.unwrap();
+    let (pid, epoch): (i32, i64) =
+        sqlx::query_as("SELECT pg_backend_pid(), max(epoch) FROM leasehold_fencing_in_force")
+            .fetch_one(&mut *session)
+            .await
+            .unwrap();
+    // The grant's token (its first column) and the epoch it read (its fifth).
+    let grant_binding = |pid: i32| {
+        sqlx::query_as::<_, (Option<i64>, Option<String>, Option<i32>, i32, Option<i64>)>(&grant)
+            .bind(id)
+            .bind(namespace.clone())
+            .bind(k.as_str().to_owned())
+            .bind("test")
+            .bind("30000")
+            .bind(epoch)
+            .bind(pid)
+    };
+    let (token, _, _, _, read) = grant_binding(pid + 1)
+        .fetch_one(&mut *session)
+        .await
+        .unwrap();
+    assert_eq!(
+        (token, read),
+        (None, None),
+        "a grant bound to another session's pid took the remembered epoch"
+    );
+    assert_eq!(locks_held_by(&mut session).await, 0, "and took the lock");
+    let (token, _, _, _, read) = grant_binding(pid).fetch_one(&mut *session).await.unwrap();
+    assert!(
+        token.is_some(),
+        "the session that read the epoch is refused"
+    );
+    assert_eq!(read, Some(epoch));
+    assert_eq!(locks_held_by(&mut session).await, 1);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(id)
+        .execute(&mut *session)
+        .await
+        .unwrap();
 }
 
 /// Clients of the two releases before every grant drew from the token
@@ -399,7 +459,7 @@ async fn kind_tokens_survive_a_lost_epoch_and_stop_at_its_ceiling() {
     }
     lose_the_epoch(&observer).await;
     for kind in kinds {
-        let lease = backend.try_acquire_kind(&k, kind, TTL).await.unwrap();
+        let lease = common::when_back(async || backend.try_acquire_kind(&k, kind, TTL).await).await;
         assert!(
             lease.fencing_token().get() > last,
             "{kind:?} token went from {last} to {} after the epoch was lost",

@@ -13,16 +13,7 @@ const TTL: Duration = Duration::from_secs(60);
 
 /// Retries `try_acquire` (bounded) while the store comes back.
 async fn acquire_when_back(backend: &PostgresBackend, name: &str) -> Lease {
-    let started = Instant::now();
-    loop {
-        match backend.try_acquire(&key(name), TTL).await {
-            Ok(lease) => return lease,
-            Err(error) if error.is_retryable() && started.elapsed() < Duration::from_secs(60) => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(error) => panic!("store did not come back: {error}"),
-        }
-    }
+    common::when_back(async || backend.try_acquire(&key(name), TTL).await).await
 }
 
 async fn tokens_survive_a_restart(mode: Mode) {

@@ -161,9 +161,10 @@ fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError
 }
 
 /// Runs one attempt on `session`. `Ok(Ok(lease))` when granted (the session
-/// then belongs to the lease's task), `Ok(Err((session, pid)))` when refused
-/// (the session holds nothing new), `Err` when the statement failed (the
-/// session is dropped, so closed: whatever it held is freed).
+/// then belongs to the lease's task), `Ok(Err((session, pid, epoch)))` when
+/// refused (the session holds nothing new; its pid and the store epoch it
+/// read), `Err` when the statement failed (the session is dropped, so
+/// closed: whatever it held is freed).
 async fn attempt_on(
     shared: &Shared,
     mut session: PgListener,
@@ -171,13 +172,13 @@ async fn attempt_on(
     kind: LockKind,
     take: Take,
     ttl: Duration,
-) -> Result<Result<Lease, (PgListener, i32)>, (LockError, bool)> {
+) -> Result<Result<Lease, (PgListener, i32, i64)>, (LockError, bool)> {
     let options = &shared.options;
     let ids = ids(&options.namespace, key.as_str(), kind).map_err(|e| (e, false))?;
     let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
     let sent_at = options.clock.now();
     let sql = shared.sql.kinds.advisory.of(take);
-    let (id, token, pid) = loop {
+    let (id, token, pid, epoch) = loop {
         let mut query = sqlx::query_as::<_, AttemptRow>(sql)
             .bind(idle_timeout(ttl))
             .bind(&ids);
@@ -194,7 +195,7 @@ async fn attempt_on(
             // the epoch's ceiling (the lock was given back): start one, ask
             // again.
             Ok((_, _, _, _, _, None)) => start_epoch(shared).await.map_err(|e| (e, false))?,
-            Ok((id, token, _, _, pid, Some(_))) => break (id, token, pid),
+            Ok((id, token, _, _, pid, Some(epoch))) => break (id, token, pid, epoch),
             Err(error) => {
                 let ended = session_ended(&error);
                 return Err((map(ADVISORY, error), ended));
@@ -202,7 +203,7 @@ async fn attempt_on(
         }
     };
     let (Some(id), Some(token)) = (id, token) else {
-        return Ok(Err((session, pid)));
+        return Ok(Err((session, pid, epoch)));
     };
     let held = Held {
         id,
@@ -214,6 +215,7 @@ async fn attempt_on(
     let sessions = shared.sessions().map_err(|e| (e, false))?;
     let granted = Granted {
         token,
+        epoch: Some(epoch),
         sent_at,
         ttl,
     };
@@ -249,8 +251,8 @@ pub(super) async fn try_acquire(
             } = checkout(sessions, options.timeout, &mut left).await?;
             match attempt_on(shared, session, key, kind, take, ttl).await {
                 Ok(Ok(lease)) => return Ok(lease),
-                Ok(Err((session, pid))) => {
-                    sessions.checkin(session, Some(pid));
+                Ok(Err((session, pid, epoch))) => {
+                    sessions.checkin(session, Some(pid), Some(epoch));
                     return Err(LockError::contended(ADVISORY, key.as_str(), None));
                 }
                 // A kept session that died while idle: try the next one.
@@ -342,7 +344,7 @@ async fn attempt_waiting(
         .await
         {
             Ok(Ok(lease)) => Ok(lease),
-            Ok(Err((session, _))) => {
+            Ok(Err((session, ..))) => {
                 *waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
                 Err(LockError::contended(ADVISORY, key.as_str(), None))
             }

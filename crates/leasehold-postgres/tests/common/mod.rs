@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leasehold_conformance::fixtures::{self, Container};
-use leasehold_core::Key;
+use leasehold_core::{Key, LockError};
 use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -115,6 +115,22 @@ pub fn rand_suffix() -> u64 {
 
 pub fn key(name: &str) -> Key {
     Key::new(name).expect("a legal key")
+}
+
+/// Retries `attempt` (bounded) while it fails retryably: the store coming
+/// back, or a pooled connection the store ended (the first call after a
+/// restart may meet one).
+pub async fn when_back<T>(mut attempt: impl AsyncFnMut() -> Result<T, LockError>) -> T {
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(error) if error.is_retryable() && started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(error) => panic!("store did not come back: {error}"),
+        }
+    }
 }
 
 /// The backend pid holding the advisory lock `id`, if any.
