@@ -139,7 +139,7 @@ fn acquire_sql(settings: &Settings, wait: Wait, epoch: &str, row_known: bool) ->
 }
 
 /// The store epoch as the session's last grant read it (`$6`), in a grant
-/// on a kept session ([`crate::epoch`], "A session remembers the epoch").
+/// on a kept session (why that is safe: [`crate::epoch`]).
 /// Bound with the pid that grant ran on (`$7`): should the connection
 /// behind the session ever be another one, the epoch is `NULL`, so the
 /// grant takes no lock and the client reads the epoch from the store again.
@@ -403,9 +403,10 @@ pub(crate) async fn try_acquire(
                 // The sequence may have gone back (a crash, a new standby,
                 // a fresh table) or reached the epoch's ceiling, or the
                 // session is not the one that read its remembered epoch:
-                // start an epoch (if none is in force), then ask again. The session is closed, not kept: a
-                // token at the ceiling gave its lock back in the statement,
-                // and a session whose state we did not check is not reused.
+                // start an epoch (if none is in force), then ask again. The
+                // session is closed, not kept: a token at the ceiling gave
+                // its lock back in the statement, and a session whose state
+                // we did not check is not reused.
                 drop(session);
                 start_epoch(shared).await?;
                 continue;

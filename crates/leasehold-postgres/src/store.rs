@@ -194,8 +194,9 @@ pub(crate) struct Checkout {
     /// Its server pid, when a statement run on it told (`None` for a
     /// session new to this call, and for one opened for a caller that left).
     pub(crate) pid: Option<i32>,
-    /// The store epoch a grant on it read, when one did: still the epoch in
-    /// force, since a crash would have ended the session ([`crate::epoch`]).
+    /// The store epoch a grant on it read, when one did: its next grant
+    /// may take it from here, since a crash would have ended the session
+    /// ([`crate::epoch`]).
     pub(crate) epoch: Option<i64>,
 }
 
