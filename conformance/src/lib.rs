@@ -123,10 +123,6 @@ where
 /// case the backend's capabilities select, then drops the suite (removing its
 /// containers). A `Skipped` setup prints why; under `CI=true` it fails.
 ///
-/// The cases run 8 at once (they wait on the store, not the CPU); the
-/// binary takes the test harness's arguments, so `--test-threads 1` runs
-/// them one by one and a name filters them.
-///
 /// When the binary is started as a child holder (by the child-process cases)
 /// it serves the child protocol instead.
 pub fn run_main<F, Fut>(setup: F) -> ExitCode

@@ -21,14 +21,6 @@ use crate::suite::Suite;
 /// How long a case may run under the test harness before it fails as a hang.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// How many cases the test harness runs at once unless `--test-threads`
-/// says otherwise. Cases spend their time waiting on the store (a TTL to
-/// run out, a waiter to wake), not on the CPU, and every case already
-/// tolerates all the others at once ([`run_cases`] runs them so), so the
-/// harness's default of one per core left a 2-core machine mostly idle.
-/// The cases that pause or restart the store still take it to themselves.
-const CONCURRENT_CASES: usize = 8;
-
 /// How one case ended in a [`run_cases`] run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -173,8 +165,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 }
 
 pub(crate) fn run_trials(runtime: &tokio::runtime::Runtime, suite: &Suite) -> ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads.get_or_insert(CONCURRENT_CASES);
+    let args = Arguments::from_args();
     let caps = match runtime.block_on(capabilities_of(&suite.factory)) {
         Ok(caps) => caps,
         Err(e) => {
