@@ -135,24 +135,23 @@ fn without_holder_lookup(grant: &str) -> Result<String, String> {
     ))
 }
 
-/// `grant`, one for a session that remembers the store epoch, with the
-/// epoch in force (read with the first grant's lookup) and the session's
-/// pid written in, so it takes the first grant's binds.
-async fn on_a_kept_session(
-    pool: &sqlx::PgPool,
-    first: &str,
-    grant: &str,
-) -> Result<&'static str, String> {
+/// The store epoch in force, read with the first grant's lookup.
+async fn epoch_in_force(pool: &sqlx::PgPool, first: &str) -> Result<i64, String> {
     let lookup = &first[find(first, "(SELECT max(epoch) FROM", "_in_force\")")?];
-    let epoch: i64 = sqlx::query_scalar(&format!("SELECT {lookup}"))
+    sqlx::query_scalar(&format!("SELECT {lookup}"))
         .fetch_one(pool)
         .await
-        .map_err(err)?;
+        .map_err(err)
+}
+
+/// `grant`, one for a session that remembers the store epoch, with `epoch`
+/// and the session's pid written in, so it takes the first grant's binds.
+fn on_a_kept_session(grant: &str, epoch: i64) -> &'static str {
     let grant = grant
         .replace("$7", "pg_backend_pid()")
         .replace("$6", &epoch.to_string());
     // The client's steps need it `'static`.
-    Ok(Box::leak(grant.into_boxed_str()))
+    Box::leak(grant.into_boxed_str())
 }
 
 async fn run(samples: usize, tasks: usize) -> Result<(), String> {
@@ -174,9 +173,9 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     }
     // Each grant variant built once, for both the client's and the
     // server's tables.
-    let first = sql.first_grant.as_str();
-    let grant = on_a_kept_session(&pool, first, &sql.grant_known_row).await?;
-    let row_looked_up = on_a_kept_session(&pool, first, &sql.grant).await?;
+    let epoch = epoch_in_force(&pool, &sql.first_grant).await?;
+    let grant = on_a_kept_session(&sql.grant_known_row, epoch);
+    let row_looked_up = on_a_kept_session(&sql.grant, epoch);
     let no_holder: &'static str = Box::leak(without_holder_lookup(grant)?.into_boxed_str());
     let first_grant: &'static str = Box::leak(sql.first_grant.into_boxed_str());
     let release = sql.release;

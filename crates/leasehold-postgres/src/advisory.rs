@@ -371,27 +371,22 @@ pub(crate) async fn try_acquire(
                 pid,
                 epoch,
             } = checkout(sessions, timeout, &mut left).await?;
-            let row_known = sessions.known_rows.contains(id);
-            let grant = match (pid, epoch) {
-                (Some(pid), Some(epoch)) => sqlx::query_as(if row_known {
-                    &shared.sql.acquire_known_row
-                } else {
-                    &shared.sql.acquire_in_epoch
-                })
+            // A kept session binds the epoch it remembers and its pid.
+            let remembered = pid.zip(epoch);
+            let sql = match remembered {
+                Some(_) if sessions.known_rows.contains(id) => &shared.sql.acquire_known_row,
+                Some(_) => &shared.sql.acquire_in_epoch,
+                None => &shared.sql.acquire,
+            };
+            let mut grant = sqlx::query_as(sql)
                 .bind(id)
                 .bind(&options.namespace)
                 .bind(key.as_str())
                 .bind(&options.holder)
-                .bind(idle_timeout(ttl))
-                .bind(epoch)
-                .bind(pid),
-                _ => sqlx::query_as(&shared.sql.acquire)
-                    .bind(id)
-                    .bind(&options.namespace)
-                    .bind(key.as_str())
-                    .bind(&options.holder)
-                    .bind(idle_timeout(ttl)),
-            };
+                .bind(idle_timeout(ttl));
+            if let Some((pid, epoch)) = remembered {
+                grant = grant.bind(epoch).bind(pid);
+            }
             let row: AcquireRow = match grant.fetch_one(&mut session).await {
                 Ok(row) => row,
                 // A kept session that died while idle: try the next one.
