@@ -20,7 +20,7 @@ pub type Op = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Sen
 /// Bounds every measured call so a stuck store fails the run, not hangs it.
 pub const CALL_BOUND: Duration = Duration::from_secs(30);
 
-async fn bounded<T>(fut: BoxFuture<'static, Result<T, String>>) -> Result<T, String> {
+pub(crate) async fn bounded<T>(fut: BoxFuture<'static, Result<T, String>>) -> Result<T, String> {
     match tokio::time::timeout(CALL_BOUND, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {CALL_BOUND:?}")),

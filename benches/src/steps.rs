@@ -4,10 +4,11 @@
 //! `*_queue_cost` binaries use it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use leasehold_core::{Key, LockBackend, Locker};
 
+use crate::extend::live_threads_cpu;
 use crate::harness::{self, Op};
 use crate::stores::{err, op};
 
@@ -17,6 +18,43 @@ use crate::stores::{err, op};
 const ROUNDS: usize = 6;
 /// Each step's throughput window.
 const WINDOW: Duration = Duration::from_millis(2500);
+
+/// Rounds of [`from_a_task`]: each runs every step's block once, in turn.
+const TASK_ROUNDS: usize = 3;
+
+/// Each step's p50 (µs) and this process's CPU per pair (µs), measured on
+/// one spawned task: blocks of `samples` pairs, each step's in turn,
+/// [`TASK_ROUNDS`] rounds, the median of each. A block is timed as a whole
+/// for the CPU, so the steps are interleaved by block, not by sample.
+async fn from_a_task(label: &str, ops: &[Op], samples: usize) -> Result<Vec<(f64, f64)>, String> {
+    let (label, ops) = (label.to_owned(), ops.to_vec());
+    let measured = tokio::spawn(async move {
+        let mut p50s = vec![Vec::with_capacity(TASK_ROUNDS); ops.len()];
+        let mut cpus = vec![Vec::with_capacity(TASK_ROUNDS); ops.len()];
+        for _ in 0..TASK_ROUNDS {
+            for (j, op) in ops.iter().enumerate() {
+                let mut times = Vec::with_capacity(samples);
+                let before = live_threads_cpu();
+                for i in 0..samples {
+                    let key = format!("bench/{label}/task/{j}/{}", i % 64);
+                    let start = Instant::now();
+                    harness::bounded(op(key)).await?;
+                    times.push(start.elapsed());
+                }
+                let cpu = live_threads_cpu().saturating_sub(before);
+                p50s[j].push(harness::Percentiles::of(&mut times).p50);
+                cpus[j].push(cpu.as_secs_f64() * 1e6 / samples.max(1) as f64);
+            }
+        }
+        Ok::<_, String>(
+            medians(&mut p50s)
+                .into_iter()
+                .zip(medians(&mut cpus))
+                .collect(),
+        )
+    });
+    measured.await.map_err(err)?
+}
 
 /// The library's last two steps over `backend`: its own `try_acquire` +
 /// `release`, then the same through a default [`Locker`].
@@ -78,8 +116,9 @@ fn locker_pair(locker: Locker) -> Op {
 
 /// Measures `store_steps` (name, lock+unlock sent straight from the
 /// store's client; the first is the bare pair every ratio divides by), then
-/// `backend`'s own pair and a [`Locker`]'s over it, and prints two tables:
-/// latency p50/p99 over `samples` interleaved samples, then ops/s with
+/// `backend`'s own pair and a [`Locker`]'s over it, and prints three
+/// tables: latency p50/p99 over `samples` interleaved samples, the p50 and
+/// client CPU per pair from a spawned task ([`from_a_task`]), then ops/s with
 /// `tasks` tasks, each on its own key, the median of interleaved rounds
 /// after an uncounted warm-up round. `label` prefixes the keys; `store`
 /// names the store in the heading.
@@ -106,6 +145,22 @@ pub async fn compare(
             p50.p50,
             p50.p99,
             p50.p50 / p[0].p50
+        );
+    }
+    let from_task = from_a_task(label, &ops, samples).await?;
+    println!();
+    println!(
+        "From one spawned task, where application code runs (the table above runs on the \
+         runtime's main thread, outside its workers, so each wake-up from a worker crosses \
+         threads): {samples} pairs of each step in turn, median of {TASK_ROUNDS} rounds; \
+         client CPU is this process's, per pair"
+    );
+    println!("| steps | p50 | p50 / raw p50 | client CPU per pair |");
+    println!("|---|---|---|---|");
+    for ((name, _), (p50, cpu)) in steps.iter().zip(&from_task) {
+        println!(
+            "| {name} | {p50:.0} µs | {:.2} | {cpu:.0} µs |",
+            p50 / from_task[0].0
         );
     }
     let mut rates = vec![Vec::with_capacity(ROUNDS); ops.len()];

@@ -1,6 +1,7 @@
 //! What etcd's queue recipe costs over a bare create-if-absent key, step by
-//! step, in one run, interleaved: p50 of each as a ratio to the bare pair,
-//! then operations per second with `--tasks` tasks (default 64, each on its
+//! step, in one run, interleaved: p50 of each as a ratio to the bare pair
+//! (from the main thread, then from a spawned task with the client's CPU
+//! per pair), then operations per second with `--tasks` tasks (default 64, each on its
 //! own key) as a ratio to the bare pair's (see `leasehold_benches::steps`):
 //!
 //! `cargo run --release -p leasehold-benches --bin etcd_queue_cost [-- --samples N --tasks N]`

@@ -1,6 +1,7 @@
 //! What ZooKeeper's queue recipe costs over a bare ephemeral node, step by
-//! step, in one run, interleaved: p50 of each as a ratio to the bare pair,
-//! then operations per second with `--tasks` tasks (default 64, each on its
+//! step, in one run, interleaved: p50 of each as a ratio to the bare pair
+//! (from the main thread, then from a spawned task with the client's CPU
+//! per pair), then operations per second with `--tasks` tasks (default 64, each on its
 //! own key) as a ratio to the bare pair's, the median of five interleaved
 //! rounds after a warm-up round:
 //!
