@@ -221,16 +221,18 @@ impl LockBackend for PostgresBackend {
         }
     }
 
-    /// One attempt, on its own task (core's [`cancel_safe`](leasehold_core::cancel_safe)).
+    /// One attempt: in table mode on its own task (core's
+    /// [`cancel_safe`](leasehold_core::cancel_safe)), in advisory mode in the
+    /// caller's future (see below).
     ///
-    /// Cancel safety: dropping the future never strands a grant; the attempt
-    /// finishes on its own task and a lease won after the caller left, or
-    /// answered but not yet read, is released at once. An attempt still
-    /// waiting for a connection (advisory mode: a session; table mode: one
-    /// of the pool's) when its caller leaves stops there, having asked the
-    /// store nothing. In advisory mode a session
-    /// interrupted mid-call is closed, never reused, which frees whatever
-    /// it held.
+    /// Cancel safety: dropping the future never strands a grant. Table mode:
+    /// the attempt finishes on its own task and a lease won after the caller
+    /// left, or answered but not yet read, is released at once. Advisory
+    /// mode: the attempt's session goes with it, and a session dropped
+    /// mid-call is closed, never reused, which frees whatever the server
+    /// granted it. An attempt still waiting for a connection (advisory mode:
+    /// a session; table mode: one of the pool's) when its caller leaves
+    /// stops there, having asked the store nothing.
     async fn try_acquire(&self, key: &Key, ttl: Duration) -> Result<Lease, LockError> {
         self.check_ttl(ttl)?;
         let (shared, key) = (self.shared.clone(), key.clone());
@@ -249,8 +251,8 @@ impl LockBackend for PostgresBackend {
     /// signal) without a signal's round trips, and queued waiters are served
     /// in arrival order. The others wait with core's loop as in table mode.
     ///
-    /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); each
-    /// attempt runs on its own task, and between attempts nothing is held.
+    /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); between
+    /// attempts nothing is held.
     /// A dropped queued wait closes its session (never reused), which frees
     /// whatever the server granted it.
     async fn acquire(

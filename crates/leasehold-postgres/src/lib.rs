@@ -177,15 +177,20 @@
 //!   default 5 s; also the pool's acquire timeout when the backend builds the
 //!   pool): a paused or dead server gives `LockError::Unavailable` in bounded
 //!   time.
-//! - **Cancel safety.** Every acquisition attempt runs on a task of its own
-//!   ([`leasehold_core::cancel_safe`]):
-//!   a caller that stops waiting (a `select!`, a timeout, an aborted task)
-//!   never strands a grant; a lease won after the caller left, or that
-//!   reached the caller just as it left, is released at once (table mode
-//!   would otherwise keep the key for the whole TTL); one still waiting for
-//!   a connection when its caller leaves stops there, asking nothing, so
-//!   abandoned attempts never take connections ahead of live callers.
-//!   Renewals and releases may be dropped at any point; see each method.
+//! - **Cancel safety.** A caller that stops waiting (a `select!`, a
+//!   timeout, an aborted task) never strands a grant. Table mode: every
+//!   acquisition attempt runs on a task of its own
+//!   ([`leasehold_core::cancel_safe`]), and a lease won after the caller
+//!   left, or that reached the caller just as it left, is released at once
+//!   (it would otherwise keep the key for the whole TTL). Advisory mode: an
+//!   attempt runs in the caller's future, since whatever it holds it holds
+//!   on a session it owns, and a dropped session is closed, never reused,
+//!   so the server frees the lock as that session ends (a task per attempt
+//!   doubled the client CPU of a lock+unlock). Either way an attempt still
+//!   waiting for a connection when its caller leaves stops there, asking
+//!   nothing, so abandoned attempts never take connections ahead of live
+//!   callers. Renewals and releases may be dropped at any point; see each
+//!   method.
 //! - TTLs: at least [`MIN_TTL`], at most one year ([`MAX_TTL`]; advisory
 //!   mode at most [`MAX_ADVISORY_TTL`]); anything else, `Duration::MAX`
 //!   included, is `LockError::InvalidTtl` before any store call.

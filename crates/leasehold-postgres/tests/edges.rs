@@ -148,9 +148,12 @@ async fn an_acquisition_dropped_mid_call_never_strands_a_grant() {
 
 /// A grant that reached the caller's side just as the caller stopped
 /// looking: the acquisition future was polled once (starting the attempt),
-/// then left unpolled until the store shows the grant, then dropped. The
-/// lease sitting in the answer channel must be released, not dropped with it
-/// (a dropped table lease would hold the key for its 60 s TTL).
+/// then left unpolled until the store shows the grant, then dropped. Table
+/// mode: the lease sitting in the answer channel must be released, not
+/// dropped with it (a dropped table lease would hold the key for its 60 s
+/// TTL). Advisory mode, whose attempt runs in the caller's future: the
+/// first poll sends the grant on the session kept from warm-ups, and the
+/// dropped attempt must close that session, whose answer it never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_that_arrives_as_the_caller_drops_is_given_back() {
     let server = Server::start(false).await;
@@ -159,9 +162,17 @@ async fn a_grant_that_arrives_as_the_caller_drops_is_given_back() {
         let client = server.backend(opts.clone()).await;
         let observer = server.backend(opts.clone()).await;
         let k = key("dropped:answered");
-        // The first poll starts the attempt on its own task; on a loaded
-        // machine that task can finish before the poll returns (this thread
-        // descheduled meanwhile): then give the lease back and start over.
+        // Twice, so the session kept for the attempt has prepared the
+        // statement the attempt sends (a kept session's grant of a known
+        // key): the first poll sends it rather than wait for its Parse.
+        for _ in 0..2 {
+            let warm = client.try_acquire(&k, TTL).await.unwrap();
+            client.release(&warm).await.unwrap();
+        }
+        // The first poll starts the attempt (on its own task, or sends the
+        // grant); on a loaded machine the answer can arrive before the poll
+        // returns (this thread descheduled meanwhile): then give the lease
+        // back and start over.
         let mut tries = 0;
         let attempt = loop {
             tries += 1;
