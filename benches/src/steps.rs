@@ -118,7 +118,7 @@ fn locker_pair(locker: Locker) -> Op {
 /// store's client; the first is the bare pair every ratio divides by), then
 /// `backend`'s own pair and a [`Locker`]'s over it, and prints three
 /// tables: latency p50/p99 over `samples` interleaved samples, the p50 and
-/// client CPU per pair from a spawned task ([`from_a_task`]), then ops/s with
+/// client CPU per pair from a spawned task (by blocks of pairs), then ops/s with
 /// `tasks` tasks, each on its own key, the median of interleaved rounds
 /// after an uncounted warm-up round. `label` prefixes the keys; `store`
 /// names the store in the heading.
