@@ -15,7 +15,6 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves, signal_name};
-use crate::kinds::CallerLeft;
 use crate::schema::{dollar_quote, quote_literal};
 use crate::store::{Checkout, Held, Pinned, Shared, Sql, idle_timeout, timed_out};
 
@@ -316,15 +315,13 @@ type AcquireRow = (
 
 /// A session holding no lock from `sessions` (see
 /// [`Sessions::checkout`](crate::store::Sessions::checkout)), a full pool
-/// being `Unavailable` after `timeout`; `Unavailable` too, at once, if the
-/// caller leaves first (nothing was asked of the store).
+/// being `Unavailable` after `timeout`. Advisory attempts run in their
+/// caller's future, so a caller that leaves drops the wait with it.
 pub(crate) async fn checkout(
     sessions: &Arc<crate::store::Sessions>,
     timeout: Duration,
-    left: &mut CallerLeft,
 ) -> Result<Checkout, LockError> {
-    let checked_out = left.unless_gone(ADVISORY, sessions.checkout()).await?;
-    checked_out.map_err(|error| match error {
+    sessions.checkout().await.map_err(|error| match error {
         sqlx::Error::PoolTimedOut => LockError::unavailable(
             ADVISORY,
             format!(
@@ -344,7 +341,6 @@ pub(crate) async fn try_acquire(
     shared: &Shared,
     key: &Key,
     ttl: Duration,
-    mut left: CallerLeft,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
@@ -370,7 +366,7 @@ pub(crate) async fn try_acquire(
                 reused,
                 pid,
                 epoch,
-            } = checkout(sessions, timeout, &mut left).await?;
+            } = checkout(sessions, timeout).await?;
             // A kept session binds the epoch it remembers and its pid.
             let remembered = pid.zip(epoch);
             let sql = match remembered {
@@ -521,7 +517,7 @@ pub(crate) async fn queue(
     }
     let Checkout {
         mut session, pid, ..
-    } = checkout(sessions, options.timeout, &mut CallerLeft::inline()).await?;
+    } = checkout(sessions, options.timeout).await?;
     let pid = match pid {
         Some(pid) => pid,
         // A session new to this call: learn its pid first, so a dropped

@@ -193,7 +193,7 @@ async fn attempt(
     left: kinds::CallerLeft,
 ) -> Result<Lease, LockError> {
     match shared.options.mode {
-        Mode::Advisory => advisory::try_acquire(&shared, &key, ttl, left).await,
+        Mode::Advisory => advisory::try_acquire(&shared, &key, ttl).await,
         Mode::Table => table::try_acquire(&shared, &key, ttl, left).await,
     }
 }

@@ -94,7 +94,7 @@ pub(crate) async fn attempt(
     left: CallerLeft,
 ) -> Result<Lease, LockError> {
     match shared.options.mode {
-        Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl, left).await,
+        Mode::Advisory => advisory::try_acquire(&shared, &key, kind, ttl).await,
         Mode::Table => table::try_acquire(&shared, &key, kind, ttl, None, left).await,
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use leasehold_core::{Key, Lease, LockError, LockKind, WaitPolicy, wait_for_grant, with_timeout};
 use sqlx::postgres::PgListener;
 
-use super::{CallerLeft, key_signal, part_lock_id};
+use super::{key_signal, part_lock_id};
 use crate::advisory::{Granted, checkout, pinned_lease, start_epoch};
 use crate::config::{ADVISORY, Settings};
 use crate::epoch;
@@ -235,7 +235,6 @@ pub(super) async fn try_acquire(
     key: &Key,
     kind: LockKind,
     ttl: Duration,
-    mut left: CallerLeft,
 ) -> Result<Lease, LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
@@ -248,7 +247,7 @@ pub(super) async fn try_acquire(
         loop {
             let Checkout {
                 session, reused, ..
-            } = checkout(sessions, options.timeout, &mut left).await?;
+            } = checkout(sessions, options.timeout).await?;
             match attempt_on(shared, session, key, kind, take, ttl).await {
                 Ok(Ok(lease)) => return Ok(lease),
                 Ok(Err((session, pid, epoch))) => {
@@ -318,8 +317,7 @@ async fn attempt_waiting(
         let session = match kept {
             Some(session) => session,
             None => {
-                let Checkout { mut session, .. } =
-                    checkout(sessions, options.timeout, &mut CallerLeft::inline()).await?;
+                let Checkout { mut session, .. } = checkout(sessions, options.timeout).await?;
                 let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
                 sqlx::query(
                     "SELECT pg_try_advisory_lock_shared($1), \
