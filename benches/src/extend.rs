@@ -59,19 +59,45 @@ pub fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// The CPU time this process's live threads have used, to the nanosecond
-/// (the sum of `/proc/self/task/*/schedstat`): finer than
-/// [`process_cpu`] for short spans, but a thread that exits takes its
-/// time with it, so only for spans in which no thread ends.
-pub fn live_threads_cpu() -> Duration {
-    let nanos: u64 = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|thread| std::fs::read_to_string(thread.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
+/// What this process's live threads have used so far, from the sum of
+/// `/proc/self/task/*/schedstat`: finer than [`process_cpu`] for short
+/// spans, but a thread that exits takes its share with it, so only for
+/// spans in which no thread ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadTimes {
+    /// CPU time, to the nanosecond.
+    pub cpu: Duration,
+    /// How many times a thread was put on a CPU: every wake-up of a parked
+    /// worker counts, so per lock+unlock this counts thread hand-offs.
+    pub runs: u64,
+}
+
+impl ThreadTimes {
+    /// The live threads' totals now.
+    pub fn now() -> Self {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|thread| std::fs::read_to_string(thread.path().join("schedstat")).ok())
+            .fold(ThreadTimes::default(), |total, stat| {
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+                let cpu = fields.next().flatten().unwrap_or(0);
+                let runs = fields.nth(1).flatten().unwrap_or(0);
+                ThreadTimes {
+                    cpu: total.cpu + Duration::from_nanos(cpu),
+                    runs: total.runs + runs,
+                }
+            })
+    }
+
+    /// What was used since `earlier`.
+    pub fn since(self, earlier: ThreadTimes) -> ThreadTimes {
+        ThreadTimes {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            runs: self.runs.saturating_sub(earlier.runs),
+        }
+    }
 }
 
 /// Server-side command counts from `INFO commandstats`: (commands sent by

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use leasehold_core::{Key, LockBackend, Locker};
 
-use crate::extend::live_threads_cpu;
+use crate::extend::ThreadTimes;
 use crate::harness::{self, Op};
 use crate::stores::{err, op};
 
@@ -22,34 +22,52 @@ const WINDOW: Duration = Duration::from_millis(2500);
 /// Rounds of [`from_a_task`]: each runs every step's block once, in turn.
 const TASK_ROUNDS: usize = 3;
 
-/// Each step's p50 (µs) and this process's CPU per pair (µs), measured on
-/// one spawned task: blocks of `samples` pairs, each step's in turn,
-/// [`TASK_ROUNDS`] rounds, the median of each. A block is timed as a whole
-/// for the CPU, so the steps are interleaved by block, not by sample.
-async fn from_a_task(label: &str, ops: &[Op], samples: usize) -> Result<Vec<(f64, f64)>, String> {
+/// One step's figures from a spawned task (see [`from_a_task`]).
+struct FromATask {
+    /// p50, µs.
+    p50: f64,
+    /// This process's CPU per pair, µs.
+    cpu: f64,
+    /// Threads put on a CPU per pair ([`ThreadTimes::runs`]): thread
+    /// hand-offs, far steadier than the CPU figure on a noisy machine.
+    runs: f64,
+}
+
+/// Each step's figures measured on one spawned task: blocks of `samples`
+/// pairs, each step's in turn, [`TASK_ROUNDS`] rounds, the median of each.
+/// A block is timed as a whole for the CPU, so the steps are interleaved by
+/// block, not by sample.
+async fn from_a_task(label: &str, ops: &[Op], samples: usize) -> Result<Vec<FromATask>, String> {
     let (label, ops) = (label.to_owned(), ops.to_vec());
     let measured = tokio::spawn(async move {
         let mut p50s = vec![Vec::with_capacity(TASK_ROUNDS); ops.len()];
         let mut cpus = vec![Vec::with_capacity(TASK_ROUNDS); ops.len()];
+        let mut runs = vec![Vec::with_capacity(TASK_ROUNDS); ops.len()];
         for _ in 0..TASK_ROUNDS {
             for (j, op) in ops.iter().enumerate() {
                 let mut times = Vec::with_capacity(samples);
-                let before = live_threads_cpu();
+                let before = ThreadTimes::now();
                 for i in 0..samples {
                     let key = format!("bench/{label}/task/{j}/{}", i % 64);
                     let start = Instant::now();
                     harness::bounded(op(key)).await?;
                     times.push(start.elapsed());
                 }
-                let cpu = live_threads_cpu().saturating_sub(before);
+                let used = ThreadTimes::now().since(before);
+                let per_pair = samples.max(1) as f64;
                 p50s[j].push(harness::Percentiles::of(&mut times).p50);
-                cpus[j].push(cpu.as_secs_f64() * 1e6 / samples.max(1) as f64);
+                cpus[j].push(used.cpu.as_secs_f64() * 1e6 / per_pair);
+                runs[j].push(used.runs as f64 / per_pair);
             }
         }
+        let (p50s, cpus, runs) = (medians(&mut p50s), medians(&mut cpus), medians(&mut runs));
         Ok::<_, String>(
-            medians(&mut p50s)
-                .into_iter()
-                .zip(medians(&mut cpus))
+            (0..ops.len())
+                .map(|j| FromATask {
+                    p50: p50s[j],
+                    cpu: cpus[j],
+                    runs: runs[j],
+                })
                 .collect(),
         )
     });
@@ -153,14 +171,18 @@ pub async fn compare(
         "From one spawned task, where application code runs (the table above runs on the \
          runtime's main thread, outside its workers, so each wake-up from a worker crosses \
          threads): {samples} pairs of each step in turn, median of {TASK_ROUNDS} rounds; \
-         client CPU is this process's, per pair"
+         client CPU and thread runs (times a thread of this process was put on a CPU: \
+         thread hand-offs) are this process's, per pair"
     );
-    println!("| steps | p50 | p50 / raw p50 | client CPU per pair |");
-    println!("|---|---|---|---|");
-    for ((name, _), (p50, cpu)) in steps.iter().zip(&from_task) {
+    println!("| steps | p50 | p50 / raw p50 | client CPU per pair | thread runs per pair |");
+    println!("|---|---|---|---|---|");
+    for ((name, _), step) in steps.iter().zip(&from_task) {
         println!(
-            "| {name} | {p50:.0} µs | {:.2} | {cpu:.0} µs |",
-            p50 / from_task[0].0
+            "| {name} | {:.0} µs | {:.2} | {:.0} µs | {:.2} |",
+            step.p50,
+            step.p50 / from_task[0].p50,
+            step.cpu,
+            step.runs
         );
     }
     let mut rates = vec![Vec::with_capacity(ROUNDS); ops.len()];

@@ -112,7 +112,11 @@ impl LockGuard {
 
     /// A token cancelled when the lease is lost (for `tokio_util`-style
     /// cancellation of the protected work). It is a child of the guard's own
-    /// loss token: no task is spawned per call.
+    /// loss token: no task is spawned per call. A store's session signal
+    /// cancels it as it fires, with no task in between; the loss is counted
+    /// (`leasehold_lost_total`) and logged when the guard is next asked
+    /// ([`is_lost`](Self::is_lost), [`lost`](Self::lost), release, drop) or
+    /// at its next renewal round, whichever comes first.
     pub fn lost_token(&self) -> CancellationToken {
         self.watch.lost_token()
     }

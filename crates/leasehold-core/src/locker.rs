@@ -208,7 +208,7 @@ impl Locker {
     /// or a validity check now (renewals in flight are not counted): for
     /// tooling ("what does this process think it holds?").
     pub async fn watched_leases(&self) -> usize {
-        self.inner.watchdogs.scheduled(&self.inner.backend).await
+        self.inner.watchdogs.scheduled()
     }
 
     /// One attempt; a held key gives [`LockError::Contended`]. A key that

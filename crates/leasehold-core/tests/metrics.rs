@@ -15,6 +15,7 @@ use leasehold_core::{
     TestClock, TtlPolicy, WaitPolicy,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio_util::sync::CancellationToken;
 
 /// Every metric's running value. A debugging snapshot drains what it reads
 /// (counters, gauges and histograms alike), so readings are added up here:
@@ -92,6 +93,23 @@ impl Hooks for Down {
         _ttl: Duration,
     ) -> Result<Lease, LockError> {
         Err(LockError::unavailable(inner.name(), "the store is down"))
+    }
+}
+
+/// Leases carry a session signal the test ends, like a store's session.
+#[derive(Debug)]
+struct Session(CancellationToken);
+
+#[leasehold_core::async_trait]
+impl Hooks for Session {
+    async fn try_acquire(
+        &self,
+        inner: &dyn LockBackend,
+        key: &Key,
+        ttl: Duration,
+    ) -> Result<Lease, LockError> {
+        let lease = inner.try_acquire(key, ttl).await?;
+        Ok(lease.with_loss_signal(self.0.clone()))
     }
 }
 
@@ -222,6 +240,21 @@ async fn locker_emits_the_documented_metrics() {
     ];
     assert_eq!(readings.value("leasehold_lost_total", &lost), 1.0);
     drop(paused);
+
+    // A session the store ended under a guard nobody asked about is counted
+    // by the time the guard is released, as a session end.
+    let session = CancellationToken::new();
+    let sessions = Spy::new(backend.clone(), Session(session.clone()));
+    let in_session = Locker::builder_from_arc(Arc::new(sessions))
+        .name("checkout")
+        .build()
+        .try_lock("s")
+        .await
+        .unwrap();
+    session.cancel();
+    let _ = in_session.release().await;
+    let ended = [("locker", "checkout"), ("reason", "session_ended")];
+    assert_eq!(readings.value("leasehold_lost_total", &ended), 1.0);
 
     // An operator forces the thief's key free: counted, with whether it
     // evicted someone.

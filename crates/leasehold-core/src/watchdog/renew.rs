@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::backend::LockBackend;
 use crate::clock::instant_after;
 use crate::error::LockError;
 use crate::lease::{Lease, LostReason};
-use crate::watchdog::{Command, Watched, sleep_until_or_forever};
+use crate::watchdog::run::Timetable;
+use crate::watchdog::{Watched, sleep_until_or_forever};
 
 /// Leases taken off the agenda for one renewal round. Until the round has
 /// settled each of them (back on the agenda, or lost), dropping it (a panic in
@@ -48,7 +48,7 @@ type Renewal =
 pub(super) async fn renew(
     backend: Arc<dyn LockBackend>,
     mut round: InFlight,
-    sender: mpsc::UnboundedSender<Command>,
+    timetable: Arc<Timetable>,
 ) {
     let name = backend.name();
     let now = Instant::now();
@@ -59,7 +59,7 @@ pub(super) async fn renew(
         if now >= entry.lease().valid_until() {
             entry.mark_lost(LostReason::Expired, "validity ended (auto-extend is off)");
         } else {
-            let _ = sender.send(Command::Due(entry.clone(), entry.lease().valid_until()));
+            timetable.schedule(entry.lease().valid_until(), entry.clone());
         }
     }
     if to_extend.is_empty() {
@@ -116,7 +116,7 @@ pub(super) async fn renew(
         let next_deadline = deadlines.peek().map(|(at, _)| *at);
         tokio::select! {
             Some((entries, results)) = calls.next() => {
-                settle(name, &entries, results, sent_at, &sender);
+                settle(name, &entries, results, sent_at, &timetable);
             }
             () = sleep_until_or_forever(next_deadline) => {
                 if let Some((_, entry)) = deadlines.next() {
@@ -138,7 +138,7 @@ fn settle(
     entries: &[Arc<Watched>],
     results: Vec<Result<Lease, LockError>>,
     sent_at: Instant,
-    sender: &mpsc::UnboundedSender<Command>,
+    timetable: &Timetable,
 ) {
     let answered = results.len();
     let mut results = results.into_iter();
@@ -163,7 +163,7 @@ fn settle(
                 margin = Some(entry.lease().valid_until().saturating_duration_since(now));
                 let next = next_renewal(&lease, now, latency);
                 *entry.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
-                let _ = sender.send(Command::Due(entry.clone(), next));
+                timetable.schedule(next, entry.clone());
                 "extended"
             }
             Err(error) if error.is_retryable() => {
@@ -177,7 +177,7 @@ fn settle(
                     // Try again soon, and once more right at the end of validity.
                     let retry = instant_after(now, (entry.ttl / 10).max(Duration::from_millis(10)))
                         .min(valid_until);
-                    let _ = sender.send(Command::Due(entry.clone(), retry));
+                    timetable.schedule(retry, entry.clone());
                 }
                 error.kind()
             }
