@@ -4,16 +4,19 @@
 //! getting its own answer.
 //!
 //! A caller that finds fewer than [`MAX_IN_FLIGHT`] calls on the wire
-//! starts one at once, so a lone caller waits for nobody; callers that
-//! arrive while that many are out queue, and the next call to leave takes
-//! everyone queued (up to [`MAX_PER_CALL`]). Under load the script calls,
+//! starts one at once, from its own future, so a lone caller waits for
+//! nobody and for no task; callers that arrive while that many are out
+//! queue, and the next call to leave takes everyone queued (up to
+//! [`MAX_PER_CALL`]) on a task of its own. Under load the script calls,
 //! their parsing on both ends and their round trips are shared; the server
 //! runs each ask exactly as the one-key scripts would, in the order asked.
 //!
-//! Cancel safety: an ask is sent whether or not its caller still waits. A
-//! grant whose caller has gone (dropped, or timed out in the queue) is not
+//! Cancel safety: a queued ask is sent whether or not its caller still
+//! waits. A grant whose caller has gone (dropped, or timed out) is not
 //! lost: its [`Claim`] gives the key back as soon as the answer is dropped
-//! unread, behind the grant on the same connection.
+//! unread, and a caller that leaves while its own call is out gives its
+//! grant back at once; either way the give-back runs behind the grant on
+//! the same connection.
 
 use std::sync::Mutex;
 
@@ -192,36 +195,61 @@ impl Drop for Place {
 }
 
 impl RedisNode {
-    /// Queues `ask`, and starts a call with the queue if fewer than
-    /// [`MAX_IN_FLIGHT`] are out. Never waits. Outside a tokio runtime
-    /// nothing can be sent: the ask fails at once.
+    /// Queues `ask` and, when fewer than [`MAX_IN_FLIGHT`] calls are out,
+    /// sends it at once from the caller's own future: a lone caller spawns
+    /// no task and waits for no other thread (each hand-off was a thread
+    /// wake-up: `redis_lock_cost`'s thread runs). Asks that queued behind
+    /// it go on in a task of their own, so a caller carries only its own.
+    /// Otherwise it returns at once, and a call already out takes the ask
+    /// next.
+    ///
+    /// Cancel safety: a caller dropped (or timed out) while its call is out
+    /// gives its grant back, an ask queued behind the call on the same
+    /// connection; anything else queued goes on without it.
+    pub(crate) async fn ask(&self, ask: Ask) {
+        let give_back = match &ask {
+            Ask::Acquire { key, owner, .. } => Some((key.clone(), *owner)),
+            Ask::Release { .. } => None,
+        };
+        let Some(first) = self.enqueue(ask) else {
+            return;
+        };
+        let mut call = InlineCall {
+            place: Place {
+                node: self.clone(),
+                held: true,
+            },
+            give_back,
+        };
+        self.send(first).await;
+        // Answered: the answer's own claim covers the grant from here.
+        call.give_back = None;
+    }
+
+    /// Queues `ask`, and starts a call with the queue on a task of its own
+    /// if fewer than [`MAX_IN_FLIGHT`] are out: for asks nobody waits on
+    /// (a grant given back). Never waits. Outside a tokio runtime nothing
+    /// can be sent: the ask fails at once.
     pub(crate) fn submit(&self, ask: Ask) {
-        let first = {
-            let mut queue = self.batches.queue();
-            queue.asks.push(ask);
-            if queue.in_flight >= MAX_IN_FLIGHT {
-                return;
-            }
-            queue.in_flight += 1;
-            next_call(&mut queue)
-        };
-        let Some(first) = first else { return };
-        let place = Place {
-            node: self.clone(),
-            held: true,
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(send_until_empty(place, first));
-            }
-            Err(_) => {
-                let error = LockError::unavailable(self.backend, "called outside a tokio runtime");
-                for ask in first {
-                    ask.fail(&error, self);
-                }
-                drop(place);
-            }
+        if let Some(first) = self.enqueue(ask) {
+            let place = Place {
+                node: self.clone(),
+                held: true,
+            };
+            spawn_sender(place, first);
         }
+    }
+
+    /// Queues `ask`; with fewer than [`MAX_IN_FLIGHT`] calls out, takes a
+    /// place on the wire and returns what to send in it.
+    fn enqueue(&self, ask: Ask) -> Option<Vec<Ask>> {
+        let mut queue = self.batches.queue();
+        queue.asks.push(ask);
+        if queue.in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        queue.in_flight += 1;
+        next_call(&mut queue)
     }
 
     /// One script call per hash slot for `asks`, answering each.
@@ -318,6 +346,53 @@ impl RedisNode {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A call sent from its caller's future ([`RedisNode::ask`]). When it ends,
+/// answered or dropped, what queued behind it goes on in a task of its own;
+/// dropped unanswered, it first gives its grant back.
+struct InlineCall {
+    place: Place,
+    /// The key and owner of the acquisition in the call, until answered.
+    give_back: Option<(Key, OwnerToken)>,
+}
+
+impl Drop for InlineCall {
+    fn drop(&mut self) {
+        let node = self.place.node.clone();
+        if let Some((key, owner)) = self.give_back.take() {
+            tracing::debug!(%key, owner = %owner.short(), "giving back a grant whose caller left mid-call");
+            node.submit(Ask::Release {
+                key,
+                owner,
+                reply: None,
+            });
+        }
+        let next = next_call(&mut node.batches.queue());
+        self.place.held = false;
+        if let Some(more) = next {
+            let place = Place { node, held: true };
+            spawn_sender(place, more);
+        }
+    }
+}
+
+/// Sends `asks` and what queues after them on a task of their own; outside
+/// a tokio runtime they fail at once.
+fn spawn_sender(place: Place, asks: Vec<Ask>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(send_until_empty(place, asks));
+        }
+        Err(_) => {
+            let error =
+                LockError::unavailable(place.node.backend, "called outside a tokio runtime");
+            for ask in asks {
+                ask.fail(&error, &place.node);
+            }
+            drop(place);
         }
     }
 }

@@ -215,10 +215,11 @@
 //!   answer timed out may still have taken the key; the backend then releases
 //!   it in the background, best effort, else it frees itself after its TTL.
 //! - Cancellation: every operation may be dropped at any await point.
-//!   `try_acquire` (and so `acquire` and `Locker::lock`) runs each attempt
-//!   on its own task: a lease granted after the caller stopped waiting, or
-//!   granted and never read, is released at once instead of blocking the key
-//!   until its TTL. A dropped `extend` may still renew our own key; a
+//!   `try_acquire` (and so `acquire` and `Locker::lock`) sends a lone
+//!   attempt from the caller's own future, with no task in between; a grant
+//!   whose caller stopped waiting (dropped while its call was out, or
+//!   granted and never read) is given back at once, behind the grant on the
+//!   same connection, instead of blocking the key until its TTL. A dropped `extend` may still renew our own key; a
 //!   dropped `release` may or may not have deleted it (release again, or let
 //!   it expire).
 //! - Keys: every legal [`Key`](leasehold_core::Key) works and two keys never share a lock (see

@@ -292,14 +292,15 @@ impl RedisNode {
     /// the node's [holder label](RedisNode::with_holder)) plus the fencing
     /// counter's `INCR`, as [`scripts::ACQUIRE_SRC`] does; callers asking at
     /// the same moment share one [`scripts::BATCH_SRC`] call (group commit,
-    /// `batch.rs`). Records nothing about time: take the sent instant
-    /// before. Bounded by the node's timeout, queueing included.
+    /// `batch.rs`), and a lone caller sends its own call from its own
+    /// future. Records nothing about time: take the sent instant before.
+    /// Bounded by the node's timeout, queueing included.
     ///
-    /// Cancel safe: dropped, or timed out, after its ask was queued, the
-    /// grant it may still get is given back (behind it, on the same
-    /// connection). A call that failed `Unavailable` may have run all the
-    /// same: the node gives that key back too, whether or not the caller
-    /// still waits.
+    /// Cancel safe: dropped, or timed out, while its own call is out or
+    /// after its ask was queued, the grant it may still get is given back
+    /// (behind it, on the same connection). A call that failed
+    /// `Unavailable` may have run all the same: the node gives that key back
+    /// too, whether or not the caller still waits.
     pub async fn try_acquire_raw(
         &self,
         key: &Key,
@@ -309,12 +310,13 @@ impl RedisNode {
         let ttl_ms = ttl_millis(self.backend, ttl)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let asked = async {
-            self.submit(Ask::Acquire {
+            self.ask(Ask::Acquire {
                 key: key.clone(),
                 owner: *owner,
                 ttl_ms,
                 reply,
-            });
+            })
+            .await;
             answer.await.map_err(|_| self.call_dropped())
         };
         let (outcome, confirmed, claim) = with_timeout(self.backend, self.timeout, asked).await??;
@@ -372,11 +374,12 @@ impl RedisNode {
     pub async fn release_raw(&self, key: &Key, owner: &OwnerToken) -> Result<Ownership, LockError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let asked = async {
-            self.submit(Ask::Release {
+            self.ask(Ask::Release {
                 key: key.clone(),
                 owner: *owner,
                 reply: Some(reply),
-            });
+            })
+            .await;
             answer.await.map_err(|_| self.call_dropped())
         };
         with_timeout(self.backend, self.timeout, asked).await?

@@ -687,6 +687,51 @@ async fn a_dropped_lock_call_leaves_no_key_held_when_the_server_was_frozen() {
     println!("key free {:?} after the server thawed", started.elapsed());
 }
 
+/// A lone caller's acquisition goes out from its own future; a caller
+/// that leaves while it is out (here: timed out on a frozen server) gives
+/// the grant back behind it, so when the server wakes and runs the grant,
+/// the key is free again at once, not at its 60 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_while_its_own_call_is_out_gives_the_grant_back() {
+    let Some(server) = support::server(&[], true).await else {
+        return;
+    };
+    let container = server.container.as_ref().unwrap();
+    let backend = RedisBackend::connect_with(
+        config(&server.url)
+            .namespace(namespace("left-mid-call"))
+            .timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let node = backend.node().clone();
+    let k = key("left-mid-call");
+    // Scripts loaded, so the frozen call is the grant itself.
+    let warm = backend.try_acquire(&key("warm"), TTL).await.unwrap();
+    backend.release(&warm).await.unwrap();
+    container.pause().await.expect("docker pause");
+    let left = tokio::time::timeout(
+        Duration::from_millis(300),
+        node.try_acquire_raw(&k, &OwnerToken::generate(), Duration::from_secs(60)),
+    )
+    .await;
+    container.unpause().await.expect("docker unpause");
+    assert!(left.is_err(), "a frozen server answered: {left:?}");
+    let fence = node.layout().fence_key(&k);
+    leasehold_conformance::fixtures::eventually(
+        Duration::from_secs(10),
+        "the grant of the caller that left to be given back (well before its 60 s TTL)",
+        || async { matches!(backend.inspect(&k).await, Ok(None)) },
+    )
+    .await;
+    let counter: Option<u64> = redis_cmd(&backend, redis::cmd("GET").arg(&fence)).await;
+    assert_eq!(
+        counter,
+        Some(1),
+        "the acquisition of the caller that left never ran: this proves nothing"
+    );
+}
+
 /// TTLs above one year (the bound every backend shares) are `InvalidTtl` on
 /// every call, `Duration::MAX` included, and nothing panics.
 #[tokio::test]
@@ -786,9 +831,10 @@ async fn concurrent_steps_share_script_calls_and_each_gets_its_own_answer() {
     );
 }
 
-/// A caller that leaves once its acquisition is queued does not strand the
-/// grant it still gets: the node gives the key back, and the grant did
-/// happen (the next holder's token is the one after it).
+/// A caller that leaves once its acquisition is queued (behind the two
+/// calls a node keeps out at once) does not strand the grant it still gets:
+/// the node gives the key back, and the grant did happen (the next holder's
+/// token is the one after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_caller_left_is_given_back() {
     let Some(server) = support::server(&[], false).await else {
@@ -798,6 +844,20 @@ async fn a_grant_whose_caller_left_is_given_back() {
     let node = backend.node().clone();
     let k = key("left");
     let owner = OwnerToken::generate();
+    // Two callers whose calls are out, each sent from its own future.
+    let mut busy: Vec<_> = ["busy-1", "busy-2"]
+        .into_iter()
+        .map(|name| {
+            let (node, k) = (node.clone(), key(name));
+            Box::pin(async move { node.try_acquire_raw(&k, &OwnerToken::generate(), TTL).await })
+        })
+        .collect();
+    for call in &mut busy {
+        assert!(
+            futures_util::poll!(call.as_mut()).is_pending(),
+            "a store call answered without a round trip"
+        );
+    }
     let started = {
         use futures_util::FutureExt;
         node.try_acquire_raw(&k, &owner, Duration::from_secs(60))
@@ -807,6 +867,10 @@ async fn a_grant_whose_caller_left_is_given_back() {
         started.is_none(),
         "a store call answered without a round trip"
     );
+    // The first call back hands the queued ask to a task of its own.
+    for call in busy {
+        call.await.expect("the calls ahead are granted");
+    }
     let fence = node.layout().fence_key(&k);
     leasehold_conformance::fixtures::eventually(
         Duration::from_secs(10),
