@@ -215,10 +215,7 @@ impl RedisNode {
             return;
         };
         let mut call = InlineCall {
-            place: Place {
-                node: self.clone(),
-                held: true,
-            },
+            node: self,
             give_back,
         };
         self.send(first).await;
@@ -350,30 +347,31 @@ impl RedisNode {
     }
 }
 
-/// A call sent from its caller's future ([`RedisNode::ask`]). When it ends,
-/// answered or dropped, what queued behind it goes on in a task of its own;
-/// dropped unanswered, it first gives its grant back.
-struct InlineCall {
-    place: Place,
+/// A call sent from its caller's future ([`RedisNode::ask`]), holding its
+/// place on the wire. When it ends, answered or dropped, what queued behind
+/// it goes on in a task of its own, or the place is given up; dropped
+/// unanswered, it first gives its grant back.
+struct InlineCall<'a> {
+    node: &'a RedisNode,
     /// The key and owner of the acquisition in the call, until answered.
     give_back: Option<(Key, OwnerToken)>,
 }
 
-impl Drop for InlineCall {
+impl Drop for InlineCall<'_> {
     fn drop(&mut self) {
-        let node = self.place.node.clone();
         if let Some((key, owner)) = self.give_back.take() {
             tracing::debug!(%key, owner = %owner.short(), "giving back a grant whose caller left mid-call");
-            node.submit(Ask::Release {
+            self.node.submit(Ask::Release {
                 key,
                 owner,
                 reply: None,
             });
         }
-        let next = next_call(&mut node.batches.queue());
-        self.place.held = false;
-        if let Some(more) = next {
-            let place = Place { node, held: true };
+        if let Some(more) = next_call(&mut self.node.batches.queue()) {
+            let place = Place {
+                node: self.node.clone(),
+                held: true,
+            };
             spawn_sender(place, more);
         }
     }

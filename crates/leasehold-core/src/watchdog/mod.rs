@@ -208,9 +208,12 @@ impl Watch {
 
     /// The guard is releasing: stop renewing now. A loss that happened
     /// while it was held (a session signal nobody asked about yet) is
-    /// counted first.
+    /// counted first; `mark_lost` names its reason.
     pub(crate) fn finish(&self) {
-        self.entry.check();
+        if self.entry.lost.is_cancelled() {
+            self.entry
+                .mark_lost(LostReason::SessionEnded, SESSION_ENDED);
+        }
         self.entry.finished.cancel();
         self.watchdog.timetable.forget(self.entry.id);
     }
