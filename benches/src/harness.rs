@@ -1,4 +1,4 @@
-//! Timing loops: interleaved latency samples, fixed-duration throughput,
+//! Timing loops: interleaved latency samples, interleaved throughput rounds,
 //! contended handoff. Every loop measures the library and its baseline in
 //! the same run, alternating, so machine noise hits both alike.
 
@@ -138,6 +138,45 @@ pub async fn throughput_on(
     let elapsed = start.elapsed();
     let at_stop = count.load(Ordering::Relaxed);
     Ok(at_stop as f64 / elapsed.as_secs_f64())
+}
+
+/// Each op's throughput with `tasks` tasks, interleaved so that drift in a
+/// noisy machine's speed meets every op alike: `rounds` rounds, each
+/// running every op for `window` in turn (round `r` starting at op
+/// `r % ops.len()`, so no op always follows the same one). The first round
+/// is a warm-up and not counted (a server's JIT and caches made a first
+/// window's figure swing by a factor of two); each op's figure is the
+/// median of the others. Each op has keys of its own (`label-i`): an op
+/// may leave nodes or rows behind that another op's keys must not meet.
+pub async fn throughput_rounds(
+    label: &str,
+    ops: &[Op],
+    tasks: usize,
+    window: Duration,
+    rounds: usize,
+) -> Result<Vec<f64>, String> {
+    let mut rates = vec![Vec::with_capacity(rounds); ops.len()];
+    for round in 0..rounds.max(2) {
+        for turn in 0..ops.len() {
+            let i = (round + turn) % ops.len();
+            let rate = throughput(&format!("{label}-{i}"), &ops[i], tasks, window).await?;
+            if round > 0 {
+                rates[i].push(rate);
+            }
+        }
+    }
+    Ok(medians(&mut rates))
+}
+
+/// Each op's median of its rounds' rates (each op has at least one).
+pub fn medians(rates: &mut [Vec<f64>]) -> Vec<f64> {
+    rates
+        .iter_mut()
+        .map(|rates| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        })
+        .collect()
 }
 
 /// The handoff a lone waiter meets: a holder takes the key, one waiter

@@ -64,8 +64,13 @@ pub struct Config {
     pub samples: usize,
     /// Warm-up ops before sampling.
     pub warmup: usize,
-    /// Throughput window per measurement.
+    /// Counted time per throughput figure. Table 2 splits it into
+    /// `rounds - 1` rounds interleaved with the baseline and peer (see
+    /// [`harness::throughput_rounds`]); the hot-key and kinds figures run it
+    /// as one window.
     pub window: Duration,
+    /// Throughput rounds of table 2, the first a warm-up (at least 2).
+    pub rounds: usize,
     /// Concurrencies.
     pub concurrency: Vec<usize>,
     /// Contending tasks in the handoff test.
@@ -100,6 +105,7 @@ impl Config {
             samples: 300,
             warmup: 30,
             window: Duration::from_millis(2500),
+            rounds: 6,
             concurrency: vec![1, 16, 64],
             handoff_tasks: 4,
             handoffs: 100,
@@ -121,6 +127,7 @@ impl Config {
             samples: 5,
             warmup: 1,
             window: Duration::from_millis(100),
+            rounds: 2,
             concurrency: vec![1, 4],
             handoff_tasks: 2,
             handoffs: 3,
@@ -149,6 +156,17 @@ pub const STORES: &[&str] = &[
 ];
 
 impl Config {
+    /// Table 2's counted throughput rounds (the warm-up round aside).
+    pub fn counted_rounds(&self) -> usize {
+        self.rounds.max(2) - 1
+    }
+
+    /// Each of table 2's throughput rounds: [`Config::window`] split over
+    /// the counted rounds.
+    pub fn round_window(&self) -> Duration {
+        self.window / self.counted_rounds() as u32
+    }
+
     /// Whether `store` (one of [`STORES`]) is measured.
     pub fn includes(&self, store: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == store)
@@ -237,7 +255,16 @@ fn started() -> &'static std::time::Instant {
 /// Runs the benchmark, writes the report, removes the containers.
 pub async fn run(config: Config) -> Result<Results, String> {
     started();
-    let result = Box::pin(run_inner(&config)).await;
+    // Every loop runs in a spawned task, where application code runs. A
+    // `#[tokio::main]` body is polled on the main thread, outside the
+    // runtime's workers, so there each wake-up from a worker crosses
+    // threads: that charged a library that hands work to a task (a pinned
+    // Postgres session's, a Redis connection's driver) more than a raw op
+    // on a connection its caller polls itself, and no service meets it.
+    let inner = config.clone();
+    let result = tokio::spawn(async move { Box::pin(run_inner(&inner)).await })
+        .await
+        .unwrap_or_else(|e| Err(format!("the benchmark task failed: {e}")));
     fixtures::remove_run_containers();
     let results = result?;
     report::write(&config, &results)?;
@@ -491,30 +518,38 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         }
     }
 
-    // 2. Throughput.
+    // 2. Throughput: a subject, its raw baseline and its rslock peer in
+    // interleaved rounds, like the latency loop.
     for s in subjects
         .iter()
-        .filter(|s| s.name != "redis (notifications off)")
+        .filter(|s| s.name != "redis (notifications off)" && !paired.contains(&s.name.as_str()))
     {
+        let mut ops = vec![lock_unlock(s.try_lock.clone())];
+        ops.extend(s.raw.clone());
+        let peer = peer_of(s);
+        let raw_at = ops.len() > 1;
+        ops.extend(peer.map(|p| lock_unlock(p.try_lock.clone())));
         for &tasks in &config.concurrency {
             log(format!("throughput: {} x{tasks}", s.name));
-            let lib = lock_unlock(s.try_lock.clone());
-            let lib_ops = harness::throughput(&s.name, &lib, tasks, config.window).await;
-            let raw_ops = match &s.raw {
-                Some(raw) => Some(
-                    harness::throughput(&format!("{}-raw", s.name), raw, tasks, config.window)
-                        .await,
-                ),
-                None => None,
-            };
-            match (lib_ops, raw_ops.transpose()) {
-                (Ok(lib), Ok(raw)) => results.throughput.push(ThroughputRow {
-                    name: s.name.clone(),
-                    tasks,
-                    lib,
-                    raw,
-                }),
-                (Err(e), _) | (_, Err(e)) => results
+            let round = config.round_window();
+            match harness::throughput_rounds(&s.name, &ops, tasks, round, config.rounds).await {
+                Ok(rates) => {
+                    results.throughput.push(ThroughputRow {
+                        name: s.name.clone(),
+                        tasks,
+                        lib: rates[0],
+                        raw: raw_at.then(|| rates[1]),
+                    });
+                    if let Some(peer) = peer {
+                        results.throughput.push(ThroughputRow {
+                            name: peer.name.clone(),
+                            tasks,
+                            lib: rates[rates.len() - 1],
+                            raw: None,
+                        });
+                    }
+                }
+                Err(e) => results
                     .failures
                     .push((s.name.clone(), format!("throughput x{tasks}: {e}"))),
             }

@@ -60,10 +60,19 @@ pub fn markdown(config: &Config, r: &Results) -> String {
         md,
         "Produced by {cmd} (one run, stand-in containers on 127.0.0.1, 2-core shared machine). \
          Every ratio compares figures measured in this same run, interleaved or back to back. \
+         Every loop runs in one spawned task on the runtime's worker threads, as application code does \
+         (not on the main thread, outside the workers, where each wake-up from a worker crosses threads). \
          Library figures go through `Locker` (`try_lock` + `guard.release()`, default policies); \
          raw figures send the least store operations the same lock needs with the same client crate. \
-         Samples: {} per latency figure, {:?} windows per throughput figure, {} handoffs among {} tasks.\n",
-        config.samples, config.window, config.handoffs, config.handoff_tasks
+         Samples: {} per latency figure; a throughput figure of table 2 is the median of {} rounds of {:?}, \
+         each round running the library, its raw baseline and its peer in turn, after a warm-up round \
+         (the hot-key figures run one {:?} window); {} handoffs among {} tasks.\n",
+        config.samples,
+        config.counted_rounds(),
+        config.round_window(),
+        config.window,
+        config.handoffs,
+        config.handoff_tasks
     );
 
     let _ = writeln!(

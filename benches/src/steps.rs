@@ -12,9 +12,7 @@ use crate::extend::ThreadTimes;
 use crate::harness::{self, Op};
 use crate::stores::{err, op};
 
-/// Throughput rounds: each runs every step once, in turn. The first is a
-/// warm-up, not counted: the server's JIT and caches made the first
-/// round's figures swing by a factor of two (ZooKeeper).
+/// Throughput rounds ([`harness::throughput_rounds`]), the first a warm-up.
 const ROUNDS: usize = 6;
 /// Each step's throughput window.
 const WINDOW: Duration = Duration::from_millis(2500);
@@ -60,7 +58,11 @@ async fn from_a_task(label: &str, ops: &[Op], samples: usize) -> Result<Vec<From
                 runs[j].push(used.runs as f64 / per_pair);
             }
         }
-        let (p50s, cpus, runs) = (medians(&mut p50s), medians(&mut cpus), medians(&mut runs));
+        let (p50s, cpus, runs) = (
+            harness::medians(&mut p50s),
+            harness::medians(&mut cpus),
+            harness::medians(&mut runs),
+        );
         Ok::<_, String>(
             (0..ops.len())
                 .map(|j| FromATask {
@@ -82,17 +84,6 @@ fn library_steps(backend: Arc<dyn LockBackend>) -> [(&'static str, Op); 2] {
         ("backend try_acquire + release", backend_pair(backend)),
         ("Locker try_lock + release", locker_pair(locker)),
     ]
-}
-
-/// Each step's median of its rounds' rates (each step has at least one).
-pub fn medians(rates: &mut [Vec<f64>]) -> Vec<f64> {
-    rates
-        .iter_mut()
-        .map(|rates| {
-            rates.sort_by(f64::total_cmp);
-            rates[rates.len() / 2]
-        })
-        .collect()
 }
 
 /// The `--samples` (default 1000) and `--tasks` (default 64) options.
@@ -185,18 +176,7 @@ pub async fn compare(
             step.runs
         );
     }
-    let mut rates = vec![Vec::with_capacity(ROUNDS); ops.len()];
-    for round in 0..ROUNDS {
-        for (i, op) in ops.iter().enumerate() {
-            // Keys of a step's own: a step may leave nodes or rows behind
-            // that another step's keys must not meet.
-            let rate = harness::throughput(&format!("{label}-{i}"), op, tasks, WINDOW).await?;
-            if round > 0 {
-                rates[i].push(rate);
-            }
-        }
-    }
-    let medians = medians(&mut rates);
+    let medians = harness::throughput_rounds(label, &ops, tasks, WINDOW, ROUNDS).await?;
     println!();
     println!(
         "{tasks} tasks, each on its own key: median of {} interleaved {WINDOW:?} rounds \

@@ -37,7 +37,7 @@
 
 use std::sync::Arc;
 
-use leasehold_benches::harness::Op;
+use leasehold_benches::harness::{self, Op};
 use leasehold_benches::stores::TTL;
 use leasehold_benches::{steps, stores};
 use leasehold_conformance::fixtures;
@@ -327,7 +327,7 @@ fn server_side(id: &str, steps: &[(&str, &str, &str)], clients: usize) -> Result
             }
         }
     }
-    let medians = steps::medians(&mut rates);
+    let medians = harness::medians(&mut rates);
     println!();
     println!(
         "The server alone: pgbench -M prepared inside the container, {clients} clients, \
