@@ -164,10 +164,7 @@ async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
 }
 
 async fn setup_dynamo(port: u16) -> Result<Vec<Subject>, String> {
-    let url = format!(
-        "dynamodb://test:test@leasehold-bench?region=us-east-1\
-         &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout=5s"
-    );
+    let url = stores::dynamo_url(port);
     let backend = stores::retry_connect("dynamodb", Duration::from_secs(90), || async {
         leasehold_dynamodb::DynamoDbBackend::connect(&url)
             .await

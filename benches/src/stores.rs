@@ -784,6 +784,23 @@ pub fn mysql_rtt(pool: MySqlPool) -> Op {
     })
 }
 
+/// The benchmark's DynamoDB URL for a stand-in on `port`: the table made
+/// at connect, no durable write wait, a 5 s operation timeout.
+pub fn dynamo_url(port: u16) -> String {
+    format!(
+        "dynamodb://test:test@leasehold-bench?region=us-east-1\
+         &endpoint=http://127.0.0.1:{port}&durable=false&create_table=true&timeout=5s"
+    )
+}
+
+/// Milliseconds since the Unix epoch, as DynamoDB items record times.
+pub fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
 /// DynamoDB: two conditional `UpdateItem`s (take if free, clear if ours).
 pub fn dynamo_raw(client: aws_sdk_dynamodb::Client, table: String, pk: String) -> Op {
     op(move |k| {
@@ -791,10 +808,7 @@ pub fn dynamo_raw(client: aws_sdk_dynamodb::Client, table: String, pk: String) -
         async move {
             let owner = OwnerToken::generate().to_hex();
             let item = AttributeValue::S(format!("bench-raw#{k}"));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
+            let now = unix_ms();
             client
                 .update_item()
                 .table_name(&table)
