@@ -127,10 +127,15 @@ return release_lock(KEYS[1], ARGV[1], ARGV[2])
 /// [lock_1, fence_1, lock_2, fence_2, ...]` (one pair per ask), `ARGV =
 /// [holder, op_1, owner_1, arg_1, op_2, ...]`: op `a` acquires with `arg`
 /// the TTL in milliseconds, op `r` releases and announces on channel `arg`.
-/// Returns one `{result, counter, pttl, owner_prefix}` per ask: an
-/// acquisition's as [`ACQUIRE_SRC`]'s, a release's `result` as
-/// [`RELEASE_SRC`]'s (1 / 0 / -1, the rest zero). Grants in one call share
-/// the server's `TIME`.
+/// Returns one string, a line `result counter pttl owner_prefix` per ask
+/// (joined by `\n`): an acquisition's as [`ACQUIRE_SRC`]'s, a release's
+/// `result` as [`RELEASE_SRC`]'s (1 / 0 / -1, the rest zero). One string,
+/// not an array of arrays: the client's reply parser costs about as much
+/// per value as the rest of a call's client work, and an array of four per
+/// ask made a lone release parse five values where the release script
+/// answers one. A prefix holds no blank (a stored value's blanks become
+/// `?`), so it cannot split a line. Grants in one call share the server's
+/// `TIME`.
 pub const BATCH_SRC: &str = concat!(
     announce!(),
     value_helpers!(),
@@ -143,12 +148,13 @@ for i = 1, #KEYS / 2 do
   local lock, fence = KEYS[2 * i - 1], KEYS[2 * i]
   local op, owner, arg = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   if op == 'a' then
-    results[i] = grant(lock, fence, owner .. stamp, arg)
+    local r = grant(lock, fence, owner .. stamp, arg)
+    results[i] = string.format('%d %d %d %s', r[1], r[2], r[3], (string.gsub(r[4], '%s', '?')))
   else
-    results[i] = {release_lock(lock, owner, arg), 0, 0, ''}
+    results[i] = release_lock(lock, owner, arg) .. ' 0 0 '
   end
 end
-return results
+return table.concat(results, '\n')
 "#
 );
 

@@ -191,6 +191,36 @@ async fn contention_reports_the_holder() {
     }
 }
 
+/// The batch script answers in lines of blank-separated fields: a held
+/// key whose value someone else wrote with blanks and a newline in its
+/// first eight bytes must still come back as contention, with those
+/// blanks as `?`, and a grant asked beside it must come out unharmed.
+#[tokio::test]
+async fn a_holder_value_with_blanks_is_reported_as_contention() {
+    let Some(server) = support::server(&[], false).await else {
+        return;
+    };
+    let backend = backend(&server.url, "blanks").await;
+    let odd = key("odd");
+    let lock = backend.node().layout().lock_key(&odd);
+    let mut set = redis::cmd("SET");
+    set.arg(&lock).arg("a b\nc d e f g").arg("PX").arg(60_000);
+    let () = redis_cmd(&backend, &set).await;
+    let free = key("free");
+    let (odd_answer, free_answer) = tokio::join!(
+        backend.try_acquire(&odd, TTL),
+        backend.try_acquire(&free, TTL)
+    );
+    match odd_answer {
+        Err(LockError::Contended {
+            holder: Some(holder),
+            ..
+        }) => assert_eq!(holder.owner_hint.as_deref(), Some("a?b?c?d?")),
+        other => panic!("expected Contended with holder info, got {other:?}"),
+    }
+    free_answer.expect("the free key beside it is granted");
+}
+
 #[tokio::test]
 async fn extend_many_renews_each_lease_and_reports_lost_ones() {
     let Some(server) = support::server(&[], false).await else {
