@@ -78,7 +78,7 @@ async fn from_a_task(label: &str, ops: &[Op], samples: usize) -> Result<Vec<From
 
 /// The library's last two steps over `backend`: its own `try_acquire` +
 /// `release`, then the same through a default [`Locker`].
-fn library_steps(backend: Arc<dyn LockBackend>) -> [(&'static str, Op); 2] {
+pub fn library_steps(backend: Arc<dyn LockBackend>) -> [(&'static str, Op); 2] {
     let locker = Locker::builder_from_arc(backend.clone()).build();
     [
         ("backend try_acquire + release", backend_pair(backend)),
