@@ -269,6 +269,30 @@ pub fn redis_ping(conn: ConnectionManager) -> Op {
     })
 }
 
+/// A Redis stand-in started for a cost tool: the container (kept alive
+/// while held), the backend on it and leasehold's raw scripts' pair
+/// ([`redis_raw`]) on a connection of its own.
+pub async fn redis_stand_in() -> Result<
+    (
+        leasehold_conformance::fixtures::Container,
+        leasehold_redis::RedisBackend,
+        Op,
+    ),
+    String,
+> {
+    use leasehold_conformance::fixtures;
+    let store = fixtures::start(&fixtures::redis_spec(false)).await?;
+    let url = format!("redis://127.0.0.1:{}", store.port);
+    let backend = retry_connect("redis", Duration::from_secs(60), || async {
+        leasehold_redis::RedisBackend::connect(&url)
+            .await
+            .map_err(err)
+    })
+    .await?;
+    let raw = redis_raw(vec![redis_conn(&url).await?]);
+    Ok((store, backend, raw))
+}
+
 /// Opens a connection manager (the kind `leasehold-redis` uses).
 pub async fn redis_conn(url: &str) -> Result<ConnectionManager, String> {
     redis::Client::open(url)
