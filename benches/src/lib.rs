@@ -26,7 +26,7 @@ use leasehold_conformance::fixtures;
 use leasehold_core::config::BackendConfig;
 use leasehold_core::{LockBackend, MemoryBackend};
 
-use crate::harness::{Percentiles, lock_unlock};
+use crate::harness::{Op, Percentiles, lock_unlock};
 use crate::setup::other_stores;
 use crate::stores::Subject;
 
@@ -444,6 +444,34 @@ async fn redis_subjects(
     Ok((redis, url0, redis_containers))
 }
 
+/// What an interleaved loop runs for a subject, in order: the library's
+/// lock+unlock, its raw baseline if it has one, its rslock peer's last.
+struct Lineup<'a> {
+    ops: Vec<Op>,
+    has_raw: bool,
+    peer: Option<&'a Subject>,
+}
+
+impl<'a> Lineup<'a> {
+    fn of(subject: &Subject, peer: Option<&'a Subject>) -> Self {
+        let mut ops = vec![lock_unlock(subject.try_lock.clone())];
+        ops.extend(subject.raw.clone());
+        let has_raw = ops.len() > 1;
+        ops.extend(peer.map(|p| lock_unlock(p.try_lock.clone())));
+        Lineup { ops, has_raw, peer }
+    }
+
+    /// The loop's figures (one per op, in order) as the library's, the raw
+    /// baseline's and the peer's.
+    fn split<T: Copy>(&self, figures: &[T]) -> (T, Option<T>, Option<(&'a Subject, T)>) {
+        (
+            figures[0],
+            self.has_raw.then(|| figures[1]),
+            self.peer.map(|p| (p, figures[figures.len() - 1])),
+        )
+    }
+}
+
 async fn run_inner(config: &Config) -> Result<Results, String> {
     let mut results = Results::default();
     let fleet = fleet(config, &mut results).await?;
@@ -469,24 +497,20 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         .filter(|s| !paired.contains(&s.name.as_str()))
     {
         log(format!("latency: {}", s.name));
-        let mut ops = vec![lock_unlock(s.try_lock.clone())];
-        ops.extend(s.raw.clone());
-        let peer = peer_of(s);
-        // The peer's op comes last, after the raw one if there is one.
-        let raw_at = ops.len() > 1;
-        ops.extend(peer.map(|p| lock_unlock(p.try_lock.clone())));
-        match harness::latency(&s.name, &ops, config.samples, config.warmup).await {
+        let lineup = Lineup::of(s, peer_of(s));
+        match harness::latency(&s.name, &lineup.ops, config.samples, config.warmup).await {
             Ok(p) => {
+                let (lib, raw, peer) = lineup.split(&p);
                 results.latency.push(LatencyRow {
                     name: s.name.clone(),
-                    lib: p[0],
-                    raw: raw_at.then(|| p[1]),
+                    lib,
+                    raw,
                     raw_desc: s.raw_desc.into(),
                 });
-                if let Some(peer) = peer {
+                if let Some((peer, lib)) = peer {
                     results.latency.push(LatencyRow {
                         name: peer.name.clone(),
-                        lib: p[p.len() - 1],
+                        lib,
                         raw: None,
                         raw_desc: peer.raw_desc.into(),
                     });
@@ -524,27 +548,26 @@ async fn run_inner(config: &Config) -> Result<Results, String> {
         .iter()
         .filter(|s| s.name != "redis (notifications off)" && !paired.contains(&s.name.as_str()))
     {
-        let mut ops = vec![lock_unlock(s.try_lock.clone())];
-        ops.extend(s.raw.clone());
-        let peer = peer_of(s);
-        let raw_at = ops.len() > 1;
-        ops.extend(peer.map(|p| lock_unlock(p.try_lock.clone())));
+        let lineup = Lineup::of(s, peer_of(s));
+        let round = config.round_window();
         for &tasks in &config.concurrency {
             log(format!("throughput: {} x{tasks}", s.name));
-            let round = config.round_window();
-            match harness::throughput_rounds(&s.name, &ops, tasks, round, config.rounds).await {
+            match harness::throughput_rounds(&s.name, &lineup.ops, tasks, round, config.rounds)
+                .await
+            {
                 Ok(rates) => {
+                    let (lib, raw, peer) = lineup.split(&rates);
                     results.throughput.push(ThroughputRow {
                         name: s.name.clone(),
                         tasks,
-                        lib: rates[0],
-                        raw: raw_at.then(|| rates[1]),
+                        lib,
+                        raw,
                     });
-                    if let Some(peer) = peer {
+                    if let Some((peer, lib)) = peer {
                         results.throughput.push(ThroughputRow {
                             name: peer.name.clone(),
                             tasks,
-                            lib: rates[rates.len() - 1],
+                            lib,
                             raw: None,
                         });
                     }
