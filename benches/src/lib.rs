@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bare;
 pub mod extend;
 pub mod harness;
 pub mod kinds;

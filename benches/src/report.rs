@@ -63,7 +63,9 @@ pub fn markdown(config: &Config, r: &Results) -> String {
          Every loop runs in one spawned task on the runtime's worker threads, as application code does \
          (not on the main thread, outside the workers, where each wake-up from a worker crosses threads). \
          Library figures go through `Locker` (`try_lock` + `guard.release()`, default policies); \
-         raw figures send the least store operations the same lock needs with the same client crate. \
+         raw figures send the least store operations the same lock needs with the same client crate \
+         (sqlx's on connections taken and kept by hand: its pool pings every connection handed back, \
+         a round trip the lock does not need). \
          Samples: {} per latency figure; a throughput figure of table 2 is the median of {} rounds of {:?}, \
          each round running the library, its raw baseline and its peer in turn, after a warm-up round \
          (the hot-key figures run one {:?} window); {} handoffs among {} tasks.\n",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use leasehold_conformance::fixtures;
 
+use crate::bare::Bare;
 use crate::stores::{self, Subject};
 use crate::{Config, Results, start_container};
 
@@ -143,20 +144,22 @@ async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
             Arc::new(backend),
             "notified (LISTEN/NOTIFY)",
         );
+        // The raw ops' connections: the pool's limit, not its release ping.
+        let conns = Bare::of(&pool);
         if mode == "advisory" {
-            s.raw = Some(stores::pg_advisory_raw(pool.clone()));
-            s.raw_desc = "pg_try_advisory_lock + pg_advisory_unlock on one pooled connection";
-            s.raw_wait = Some(stores::pg_advisory_raw_wait(pool.clone()));
+            s.raw = Some(stores::pg_advisory_raw(conns.clone()));
+            s.raw_desc = "pg_try_advisory_lock + pg_advisory_unlock on one connection";
+            s.raw_wait = Some(stores::pg_advisory_raw_wait(conns.clone()));
             s.raw_wait_desc = "blocking pg_advisory_lock, then pg_advisory_unlock";
         } else {
             stores::pg_prepare(&pool).await?;
-            s.raw = Some(stores::pg_table_raw(pool.clone()));
+            s.raw = Some(stores::pg_table_raw(conns.clone()));
             s.raw_desc = "conditional upsert + compare-and-clear update";
-            s.raw_wait = Some(stores::pg_table_raw_wait(pool.clone()));
+            s.raw_wait = Some(stores::pg_table_raw_wait(pool.clone(), conns.clone()));
             s.raw_wait_desc =
                 "LISTEN, conditional upsert after each NOTIFY; release with its NOTIFY";
         }
-        s.rtt = Some(stores::pg_rtt(pool));
+        s.rtt = Some(stores::pg_rtt(conns));
         s.rtt_desc = "SELECT 1";
         out.push(s);
     }
@@ -227,17 +230,18 @@ async fn setup_mysql(port: u16) -> Result<Vec<Subject>, String> {
             Arc::new(backend),
             "polled (this process's releases wake its waiters)",
         );
+        let conns = Bare::of(&pool);
         if mode == "named" {
-            s.raw = Some(stores::mysql_named_raw(pool.clone()));
-            s.raw_desc = "GET_LOCK(name, 0) + RELEASE_LOCK(name) on one pooled connection";
-            s.raw_wait = Some(stores::mysql_named_raw_wait(pool.clone()));
+            s.raw = Some(stores::mysql_named_raw(conns.clone()));
+            s.raw_desc = "GET_LOCK(name, 0) + RELEASE_LOCK(name) on one connection";
+            s.raw_wait = Some(stores::mysql_named_raw_wait(conns.clone()));
             s.raw_wait_desc = "blocking GET_LOCK(name, 60), then RELEASE_LOCK(name)";
         } else {
             stores::mysql_prepare(&pool).await?;
-            s.raw = Some(stores::mysql_table_raw(pool.clone()));
+            s.raw = Some(stores::mysql_table_raw(conns.clone()));
             s.raw_desc = "conditional update + compare-and-clear update";
         }
-        s.rtt = Some(stores::mysql_rtt(pool));
+        s.rtt = Some(stores::mysql_rtt(conns));
         s.rtt_desc = "SELECT 1";
         out.push(s);
     }

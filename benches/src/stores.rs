@@ -11,13 +11,14 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, join_all};
 use leasehold_core::{Key, LockBackend, Locker, OwnerToken, WaitPolicy};
-use leasehold_mysql::sqlx::MySqlPool;
-use leasehold_postgres::sqlx;
+use leasehold_mysql::sqlx::{MySql, MySqlPool};
+use leasehold_postgres::sqlx::{self, Postgres};
 use leasehold_redis::KeyLayout;
 use leasehold_redis::scripts;
 use leasehold_zookeeper::zookeeper_client::{Acls, CreateMode, LockOptions, LockPrefix};
 use redis::aio::ConnectionManager;
 
+use crate::bare::Bare;
 use crate::harness::{Acquire, Op, Release};
 
 /// TTL of every benchmark lock (long: nothing should expire mid-sample).
@@ -443,24 +444,28 @@ pub async fn pg_advisory_backend(
 }
 
 /// Postgres advisory: `pg_try_advisory_lock` and `pg_advisory_unlock` on one
-/// pooled connection.
-pub fn pg_advisory_raw(pool: sqlx::PgPool) -> Op {
+/// connection.
+pub fn pg_advisory_raw(conns: Bare<Postgres>) -> Op {
     pg_advisory_statements(
-        pool,
+        conns,
         "SELECT pg_try_advisory_lock($1)",
         "SELECT pg_advisory_unlock($1)",
     )
 }
 
-/// Postgres advisory: `lock` then `unlock` on one pooled connection, both
+/// Postgres advisory: `lock` then `unlock` on one connection, both
 /// bound to the key's advisory lock id (`$1`, namespace `bench-raw`). The
 /// first column of `lock`'s row says whether it took the lock.
-pub fn pg_advisory_statements(pool: sqlx::PgPool, lock: &'static str, unlock: &'static str) -> Op {
+pub fn pg_advisory_statements(
+    conns: Bare<Postgres>,
+    lock: &'static str,
+    unlock: &'static str,
+) -> Op {
     op(move |k| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
             let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
-            let mut conn = pool.acquire().await.map_err(err)?;
+            let mut conn = conns.take().await?;
             let got: bool = sqlx::query_scalar(lock)
                 .bind(id)
                 .fetch_one(&mut *conn)
@@ -474,15 +479,16 @@ pub fn pg_advisory_statements(pool: sqlx::PgPool, lock: &'static str, unlock: &'
                 .execute(&mut *conn)
                 .await
                 .map_err(err)?;
+            conns.give_back(conn);
             Ok(())
         }
     })
 }
 
-/// A raw waiting acquire that holds a pooled connection: `lock` blocks on
+/// A raw waiting acquire that holds a connection: `lock` blocks on
 /// it until the server grants, `unlock` gives the lock back on it.
 pub fn held_on_a_connection<DB: sqlx::Database>(
-    pool: sqlx::Pool<DB>,
+    conns: Bare<DB>,
     lock: &'static str,
     unlock: &'static str,
     name: fn(&str) -> String,
@@ -493,10 +499,10 @@ where
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
 {
     Arc::new(move |k: String| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         Box::pin(async move {
             let name = name(&k);
-            let mut conn = pool.acquire().await.map_err(err)?;
+            let mut conn = conns.take().await?;
             sqlx::query(lock)
                 .bind(name.clone())
                 .execute(&mut *conn)
@@ -508,8 +514,9 @@ where
                         .bind(name)
                         .execute(&mut *conn)
                         .await
-                        .map(|_| ())
-                        .map_err(err)
+                        .map_err(err)?;
+                    conns.give_back(conn);
+                    Ok(())
                 })
             });
             Ok(release)
@@ -517,20 +524,20 @@ where
     })
 }
 
-/// Postgres advisory: blocking `pg_advisory_lock` on a pooled connection.
-pub fn pg_advisory_raw_wait(pool: sqlx::PgPool) -> Acquire {
+/// Postgres advisory: blocking `pg_advisory_lock` on a connection.
+pub fn pg_advisory_raw_wait(conns: Bare<Postgres>) -> Acquire {
     held_on_a_connection(
-        pool,
+        conns,
         "SELECT pg_advisory_lock($1::text::int8)",
         "SELECT pg_advisory_unlock($1::text::int8)",
         |k| leasehold_postgres::advisory_lock_id("bench-raw", k).to_string(),
     )
 }
 
-/// MySQL named: blocking `GET_LOCK(name, 60)` on a pooled connection.
-pub fn mysql_named_raw_wait(pool: MySqlPool) -> Acquire {
+/// MySQL named: blocking `GET_LOCK(name, 60)` on a connection.
+pub fn mysql_named_raw_wait(conns: Bare<MySql>) -> Acquire {
     held_on_a_connection(
-        pool,
+        conns,
         "SELECT GET_LOCK(?, 60)",
         "SELECT RELEASE_LOCK(?)",
         |k| leasehold_mysql::lock_name("bench-raw", k),
@@ -610,12 +617,13 @@ pub async fn pg_prepare(pool: &sqlx::PgPool) -> Result<(), String> {
 }
 
 /// Postgres table: a conditional upsert and a compare-and-clear update.
-pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
+pub fn pg_table_raw(conns: Bare<Postgres>) -> Op {
     op(move |k| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
             let owner = OwnerToken::generate().to_hex();
-            if !pg_table_take(&pool, &k, &owner).await? {
+            let mut conn = conns.take().await?;
+            if !pg_table_take(&mut conn, &k, &owner).await? {
                 return Err(format!("raw table lock {k} held"));
             }
             sqlx::query(
@@ -624,16 +632,21 @@ pub fn pg_table_raw(pool: sqlx::PgPool) -> Op {
             )
             .bind(&k)
             .bind(&owner)
-            .execute(&pool)
+            .execute(&mut *conn)
             .await
             .map_err(err)?;
+            conns.give_back(conn);
             Ok(())
         }
     })
 }
 
 /// The raw table lock's conditional upsert: whether `owner` took `k`.
-async fn pg_table_take(pool: &sqlx::PgPool, k: &str, owner: &str) -> Result<bool, String> {
+async fn pg_table_take(
+    conn: &mut sqlx::PgConnection,
+    k: &str,
+    owner: &str,
+) -> Result<bool, String> {
     let took = sqlx::query(
         "INSERT INTO leasehold_bench_raw AS t (k, owner, expires_at) \
          VALUES ($1, $2, clock_timestamp() + interval '30 seconds') \
@@ -642,7 +655,7 @@ async fn pg_table_take(pool: &sqlx::PgPool, k: &str, owner: &str) -> Result<bool
     )
     .bind(k)
     .bind(owner)
-    .execute(pool)
+    .execute(conn)
     .await
     .map_err(err)?;
     Ok(took.rows_affected() == 1)
@@ -652,27 +665,31 @@ async fn pg_table_take(pool: &sqlx::PgPool, k: &str, owner: &str) -> Result<bool
 const PG_RAW_CHANNEL: &str = "leasehold_bench_raw";
 
 /// Postgres table: the least a notified waiter needs, sent straight from
-/// sqlx. LISTEN on a pooled connection of its own, then the conditional
-/// upsert, and after each refusal the next NOTIFY for the key and the upsert
-/// again. The release is the compare-and-clear update with its NOTIFY in
-/// the same statement, its commit not flushed (as leasehold's release; the
-/// grant's commit is flushed in both).
-pub fn pg_table_raw_wait(pool: sqlx::PgPool) -> Acquire {
+/// sqlx. LISTEN on a connection of its own from `pool`, then the conditional
+/// upsert (on a connection from `conns`, as the release), and after each
+/// refusal the next NOTIFY for the key and the upsert again. The release is
+/// the compare-and-clear update with its NOTIFY in the same statement, its
+/// commit not flushed (as leasehold's release; the grant's commit is
+/// flushed in both).
+pub fn pg_table_raw_wait(pool: sqlx::PgPool, conns: Bare<Postgres>) -> Acquire {
     Arc::new(move |k: String| {
-        let pool = pool.clone();
+        let (pool, conns) = (pool.clone(), conns.clone());
         Box::pin(async move {
             let owner = OwnerToken::generate().to_hex();
             let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
                 .await
                 .map_err(err)?;
             listener.listen(PG_RAW_CHANNEL).await.map_err(err)?;
-            while !pg_table_take(&pool, &k, &owner).await? {
+            let mut conn = conns.take().await?;
+            while !pg_table_take(&mut conn, &k, &owner).await? {
                 while listener.recv().await.map_err(err)?.payload() != k {}
             }
+            conns.give_back(conn);
             // Returns its connection to the pool (after `UNLISTEN *`).
             drop(listener);
             let release: Release = Box::new(move || {
                 Box::pin(async move {
+                    let mut conn = conns.take().await?;
                     sqlx::query(
                         "UPDATE leasehold_bench_raw SET owner = NULL, expires_at = NULL \
                          WHERE k = $1 AND owner = $2 \
@@ -682,10 +699,11 @@ pub fn pg_table_raw_wait(pool: sqlx::PgPool) -> Acquire {
                     .bind(&k)
                     .bind(&owner)
                     .bind(PG_RAW_CHANNEL)
-                    .fetch_optional(&pool)
+                    .fetch_optional(&mut *conn)
                     .await
-                    .map(|_| ())
-                    .map_err(err)
+                    .map_err(err)?;
+                    conns.give_back(conn);
+                    Ok(())
                 })
             });
             Ok(release)
@@ -694,27 +712,38 @@ pub fn pg_table_raw_wait(pool: sqlx::PgPool) -> Acquire {
 }
 
 /// Postgres: `SELECT 1`.
-pub fn pg_rtt(pool: sqlx::PgPool) -> Op {
+pub fn pg_rtt(conns: Bare<Postgres>) -> Op {
+    select_one(conns)
+}
+
+/// `SELECT 1` on a connection from `conns`.
+fn select_one<DB: sqlx::Database>(conns: Bare<DB>) -> Op
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
     op(move |_| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
+            let mut conn = conns.take().await?;
             sqlx::query("SELECT 1")
-                .execute(&pool)
+                .execute(&mut *conn)
                 .await
-                .map(|_| ())
-                .map_err(err)
+                .map_err(err)?;
+            conns.give_back(conn);
+            Ok(())
         }
     })
 }
 
-/// MySQL named: `GET_LOCK(name, 0)` and `RELEASE_LOCK(name)` on one pooled
+/// MySQL named: `GET_LOCK(name, 0)` and `RELEASE_LOCK(name)` on one
 /// connection, with the lock names the backend uses.
-pub fn mysql_named_raw(pool: MySqlPool) -> Op {
+pub fn mysql_named_raw(conns: Bare<MySql>) -> Op {
     op(move |k| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
             let name = leasehold_mysql::lock_name("bench-raw", &k);
-            let mut conn = pool.acquire().await.map_err(err)?;
+            let mut conn = conns.take().await?;
             let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, 0) AS SIGNED)")
                 .bind(&name)
                 .fetch_one(&mut *conn)
@@ -728,6 +757,7 @@ pub fn mysql_named_raw(pool: MySqlPool) -> Op {
                 .execute(&mut *conn)
                 .await
                 .map_err(err)?;
+            conns.give_back(conn);
             Ok(())
         }
     })
@@ -750,11 +780,12 @@ pub async fn mysql_prepare(pool: &MySqlPool) -> Result<(), String> {
 /// MySQL table: the statements table mode's lock needs, by the database
 /// clock: a conditional update that takes the row if it is free or expired
 /// (a key's first use inserts it), and a compare-and-clear update.
-pub fn mysql_table_raw(pool: MySqlPool) -> Op {
+pub fn mysql_table_raw(conns: Bare<MySql>) -> Op {
     op(move |k| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
             let owner = OwnerToken::generate().to_hex();
+            let mut conn = conns.take().await?;
             let took = sqlx::query(
                 "UPDATE leasehold_bench_raw \
                  SET owner = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL 30 SECOND \
@@ -762,7 +793,7 @@ pub fn mysql_table_raw(pool: MySqlPool) -> Op {
             )
             .bind(&owner)
             .bind(&k)
-            .execute(&pool)
+            .execute(&mut *conn)
             .await
             .map_err(err)?;
             if took.rows_affected() != 1 {
@@ -773,7 +804,7 @@ pub fn mysql_table_raw(pool: MySqlPool) -> Op {
                 )
                 .bind(&k)
                 .bind(&owner)
-                .execute(&pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| format!("raw table lock {k}: {e}"))?;
             }
@@ -783,29 +814,21 @@ pub fn mysql_table_raw(pool: MySqlPool) -> Op {
             )
             .bind(&k)
             .bind(&owner)
-            .execute(&pool)
+            .execute(&mut *conn)
             .await
             .map_err(err)?;
             if cleared.rows_affected() != 1 {
                 return Err(format!("raw table lock {k} was not ours at release"));
             }
+            conns.give_back(conn);
             Ok(())
         }
     })
 }
 
 /// MySQL: `SELECT 1`.
-pub fn mysql_rtt(pool: MySqlPool) -> Op {
-    op(move |_| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(err)
-        }
-    })
+pub fn mysql_rtt(conns: Bare<MySql>) -> Op {
+    select_one(conns)
 }
 
 /// The benchmark's DynamoDB URL for a stand-in on `port`: the table made

@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release -p leasehold-benches --bin pg_handoff_cost [-- --samples N]`
 //!
-//! - raw: `pg_advisory_lock` blocks on a pooled connection, the holder's
+//! - raw: `pg_advisory_lock` blocks on a connection, the holder's
 //!   release is `pg_advisory_unlock` (the benchmark's floor);
 //! - raw, released as the library releases: the holder's unlock also sends
 //!   its `NOTIFY` and resets the session's settings, in one statement that
@@ -26,22 +26,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_benches::bare::Bare;
 use leasehold_benches::harness::{self, Acquire, Release};
 use leasehold_benches::stores::{self, TTL, err};
 use leasehold_conformance::fixtures;
 use leasehold_core::{Key, LockBackend, Locker, WaitPolicy};
-use leasehold_postgres::sqlx;
+use leasehold_postgres::sqlx::Postgres;
 
 /// How long the holder keeps the key, so the waiter is parked in its wait
 /// (the full benchmark's `waiter_hold`).
 const HOLD: Duration = Duration::from_millis(20);
 
-/// `pg_advisory_lock` blocking on a pooled connection; released by
+/// `pg_advisory_lock` blocking on a connection; released by
 /// `pg_advisory_unlock` with a `NOTIFY` and the session resets in the same
 /// statement, its commit not flushed, as the library's release sends.
-fn raw_released_as_library(pool: sqlx::PgPool) -> Acquire {
+fn raw_released_as_library(conns: Bare<Postgres>) -> Acquire {
     stores::held_on_a_connection(
-        pool,
+        conns,
         "SELECT pg_advisory_lock($1::text::int8)",
         "SELECT pg_advisory_unlock($1::text::int8), \
          pg_notify('leasehold_bench_raw', $1)::text, \
@@ -81,8 +82,9 @@ async fn run(samples: usize, rounds: usize) -> Result<(), String> {
         stores::pg_advisory_backend(fixtures::postgres_spec(), "namespace=bench-raw").await?;
     let pool = backend.pool().clone();
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
-    let raw = stores::pg_advisory_raw_wait(pool.clone());
-    let raw_library_release = raw_released_as_library(pool.clone());
+    let conns = Bare::of(&pool);
+    let raw = stores::pg_advisory_raw_wait(conns.clone());
+    let raw_library_release = raw_released_as_library(conns.clone());
     let backend_side = backend_wait(backend.clone());
     let locker = locker_wait(&backend);
     // (name, holder, waiter)
@@ -106,7 +108,7 @@ async fn run(samples: usize, rounds: usize) -> Result<(), String> {
         ("backend acquire + release", &backend_side, &backend_side),
         ("Locker lock + release", &locker, &locker),
     ];
-    let rtt = stores::pg_rtt(pool);
+    let rtt = stores::pg_rtt(conns);
     let mut p50s = vec![Vec::with_capacity(rounds); steps.len()];
     let mut rtts = Vec::with_capacity(rounds);
     for round in 0..rounds {

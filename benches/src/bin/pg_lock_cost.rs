@@ -7,7 +7,8 @@
 //!
 //! `cargo run --release -p leasehold-benches --bin pg_lock_cost [-- --samples N --tasks N] [--print-sql]`
 //!
-//! Each store step is sent from bare sqlx on one pooled connection:
+//! Each store step is sent from bare sqlx on one connection (taken by
+//! hand, [`leasehold_benches::bare`], so no pool pings it):
 //!
 //! - raw: `pg_try_advisory_lock`, `pg_advisory_unlock` (the benchmark's
 //!   raw baseline);
@@ -37,12 +38,13 @@
 
 use std::sync::Arc;
 
+use leasehold_benches::bare::Bare;
 use leasehold_benches::harness::{self, Op};
 use leasehold_benches::stores::TTL;
 use leasehold_benches::{steps, stores};
 use leasehold_conformance::fixtures;
 use leasehold_core::LockBackend;
-use leasehold_postgres::sqlx;
+use leasehold_postgres::sqlx::{self, Postgres};
 
 use stores::{err, op};
 
@@ -73,15 +75,15 @@ const NOTIFYING_UNLOCK: &str = "SELECT pg_advisory_unlock($1), \
      set_config('synchronous_commit', 'off', true)";
 
 /// The backend's grant and release (see
-/// [`leasehold_postgres::advisory_mutex_statements`]) sent on one pooled
+/// [`leasehold_postgres::advisory_mutex_statements`]) sent on one
 /// connection for the key's lock in namespace `bench-raw`; the release
 /// names a mark id nobody holds, as when no waiter marked the key.
-fn backend_statements(pool: sqlx::PgPool, grant: &'static str, release: &'static str) -> Op {
+fn backend_statements(conns: Bare<Postgres>, grant: &'static str, release: &'static str) -> Op {
     op(move |k: String| {
-        let pool = pool.clone();
+        let conns = conns.clone();
         async move {
             let id = leasehold_postgres::advisory_lock_id("bench-raw", &k);
-            let mut conn = pool.acquire().await.map_err(err)?;
+            let mut conn = conns.take().await?;
             let (token,): (Option<i64>,) = sqlx::query_as(grant)
                 .bind(id)
                 .bind("bench-raw")
@@ -105,6 +107,7 @@ fn backend_statements(pool: sqlx::PgPool, grant: &'static str, release: &'static
                 .execute(&mut *conn)
                 .await
                 .map_err(err)?;
+            conns.give_back(conn);
             Ok(())
         }
     })
@@ -208,11 +211,12 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         ("the same without the holder lookup", no_holder, release),
     ];
     let backend: Arc<dyn LockBackend> = Arc::new(backend);
-    let statements = |lock, unlock| stores::pg_advisory_statements(pool.clone(), lock, unlock);
+    let conns = Bare::of(&pool);
+    let statements = |lock, unlock| stores::pg_advisory_statements(conns.clone(), lock, unlock);
     let pairs = vec![
         (
             "raw: pg_try_advisory_lock, pg_advisory_unlock",
-            stores::pg_advisory_raw(pool.clone()),
+            stores::pg_advisory_raw(conns.clone()),
         ),
         (
             "+ token from a sequence",
@@ -228,19 +232,19 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         ),
         (
             "the backend's statements (no waiter marked, so no NOTIFY)",
-            backend_statements(pool.clone(), grant, release),
+            backend_statements(conns.clone(), grant, release),
         ),
         (
             "the same, key row looked up",
-            backend_statements(pool.clone(), row_looked_up, release),
+            backend_statements(conns.clone(), row_looked_up, release),
         ),
         (
             "the same, a session's first grant (epoch and key row looked up)",
-            backend_statements(pool.clone(), first_grant, release),
+            backend_statements(conns.clone(), first_grant, release),
         ),
         (
             "the same without the holder lookup",
-            backend_statements(pool.clone(), no_holder, release),
+            backend_statements(conns.clone(), no_holder, release),
         ),
     ];
     steps::compare(
