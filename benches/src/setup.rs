@@ -125,10 +125,7 @@ async fn setup_zk(port: u16) -> Result<Vec<Subject>, String> {
 }
 
 async fn setup_pg(port: u16) -> Result<Vec<Subject>, String> {
-    let base = format!(
-        "postgres://postgres:{}@127.0.0.1:{port}/postgres",
-        fixtures::POSTGRES_PASSWORD
-    );
+    let base = stores::pg_url(port);
     let mut out = Vec::new();
     for mode in ["advisory", "table"] {
         let url = format!("{base}?mode={mode}");

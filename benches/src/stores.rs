@@ -429,11 +429,7 @@ pub async fn pg_advisory_backend(
 > {
     use leasehold_conformance::fixtures;
     let store = fixtures::start(&spec).await?;
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres?mode=advisory&{query}",
-        fixtures::POSTGRES_PASSWORD,
-        store.port
-    );
+    let url = format!("{}?mode=advisory&{query}", pg_url(store.port));
     let backend = retry_connect("postgres", Duration::from_secs(90), || async {
         leasehold_postgres::PostgresBackend::connect(&url)
             .await
@@ -829,6 +825,14 @@ pub fn mysql_table_raw(conns: Bare<MySql>) -> Op {
 /// MySQL: `SELECT 1`.
 pub fn mysql_rtt(conns: Bare<MySql>) -> Op {
     select_one(conns)
+}
+
+/// The benchmark's Postgres URL for a stand-in on `port`, without options.
+pub fn pg_url(port: u16) -> String {
+    format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/postgres",
+        leasehold_conformance::fixtures::POSTGRES_PASSWORD
+    )
 }
 
 /// The benchmark's DynamoDB URL for a stand-in on `port`: the table made

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use leasehold_benches::bare::{Bare, Taken};
-use leasehold_benches::stores::{err, retry_connect};
+use leasehold_benches::stores::{err, pg_url, retry_connect};
 use leasehold_conformance::fixtures;
 use leasehold_postgres::sqlx::{self, Postgres, postgres::PgPoolOptions};
 
@@ -26,14 +26,9 @@ async fn a_connection_handed_back_is_reused_and_one_dropped_frees_its_room() {
     let store = fixtures::start(&fixtures::postgres_spec())
         .await
         .expect("postgres");
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/postgres",
-        fixtures::POSTGRES_PASSWORD,
-        store.port
-    );
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect_lazy(&url)
+        .connect_lazy(&pg_url(store.port))
         .expect("pool options");
     let conns = Bare::of(&pool);
     let mut first = retry_connect("postgres", Duration::from_secs(90), || async {
