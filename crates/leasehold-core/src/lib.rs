@@ -58,6 +58,8 @@ mod lockdep;
 mod locker;
 mod memory;
 mod metrics;
+#[cfg(feature = "sqlx")]
+pub mod relay;
 mod rw;
 mod schedule;
 #[cfg(any(test, feature = "testing"))]

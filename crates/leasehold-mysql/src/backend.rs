@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::relay::Relay;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
     LockError, LockInfo, LockKind, ReleaseHub, ReleaseListener, WaitPolicy, Waiting, async_trait,
@@ -91,6 +92,12 @@ impl MysqlBackend {
     /// sessions (and their watchers) are opened from this pool's connect
     /// options on private pools of the same size that close every connection
     /// handed back to them. This pool's own hooks do not run on them.
+    ///
+    /// Table mode's grants, renewals and releases take this pool's
+    /// connections through a [`Relay`]: under load a connection goes from
+    /// one call straight to the next waiting one, skipping the pool's
+    /// release ping and `after_release` hook for at most
+    /// [`MAX_RELAYS`](leasehold_core::relay::MAX_RELAYS) calls in a row.
     pub async fn from_pool(pool: MySqlPool, config: MysqlConfig) -> Result<Self, LockError> {
         let sessions = pool.options().get_max_connections();
         Self::build(pool, config, sessions).await
@@ -120,6 +127,7 @@ impl MysqlBackend {
         };
         let backend = MysqlBackend {
             shared: Arc::new(Shared {
+                relay: Relay::new(pool.clone()),
                 pool,
                 options: settings,
                 sql,
@@ -142,7 +150,9 @@ impl MysqlBackend {
     }
 
     /// The pool for `inspect`, `list`, migrations and (table mode) every
-    /// call; in named mode locks are held on the backend's private sessions.
+    /// call, its grants, renewals and releases relayed between calls
+    /// ([`from_pool`](Self::from_pool)); in named mode locks are held on
+    /// the backend's private sessions.
     pub fn pool(&self) -> &MySqlPool {
         &self.shared.pool
     }

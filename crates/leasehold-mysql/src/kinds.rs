@@ -185,78 +185,86 @@ async fn take(
     let sql = statements(shared)?;
     let options = &shared.options;
     let (ns, fam, k) = (&options.namespace, family(kind), key.as_str());
-    let mut tx = shared.pool.begin().await.map_err(|e| map(TABLE, e))?;
-    sqlx::query(&sql.lock)
-        .bind(ns)
-        .bind(fam)
-        .bind(k)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| map(TABLE, e))?;
-    let rows: Vec<LiveRow> = sqlx::query_as(&sql.live)
-        .bind(ns)
-        .bind(fam)
-        .bind(k)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| map(TABLE, e))?;
-    let waiter = waiting.map(OwnerToken::to_hex);
-    let holders: Vec<&LiveRow> = rows.iter().filter(|r| r.0 != "waiter").collect();
-    let others_wait = rows
-        .iter()
-        .any(|r| r.0 == "waiter" && Some(&r.1) != waiter.as_ref());
-    if !admits(kind, &holders, others_wait) {
-        if let Some(waiter) = &waiter {
-            sqlx::query(&sql.wait)
+    // A grant or a refusal committed and read every answer: the
+    // connection goes to the next call.
+    shared
+        .relayed(async |conn| {
+            let mut tx = sqlx::Connection::begin(conn)
+                .await
+                .map_err(|e| map(TABLE, e))?;
+            sqlx::query(&sql.lock)
                 .bind(ns)
                 .bind(fam)
                 .bind(k)
-                .bind(waiter)
-                .bind(micros(ttl))
-                .bind(&options.holder)
-                .bind(micros(ttl))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| map(TABLE, e))?;
-        }
-        tx.commit().await.map_err(|e| map(TABLE, e))?;
-        let blocker = holders
-            .iter()
-            .filter(|h| kind != LockKind::Read || h.0 != "read")
-            .min_by_key(|h| h.5)
-            .map(|h| holder_info((h.2, h.3.clone(), h.4.clone(), h.5, h.6)));
-        return Err(LockError::contended(TABLE, k, blocker));
-    }
-    let mut bumped = 0;
-    for statement in [&sql.prune, &sql.bump] {
-        bumped = sqlx::query(statement)
-            .bind(ns)
-            .bind(fam)
-            .bind(k)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map(TABLE, e))?
-            .last_insert_id();
-    }
-    // The new counter, as `LAST_INSERT_ID(counter + 1)` set it.
-    let token = bumped;
-    sqlx::query(&sql.grant)
-        .bind(ns)
-        .bind(fam)
-        .bind(k)
-        .bind(owner.to_hex())
-        .bind(kind_column(kind))
-        .bind(i64::try_from(token).unwrap_or(i64::MAX))
-        .bind(micros(ttl))
-        .bind(&options.holder)
-        .execute(&mut *tx)
+            let rows: Vec<LiveRow> = sqlx::query_as(&sql.live)
+                .bind(ns)
+                .bind(fam)
+                .bind(k)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| map(TABLE, e))?;
+            let waiter = waiting.map(OwnerToken::to_hex);
+            let holders: Vec<&LiveRow> = rows.iter().filter(|r| r.0 != "waiter").collect();
+            let others_wait = rows
+                .iter()
+                .any(|r| r.0 == "waiter" && Some(&r.1) != waiter.as_ref());
+            if !admits(kind, &holders, others_wait) {
+                if let Some(waiter) = &waiter {
+                    sqlx::query(&sql.wait)
+                        .bind(ns)
+                        .bind(fam)
+                        .bind(k)
+                        .bind(waiter)
+                        .bind(micros(ttl))
+                        .bind(&options.holder)
+                        .bind(micros(ttl))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map(TABLE, e))?;
+                }
+                tx.commit().await.map_err(|e| map(TABLE, e))?;
+                let blocker = holders
+                    .iter()
+                    .filter(|h| kind != LockKind::Read || h.0 != "read")
+                    .min_by_key(|h| h.5)
+                    .map(|h| holder_info((h.2, h.3.clone(), h.4.clone(), h.5, h.6)));
+                return Err(LockError::contended(TABLE, k, blocker));
+            }
+            let mut bumped = 0;
+            for statement in [&sql.prune, &sql.bump] {
+                bumped = sqlx::query(statement)
+                    .bind(ns)
+                    .bind(fam)
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map(TABLE, e))?
+                    .last_insert_id();
+            }
+            // The new counter, as `LAST_INSERT_ID(counter + 1)` set it.
+            let token = bumped;
+            sqlx::query(&sql.grant)
+                .bind(ns)
+                .bind(fam)
+                .bind(k)
+                .bind(owner.to_hex())
+                .bind(kind_column(kind))
+                .bind(i64::try_from(token).unwrap_or(i64::MAX))
+                .bind(micros(ttl))
+                .bind(&options.holder)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map(TABLE, e))?;
+            if let Some(waiter) = &waiter {
+                unwait(sql, &mut *tx, ns, fam, k, waiter).await?;
+            }
+            tx.commit().await.map_err(|e| map(TABLE, e))?;
+            Ok(token)
+        })
         .await
-        .map_err(|e| map(TABLE, e))?;
-    if let Some(waiter) = &waiter {
-        unwait(sql, &mut *tx, ns, fam, k, waiter).await?;
-    }
-    tx.commit().await.map_err(|e| map(TABLE, e))?;
-    Ok(token)
 }
 
 /// Removes a waiter row.
@@ -312,14 +320,17 @@ async fn on_lease(
         query = query.bind(micros(ttl));
     }
     let done = with_timeout(TABLE, options.timeout, async {
-        query
+        let mut conn = shared.connection(TABLE).await?;
+        let done = query
             .bind(&options.namespace)
             .bind(family(lease.kind()))
             .bind(lease.key().as_str())
             .bind(lease.owner().to_hex())
-            .execute(&shared.pool)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| map(TABLE, e))
+            .map_err(|e| map(TABLE, e))?;
+        conn.give_back();
+        Ok(done)
     })
     .await?;
     Ok(done.rows_affected() == 1)

@@ -29,6 +29,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use leasehold_core::relay::{Lent, Relay};
 use leasehold_core::{LockError, OwnerToken, ReleaseHub};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
@@ -57,6 +58,9 @@ pub(crate) struct Sql {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: MySqlPool,
+    /// The same pool, relaying connections between table mode's calls
+    /// unpinged ([`Relay`]).
+    pub(crate) relay: Relay<MySql>,
     pub(crate) options: Settings,
     pub(crate) sql: Sql,
     pub(crate) config: MysqlConfig,
@@ -71,6 +75,31 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A connection for one table-mode call's statements: give it back
+    /// ([`Lent::give_back`]) once their answers are read, so a call waiting
+    /// for one takes it unpinged; drop it after a failed statement.
+    pub(crate) async fn connection(
+        &self,
+        backend: &'static str,
+    ) -> Result<Lent<'_, MySql>, LockError> {
+        self.relay.take().await.map_err(|e| map(backend, e))
+    }
+
+    /// Runs table mode's grant `work` on a connection, given back when it
+    /// ends in a grant or a refusal (every statement answered), dropped
+    /// after any other error.
+    pub(crate) async fn relayed<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut sqlx::MySqlConnection) -> Result<T, LockError>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.connection(crate::config::TABLE).await?;
+        let outcome = work(&mut conn).await;
+        if matches!(outcome, Ok(_) | Err(LockError::Contended { .. })) {
+            conn.give_back();
+        }
+        outcome
+    }
+
     pub(crate) fn sessions(&self) -> Result<&Arc<Sessions>, LockError> {
         self.sessions
             .as_ref()

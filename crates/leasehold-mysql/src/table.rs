@@ -178,50 +178,55 @@ async fn take(
     ttl: Duration,
 ) -> Result<u64, LockError> {
     let options = &shared.options;
-    let mut conn = shared.pool.acquire().await.map_err(|e| map(TABLE, e))?;
-    for _ in 0..3 {
-        let taken = sqlx::query(&shared.sql.acquire)
-            .bind(owner.to_hex())
-            .bind(micros(ttl))
-            .bind(&options.holder)
-            .bind(&options.namespace)
-            .bind(key.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| map(TABLE, e))?;
-        if taken.rows_affected() == 1 {
-            return Ok(taken.last_insert_id());
-        }
-        let row: Option<RowState> = sqlx::query_as(&shared.sql.holder)
-            .bind(&options.namespace)
-            .bind(key.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| map(TABLE, e))?;
-        match row {
-            Some((1, counter, hint, holder, left, acquired)) => {
-                let info = holder_info((counter, hint, holder, left, acquired));
-                return Err(LockError::contended(TABLE, key.as_str(), Some(info)));
+    // A grant or a refusal read every statement's answer: the connection
+    // goes to the next call.
+    shared
+        .relayed(async |conn| {
+            for _ in 0..3 {
+                let taken = sqlx::query(&shared.sql.acquire)
+                    .bind(owner.to_hex())
+                    .bind(micros(ttl))
+                    .bind(&options.holder)
+                    .bind(&options.namespace)
+                    .bind(key.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map(TABLE, e))?;
+                if taken.rows_affected() == 1 {
+                    return Ok(taken.last_insert_id());
+                }
+                let row: Option<RowState> = sqlx::query_as(&shared.sql.holder)
+                    .bind(&options.namespace)
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| map(TABLE, e))?;
+                match row {
+                    Some((1, counter, hint, holder, left, acquired)) => {
+                        let info = holder_info((counter, hint, holder, left, acquired));
+                        return Err(LockError::contended(TABLE, key.as_str(), Some(info)));
+                    }
+                    // Freed or expired since the update looked: try again.
+                    Some(_) => continue,
+                    None => {}
+                }
+                let inserted = sqlx::query(&shared.sql.insert)
+                    .bind(&options.namespace)
+                    .bind(key.as_str())
+                    .bind(owner.to_hex())
+                    .bind(micros(ttl))
+                    .bind(&options.holder)
+                    .execute(&mut *conn)
+                    .await;
+                match inserted {
+                    Ok(_) => return Ok(1),
+                    Err(error) if duplicate_key(&error) => continue,
+                    Err(error) => return Err(map(TABLE, error)),
+                }
             }
-            // Freed or expired since the update looked: try again.
-            Some(_) => continue,
-            None => {}
-        }
-        let inserted = sqlx::query(&shared.sql.insert)
-            .bind(&options.namespace)
-            .bind(key.as_str())
-            .bind(owner.to_hex())
-            .bind(micros(ttl))
-            .bind(&options.holder)
-            .execute(&mut *conn)
-            .await;
-        match inserted {
-            Ok(_) => return Ok(1),
-            Err(error) if duplicate_key(&error) => continue,
-            Err(error) => return Err(map(TABLE, error)),
-        }
-    }
-    Err(LockError::contended(TABLE, key.as_str(), None))
+            Err(LockError::contended(TABLE, key.as_str(), None))
+        })
+        .await
 }
 
 fn check_lease(lease: &Lease) -> Result<(), LockError> {
@@ -244,14 +249,17 @@ pub(crate) async fn extend(
     let options = &shared.options;
     let sent_at = options.clock.now();
     let done = with_timeout(TABLE, options.timeout, async {
-        sqlx::query(&shared.sql.extend)
+        let mut conn = shared.connection(TABLE).await?;
+        let done = sqlx::query(&shared.sql.extend)
             .bind(micros(ttl))
             .bind(&options.namespace)
             .bind(lease.key().as_str())
             .bind(lease.owner().to_hex())
-            .execute(&shared.pool)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| map(TABLE, e))
+            .map_err(|e| map(TABLE, e))?;
+        conn.give_back();
+        Ok(done)
     })
     .await?;
     // The connection reports rows found (not only changed), so a renewal
@@ -295,13 +303,16 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let options = &shared.options;
     let key = lease.key().as_str();
     let done = with_timeout(TABLE, options.timeout, async {
-        sqlx::query(&shared.sql.release)
+        let mut conn = shared.connection(TABLE).await?;
+        let done = sqlx::query(&shared.sql.release)
             .bind(&options.namespace)
             .bind(key)
             .bind(lease.owner().to_hex())
-            .execute(&shared.pool)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| map(TABLE, e))
+            .map_err(|e| map(TABLE, e))?;
+        conn.give_back();
+        Ok(done)
     })
     .await?;
     released(done.rows_affected() == 1, shared, key)

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_core::relay::Relay;
 use leasehold_core::{
     Capabilities, Expiry, Fairness, Fencing, Key, Lease, ListPage, ListQuery, LockBackend,
     LockError, LockInfo, LockKind, ReleaseFeed, ReleaseListener, WaitPolicy, Waiting, async_trait,
@@ -98,6 +99,12 @@ impl PostgresBackend {
     /// hooks (`after_connect` and the like) do not run on them; it serves
     /// `inspect` and migrations.
     ///
+    /// Table mode's grants, renewals and releases take this pool's
+    /// connections through a [`Relay`]: under load a connection goes from
+    /// one call straight to the next waiting one, skipping the pool's
+    /// release ping and `after_release` hook for at most
+    /// [`MAX_RELAYS`](leasehold_core::relay::MAX_RELAYS) calls in a row.
+    ///
     /// Cancel safety: dropping the future may interrupt the migration, which
     /// runs in one transaction and is rolled back.
     pub async fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, LockError> {
@@ -131,6 +138,7 @@ impl PostgresBackend {
         };
         let backend = PostgresBackend {
             shared: Arc::new(Shared {
+                relay: Relay::new(pool.clone()),
                 pool,
                 options: settings,
                 sql,
@@ -154,8 +162,10 @@ impl PostgresBackend {
         schema::migrate(self.name(), &self.shared.pool, options, options.timeout).await
     }
 
-    /// The pool for `inspect`, migrations and (table mode) every call; in
-    /// advisory mode locks are held on the backend's private sessions.
+    /// The pool for `inspect`, migrations and (table mode) every call, its
+    /// grants, renewals and releases relayed between calls
+    /// ([`from_pool`](Self::from_pool)); in advisory mode locks are held on
+    /// the backend's private sessions.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
     }

@@ -30,9 +30,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use leasehold_core::relay::{Lent, Relay};
 use leasehold_core::{LockError, ReleaseFeed};
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,9 @@ pub(crate) struct Sql {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: PgPool,
+    /// The same pool, relaying connections between table mode's calls
+    /// unpinged ([`Relay`]).
+    pub(crate) relay: Relay<Postgres>,
     pub(crate) options: Settings,
     pub(crate) sql: Sql,
     pub(crate) config: PostgresConfig,
@@ -81,6 +85,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A connection for one table-mode call's statements: give it back
+    /// ([`Lent::give_back`]) once their answers are read, so a call waiting
+    /// for one takes it unpinged; drop it after a failed statement.
+    pub(crate) async fn connection(
+        &self,
+        backend: &'static str,
+    ) -> Result<Lent<'_, Postgres>, LockError> {
+        self.relay.take().await.map_err(|e| map(backend, e))
+    }
+
     pub(crate) fn sessions(&self) -> Result<&Arc<Sessions>, LockError> {
         self.sessions.as_ref().ok_or_else(|| {
             LockError::Config("advisory sessions used by a table-mode backend".into())

@@ -242,3 +242,96 @@ async fn an_attempt_whose_caller_left_while_waiting_for_a_connection_stops() {
     let lease = backend.try_acquire(&key("left"), TTL).await.unwrap();
     backend.release(&lease).await.unwrap();
 }
+
+/// Table mode's statements run on a [`Relay`]: a connection whose call
+/// finished goes straight to a call already waiting for one, without the
+/// pool's release (and its ping); with nobody waiting, a waiter that left,
+/// a dropped connection or [`MAX_RELAYS`] handoffs in a row, it goes back
+/// to the pool. Counted with the pool's `after_release` hook, which runs
+/// for every connection the pool takes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_calls_connection_goes_to_the_waiting_call_not_through_the_pool() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use leasehold_conformance::fixtures::eventually;
+    use leasehold_core::relay::{MAX_RELAYS, Relay};
+    use sqlx::postgres::PgPoolOptions;
+
+    let server = Server::start(false).await;
+    let returned = Arc::new(AtomicUsize::new(0));
+    let counter = returned.clone();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire(false)
+        .after_release(move |_, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(true) })
+        })
+        .connect_lazy(&server.url)
+        .unwrap();
+    let relay = Relay::new(pool);
+    async fn pid(connection: &mut sqlx::PgConnection) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(connection)
+            .await
+            .unwrap()
+    }
+    // Registers `take` as a waiting call: one poll, which finds the pool's
+    // only connection taken.
+    async fn waiting<F: std::future::Future>(take: std::pin::Pin<&mut F>) {
+        let mut take = take;
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(take.as_mut().poll(cx)));
+        assert!(polled.await.is_pending(), "the only connection is taken");
+    }
+
+    let mut first = relay.take().await.unwrap();
+    let first_pid = pid(&mut first).await;
+    // Handed to a waiting call: the same session, and the pool saw nothing.
+    for handoff in 1..=MAX_RELAYS {
+        let next = relay.take();
+        tokio::pin!(next);
+        waiting(next.as_mut()).await;
+        first.give_back();
+        first = next.await.unwrap();
+        assert_eq!(pid(&mut first).await, first_pid, "handoff {handoff}");
+        assert_eq!(
+            returned.load(Ordering::SeqCst),
+            0,
+            "handoff {handoff} went through the pool"
+        );
+    }
+    // The next one after MAX_RELAYS in a row goes back to the pool.
+    let next = relay.take();
+    tokio::pin!(next);
+    waiting(next.as_mut()).await;
+    first.give_back();
+    let mut second = next.await.unwrap();
+    assert_eq!(returned.load(Ordering::SeqCst), 1, "back to the pool");
+    assert_eq!(pid(&mut second).await, first_pid);
+
+    // A waiting call that left does not swallow the connection: it goes
+    // back to the pool, and the next call gets it.
+    {
+        let left = relay.take();
+        tokio::pin!(left);
+        waiting(left.as_mut()).await;
+    }
+    second.give_back();
+    eventually(Duration::from_secs(10), "back to the pool", || async {
+        returned.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let mut third = relay.take().await.unwrap();
+    assert_eq!(pid(&mut third).await, first_pid);
+
+    // Dropped instead of given back (a failed or interrupted statement),
+    // it goes back to the pool even with a call waiting.
+    let next = relay.take();
+    tokio::pin!(next);
+    waiting(next.as_mut()).await;
+    drop(third);
+    let _fourth = next.await.unwrap();
+    assert_eq!(returned.load(Ordering::SeqCst), 3, "a dropped connection");
+}

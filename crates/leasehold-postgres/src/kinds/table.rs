@@ -142,10 +142,7 @@ pub(super) async fn try_acquire(
     let sent_at = options.clock.now();
     let (token, blocking_us, _): (Option<i64>, Option<i64>, String) =
         with_timeout(TABLE, options.timeout, async {
-            let mut connection = left
-                .unless_gone(TABLE, shared.pool.acquire())
-                .await?
-                .map_err(|e| map(TABLE, e))?;
+            let mut connection = left.unless_gone(TABLE, shared.connection(TABLE)).await??;
             let mut tx = sqlx::Connection::begin(&mut *connection)
                 .await
                 .map_err(|e| map(TABLE, e))?;
@@ -169,6 +166,7 @@ pub(super) async fn try_acquire(
                 .await
                 .map_err(|e| map(TABLE, e))?;
             tx.commit().await.map_err(|e| map(TABLE, e))?;
+            connection.give_back();
             Ok(row)
         })
         .await?;
@@ -292,16 +290,19 @@ pub(super) async fn extend(
     let kind = lease.kind();
     let sent_at = options.clock.now();
     let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
-        sqlx::query_scalar(&shared.sql.kinds.table.extend)
+        let mut connection = shared.connection(TABLE).await?;
+        let row = sqlx::query_scalar(&shared.sql.kinds.table.extend)
             .bind(&options.namespace)
             .bind(family(kind))
             .bind(lease.key().as_str())
             .bind(lease.owner().to_hex())
             .bind(kind_code(kind))
             .bind(micros(ttl))
-            .fetch_optional(&shared.pool)
+            .fetch_optional(&mut *connection)
             .await
-            .map_err(|e| map(TABLE, e))
+            .map_err(|e| map(TABLE, e))?;
+        connection.give_back();
+        Ok(row)
     })
     .await?;
     match row {
@@ -321,7 +322,8 @@ pub(super) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let key = lease.key().as_str();
     let row: Option<(Option<String>, Option<String>)> =
         with_timeout(TABLE, options.timeout, async {
-            sqlx::query_as(&shared.sql.kinds.table.release)
+            let mut connection = shared.connection(TABLE).await?;
+            let row = sqlx::query_as(&shared.sql.kinds.table.release)
                 .bind(&options.namespace)
                 .bind(family(kind))
                 .bind(key)
@@ -329,9 +331,11 @@ pub(super) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
                 .bind(kind_code(kind))
                 .bind(&options.channel)
                 .bind(key_signal(options, lease.key()))
-                .fetch_optional(&shared.pool)
+                .fetch_optional(&mut *connection)
                 .await
-                .map_err(|e| map(TABLE, e))
+                .map_err(|e| map(TABLE, e))?;
+            connection.give_back();
+            Ok(row)
         })
         .await?;
     match row {
