@@ -15,7 +15,11 @@
 //! before, so an idle backend's connections get the pool's checks.
 //!
 //! # What stays the pool's
-//! - The connection limit: every connection is one of the pool's.
+//! - The connection limit: every connection is one of the pool's. Only a
+//!   call that finds the pool full waits for a handoff; while the pool has
+//!   room, a call waits for the pool alone, which opens a connection for it
+//!   (a connect cut short by a handoff would cost the server a session
+//!   start for nothing and keep the pool small).
 //! - A connection that a call dropped mid-statement (cancelled, timed out,
 //!   failed) goes back to the pool, whose ping drains or closes it: only
 //!   [`Lent::give_back`] relays, after a statement's answer was read.
@@ -86,15 +90,21 @@ impl<DB: Database> Relay<DB> {
         &self.pool
     }
 
-    /// A connection: an idle one of the pool's, else the first of a
-    /// connection handed on by a finished call and one from the pool
-    /// (bounded by its acquire timeout).
+    /// A connection: an idle one of the pool's; while the pool has room, one
+    /// it opens; else the first of a connection handed on by a finished
+    /// call and one the pool takes back (bounded by its acquire timeout).
     ///
     /// Cancel safety: dropping the future loses nothing; a connection
     /// handed to a call that left goes back to the pool.
     pub async fn take(&self) -> Result<Lent<'_, DB>, sqlx::Error> {
         if let Some(connection) = self.pool.try_acquire() {
             return Ok(self.lent(connection, 0));
+        }
+        if self.pool.size() < self.pool.options().get_max_connections() {
+            // The pool may open a connection for us: wait for it alone.
+            // Raced against handoffs, every such connect was cut short and
+            // the pool stayed at a connection or two under load.
+            return Ok(self.lent(self.pool.acquire().await?, 0));
         }
         let (sender, mut handed) = oneshot::channel();
         {

@@ -2,11 +2,16 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Server, abandon_and_count, key, options};
+use leasehold_conformance::fixtures::eventually;
+use leasehold_core::relay::{MAX_RELAYS, Relay};
 use leasehold_core::{LockBackend, LockError, LockKind, WaitPolicy};
 use leasehold_postgres::{Mode, PostgresBackend, PostgresConfig, migration_sql};
+use sqlx::postgres::PgPoolOptions;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -243,6 +248,36 @@ async fn an_attempt_whose_caller_left_while_waiting_for_a_connection_stops() {
     backend.release(&lease).await.unwrap();
 }
 
+/// A pool of at most `max` connections to `server` that counts, in
+/// `returned`, every connection handed back to it (its `after_release`
+/// hook).
+fn counted_pool(server: &Server, max: u32, returned: Arc<AtomicUsize>) -> sqlx::PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire(false)
+        .after_release(move |_, _| {
+            returned.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(true) })
+        })
+        .connect_lazy(&server.url)
+        .unwrap()
+}
+
+async fn pid(connection: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(connection)
+        .await
+        .unwrap()
+}
+
+/// Polls `take` once: it must wait (every connection taken, or one
+/// being opened for it).
+async fn waiting<F: std::future::Future>(mut take: std::pin::Pin<&mut F>) {
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(take.as_mut().poll(cx)));
+    assert!(polled.await.is_pending(), "the call waits");
+}
+
 /// Table mode's statements run on a [`Relay`]: a connection whose call
 /// finished goes straight to a call already waiting for one, without the
 /// pool's release (and its ping); with nobody waiting, a waiter that left,
@@ -251,40 +286,9 @@ async fn an_attempt_whose_caller_left_while_waiting_for_a_connection_stops() {
 /// for every connection the pool takes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_calls_connection_goes_to_the_waiting_call_not_through_the_pool() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use leasehold_conformance::fixtures::eventually;
-    use leasehold_core::relay::{MAX_RELAYS, Relay};
-    use sqlx::postgres::PgPoolOptions;
-
     let server = Server::start(false).await;
     let returned = Arc::new(AtomicUsize::new(0));
-    let counter = returned.clone();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
-        .test_before_acquire(false)
-        .after_release(move |_, _| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(true) })
-        })
-        .connect_lazy(&server.url)
-        .unwrap();
-    let relay = Relay::new(pool);
-    async fn pid(connection: &mut sqlx::PgConnection) -> i32 {
-        sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(connection)
-            .await
-            .unwrap()
-    }
-    // Registers `take` as a waiting call: one poll, which finds the pool's
-    // only connection taken.
-    async fn waiting<F: std::future::Future>(take: std::pin::Pin<&mut F>) {
-        let mut take = take;
-        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(take.as_mut().poll(cx)));
-        assert!(polled.await.is_pending(), "the only connection is taken");
-    }
+    let relay = Relay::new(counted_pool(&server, 1, returned.clone()));
 
     let mut first = relay.take().await.unwrap();
     let first_pid = pid(&mut first).await;
@@ -334,4 +338,30 @@ async fn a_finished_calls_connection_goes_to_the_waiting_call_not_through_the_po
     drop(third);
     let _fourth = next.await.unwrap();
     assert_eq!(returned.load(Ordering::SeqCst), 3, "a dropped connection");
+}
+
+/// A call that waits while the pool opens a connection for it keeps that
+/// connection even when a finished call's connection comes free first: a
+/// connect cut short by a handoff cost the server a session start for
+/// nothing, and under load kept the pool at a connection or two (16 tasks
+/// on MySQL table mode: 336 grants/s against 2,000 unrelayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_in_progress_is_not_cut_short_by_a_handoff() {
+    let server = Server::start(false).await;
+    let returned = Arc::new(AtomicUsize::new(0));
+    let relay = Relay::new(counted_pool(&server, 2, returned.clone()));
+    let mut first = relay.take().await.unwrap();
+    let first_pid = pid(&mut first).await;
+    // Room for a second connection: the pool starts opening it.
+    let next = relay.take();
+    tokio::pin!(next);
+    waiting(next.as_mut()).await;
+    first.give_back();
+    let mut second = next.await.unwrap();
+    assert_ne!(
+        pid(&mut second).await,
+        first_pid,
+        "the new connection was dropped for the handed one"
+    );
+    assert_eq!(relay.pool().size(), 2, "the pool grew to its limit");
 }
