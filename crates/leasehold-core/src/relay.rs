@@ -36,6 +36,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 use tokio::sync::oneshot;
 
+use crate::LockError;
+
 /// Handoffs in a row after which a connection goes back to the pool.
 pub const MAX_RELAYS: u32 = 32;
 
@@ -172,6 +174,22 @@ impl<DB: Database> Lent<'_, DB> {
             // the pool.
             drop(self.relay.hand_on((self.connection, self.relays + 1)));
         }
+    }
+
+    /// Runs one call's statements (`work`) on this connection, then gives
+    /// it back ([`give_back`](Lent::give_back)) if they ended in an answer,
+    /// a grant or a refusal ([`LockError::Contended`]), which leaves every
+    /// statement read; after any other error the connection is dropped, to
+    /// the pool, which pings it before anyone reuses it.
+    pub async fn run<T>(
+        mut self,
+        work: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, LockError>,
+    ) -> Result<T, LockError> {
+        let outcome = work(&mut *self.connection).await;
+        if matches!(outcome, Ok(_) | Err(LockError::Contended { .. })) {
+            self.give_back();
+        }
+        outcome
     }
 }
 

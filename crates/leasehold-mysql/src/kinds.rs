@@ -188,7 +188,9 @@ async fn take(
     // A grant or a refusal committed and read every answer: the
     // connection goes to the next call.
     shared
-        .relayed(async |conn| {
+        .connection(TABLE)
+        .await?
+        .run(async |conn| {
             let mut tx = sqlx::Connection::begin(conn)
                 .await
                 .map_err(|e| map(TABLE, e))?;
@@ -320,17 +322,20 @@ async fn on_lease(
         query = query.bind(micros(ttl));
     }
     let done = with_timeout(TABLE, options.timeout, async {
-        let mut conn = shared.connection(TABLE).await?;
-        let done = query
-            .bind(&options.namespace)
-            .bind(family(lease.kind()))
-            .bind(lease.key().as_str())
-            .bind(lease.owner().to_hex())
-            .execute(&mut *conn)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |conn| {
+                query
+                    .bind(&options.namespace)
+                    .bind(family(lease.kind()))
+                    .bind(lease.key().as_str())
+                    .bind(lease.owner().to_hex())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        conn.give_back();
-        Ok(done)
     })
     .await?;
     Ok(done.rows_affected() == 1)

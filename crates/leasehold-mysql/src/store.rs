@@ -75,29 +75,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A connection for one table-mode call's statements: give it back
-    /// ([`Lent::give_back`]) once their answers are read, so a call waiting
-    /// for one takes it unpinged; drop it after a failed statement.
+    /// A connection for one table-mode call's statements, run with
+    /// [`Lent::run`]: a call that ends in an answer gives it back, so a
+    /// call waiting for one takes it unpinged; a failed one drops it.
     pub(crate) async fn connection(
         &self,
         backend: &'static str,
     ) -> Result<Lent<'_, MySql>, LockError> {
         self.relay.take().await.map_err(|e| map(backend, e))
-    }
-
-    /// Runs table mode's grant `work` on a connection, given back when it
-    /// ends in a grant or a refusal (every statement answered), dropped
-    /// after any other error.
-    pub(crate) async fn relayed<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut sqlx::MySqlConnection) -> Result<T, LockError>,
-    ) -> Result<T, LockError> {
-        let mut conn = self.connection(crate::config::TABLE).await?;
-        let outcome = work(&mut conn).await;
-        if matches!(outcome, Ok(_) | Err(LockError::Contended { .. })) {
-            conn.give_back();
-        }
-        outcome
     }
 
     pub(crate) fn sessions(&self) -> Result<&Arc<Sessions>, LockError> {

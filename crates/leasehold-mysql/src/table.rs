@@ -181,7 +181,9 @@ async fn take(
     // A grant or a refusal read every statement's answer: the connection
     // goes to the next call.
     shared
-        .relayed(async |conn| {
+        .connection(TABLE)
+        .await?
+        .run(async |conn| {
             for _ in 0..3 {
                 let taken = sqlx::query(&shared.sql.acquire)
                     .bind(owner.to_hex())
@@ -249,17 +251,20 @@ pub(crate) async fn extend(
     let options = &shared.options;
     let sent_at = options.clock.now();
     let done = with_timeout(TABLE, options.timeout, async {
-        let mut conn = shared.connection(TABLE).await?;
-        let done = sqlx::query(&shared.sql.extend)
-            .bind(micros(ttl))
-            .bind(&options.namespace)
-            .bind(lease.key().as_str())
-            .bind(lease.owner().to_hex())
-            .execute(&mut *conn)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |conn| {
+                sqlx::query(&shared.sql.extend)
+                    .bind(micros(ttl))
+                    .bind(&options.namespace)
+                    .bind(lease.key().as_str())
+                    .bind(lease.owner().to_hex())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        conn.give_back();
-        Ok(done)
     })
     .await?;
     // The connection reports rows found (not only changed), so a renewal
@@ -303,16 +308,19 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let options = &shared.options;
     let key = lease.key().as_str();
     let done = with_timeout(TABLE, options.timeout, async {
-        let mut conn = shared.connection(TABLE).await?;
-        let done = sqlx::query(&shared.sql.release)
-            .bind(&options.namespace)
-            .bind(key)
-            .bind(lease.owner().to_hex())
-            .execute(&mut *conn)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |conn| {
+                sqlx::query(&shared.sql.release)
+                    .bind(&options.namespace)
+                    .bind(key)
+                    .bind(lease.owner().to_hex())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        conn.give_back();
-        Ok(done)
     })
     .await?;
     released(done.rows_affected() == 1, shared, key)

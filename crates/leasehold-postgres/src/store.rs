@@ -85,9 +85,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A connection for one table-mode call's statements: give it back
-    /// ([`Lent::give_back`]) once their answers are read, so a call waiting
-    /// for one takes it unpinged; drop it after a failed statement.
+    /// A connection for one table-mode call's statements, run with
+    /// [`Lent::run`]: a call that ends in an answer gives it back, so a
+    /// call waiting for one takes it unpinged; a failed one drops it.
     pub(crate) async fn connection(
         &self,
         backend: &'static str,

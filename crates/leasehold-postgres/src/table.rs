@@ -166,18 +166,20 @@ pub(crate) async fn try_acquire(
     let owner = OwnerToken::generate();
     let sent_at = options.clock.now();
     let row: AcquireRow = with_timeout(TABLE, options.timeout, async {
-        let mut connection = left.unless_gone(TABLE, shared.connection(TABLE)).await??;
-        let row = sqlx::query_as(&shared.sql.acquire)
-            .bind(&options.namespace)
-            .bind(key.as_str())
-            .bind(owner.to_hex())
-            .bind(micros(ttl))
-            .bind(&options.holder)
-            .fetch_one(&mut *connection)
+        left.unless_gone(TABLE, shared.connection(TABLE))
+            .await??
+            .run(async |connection| {
+                sqlx::query_as(&shared.sql.acquire)
+                    .bind(&options.namespace)
+                    .bind(key.as_str())
+                    .bind(owner.to_hex())
+                    .bind(micros(ttl))
+                    .bind(&options.holder)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        connection.give_back();
-        Ok(row)
     })
     .await?;
     match row {
@@ -220,17 +222,20 @@ pub(crate) async fn extend(
     let options = &shared.options;
     let sent_at = options.clock.now();
     let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
-        let mut connection = shared.connection(TABLE).await?;
-        let row = sqlx::query_scalar(&shared.sql.extend)
-            .bind(&options.namespace)
-            .bind(lease.key().as_str())
-            .bind(lease.owner().to_hex())
-            .bind(micros(ttl))
-            .fetch_optional(&mut *connection)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |connection| {
+                sqlx::query_scalar(&shared.sql.extend)
+                    .bind(&options.namespace)
+                    .bind(lease.key().as_str())
+                    .bind(lease.owner().to_hex())
+                    .bind(micros(ttl))
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        connection.give_back();
-        Ok(row)
     })
     .await?;
     match row {
@@ -259,17 +264,20 @@ pub(crate) async fn extend_many(
     let owners: Vec<String> = renewals.iter().map(|(l, _)| l.owner().to_hex()).collect();
     let ttls: Vec<i64> = renewals.iter().map(|(_, ttl)| micros(*ttl)).collect();
     let renewed: Vec<(String, String)> = with_timeout(TABLE, options.timeout, async {
-        let mut connection = shared.connection(TABLE).await?;
-        let renewed = sqlx::query_as(&shared.sql.extend_many)
-            .bind(&options.namespace)
-            .bind(&keys)
-            .bind(&owners)
-            .bind(&ttls)
-            .fetch_all(&mut *connection)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |connection| {
+                sqlx::query_as(&shared.sql.extend_many)
+                    .bind(&options.namespace)
+                    .bind(&keys)
+                    .bind(&owners)
+                    .bind(&ttls)
+                    .fetch_all(&mut *connection)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        connection.give_back();
-        Ok(renewed)
     })
     .await?;
     Ok(renewals
@@ -297,18 +305,21 @@ pub(crate) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let options = &shared.options;
     let key = lease.key().as_str();
     let row: Option<(i64, Option<String>)> = with_timeout(TABLE, options.timeout, async {
-        let mut connection = shared.connection(TABLE).await?;
-        let row = sqlx::query_as(&shared.sql.release)
-            .bind(&options.namespace)
-            .bind(key)
-            .bind(lease.owner().to_hex())
-            .bind(&options.channel)
-            .bind(signal_name(advisory_lock_id(&options.namespace, key)))
-            .fetch_optional(&mut *connection)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |connection| {
+                sqlx::query_as(&shared.sql.release)
+                    .bind(&options.namespace)
+                    .bind(key)
+                    .bind(lease.owner().to_hex())
+                    .bind(&options.channel)
+                    .bind(signal_name(advisory_lock_id(&options.namespace, key)))
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        connection.give_back();
-        Ok(row)
     })
     .await?;
     match row {

@@ -142,32 +142,35 @@ pub(super) async fn try_acquire(
     let sent_at = options.clock.now();
     let (token, blocking_us, _): (Option<i64>, Option<i64>, String) =
         with_timeout(TABLE, options.timeout, async {
-            let mut connection = left.unless_gone(TABLE, shared.connection(TABLE)).await??;
-            let mut tx = sqlx::Connection::begin(&mut *connection)
+            left.unless_gone(TABLE, shared.connection(TABLE))
+                .await??
+                .run(async |connection| {
+                    let mut tx = sqlx::Connection::begin(&mut *connection)
+                        .await
+                        .map_err(|e| map(TABLE, e))?;
+                    sqlx::query(&sql.lock_counter)
+                        .bind(&options.namespace)
+                        .bind(family(kind))
+                        .bind(key.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map(TABLE, e))?;
+                    let row = sqlx::query_as(&sql.decide)
+                        .bind(&options.namespace)
+                        .bind(family(kind))
+                        .bind(key.as_str())
+                        .bind(owner.to_hex())
+                        .bind(kind_code(kind))
+                        .bind(micros(ttl))
+                        .bind(permits)
+                        .bind(waiter.map(|w| w.to_hex()))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|e| map(TABLE, e))?;
+                    tx.commit().await.map_err(|e| map(TABLE, e))?;
+                    Ok(row)
+                })
                 .await
-                .map_err(|e| map(TABLE, e))?;
-            sqlx::query(&sql.lock_counter)
-                .bind(&options.namespace)
-                .bind(family(kind))
-                .bind(key.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map(TABLE, e))?;
-            let row = sqlx::query_as(&sql.decide)
-                .bind(&options.namespace)
-                .bind(family(kind))
-                .bind(key.as_str())
-                .bind(owner.to_hex())
-                .bind(kind_code(kind))
-                .bind(micros(ttl))
-                .bind(permits)
-                .bind(waiter.map(|w| w.to_hex()))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| map(TABLE, e))?;
-            tx.commit().await.map_err(|e| map(TABLE, e))?;
-            connection.give_back();
-            Ok(row)
         })
         .await?;
     match token {
@@ -290,19 +293,22 @@ pub(super) async fn extend(
     let kind = lease.kind();
     let sent_at = options.clock.now();
     let row: Option<i64> = with_timeout(TABLE, options.timeout, async {
-        let mut connection = shared.connection(TABLE).await?;
-        let row = sqlx::query_scalar(&shared.sql.kinds.table.extend)
-            .bind(&options.namespace)
-            .bind(family(kind))
-            .bind(lease.key().as_str())
-            .bind(lease.owner().to_hex())
-            .bind(kind_code(kind))
-            .bind(micros(ttl))
-            .fetch_optional(&mut *connection)
+        shared
+            .connection(TABLE)
+            .await?
+            .run(async |connection| {
+                sqlx::query_scalar(&shared.sql.kinds.table.extend)
+                    .bind(&options.namespace)
+                    .bind(family(kind))
+                    .bind(lease.key().as_str())
+                    .bind(lease.owner().to_hex())
+                    .bind(kind_code(kind))
+                    .bind(micros(ttl))
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(|e| map(TABLE, e))
+            })
             .await
-            .map_err(|e| map(TABLE, e))?;
-        connection.give_back();
-        Ok(row)
     })
     .await?;
     match row {
@@ -322,20 +328,23 @@ pub(super) async fn release(shared: &Shared, lease: &Lease) -> Result<(), LockEr
     let key = lease.key().as_str();
     let row: Option<(Option<String>, Option<String>)> =
         with_timeout(TABLE, options.timeout, async {
-            let mut connection = shared.connection(TABLE).await?;
-            let row = sqlx::query_as(&shared.sql.kinds.table.release)
-                .bind(&options.namespace)
-                .bind(family(kind))
-                .bind(key)
-                .bind(lease.owner().to_hex())
-                .bind(kind_code(kind))
-                .bind(&options.channel)
-                .bind(key_signal(options, lease.key()))
-                .fetch_optional(&mut *connection)
+            shared
+                .connection(TABLE)
+                .await?
+                .run(async |connection| {
+                    sqlx::query_as(&shared.sql.kinds.table.release)
+                        .bind(&options.namespace)
+                        .bind(family(kind))
+                        .bind(key)
+                        .bind(lease.owner().to_hex())
+                        .bind(kind_code(kind))
+                        .bind(&options.channel)
+                        .bind(key_signal(options, lease.key()))
+                        .fetch_optional(&mut *connection)
+                        .await
+                        .map_err(|e| map(TABLE, e))
+                })
                 .await
-                .map_err(|e| map(TABLE, e))?;
-            connection.give_back();
-            Ok(row)
         })
         .await?;
     match row {
