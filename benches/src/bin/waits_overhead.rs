@@ -8,8 +8,9 @@
 //! - nested lock+unlock p50 (`outer:` then `inner:`: the order check looks
 //!   at what the task holds);
 //! - 64 tasks, each on its own key: throughput;
-//! - 64 tasks on one hot key (every acquisition waits: each wait records,
-//!   renews and removes an entry): throughput.
+//! - 64 tasks on one hot key (every acquisition waits; each wait that
+//!   lasts past `waits::RECORD_AFTER` records, renews and removes an
+//!   entry): throughput.
 
 use std::sync::Arc;
 use std::time::Duration;

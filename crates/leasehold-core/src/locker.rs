@@ -120,9 +120,10 @@ impl LockerBuilder {
     }
     /// Whether a wait for a held key is recorded in the store for
     /// `leasehold top` and `leasehold deadlocks` (default true). Costs
-    /// nothing when the key is free; a wait costs one acquisition and one
-    /// release of an entry, and a renewal per third of the TTL while it
-    /// lasts (see [`waits`](crate::waits)).
+    /// nothing when the key is free, nor for a wait shorter than
+    /// [`RECORD_AFTER`](crate::waits::RECORD_AFTER); a longer wait costs one
+    /// acquisition and one release of an entry, and a renewal per third of
+    /// the TTL while it lasts (see [`waits`](crate::waits)).
     pub fn record_waits(mut self, enabled: bool) -> Self {
         self.record_waits = enabled;
         self

@@ -27,12 +27,16 @@
 //! # Cost and lifetime
 //!
 //! Nothing when the key is free: the first attempt is an ordinary
-//! `try_acquire`, and only a contended one registers. A wait costs one
-//! acquisition of the entry (sent alongside the wait, not before it), one
-//! renewal per third of the TTL while it lasts, and one release when it ends
-//! (spawned: the caller does not wait for it). The entry's TTL is the
-//! wanted lock's, so a crashed waiter's entry goes within a TTL; success,
-//! timeout, error and cancellation (the future dropped) all release it.
+//! `try_acquire`, and only a contended one registers. Nothing either for a
+//! wait shorter than [`RECORD_AFTER`]: most waits on a busy key are one
+//! handoff long, and the tools look for waits that last (a stuck holder, a
+//! deadlock). A wait that lasts costs one acquisition of the entry (sent
+//! alongside the wait, not before it), one renewal per third of the TTL
+//! while it lasts, and one release when it ends (spawned: the caller does
+//! not wait for it). The entry's `<since>` is when the wait began, not when
+//! it was recorded. The entry's TTL is the wanted lock's, so a crashed
+//! waiter's entry goes within a TTL; success, timeout, error and
+//! cancellation (the future dropped) all release it.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -49,6 +53,16 @@ use crate::wait::{Attempts, WaitPolicy};
 /// The reserved key prefix of waiter entries. Applications must not lock
 /// keys under it.
 pub const WAITS_PREFIX: &str = "leasehold.waits/";
+
+/// How long a wait goes on before it is recorded. A wait that ends sooner
+/// asks the store nothing more than the wait itself: recording every wait
+/// cost a contended key's handoff an entry's grant and release (Postgres
+/// advisory mode, 4 tasks on one key: 3.4 ms per handoff recorded, 1.2 ms
+/// not, `cargo run --release -p leasehold-benches --bin pg_handoff_cost --
+/// --tasks 4`), and in session-backed stores a session per waiting call.
+/// `leasehold top` and `leasehold deadlocks` look for waits that last far
+/// longer: a deadlock's waits last until their deadlines.
+pub const RECORD_AFTER: Duration = Duration::from_millis(100);
 
 /// Bytes that separate an entry's fields and are escaped inside keys.
 const ESCAPED: &[u8] = b"%/,=#+";
@@ -293,10 +307,12 @@ pub(crate) async fn acquire_recorded(
     }
 }
 
-/// Holds the waiter entry `entry` until dropped: acquires it, renews it every
-/// third of `ttl`, and releases it (in the background) when dropped. A store
-/// error only loses the entry (logged at debug), never the wait.
+/// Holds the waiter entry `entry` until dropped: after [`RECORD_AFTER`]
+/// acquires it, renews it every third of `ttl`, and releases it (in the
+/// background) when dropped. A store error only loses the entry (logged at
+/// debug), never the wait.
 async fn keep_entry(backend: Arc<dyn LockBackend>, entry: Key, ttl: Duration) -> Infallible {
+    tokio::time::sleep(RECORD_AFTER).await;
     let lease = match backend.try_acquire(&entry, ttl).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -429,6 +445,27 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(3);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_recorded_once_it_has_lasted_record_after() {
+        let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
+        let held = backend
+            .try_acquire(&key("k"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let waiting = spawn_wait(&backend, Vec::new());
+        tokio::time::sleep(RECORD_AFTER / 2).await;
+        assert!(
+            entries(&backend).await.is_empty(),
+            "a wait was recorded before it had lasted RECORD_AFTER"
+        );
+        tokio::time::sleep(RECORD_AFTER).await;
+        let seen = entries(&backend).await;
+        assert_eq!(seen.len(), 1, "a lasting wait is recorded, got {seen:?}");
+        backend.release(&held).await.unwrap();
+        let lease = waiting.await.unwrap().unwrap();
+        backend.release(&lease).await.unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_entry_lives_while_the_wait_lasts_and_goes_with_it() {
