@@ -130,20 +130,25 @@ async fn run(samples: usize, rounds: usize, tasks: usize) -> Result<(), String> 
     let mut p50s = vec![Vec::with_capacity(rounds); steps.len()];
     let mut opened = vec![0i64; steps.len()];
     let mut rtts = Vec::with_capacity(rounds);
+    // Each step's sessions are the count after it less the count after the
+    // step before (or after the round trip figure, read at each round's end).
+    let mut sessions = sessions_opened(&pool).await?;
     for round in 0..rounds {
         for (i, (_, holder, waiter)) in steps.iter().enumerate() {
             let label = format!("pg-handoff-cost-{i}-{round}");
-            let before = sessions_opened(&pool).await?;
             let p = if tasks < 2 {
                 harness::handoff_between(&label, holder, waiter, samples, HOLD).await?
             } else {
                 harness::handoff(&label, holder, tasks, samples).await?
             };
             p50s[i].push(p.p50);
-            opened[i] += sessions_opened(&pool).await? - before;
+            let after = sessions_opened(&pool).await?;
+            opened[i] += after - sessions;
+            sessions = after;
         }
         let label = format!("pg-handoff-cost-rtt-{round}");
         rtts.push(harness::latency(&label, std::slice::from_ref(&rtt), samples, 5).await?[0].p50);
+        sessions = sessions_opened(&pool).await?;
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
