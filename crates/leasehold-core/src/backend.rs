@@ -542,7 +542,11 @@ impl ReleaseHub {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = keys.get(key).and_then(Weak::upgrade) {
             let receiver = sender.subscribe();
-            return ReleaseListener { receiver, sender };
+            return ReleaseListener {
+                receiver,
+                sender,
+                first_wait: None,
+            };
         }
         if keys.len() >= 64 && keys.len().is_power_of_two() {
             keys.retain(|_, weak| weak.strong_count() > 0);
@@ -550,7 +554,11 @@ impl ReleaseHub {
         let sender = Arc::new(watch::channel(Signals::default()).0);
         keys.insert(key.to_owned(), Arc::downgrade(&sender));
         let receiver = sender.subscribe();
-        ReleaseListener { receiver, sender }
+        ReleaseListener {
+            receiver,
+            sender,
+            first_wait: None,
+        }
     }
 
     /// Signals a release of `key`: one listener wakes (see [`ReleaseHub`]).
@@ -590,11 +598,61 @@ impl ReleaseHub {
 pub struct ReleaseListener {
     receiver: watch::Receiver<Signals>,
     sender: Arc<SignalSender>,
+    first_wait: Option<FirstWait>,
+}
+
+/// What a listener runs when it first waits ([`ReleaseListener::on_first_wait`]).
+struct FirstWait(Box<dyn FnOnce() + Send + Sync>);
+
+impl fmt::Debug for FirstWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FirstWait")
+    }
 }
 
 impl ReleaseListener {
+    /// Runs `first_wait` when this listener first waits, not when it is
+    /// made. A waiting loop makes its listener before every attempt, so
+    /// that no release between a refusal and the wait goes unheard; a feed
+    /// that subscribes per key (Redis Cluster's shard channels) asks for
+    /// the key's subscription here instead, so that a lock granted at its
+    /// first attempt costs the store nothing more. Such a feed must wake
+    /// the key's listeners once that subscription is up: a release before
+    /// it is otherwise unheard.
+    ///
+    /// ```
+    /// use leasehold_core::{ReleaseHub, Wake};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let hub = ReleaseHub::new();
+    /// let asked = Arc::new(AtomicBool::new(false));
+    /// let flag = asked.clone();
+    /// let mut listener = hub
+    ///     .listen("k")
+    ///     .on_first_wait(move || flag.store(true, Ordering::Relaxed));
+    /// assert!(!asked.load(Ordering::Relaxed), "made, not waited on");
+    /// hub.notify("k");
+    /// assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::Notified);
+    /// assert!(asked.load(Ordering::Relaxed));
+    /// # }
+    /// ```
+    pub fn on_first_wait(mut self, first_wait: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.first_wait = Some(FirstWait(Box::new(first_wait)));
+        self
+    }
+
+    /// Runs the [`on_first_wait`](Self::on_first_wait) hook, once.
+    fn waiting(&mut self) {
+        if let Some(FirstWait(first_wait)) = self.first_wait.take() {
+            first_wait();
+        }
+    }
+
     /// Waits for a release signal, at most `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Wake {
+        self.waiting();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.receiver.changed()).await {
@@ -614,6 +672,7 @@ impl ReleaseListener {
     /// listener takes it, at most `timeout` (waiters that may all be granted
     /// together: readers, permits).
     async fn wait_any(&mut self, timeout: Duration) -> Wake {
+        self.waiting();
         match tokio::time::timeout(timeout, self.receiver.changed()).await {
             Ok(Ok(())) => {
                 self.receiver.borrow_and_update();

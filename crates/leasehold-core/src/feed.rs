@@ -1,6 +1,6 @@
 //! One owner for a store's release-notification subscription (Redis
-//! pub/sub, Postgres LISTEN): it starts lazily on the first listener,
-//! reconnects with backoff when the subscription drops, and wakes every
+//! pub/sub, Postgres LISTEN): it starts lazily when a listener first waits
+//! (a lock granted at its first attempt connects nothing), reconnects with backoff when the subscription drops, and wakes every
 //! listener after a reconnect (a release may have been missed while it was
 //! down). Waiters never depend on it for correctness: they poll as well.
 
@@ -65,6 +65,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Debug)]
 pub struct ReleaseFeed {
+    subscription: Arc<Subscription>,
+}
+
+/// What runs the subscription, shared with the listeners that may start it.
+#[derive(Debug)]
+struct Subscription {
     hub: Arc<ReleaseHub>,
     source: Arc<dyn ReleaseSource>,
     subscriptions: watch::Sender<u64>,
@@ -73,46 +79,59 @@ pub struct ReleaseFeed {
 }
 
 impl ReleaseFeed {
-    /// A feed over `source`; nothing connects until the first listener.
+    /// A feed over `source`; nothing connects until a listener first waits.
     pub fn new(source: impl ReleaseSource) -> Self {
         ReleaseFeed {
-            hub: Arc::new(ReleaseHub::new()),
-            source: Arc::new(source),
-            subscriptions: watch::channel(0).0,
-            task: Mutex::new(None),
-            stop: CancellationToken::new(),
+            subscription: Arc::new(Subscription {
+                hub: Arc::new(ReleaseHub::new()),
+                source: Arc::new(source),
+                subscriptions: watch::channel(0).0,
+                task: Mutex::new(None),
+                stop: CancellationToken::new(),
+            }),
         }
     }
 
     /// A listener for `key`, made before the caller's attempt so no release
-    /// in between is missed; starts (or restarts) the subscription on the
-    /// current runtime if it is not running.
+    /// in between is missed. When it first waits, it starts (or restarts)
+    /// the subscription on the current runtime if that is not running; the
+    /// subscription wakes every listener once it is up.
     pub fn listen(&self, key: &str) -> ReleaseListener {
-        let listener = self.hub.listen(key);
-        self.start();
-        listener
+        let listener = self.subscription.hub.listen(key);
+        if self.subscription.is_running() {
+            return listener;
+        }
+        let subscription = self.subscription.clone();
+        listener.on_first_wait(move || subscription.start())
     }
 
     /// Wakes the listeners of `key` from this process (a backend that
     /// released a key itself need not wait for the store's echo).
     pub fn notify(&self, key: &str) {
-        self.hub.notify(key);
+        self.subscription.hub.notify(key);
     }
 
     /// How many times a subscription came up (for tests and health).
     pub fn subscriptions(&self) -> u64 {
-        *self.subscriptions.borrow()
+        *self.subscription.subscriptions.borrow()
     }
 
     /// Starts the subscription if needed and waits up to `timeout` for it to
     /// be up; `false` if it was not.
     pub async fn ready(&self, timeout: Duration) -> bool {
-        self.start();
-        let mut seen = self.subscriptions.subscribe();
+        self.subscription.start();
+        let mut seen = self.subscription.subscriptions.subscribe();
         matches!(
             tokio::time::timeout(timeout, seen.wait_for(|count| *count > 0)).await,
             Ok(Ok(_))
         )
+    }
+}
+
+impl Subscription {
+    fn is_running(&self) -> bool {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        task.as_ref().is_some_and(|handle| !handle.is_finished())
     }
 
     fn start(&self) {
@@ -135,7 +154,8 @@ impl ReleaseFeed {
 
 impl Drop for ReleaseFeed {
     fn drop(&mut self) {
-        self.stop.cancel();
+        // A listener left behind may still start it: it ends at once.
+        self.subscription.stop.cancel();
     }
 }
 
@@ -228,6 +248,35 @@ mod tests {
         .expect("the feed did not reconnect after its subscription ended");
     }
 
+    /// Counts its subscriptions; each stays open and announces nothing.
+    #[derive(Debug, Default)]
+    struct Counted(Arc<AtomicU32>);
+
+    #[async_trait]
+    impl ReleaseSource for Counted {
+        async fn subscribe(&self) -> Result<ReleaseStream, LockError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::pin(futures_util::stream::pending()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_feed_starts_when_a_listener_first_waits_not_when_it_is_made() {
+        let subscribed = Arc::new(AtomicU32::new(0));
+        let feed = ReleaseFeed::new(Counted(subscribed.clone()));
+        drop(feed.listen("k"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            subscribed.load(Ordering::SeqCst),
+            0,
+            "a listener that never waited started the subscription"
+        );
+        let mut listener = feed.listen("k");
+        // Woken by the new subscription (a release may have gone by).
+        assert_eq!(listener.wait(Duration::from_secs(1)).await, Wake::Notified);
+        assert_eq!(subscribed.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn a_feed_started_on_a_finished_runtime_restarts_on_the_current_one() {
         let feed = Arc::new(ReleaseFeed::new(Flaky::default()));
@@ -238,7 +287,7 @@ mod tests {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let _listener = first.listen("k");
+                assert!(first.ready(Duration::from_secs(5)).await);
             });
         })
         .join()

@@ -7,7 +7,9 @@
 //!
 //! [`ShardedFeed`] owns one RESP3 cluster connection for the subscriptions
 //! (apart from the one calls go through) and subscribes a channel when a
-//! key gets its first waiter. What keeps a waiter from missing a release:
+//! listener of its key first waits, not when the listener is made: a lock
+//! granted at its first attempt subscribes nothing. What keeps a waiter
+//! from missing a release:
 //! - a channel newly subscribed wakes its key's waiters once the
 //!   `SSUBSCRIBE` is answered (a release between the waiter's listener and
 //!   the subscription would otherwise go unheard);
@@ -50,11 +52,13 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// One waited-for channel: the waiters of its key (a hub of one key, so
-/// [`ReleaseHub::listened_keys`] tells whether anyone still waits), and
+/// One listened-to channel: the listeners of its key (a hub of one key, so
+/// [`ReleaseHub::listened_keys`] tells whether anyone still listens),
+/// whether one of them has waited (only then is it subscribed), and
 /// whether the cluster answered its `SSUBSCRIBE` since it was last lost.
 struct Channel {
     hub: Arc<ReleaseHub>,
+    wanted: bool,
     subscribed: bool,
 }
 
@@ -113,9 +117,9 @@ impl ShardedFeed {
     }
 
     /// A listener for the lock `lock` announced on `channel`, made before
-    /// the caller's attempt; subscribes the channel in the background when
-    /// it is the key's first waiter (its waiters are woken once that
-    /// subscription is up).
+    /// the caller's attempt; when it first waits and the channel is not
+    /// yet wanted, the channel is subscribed in the background (its
+    /// listeners are woken once that subscription is up).
     pub(crate) fn listen(&self, channel: &str, lock: &str) -> ReleaseListener {
         let listener = {
             let mut channels = self
@@ -123,21 +127,19 @@ impl ShardedFeed {
                 .channels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            match channels.get(channel) {
-                Some(entry) => entry.hub.listen(lock),
-                None => {
-                    let hub = Arc::new(ReleaseHub::new());
-                    let listener = hub.listen(lock);
-                    channels.insert(
-                        channel.to_owned(),
-                        Channel {
-                            hub,
-                            subscribed: false,
-                        },
-                    );
-                    let _ = self.shared.requests.send(channel.to_owned());
-                    listener
-                }
+            let entry = channels
+                .entry(channel.to_owned())
+                .or_insert_with(|| Channel {
+                    hub: Arc::new(ReleaseHub::new()),
+                    wanted: false,
+                    subscribed: false,
+                });
+            let listener = entry.hub.listen(lock);
+            if entry.wanted {
+                listener
+            } else {
+                let (shared, channel) = (self.shared.clone(), channel.to_owned());
+                listener.on_first_wait(move || shared.want(channel))
             }
         };
         self.start();
@@ -203,7 +205,21 @@ impl ShardedFeed {
 }
 
 impl Shared {
-    /// Whether the connection is up and every channel subscribed.
+    /// A listener of `channel` waits: asks the task to subscribe the
+    /// channel unless it already was asked. (The channel is there: it is
+    /// swept only once nobody listens.)
+    fn want(&self, channel: String) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = channels.get_mut(&channel) else {
+            return;
+        };
+        if !std::mem::replace(&mut entry.wanted, true) {
+            drop(channels);
+            let _ = self.requests.send(channel);
+        }
+    }
+
+    /// Whether the connection is up and every wanted channel subscribed.
     fn all_subscribed(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
             && self
@@ -211,7 +227,17 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
-                .all(|channel| channel.subscribed)
+                .all(|channel| channel.subscribed || !channel.wanted)
+    }
+
+    /// The channels a listener has waited for.
+    fn wanted(&self) -> Vec<String> {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels
+            .iter()
+            .filter(|(_, entry)| entry.wanted)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Marks `channel` (every channel: `None`) as not subscribed.
@@ -399,21 +425,15 @@ async fn subscribe(
     Ok(())
 }
 
-/// Subscribes every waited-for channel again (idempotent where it still
-/// is). With none, a `PING` on a random node stands in for it, so a dead
+/// Subscribes every wanted channel again (idempotent where it still is).
+/// With none, a `PING` on a random node stands in for it, so a dead
 /// connection is still noticed.
 async fn resubscribe_all(
     shared: &Shared,
     conn: &mut ClusterConnection,
     timeout: Duration,
 ) -> Result<(), LockError> {
-    let channels: Vec<String> = shared
-        .channels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let channels = shared.wanted();
     if channels.is_empty() {
         with_timeout(NAME, timeout, async {
             redis::cmd("PING")
@@ -428,7 +448,8 @@ async fn resubscribe_all(
     subscribe(shared, conn, timeout, &channels).await
 }
 
-/// Drops the channels nobody waits for any more (`SUNSUBSCRIBE`).
+/// Drops the channels nobody listens to any more (`SUNSUBSCRIBE` for
+/// those that were wanted).
 async fn sweep(
     shared: &Shared,
     conn: &mut ClusterConnection,
@@ -436,14 +457,14 @@ async fn sweep(
 ) -> Result<(), LockError> {
     let unused: Vec<String> = {
         let mut channels = shared.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let unused: Vec<String> = channels
-            .iter()
-            .filter(|(_, entry)| entry.hub.listened_keys() == 0)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &unused {
-            channels.remove(name);
-        }
+        let mut unused = Vec::new();
+        channels.retain(|name, entry| {
+            let listened = entry.hub.listened_keys() > 0;
+            if !listened && entry.wanted {
+                unused.push(name.clone());
+            }
+            listened
+        });
         unused
     };
     for channel in unused {

@@ -95,7 +95,10 @@ async fn subscribed_on_its_master(cluster: &cluster_support::Cluster, channel: &
 /// messages heard says it was one. The second hand-off moves the key's
 /// slot to another master while the waiter waits: the old master drops
 /// the subscription, the feed subscribes again on the new one, and the
-/// waiter still gets the lock.
+/// waiter still gets the lock. A lock granted at its first attempt
+/// subscribes nothing: the feed subscribes channels in the order their
+/// listeners first wait, so once the handoff's channel is up, the free
+/// key's would be too had its grant asked for it.
 #[tokio::test]
 async fn a_clustered_handoff_is_woken_by_the_keys_shard_channel_even_after_its_slot_moved() {
     if !leasehold_conformance::fixtures::docker_available() {
@@ -114,6 +117,12 @@ async fn a_clustered_handoff_is_woken_by_the_keys_shard_channel_even_after_its_s
     assert_eq!(channel, waiter.node().layout().shard_channel(&key));
     let hour = Duration::from_secs(3600);
     let patient = WaitPolicy::new(2 * hour).with_delays(hour, hour);
+    let free = Key::new("free").unwrap();
+    let granted = waiter
+        .acquire(&free, hour, &patient)
+        .await
+        .expect("a free key's grant");
+    waiter.release(&granted).await.expect("released");
 
     for moved in [false, true] {
         let lease = holder
@@ -128,6 +137,11 @@ async fn a_clustered_handoff_is_woken_by_the_keys_shard_channel_even_after_its_s
         assert!(
             subscribed_on_its_master(&cluster, &channel).await,
             "the waiter's shard channel was never subscribed on the key's master"
+        );
+        assert_eq!(
+            shard_subscribers(&cluster, &waiter.node().release_channel(&free)),
+            0,
+            "a lock granted at its first attempt subscribed its shard channel"
         );
         if moved {
             let from = cluster.master_of(&lock).unwrap();
