@@ -26,9 +26,8 @@
 //!
 //! # Cost and lifetime
 //!
-//! Nothing when the key is free: the first attempt is an ordinary
-//! `try_acquire`, and only a contended one registers. Nothing either for a
-//! wait shorter than [`RECORD_AFTER`]: most waits on a busy key are one
+//! Nothing for a wait shorter than [`RECORD_AFTER`], so nothing when the
+//! key is free or soon released: most waits on a busy key are one
 //! handoff long, and the tools look for waits that last (a stuck holder, a
 //! deadlock). A wait that lasts costs one acquisition of the entry (sent
 //! alongside the wait, not before it), one renewal per third of the TTL
@@ -48,7 +47,7 @@ use crate::error::LockError;
 use crate::key::{Key, MAX_KEY_BYTES};
 use crate::lease::Lease;
 use crate::token::{FencingToken, OwnerToken};
-use crate::wait::{Attempts, WaitPolicy};
+use crate::wait::WaitPolicy;
 
 /// The reserved key prefix of waiter entries. Applications must not lock
 /// keys under it.
@@ -176,8 +175,8 @@ pub struct Waiter {
     pub since: SystemTime,
     /// The key it waits for.
     pub wants: WaitRef,
-    /// The keys the waiting task held when it started waiting, with their
-    /// fencing tokens.
+    /// The keys the waiting task held when its wait was recorded, with
+    /// their fencing tokens.
     pub holds: Vec<(WaitRef, FencingToken)>,
     /// How many more keys it held that did not fit in the entry.
     pub more_holds: usize,
@@ -279,9 +278,9 @@ impl Waiter {
     }
 }
 
-/// `backend.acquire(key, ttl, wait)`, recording a waiter entry while it
-/// waits (see the module docs). `holds` is asked only when the key is
-/// contended.
+/// `backend.acquire(key, ttl, wait)`, recording a waiter entry once the
+/// wait has lasted [`RECORD_AFTER`] (see the module docs). `holds` is asked
+/// only then.
 pub(crate) async fn acquire_recorded(
     backend: &Arc<dyn LockBackend>,
     key: &Key,
@@ -292,27 +291,34 @@ pub(crate) async fn acquire_recorded(
     if wait.deadline.is_zero() {
         return backend.acquire(key, ttl, wait).await;
     }
-    let attempts = Attempts::new(wait);
-    match backend.try_acquire(key, ttl).await {
-        Ok(lease) => return Ok(lease),
-        Err(error) if !error.is_retryable() => return Err(error),
-        Err(_) => {}
-    }
-    let entry = Waiter::new(key, &holds()).entry_key();
-    let wait = wait.clone().with_deadline(attempts.remaining());
+    // No `try_acquire` of our own first: `acquire` starts with an attempt,
+    // and a second refused one cost every contended wait a round trip (in
+    // ZooKeeper a node created and deleted) before it queued.
+    let since = SystemTime::now();
     tokio::select! {
         biased;
-        result = backend.acquire(key, ttl, &wait) => result,
-        never = keep_entry(backend.clone(), entry, ttl) => match never {},
+        result = backend.acquire(key, ttl, wait) => result,
+        never = keep_entry(backend, key, since, holds, ttl) => match never {},
     }
 }
 
-/// Holds the waiter entry `entry` until dropped: after [`RECORD_AFTER`]
-/// acquires it, renews it every third of `ttl`, and releases it (in the
-/// background) when dropped. A store error only loses the entry (logged at
-/// debug), never the wait.
-async fn keep_entry(backend: Arc<dyn LockBackend>, entry: Key, ttl: Duration) -> Infallible {
+/// Holds a waiter entry for the wait on `key` that began at `since` until
+/// dropped: after [`RECORD_AFTER`] acquires it, renews it every third of
+/// `ttl`, and releases it (in the background) when dropped. A store error
+/// only loses the entry (logged at debug), never the wait.
+async fn keep_entry(
+    backend: &Arc<dyn LockBackend>,
+    key: &Key,
+    since: SystemTime,
+    holds: impl FnOnce() -> Vec<(Key, FencingToken)>,
+    ttl: Duration,
+) -> Infallible {
     tokio::time::sleep(RECORD_AFTER).await;
+    let entry = Waiter {
+        since,
+        ..Waiter::new(key, &holds())
+    }
+    .entry_key();
     let lease = match backend.try_acquire(&entry, ttl).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -464,6 +470,50 @@ mod tests {
         assert_eq!(seen.len(), 1, "a lasting wait is recorded, got {seen:?}");
         backend.release(&held).await.unwrap();
         let lease = waiting.await.unwrap().unwrap();
+        backend.release(&lease).await.unwrap();
+    }
+
+    /// Counts the attempts made on `k` from outside the backend's own
+    /// `acquire`.
+    #[derive(Debug, Default)]
+    struct OwnAttempts(std::sync::atomic::AtomicUsize);
+
+    #[crate::async_trait]
+    impl crate::testing::Hooks for OwnAttempts {
+        async fn try_acquire(
+            &self,
+            inner: &dyn LockBackend,
+            key: &Key,
+            ttl: Duration,
+        ) -> Result<Lease, LockError> {
+            if key.as_str() == "k" {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            inner.try_acquire(key, ttl).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_asks_the_store_through_acquire_alone() {
+        let memory: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
+        let spy = Arc::new(crate::testing::Spy::new(
+            memory.clone(),
+            OwnAttempts::default(),
+        ));
+        let backend: Arc<dyn LockBackend> = spy.clone();
+        let held = memory
+            .try_acquire(&key("k"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let waiting = spawn_wait(&backend, Vec::new());
+        tokio::time::sleep(RECORD_AFTER * 2).await;
+        memory.release(&held).await.unwrap();
+        let lease = waiting.await.unwrap().unwrap();
+        assert_eq!(
+            spy.hooks().0.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "a contended wait made an attempt of its own before `acquire`"
+        );
         backend.release(&lease).await.unwrap();
     }
 
