@@ -1,8 +1,9 @@
 //! One owner for a store's release-notification subscription (Redis
 //! pub/sub, Postgres LISTEN): it starts lazily when a listener first waits
-//! (a lock granted at its first attempt connects nothing), reconnects with backoff when the subscription drops, and wakes every
-//! listener after a reconnect (a release may have been missed while it was
-//! down). Waiters never depend on it for correctness: they poll as well.
+//! (a lock granted at its first attempt connects nothing), reconnects with
+//! backoff when the subscription drops, and wakes every listener after a
+//! reconnect (a release may have been missed while it was down). Waiters
+//! never depend on it for correctness: they poll as well.
 
 use std::fmt;
 use std::pin::Pin;
