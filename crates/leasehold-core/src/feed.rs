@@ -129,15 +129,20 @@ impl ReleaseFeed {
     }
 }
 
+/// Whether the subscription's task is running (one that ended with its
+/// runtime is not).
+fn running(task: &Option<tokio::task::JoinHandle<()>>) -> bool {
+    task.as_ref().is_some_and(|handle| !handle.is_finished())
+}
+
 impl Subscription {
     fn is_running(&self) -> bool {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        task.as_ref().is_some_and(|handle| !handle.is_finished())
+        running(&self.task.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn start(&self) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.as_ref().is_some_and(|handle| !handle.is_finished()) {
+        if running(&task) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
