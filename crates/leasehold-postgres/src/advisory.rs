@@ -70,7 +70,7 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// another machine: 0.30, 0.33 without the epoch's lookup or the key
 /// row's, 0.37 without all three (the label and timeout alone took the
 /// bare pair to 0.53 there). Since grants on a kept session take the epoch
-/// they remember ([`SESSION_EPOCH`]) and skip a known key row, on a third
+/// they remember ([`session_epoch`]) and skip a known key row, on a third
 /// machine: 0.58, against 0.46 for a session's first grant, which still
 /// reads both (2026-12-02).
 ///
@@ -92,7 +92,7 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 ///
 /// `epoch` is where the statement takes the store epoch from: the store
 /// ([`epoch::current_sql`]) or, on a session that read it before,
-/// [`SESSION_EPOCH`]. `row_known`: the key's row is known to be there
+/// [`session_epoch`]. `row_known`: the key's row is known to be there
 /// ([`KnownRows`](crate::keys::KnownRows)), so the grant does not look.
 fn acquire_sql(settings: &Settings, wait: Wait, epoch: &str, row_known: bool) -> String {
     let table = settings.qualified_table();
@@ -137,12 +137,14 @@ fn acquire_sql(settings: &Settings, wait: Wait, epoch: &str, row_known: bool) ->
     )
 }
 
-/// The store epoch as the session's last grant read it (`$6`), in a grant
-/// on a kept session (why that is safe: [`crate::epoch`]).
-/// Bound with the pid that grant ran on (`$7`): should the connection
+/// The store epoch as the session's last grant read it (bind `epoch`), in
+/// a grant on a kept session (why that is safe: [`crate::epoch`]).
+/// Bound with the pid that grant ran on (bind `pid`): should the connection
 /// behind the session ever be another one, the epoch is `NULL`, so the
 /// grant takes no lock and the client reads the epoch from the store again.
-const SESSION_EPOCH: &str = "CASE WHEN pg_backend_pid() = $7 THEN $6::int8 END";
+fn session_epoch(epoch: &str, pid: &str) -> String {
+    format!("CASE WHEN pg_backend_pid() = {pid} THEN {epoch}::int8 END")
+}
 
 /// Adds a key's row after its first grant (the grant reports it missing):
 /// a listing finds a held key's name through its row's `lock_id`. Binds:
@@ -476,9 +478,13 @@ const RENEW_AFTER_WAIT_SHARE: u32 = 4;
 /// asked ([`Sessions::turn`](crate::store::Sessions::turn)); at most half
 /// the backend's sessions queue at once
 /// ([`Sessions::queue_slot`](crate::store::Sessions::queue_slot)); `None`
-/// when no place is free, when the wait ran out, or when there is no epoch
-/// in force (the next ordinary attempt starts one): the caller then waits
-/// with core's notified loop.
+/// when no place is free, when the wait ran out, when its session had
+/// ended, or when there is no epoch in force or the session's remembered
+/// one no longer holds (the next ordinary attempt starts or reads one):
+/// the caller then makes an ordinary attempt and waits with core's
+/// notified loop. A free key is granted at once, in one statement like an
+/// ordinary attempt's; a kept session takes the epoch it remembers, as
+/// there.
 ///
 /// The lease's validity counts from when the statement was *sent*, as every
 /// grant's does; a grant that waited more than a quarter of its TTL for the
@@ -516,8 +522,13 @@ pub(crate) async fn queue(
         return Ok(None);
     }
     let Checkout {
-        mut session, pid, ..
+        mut session,
+        pid,
+        epoch,
+        ..
     } = checkout(sessions, options.timeout).await?;
+    // A kept session binds the epoch it remembers, as in `try_acquire`.
+    let remembered = pid.zip(epoch);
     let pid = match pid {
         Some(pid) => pid,
         // A session new to this call: learn its pid first, so a dropped
@@ -540,7 +551,12 @@ pub(crate) async fn queue(
         pid,
     };
     let sent_at = options.clock.now();
-    let granted = sqlx::query_as::<_, AcquireRow>(&shared.sql.queue)
+    let sql = match remembered {
+        Some(_) if sessions.known_rows.contains(id) => &shared.sql.queue_known_row,
+        Some(_) => &shared.sql.queue_in_epoch,
+        None => &shared.sql.queue,
+    };
+    let mut grant = sqlx::query_as::<_, AcquireRow>(sql)
         .bind(id)
         .bind(&options.namespace)
         .bind(key.as_str())
@@ -549,8 +565,11 @@ pub(crate) async fn queue(
         .bind(&defaults.lock_timeout)
         .bind(&defaults.check_interval)
         .bind(lock_timeout.to_string())
-        .bind(CLIENT_CHECK_MS)
-        .fetch_one(&mut session);
+        .bind(CLIENT_CHECK_MS);
+    if let Some((pid, epoch)) = remembered {
+        grant = grant.bind(epoch).bind(pid);
+    }
+    let granted = grant.fetch_one(&mut session);
     let answer = tokio::time::timeout(wait + options.timeout, granted).await;
     if answer.is_ok() {
         cancel.disarm();
@@ -840,11 +859,17 @@ type ForcedRow = (i32, bool, Option<String>, Option<String>);
 
 /// The mode's statements, built once per backend.
 pub(crate) fn sql(options: &Settings) -> Sql {
+    // Each grant binds the remembered epoch and pid after its own binds:
+    // five for the refused grant, nine for the queued one.
+    let refuse_epoch = session_epoch("$6", "$7");
+    let queue_epoch = session_epoch("$10", "$11");
     Sql {
         acquire: acquire_sql(options, Wait::Refuse, &epoch::current_sql(options), false),
-        acquire_in_epoch: acquire_sql(options, Wait::Refuse, SESSION_EPOCH, false),
-        acquire_known_row: acquire_sql(options, Wait::Refuse, SESSION_EPOCH, true),
+        acquire_in_epoch: acquire_sql(options, Wait::Refuse, &refuse_epoch, false),
+        acquire_known_row: acquire_sql(options, Wait::Refuse, &refuse_epoch, true),
         queue: acquire_sql(options, Wait::Queue, &epoch::current_sql(options), false),
+        queue_in_epoch: acquire_sql(options, Wait::Queue, &queue_epoch, false),
+        queue_known_row: acquire_sql(options, Wait::Queue, &queue_epoch, true),
         key_row: key_row_sql(&options.qualified_table()),
         epoch_bump: epoch::bump_sql(options),
         inspect: inspect_sql(),

@@ -253,13 +253,16 @@ impl LockBackend for PostgresBackend {
     /// LISTEN/NOTIFY release signals, polling as the fallback (pauses capped
     /// at the `poll` option, if set).
     ///
-    /// Advisory mode also queues in the server: after a refusal, a waiter
+    /// Advisory mode also queues in the server: each attempt of a waiter
     /// that can pin a session (at most half the backend's sessions wait this
     /// way) blocks in `pg_advisory_lock` for the rest of its wait (10 s at
-    /// one go), so the server hands it the lock at the holder's unlock or at
-    /// the end of the holder's session (a killed holder, whose end sends no
-    /// signal) without a signal's round trips, and queued waiters are served
-    /// in arrival order. The others wait with core's loop as in table mode.
+    /// one go), so the server hands it the lock at once if it is free, or at
+    /// the holder's unlock, or at the end of the holder's session (a killed
+    /// holder, whose end sends no signal), without a signal's round trips,
+    /// and queued waiters are served in arrival order. The others wait with
+    /// core's loop as in table mode. A waiter queues without asking
+    /// `pg_try_advisory_lock` first: that refusal was one more statement
+    /// per contended wait, on the server every waiter shares.
     ///
     /// Cancel safety: as [`try_acquire`](LockBackend::try_acquire); between
     /// attempts nothing is held.
@@ -284,14 +287,17 @@ impl LockBackend for PostgresBackend {
         wait_for_lock_with(self, key, &wait, || {
             let mark = &mark;
             async move {
-                let refused = match self.try_acquire(key, ttl).await {
-                    Err(refused @ LockError::Contended { .. }) => refused,
-                    other => return other,
-                };
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if let Some(lease) = advisory::queue(&self.shared, key, ttl, left).await? {
                     return Ok(lease);
                 }
+                // Not granted in the server's queue: no place in it, the
+                // wait ran out, no epoch in force (this attempt starts one)
+                // or its session had ended.
+                let refused = match self.try_acquire(key, ttl).await {
+                    Err(refused @ LockError::Contended { .. }) => refused,
+                    other => return other,
+                };
                 if mark.initialized() {
                     return Err(refused);
                 }

@@ -54,6 +54,12 @@ pub(crate) struct Sql {
     pub(crate) acquire_known_row: String,
     /// Advisory mode: the grant that waits in the server's lock queue.
     pub(crate) queue: String,
+    /// Advisory mode: [`Sql::queue`] on a session that remembers the store
+    /// epoch.
+    pub(crate) queue_in_epoch: String,
+    /// Advisory mode: [`Sql::queue_in_epoch`] for a key whose row is known
+    /// to be there.
+    pub(crate) queue_known_row: String,
     /// Advisory mode: adds a key's row after its first grant.
     pub(crate) key_row: String,
     pub(crate) extend: String,

@@ -95,6 +95,8 @@ pub(crate) fn sql(options: &Settings) -> Sql {
         acquire_in_epoch: String::new(),
         acquire_known_row: String::new(),
         queue: String::new(),
+        queue_in_epoch: String::new(),
+        queue_known_row: String::new(),
         key_row: String::new(),
         kinds: crate::kinds::KindSql::table(options),
     }

@@ -925,6 +925,70 @@ impl Queue {
     }
 }
 
+/// How many grants `table`'s counting holder function has seen refused
+/// (see below).
+async fn refusals(observer: &sqlx::PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {table}_refusals"
+    ))
+    .fetch_one(observer)
+    .await
+    .expect("read the refusal count")
+}
+
+/// A waiter queues in the server at once, without a refused
+/// `pg_try_advisory_lock` first: that refusal cost every contended wait one
+/// more statement on the server all waiters share. Only a refused grant
+/// calls the holder function, and the migration creates it only when it is
+/// missing, so the test puts its own first: one that counts its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_queues_in_the_server_without_a_refused_attempt_first() {
+    let table = format!("refusals{}", common::rand_suffix());
+    let opts = options(Mode::Advisory).table(&table);
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    sqlx::raw_sql(&format!(
+        "CREATE SEQUENCE {table}_refusals; \
+         CREATE FUNCTION {table}_holder(bigint) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM nextval('{table}_refusals'); RETURN NULL; END $$"
+    ))
+    .execute(&observer)
+    .await
+    .expect("create the counting holder function");
+    let name = "queue:no-refusal-first";
+    let backend = server.backend(opts.clone()).await;
+    let key = key(name);
+    let lease = backend.try_acquire(&key, TTL).await.unwrap();
+    // The count works: a refused attempt is counted.
+    let refused = backend.try_acquire(&key, TTL).await;
+    assert!(
+        matches!(refused, Err(LockError::Contended { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(refusals(&observer, &table).await, 1);
+    let queue = Queue {
+        id: advisory_lock_id(opts.namespace_str(), name),
+        server,
+        observer,
+        backend,
+        key,
+        lease,
+    };
+    let waiting = queue.waiter(&queue.backend, TTL, hour_apart(Duration::from_secs(60)));
+    queue.until_queued(1).await;
+    queue.backend.release(&queue.lease).await.unwrap();
+    let granted = waiting
+        .await
+        .unwrap()
+        .expect("the queued waiter gets the lock");
+    assert_eq!(
+        refusals(&queue.observer, &table).await,
+        1,
+        "the waiter was refused before it queued"
+    );
+    queue.backend.release(&granted).await.unwrap();
+}
+
 /// A queued wait is bounded by the `lock_timeout` its own statement sets
 /// (the grant sets it, then waits, in one statement): behind a holder that
 /// keeps the key, the wait ends with the server's answer, `WaitTimedOut`,
