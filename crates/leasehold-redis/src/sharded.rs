@@ -6,9 +6,10 @@
 //! `PUBLISH` is.
 //!
 //! [`ShardedFeed`] owns one RESP3 cluster connection for the subscriptions
-//! (apart from the one calls go through) and subscribes a channel when a
-//! listener of its key first waits, not when the listener is made: a lock
-//! granted at its first attempt subscribes nothing. What keeps a waiter
+//! (apart from the one calls go through), opened when a listener first
+//! waits, and subscribes a channel when a listener of its key first waits,
+//! not when the listener is made: a lock granted at its first attempt
+//! connects and subscribes nothing. What keeps a waiter
 //! from missing a release:
 //! - a channel newly subscribed wakes its key's waiters once the
 //!   `SSUBSCRIBE` is answered (a release between the waiter's listener and
@@ -64,6 +65,14 @@ struct Channel {
 
 /// What the feed's task and its listeners share.
 struct Shared {
+    /// The cluster the task connects to, each step within `timeout`.
+    target: ClusterTarget,
+    timeout: Duration,
+    /// The task, once a listener first waited (or [`ShardedFeed::ready`]).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set (under `task`'s lock) when the feed is dropped: a listener left
+    /// behind must not start the task again.
+    closed: AtomicBool,
     /// The channels waited for, by name.
     channels: Mutex<HashMap<String, Channel>>,
     /// Channels that got their first waiter, for the task to subscribe.
@@ -82,15 +91,12 @@ struct Shared {
 /// the module docs. Dropping it ends the subscriptions.
 pub(crate) struct ShardedFeed {
     shared: Arc<Shared>,
-    target: ClusterTarget,
-    timeout: Duration,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ShardedFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardedFeed")
-            .field("target", &self.target)
+            .field("target", &self.shared.target)
             .field("heard", &self.notifications())
             .finish_non_exhaustive()
     }
@@ -98,11 +104,15 @@ impl std::fmt::Debug for ShardedFeed {
 
 impl ShardedFeed {
     /// A feed over the cluster `target`, each step within `timeout`;
-    /// nothing connects until the first listener.
+    /// nothing connects until a listener first waits.
     pub(crate) fn new(target: ClusterTarget, timeout: Duration) -> Self {
         let (requests, inbox) = mpsc::unbounded_channel();
         ShardedFeed {
             shared: Arc::new(Shared {
+                target,
+                timeout,
+                task: Mutex::new(None),
+                closed: AtomicBool::new(false),
                 channels: Mutex::new(HashMap::new()),
                 requests,
                 heard: AtomicU64::new(0),
@@ -110,40 +120,34 @@ impl ShardedFeed {
                 connected: AtomicBool::new(false),
                 inbox: Mutex::new(Some(inbox)),
             }),
-            target,
-            timeout,
-            task: Mutex::new(None),
         }
     }
 
     /// A listener for the lock `lock` announced on `channel`, made before
-    /// the caller's attempt; when it first waits and the channel is not
-    /// yet wanted, the channel is subscribed in the background (its
-    /// listeners are woken once that subscription is up).
+    /// the caller's attempt; when it first waits, the feed's task starts
+    /// unless it runs, and the channel, unless already wanted, is
+    /// subscribed in the background (its listeners are woken once that
+    /// subscription is up).
     pub(crate) fn listen(&self, channel: &str, lock: &str) -> ReleaseListener {
-        let listener = {
-            let mut channels = self
-                .shared
-                .channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let entry = channels
-                .entry(channel.to_owned())
-                .or_insert_with(|| Channel {
-                    hub: Arc::new(ReleaseHub::new()),
-                    wanted: false,
-                    subscribed: false,
-                });
-            let listener = entry.hub.listen(lock);
-            if entry.wanted {
-                listener
-            } else {
-                let (shared, channel) = (self.shared.clone(), channel.to_owned());
-                listener.on_first_wait(move || shared.want(channel))
-            }
-        };
-        self.start();
-        listener
+        let running = self.shared.running();
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let entry = channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel {
+                hub: Arc::new(ReleaseHub::new()),
+                wanted: false,
+                subscribed: false,
+            });
+        let listener = entry.hub.listen(lock);
+        if entry.wanted && running {
+            return listener;
+        }
+        let (shared, channel) = (self.shared.clone(), channel.to_owned());
+        listener.on_first_wait(move || shared.want(channel))
     }
 
     /// How many release messages were heard.
@@ -160,7 +164,7 @@ impl ShardedFeed {
     /// and every channel waited for is subscribed; `false` if they were not.
     pub(crate) async fn ready(&self, timeout: Duration) -> bool {
         let mut changes = self.shared.subscribed.subscribe();
-        self.start();
+        self.shared.start();
         let all_up = async {
             loop {
                 changes.borrow_and_update();
@@ -174,41 +178,44 @@ impl ShardedFeed {
         };
         tokio::time::timeout(timeout, all_up).await.is_ok()
     }
+}
 
-    /// Starts the task on the current runtime unless it runs (it starts
-    /// again after its runtime went away, e.g. the backend is used from
-    /// another one).
-    fn start(&self) {
+impl Shared {
+    /// Whether the task runs.
+    fn running(&self) -> bool {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        task.as_ref().is_some_and(|task| !task.is_finished())
+    }
+
+    /// Starts the task on the current runtime unless it runs or the feed
+    /// was dropped (it starts again after its runtime went away, e.g. the
+    /// backend is used from another one).
+    fn start(self: &Arc<Self>) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.as_ref().is_some_and(|task| !task.is_finished()) {
+        if self.closed.load(Ordering::Relaxed)
+            || task.as_ref().is_some_and(|task| !task.is_finished())
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no tokio runtime: release notifications are off, waiters poll");
             return;
         };
-        let Some(inbox) = self
-            .shared
-            .inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(inbox) = self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let running = Running {
-            shared: self.shared.clone(),
+            shared: self.clone(),
             inbox: Some(inbox),
         };
         *task = Some(runtime.spawn(run(running, self.target.clone(), self.timeout)));
     }
-}
 
-impl Shared {
-    /// A listener of `channel` waits: asks the task to subscribe the
-    /// channel unless it already was asked. (The channel is there: it is
-    /// swept only once nobody listens.)
-    fn want(&self, channel: String) {
+    /// A listener of `channel` waits: starts the task unless it runs, and
+    /// asks it to subscribe the channel unless it already was asked. (The
+    /// channel is there: it is swept only once nobody listens.)
+    fn want(self: &Arc<Self>, channel: String) {
+        self.start();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = channels.get_mut(&channel) else {
             return;
@@ -253,7 +260,9 @@ impl Shared {
 
 impl Drop for ShardedFeed {
     fn drop(&mut self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let mut task = self.shared.task.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.closed.store(true, Ordering::Relaxed);
+        if let Some(task) = task.take() {
             task.abort();
         }
     }
@@ -474,4 +483,49 @@ async fn sweep(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feed over a cluster nobody serves (loopback port 1 refuses): the
+    /// tests look only at whether its task was started.
+    fn feed_nowhere() -> ShardedFeed {
+        let url = "redis+cluster://127.0.0.1:1";
+        let target = ClusterTarget::parse(url, url, None).expect("a cluster url");
+        ShardedFeed::new(target, Duration::from_millis(200))
+    }
+
+    /// A lock granted at its first attempt made a listener that never
+    /// waited: that must not open the subscription connection.
+    #[tokio::test]
+    async fn the_feed_connects_when_a_listener_first_waits_not_when_it_is_made() {
+        let feed = feed_nowhere();
+        drop(feed.listen("{ns:a}:released", "a"));
+        assert!(
+            !feed.shared.running(),
+            "a listener that never waited started the subscription connection"
+        );
+        let mut listener = feed.listen("{ns:b}:released", "b");
+        listener.wait(Duration::ZERO).await;
+        assert!(
+            feed.shared.running(),
+            "a listener's first wait started nothing"
+        );
+    }
+
+    /// A listener left behind by a dropped feed does not start it again.
+    #[tokio::test]
+    async fn a_listener_outliving_its_feed_starts_nothing() {
+        let feed = feed_nowhere();
+        let mut listener = feed.listen("{ns:a}:released", "a");
+        let shared = feed.shared.clone();
+        drop(feed);
+        listener.wait(Duration::ZERO).await;
+        assert!(
+            !shared.running(),
+            "a dropped feed's listener started its task"
+        );
+    }
 }
