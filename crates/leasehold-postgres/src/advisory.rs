@@ -146,6 +146,22 @@ fn session_epoch(epoch: &str, pid: &str) -> String {
     format!("CASE WHEN pg_backend_pid() = {pid} THEN {epoch}::int8 END")
 }
 
+/// The grant statement of `wait` for a session: on a session new to the
+/// call, the one that reads the store's epoch; on a kept session
+/// (`remembered`), the one binding the epoch the session remembers
+/// ([`session_epoch`]), which also skips the key row's lookup once the
+/// backend has seen the row (`row_known`).
+fn grant_sql(sql: &Sql, wait: Wait, remembered: bool, row_known: bool) -> &str {
+    match (wait, remembered, row_known) {
+        (Wait::Refuse, false, _) => &sql.acquire,
+        (Wait::Refuse, true, false) => &sql.acquire_in_epoch,
+        (Wait::Refuse, true, true) => &sql.acquire_known_row,
+        (Wait::Queue, false, _) => &sql.queue,
+        (Wait::Queue, true, false) => &sql.queue_in_epoch,
+        (Wait::Queue, true, true) => &sql.queue_known_row,
+    }
+}
+
 /// Adds a key's row after its first grant (the grant reports it missing):
 /// a listing finds a held key's name through its row's `lock_id`. Binds:
 /// id, namespace, key, token, holder. Run on the lease's session; a key
@@ -371,11 +387,12 @@ pub(crate) async fn try_acquire(
             } = checkout(sessions, timeout).await?;
             // A kept session binds the epoch it remembers and its pid.
             let remembered = pid.zip(epoch);
-            let sql = match remembered {
-                Some(_) if sessions.known_rows.contains(id) => &shared.sql.acquire_known_row,
-                Some(_) => &shared.sql.acquire_in_epoch,
-                None => &shared.sql.acquire,
-            };
+            let sql = grant_sql(
+                &shared.sql,
+                Wait::Refuse,
+                remembered.is_some(),
+                sessions.known_rows.contains(id),
+            );
             let mut grant = sqlx::query_as(sql)
                 .bind(id)
                 .bind(&options.namespace)
@@ -551,11 +568,12 @@ pub(crate) async fn queue(
         pid,
     };
     let sent_at = options.clock.now();
-    let sql = match remembered {
-        Some(_) if sessions.known_rows.contains(id) => &shared.sql.queue_known_row,
-        Some(_) => &shared.sql.queue_in_epoch,
-        None => &shared.sql.queue,
-    };
+    let sql = grant_sql(
+        &shared.sql,
+        Wait::Queue,
+        remembered.is_some(),
+        sessions.known_rows.contains(id),
+    );
     let mut grant = sqlx::query_as::<_, AcquireRow>(sql)
         .bind(id)
         .bind(&options.namespace)
