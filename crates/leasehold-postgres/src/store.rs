@@ -150,10 +150,10 @@ macro_rules! release_sql {
 ///
 /// `$6` says whether a signal may be needed: a mutex release skips it when
 /// a waiter of this backend is queued for the lock in the server
-/// ([`Sessions::waiter_queued`]). `$7` is the key's waiter mark id
-/// ([`crate::marks`]) for a mutex, and the signal is sent only while a
-/// waiter holds the mark; `NULL` (a reader's, writer's or permit's
-/// release) always signals.
+/// ([`Sessions::waiter_queued`]). `$7` is the id the lock's waiters hold
+/// while they wait ([`Held::waiters_hold`]: a mutex's waiter mark, a
+/// reader's writer gate), and the signal is sent only while one holds it;
+/// `NULL` (a writer's or permit's release) always signals.
 pub(crate) const RELEASE_SQL: &str = release_sql!("pg_advisory_unlock");
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
@@ -659,7 +659,7 @@ impl Pinned {
             id,
             shared: held.shared,
             signal: held.signal,
-            waiters_mark: held.waiters_mark,
+            waiters_hold: held.waiters_hold,
             pid,
             epoch,
             lost,
@@ -713,10 +713,13 @@ pub(crate) struct Held {
     pub(crate) id: i64,
     pub(crate) shared: bool,
     pub(crate) signal: i64,
-    /// Whether its waiters mark the key ([`crate::marks`]), so that its
-    /// release signals only while one does (a mutex); else it always
-    /// signals.
-    pub(crate) waiters_mark: bool,
+    /// The advisory id that every waiter for this lock's release holds
+    /// shared while it waits: a mutex's mark ([`crate::marks`]), a
+    /// reader–writer lock's writer gate for a reader. Its release signals
+    /// only while someone holds that id (it tries the id exclusively, for
+    /// the statement). `None`: it always signals (a writer's or a permit's
+    /// release wakes waiters that hold nothing).
+    pub(crate) waiters_hold: Option<i64>,
 }
 
 impl Held {
@@ -727,7 +730,7 @@ impl Held {
             id,
             shared: false,
             signal: id,
-            waiters_mark: true,
+            waiters_hold: Some(mark_id(id)),
         }
     }
 }
@@ -738,7 +741,7 @@ struct Task {
     id: i64,
     shared: bool,
     signal: i64,
-    waiters_mark: bool,
+    waiters_hold: Option<i64>,
     pid: i32,
     epoch: Option<i64>,
     lost: CancellationToken,
@@ -827,9 +830,6 @@ impl Task {
         } else {
             (RELEASE_SQL, !self.sessions.waiter_queued(self.id))
         };
-        // Only a mutex's waiters mark their key; the other kinds' always
-        // take the signal.
-        let mark = self.waiters_mark.then(|| mark_id(self.id));
         let unlock = sqlx::query_as::<
             _,
             (
@@ -850,7 +850,7 @@ impl Task {
                 .map_or("", |d| d.application_name.as_str()),
         )
         .bind(signal)
-        .bind(mark)
+        .bind(self.waiters_hold)
         .fetch_one(&mut session);
         match tokio::time::timeout(timeout, unlock).await {
             Ok(Ok((true, ..))) => {

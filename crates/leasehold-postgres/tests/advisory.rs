@@ -1078,38 +1078,173 @@ async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
     unqueued.release(&granted).await.unwrap();
 }
 
+/// A server, a backend of it signalling on a channel of its own, and a
+/// connection listening there: to see whether a step sent a release
+/// signal ([`Signals::first_after_probe`]).
+struct Signals {
+    observer: sqlx::PgPool,
+    backend: PostgresBackend,
+    channel: &'static str,
+    listener: sqlx::postgres::PgListener,
+    _server: Server,
+}
+
+impl Signals {
+    async fn start(channel: &'static str) -> Signals {
+        let server = Server::start(false).await;
+        let observer = server.observer().await;
+        let backend = server
+            .backend(options(Mode::Advisory).channel(channel))
+            .await;
+        let mut listener = sqlx::postgres::PgListener::connect(&server.url)
+            .await
+            .expect("connect the listener");
+        listener.listen(channel).await.expect("LISTEN");
+        Signals {
+            observer,
+            backend,
+            channel,
+            listener,
+            _server: server,
+        }
+    }
+
+    /// Sends a probe on the channel and returns the first payload heard:
+    /// notifications arrive in commit order, so it is the probe only if
+    /// nothing was signalled since the listener started.
+    async fn first_after_probe(&mut self) -> String {
+        sqlx::query("SELECT pg_notify($1, 'probe')")
+            .bind(self.channel)
+            .execute(&self.observer)
+            .await
+            .expect("send the probe");
+        let first = tokio::time::timeout(Duration::from_secs(20), self.listener.recv())
+            .await
+            .expect("the probe arrives")
+            .expect("LISTEN connection");
+        first.payload().to_owned()
+    }
+}
+
 /// A mutex release that no waiter marked sends no `NOTIFY` (a transaction
 /// id, a commit record and the server's notification lock at every
-/// release, for nobody). Notifications arrive in commit order, so a probe
-/// sent after the release comes first only if the release sent none.
+/// release, for nobody).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_nobody_waits_for_sends_no_signal() {
-    let server = Server::start(false).await;
-    let observer = server.observer().await;
-    let channel = "unwaited_releases";
-    let backend = server
-        .backend(options(Mode::Advisory).channel(channel))
-        .await;
-    let mut listener = sqlx::postgres::PgListener::connect(&server.url)
-        .await
-        .expect("connect the listener");
-    listener.listen(channel).await.expect("LISTEN");
+    let mut signals = Signals::start("unwaited_releases").await;
+    let backend = &signals.backend;
     let lease = backend.try_acquire(&key("unwaited"), TTL).await.unwrap();
     backend.release(&lease).await.unwrap();
-    sqlx::query("SELECT pg_notify($1, 'probe')")
-        .bind(channel)
-        .execute(&observer)
-        .await
-        .expect("send the probe");
-    let first = tokio::time::timeout(Duration::from_secs(20), listener.recv())
-        .await
-        .expect("the probe arrives")
-        .expect("LISTEN connection");
     assert_eq!(
-        first.payload(),
+        signals.first_after_probe().await,
         "probe",
         "a release nobody waited for sent a NOTIFY"
     );
+}
+
+/// Like a mutex's, a reader's release that no writer waits for sends no
+/// `NOTIFY`: readers never wait for readers, so with many readers on one
+/// key nearly every release signalled nobody (and every notifying commit
+/// takes the server's notification lock in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_release_no_writer_waits_for_sends_no_signal() {
+    let mut signals = Signals::start("unwaited_readers").await;
+    let backend = &signals.backend;
+    let k = key("read-unwaited");
+    let first = backend
+        .try_acquire_kind(&k, LockKind::Read, TTL)
+        .await
+        .unwrap();
+    let second = backend
+        .try_acquire_kind(&k, LockKind::Read, TTL)
+        .await
+        .unwrap();
+    backend.release(&first).await.unwrap();
+    backend.release(&second).await.unwrap();
+    assert_eq!(
+        signals.first_after_probe().await,
+        "probe",
+        "a reader's release nobody waited for sent a NOTIFY"
+    );
+}
+
+/// A writer waiting behind a reader holds the key's gate, so the reader's
+/// release signals it: with its own attempts minutes apart, only that
+/// signal can hand it the lock within the test. And the gate held
+/// *exclusively*, as a reader's grant or release holds it for an instant
+/// to look for a waiting writer, does not refuse readers: only a waiting
+/// writer's shared hold does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_release_signals_a_waiting_writer_and_its_gate_check_refuses_no_reader() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let readers = server.backend(opts.clone()).await;
+    let writers =
+        PostgresBackend::connect_with(opts.url(server.url_with("application_name=waiting-writer")))
+            .await
+            .expect("connect the writer's backend");
+    let k = key("read-then-write");
+    let reader = readers
+        .try_acquire_kind(&k, LockKind::Read, TTL)
+        .await
+        .unwrap();
+    let waiting = {
+        let (writers, k) = (writers.clone(), k.clone());
+        tokio::spawn(async move {
+            // A waiting writer also tries again at half its TTL: ten
+            // minutes here.
+            let (wait, ttl) = (hour_apart(Duration::from_secs(60)), TTL * 40);
+            writers.acquire_kind(&k, LockKind::Write, ttl, &wait).await
+        })
+    };
+    // The writer holds the gate (shared) on the session it waits on, and its
+    // attempt there was refused: the session is idle after the attempt.
+    let parked = "SELECT (l.classid::int8 << 32) | l.objid::int8 \
+         FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+         WHERE a.application_name = 'waiting-writer' AND a.state = 'idle' \
+         AND a.query LIKE 'SELECT CASE WHEN d.t <%' AND l.locktype = 'advisory' \
+         AND l.granted AND l.mode = 'ShareLock'";
+    eventually(
+        Duration::from_secs(20),
+        "the writer holds the gate and was refused",
+        || async {
+            let gate: Option<i64> = sqlx::query_scalar(parked)
+                .fetch_optional(&observer)
+                .await
+                .expect("query pg_locks");
+            gate.is_some()
+        },
+    )
+    .await;
+    let gate: i64 = sqlx::query_scalar(parked)
+        .fetch_one(&observer)
+        .await
+        .expect("read the gate's id");
+    readers.release(&reader).await.unwrap();
+    let writer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the reader's release signals the waiting writer within 20 s")
+        .unwrap()
+        .expect("the writer gets the lock");
+    writers.release(&writer).await.unwrap();
+
+    let mut holder = observer.acquire().await.expect("a connection");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(gate)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the gate exclusively");
+    let reader = readers
+        .try_acquire_kind(&k, LockKind::Read, TTL)
+        .await
+        .expect("the gate held exclusively refuses no reader");
+    readers.release(&reader).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(gate)
+        .execute(&mut *holder)
+        .await
+        .expect("give the gate back");
 }
 
 /// A killed holder sends no release signal; a waiter queued in the server

@@ -8,8 +8,15 @@
 //!   shared, on the session it waits on, from before its first attempt until
 //!   its wait ends (its grant statement unlocks it; an abandoned wait closes
 //!   the session, which frees it). A reader's attempt is refused while
-//!   `pg_locks` shows the gate granted to anyone; that check and its lock
-//!   are one statement.
+//!   anyone holds the gate shared: it tries the gate exclusively for its
+//!   statement (`pg_try_advisory_xact_lock`), and reads `pg_locks` only
+//!   when that fails (another reader's statement may hold it so); that
+//!   check and its lock are one statement. A writer registers by waiting
+//!   for the gate, not trying it, so such an instant never leaves it
+//!   unregistered. A reader's release signals only while someone holds the
+//!   gate (it tries the gate the same way, as a mutex release tries its
+//!   waiter mark: [`crate::marks`]): a waiting writer is the only one to
+//!   wake, and most reader releases have none.
 //! - Semaphore of N: N advisory ids (`sem` slots 0..N); an attempt takes the
 //!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]).
 //! - Fencing: once a grant holds its lock it draws its token from the
@@ -40,7 +47,7 @@ pub(crate) const MAX_ADVISORY_PERMITS: u32 = 1024;
 #[derive(Clone, Copy)]
 enum Take {
     /// Shared on the `rw` id unless a writer waits (binds `$3`, `$4`: the
-    /// gate id's halves).
+    /// gate id's halves; `$5`: the gate id).
     Reader,
     /// Exclusive on the `rw` id.
     Writer,
@@ -68,11 +75,21 @@ fn attempt_sql(take: Take, settings: &Settings) -> String {
     let next = epoch::next_token_sql(settings);
     let ceiling = epoch::ceiling_sql("d.e");
     let take_sql = match take {
+        // Waiting writers hold the gate shared. Taking it exclusively for
+        // the statement shows that none does, without reading `pg_locks`
+        // (which copies the server's whole lock table: measured with
+        // pgbench, 16 readers on one key ran at 0.70 of the bare shared
+        // lock+unlock rate with that read and 0.95 with the try). The try
+        // also fails while another reader (or a reader's release) holds it
+        // so for its own statement: only then does `pg_locks` tell whether
+        // anyone holds it shared (a CASE, which evaluates in order).
         Take::Reader => {
-            "CASE WHEN EXISTS (SELECT 1 FROM pg_locks g WHERE g.locktype = 'advisory' \
-                 AND g.granted AND g.objsubid = 1 AND g.classid::int8 = $3::int8 \
+            "CASE WHEN (CASE WHEN pg_try_advisory_xact_lock($5::int8) THEN false \
+                 ELSE EXISTS (SELECT 1 FROM pg_locks g WHERE g.locktype = 'advisory' \
+                 AND g.granted AND g.mode = 'ShareLock' AND g.objsubid = 1 \
+                 AND g.classid::int8 = $3::int8 \
                  AND g.objid::int8 = $4::int8 \
-                 AND g.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+                 AND g.database = (SELECT oid FROM pg_database WHERE datname = current_database())) END) \
              THEN NULL WHEN pg_try_advisory_lock_shared(($2::int8[])[1]) THEN ($2::int8[])[1] END"
         }
         Take::Writer | Take::WaitingWriter => {
@@ -185,7 +202,7 @@ async fn attempt_on(
         query = match take {
             Take::Reader => {
                 let (hi, lo) = halves(gate);
-                query.bind(hi).bind(lo)
+                query.bind(hi).bind(lo).bind(gate)
             }
             Take::WaitingWriter => query.bind(gate),
             Take::Writer | Take::Permit => query,
@@ -209,8 +226,10 @@ async fn attempt_on(
         id,
         shared: take_is_shared(take),
         signal: advisory_lock_id(&options.namespace, key.as_str()),
-        // Readers', writers' and permits' waiters do not mark the key.
-        waiters_mark: false,
+        // Only a waiting writer waits for a reader's release (readers never
+        // wait for readers), and it holds the gate while it waits. The
+        // waiters for a writer's or a permit's release hold nothing.
+        waiters_hold: take_is_shared(take).then_some(gate),
     };
     let sessions = shared.sessions().map_err(|e| (e, false))?;
     let granted = Granted {
@@ -319,8 +338,12 @@ async fn attempt_waiting(
             None => {
                 let Checkout { mut session, .. } = checkout(sessions, options.timeout).await?;
                 let gate = part_lock_id(&options.namespace, key.as_str(), "gate", 0);
+                // Waits, rather than tries: a reader's release holds the
+                // gate exclusively for the instant it looks for a waiting
+                // writer, and a registration that failed in that instant
+                // would leave this writer unseen by readers.
                 sqlx::query(
-                    "SELECT pg_try_advisory_lock_shared($1), \
+                    "SELECT pg_advisory_lock_shared($1)::text, \
                      set_config('idle_session_timeout', $2, false)",
                 )
                 .bind(gate)
