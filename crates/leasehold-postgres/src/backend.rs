@@ -298,16 +298,11 @@ impl LockBackend for PostgresBackend {
                     Err(refused @ LockError::Contended { .. }) => refused,
                     other => return other,
                 };
-                if mark.initialized() {
-                    return Err(refused);
-                }
                 // Not queued in the server: this call waits for a release
                 // signal, which a mutex release sends only to a marked key.
-                // Marked, it asks once more, so a release between its
-                // refusal and the mark is not missed.
                 let id = advisory_lock_id(&self.shared.options.namespace, key.as_str());
-                let _ = mark.set(sessions.marks.mark(id).await);
-                self.try_acquire(key, ttl).await
+                let again = self.try_acquire(key, ttl);
+                sessions.marks.after_refusal(mark, id, refused, again).await
             }
         })
         .await

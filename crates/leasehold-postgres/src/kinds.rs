@@ -116,6 +116,9 @@ pub(crate) async fn acquire(
         (Mode::Advisory, LockKind::Write) => {
             advisory::acquire_writer(shared, key, ttl, &wait, backend).await
         }
+        (Mode::Advisory, LockKind::Permit { .. }) => {
+            advisory::acquire_permit(shared, key, kind, ttl, &wait, backend).await
+        }
         (Mode::Table, LockKind::Write) => {
             table::acquire_writer(shared, key, ttl, &wait, backend).await
         }

@@ -1,5 +1,5 @@
-//! Waiter marks: how an advisory mutex release knows whether a waiter needs
-//! its signal.
+//! Waiter marks: how an advisory mutex release (or a semaphore permit's)
+//! knows whether a waiter needs its signal.
 //!
 //! A `NOTIFY` is not free: it gives the release a transaction id, a commit
 //! record and an entry in the server's notification queue, and notifying
@@ -36,10 +36,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use leasehold_core::{Lease, LockError};
 use sha2::{Digest, Sha256};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OnceCell, mpsc, oneshot};
 
 /// The advisory id that marks mutex `id` as waited for: the first 8 bytes of
 /// `SHA-256("leasehold\0mark\0" || i64_be(id))`. Not a mutex's id nor a
@@ -105,10 +106,11 @@ impl Marks {
         }
     }
 
-    /// Marks mutex `id` as waited for ([`mark_id`]), once the server holds
-    /// the mark; `None` when it could not be taken within the timeout (the
-    /// session failed, the server is slow, or other marks queued ahead of
-    /// this one): the waiter then relies on its polls.
+    /// Marks mutex `id` (or a semaphore's first slot) as waited for
+    /// ([`mark_id`]), once the server holds the mark; `None` when it could
+    /// not be taken within the timeout (the session failed, the server is
+    /// slow, or other marks queued ahead of this one): the waiter then
+    /// relies on its polls.
     ///
     /// Cancel safety: a mark taken for a caller that left (or stopped
     /// waiting for it) is given back; one not yet taken is skipped.
@@ -123,6 +125,25 @@ impl Marks {
             Ok(Ok(true)) => Some(Mark { id, task }),
             _ => None,
         }
+    }
+
+    /// What a notified waiter does with a refusal (`refused`): the first
+    /// time, it marks `id` (kept in `mark` until the wait ends) and asks
+    /// `again`, so a release between the refusal and the mark is not
+    /// missed; after that, the refusal stands and the waiter waits for the
+    /// signal its mark now brings.
+    pub(crate) async fn after_refusal<F: Future<Output = Result<Lease, LockError>>>(
+        &self,
+        mark: &OnceCell<Option<Mark>>,
+        id: i64,
+        refused: LockError,
+        again: F,
+    ) -> Result<Lease, LockError> {
+        if mark.initialized() {
+            return Err(refused);
+        }
+        let _ = mark.set(self.mark(id).await);
+        again.await
     }
 
     /// Sends `command` to the task, starting one if there is none or the

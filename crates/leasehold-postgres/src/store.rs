@@ -151,9 +151,9 @@ macro_rules! release_sql {
 /// `$6` says whether a signal may be needed: a mutex release skips it when
 /// a waiter of this backend is queued for the lock in the server
 /// ([`Sessions::waiter_queued`]). `$7` is the id the lock's waiters hold
-/// while they wait ([`Held::waiters_hold`]: a mutex's waiter mark, a
-/// reader's writer gate), and the signal is sent only while one holds it;
-/// `NULL` (a writer's or permit's release) always signals.
+/// while they wait ([`Held::waiters_hold`]: a mutex's or semaphore's
+/// waiter mark, a reader's writer gate), and the signal is sent only while
+/// one holds it; `NULL` (a writer's release) always signals.
 pub(crate) const RELEASE_SQL: &str = release_sql!("pg_advisory_unlock");
 
 /// [`RELEASE_SQL`] for a shared advisory lock (a reader's).
@@ -714,11 +714,11 @@ pub(crate) struct Held {
     pub(crate) shared: bool,
     pub(crate) signal: i64,
     /// The advisory id that every waiter for this lock's release holds
-    /// shared while it waits: a mutex's mark ([`crate::marks`]), a
-    /// reader–writer lock's writer gate for a reader. Its release signals
-    /// only while someone holds that id (it tries the id exclusively, for
-    /// the statement). `None`: it always signals (a writer's or a permit's
-    /// release wakes waiters that hold nothing).
+    /// shared while it waits: a mutex's or a semaphore's mark
+    /// ([`crate::marks`]), a reader–writer lock's writer gate for a reader.
+    /// Its release signals only while someone holds that id (it tries the
+    /// id exclusively, for the statement). `None`: it always signals (a
+    /// writer's release wakes waiting readers, which hold nothing).
     pub(crate) waiters_hold: Option<i64>,
 }
 

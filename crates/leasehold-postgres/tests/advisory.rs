@@ -1008,6 +1008,35 @@ async fn a_queued_wait_runs_out_by_its_own_lock_timeout() {
     queue.backend.release(&queue.lease).await.unwrap();
 }
 
+/// Returns once the backend connected as `application` holds a waiter mark
+/// (on its mark session) and, after taking it, was refused again: one of
+/// its sessions went idle after a grant statement (matched by its start,
+/// `attempt`: the server shows a statement's first 1,024 bytes) later than
+/// the mark session after the mark.
+async fn until_marked_then_refused(observer: &sqlx::PgPool, application: &str, attempt: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "the waiter marked the key, then was refused again",
+        || async {
+            let refused_after_mark: Option<bool> = sqlx::query_scalar(
+                "SELECT (SELECT max(state_change) FROM pg_stat_activity \
+                         WHERE application_name = $1 AND state = 'idle' AND query LIKE $2) \
+                      > (SELECT max(a.state_change) FROM pg_stat_activity a \
+                         JOIN pg_locks l ON l.pid = a.pid \
+                         WHERE a.application_name = $1 AND l.granted \
+                         AND l.locktype = 'advisory' AND l.mode = 'ShareLock')",
+            )
+            .bind(application)
+            .bind(attempt)
+            .fetch_one(observer)
+            .await
+            .expect("query pg_stat_activity");
+            refused_after_mark == Some(true)
+        },
+    )
+    .await;
+}
+
 /// A release signals the waiters that could not queue in the server: a
 /// backend with one session has no place in the queue (at most half its
 /// sessions wait there), so its waiter, its own attempts an hour apart,
@@ -1030,24 +1059,10 @@ async fn a_release_signals_a_waiter_that_could_not_queue_in_the_server() {
     // labels a session only when it takes the lock) later than the mark
     // session after the mark. The server shows a statement's first 1,024
     // bytes: matched by its start.
-    eventually(
-        Duration::from_secs(20),
-        "the waiter marked the key, then was refused again",
-        || async {
-            let refused_after_mark: Option<bool> = sqlx::query_scalar(
-                "SELECT (SELECT max(state_change) FROM pg_stat_activity \
-                         WHERE application_name = 'unqueued-waiter' AND state = 'idle' \
-                         AND query LIKE 'SELECT CASE WHEN g.t <%') \
-                      > (SELECT max(a.state_change) FROM pg_stat_activity a \
-                         JOIN pg_locks l ON l.pid = a.pid \
-                         WHERE a.application_name = 'unqueued-waiter' AND l.granted \
-                         AND l.locktype = 'advisory' AND l.mode = 'ShareLock')",
-            )
-            .fetch_one(&queue.observer)
-            .await
-            .expect("query pg_stat_activity");
-            refused_after_mark == Some(true)
-        },
+    until_marked_then_refused(
+        &queue.observer,
+        "unqueued-waiter",
+        "SELECT CASE WHEN g.t <%",
     )
     .await;
     assert_eq!(queued_for(&queue.observer, queue.id).await, 0);
@@ -1166,6 +1181,57 @@ async fn a_reader_release_no_writer_waits_for_sends_no_signal() {
         "probe",
         "a reader's release nobody waited for sent a NOTIFY"
     );
+}
+
+/// A permit's release that nobody waits for sends no `NOTIFY`, as a
+/// mutex's: a permit's waiters mark the semaphore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_release_nobody_waits_for_sends_no_signal() {
+    let mut signals = Signals::start("unwaited_permits").await;
+    let backend = &signals.backend;
+    let permit = backend
+        .try_acquire_kind(&key("pool"), LockKind::Permit { permits: 2 }, TTL)
+        .await
+        .unwrap();
+    backend.release(&permit).await.unwrap();
+    assert_eq!(
+        signals.first_after_probe().await,
+        "probe",
+        "a permit's release nobody waited for sent a NOTIFY"
+    );
+}
+
+/// A waiter for a permit marks the semaphore, so the holder's release
+/// signals it: with its own attempts minutes apart, only that signal can
+/// hand it the permit within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_release_signals_a_marked_waiter() {
+    let server = Server::start(false).await;
+    let observer = server.observer().await;
+    let opts = options(Mode::Advisory);
+    let holders = server.backend(opts.clone()).await;
+    let waiters =
+        PostgresBackend::connect_with(opts.url(server.url_with("application_name=permit-waiter")))
+            .await
+            .expect("connect the waiter's backend");
+    let (k, one) = (key("one-permit"), LockKind::Permit { permits: 1 });
+    let held = holders.try_acquire_kind(&k, one, TTL).await.unwrap();
+    let waiting = {
+        let (waiters, k) = (waiters.clone(), k.clone());
+        tokio::spawn(async move {
+            // A kind's wait also tries again at half its TTL: ten minutes.
+            let (wait, ttl) = (hour_apart(Duration::from_secs(60)), TTL * 40);
+            waiters.acquire_kind(&k, one, ttl, &wait).await
+        })
+    };
+    until_marked_then_refused(&observer, "permit-waiter", "SELECT CASE WHEN d.t <%").await;
+    holders.release(&held).await.unwrap();
+    let permit = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the release signals the marked waiter within 20 s")
+        .unwrap()
+        .expect("the waiter gets the permit");
+    waiters.release(&permit).await.unwrap();
 }
 
 /// A writer waiting behind a reader holds the key's gate, so the reader's

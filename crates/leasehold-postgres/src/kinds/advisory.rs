@@ -18,7 +18,9 @@
 //!   waiter mark: [`crate::marks`]): a waiting writer is the only one to
 //!   wake, and most reader releases have none.
 //! - Semaphore of N: N advisory ids (`sem` slots 0..N); an attempt takes the
-//!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]).
+//!   first free one in one statement (at most [`MAX_ADVISORY_PERMITS`]). A
+//!   permit's waiters mark the semaphore and its release signals only while
+//!   one does, as for the mutex ([`crate::marks`]).
 //! - Fencing: once a grant holds its lock it draws its token from the
 //!   store's sequence in the same statement, as the mutex does (durable
 //!   through the store epoch: [`crate::epoch`]). The grant writes no row:
@@ -37,6 +39,7 @@ use crate::config::{ADVISORY, Settings};
 use crate::epoch;
 use crate::error::{map, session_ended};
 use crate::keys::{advisory_lock_id, halves};
+use crate::marks::mark_id;
 use crate::store::{Checkout, Held, Shared, idle_timeout};
 
 /// The most permits an advisory-mode semaphore may have: an attempt tries
@@ -177,6 +180,12 @@ fn ids(namespace: &str, key: &str, kind: LockKind) -> Result<Vec<i64>, LockError
     }
 }
 
+/// The id whose mark ([`crate::marks`]) says that someone waits for a
+/// permit of semaphore `key`: its first slot's.
+fn semaphore_id(namespace: &str, key: &str) -> i64 {
+    part_lock_id(namespace, key, "sem", 0)
+}
+
 /// Runs one attempt on `session`. `Ok(Ok(lease))` when granted (the session
 /// then belongs to the lease's task), `Ok(Err((session, pid, epoch)))` when
 /// refused (the session holds nothing new; its pid and the store epoch it
@@ -227,9 +236,14 @@ async fn attempt_on(
         shared: take_is_shared(take),
         signal: advisory_lock_id(&options.namespace, key.as_str()),
         // Only a waiting writer waits for a reader's release (readers never
-        // wait for readers), and it holds the gate while it waits. The
-        // waiters for a writer's or a permit's release hold nothing.
-        waiters_hold: take_is_shared(take).then_some(gate),
+        // wait for readers), and it holds the gate while it waits; a permit's
+        // waiters mark the semaphore ([`acquire_permit`]). The waiters for
+        // a writer's release (readers among them) hold nothing.
+        waiters_hold: match take {
+            Take::Reader => Some(gate),
+            Take::Permit => Some(mark_id(semaphore_id(&options.namespace, key.as_str()))),
+            Take::Writer | Take::WaitingWriter => None,
+        },
     };
     let sessions = shared.sessions().map_err(|e| (e, false))?;
     let granted = Granted {
@@ -277,6 +291,37 @@ pub(super) async fn try_acquire(
                 Err((_, true)) if reused => continue,
                 Err((error, _)) => return Err(error),
             }
+        }
+    })
+    .await
+}
+
+/// A wait for a permit: as the mutex's notified wait (`backend.rs`), once
+/// refused it marks the semaphore as waited for ([`crate::marks`]) and asks
+/// once more, so a release between its refusal and the mark is not missed.
+/// A permit's release signals only while the semaphore is marked: with
+/// nobody waiting, as with most releases, it sends no `NOTIFY`. The mark is
+/// given back when the call returns (or is dropped).
+pub(super) async fn acquire_permit(
+    shared: &Arc<Shared>,
+    key: &Key,
+    kind: LockKind,
+    ttl: Duration,
+    wait: &WaitPolicy,
+    backend: &crate::PostgresBackend,
+) -> Result<Lease, LockError> {
+    let sessions = shared.sessions()?;
+    let mark = tokio::sync::OnceCell::new();
+    wait_for_grant(backend, key, wait, || {
+        let mark = &mark;
+        async move {
+            let refused = match try_acquire(shared, key, kind, ttl).await {
+                Err(refused @ LockError::Contended { .. }) => refused,
+                other => return other,
+            };
+            let id = semaphore_id(&shared.options.namespace, key.as_str());
+            let again = try_acquire(shared, key, kind, ttl);
+            sessions.marks.after_refusal(mark, id, refused, again).await
         }
     })
     .await
