@@ -163,9 +163,11 @@
 //!   server's notification queue (see `marks.rs` for why no signal is
 //!   lost). It also
 //!   skips the check when a waiter of the same backend is queued for the
-//!   key in the server. Readers', writers' and permits' releases always
-//!   signal. A waiter of an older release of this crate does not mark:
-//!   it finds the key at its next poll.
+//!   key in the server. A permit's waiters mark its semaphore the same
+//!   way, and a reader's release signals only while a writer waits (the
+//!   writer holds the lock's gate: below); a writer's release always
+//!   signals (waiting readers hold nothing). A waiter of an older release
+//!   of this crate does not mark: it finds the key at its next poll.
 //!   A `Locker`'s waiter entries (core's `waits` registry, one lease per
 //!   waiting call, so one pinned session each here) take a session only
 //!   while fewer than half are in use; past that a wait goes unrecorded
@@ -278,7 +280,9 @@
 //!   (`pg_try_advisory_lock_shared`) and exclusively by a writer; a waiting
 //!   writer holds a second "gate" id shared on the session it waits on
 //!   (its idle timeout set to the TTL), and a reader's attempt is refused
-//!   while `pg_locks` shows the gate granted. A semaphore of N is N advisory
+//!   while anyone holds the gate shared (it tries the gate exclusively for
+//!   its statement, and reads `pg_locks` only when that fails). A
+//!   semaphore of N is N advisory
 //!   ids, an attempt taking the first free one in one statement; at most
 //!   1024 permits (more is a `Config` error). These ids are hashes of the
 //!   namespace, key and part, distinct from every mutex id.
