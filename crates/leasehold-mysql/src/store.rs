@@ -18,6 +18,19 @@
 //! (still holding the lock? then a new watcher); a server restart ends both,
 //! and the probe's failure fires the signal.
 //!
+//! A lease's watcher starts only once the lease has lived [`WATCH_AFTER`]:
+//! a watcher costs a connection and two statements (`GET_LOCK`, then
+//! `RELEASE_LOCK` once granted), and most leases of a busy service end
+//! sooner. A session that ends inside that time is found when the watcher
+//! starts (its `GET_LOCK` is granted at once), so the loss signal fires at
+//! most [`WATCH_AFTER`] later than it would have. A watcher still waiting
+//! for a connection when its lease ends gives up and takes none. (Started
+//! at once, every lease's watcher ran its course after the lease was
+//! gone: with more leases than watcher connections, watchers of released
+//! leases queued for connections, the live leases' watchers timed out
+//! waiting behind them, and each timeout held up its lease's task, so at
+//! 64 tasks on the default 50 sessions calls failed `Unavailable`.)
+//!
 //! # Never a locked connection back in a pool
 //! Sessions come from a private pool whose `after_release` hook closes
 //! *every* connection handed back to it. Clean sessions (unlocked, or whose
@@ -97,6 +110,15 @@ const IDLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// How long a watcher's `GET_LOCK` waits before asking again (seconds).
 const WATCH_CHUNK_SECS: i64 = 3600;
+
+/// How long a lease lives before its watcher starts (see the module docs):
+/// the most its loss signal can come late.
+const WATCH_AFTER: Duration = Duration::from_millis(100);
+
+/// The pause before a new watcher after one failed while the session still
+/// held the lock (e.g. no free connection for one), so failing watchers
+/// are no busy loop.
+const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The alive lock of the lease owned by `owner` (48 characters).
 pub(crate) fn alive_lock(owner: &OwnerToken) -> String {
@@ -302,11 +324,20 @@ impl Sessions {
     }
 
     /// Blocks in `GET_LOCK(alive)` until the server grants it, which it
-    /// does once the session holding it ends or releases it. `Ok` means
-    /// granted (the watcher gave it back and is kept); `Err` means the
-    /// watcher itself failed (its connection is closed).
-    async fn watch(self: Arc<Self>, alive: String) -> Result<(), sqlx::Error> {
-        let mut conn = self.watcher().await?;
+    /// does once the session holding it ends or releases it. `Ok(true)`
+    /// means granted (the watcher gave it back and is kept); `Ok(false)`
+    /// that the lease ended (`ended`) before a connection was free for the
+    /// watcher, which then takes none; `Err` that the watcher itself failed
+    /// (its connection is closed).
+    async fn watch(
+        self: Arc<Self>,
+        alive: String,
+        ended: CancellationToken,
+    ) -> Result<bool, sqlx::Error> {
+        let mut conn = tokio::select! {
+            conn = self.watcher() => conn?,
+            () = ended.cancelled() => return Ok(false),
+        };
         loop {
             let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
                 .bind(&alive)
@@ -330,7 +361,7 @@ impl Sessions {
                 .push(conn);
             self.kept_watchers.notify_waiters();
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -475,7 +506,17 @@ struct Task {
     ended: Arc<Mutex<Option<Ended>>>,
 }
 
-type Watch = oneshot::Receiver<Result<(), sqlx::Error>>;
+type Watch = oneshot::Receiver<Result<bool, sqlx::Error>>;
+
+/// The lease's watcher, once started: waits forever before that.
+async fn watched(
+    watch: &mut Option<Watch>,
+) -> Result<Result<bool, sqlx::Error>, oneshot::error::RecvError> {
+    match watch {
+        Some(watch) => watch.await,
+        None => std::future::pending().await,
+    }
+}
 
 impl Task {
     fn end(&self, ended: Ended) {
@@ -492,20 +533,28 @@ impl Task {
     }
 
     /// A watcher on the lease's alive lock, on a task of its own (its
-    /// blocking `GET_LOCK` must never be dropped mid-call).
-    fn watch(&self) -> Watch {
+    /// blocking `GET_LOCK` must never be dropped mid-call); it takes no
+    /// connection once `ended` fires.
+    fn watch(&self, ended: &CancellationToken) -> Watch {
         let (done, watch) = oneshot::channel();
         let sessions = self.sessions.clone();
         let alive = self.alive.clone();
+        let ended = ended.clone();
         tokio::spawn(async move {
-            let _ = done.send(sessions.watch(alive).await);
+            let _ = done.send(sessions.watch(alive, ended).await);
         });
         watch
     }
 
     async fn serve(self, mut session: Session, mut inbox: mpsc::UnboundedReceiver<Request>) {
         let timeout = self.sessions.timeout;
-        let mut watch = self.watch();
+        // Fires when this task ends, however it ends: a watcher still
+        // waiting for a connection then takes none.
+        let ended = CancellationToken::new();
+        let _ended = ended.clone().drop_guard();
+        let mut watch = None;
+        let start_watch = tokio::time::sleep(WATCH_AFTER);
+        tokio::pin!(start_watch);
         loop {
             tokio::select! {
                 // Requests first: a waiting renewal is never starved.
@@ -528,23 +577,27 @@ impl Task {
                         return;
                     }
                 },
-                watched = &mut watch => match watched {
+                () = &mut start_watch, if watch.is_none() => watch = Some(self.watch(&ended)),
+                watched = watched(&mut watch) => match watched {
                     // The server granted the alive lock: the session is over.
-                    Ok(Ok(())) => {
+                    Ok(Ok(true)) => {
                         self.lose("the session ended (the server freed its locks)".into());
                         return;
                     }
                     // The watcher failed, not necessarily the session: ask it.
-                    Ok(Err(_)) | Err(_) => match self.check(&mut session, None, timeout).await {
-                        Ok(()) => {
-                            // Not a busy loop when watchers keep failing
-                            // (e.g. no free connection for one): a pause.
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            watch = self.watch();
-                        }
-                        Err(Check::Lost(_)) => return,
-                        Err(Check::Failed(_)) => watch = self.watch(),
-                    },
+                    // (`Ok(false)` comes only once `ended` fired, after this
+                    // task is gone.)
+                    Ok(Ok(false) | Err(_)) | Err(_) => {
+                        let pause = match self.check(&mut session, None, timeout).await {
+                            Ok(()) => WATCH_RETRY_PAUSE,
+                            Err(Check::Lost(_)) => return,
+                            Err(Check::Failed(_)) => Duration::ZERO,
+                        };
+                        // The next watcher starts from the timer, so requests
+                        // are served during the pause.
+                        watch = None;
+                        start_watch.as_mut().reset(tokio::time::Instant::now() + pause);
+                    }
                 }
             }
         }
