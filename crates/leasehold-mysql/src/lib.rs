@@ -50,15 +50,18 @@
 //!   database and application on the server: keep namespaces apart.
 //! - **The session is watched.** Each held lease's session is owned by a
 //!   task that serves its renewals and its release. At acquire the session
-//!   also takes an *alive lock* of its own (`leasehold-session:<connection
-//!   id>`), and a second connection (a *watcher*) waits in `GET_LOCK` on
-//!   that name: the server grants it the moment the session ends (`KILL`,
-//!   `wait_timeout`, a restart, a reset or closed connection), and the task
-//!   then fires the lease's loss signal
+//!   also takes an *alive lock* of its own (`leasehold-alive:<owner
+//!   token>`), and once the lease has lived 100 ms a second connection (a
+//!   *watcher*) waits in `GET_LOCK` on that name: the server grants it the
+//!   moment the session ends (`KILL`, `wait_timeout`, a restart, a reset or
+//!   closed connection), or at once if it already has, and the task then
+//!   fires the lease's loss signal
 //!   ([`Lease::loss_signal`](leasehold_core::Lease::loss_signal)); a
 //!   [`Locker`](leasehold_core::Locker) guard reports `lost()` with reason
-//!   `SessionEnded`. No polling, no timer. A held lease costs two
-//!   connections (its session and its watcher) and a task.
+//!   `SessionEnded`. No polling. A held lease costs two connections (its
+//!   session and, past its first 100 ms, its watcher) and a task; a lease
+//!   released sooner never opens a watcher, which is why the signal may
+//!   come up to 100 ms late.
 //! - **What is left, honestly.** Between the server freeing the lock and the
 //!   signal firing, another client can already hold the key while this
 //!   holder still believes it does; when no packet reaches the holder at all
