@@ -515,17 +515,9 @@ struct Task {
     ended: Arc<Mutex<Option<Ended>>>,
 }
 
-type Watch = oneshot::Receiver<Result<bool, sqlx::Error>>;
-
-/// The lease's watcher, once started: waits forever before that.
-async fn watched(
-    watch: &mut Option<Watch>,
-) -> Result<Result<bool, sqlx::Error>, oneshot::error::RecvError> {
-    match watch {
-        Some(watch) => watch.await,
-        None => std::future::pending().await,
-    }
-}
+/// What a lease's watcher reports ([`Sessions::watch`]), or `Err` if its
+/// task is gone.
+type Watched = Result<Result<bool, sqlx::Error>, oneshot::error::RecvError>;
 
 impl Task {
     fn end(&self, ended: Ended) {
@@ -541,10 +533,12 @@ impl Task {
         LockError::lost(NAMED, &self.key, reason)
     }
 
-    /// A watcher on the lease's alive lock, on a task of its own (its
-    /// blocking `GET_LOCK` must never be dropped mid-call); it takes no
-    /// connection once `ended` fires.
-    fn watch(&self, ended: &CancellationToken) -> Watch {
+    /// A watcher on the lease's alive lock, started after `delay`, on a
+    /// task of its own (its blocking `GET_LOCK` must never be dropped
+    /// mid-call, so dropping this future drops only the wait for its
+    /// answer); it takes no connection once `ended` fires.
+    async fn watch(&self, delay: Duration, ended: &CancellationToken) -> Watched {
+        tokio::time::sleep(delay).await;
         let (done, watch) = oneshot::channel();
         let sessions = self.sessions.clone();
         let alive = self.alive.clone();
@@ -552,7 +546,7 @@ impl Task {
         tokio::spawn(async move {
             let _ = done.send(sessions.watch(alive, ended).await);
         });
-        watch
+        watch.await
     }
 
     async fn serve(self, mut session: Session, mut inbox: mpsc::UnboundedReceiver<Request>) {
@@ -561,9 +555,8 @@ impl Task {
         // waiting for a connection then takes none.
         let ended = CancellationToken::new();
         let _ended = ended.clone().drop_guard();
-        let mut watch = None;
-        let start_watch = tokio::time::sleep(WATCH_AFTER);
-        tokio::pin!(start_watch);
+        let watch = self.watch(WATCH_AFTER, &ended);
+        tokio::pin!(watch);
         loop {
             tokio::select! {
                 // Requests first: a waiting renewal is never starved.
@@ -586,8 +579,7 @@ impl Task {
                         return;
                     }
                 },
-                () = &mut start_watch, if watch.is_none() => watch = Some(self.watch(&ended)),
-                watched = watched(&mut watch) => match watched {
+                watched = &mut watch => match watched {
                     // The server granted the alive lock: the session is over.
                     Ok(Ok(true)) => {
                         self.lose("the session ended (the server freed its locks)".into());
@@ -602,10 +594,9 @@ impl Task {
                             Err(Check::Lost(_)) => return,
                             Err(Check::Failed(_)) => Duration::ZERO,
                         };
-                        // The next watcher starts from the timer, so requests
-                        // are served during the pause.
-                        watch = None;
-                        start_watch.as_mut().reset(tokio::time::Instant::now() + pause);
+                        // The pause is the next watcher's delay, so requests
+                        // are served during it.
+                        watch.set(self.watch(pause, &ended));
                     }
                 }
             }
