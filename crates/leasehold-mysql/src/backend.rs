@@ -111,7 +111,10 @@ impl MysqlBackend {
             Mode::Table => table::sql(&settings),
         };
         let kinds = match settings.mode {
-            Mode::Named => None,
+            Mode::Named => {
+                crate::epoch::check_table(&settings)?;
+                None
+            }
             Mode::Table => {
                 kinds::check_table(&settings)?;
                 Some(kinds::KindsSql::new(&settings))

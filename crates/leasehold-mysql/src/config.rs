@@ -392,6 +392,20 @@ impl Settings {
         Ok(())
     }
 
+    /// Refuses a table name too long to take `suffix` (MySQL names are at
+    /// most 64 characters); `holds` says what `<table><suffix>` holds.
+    pub(crate) fn check_suffix(&self, suffix: &str, holds: &str) -> Result<(), LockError> {
+        let name = format!("{}{suffix}", self.table);
+        if name.chars().count() > 64 {
+            return Err(LockError::Config(format!(
+                "table name {:?} is too long: {name:?}, which holds {holds}, must be at \
+                 most 64 characters",
+                self.table
+            )));
+        }
+        Ok(())
+    }
+
     /// The table, quoted as an identifier (in the connection's database).
     pub(crate) fn quoted_table(&self) -> String {
         quote_ident(&self.table)

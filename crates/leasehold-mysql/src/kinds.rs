@@ -38,18 +38,9 @@ fn table_name(settings: &Settings) -> String {
     format!("{}{SUFFIX}", settings.table)
 }
 
-/// Refuses a table name too long to take the suffix (MySQL names are at
-/// most 64 characters).
+/// Refuses a table name too long to take the suffix.
 pub(crate) fn check_table(settings: &Settings) -> Result<(), LockError> {
-    let name = table_name(settings);
-    if name.chars().count() > 64 {
-        return Err(LockError::Config(format!(
-            "table name {:?} is too long for table mode: {name:?}, which holds the \
-             reader-writer locks and semaphores, must be at most 64 characters",
-            settings.table
-        )));
-    }
-    Ok(())
+    settings.check_suffix(SUFFIX, "table mode's reader-writer locks and semaphores")
 }
 
 /// The second table's idempotent DDL (see the module docs). Namespace and

@@ -34,14 +34,20 @@
 //! ## Named mode (`mode=named`, the default)
 //! - Acquire runs `GET_LOCK(name, 0)` on a session (connection) that is then
 //!   **pinned to the lease** for its whole life; in the same statement it
-//!   bumps the key's fencing counter row (`INSERT ... SELECT ... WHERE
-//!   GET_LOCK(..) ON DUPLICATE KEY UPDATE counter = LAST_INSERT_ID(counter +
-//!   1)`: the new token comes back in the statement's reply), so a grant is
-//!   one round trip (plus one to set `wait_timeout` when a session is new or
-//!   the TTL changes). `Fencing::Strict`: rows are never deleted, so tokens
-//!   survive releases, crashes and restarts (with InnoDB's default durable
-//!   commits; across a failover only with semi-synchronous or Galera-style
-//!   replication).
+//!   draws the key's next fencing token from a `MEMORY` table (`INSERT ...
+//!   SELECT ... WHERE GET_LOCK(..) ON DUPLICATE KEY UPDATE token =
+//!   LAST_INSERT_ID(token + 1)`: the token comes back in the statement's
+//!   reply), so a grant is one round trip (plus one to set `wait_timeout`
+//!   when a session is new or the TTL changes, and one to name the key in
+//!   the InnoDB table at its first grant since the server started) and
+//!   waits for no disk flush. `Fencing::Strict`: a durable *epoch*, bumped
+//!   when the server has forgotten its tokens (a restart or crash empties
+//!   `MEMORY` tables; a failover changes `@@server_id`), keeps every later
+//!   token above every earlier one across releases, crashes and restarts
+//!   (with InnoDB's default durable commits; across a failover only with
+//!   semi-synchronous or Galera-style replication). How, and the limits of
+//!   the `MEMORY` table: `epoch.rs`'s docs; upgrade every client of a table
+//!   together (an older release's tokens lie below this one's).
 //! - `name` is [`lock_name`]: `leasehold:` and 216 bits of SHA-256 over the
 //!   namespace (length-prefixed) and the key, 64 characters (MySQL's limit).
 //!   Every key is hashed, since MySQL limits names to 64 characters and
@@ -90,6 +96,11 @@
 //!   multiplexing, for example: it disables multiplexing for `GET_LOCK`
 //!   sessions, which is what is needed). Table mode needs only single
 //!   statements.
+//! - Tables (option `table`, default `leasehold_fencing`, at most 55
+//!   characters): `<table>` (InnoDB, one row per key, so listings can name
+//!   keys), `<table>_held` and `<table>_in_force` (`MEMORY`: the tokens),
+//!   `<table>_epoch` (InnoDB: the epoch). [`migration_sql`] prints their
+//!   DDL; connecting runs it (idempotent).
 //! - Statement-based binary logging calls `GET_LOCK` in an `INSERT` unsafe
 //!   (a warning); use `binlog_format=ROW` or `MIXED` (MySQL 8's default is
 //!   `ROW`).
@@ -196,7 +207,7 @@
 //! ## Operations
 //! - `list` pages by key, one statement per page. Table mode: the
 //!   namespace's live rows under the prefix (owner hint and time left too).
-//!   Named mode: the namespace's counter rows under the prefix whose lock
+//!   Named mode: the namespace's key rows under the prefix whose lock
 //!   `IS_USED_LOCK` reports held (a scan of the namespace's rows; works on
 //!   MySQL and MariaDB without `performance_schema`); the label reads
 //!   `connection <id>; <holder>`, with no owner hint or time left.
@@ -206,7 +217,7 @@
 //!   mode: `KILL CONNECTION` of the holder's session (which frees the lock
 //!   and fires the holder's loss signal), then the backend takes the lock
 //!   itself (waiting up to half the operation timeout for the killed session
-//!   to go), bumps the counter and releases it. Killing another user's
+//!   to go), bumps the key's token and releases it. Killing another user's
 //!   connection needs `CONNECTION_ADMIN` (MySQL), `CONNECTION ADMIN`
 //!   (MariaDB) or `SUPER`; without it the call is a `Backend` error saying
 //!   so and nothing changes. This backend's waiters are woken.
@@ -217,6 +228,7 @@
 mod admin;
 mod backend;
 mod config;
+mod epoch;
 mod error;
 mod keys;
 mod kinds;

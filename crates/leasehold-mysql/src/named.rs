@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, PAGE_KEYS, acquired_at, acquired_us, key_text};
 use crate::config::{NAMED, Settings};
+use crate::epoch::{self, EpochSql};
 use crate::error::{map, number, session_ended};
 use crate::keys::lock_name;
 use crate::store::{Pinned, Session, Sessions, Shared, Sql, alive_lock};
@@ -41,47 +42,73 @@ pub fn session_id(lease: &Lease) -> Option<u64> {
     pinned(lease).ok().flatten().map(|p| p.id)
 }
 
-/// Lock, then (only if we got it) take the lease's alive lock and bump
-/// the key's fencing counter, in one statement: the row is inserted or
-/// updated only when both `GET_LOCK`s answer 1 (the `CASE` takes the alive
-/// lock only after the key's), and the new counter comes back as the
-/// statement's `LAST_INSERT_ID`. No row is written when the lock is busy.
-/// Binds: namespace, key, lock name, holder, lock name, alive lock, holder.
-fn acquire_sql(table: &str) -> String {
+/// Lock, then (only if we got it) take the lease's alive lock and draw the
+/// key's next fencing token, in one statement: the key's row in
+/// `<table>_held` is inserted or updated only when the floor in force was
+/// set on this server (else no `GET_LOCK` runs: [`crate::epoch`]) and both
+/// `GET_LOCK`s answer 1 (the `CASE` takes the alive lock only after the
+/// key's), and the token comes back as the statement's `LAST_INSERT_ID`.
+/// No row is written when the lock is busy. The row is a `MEMORY` table's:
+/// the grant waits for no disk. Affected rows: 1 for a new row, 2 for an
+/// updated one. Binds: lock name, holder, lock name, alive lock, holder.
+fn acquire_sql(settings: &Settings) -> String {
+    let held = epoch::held_table(settings);
+    let in_force = epoch::in_force_table(settings);
     format!(
-        "INSERT INTO {table} (namespace, `key`, lock_name, counter, holder, acquired_at) \
-         SELECT ?, ?, ?, LAST_INSERT_ID(1), ?, UTC_TIMESTAMP(6) FROM DUAL \
-         WHERE (CASE WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
-         ON DUPLICATE KEY UPDATE counter = LAST_INSERT_ID(counter + 1), holder = ?, \
-             acquired_at = UTC_TIMESTAMP(6)"
+        "INSERT INTO {held} (lock_name, token, conn, holder, acquired_at) \
+         SELECT ?, LAST_INSERT_ID(f.floor + 1), CONNECTION_ID(), ?, UTC_TIMESTAMP(6) \
+         FROM {in_force} AS f \
+         WHERE f.id = 1 AND (CASE WHEN f.server <> @@server_id THEN 0 \
+             WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
+         ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
+             conn = CONNECTION_ID(), holder = ?, acquired_at = UTC_TIMESTAMP(6)"
     )
 }
 
+/// The key's row in the keys' table, if it has none, so that listings can
+/// name the key. Binds: namespace, key, lock name.
+fn register_sql(table: &str) -> String {
+    format!("INSERT IGNORE INTO {table} (namespace, `key`, lock_name, counter) VALUES (?, ?, ?, 0)")
+}
+
+/// The holder's token, label and acquisition time from `<table>_held`
+/// (aliased `h`).
+fn holder_columns() -> String {
+    let acquired = acquired_us("h");
+    format!("h.token, CONVERT(h.holder USING utf8mb4), {acquired}")
+}
+
 /// Who holds a key's lock (its connection id, or NULL), with the key's
-/// counter, label and acquisition time; whether this very session holds
-/// it. Binds: lock name, lock name, namespace, key.
-fn holder_sql(table: &str) -> String {
-    let acquired = acquired_us("f");
+/// token, label and acquisition time; whether this very session holds it;
+/// whether a fencing floor is in force on this server. Binds: lock name,
+/// lock name, lock name.
+fn holder_sql(settings: &Settings) -> String {
+    let held = epoch::held_table(settings);
+    let in_force = epoch::in_force_table(settings);
+    let columns = holder_columns();
     format!(
         "SELECT CAST(IS_USED_LOCK(?) AS SIGNED), \
                 CAST(COALESCE(IS_USED_LOCK(?) = CONNECTION_ID(), 0) AS SIGNED), \
-                f.counter, f.holder, {acquired} \
-         FROM (SELECT 1) AS one LEFT JOIN {table} AS f ON f.namespace = ? AND f.`key` = ?"
+                {columns}, \
+                CAST((SELECT COUNT(*) FROM {in_force} \
+                      WHERE id = 1 AND server = @@server_id) AS SIGNED) \
+         FROM (SELECT 1) AS one LEFT JOIN {held} AS h ON h.lock_name = ?"
     )
 }
 
 /// A page of the namespace's keys whose lock some session holds, by key.
-fn list_sql(table: &str) -> String {
-    let acquired = acquired_us("f");
+fn list_sql(settings: &Settings) -> String {
+    let table = settings.quoted_table();
+    let held = epoch::held_table(settings);
+    let columns = holder_columns();
     format!(
-        "SELECT f.`key`, CAST(IS_USED_LOCK(f.lock_name) AS SIGNED) AS conn, f.counter, \
-                f.holder, {acquired} \
-         FROM {table} AS f WHERE {PAGE_KEYS} HAVING conn IS NOT NULL \
-         ORDER BY f.`key` LIMIT ?"
+        "SELECT f.`key`, CAST(IS_USED_LOCK(f.lock_name) AS SIGNED) AS conn, {columns} \
+         FROM {table} AS f LEFT JOIN {held} AS h ON h.lock_name = f.lock_name \
+         WHERE {PAGE_KEYS} HAVING conn IS NOT NULL ORDER BY f.`key` LIMIT ?"
     )
 }
 
-/// A holder's connection id, counter, label and acquisition time.
+/// A holder's connection id, token, label and acquisition time.
 type HolderRow = (i64, Option<i64>, Option<String>, Option<i64>);
 
 /// A listed key and its [`HolderRow`].
@@ -90,19 +117,26 @@ type ListedRow = (Vec<u8>, i64, Option<i64>, Option<String>, Option<i64>);
 /// What the store tells of a named holder: its token, its connection id
 /// with the label it stored, and when it took the key. No owner hint or
 /// remaining time: the lock lasts as long as its session.
-fn holder_info((conn, counter, holder, acquired): HolderRow) -> LockInfo {
+fn holder_info((conn, token, holder, acquired): HolderRow) -> LockInfo {
     let metadata = match holder {
         Some(holder) => format!("connection {conn}; {holder}"),
         None => format!("connection {conn}"),
     };
-    LockInfo::new(counter.map(|c| FencingToken(c as u64)), None)
+    LockInfo::new(token.map(|t| FencingToken(t as u64)), None)
         .with_metadata(Some(metadata))
         .with_acquired_at(acquired_at(acquired))
 }
 
 /// [`holder_sql`]'s row: holder connection, held by this session, then a
-/// [`HolderRow`]'s counter, label and time.
-type HolderQuery = (Option<i64>, i64, Option<i64>, Option<String>, Option<i64>);
+/// [`HolderRow`]'s token, label and time, then whether a floor is in force.
+type HolderQuery = (
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
 
 /// One attempt. A pinned session comes from [`Sessions`](crate::store::Sessions):
 /// if this future is dropped mid-call, the session is dropped with it and
@@ -121,7 +155,13 @@ pub(crate) async fn try_acquire(
     .await
 }
 
-/// [`try_acquire`]'s work, unbounded.
+/// MySQL's "the table is full" (1114): `<table>_held` reached its
+/// `MEMORY` size limit.
+const TABLE_FULL: u16 = 1114;
+
+/// [`try_acquire`]'s work, unbounded. Starts a fencing epoch when none is
+/// in force, and prunes a full `<table>_held`, each at most once a call
+/// ([`crate::epoch`]).
 async fn grant(
     shared: &Shared,
     key: &Key,
@@ -132,6 +172,7 @@ async fn grant(
     let sessions = shared.sessions()?;
     let name = lock_name(&options.namespace, key.as_str());
     let timeout = options.timeout;
+    let (mut started_epoch, mut pruned, mut looked_free) = (false, false, false);
     loop {
         let (mut session, reused) = sessions.checkout().await.map_err(|error| match error {
             sqlx::Error::PoolTimedOut => LockError::unavailable(
@@ -146,14 +187,59 @@ async fn grant(
         })?;
         let owner = OwnerToken::generate();
         let alive = alive_lock(&owner);
-        let done = match lock(shared, &mut session, key, &name, &alive, ttl).await {
+        let done = match lock(shared, &mut session, &name, &alive, ttl).await {
             Ok(done) => done,
             // A kept session that died while idle: try the next one.
             Err(error) if reused && session_ended(&error) => continue,
+            // The statement may hold the locks it took before the row was
+            // refused: the session is dropped, which closes it and frees
+            // them.
+            Err(error) if number(&error) == Some(TABLE_FULL) => {
+                drop(session);
+                if pruned {
+                    return Err(LockError::backend(
+                        NAMED,
+                        format!(
+                            "{} is full of held keys' tokens even after pruning: raise \
+                             max_heap_table_size and ALTER TABLE it ENGINE = MEMORY: {error}",
+                            epoch::held_table(options)
+                        ),
+                    ));
+                }
+                pruned = true;
+                epoch::prune(NAMED, shared).await?;
+                continue;
+            }
             Err(error) => return Err(map(NAMED, error)),
         };
-        if done.rows_affected() == 0 {
-            return Err(refused(shared, sessions, session, key, &name).await);
+        match done.rows_affected() {
+            0 => match refused(shared, sessions, session, key, &name).await {
+                Refusal::NoFloor if !started_epoch => {
+                    started_epoch = true;
+                    epoch::start(NAMED, shared).await?;
+                    continue;
+                }
+                Refusal::NoFloor => {
+                    return Err(LockError::unavailable(
+                        NAMED,
+                        "no fencing epoch in force right after starting one",
+                    ));
+                }
+                // Nobody held it when we looked: most often an epoch another
+                // call started after our attempt found none. Once more.
+                Refusal::Free if !looked_free => {
+                    looked_free = true;
+                    continue;
+                }
+                Refusal::Free => {
+                    return Err(LockError::contended(NAMED, key.as_str(), None));
+                }
+                Refusal::Busy(error) => return Err(error),
+            },
+            // The key's first grant since the server started: name it in
+            // the keys' table (a failure drops, so closes, the session).
+            1 => register(shared, &mut session, key, &name).await?,
+            _ => {}
         }
         let lost = CancellationToken::new();
         let token = FencingToken(done.last_insert_id());
@@ -184,7 +270,6 @@ async fn grant(
 async fn lock(
     shared: &Shared,
     session: &mut Session,
-    key: &Key,
     name: &str,
     alive: &str,
     ttl: Duration,
@@ -192,8 +277,6 @@ async fn lock(
     let options = &shared.options;
     session.set_wait_timeout(ttl).await?;
     sqlx::query(&shared.sql.acquire)
-        .bind(&options.namespace)
-        .bind(key.as_str())
         .bind(name)
         .bind(&options.holder)
         .bind(name)
@@ -203,32 +286,65 @@ async fn lock(
         .await
 }
 
-/// The contention error for a refused attempt, with the holder's details
-/// read on the same session; the session is kept for reuse only when it
-/// holds nothing (it never should after a refusal; if it does, it is closed).
+/// Writes the key's row in the keys' table if it has none.
+async fn register(
+    shared: &Shared,
+    session: &mut Session,
+    key: &Key,
+    name: &str,
+) -> Result<(), LockError> {
+    sqlx::query(&shared.sql.register)
+        .bind(&shared.options.namespace)
+        .bind(key.as_str())
+        .bind(name)
+        .execute(&mut *session.conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| map(NAMED, e))
+}
+
+/// Why an attempt took nothing.
+enum Refusal {
+    /// Another session holds the lock: the contention error.
+    Busy(LockError),
+    /// No fencing floor is in force on this server: start an epoch.
+    NoFloor,
+    /// Nobody holds the lock any more, and a floor is in force.
+    Free,
+}
+
+/// Reads why an attempt took nothing, with the holder's details, on the
+/// same session; the session is kept for reuse only when it holds nothing
+/// (it never should after a refusal; if it does, it is closed).
 async fn refused(
     shared: &Shared,
     sessions: &Sessions,
     mut session: Session,
     key: &Key,
     name: &str,
-) -> LockError {
-    let options = &shared.options;
+) -> Refusal {
     let row: Result<HolderQuery, _> = sqlx::query_as(&shared.sql.holder)
         .bind(name)
         .bind(name)
-        .bind(&options.namespace)
-        .bind(key.as_str())
+        .bind(name)
         .fetch_one(&mut *session.conn)
         .await;
     let info = match row {
         Ok((_, 1, ..)) | Err(_) => None,
-        Ok((conn, _, counter, holder, acquired)) => {
+        Ok((.., 0)) => {
             sessions.checkin(session);
-            conn.map(|conn| holder_info((conn, counter, holder, acquired)))
+            return Refusal::NoFloor;
+        }
+        Ok((None, ..)) => {
+            sessions.checkin(session);
+            return Refusal::Free;
+        }
+        Ok((Some(conn), _, token, holder, acquired, _)) => {
+            sessions.checkin(session);
+            Some(holder_info((conn, token, holder, acquired)))
         }
     };
-    LockError::contended(NAMED, key.as_str(), info)
+    Refusal::Busy(LockError::contended(NAMED, key.as_str(), info))
 }
 
 /// Checks that the pinned session is alive and still holds the lock, and
@@ -274,29 +390,28 @@ async fn holder(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockErro
     let row: HolderQuery = sqlx::query_as(&shared.sql.holder)
         .bind(&name)
         .bind(&name)
-        .bind(&options.namespace)
-        .bind(key.as_str())
+        .bind(&name)
         .fetch_one(&shared.pool)
         .await
         .map_err(|e| map(NAMED, e))?;
-    let (conn, _, counter, holder, acquired) = row;
-    Ok(conn.map(|conn| holder_info((conn, counter, holder, acquired))))
+    let (conn, _, token, holder, acquired, _) = row;
+    Ok(conn.map(|conn| holder_info((conn, token, holder, acquired))))
 }
 
 pub(crate) async fn inspect(shared: &Shared, key: &Key) -> Result<Option<LockInfo>, LockError> {
     with_timeout(NAMED, shared.options.timeout, holder(shared, key)).await
 }
 
-/// A page of the held keys: the namespace's counter rows under the prefix
+/// A page of the held keys: the namespace's key rows under the prefix
 /// whose lock name `IS_USED_LOCK` reports held.
 pub(crate) async fn list(shared: &Shared, query: &ListQuery) -> Result<ListPage, LockError> {
     admin::list(
         NAMED,
         shared,
         query,
-        |(key, conn, counter, holder, acquired): ListedRow| HeldLock {
+        |(key, conn, token, holder, acquired): ListedRow| HeldLock {
             key: key_text(key),
-            info: holder_info((conn, counter, holder, acquired)),
+            info: holder_info((conn, token, holder, acquired)),
         },
     )
     .await
@@ -305,8 +420,8 @@ pub(crate) async fn list(shared: &Shared, query: &ListQuery) -> Result<ListPage,
 /// Ends the holder's session (`KILL CONNECTION`, which frees the lock and
 /// fires the holder's loss signal through its watcher), then takes the lock
 /// itself (waiting up to half the operation timeout for the killed session
-/// to go), bumps the counter while holding it, and releases it: so the
-/// bump reads the evicted holder's counter and no new holder slips in
+/// to go), bumps the key's token while holding it, and releases it: so the
+/// bump reads the evicted holder's token and no new holder slips in
 /// between. The reason is only logged.
 pub(crate) async fn force_release(
     shared: &Shared,
@@ -361,8 +476,8 @@ pub(crate) async fn force_release(
 }
 
 /// Takes the key's lock on a clean session (waiting up to half the
-/// operation timeout), bumps the counter, releases. When another client
-/// took the lock first, its own grant bumped the counter: nothing to do.
+/// operation timeout), bumps the key's token, releases. When another client
+/// took the lock first, its own grant bumped the token: nothing to do.
 async fn bump(shared: &Shared, key: &Key) -> Result<(), LockError> {
     let options = &shared.options;
     let sessions = shared.sessions()?;
@@ -380,8 +495,7 @@ async fn bump(shared: &Shared, key: &Key) -> Result<(), LockError> {
         return Ok(());
     }
     sqlx::query(&shared.sql.bump)
-        .bind(&options.namespace)
-        .bind(key.as_str())
+        .bind(&name)
         .execute(&mut *session.conn)
         .await
         .map_err(|e| map(NAMED, e))?;
@@ -398,12 +512,14 @@ async fn bump(shared: &Shared, key: &Key) -> Result<(), LockError> {
 
 /// The mode's statements, built once per backend.
 pub(crate) fn sql(options: &Settings) -> Sql {
-    let table = options.quoted_table();
+    let held = epoch::held_table(options);
     Sql {
-        acquire: acquire_sql(&table),
-        holder: holder_sql(&table),
-        list: list_sql(&table),
-        bump: format!("UPDATE {table} SET counter = counter + 1 WHERE namespace = ? AND `key` = ?"),
+        acquire: acquire_sql(options),
+        holder: holder_sql(options),
+        list: list_sql(options),
+        bump: format!("UPDATE {held} SET token = token + 1 WHERE lock_name = ?"),
+        register: register_sql(&options.quoted_table()),
+        epoch: EpochSql::new(options),
         ..Sql::default()
     }
 }

@@ -41,10 +41,11 @@ pub fn migration_sql(config: &MysqlConfig) -> String {
     ddl(&config.settings())
 }
 
-/// Named mode keeps the fencing counter and the key's lock name (so a
-/// listing can ask `IS_USED_LOCK` per row); table mode adds the lease, and
-/// a second table for reader–writer locks and semaphores. Rows
-/// are never deleted by the crate, so counters never reset. Namespace and
+/// Named mode keeps the key's lock name (so a listing can ask
+/// `IS_USED_LOCK` per row), and its tokens in three more tables
+/// ([`crate::epoch`]); table mode adds the fencing counter and the lease,
+/// and a second table for reader–writer locks and semaphores. Rows are
+/// never deleted by the crate, so counters never reset. Namespace and
 /// key are `VARBINARY`, so they compare byte for byte (no collation folds
 /// case or trailing spaces); the primary key fits InnoDB's 3072-byte limit.
 pub(crate) fn ddl(settings: &Settings) -> String {
@@ -55,7 +56,7 @@ pub(crate) fn ddl(settings: &Settings) -> String {
         }
     };
     let kinds = match settings.mode {
-        Mode::Named => String::new(),
+        Mode::Named => crate::epoch::ddl(settings),
         Mode::Table => crate::kinds::ddl(settings),
     };
     format!(

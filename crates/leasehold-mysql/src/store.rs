@@ -65,6 +65,10 @@ pub(crate) struct Sql {
     pub(crate) list: String,
     pub(crate) evict: String,
     pub(crate) bump: String,
+    /// Named mode: the key's row in the keys' table, at its first grant.
+    pub(crate) register: String,
+    /// Named mode: the fencing epoch's statements.
+    pub(crate) epoch: crate::epoch::EpochSql,
 }
 
 /// What every call of one backend shares.

@@ -80,6 +80,7 @@ pub(crate) fn sql(options: &Settings) -> Sql {
             "UPDATE {t} SET owner = NULL, expires_at = NULL, counter = counter + 1 \
              WHERE namespace = ? AND `key` = ?"
         ),
+        ..Sql::default()
     }
 }
 

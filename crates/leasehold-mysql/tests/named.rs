@@ -71,10 +71,19 @@ async fn lock_and_unlock_own_keys(
     }
 }
 
-/// Takes `key` (free) and releases it at once.
-async fn take_and_release(backend: &MysqlBackend, key: &Key) {
+/// Takes `key` (free) and releases it at once; its fencing token.
+async fn take_and_release(backend: &MysqlBackend, key: &Key) -> u64 {
     let lease = backend.try_acquire(key, TTL).await.expect("granted");
     backend.release(&lease).await.expect("released");
+    lease.fencing_token().0
+}
+
+/// Runs one statement of the test's own on the backend's pool.
+async fn run(backend: &MysqlBackend, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(backend.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Four tasks share a backend of two sessions, each locking and unlocking
@@ -151,5 +160,107 @@ async fn waiting_for_a_session_does_not_churn_connections() {
     assert!(
         opened < 2 * SESSIONS,
         "{opened} connections opened for {SESSIONS} sessions"
+    );
+}
+
+/// A grant of a key granted before waits for no disk flush: its token
+/// comes from a `MEMORY` table. (Every grant bumped the key's counter row
+/// in InnoDB, a commit the server flushed before answering, which cost
+/// more than the bare `GET_LOCK` and `RELEASE_LOCK` pair together.)
+/// Counted on this test's own server (`Innodb_data_fsyncs`), with room for
+/// the server's own background flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_keys_grant_flushes_nothing() {
+    const GRANTS: u64 = 40;
+    let (_store, backend) = named_backend("").await;
+    let key = Key::new("flush-free").unwrap();
+    let mut last = take_and_release(&backend, &key).await;
+    let before = server_count(&backend, "Innodb_data_fsyncs").await;
+    for _ in 0..GRANTS {
+        let token = take_and_release(&backend, &key).await;
+        assert!(token > last, "token {token} after {last}");
+        last = token;
+    }
+    let flushes = server_count(&backend, "Innodb_data_fsyncs").await - before;
+    assert!(
+        flushes < GRANTS / 2,
+        "{GRANTS} grants of a known key flushed InnoDB {flushes} times"
+    );
+}
+
+/// Tokens keep rising when the server forgets what it held: a lost floor
+/// (as after a restart, which empties the `MEMORY` tables) and a floor set
+/// on another server (as after a failover) each start a higher epoch (and
+/// the grants that find no floor all go through once one of them started
+/// it: one that looked after another's start was refused as contended), and
+/// a token table too small for the keys is pruned of unheld keys' rows,
+/// a held key's row kept, and grants go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rise_across_a_lost_floor_a_failover_and_a_full_table() {
+    const EPOCH: u64 = 1 << 44;
+    let (_store, backend) = named_backend("").await;
+    let key = Key::new("epochs").unwrap();
+    let first = take_and_release(&backend, &key).await;
+    assert!(first > EPOCH, "the first epoch's token {first}");
+
+    run(&backend, "DELETE FROM leasehold_fencing_in_force").await;
+    // Many first grants at once: one starts the epoch, none is refused.
+    lock_and_unlock_own_keys(&backend, "restarted", 16, 1).await;
+    let restarted = take_and_release(&backend, &key).await;
+    assert!(
+        restarted > 2 * EPOCH,
+        "{restarted} after a lost floor, {first} before"
+    );
+
+    run(
+        &backend,
+        "UPDATE leasehold_fencing_in_force SET server = server + 1",
+    )
+    .await;
+    let failed_over = take_and_release(&backend, &key).await;
+    assert!(
+        failed_over > 3 * EPOCH,
+        "{failed_over} after a failover, {restarted} before"
+    );
+
+    // A MEMORY table of 64 KiB: some 50 rows of ours.
+    let mut conn = backend.pool().acquire().await.expect("a connection");
+    sqlx::raw_sql(
+        "SET SESSION max_heap_table_size = 65536; \
+         ALTER TABLE leasehold_fencing_held ENGINE = MEMORY",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("the token table shrunk");
+    drop(conn);
+    let kept = Key::new("kept").unwrap();
+    let held = backend.try_acquire(&kept, TTL).await.expect("granted");
+    const KEYS: usize = 300;
+    for n in 0..KEYS {
+        take_and_release(&backend, &Key::new(format!("many-{n}")).unwrap()).await;
+    }
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leasehold_fencing_held")
+        .fetch_one(backend.pool())
+        .await
+        .expect("the token table's rows");
+    assert!(
+        (rows as usize) < KEYS,
+        "{rows} rows for {KEYS} keys: the table was never full"
+    );
+    let info = backend
+        .inspect(&kept)
+        .await
+        .expect("inspect")
+        .expect("held");
+    assert_eq!(
+        info.fencing_token,
+        Some(held.fencing_token()),
+        "the held key's row"
+    );
+    backend.release(&held).await.expect("released");
+    let after = take_and_release(&backend, &key).await;
+    assert!(
+        after > failed_over,
+        "{after} after pruning, {failed_over} before"
     );
 }
