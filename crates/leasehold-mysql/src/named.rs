@@ -286,7 +286,11 @@ async fn lock(
         .await
 }
 
-/// Writes the key's row in the keys' table if it has none.
+/// Writes the key's row in the keys' table if it has none. If this fails,
+/// the grant fails (its session is closed), but the key's row in
+/// `<table>_held` stays, and later grants, which find that row, do not
+/// register the key: listings miss it until the server restarts or
+/// prunes the row (only `list` reads the keys' table).
 async fn register(
     shared: &Shared,
     session: &mut Session,
