@@ -9,7 +9,7 @@
 //! whenever it starts:
 //!
 //! - `<table>_held`: one row per key (by lock name) with the key's last
-//!   token, the connection that took it, the holder's label and the time.
+//!   token, the holder's label and the time it was taken.
 //!   The grant statement takes the lock and then raises the row's token to
 //!   `GREATEST(token + 1, floor + 1)`, or inserts the row at `floor + 1`,
 //!   in one statement.
@@ -55,13 +55,13 @@
 
 use leasehold_core::LockError;
 
-use crate::config::Settings;
+use crate::config::{NAMED, Settings};
 use crate::error::map;
 use crate::keys::quote_ident;
 use crate::store::Shared;
 
 /// Low bits of a token left to the keys' counts within one epoch.
-pub(crate) const EPOCH_SHIFT: u32 = 44;
+const EPOCH_SHIFT: u32 = 44;
 
 /// The suffixes of named mode's three tables beside the keys' table.
 const SUFFIXES: [&str; 3] = [HELD, IN_FORCE, EPOCH];
@@ -99,7 +99,6 @@ pub(crate) fn ddl(settings: &Settings) -> String {
         "CREATE TABLE IF NOT EXISTS {held} (\n\
          \x20   lock_name CHAR(64) CHARACTER SET ascii NOT NULL,\n\
          \x20   token BIGINT NOT NULL,\n\
-         \x20   conn BIGINT NOT NULL,\n\
          \x20   holder VARBINARY(1024) NULL,\n\
          \x20   acquired_at DATETIME(6) NOT NULL,\n\
          \x20   PRIMARY KEY (lock_name)\n\
@@ -169,13 +168,13 @@ impl EpochSql {
 /// Starts a new epoch: bumps the durable epoch (a flushed commit, on the
 /// pool's connection: `LAST_INSERT_ID` is the connection's own), then
 /// raises the floor in force to the epoch's.
-pub(crate) async fn start(name: &'static str, shared: &Shared) -> Result<(), LockError> {
+pub(crate) async fn start(shared: &Shared) -> Result<(), LockError> {
     let sql = &shared.sql.epoch;
-    let mut conn = shared.pool.acquire().await.map_err(|e| map(name, e))?;
+    let mut conn = shared.pool.acquire().await.map_err(|e| map(NAMED, e))?;
     let epoch = sqlx::query(&sql.bump)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map(name, e))?
+        .map_err(|e| map(NAMED, e))?
         .last_insert_id();
     let floor = floor_of(epoch)?;
     sqlx::query(&sql.raise)
@@ -184,7 +183,7 @@ pub(crate) async fn start(name: &'static str, shared: &Shared) -> Result<(), Loc
         .bind(floor)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map(name, e))?;
+        .map_err(|e| map(NAMED, e))?;
     tracing::info!(
         epoch,
         "started a fencing epoch (the store restarted or failed over)"
@@ -207,23 +206,23 @@ fn floor_of(epoch: u64) -> Result<i64, LockError> {
 
 /// Makes room in a full `<table>_held` (see the module docs): raises the
 /// floor to the highest token there, then deletes unheld keys' rows at or
-/// below it. Returns how many rows went.
-pub(crate) async fn prune(name: &'static str, shared: &Shared) -> Result<u64, LockError> {
+/// below it.
+pub(crate) async fn prune(shared: &Shared) -> Result<(), LockError> {
     let sql = &shared.sql.epoch;
     sqlx::query(&sql.floor_to_tokens)
         .execute(&shared.pool)
         .await
-        .map_err(|e| map(name, e))?;
+        .map_err(|e| map(NAMED, e))?;
     let gone = sqlx::query(&sql.prune)
         .execute(&shared.pool)
         .await
-        .map_err(|e| map(name, e))?
+        .map_err(|e| map(NAMED, e))?
         .rows_affected();
     tracing::info!(
         gone,
         "pruned the fencing tokens of unheld keys: the table was full"
     );
-    Ok(gone)
+    Ok(())
 }
 
 #[cfg(test)]

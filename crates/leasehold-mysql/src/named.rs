@@ -55,13 +55,13 @@ fn acquire_sql(settings: &Settings) -> String {
     let held = epoch::held_table(settings);
     let in_force = epoch::in_force_table(settings);
     format!(
-        "INSERT INTO {held} (lock_name, token, conn, holder, acquired_at) \
-         SELECT ?, LAST_INSERT_ID(f.floor + 1), CONNECTION_ID(), ?, UTC_TIMESTAMP(6) \
+        "INSERT INTO {held} (lock_name, token, holder, acquired_at) \
+         SELECT ?, LAST_INSERT_ID(f.floor + 1), ?, UTC_TIMESTAMP(6) \
          FROM {in_force} AS f \
          WHERE f.id = 1 AND (CASE WHEN f.server <> @@server_id THEN 0 \
              WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
          ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
-             conn = CONNECTION_ID(), holder = ?, acquired_at = UTC_TIMESTAMP(6)"
+             holder = ?, acquired_at = UTC_TIMESTAMP(6)"
     )
 }
 
@@ -207,7 +207,7 @@ async fn grant(
                     ));
                 }
                 pruned = true;
-                epoch::prune(NAMED, shared).await?;
+                epoch::prune(shared).await?;
                 continue;
             }
             Err(error) => return Err(map(NAMED, error)),
@@ -216,7 +216,7 @@ async fn grant(
             0 => match refused(shared, sessions, session, key, &name).await {
                 Refusal::NoFloor if !started_epoch => {
                     started_epoch = true;
-                    epoch::start(NAMED, shared).await?;
+                    epoch::start(shared).await?;
                     continue;
                 }
                 Refusal::NoFloor => {
