@@ -22,8 +22,11 @@
 //! another `server_id`) takes no lock; the client then bumps the epoch
 //! (a flushed commit: the only durable write), sets the floor to
 //! `epoch << 44`, and asks again. Every token of an epoch lies below the
-//! next epoch's floor as long as no key is granted 2⁴⁴ times (17 trillion)
-//! in one epoch, so tokens never go back whatever a restart forgets.
+//! next epoch's floor, its *ceiling* ([`ceiling_sql`]): a grant whose
+//! token would reach it (a key granted 2⁴⁴ times, 17 trillion, in one
+//! epoch) gives both its locks back in the same statement and returns no
+//! token, and the client starts the next epoch and asks again. So tokens
+//! never go back whatever a restart forgets.
 //! Two clients starting an epoch at once both bump it; the floor only ever
 //! rises (`GREATEST`), so the later epoch wins whatever the order.
 //!
@@ -189,6 +192,13 @@ pub(crate) async fn start(shared: &Shared) -> Result<(), LockError> {
         "started a fencing epoch (the store restarted or failed over)"
     );
     Ok(())
+}
+
+/// The first floor of the epoch after the one `floor` (a SQL expression)
+/// lies in: no token of an epoch may reach it, or a restart could hand out
+/// that token again (see the module docs).
+pub(crate) fn ceiling_sql(floor: &str) -> String {
+    format!("((({floor}) >> {EPOCH_SHIFT}) + 1) << {EPOCH_SHIFT}")
 }
 
 /// The first token of `epoch` less one.

@@ -50,17 +50,27 @@ pub fn session_id(lease: &Lease) -> Option<u64> {
 /// key's), and the token comes back as the statement's `LAST_INSERT_ID`.
 /// No row is written when the lock is busy. The row is a `MEMORY` table's:
 /// the grant waits for no disk. Affected rows: 1 for a new row, 2 for an
-/// updated one. Binds: lock name, holder, lock name, alive lock, holder.
+/// updated one.
+///
+/// A token that would reach the epoch's ceiling ([`epoch::ceiling_sql`]) is
+/// not handed out: the statement gives both locks back (`RELEASE_LOCK`,
+/// in the branch `IF` takes only then), leaves the token as it was, and
+/// its `LAST_INSERT_ID` is 0, which no grant's token is (a floor is at
+/// least 2⁴⁴). Binds: lock name, holder, lock name, alive lock, lock
+/// name, alive lock, holder.
 fn acquire_sql(settings: &Settings) -> String {
     let held = epoch::held_table(settings);
     let in_force = epoch::in_force_table(settings);
+    let ceiling = epoch::ceiling_sql("f.floor");
     format!(
         "INSERT INTO {held} (lock_name, token, holder, acquired_at) \
          SELECT ?, LAST_INSERT_ID(f.floor + 1), ?, UTC_TIMESTAMP(6) \
          FROM {in_force} AS f \
          WHERE f.id = 1 AND (CASE WHEN f.server <> @@server_id THEN 0 \
              WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
-         ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
+         ON DUPLICATE KEY UPDATE token = IF(GREATEST(token + 1, f.floor + 1) < {ceiling}, \
+                 LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
+                 token + LEAST(0, RELEASE_LOCK(?) + RELEASE_LOCK(?) + LAST_INSERT_ID(0))), \
              holder = ?, acquired_at = UTC_TIMESTAMP(6)"
     )
 }
@@ -236,6 +246,19 @@ async fn grant(
                 }
                 Refusal::Busy(error) => return Err(error),
             },
+            // The key reached its epoch's ceiling: the statement gave the
+            // locks back. Only the next epoch's tokens lie above it.
+            _ if done.last_insert_id() == 0 => {
+                if started_epoch {
+                    return Err(LockError::unavailable(
+                        NAMED,
+                        "the key's token reached the ceiling of an epoch just started",
+                    ));
+                }
+                started_epoch = true;
+                epoch::start(shared).await?;
+                continue;
+            }
             // The key's first grant since the server started: name it in
             // the keys' table (a failure drops, so closes, the session).
             1 => register(shared, &mut session, key, &name).await?,
@@ -279,6 +302,8 @@ async fn lock(
     sqlx::query(&shared.sql.acquire)
         .bind(name)
         .bind(&options.holder)
+        .bind(name)
+        .bind(alive)
         .bind(name)
         .bind(alive)
         .bind(&options.holder)

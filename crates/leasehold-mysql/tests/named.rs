@@ -264,3 +264,44 @@ async fn tokens_rise_across_a_lost_floor_a_failover_and_a_full_table() {
         "{after} after pruning, {failed_over} before"
     );
 }
+
+/// A key whose next token would reach its epoch's ceiling (the next
+/// epoch's floor) is granted in the next epoch, and nothing is left locked.
+/// Without the ceiling the key got 2⁴⁵ and then 2⁴⁵ + 1, the next
+/// epoch's first token, which the first grant after a restart (which
+/// forgets the key's row) hands out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_epochs_ceiling_is_granted_in_the_next_epoch() {
+    const EPOCH: u64 = 1 << 44;
+    let (_store, backend) = named_backend("").await;
+    let key = Key::new("ceiling").unwrap();
+    let first = take_and_release(&backend, &key).await;
+    assert_eq!(first >> 44, 1, "the first epoch's token {first}");
+    // The key's only row, one grant short of the ceiling.
+    run(
+        &backend,
+        &format!(
+            "UPDATE leasehold_fencing_held SET token = {}",
+            2 * EPOCH - 1
+        ),
+    )
+    .await;
+    let at_ceiling = take_and_release(&backend, &key).await;
+    let next = take_and_release(&backend, &key).await;
+    assert!(
+        at_ceiling > 2 * EPOCH && next > at_ceiling,
+        "{at_ceiling} then {next} after the key's token {}",
+        2 * EPOCH - 1
+    );
+    // What a restart forgets: both MEMORY tables.
+    run(
+        &backend,
+        "DELETE FROM leasehold_fencing_held; DELETE FROM leasehold_fencing_in_force",
+    )
+    .await;
+    let restarted = take_and_release(&backend, &key).await;
+    assert!(
+        restarted > next,
+        "{restarted} after a restart, {next} before"
+    );
+}
