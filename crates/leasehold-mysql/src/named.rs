@@ -53,11 +53,12 @@ pub fn session_id(lease: &Lease) -> Option<u64> {
 /// updated one.
 ///
 /// A token that would reach the epoch's ceiling ([`epoch::ceiling_sql`]) is
-/// not handed out: the statement gives both locks back (`RELEASE_LOCK`,
-/// in the branch `IF` takes only then), leaves the token as it was, and
-/// its `LAST_INSERT_ID` is 0, which no grant's token is (a floor is at
-/// least 2⁴⁴). Binds: lock name, holder, lock name, alive lock, lock
-/// name, alive lock, holder.
+/// not handed out: the statement gives both locks back, leaves the token
+/// as it was, and its `LAST_INSERT_ID` is 0, which no grant's token is (a
+/// floor is at least 2⁴⁴). `RELEASE_ALL_LOCKS`, in the branch `IF` takes
+/// only then, adds no binds to every grant: the session came clean from
+/// the pool, so this grant's are the only locks it holds. Binds: lock
+/// name, holder, lock name, alive lock, holder.
 fn acquire_sql(settings: &Settings) -> String {
     let held = epoch::held_table(settings);
     let in_force = epoch::in_force_table(settings);
@@ -70,7 +71,7 @@ fn acquire_sql(settings: &Settings) -> String {
              WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
          ON DUPLICATE KEY UPDATE token = IF(GREATEST(token + 1, f.floor + 1) < {ceiling}, \
                  LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
-                 token + LEAST(0, RELEASE_LOCK(?) + RELEASE_LOCK(?) + LAST_INSERT_ID(0))), \
+                 token + LEAST(0, RELEASE_ALL_LOCKS() + LAST_INSERT_ID(0))), \
              holder = ?, acquired_at = UTC_TIMESTAMP(6)"
     )
 }
@@ -302,8 +303,6 @@ async fn lock(
     sqlx::query(&shared.sql.acquire)
         .bind(name)
         .bind(&options.holder)
-        .bind(name)
-        .bind(alive)
         .bind(name)
         .bind(alive)
         .bind(&options.holder)
