@@ -63,14 +63,14 @@ fn acquire_sql(settings: &Settings) -> String {
     let held = epoch::held_table(settings);
     let in_force = epoch::in_force_table(settings);
     let ceiling = epoch::ceiling_sql("f.floor");
+    let next = "GREATEST(token + 1, f.floor + 1)";
     format!(
         "INSERT INTO {held} (lock_name, token, holder, acquired_at) \
          SELECT ?, LAST_INSERT_ID(f.floor + 1), ?, UTC_TIMESTAMP(6) \
          FROM {in_force} AS f \
          WHERE f.id = 1 AND (CASE WHEN f.server <> @@server_id THEN 0 \
              WHEN GET_LOCK(?, 0) = 1 THEN GET_LOCK(?, 0) ELSE 0 END) = 1 \
-         ON DUPLICATE KEY UPDATE token = IF(GREATEST(token + 1, f.floor + 1) < {ceiling}, \
-                 LAST_INSERT_ID(GREATEST(token + 1, f.floor + 1)), \
+         ON DUPLICATE KEY UPDATE token = IF({next} < {ceiling}, LAST_INSERT_ID({next}), \
                  token + LEAST(0, RELEASE_ALL_LOCKS() + LAST_INSERT_ID(0))), \
              holder = ?, acquired_at = UTC_TIMESTAMP(6)"
     )
@@ -225,16 +225,9 @@ async fn grant(
         };
         match done.rows_affected() {
             0 => match refused(shared, sessions, session, key, &name).await {
-                Refusal::NoFloor if !started_epoch => {
-                    started_epoch = true;
-                    epoch::start(shared).await?;
-                    continue;
-                }
                 Refusal::NoFloor => {
-                    return Err(LockError::unavailable(
-                        NAMED,
-                        "no fencing epoch in force right after starting one",
-                    ));
+                    next_epoch(shared, &mut started_epoch, "no fencing epoch in force").await?;
+                    continue;
                 }
                 // Nobody held it when we looked: most often an epoch another
                 // call started after our attempt found none. Once more.
@@ -250,14 +243,8 @@ async fn grant(
             // The key reached its epoch's ceiling: the statement gave the
             // locks back. Only the next epoch's tokens lie above it.
             _ if done.last_insert_id() == 0 => {
-                if started_epoch {
-                    return Err(LockError::unavailable(
-                        NAMED,
-                        "the key's token reached the ceiling of an epoch just started",
-                    ));
-                }
-                started_epoch = true;
-                epoch::start(shared).await?;
+                let why = "the key's token reached its epoch's ceiling";
+                next_epoch(shared, &mut started_epoch, why).await?;
                 continue;
             }
             // The key's first grant since the server started: name it in
@@ -287,6 +274,20 @@ async fn grant(
         .with_handle(Arc::new(handle))
         .with_loss_signal(lost));
     }
+}
+
+/// Starts the next fencing epoch for a grant that needs one (`why`), at
+/// most once a call (`started`): a second need right after a start is
+/// `Unavailable`.
+async fn next_epoch(shared: &Shared, started: &mut bool, why: &str) -> Result<(), LockError> {
+    if *started {
+        return Err(LockError::unavailable(
+            NAMED,
+            format!("{why} right after starting one"),
+        ));
+    }
+    *started = true;
+    epoch::start(shared).await
 }
 
 /// Sets the session's `wait_timeout` for `ttl` and runs the acquiring
