@@ -50,6 +50,7 @@ mod guard;
 mod held;
 mod key;
 mod kind;
+pub mod known;
 mod layer;
 mod lease;
 mod listing;

@@ -56,7 +56,7 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// `list` and `force_release` read, and what an operator sees in
 /// `pg_stat_activity`). It reports whether the key's row exists, and only a
 /// key's first grant adds it ([`key_row_sql`]); a grant of a key whose row
-/// the backend has seen does not look ([`KnownRows`](crate::keys::KnownRows)).
+/// the backend has seen does not look ([`Sessions::known_rows`](crate::store::Sessions::known_rows)).
 /// Measured with pgbench inside
 /// the container (lock+unlock per pair, one client): about 138 µs for the
 /// bare pair, 223 µs with this grant and the release, and a grant that
@@ -93,7 +93,7 @@ pub fn session_pid(lease: &Lease) -> Option<i32> {
 /// `epoch` is where the statement takes the store epoch from: the store
 /// ([`epoch::current_sql`]) or, on a session that read it before,
 /// [`session_epoch`]. `row_known`: the key's row is known to be there
-/// ([`KnownRows`](crate::keys::KnownRows)), so the grant does not look.
+/// ([`Sessions::known_rows`](crate::store::Sessions::known_rows)), so the grant does not look.
 fn acquire_sql(settings: &Settings, wait: Wait, epoch: &str, row_known: bool) -> String {
     let table = settings.qualified_table();
     let row_exists = if row_known {
@@ -391,7 +391,7 @@ pub(crate) async fn try_acquire(
                 &shared.sql,
                 Wait::Refuse,
                 remembered.is_some(),
-                sessions.known_rows.contains(id),
+                sessions.known_rows.contains(&id),
             );
             let mut grant = sqlx::query_as(sql)
                 .bind(id)
@@ -572,7 +572,7 @@ pub(crate) async fn queue(
         &shared.sql,
         Wait::Queue,
         remembered.is_some(),
-        sessions.known_rows.contains(id),
+        sessions.known_rows.contains(&id),
     );
     let mut grant = sqlx::query_as::<_, AcquireRow>(sql)
         .bind(id)

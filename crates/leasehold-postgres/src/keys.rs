@@ -1,9 +1,5 @@
 //! The names derived from a key: its advisory lock id, its release signal,
-//! and quoted SQL identifiers; and which keys' rows a backend has seen.
-
-use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! and quoted SQL identifiers.
 
 use sha2::{Digest, Sha256};
 
@@ -47,55 +43,6 @@ pub(crate) fn signal_name(id: i64) -> String {
     format!("{:016x}", id as u64)
 }
 
-/// How long a backend trusts that the key rows it saw are there
-/// ([`KnownRows`]).
-const KNOWN_ROWS_FOR: Duration = Duration::from_secs(300);
-
-/// The most keys a backend remembers the rows of ([`KnownRows`]).
-const KNOWN_ROWS_MAX: usize = 1 << 16;
-
-/// The advisory ids of the keys whose row (advisory mode's key row, which
-/// names a held key in listings) this backend saw in the table, so that
-/// their grants skip the row's lookup. Measured with pgbench inside the
-/// container (64 clients, the grant and release on a session that
-/// remembers the store epoch): 0.48 of the bare pair's rate with the
-/// lookup, 0.58 without it (2026-12-02). leasehold never deletes a key
-/// row; should an operator delete some, each comes back at a grant of its
-/// key once every backend that saw it has forgotten it: all is forgotten
-/// every [`KNOWN_ROWS_FOR`], and when [`KNOWN_ROWS_MAX`] keys are known.
-#[derive(Debug)]
-pub(crate) struct KnownRows {
-    seen: Mutex<(Instant, HashSet<i64>)>,
-}
-
-impl Default for KnownRows {
-    fn default() -> Self {
-        KnownRows {
-            seen: Mutex::new((Instant::now(), HashSet::new())),
-        }
-    }
-}
-
-impl KnownRows {
-    /// Whether the row of the key with advisory id `id` was seen.
-    pub(crate) fn contains(&self, id: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.0.elapsed() > KNOWN_ROWS_FOR {
-            *seen = (Instant::now(), HashSet::new());
-        }
-        seen.1.contains(&id)
-    }
-
-    /// The row of the key with advisory id `id` is in the table.
-    pub(crate) fn insert(&self, id: i64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.1.len() >= KNOWN_ROWS_MAX {
-            *seen = (Instant::now(), HashSet::new());
-        }
-        seen.1.insert(id);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,18 +57,6 @@ mod tests {
             signal_name(advisory_lock_id("", "orders:42")),
             format!("{:016x}", advisory_lock_id("", "orders:42") as u64)
         );
-    }
-
-    #[test]
-    fn known_rows_are_forgotten_when_too_many() {
-        let known = KnownRows::default();
-        known.insert(-7);
-        assert!(known.contains(-7) && !known.contains(7));
-        for id in 0..KNOWN_ROWS_MAX as i64 {
-            known.insert(id);
-        }
-        assert!(!known.contains(-7), "kept past {KNOWN_ROWS_MAX} keys");
-        assert!(known.contains(KNOWN_ROWS_MAX as i64 - 1));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use leasehold_core::known::KnownKeys;
 use leasehold_core::relay::{Lent, Relay};
 use leasehold_core::{LockError, ReleaseFeed};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -39,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ADVISORY, PostgresConfig, Settings};
 use crate::error::{map, session_ended};
-use crate::keys::{KnownRows, halves, signal_name};
+use crate::keys::{halves, signal_name};
 use crate::marks::{Marks, mark_id};
 
 /// The statements of one mode, built once per backend.
@@ -50,7 +51,7 @@ pub(crate) struct Sql {
     /// epoch ([`crate::epoch`]).
     pub(crate) acquire_in_epoch: String,
     /// Advisory mode: [`Sql::acquire_in_epoch`] for a key whose row is
-    /// known to be there ([`KnownRows`]).
+    /// known to be there ([`Sessions::known_rows`]).
     pub(crate) acquire_known_row: String,
     /// Advisory mode: the grant that waits in the server's lock queue.
     pub(crate) queue: String,
@@ -192,8 +193,15 @@ pub(crate) struct Sessions {
     /// Marks the keys this backend's unqueued waiters wait for
     /// ([`crate::marks`]), on a session of its own.
     pub(crate) marks: Marks,
-    /// The keys whose row this backend saw ([`KnownRows`]).
-    pub(crate) known_rows: KnownRows,
+    /// The advisory ids of the keys whose row (advisory mode's key row,
+    /// which names a held key in listings) this backend saw in the table,
+    /// so that their grants skip the row's lookup. Measured with pgbench
+    /// inside the container (64 clients, the grant and release on a session
+    /// that remembers the store epoch): 0.48 of the bare pair's rate with
+    /// the lookup, 0.58 without it (2026-12-02). leasehold never deletes a
+    /// key row; one an operator deletes comes back at a grant of its key
+    /// once every backend that saw it has forgotten it ([`KnownKeys`]).
+    pub(crate) known_rows: KnownKeys<i64>,
 }
 
 /// A clean session kept for reuse: its server pid and the store epoch when
@@ -338,7 +346,7 @@ impl Sessions {
             queue_slots: Arc::new(tokio::sync::Semaphore::new((max / 2) as usize)),
             turns: Mutex::new(std::collections::HashMap::new()),
             marks,
-            known_rows: KnownRows::default(),
+            known_rows: KnownKeys::default(),
         }
     }
 
