@@ -39,7 +39,7 @@
 //!   LAST_INSERT_ID(token + 1)`: the token comes back in the statement's
 //!   reply), so a grant is one round trip (plus one to set `wait_timeout`
 //!   when a session is new or the TTL changes, and one to name the key in
-//!   the InnoDB table at its first grant since the server started) and
+//!   the InnoDB table at a backend's first grant of the key) and
 //!   waits for no disk flush. `Fencing::Strict`: a durable *epoch*, bumped
 //!   when the server has forgotten its tokens (a restart or crash empties
 //!   `MEMORY` tables; a failover changes `@@server_id`), keeps every later

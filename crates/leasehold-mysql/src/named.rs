@@ -247,10 +247,14 @@ async fn grant(
                 next_epoch(shared, &mut started_epoch, why).await?;
                 continue;
             }
-            // The key's first grant since the server started: name it in
-            // the keys' table (a failure drops, so closes, the session).
-            1 => register(shared, &mut session, key, &name).await?,
+            // Granted: 1 for the key's first grant since the server started,
+            // 2 for a later one.
             _ => {}
+        }
+        if !sessions.registered.contains(&name) {
+            // A failure drops, so closes, the session: the grant fails.
+            register(shared, &mut session, key, &name).await?;
+            sessions.registered.insert(name.clone());
         }
         let lost = CancellationToken::new();
         let token = FencingToken(done.last_insert_id());
@@ -311,11 +315,12 @@ async fn lock(
         .await
 }
 
-/// Writes the key's row in the keys' table if it has none. If this fails,
-/// the grant fails (its session is closed), but the key's row in
-/// `<table>_held` stays, and later grants, which find that row, do not
-/// register the key: listings miss it until the server restarts or
-/// prunes the row (only `list` reads the keys' table).
+/// Writes the key's row in the keys' table if it has none, so that `list`
+/// names the key. A grant does this for every key its backend has not seen
+/// there ([`Sessions::registered`](crate::store::Sessions::registered)),
+/// not only at the key's first grant since the server started: a grant
+/// whose registration failed leaves the key's token row behind, and the
+/// next grant of the key, from any process, must still name it.
 async fn register(
     shared: &Shared,
     session: &mut Session,

@@ -42,6 +42,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use leasehold_core::known::KnownKeys;
 use leasehold_core::relay::{Lent, Relay};
 use leasehold_core::{LockError, OwnerToken, ReleaseHub};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
@@ -181,6 +182,9 @@ pub(crate) struct Sessions {
     /// Wakes watchers waiting on a full pool when a watcher is kept.
     kept_watchers: Notify,
     pub(crate) timeout: Duration,
+    /// The lock names of the keys this backend saw named in the keys'
+    /// table, which `list` reads: a grant of any other key names it there.
+    pub(crate) registered: KnownKeys<String>,
 }
 
 /// A connection kept by `pop`, else a new one from `pool`. A kept
@@ -265,6 +269,7 @@ impl Sessions {
             idle_watchers: Mutex::new(Vec::new()),
             kept_watchers: Notify::new(),
             timeout,
+            registered: KnownKeys::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use leasehold_conformance::fixtures;
-use leasehold_core::{Key, LockBackend};
+use leasehold_core::{Key, ListQuery, LockBackend};
 use leasehold_mysql::MysqlBackend;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -13,14 +13,19 @@ const TTL: Duration = Duration::from_secs(30);
 async fn named_backend(options: &str) -> (fixtures::Provisioned, MysqlBackend) {
     let spec = fixtures::mariadb_spec();
     let store = fixtures::provision(&spec).await.expect("a mariadb store");
-    let url = store.url(|port| {
+    let backend = connect_when_ready(&named_url(&store, options)).await;
+    (store, backend)
+}
+
+/// The URL of a named-mode backend on `store`, `options` appended to its
+/// query.
+fn named_url(store: &fixtures::Provisioned, options: &str) -> String {
+    store.url(|port| {
         format!(
             "mysql://root:{}@127.0.0.1:{port}/leasehold?mode=named{options}",
             fixtures::MARIADB_PASSWORD
         )
-    });
-    let backend = connect_when_ready(&url).await;
-    (store, backend)
+    })
 }
 
 /// Connects (running the migration once) until the server answers.
@@ -84,6 +89,18 @@ async fn run(backend: &MysqlBackend, sql: &str) {
         .execute(backend.pool())
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Rebuilds the token table as a `MEMORY` table of at most `bytes`.
+async fn shrink_token_table(backend: &MysqlBackend, bytes: u32) {
+    let mut conn = backend.pool().acquire().await.expect("a connection");
+    sqlx::raw_sql(&format!(
+        "SET SESSION max_heap_table_size = {bytes}; \
+         ALTER TABLE leasehold_fencing_held ENGINE = MEMORY"
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("the token table shrunk");
 }
 
 /// Four tasks share a backend of two sessions, each locking and unlocking
@@ -224,15 +241,7 @@ async fn tokens_rise_across_a_lost_floor_a_failover_and_a_full_table() {
     );
 
     // A MEMORY table of 64 KiB: some 50 rows of ours.
-    let mut conn = backend.pool().acquire().await.expect("a connection");
-    sqlx::raw_sql(
-        "SET SESSION max_heap_table_size = 65536; \
-         ALTER TABLE leasehold_fencing_held ENGINE = MEMORY",
-    )
-    .execute(&mut *conn)
-    .await
-    .expect("the token table shrunk");
-    drop(conn);
+    shrink_token_table(&backend, 65536).await;
     let kept = Key::new("kept").unwrap();
     let held = backend.try_acquire(&kept, TTL).await.expect("granted");
     const KEYS: usize = 300;
@@ -304,4 +313,35 @@ async fn a_key_at_its_epochs_ceiling_is_granted_in_the_next_epoch() {
         restarted > next,
         "{restarted} after a restart, {next} before"
     );
+}
+
+/// A key whose registration failed is still listed once it is taken again,
+/// from any process. A failed registration fails its grant but leaves the
+/// key's token row, so later grants found the row, registered nothing, and
+/// `list` missed the held key until the server restarted. Here the keys'
+/// row is deleted after a grant, which leaves what a failed registration
+/// leaves, and a second backend on the same store (another process) takes
+/// the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_registration_failed_is_listed_when_taken_again() {
+    let (store, first) = named_backend("").await;
+    let key = Key::new("unregistered").unwrap();
+    take_and_release(&first, &key).await;
+    run(&first, "DELETE FROM leasehold_fencing").await;
+    let second = connect_when_ready(&named_url(&store, "")).await;
+    let lease = second.try_acquire(&key, TTL).await.expect("granted");
+    let listed = first
+        .list(&ListQuery::new(""))
+        .await
+        .expect("a listing")
+        .locks;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|held| held.key.as_str())
+            .collect::<Vec<_>>(),
+        ["unregistered"],
+        "the held key is listed"
+    );
+    second.release(&lease).await.expect("released");
 }
