@@ -203,10 +203,9 @@ async fn grant(
             // A kept session that died while idle: try the next one.
             Err(error) if reused && session_ended(&error) => continue,
             // The statement may hold the locks it took before the row was
-            // refused: the session is dropped, which closes it and frees
-            // them.
+            // refused: they are given back before the retry.
             Err(error) if number(&error) == Some(TABLE_FULL) => {
-                drop(session);
+                give_back(sessions, session).await;
                 if pruned {
                     return Err(LockError::backend(
                         NAMED,
@@ -277,6 +276,21 @@ async fn grant(
         )
         .with_handle(Arc::new(handle))
         .with_loss_signal(lost));
+    }
+}
+
+/// Frees every lock `session` holds, which are only this call's (it came
+/// clean from the pool), and keeps it for reuse; a session that fails to is
+/// dropped, which closes it. Not by dropping it alone: a dropped session is
+/// closed on a task of its own, and a retry's `GET_LOCK` found the key
+/// still held by it (a free key refused as contended).
+async fn give_back(sessions: &Sessions, mut session: Session) {
+    match sqlx::query("DO RELEASE_ALL_LOCKS()")
+        .execute(&mut *session.conn)
+        .await
+    {
+        Ok(_) => sessions.checkin(session),
+        Err(error) => tracing::debug!(%error, "closing a session that failed to free its locks"),
     }
 }
 

@@ -274,6 +274,50 @@ async fn tokens_rise_across_a_lost_floor_a_failover_and_a_full_table() {
     );
 }
 
+/// Grants of new keys on a full token table keep succeeding through many
+/// prunes. A grant refused by the full table may hold the key's lock (the
+/// `GET_LOCK`s run before the row is refused); it dropped its session to
+/// free it, sqlx closed that on a task of its own, and the retry after the
+/// prune sometimes found the key still held by the closing session: a free
+/// key refused as contended (about one prune in twenty-five here). Now the
+/// locks are freed on the session before the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_on_a_full_token_table_refuse_no_free_key() {
+    const KEYS: usize = 1500;
+    const TASKS: usize = 4;
+    let (_store, backend) = named_backend("").await;
+    // MariaDB's smallest MEMORY table: a few dozen rows of ours.
+    shrink_token_table(&backend, 16384).await;
+    // New keys from a few tasks at once: the load that made the race show.
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                for n in (task..KEYS).step_by(TASKS) {
+                    let key = Key::new(format!("full-{n}")).unwrap();
+                    let lease = backend
+                        .try_acquire(&key, TTL)
+                        .await
+                        .map_err(|e| format!("key {n} of {KEYS}: {e}"))?;
+                    backend.release(&lease).await.expect("released");
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("every new key granted");
+    }
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leasehold_fencing_held")
+        .fetch_one(backend.pool())
+        .await
+        .expect("the token table's rows");
+    assert!(
+        (rows as usize) * 20 < KEYS,
+        "{rows} rows for {KEYS} keys: fewer than twenty prunes"
+    );
+}
+
 /// A key whose next token would reach its epoch's ceiling (the next
 /// epoch's floor) is granted in the next epoch, and nothing is left locked.
 /// Without the ceiling the key got 2⁴⁵ and then 2⁴⁵ + 1, the next
