@@ -34,6 +34,9 @@
 //! store's container runs the bare pair and the backend's statements with
 //! `--tasks` clients and no client library in the way, so a ratio there is
 //! what the statements cost the server (the floor under the 64-task figure).
+//! Two steps there draw the token from a sequence named at run time, one
+//! for every lock or one of eight by lock id: whether one sequence for
+//! every grant (one hot page) limits many clients.
 //! `--print-sql` prints the backend's grant and release and stops.
 
 use std::sync::Arc;
@@ -52,6 +55,24 @@ use stores::{err, op};
 const TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
      THEN nextval('bench_raw_token') > 0 ELSE false END, \
      set_config('synchronous_commit', 'off', true)";
+
+/// [`TOKEN_LOCK`] with the sequence named at run time: `bench_raw_token_0`
+/// for every lock (the cost of the name's lookup, to compare with
+/// [`SHARDED_TOKEN_LOCK`]).
+const NAMED_TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
+     THEN nextval(('bench_raw_token_' || ($1 % 1))::regclass) > 0 ELSE false END, \
+     set_config('synchronous_commit', 'off', true)";
+
+/// [`NAMED_TOKEN_LOCK`] drawing from one of [`TOKEN_SHARDS`] sequences, by
+/// lock id: whether one sequence for every grant is what limits many
+/// clients (one hot sequence page), so that keys should draw from
+/// sequences of their own.
+const SHARDED_TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
+     THEN nextval(('bench_raw_token_' || ($1 % 8))::regclass) > 0 ELSE false END, \
+     set_config('synchronous_commit', 'off', true)";
+
+/// How many sequences [`SHARDED_TOKEN_LOCK`] draws from (its `% 8`).
+const TOKEN_SHARDS: usize = 8;
 
 /// [`TOKEN_LOCK`], with the session labelled and its idle timeout set.
 const LABELLED_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
@@ -162,7 +183,11 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
     let spec = fixtures::postgres_spec().args(["-c", "max_connections=300"]);
     let (store, backend) = stores::pg_advisory_backend(spec, "namespace=bench-lock").await?;
     let pool = backend.pool().clone();
-    leasehold_postgres::sqlx::query("CREATE SEQUENCE IF NOT EXISTS bench_raw_token")
+    let sequences: String = std::iter::once("bench_raw_token".to_owned())
+        .chain((0..TOKEN_SHARDS).map(|shard| format!("bench_raw_token_{shard}")))
+        .map(|name| format!("CREATE SEQUENCE IF NOT EXISTS {name};"))
+        .collect();
+    leasehold_postgres::sqlx::raw_sql(&sequences)
         .execute(&pool)
         .await
         .map_err(err)?;
@@ -190,6 +215,16 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
             BARE_UNLOCK,
         ),
         ("+ token from a sequence", TOKEN_LOCK, BARE_UNLOCK),
+        (
+            "+ token from a sequence named at run time",
+            NAMED_TOKEN_LOCK,
+            BARE_UNLOCK,
+        ),
+        (
+            "the same, one of 8 sequences by lock",
+            SHARDED_TOKEN_LOCK,
+            BARE_UNLOCK,
+        ),
         (
             "+ session label and idle timeout",
             LABELLED_LOCK,
