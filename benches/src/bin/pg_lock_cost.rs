@@ -56,22 +56,21 @@ const TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
      THEN nextval('bench_raw_token') > 0 ELSE false END, \
      set_config('synchronous_commit', 'off', true)";
 
-/// [`TOKEN_LOCK`] with the sequence named at run time: `bench_raw_token_0`
-/// for every lock (the cost of the name's lookup, to compare with
-/// [`SHARDED_TOKEN_LOCK`]).
-const NAMED_TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
-     THEN nextval(('bench_raw_token_' || ($1 % 1))::regclass) > 0 ELSE false END, \
-     set_config('synchronous_commit', 'off', true)";
+/// [`TOKEN_LOCK`] drawing from one of `shards` sequences by lock id,
+/// `bench_raw_token_<id % shards>`, named at run time: with one shard, the
+/// cost of the name's lookup alone; with [`TOKEN_SHARDS`], whether one
+/// sequence for every grant is what limits many clients (one hot sequence
+/// page), so that keys should draw from sequences of their own.
+fn token_lock_from(shards: usize) -> &'static str {
+    let sql = format!(
+        "SELECT CASE WHEN pg_try_advisory_lock($1) \
+         THEN nextval(('bench_raw_token_' || ($1 % {shards}))::regclass) > 0 ELSE false END, \
+         set_config('synchronous_commit', 'off', true)"
+    );
+    Box::leak(sql.into_boxed_str())
+}
 
-/// [`NAMED_TOKEN_LOCK`] drawing from one of [`TOKEN_SHARDS`] sequences, by
-/// lock id: whether one sequence for every grant is what limits many
-/// clients (one hot sequence page), so that keys should draw from
-/// sequences of their own.
-const SHARDED_TOKEN_LOCK: &str = "SELECT CASE WHEN pg_try_advisory_lock($1) \
-     THEN nextval(('bench_raw_token_' || ($1 % 8))::regclass) > 0 ELSE false END, \
-     set_config('synchronous_commit', 'off', true)";
-
-/// How many sequences [`SHARDED_TOKEN_LOCK`] draws from (its `% 8`).
+/// How many sequences the sharded step draws from ([`token_lock_from`]).
 const TOKEN_SHARDS: usize = 8;
 
 /// [`TOKEN_LOCK`], with the session labelled and its idle timeout set.
@@ -217,12 +216,12 @@ async fn run(samples: usize, tasks: usize) -> Result<(), String> {
         ("+ token from a sequence", TOKEN_LOCK, BARE_UNLOCK),
         (
             "+ token from a sequence named at run time",
-            NAMED_TOKEN_LOCK,
+            token_lock_from(1),
             BARE_UNLOCK,
         ),
         (
             "the same, one of 8 sequences by lock",
-            SHARDED_TOKEN_LOCK,
+            token_lock_from(TOKEN_SHARDS),
             BARE_UNLOCK,
         ),
         (
